@@ -1,0 +1,126 @@
+"""The sandbox's error taxonomy.
+
+Every failure the sandbox reports is a `SandboxError` with a stable `code`. `detail` is safe to
+show to a client; `log_detail` may carry raw onnxruntime or kernel text and is for server logs
+only. `HTTP_STATUS` maps each code to the status the web layer answers with.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SandboxError(Exception):
+    """Base of all sandbox failures; `code` is stable, `detail` is client-safe."""
+
+    code: ClassVar[str] = "sandbox_error"
+    default_detail: ClassVar[str] = "The sandbox failed."
+
+    def __init__(self, detail: str | None = None, *, log_detail: str | None = None) -> None:
+        self.detail = detail or self.default_detail
+        self.log_detail = log_detail
+        super().__init__(self.detail)
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the web layer should answer with."""
+        return HTTP_STATUS.get(self.code, 500)
+
+
+class ModelInvalid(SandboxError):
+    code = "model_invalid"
+    default_detail = "The model could not be loaded."
+
+
+class InputInvalid(SandboxError):
+    code = "input_invalid"
+    default_detail = "The inputs do not match the model's signature or limits."
+
+
+class ResourceExhausted(SandboxError):
+    code = "resource_exhausted"
+    default_detail = "The evaluation exceeded the sandbox's memory or size limits."
+
+
+class DeadlineExceeded(SandboxError):
+    code = "deadline_exceeded"
+    default_detail = "The evaluation did not finish before its deadline."
+
+
+class WorkerCrashed(SandboxError):
+    code = "worker_crashed"
+    default_detail = "The sandbox worker crashed while evaluating the model."
+
+
+class ModelQuarantined(SandboxError):
+    code = "model_quarantined"
+    default_detail = "The model failed repeatedly and is quarantined for a while."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after_s: float = 60.0,
+        log_detail: str | None = None,
+    ) -> None:
+        super().__init__(detail, log_detail=log_detail)
+        self.retry_after_s = retry_after_s
+
+
+class SandboxUnavailable(SandboxError):
+    code = "sandbox_unavailable"
+    default_detail = "The sandbox is not available."
+
+
+class SandboxBusy(SandboxError):
+    code = "sandbox_busy"
+    default_detail = "The sandbox is busy; retry later."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after_s: float = 1.0,
+        log_detail: str | None = None,
+    ) -> None:
+        super().__init__(detail, log_detail=log_detail)
+        self.retry_after_s = retry_after_s
+
+
+# resource_exhausted is 422: the model or its inputs ask for more than the limits allow, which is
+# a property of the request, not a server fault. Quarantine and saturation are temporary, so 503
+# (with Retry-After from `retry_after_s`).
+HTTP_STATUS: dict[str, int] = {
+    "model_invalid": 422,
+    "input_invalid": 422,
+    "resource_exhausted": 422,
+    "deadline_exceeded": 504,
+    "worker_crashed": 502,
+    "model_quarantined": 503,
+    "sandbox_unavailable": 503,
+    "sandbox_busy": 503,
+}
+
+_BY_CODE: dict[str, type[SandboxError]] = {
+    cls.code: cls
+    for cls in (
+        ModelInvalid,
+        InputInvalid,
+        ResourceExhausted,
+        DeadlineExceeded,
+        WorkerCrashed,
+        ModelQuarantined,
+        SandboxUnavailable,
+        SandboxBusy,
+    )
+}
+
+
+def error_for_code(
+    code: str, detail: str | None = None, *, log_detail: str | None = None
+) -> SandboxError:
+    """Build the error for `code`; an unknown code (from a confused worker) is a crash."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return WorkerCrashed(log_detail=f"unknown error code from worker: {code[:64]!r}")
+    return cls(detail, log_detail=log_detail)

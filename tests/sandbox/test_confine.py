@@ -1,0 +1,213 @@
+"""The confinement primitive: limits hold, dangerous syscalls fail, failures map to codes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import resource
+import signal
+import socket
+import time
+
+import pytest
+
+from sandbox.confine import Limits, probe, run_confined
+from sandbox.errors import HTTP_STATUS, InputInvalid, SandboxError
+
+SMALL = Limits(memory_bytes_max=1 << 30, cpu_s_max=10, wall_s_max=5.0)
+HOST = probe()
+
+
+def _errno_of(call: object) -> int | None:
+    try:
+        call()  # type: ignore[operator]
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def test_probe_reports_the_core_protections() -> None:
+    assert HOST.rlimits
+    assert HOST.no_new_privs
+    assert HOST.seccomp
+    assert HOST.fds_closed
+    assert HOST.empty_cwd
+
+
+def test_payload_reaches_the_child_and_the_result_comes_back() -> None:
+    payload = os.urandom(3 << 20)
+    result = run_confined(
+        lambda b: {"size": len(b), "sha256": hashlib.sha256(b).hexdigest()}, payload, limits=SMALL
+    )
+    assert result == {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def test_rlimits_hold_in_the_child() -> None:
+    def limits(_: bytes) -> dict[str, list[int]]:
+        names = ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_CORE")
+        return {n: list(resource.getrlimit(getattr(resource, n))) for n in names}
+
+    got = run_confined(limits, b"", limits=SMALL)
+    assert got == {
+        "RLIMIT_AS": [1 << 30, 1 << 30],
+        "RLIMIT_CPU": [10, 11],
+        "RLIMIT_NOFILE": [64, 64],
+        "RLIMIT_FSIZE": [0, 0],
+        "RLIMIT_CORE": [0, 0],
+    }
+
+
+def test_limits_cannot_be_raised_again() -> None:
+    def raise_limit(_: bytes) -> list[int]:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        return list(resource.getrlimit(resource.RLIMIT_AS))
+
+    assert run_confined(raise_limit, b"", limits=SMALL) == [1 << 30, 1 << 30]
+
+
+def test_sockets_exec_and_fork_are_denied() -> None:
+    def attempts(_: bytes) -> dict[str, int | None]:
+        return {
+            "socket": _errno_of(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
+            "unix": _errno_of(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)),
+            "socketpair": _errno_of(socket.socketpair),
+            "execv": _errno_of(lambda: os.execv("/bin/true", ["true"])),
+            "fork": _errno_of(os.fork),
+        }
+
+    got = run_confined(attempts, b"", limits=SMALL)
+    assert got == {"socket": 1, "unix": 1, "socketpair": 1, "execv": 1, "fork": 1}
+
+
+def test_threads_still_work() -> None:
+    def spawn(_: bytes) -> int:
+        import threading
+
+        box: list[int] = []
+        thread = threading.Thread(target=lambda: box.append(7))
+        thread.start()
+        thread.join()
+        return box[0]
+
+    assert run_confined(spawn, b"", limits=SMALL) == 7
+
+
+def test_files_cannot_be_created_and_cwd_is_empty() -> None:
+    def attempts(_: bytes) -> dict[str, object]:
+        try:
+            entries: object = os.listdir(".")
+        except OSError as exc:
+            entries = exc.errno
+        return {
+            "cwd_entries": entries,
+            "create_here": _errno_of(lambda: open("x", "w")),
+            "create_tmp": _errno_of(lambda: open("/tmp/jishi-sandbox-probe", "w")),
+        }
+
+    got = run_confined(attempts, b"", limits=SMALL)
+    assert got["cwd_entries"] in ([], errno.EACCES)
+    assert got["create_here"] is not None
+    assert got["create_tmp"] is not None
+    assert not os.path.exists("/tmp/jishi-sandbox-probe")
+
+
+@pytest.mark.skipif(not HOST.landlock, reason="Landlock is not available on this kernel")
+def test_landlock_hides_files_outside_the_interpreter() -> None:
+    def read_passwd(_: bytes) -> int | None:
+        return _errno_of(lambda: open("/etc/passwd").read())
+
+    assert run_confined(read_passwd, b"", limits=SMALL) == errno.EACCES
+
+
+def test_inherited_descriptors_are_closed() -> None:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    try:
+        assert run_confined(lambda _: _errno_of(lambda: os.fstat(fd)), b"", limits=SMALL) == (
+            errno.EBADF
+        )
+    finally:
+        os.close(fd)
+
+
+def test_memory_bomb_is_resource_exhausted() -> None:
+    with pytest.raises(SandboxError) as exc:
+        run_confined(lambda _: len(bytearray(4 << 30)), b"", limits=SMALL)
+    assert exc.value.code == "resource_exhausted"
+
+
+def test_infinite_loop_is_deadline_exceeded_within_grace() -> None:
+    def spin(_: bytes) -> None:
+        while True:
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(SandboxError) as exc:
+        run_confined(spin, b"", limits=Limits(wall_s_max=1.0))
+    assert exc.value.code == "deadline_exceeded"
+    assert time.monotonic() - started < 1.0 + 0.5
+
+
+def test_cpu_limit_kills_a_spinning_child() -> None:
+    def spin(_: bytes) -> None:
+        while True:
+            pass
+
+    with pytest.raises(SandboxError) as exc:
+        run_confined(spin, b"", limits=Limits(cpu_s_max=1, wall_s_max=10.0))
+    assert exc.value.code == "resource_exhausted"
+
+
+def test_segfault_is_worker_crashed() -> None:
+    with pytest.raises(SandboxError) as exc:
+        run_confined(lambda _: os.kill(os.getpid(), signal.SIGSEGV), b"", limits=SMALL)
+    assert exc.value.code == "worker_crashed"
+    assert exc.value.status == HTTP_STATUS["worker_crashed"] == 502
+
+
+def test_target_failure_is_model_invalid_without_leaking_the_message() -> None:
+    def fail(_: bytes) -> None:
+        raise ValueError("parse error at /secret/host/path")
+
+    with pytest.raises(SandboxError) as exc:
+        run_confined(fail, b"", limits=SMALL)
+    assert exc.value.code == "model_invalid"
+    assert "/secret" not in exc.value.detail
+    assert exc.value.log_detail is not None and "/secret/host/path" in exc.value.log_detail
+
+
+def test_sandbox_errors_raised_by_the_target_keep_their_code() -> None:
+    def refuse(_: bytes) -> None:
+        raise InputInvalid("too many elements")
+
+    with pytest.raises(SandboxError) as exc:
+        run_confined(refuse, b"", limits=SMALL)
+    assert exc.value.code == "input_invalid"
+    assert exc.value.detail == "too many elements"
+
+
+def test_oversized_result_is_resource_exhausted() -> None:
+    limits = Limits(result_bytes_max=1 << 16)
+    with pytest.raises(SandboxError) as exc:
+        run_confined(lambda _: "x" * (1 << 20), b"", limits=limits)
+    assert exc.value.code == "resource_exhausted"
+
+
+def test_parent_is_unaffected() -> None:
+    before = (os.getcwd(), resource.getrlimit(resource.RLIMIT_AS))
+    with pytest.raises(SandboxError):
+        run_confined(lambda _: os.kill(os.getpid(), signal.SIGSEGV), b"", limits=SMALL)
+    run_confined(lambda _: None, b"", limits=SMALL)
+    assert (os.getcwd(), resource.getrlimit(resource.RLIMIT_AS)) == before
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        assert sock.fileno() >= 0
+
+
+def test_limits_reject_nonsense() -> None:
+    with pytest.raises(ValueError):
+        Limits(memory_bytes_max=1)
+    with pytest.raises(ValueError):
+        Limits(wall_s_max=0)
