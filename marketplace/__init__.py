@@ -1,0 +1,54 @@
+"""Jishi (算法集市): the marketplace web service and its business domains."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from marketplace.config import Settings
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: typed defaults, then ``MARKETPLACE_*`` environment, then ``config``."""
+    settings = Settings.load(config)
+    app = Flask(
+        __name__,
+        instance_path=str(Path(settings.instance_path).resolve())
+        if settings.instance_path
+        else None,
+        instance_relative_config=True,
+    )
+    settings.check_production_secrets()
+    app.config["SECRET_KEY"] = settings.secret_key
+    app.config["JSON_SORT_KEYS"] = False
+    for key, value in (config or {}).items():
+        if key.isupper() and key.lower() not in settings.__dataclass_fields__:
+            app.config[key] = value  # plain Flask keys such as TESTING
+    app.extensions["settings"] = settings
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=settings.log_level)
+
+    from marketplace import db, errors
+    from marketplace.accounts.oauth import config_oauth
+    from marketplace.accounts.views import bp as accounts_bp
+    from marketplace.api import meta_bp
+
+    database_url = settings.database_url or db.default_sqlite_url(Path(app.instance_path))
+    db.init_app(app, db.Database(db.make_engine(database_url)))
+    errors.init_app(app)
+    config_oauth(app)
+    app.register_blueprint(meta_bp)
+    app.register_blueprint(accounts_bp)
+
+    from marketplace import cli
+
+    cli.init_app(app)
+    if not settings.is_development:
+        from marketplace.migrate import require_current_schema
+
+        require_current_schema(app)
+    return app

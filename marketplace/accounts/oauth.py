@@ -1,0 +1,322 @@
+"""The OAuth2 authorization server and resource protector (Authlib), all in this module.
+
+Only the ``client_credentials`` grant is registered: API clients belong to organisations and
+act for them. Access tokens and client secrets are stored as SHA-256 digests; the plain values
+exist only in the response that creates them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.integrations.flask_oauth2 import current_token as _authlib_current_token
+from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import InvalidScopeError, OAuth2Error
+from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
+from flask import Blueprint, Flask, Response, current_app, json, request
+from sqlmodel import select
+from werkzeug.datastructures import Authorization
+
+from marketplace.accounts.models import OAuthClient, OAuthToken, Organization, hash_secret
+from marketplace.accounts.scopes import ALL_SCOPES, split_scope
+from marketplace.db import get_session
+from marketplace.errors import Forbidden, Unauthorized
+
+
+def _query_client(client_id: str) -> OAuthClient | None:
+    client = (
+        get_session().exec(select(OAuthClient).where(OAuthClient.client_id == client_id)).first()
+    )
+    if client is None or client.revoked_at is not None:
+        return None
+    return client
+
+
+def _organization_of(client: OAuthClient) -> Organization | None:
+    org = get_session().get(Organization, client.organization_id)
+    if org is None or org.suspended:
+        return None
+    return org
+
+
+def _save_token(token: dict[str, Any], oauth_request: Any) -> None:
+    client: OAuthClient = oauth_request.client
+    session = get_session()
+    session.add(
+        OAuthToken(
+            access_token_hash=hash_secret(token["access_token"]),
+            client_id=client.client_id,
+            organization_id=client.organization_id,
+            scope=token.get("scope", ""),
+            expires_in=int(token["expires_in"]),
+        )
+    )
+    session.commit()
+
+
+def _query_token(token_string: str) -> OAuthToken | None:
+    return (
+        get_session()
+        .exec(select(OAuthToken).where(OAuthToken.access_token_hash == hash_secret(token_string)))
+        .first()
+    )
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def validate_requested_scope(self) -> None:
+        # A token carries only scopes that both the client was given and the organisation's
+        # current roles allow; asking for anything else is refused, not silently narrowed.
+        client: OAuthClient = self.request.client
+        org = _organization_of(client)
+        if org is None:
+            raise InvalidScopeError(description="The client's organization cannot hold tokens.")
+        requested = split_scope(self.request.payload.scope)
+        permitted = set(split_scope(client.scope)) & org.allowed_scopes
+        refused = [s for s in requested if s not in permitted]
+        if refused:
+            raise InvalidScopeError(description=f"Scope not allowed: {' '.join(refused)}")
+        if not requested and not permitted:
+            raise InvalidScopeError(description="The client holds no scopes.")
+
+
+class _Revocation(RevocationEndpoint):
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> OAuthToken | None:
+        return _query_token(token_string)
+
+    def revoke_token(self, token: OAuthToken, oauth_request: Any) -> None:
+        session = get_session()
+        token.revoked = True
+        session.add(token)
+        session.commit()
+
+
+class _Introspection(IntrospectionEndpoint):
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> OAuthToken | None:
+        return _query_token(token_string)
+
+    def check_permission(self, token: OAuthToken, client: OAuthClient, oauth_request: Any) -> bool:
+        # Any client of the organisation that owns the token may introspect it.
+        return token.organization_id == client.organization_id
+
+    def introspect_token(self, token: OAuthToken) -> dict[str, Any]:
+        return {
+            "active": True,
+            "client_id": token.client_id,
+            "token_type": "Bearer",
+            "scope": token.scope,
+            "sub": f"org:{token.organization_id}",
+            "iat": int(token.issued_at.timestamp()),
+            "exp": token.get_expires_at(),
+            "iss": request.host_url.rstrip("/"),
+        }
+
+
+class _BearerValidator(BearerTokenValidator):
+    def authenticate_token(self, token_string: str) -> OAuthToken | None:
+        token = _query_token(token_string)
+        if token is None:
+            return None
+        org = get_session().get(Organization, token.organization_id)
+        if org is None or org.suspended:
+            return None
+        return token
+
+
+class _Protector(ResourceProtector):
+    def raise_error_response(self, error: OAuth2Error) -> None:
+        # Inside /api every error is problem+json; keep RFC 6750's WWW-Authenticate header.
+        headers = dict(error.get_headers())
+        if error.error == "insufficient_scope":
+            raise Forbidden(
+                "The token lacks the scope this operation needs.",
+                code="insufficient_scope",
+                headers=headers,
+            )
+        if error.error == "missing_authorization":
+            headers = {"WWW-Authenticate": 'Bearer realm="jishi"'}
+            raise Unauthorized("A bearer token is required.", code="missing_token", headers=headers)
+        headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
+        raise Unauthorized(
+            "The token is invalid, expired or revoked.", code="invalid_token", headers=headers
+        )
+
+
+require_oauth = _Protector()
+require_oauth.register_token_validator(_BearerValidator())
+
+
+class CurrentToken:
+    """Typed access to the request's verified token."""
+
+    @property
+    def token(self) -> OAuthToken:
+        token = _authlib_current_token._get_current_object()
+        if token is None:
+            raise Unauthorized("A bearer token is required.", code="missing_token")
+        return token  # type: ignore[no-any-return]
+
+    @property
+    def organization_id(self) -> int:
+        return self.token.organization_id
+
+    @property
+    def scopes(self) -> list[str]:
+        return split_scope(self.token.scope)
+
+
+current = CurrentToken()
+
+
+class TokenFailureLimiter:
+    """Slows down a client id after repeated failed token requests (per app node, in memory).
+
+    Each node keeps its own window: an attacker spreading guesses over N nodes gets N times the
+    budget, which is still far below what guessing a 256-bit secret would need.
+    """
+
+    def __init__(self, failures_max: int, window_s: float) -> None:
+        self.failures_max = failures_max
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def _prune(self, client_id: str, now: float) -> deque[float]:
+        seen = self._failures[client_id]
+        while seen and now - seen[0] > self.window_s:
+            seen.popleft()
+        return seen
+
+    def retry_after_s(self, client_id: str) -> int:
+        """Seconds to wait, or 0 when the client may try now."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._prune(client_id, now)
+            if len(seen) < self.failures_max:
+                return 0
+            return max(1, int(self.window_s - (now - seen[0])) + 1)
+
+    def record_failure(self, client_id: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._prune(client_id, now).append(now)
+            if len(self._failures) > 100_000:  # bound memory under a flood of random ids
+                self._failures.clear()
+
+
+def _claimed_client_id() -> str:
+    auth: Authorization | None = request.authorization
+    if auth is not None and auth.type == "basic" and auth.username:
+        return auth.username
+    return request.form.get("client_id", "")[:64]
+
+
+def _oauth_error(
+    status: int, error: str, description: str, headers: dict[str, str] | None = None
+) -> Response:
+    response = Response(
+        json.dumps({"error": error, "error_description": description}),
+        status=status,
+        mimetype="application/json",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+oauth_bp = Blueprint("oauth", __name__)
+
+
+def _server() -> AuthorizationServer:
+    return current_app.extensions["oauth_server"]  # type: ignore[no-any-return]
+
+
+@oauth_bp.post("/oauth/token")
+def issue_token() -> Response:
+    limiter: TokenFailureLimiter = current_app.extensions["token_failure_limiter"]
+    client_id = _claimed_client_id()
+    wait_s = limiter.retry_after_s(client_id)
+    if wait_s:
+        return _oauth_error(
+            429,
+            "slow_down",
+            "Too many failed token requests; try again later.",
+            {"Retry-After": str(wait_s)},
+        )
+    response: Response = _server().create_token_response()
+    if response.status_code == 401:
+        limiter.record_failure(client_id)
+        response.headers.setdefault("WWW-Authenticate", 'Basic realm="jishi"')
+    return response
+
+
+@oauth_bp.post("/oauth/revoke")
+def revoke_token() -> Response:
+    return _server().create_endpoint_response(_Revocation.ENDPOINT_NAME)  # type: ignore[no-any-return]
+
+
+@oauth_bp.post("/oauth/introspect")
+def introspect_token() -> Response:
+    return _server().create_endpoint_response(_Introspection.ENDPOINT_NAME)  # type: ignore[no-any-return]
+
+
+@oauth_bp.get("/.well-known/oauth-authorization-server")
+def server_metadata() -> Response:
+    issuer = request.host_url.rstrip("/")
+    metadata = AuthorizationServerMetadata(
+        {
+            "issuer": issuer,
+            "token_endpoint": f"{issuer}/oauth/token",
+            "revocation_endpoint": f"{issuer}/oauth/revoke",
+            "introspection_endpoint": f"{issuer}/oauth/introspect",
+            "grant_types_supported": ["client_credentials"],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "revocation_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "introspection_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "scopes_supported": list(ALL_SCOPES),
+        }
+    )
+    metadata.validate_issuer()
+    metadata.validate_token_endpoint()
+    return Response(json.dumps(dict(metadata)), mimetype="application/json")
+
+
+def config_oauth(app: Flask) -> None:
+    settings = app.extensions["settings"]
+    app.config["OAUTH2_TOKEN_EXPIRES_IN"] = {"client_credentials": settings.access_token_ttl_s}
+    # Unknown scopes get invalid_scope before any client-specific check.
+    app.config["OAUTH2_SCOPES_SUPPORTED"] = list(ALL_SCOPES)
+    # One server per app: grants and endpoints are registered on the instance.
+    server = AuthorizationServer()
+    server.init_app(app, query_client=_query_client, save_token=_save_token)
+    server.register_grant(ClientCredentialsGrant)
+    server.register_endpoint(_Revocation)
+    server.register_endpoint(_Introspection)
+    app.extensions["oauth_server"] = server
+    app.extensions["token_failure_limiter"] = TokenFailureLimiter(
+        settings.token_failures_max, settings.token_failures_window_s
+    )
+    app.register_blueprint(oauth_bp)
+
+
+__all__ = ["config_oauth", "current", "require_oauth"]

@@ -1,0 +1,87 @@
+"""Request and response shapes of the accounts API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from marketplace.accounts.scopes import ALL_SCOPES
+
+# A pragmatic address check: one @, no spaces, a dot in the domain. Deliverability is proven by
+# mail, not by a regular expression.
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+PASSWORD_LENGTH_MIN = 12
+_COMMON_PASSWORDS = frozenset(
+    {"password1234", "123456789012", "qwertyuiopas", "passwordpassword", "iloveyou1234"}
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class RegisterRequest(Strict):
+    email: str = Field(max_length=254)
+    password: str = Field(min_length=PASSWORD_LENGTH_MIN, max_length=256)
+    organization_name: str = Field(min_length=1, max_length=200)
+    organization_roles: list[Literal["vendor", "buyer"]] = Field(min_length=1, max_length=2)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _EMAIL.match(value):
+            raise ValueError("not an e-mail address")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        classes = sum(
+            bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^a-zA-Z0-9]")
+        )
+        if value.lower() in _COMMON_PASSWORDS or len(set(value)) < 5 or classes < 2:
+            raise ValueError(
+                "too weak: use at least 12 characters mixing letters with digits or symbols"
+            )
+        return value
+
+    @field_validator("organization_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    @field_validator("organization_roles")
+    @classmethod
+    def _roles(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("roles must not repeat")
+        return sorted(value)
+
+
+class ClientCredentials(BaseModel):
+    client_id: str
+    client_secret: str | None = None
+    name: str
+    scopes: list[str]
+    created_at: dt.datetime
+
+
+class RegisterResponse(BaseModel):
+    user_id: int
+    organization_id: int
+    client: ClientCredentials
+
+
+class ClientCreate(Strict):
+    name: str = Field(default="API client", min_length=1, max_length=100)
+    scopes: list[Literal[ALL_SCOPES]] | None = Field(default=None, max_length=len(ALL_SCOPES))  # type: ignore[valid-type]
+
+
+class ClientList(BaseModel):
+    items: list[ClientCredentials]

@@ -1,0 +1,51 @@
+"""OAuth2 scopes and which organisation roles may hold them (DESIGN §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+MODELS_READ = "models:read"
+MODELS_WRITE = "models:write"
+SANDBOX_RUN = "sandbox:run"
+LICENSES_WRITE = "licenses:write"
+LEDGER_READ = "ledger:read"
+AUDIT_READ = "audit:read"
+ADMIN = "admin"
+
+ALL_SCOPES = (
+    MODELS_READ,
+    MODELS_WRITE,
+    SANDBOX_RUN,
+    LICENSES_WRITE,
+    LEDGER_READ,
+    AUDIT_READ,
+    ADMIN,
+)
+
+# Organisation roles: vendor and buyer are chosen at registration; auditor and admin are platform
+# roles granted only by an administrator (CLI `jishi users create --role`).
+ORG_ROLES = ("vendor", "buyer", "auditor", "admin")
+SELF_SERVICE_ROLES = ("vendor", "buyer")
+
+SCOPES_BY_ROLE: dict[str, frozenset[str]] = {
+    "vendor": frozenset({MODELS_READ, MODELS_WRITE, SANDBOX_RUN, LEDGER_READ}),
+    "buyer": frozenset({MODELS_READ, SANDBOX_RUN, LICENSES_WRITE, LEDGER_READ}),
+    "auditor": frozenset({MODELS_READ, AUDIT_READ, LEDGER_READ}),
+    "admin": frozenset({MODELS_READ, LEDGER_READ, ADMIN}),
+}
+
+
+def allowed_scopes(roles: Iterable[str]) -> frozenset[str]:
+    """Every scope an organisation with ``roles`` may hold."""
+    out: set[str] = set()
+    for role in roles:
+        out |= SCOPES_BY_ROLE.get(role, frozenset())
+    return frozenset(out)
+
+
+def split_scope(scope: str | None) -> list[str]:
+    return sorted({s for s in (scope or "").split() if s})
+
+
+def join_scope(scopes: Iterable[str]) -> str:
+    return " ".join(sorted(set(scopes)))

@@ -1,0 +1,117 @@
+"""Settings: typed defaults, then ``MARKETPLACE_*`` environment variables, then an explicit dict.
+
+Every limit is a named setting with its unit last. The README lists every variable; a test
+checks that the README and this class agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "MARKETPLACE_"
+DEVELOPMENT_SECRET_KEY = "development-only-secret-key-change-me"
+DEVELOPMENT_ENVS = frozenset({"development", "testing"})
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+@dataclasses.dataclass
+class Settings:
+    # Where and how the marketplace runs.
+    env: str = "development"
+    secret_key: str = DEVELOPMENT_SECRET_KEY
+    database_url: str = ""  # empty: SQLite file in the instance folder
+    storage_url: str = ""  # empty: filesystem blobs under instance/blobs
+    payments: str = "offline"  # offline | stripe
+    instance_path: str = ""  # empty: Flask's instance folder
+    log_level: str = "INFO"
+
+    # OAuth2.
+    access_token_ttl_s: int = 3600
+    token_failures_max: int = 10  # failed token requests per client before it is slowed down
+    token_failures_window_s: int = 60
+
+    # Request limits.
+    json_body_bytes_max: int = 1024 * 1024
+    page_size_max: int = 100
+
+    # Registry.
+    model_bytes_max: int = 2 * 1024**3
+    artifact_url_ttl_s: int = 300
+
+    # Money.
+    platform_fee_bps: int = 1000  # 10 % of every sale and royalty goes to the platform
+
+    def __post_init__(self) -> None:
+        if self.env not in {"development", "testing", "production"}:
+            raise ConfigError(
+                f"MARKETPLACE_ENV must be development, testing or production, not {self.env!r}"
+            )
+        if self.payments not in {"offline", "stripe"}:
+            raise ConfigError(
+                f"MARKETPLACE_PAYMENTS must be offline or stripe, not {self.payments!r}"
+            )
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith(("_max", "_s", "_bps")) and isinstance(value, int) and value < 0:
+                raise ConfigError(f"{ENV_PREFIX}{field.name.upper()} must not be negative")
+
+    @property
+    def is_development(self) -> bool:
+        return self.env in DEVELOPMENT_ENVS
+
+    def check_production_secrets(self) -> None:
+        """Refuse to run outside development with secrets left at their development defaults."""
+        if self.is_development:
+            return
+        if self.secret_key == DEVELOPMENT_SECRET_KEY or len(self.secret_key) < 32:
+            raise ConfigError(
+                "MARKETPLACE_SECRET_KEY is unset or a development default; "
+                "set a random value of at least 32 characters to run in production"
+            )
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from defaults, then the environment, then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = _coerce(field.name, hints[field.name], raw)
+        for key, value in (overrides or {}).items():
+            name = key.lower()
+            if name not in hints:
+                continue  # plain Flask keys (TESTING, SERVER_NAME, ...) pass through to app.config
+            values[name] = value
+        return cls(**values)
+
+    def instance_dir(self, default: str) -> Path:
+        return Path(self.instance_path or default)
+
+
+def _coerce(name: str, kind: Any, raw: str) -> Any:
+    if kind is int or kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}"
+            ) from None
+    if kind is bool or kind == "bool":
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    return raw
+
+
+def setting_names() -> list[str]:
+    """Every environment variable the settings read, for the README check."""
+    return [ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)]

@@ -1,0 +1,5 @@
+"""Imports every table module so that ``SQLModel.metadata`` is complete (for Alembic and tests)."""
+
+from marketplace.accounts import models as accounts_models
+
+__all__ = ["accounts_models"]
