@@ -275,13 +275,14 @@ def live_server(
         server = make_server("127.0.0.1", 0, application, threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
-        servers.append(server)
+        servers.append((server, application))
         return LiveServer(application, f"http://127.0.0.1:{server.server_port}")
 
     yield start
-    for server in servers:
+    for server, application in servers:
         server.shutdown()
         server.server_close()
+        application.extensions["db"].engine.dispose()
 
 
 def random_secret() -> str:

@@ -85,3 +85,16 @@ class ClientCreate(Strict):
 
 class ClientList(BaseModel):
     items: list[ClientCredentials]
+
+
+class OrganizationPublic(BaseModel):
+    id: int
+    name: str
+    roles: list[str]
+
+
+class WhoAmI(BaseModel):
+    client_id: str
+    organization: OrganizationPublic
+    scopes: list[str]
+    expires_at: int

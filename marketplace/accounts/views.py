@@ -12,8 +12,10 @@ from marketplace.accounts.schemas import (
     ClientCreate,
     ClientCredentials,
     ClientList,
+    OrganizationPublic,
     RegisterRequest,
     RegisterResponse,
+    WhoAmI,
 )
 from marketplace.api import API_PREFIX, openapi, parse_json
 from marketplace.db import get_session
@@ -74,3 +76,21 @@ def list_clients(org_id: int) -> Any:
     )
     items = services.list_clients(session=session, org=org)
     return jsonify(ClientList(items=items).model_dump(mode="json"))
+
+
+@bp.get("/me")
+@openapi("Who the bearer token speaks for", tag="accounts", response=WhoAmI, scope="any")
+@require_oauth()
+def whoami() -> Any:
+    token = current.token
+    org = services.get_organization(
+        session=get_session(), org_id=token.organization_id, viewer_org_id=token.organization_id
+    )
+    assert org.id is not None
+    body = WhoAmI(
+        client_id=token.client_id,
+        organization=OrganizationPublic(id=org.id, name=org.name, roles=org.role_list),
+        scopes=current.scopes,
+        expires_at=token.get_expires_at(),
+    )
+    return jsonify(body.model_dump(mode="json"))

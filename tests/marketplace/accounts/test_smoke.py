@@ -1,3 +1,0 @@
-def test_register_and_token(vendor):
-    assert "models:write" in vendor.scopes
-    assert vendor.token("models:read")
