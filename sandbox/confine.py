@@ -1,8 +1,8 @@
 """Process confinement for code that touches untrusted model bytes.
 
 `apply_confinement` locks down the *current* process (meant for a freshly forked child):
-resource limits, an empty and deleted working directory, no inherited descriptors, an
-unprivileged uid when started as root, `no_new_privs`, Landlock (when the kernel offers it) and a
+resource limits, an empty and deleted working directory, no inherited descriptors,
+empty capability sets, `no_new_privs`, Landlock (when the kernel offers it) and a
 seccomp filter. It returns a `Protections` record saying which of these are actually in force, so
 the operator can see what degraded.
 
@@ -18,7 +18,6 @@ import errno
 import json
 import os
 import resource
-import select
 import signal
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from sandbox.errors import (
     WorkerCrashed,
     error_for_code,
 )
+from sandbox.protocol import wait_readable
 
 # Imported here, not at confinement time: loading libseccomp looks up the library through
 # ld.so.cache, which Landlock has hidden by then.
@@ -446,8 +446,7 @@ def _read_all(read_fd: int, deadline: float, cap: int) -> tuple[bytes, bool]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return b"".join(chunks), False
-        ready, _, _ = select.select([read_fd], [], [], remaining)
-        if not ready:
+        if not wait_readable(read_fd, remaining):
             return b"".join(chunks), False
         chunk = os.read(read_fd, 1 << 20)
         if not chunk:
@@ -460,9 +459,7 @@ def _read_all(read_fd: int, deadline: float, cap: int) -> tuple[bytes, bool]:
 
 def _wait_exit(pid: int, pidfd: int, deadline: float) -> int | None:
     """Wait status of `pid`, or None if it is still running at `deadline`."""
-    remaining = max(deadline - time.monotonic(), 0.0)
-    ready, _, _ = select.select([pidfd], [], [], remaining)
-    if not ready:
+    if not wait_readable(pidfd, deadline - time.monotonic()):
         return None
     _, status = os.waitpid(pid, 0)
     return status

@@ -1,0 +1,750 @@
+"""The supervisor: a pool of confined, warm onnxruntime workers behind `evaluate`.
+
+Lives in the web process and never imports onnxruntime. It starts a zygote (`sandbox.zygote`),
+asks it to fork one worker per model in use (more for a busy model, up to
+`workers_per_model_max`), keeps those workers warm in an LRU bounded by `workers_max` and
+`memory_budget_bytes`, and talks to each over two pipes and a shared-memory slot.
+
+Time limits: `queue_timeout_s` for admission, `load_timeout_s` for a cold start, the per-call
+deadline (`deadline_s`, default `eval_timeout_s`) for the run. At the deadline the worker is
+asked to terminate (RunOptions.terminate, checked between nodes); if it has not answered after
+`kill_grace_s` it is SIGKILLed and replaced lazily. A model whose calls crash or time out
+`quarantine_failures` times within `quarantine_window_s` is refused for `quarantine_s`.
+
+Outputs above `output_bytes_max` are `resource_exhausted` (the model asked for more than the
+sandbox grants), inputs that break the signature or the caps are `input_invalid`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import mmap
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sandbox import protocol as p
+from sandbox.confine import GiB, MiB, status_error
+from sandbox.errors import (
+    DeadlineExceeded,
+    InputInvalid,
+    ModelInvalid,
+    ModelQuarantined,
+    ResourceExhausted,
+    SandboxBusy,
+    SandboxError,
+    SandboxUnavailable,
+    WorkerCrashed,
+    error_for_code,
+)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Every limit of the pool, units last."""
+
+    workers_max: int = 4
+    workers_per_model_max: int = 2
+    workers_busy_max: int = field(default_factory=lambda: os.cpu_count() or 1)
+    queue_max: int = 32
+    queue_timeout_s: float = 10.0
+    memory_budget_bytes: int = 8 * GiB
+    worker_memory_bytes_max: int = 2 * GiB
+    worker_cpu_s_max: int = 3600
+    eval_timeout_s: float = 10.0
+    kill_grace_s: float = 0.25
+    load_timeout_s: float = 30.0
+    zygote_start_timeout_s: float = 30.0
+    model_bytes_max: int = 512 * MiB
+    input_bytes_max: int = 64 * MiB
+    input_elements_max: int = 16 * MiB
+    output_bytes_max: int = 64 * MiB
+    nodes_max: int = 100_000
+    constant_folding_bytes_max: int = 16 * MiB
+    allowed_domains: tuple[str, ...] = p.DEFAULT_DOMAINS
+    quarantine_failures: int = 3
+    quarantine_window_s: float = 300.0
+    quarantine_s: float = 600.0
+    # Test hook: a worker whose model has an input of this name segfaults on every call.
+    crash_on_input_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers_busy_max < 1 or self.workers_max < self.workers_busy_max:
+            raise ValueError("need 1 <= workers_busy_max <= workers_max")
+        if self.workers_per_model_max < 1 or self.queue_max < 0:
+            raise ValueError("workers_per_model_max must be >= 1 and queue_max >= 0")
+        if self.eval_timeout_s <= 0 or self.kill_grace_s < 0 or self.load_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if min(self.input_bytes_max, self.output_bytes_max, self.input_elements_max) < 1:
+            raise ValueError("size caps must be positive")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Outputs by name, and where the time went."""
+
+    outputs: dict[str, np.ndarray]
+    queue_ms: float
+    load_ms: float
+    run_ms: float
+    cold: bool
+
+
+# --- the zygote, seen from the supervisor ---------------------------------------------------
+
+
+class _Zygote:
+    def __init__(self, start_timeout_s: float) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "import sandbox.zygote as z; z.main(int(sys.argv[2]))"
+        )
+        env = {"OMP_NUM_THREADS": "1", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-c", code, package_root, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                close_fds=True,
+            )
+        except OSError as exc:
+            ours.close()
+            raise SandboxUnavailable(log_detail=f"zygote failed to start: {exc}") from None
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._cond = threading.Condition()
+        self._ready = False
+        self.alive = True
+        self._spawned: dict[int, tuple[int, int] | None] = {}
+        self._exits: dict[int, tuple[int, float]] = {}
+        self._send_lock = threading.Lock()
+        self._start_deadline = time.monotonic() + start_timeout_s
+        threading.Thread(target=self._read_loop, name="sandbox-zygote", daemon=True).start()
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                data, fds, _, _ = socket.recv_fds(self._sock, 1 << 16, 4)
+                if not data:
+                    break
+                message = json.loads(data)
+                with self._cond:
+                    self._handle(message, fds)
+                    self._cond.notify_all()
+        except (OSError, ValueError):
+            pass
+        with self._cond:
+            self.alive = False
+            self._cond.notify_all()
+
+    def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
+        op = message.get("op")
+        if op == "ready":
+            self._ready = True
+        elif op == "spawned" and len(fds) == 1:
+            self._spawned[int(message["wid"])] = (int(message["pid"]), fds[0])
+            return
+        elif op == "spawn_failed":
+            self._spawned[int(message["wid"])] = None
+        elif op == "exited":
+            now = time.monotonic()
+            self._exits[int(message["wid"])] = (int(message["status"]), now)
+            for wid in [w for w, (_, at) in self._exits.items() if now - at > 60.0]:
+                del self._exits[wid]
+        for fd in fds:
+            os.close(fd)
+
+    def wait_ready(self) -> None:
+        with self._cond:
+            while not self._ready and self.alive:
+                remaining = self._start_deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SandboxUnavailable(log_detail="zygote did not become ready")
+                self._cond.wait(remaining)
+            if not self.alive:
+                raise SandboxUnavailable(log_detail="zygote exited")
+
+    def spawn(self, wid: int, params: dict[str, Any], fds: list[int], timeout_s: float) -> int:
+        """Ask for a worker; returns its pidfd."""
+        self.wait_ready()
+        message = json.dumps({"op": "spawn", "wid": wid, "params": params}).encode()
+        try:
+            with self._send_lock:
+                socket.send_fds(self._sock, [message], fds)
+        except OSError as exc:
+            raise SandboxUnavailable(log_detail=f"zygote unreachable: {exc}") from None
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while wid not in self._spawned and self.alive:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SandboxUnavailable(log_detail="zygote did not spawn in time")
+                self._cond.wait(remaining)
+            spawned = self._spawned.pop(wid, None)
+        if spawned is None:
+            raise SandboxUnavailable(log_detail="zygote could not spawn a worker")
+        return spawned[1]
+
+    def exit_status(self, wid: int, timeout_s: float) -> int | None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while wid not in self._exits and self.alive:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            entry = self._exits.pop(wid, None)
+        return entry[0] if entry else None
+
+    def forget(self, wid: int) -> None:
+        with self._cond:
+            self._exits.pop(wid, None)
+
+    def close(self) -> None:
+        self._sock.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# --- one worker, seen from the supervisor ---------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, wid: int, key: str) -> None:
+        self.wid = wid
+        self.key = key
+        self.busy = True
+        self.ready = False
+        self.dead = False
+        self.last_used = time.monotonic()
+        self.memory_bytes = 0
+        self.seq = 0
+        self.pidfd = -1
+        self.request = -1
+        self.response = -1
+        self.cancel = -1
+        self.slot: mmap.mmap | None = None
+        self.buffer: np.ndarray | None = None
+        self.signature: p.Signature | None = None
+        self.cpu_s = 0.0
+        self.output_region = (0, 0)
+
+    def kill(self) -> None:
+        if self.pidfd >= 0 and not self.dead:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        self.dead = True
+
+    def close(self) -> None:
+        self.kill()
+        for name in ("pidfd", "request", "response", "cancel"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+        self.buffer = None
+        if self.slot is not None:
+            # A view still held elsewhere keeps the mapping until its last reference goes.
+            with contextlib.suppress(BufferError):
+                self.slot.close()
+            self.slot = None
+
+
+def _memfd(name: str, size: int) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+# --- the pool -------------------------------------------------------------------------------
+
+
+class SandboxPool:
+    """Confined, warm onnxruntime workers; `evaluate` is safe to call from many threads."""
+
+    def __init__(self, config: PoolConfig | None = None) -> None:
+        self.config = config or PoolConfig()
+        self._cond = threading.Condition()
+        self._workers: dict[int, _Worker] = {}
+        self._next_wid = 1
+        self._busy = 0
+        self._waiting = 0
+        self._closed = False
+        self._signatures: collections.OrderedDict[str, p.Signature] = collections.OrderedDict()
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._quarantined_until: dict[str, float] = {}
+        self._protections: dict[str, Any] | None = None
+        self._zygote_lock = threading.Lock()
+        self._zygote: _Zygote | None = _Zygote(self.config.zygote_start_timeout_s)
+
+    # -- public API
+
+    def evaluate(
+        self,
+        model_key: str,
+        load_bytes: Callable[[], bytes],
+        inputs: Mapping[str, np.ndarray],
+        *,
+        deadline_s: float | None = None,
+    ) -> EvalResult:
+        """Run the model `model_key` on `inputs` in a confined worker.
+
+        `load_bytes` is called only when no warm worker holds the model. Raises a
+        `SandboxError` subclass on every failure.
+        """
+        deadline_s = self.config.eval_timeout_s if deadline_s is None else deadline_s
+        if deadline_s <= 0:
+            raise ValueError("deadline_s must be positive")
+        self._check_quarantine(model_key)
+        with self._cond:
+            signature = self._signatures.get(model_key)
+        if signature is not None:
+            self._validate(signature, inputs)
+        entered = time.monotonic()
+        self._admit()
+        try:
+            queue_ms = (time.monotonic() - entered) * 1000.0
+            worker, load_ms = self._acquire(model_key, load_bytes)
+            try:
+                assert worker.signature is not None
+                ordered = self._validate(worker.signature, inputs)
+                outputs, run_ms = self._run(worker, ordered, deadline_s)
+            except SandboxError as exc:
+                self._record_failure(model_key, exc)
+                raise
+            finally:
+                self._release(worker)
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+        return EvalResult(outputs, queue_ms, load_ms, run_ms, cold=load_ms > 0)
+
+    def health(self) -> dict[str, Any]:
+        """Protections in force in workers, worker counts, queue depth, quarantined models."""
+        protections = self._protections
+        if protections is None and not self._closed:
+            try:
+                protections = self._probe()
+            except SandboxError:
+                protections = None
+        now = time.monotonic()
+        with self._cond:
+            zygote = self._zygote
+            return {
+                "available": zygote is not None and zygote.alive and not self._closed,
+                "protections": protections,
+                "workers": len(self._workers),
+                "workers_busy": self._busy,
+                "workers_max": self.config.workers_max,
+                "workers_busy_max": self.config.workers_busy_max,
+                "queue_depth": self._waiting,
+                "queue_max": self.config.queue_max,
+                "memory_bytes": sum(w.memory_bytes for w in self._workers.values()),
+                "memory_budget_bytes": self.config.memory_budget_bytes,
+                "quarantined": {
+                    key: round(until - now, 1)
+                    for key, until in self._quarantined_until.items()
+                    if until > now
+                },
+            }
+
+    def close(self) -> None:
+        """Kill every worker and the zygote."""
+        with self._cond:
+            self._closed = True
+            workers = list(self._workers.values())
+            self._workers.clear()
+            self._cond.notify_all()
+        for worker in workers:
+            worker.close()
+        with self._zygote_lock:
+            if self._zygote is not None:
+                self._zygote.close()
+                self._zygote = None
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- admission and quarantine
+
+    def _check_quarantine(self, key: str) -> None:
+        with self._cond:
+            until = self._quarantined_until.get(key)
+            if until is None:
+                return
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                del self._quarantined_until[key]
+                self._failures.pop(key, None)
+                return
+        raise ModelQuarantined(retry_after_s=remaining)
+
+    def _record_failure(self, key: str, exc: SandboxError) -> None:
+        if exc.code not in ("worker_crashed", "deadline_exceeded", "resource_exhausted"):
+            return
+        now = time.monotonic()
+        with self._cond:
+            window = self._failures.setdefault(key, collections.deque())
+            window.append(now)
+            while window and now - window[0] > self.config.quarantine_window_s:
+                window.popleft()
+            if len(window) >= self.config.quarantine_failures:
+                self._quarantined_until[key] = now + self.config.quarantine_s
+                for worker in list(self._workers.values()):
+                    if worker.key == key and not worker.busy:
+                        self._workers.pop(worker.wid, None)
+                        worker.close()
+
+    def _admit(self) -> None:
+        with self._cond:
+            if self._closed:
+                raise SandboxUnavailable(log_detail="pool closed")
+            if self._busy < self.config.workers_busy_max:
+                self._busy += 1
+                return
+            if self._waiting >= self.config.queue_max:
+                raise SandboxBusy(retry_after_s=1.0)
+            self._waiting += 1
+            deadline = time.monotonic() + self.config.queue_timeout_s
+            try:
+                while self._busy >= self.config.workers_busy_max and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise SandboxBusy(retry_after_s=1.0)
+                    self._cond.wait(remaining)
+                if self._closed:
+                    raise SandboxUnavailable(log_detail="pool closed")
+                self._busy += 1
+            finally:
+                self._waiting -= 1
+
+    # -- workers
+
+    def _acquire(self, key: str, load_bytes: Callable[[], bytes]) -> tuple[_Worker, float]:
+        """A ready worker for `key` (marked busy) and the load time paid (0 when warm)."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise SandboxUnavailable(log_detail="pool closed")
+                mine = [w for w in self._workers.values() if w.key == key and not w.dead]
+                idle = [w for w in mine if not w.busy and w.ready]
+                if idle:
+                    worker = max(idle, key=lambda w: w.last_used)
+                    worker.busy = True
+                    return worker, 0.0
+                if len(mine) < self.config.workers_per_model_max and self._make_room():
+                    worker = _Worker(self._next_wid, key)
+                    self._next_wid += 1
+                    self._workers[worker.wid] = worker
+                    break
+                self._cond.wait(0.05)
+        started = time.monotonic()
+        try:
+            self._start_worker(worker, load_bytes)
+        except BaseException:
+            with self._cond:
+                self._workers.pop(worker.wid, None)
+                self._cond.notify_all()
+            worker.close()
+            raise
+        return worker, (time.monotonic() - started) * 1000.0
+
+    def _make_room(self) -> bool:
+        """Evict idle workers (least recently used first) until one more fits; under the lock."""
+        live = [w for w in self._workers.values() if not w.dead]
+        idle = sorted((w for w in live if not w.busy), key=lambda w: w.last_used)
+        memory = sum(w.memory_bytes for w in live)
+        while idle and (
+            len(live) >= self.config.workers_max or memory > self.config.memory_budget_bytes
+        ):
+            victim = idle.pop(0)
+            live.remove(victim)
+            memory -= victim.memory_bytes
+            self._workers.pop(victim.wid, None)
+            victim.close()
+        return len(live) < self.config.workers_max
+
+    def _release(self, worker: _Worker) -> None:
+        with self._cond:
+            worker.busy = False
+            worker.last_used = time.monotonic()
+            if worker.dead or worker.cpu_s > self.config.worker_cpu_s_max / 2:
+                # Dead, or close to its lifetime CPU limit: replace it on the next call.
+                self._workers.pop(worker.wid, None)
+                worker.close()
+                if self._zygote is not None:
+                    self._zygote.forget(worker.wid)
+            self._cond.notify_all()
+
+    def _zygote_for_spawn(self) -> _Zygote:
+        with self._zygote_lock:
+            if self._closed:
+                raise SandboxUnavailable(log_detail="pool closed")
+            if self._zygote is None or not self._zygote.alive:
+                if self._zygote is not None:
+                    self._zygote.close()
+                self._zygote = _Zygote(self.config.zygote_start_timeout_s)
+            return self._zygote
+
+    def _worker_params(self, model_bytes: int) -> dict[str, Any]:
+        c = self.config
+        return {
+            "slot_input_bytes": p.align(c.input_bytes_max + p.ALIGN_BYTES * p.TENSORS_MAX),
+            "slot_output_bytes": p.align(c.output_bytes_max + p.ALIGN_BYTES * p.TENSORS_MAX),
+            "model_bytes": model_bytes,
+            "memory_bytes_max": c.worker_memory_bytes_max,
+            "cpu_s_max": c.worker_cpu_s_max,
+            "nodes_max": c.nodes_max,
+            "constant_folding_bytes_max": c.constant_folding_bytes_max,
+            "allowed_domains": list(c.allowed_domains),
+            "crash_on_input_name": c.crash_on_input_name,
+        }
+
+    def _spawn(self, worker: _Worker, model: bytes | None) -> dict[str, Any]:
+        """Fork a worker for `model` (None: a probe); returns its READY message."""
+        zygote = self._zygote_for_spawn()
+        params = self._worker_params(len(model) if model is not None else 0)
+        slot_bytes = params["slot_input_bytes"] + params["slot_output_bytes"]
+        mine: list[int] = []
+        theirs: list[int] = []
+        try:
+            request_r, request_w = os.pipe2(os.O_CLOEXEC)
+            theirs.append(request_r)
+            mine.append(request_w)
+            response_r, response_w = os.pipe2(os.O_CLOEXEC)
+            mine.append(response_r)
+            theirs.append(response_w)
+            cancel_r, cancel_w = os.pipe2(os.O_CLOEXEC)
+            theirs.append(cancel_r)
+            mine.append(cancel_w)
+            slot_fd = _memfd("jishi-slot", slot_bytes)
+            theirs.append(slot_fd)
+            model_fd = _memfd("jishi-model", max(len(model or b""), 1))
+            theirs.append(model_fd)
+            if model:
+                with mmap.mmap(model_fd, len(model)) as target:
+                    target[:] = model
+            worker.output_region = (params["slot_input_bytes"], slot_bytes)
+            worker.slot = mmap.mmap(slot_fd, slot_bytes)
+            worker.buffer = np.frombuffer(worker.slot, dtype=np.uint8)
+            worker.pidfd = zygote.spawn(
+                worker.wid, params, theirs, timeout_s=self.config.zygote_start_timeout_s
+            )
+        except OSError as exc:
+            for fd in mine:
+                os.close(fd)
+            raise SandboxUnavailable(log_detail=f"cannot create worker resources: {exc}") from None
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        worker.request, worker.response, worker.cancel = mine
+        return self._read_ready(worker, zygote)
+
+    def _read_ready(self, worker: _Worker, zygote: _Zygote) -> dict[str, Any]:
+        deadline = time.monotonic() + self.config.load_timeout_s
+        if not p.wait_readable(worker.response, max(deadline - time.monotonic(), 0.0)):
+            worker.kill()
+            raise DeadlineExceeded("Loading the model did not finish in time.")
+        kind, body, maxrss_kb = self._read_message(worker, zygote)
+        worker.memory_bytes = maxrss_kb * 1024
+        if kind != p.KIND_READY:
+            raise self._error_from(body)
+        try:
+            ready = json.loads(body)
+            if not isinstance(ready, dict) or not isinstance(ready.get("protections"), dict):
+                raise ValueError("malformed ready message")
+        except ValueError:
+            worker.kill()
+            raise WorkerCrashed(log_detail="malformed ready message") from None
+        self._protections = {k: v for k, v in ready["protections"].items() if k.isidentifier()}
+        return ready
+
+    def _read_message(self, worker: _Worker, zygote: _Zygote) -> tuple[int, bytes, int]:
+        """(kind, JSON body, peak RSS KiB) of a JSON message; a dead worker raises its cause."""
+        header = p.read_exact(worker.response, p.RESPONSE.size)
+        if not header:
+            raise self._death(worker, zygote)
+        kind, length, _, _, maxrss_kb = p.RESPONSE.unpack(header)
+        if kind == p.KIND_OK or length > p.JSON_BYTES_MAX:
+            worker.kill()
+            raise WorkerCrashed(log_detail="unexpected message from worker")
+        body = p.read_exact(worker.response, length) if length else b""
+        if length and not body:
+            raise self._death(worker, zygote)
+        return kind, body, maxrss_kb
+
+    def _death(self, worker: _Worker, zygote: _Zygote) -> SandboxError:
+        worker.dead = True
+        status = zygote.exit_status(worker.wid, timeout_s=1.0)
+        if status is None:
+            return WorkerCrashed(log_detail="worker vanished")
+        return status_error(status)
+
+    @staticmethod
+    def _error_from(body: bytes) -> SandboxError:
+        try:
+            message = json.loads(body)
+            code, detail, log = message["code"], message.get("detail"), message.get("log")
+        except (ValueError, KeyError, TypeError):
+            return WorkerCrashed(log_detail="malformed error message from worker")
+        return error_for_code(
+            code if isinstance(code, str) else "",
+            detail[:500] if isinstance(detail, str) else None,
+            log_detail=log[:2000] if isinstance(log, str) else None,
+        )
+
+    def _start_worker(self, worker: _Worker, load_bytes: Callable[[], bytes]) -> None:
+        model = load_bytes()
+        if not isinstance(model, bytes | bytearray | memoryview):
+            raise TypeError("load_bytes must return bytes")
+        if len(model) > self.config.model_bytes_max:
+            raise ResourceExhausted("The model is larger than the sandbox accepts.")
+        if len(model) == 0:
+            raise ModelInvalid("The model is empty.")
+        ready = self._spawn(worker, bytes(model))
+        try:
+            signature = p.Signature.from_json(ready.get("signature"))
+        except (ValueError, TypeError):
+            worker.kill()
+            raise WorkerCrashed(log_detail="malformed signature from worker") from None
+        worker.signature = signature
+        with self._cond:
+            worker.ready = True
+            self._signatures[worker.key] = signature
+            self._signatures.move_to_end(worker.key)
+            while len(self._signatures) > 4096:
+                self._signatures.popitem(last=False)
+
+    def _probe(self) -> dict[str, Any]:
+        with self._cond:
+            worker = _Worker(self._next_wid, "")
+            self._next_wid += 1
+        try:
+            return dict(self._spawn(worker, None)["protections"])
+        finally:
+            worker.close()
+
+    # -- one call
+
+    def _validate(
+        self, signature: p.Signature, inputs: Mapping[str, np.ndarray]
+    ) -> list[tuple[int, np.ndarray]]:
+        """Check inputs against the signature and caps, before anything is copied."""
+        expected = {spec.name for spec in signature.inputs}
+        unknown = sorted(set(inputs) - expected)
+        missing = sorted(expected - set(inputs))
+        if unknown:
+            raise InputInvalid(f"Unknown input {unknown[0][:100]!r}.")
+        if missing:
+            raise InputInvalid(f"Missing input {missing[0][:100]!r}.")
+        ordered = []
+        total_bytes = 0
+        for index, spec in enumerate(signature.inputs):
+            value = inputs[spec.name]
+            name = spec.name[:100]
+            if not isinstance(value, np.ndarray):
+                raise InputInvalid(f"Input {name!r} is not an array.")
+            if value.dtype != np.dtype(spec.dtype) or not value.dtype.isnative:
+                raise InputInvalid(f"Input {name!r} must have dtype {spec.dtype}.")
+            if value.ndim != len(spec.shape):
+                raise InputInvalid(f"Input {name!r} must have rank {len(spec.shape)}.")
+            for axis, (got, want) in enumerate(zip(value.shape, spec.shape, strict=True)):
+                if want is not None and got != want:
+                    raise InputInvalid(f"Input {name!r} must have size {want} on axis {axis}.")
+            if value.size > self.config.input_elements_max:
+                raise InputInvalid(f"Input {name!r} has too many elements.")
+            total_bytes += p.align(value.nbytes)
+            if total_bytes > self.config.input_bytes_max:
+                raise InputInvalid("The inputs exceed the input size limit.")
+            ordered.append((index, value))
+        return ordered
+
+    def _run(
+        self, worker: _Worker, ordered: list[tuple[int, np.ndarray]], deadline_s: float
+    ) -> tuple[dict[str, np.ndarray], float]:
+        assert worker.buffer is not None and worker.signature is not None
+        buffer = worker.buffer
+        headers = []
+        offset = 0
+        for index, value in ordered:
+            target = np.ndarray(value.shape, value.dtype, buffer=buffer, offset=offset)
+            np.copyto(target, value, casting="no")
+            headers.append(p.pack_tensor(index, value.dtype, value.shape, offset))
+            offset = p.align(offset + value.nbytes)
+        worker.seq += 1
+        seq = worker.seq
+        os.write(worker.request, p.REQUEST.pack(p.OP_RUN, len(headers), seq) + b"".join(headers))
+        response = worker.response
+        if not p.wait_readable(response, deadline_s):
+            self._cancel(worker, seq)
+        header = p.read_exact(response, p.RESPONSE.size)
+        zygote = self._zygote
+        if not header:
+            assert zygote is not None
+            raise self._death(worker, zygote)
+        kind, count, got_seq, run_ns, maxrss_kb = p.RESPONSE.unpack(header)
+        worker.memory_bytes = maxrss_kb * 1024
+        if got_seq != seq:
+            worker.kill()
+            raise WorkerCrashed(log_detail="response out of sequence")
+        if kind == p.KIND_ERROR:
+            body = p.read_exact(response, count) if count <= p.JSON_BYTES_MAX else b""
+            raise self._error_from(body)
+        if kind != p.KIND_OK or count != len(worker.signature.outputs):
+            worker.kill()
+            raise WorkerCrashed(log_detail="unexpected response from worker")
+        body = p.read_exact(response, count * p.TENSOR.size)
+        region = worker.output_region
+        outputs = {}
+        for i in range(count):
+            t = p.unpack_tensor(body, i * p.TENSOR.size, region)
+            if t.index != i:
+                worker.kill()
+                raise WorkerCrashed(log_detail="output header out of order")
+            view = np.ndarray(t.shape, t.dtype, buffer=buffer, offset=t.offset)
+            outputs[worker.signature.outputs[i].name] = view.copy()
+        return outputs, run_ns / 1e6
+
+    def _cancel(self, worker: _Worker, seq: int) -> None:
+        """The deadline passed: ask for terminate, then kill; always raises."""
+        with contextlib.suppress(OSError):
+            os.write(worker.cancel, p.CANCEL.pack(seq))
+        if p.wait_readable(worker.response, self.config.kill_grace_s):
+            header = p.read_exact(worker.response, p.RESPONSE.size)
+            if header:
+                kind, count, got_seq, _, _ = p.RESPONSE.unpack(header)
+                if got_seq == seq and count <= p.JSON_BYTES_MAX:
+                    # Drain the answer (a terminate error or a late result) to keep the pipe
+                    # in step; the worker stays warm.
+                    size = count if kind != p.KIND_OK else count * p.TENSOR.size
+                    if size == 0 or p.read_exact(worker.response, size):
+                        raise DeadlineExceeded()
+        worker.kill()
+        raise DeadlineExceeded()

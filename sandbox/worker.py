@@ -1,0 +1,261 @@
+"""The worker: a confined process holding one model's onnxruntime session.
+
+Forked by the zygote. It confines itself first, only then maps the model bytes the supervisor
+left in a memfd, checks and loads them, reports the model's signature and serves calls: inputs
+are read in place from the shared slot, outputs are copied into the slot's output region, and
+only fixed-size headers cross the pipes. A second thread waits on the cancel pipe and sets
+`RunOptions.terminate` for the call it names.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import resource
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from sandbox import protocol as p
+from sandbox.confine import Limits, apply_confinement
+from sandbox.errors import (
+    DeadlineExceeded,
+    InputInvalid,
+    ModelInvalid,
+    ResourceExhausted,
+    SandboxError,
+)
+from sandbox.runtime import check_model, session_options
+
+
+@dataclass(frozen=True)
+class WorkerFds:
+    request: int
+    response: int
+    cancel: int
+    slot: int
+    model: int
+
+
+@dataclass(frozen=True)
+class WorkerParams:
+    """What the supervisor tells a new worker, as JSON through the zygote."""
+
+    slot_input_bytes: int
+    slot_output_bytes: int
+    model_bytes: int
+    memory_bytes_max: int
+    cpu_s_max: int
+    nodes_max: int
+    constant_folding_bytes_max: int
+    allowed_domains: tuple[str, ...]
+    crash_on_input_name: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerParams:
+        return cls(**{**data, "allowed_domains": tuple(data["allowed_domains"])})
+
+
+def _maxrss_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _send_error(fd: int, exc: SandboxError, seq: int = 0) -> None:
+    log = (exc.log_detail or "")[-2000:]
+    message = {"code": exc.code, "detail": exc.detail[:500], "log": log}
+    p.write_all(fd, p.pack_json(p.KIND_ERROR, message, seq=seq, maxrss_kb=_maxrss_kb()))
+
+
+def _run_error(exc: BaseException) -> SandboxError:
+    """Translate an onnxruntime failure during a run; the raw text only goes to log_detail."""
+    text = str(exc)
+    lowered = text.lower()
+    if isinstance(exc, MemoryError) or "alloc" in lowered or "bad_alloc" in lowered:
+        return ResourceExhausted(log_detail=text)
+    if "terminate flag" in lowered:
+        return DeadlineExceeded(log_detail=text)
+    if type(exc).__name__ == "InvalidArgument":
+        return InputInvalid("The model rejected the inputs.", log_detail=text)
+    return ModelInvalid("The model failed while evaluating.", log_detail=text)
+
+
+def _load_error(exc: BaseException) -> SandboxError:
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "alloc" in text.lower():
+        return ResourceExhausted("Loading the model exceeded the memory limit.", log_detail=text)
+    return ModelInvalid("onnxruntime could not load the model.", log_detail=text)
+
+
+def _signature(session: Any) -> p.Signature:
+    def spec(arg: Any) -> p.TensorSpec:
+        dtype = p.DTYPE_BY_ORT_TYPE.get(arg.type)
+        if dtype is None:
+            raise ModelInvalid(f"The tensor {arg.name[:100]!r} has an unsupported type.")
+        shape = arg.shape if isinstance(arg.shape, list) else []
+        if len(shape) > p.RANK_MAX:
+            raise ModelInvalid(f"The tensor {arg.name[:100]!r} has too many dimensions.")
+        dims = tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
+        return p.TensorSpec(name=arg.name, dtype=dtype.name, shape=dims)
+
+    inputs = tuple(spec(a) for a in session.get_inputs())
+    outputs = tuple(spec(a) for a in session.get_outputs())
+    if not 0 < len(inputs) <= p.TENSORS_MAX or not 0 < len(outputs) <= p.TENSORS_MAX:
+        raise ModelInvalid("The model has too many or too few inputs or outputs.")
+    return p.Signature(inputs=inputs, outputs=outputs)
+
+
+class _Canceller:
+    """Sets RunOptions.terminate when the supervisor cancels the call in progress."""
+
+    def __init__(self, fd: int, run_options: Any) -> None:
+        self._fd = fd
+        self._run_options = run_options
+        self._lock = threading.Lock()
+        self._current = 0
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def begin(self, seq: int) -> None:
+        with self._lock:
+            self._current = seq
+            self._run_options.terminate = False
+
+    def end(self) -> None:
+        with self._lock:
+            self._current = 0
+
+    def _watch(self) -> None:
+        while True:
+            data = p.read_exact(self._fd, p.CANCEL.size)
+            if not data:
+                return
+            (seq,) = p.CANCEL.unpack(data)
+            with self._lock:
+                if seq == self._current:
+                    self._run_options.terminate = True
+
+
+def serve(fds: WorkerFds, params: WorkerParams) -> None:
+    """Confine this process, load the model and answer calls until the request pipe closes."""
+    protections = apply_confinement(
+        Limits(
+            memory_bytes_max=params.memory_bytes_max,
+            cpu_s_max=params.cpu_s_max,
+            wall_s_max=float(params.cpu_s_max),
+            open_files_max=32,
+        ),
+        keep_fds=(fds.request, fds.response, fds.cancel, fds.slot, fds.model),
+    )
+    slot_bytes = params.slot_input_bytes + params.slot_output_bytes
+    slot = mmap.mmap(fds.slot, slot_bytes)
+    os.close(fds.slot)
+    if params.model_bytes == 0:  # A probe: report the protections and leave.
+        os.close(fds.model)
+        ready = {"protections": protections.as_dict()}
+        p.write_all(fds.response, p.pack_json(p.KIND_READY, ready, maxrss_kb=_maxrss_kb()))
+        return
+
+    try:
+        with mmap.mmap(fds.model, params.model_bytes, prot=mmap.PROT_READ) as source:
+            model_bytes = source[:]
+        os.close(fds.model)
+        check_model(model_bytes, allowed_domains=params.allowed_domains, nodes_max=params.nodes_max)
+        options = session_options(constant_folding_bytes_max=params.constant_folding_bytes_max)
+        try:
+            session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise _load_error(exc) from None
+        del model_bytes
+        signature = _signature(session)
+    except SandboxError as exc:
+        _send_error(fds.response, exc)
+        return
+    except MemoryError:
+        _send_error(fds.response, ResourceExhausted("Loading the model exceeded the memory limit."))
+        return
+
+    ready = {"protections": protections.as_dict(), "signature": signature.as_json()}
+    p.write_all(fds.response, p.pack_json(p.KIND_READY, ready, maxrss_kb=_maxrss_kb()))
+    _serve_calls(fds, params, session, signature, slot, ort.RunOptions())
+
+
+def _serve_calls(
+    fds: WorkerFds,
+    params: WorkerParams,
+    session: Any,
+    signature: p.Signature,
+    slot: mmap.mmap,
+    run_options: Any,
+) -> None:
+    canceller = _Canceller(fds.cancel, run_options)
+    buffer = np.frombuffer(slot, dtype=np.uint8)
+    input_region = (0, params.slot_input_bytes)
+    output_start = params.slot_input_bytes
+    output_end = params.slot_input_bytes + params.slot_output_bytes
+    input_names = [s.name for s in signature.inputs]
+    output_names = [s.name for s in signature.outputs]
+    crash = params.crash_on_input_name is not None and params.crash_on_input_name in input_names
+    while True:
+        header = p.read_exact(fds.request, p.REQUEST.size)
+        if not header:
+            return
+        op, count, seq = p.REQUEST.unpack(header)
+        if op != p.OP_RUN or count > len(input_names):
+            return
+        body = p.read_exact(fds.request, count * p.TENSOR.size)
+        feeds: dict[str, np.ndarray] = {}
+        try:
+            for i in range(count):
+                t = p.unpack_tensor(body, i * p.TENSOR.size, input_region)
+                if t.index >= len(input_names):
+                    raise InputInvalid(log_detail="input index out of range")
+                feeds[input_names[t.index]] = np.ndarray(
+                    t.shape, t.dtype, buffer=buffer, offset=t.offset
+                )
+        except SandboxError as exc:
+            _send_error(fds.response, exc, seq)
+            continue
+        if crash:  # Test hook, enabled only by the pool's explicit configuration.
+            os.kill(os.getpid(), signal.SIGSEGV)
+        canceller.begin(seq)
+        started = time.perf_counter_ns()
+        try:
+            outputs = session.run(output_names, feeds, run_options)
+        except BaseException as exc:
+            canceller.end()
+            feeds.clear()
+            _send_error(fds.response, _run_error(exc), seq)
+            continue
+        run_ns = time.perf_counter_ns() - started
+        canceller.end()
+        feeds.clear()
+        try:
+            reply = _place_outputs(outputs, buffer, output_start, output_end)
+        except SandboxError as exc:
+            _send_error(fds.response, exc, seq)
+            continue
+        finally:
+            del outputs
+        header = p.RESPONSE.pack(p.KIND_OK, len(output_names), seq, run_ns, _maxrss_kb())
+        p.write_all(fds.response, header + reply)
+
+
+def _place_outputs(outputs: list[Any], buffer: np.ndarray, start: int, end: int) -> bytes:
+    descriptors = []
+    offset = start
+    for index, value in enumerate(outputs):
+        if not isinstance(value, np.ndarray) or value.dtype not in p.CODE_BY_DTYPE:
+            raise ModelInvalid("The model produced an output of an unsupported type.")
+        if value.ndim > p.RANK_MAX:
+            raise ModelInvalid("The model produced an output with too many dimensions.")
+        if offset + value.nbytes > end:
+            raise ResourceExhausted("The model's outputs exceed the output size limit.")
+        target = np.ndarray(value.shape, value.dtype, buffer=buffer, offset=offset)
+        np.copyto(target, value, casting="no")
+        descriptors.append(p.pack_tensor(index, value.dtype, value.shape, offset))
+        offset = p.align(offset + value.nbytes)
+    return b"".join(descriptors)
