@@ -50,5 +50,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not settings.is_development:
         from marketplace.migrate import require_current_schema
 
-        require_current_schema(app)
+        try:
+            require_current_schema(app)
+        except Exception:
+            app.extensions["db"].engine.dispose()
+            raise
     return app

@@ -6,7 +6,7 @@ import secrets
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup, FlaskGroup
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
 from marketplace import migrate
 
@@ -58,11 +58,12 @@ def users_create(email: str, role: str, password: str | None) -> None:
 
 
 @click.command("demo-data")
+@with_appcontext
 def demo_data() -> None:
     """Load demonstration organisations, listings and offers (idempotent)."""
     from marketplace.demo import load_demo_data
 
-    for line in load_demo_data(current_app):
+    for line in load_demo_data(current_app._get_current_object()):  # type: ignore[attr-defined]
         click.echo(line)
 
 
@@ -70,15 +71,20 @@ def demo_data() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Load demo data first.")
+@with_appcontext
 def serve(host: str, port: int, demo: bool) -> None:
     """Migrate, load demo data and serve (the embedded, single-machine way to run)."""
     from marketplace.demo import load_demo_data
 
     migrate.upgrade(current_app.extensions["db"].engine)
     if demo:
-        for line in load_demo_data(current_app):
+        for line in load_demo_data(current_app._get_current_object()):  # type: ignore[attr-defined]
             click.echo(line)
-    current_app.run(host=host, port=port, threaded=True, use_reloader=False)
+    # Werkzeug's threaded server directly: Flask ignores app.run() inside a CLI command.
+    from werkzeug.serving import run_simple
+
+    click.echo(f"serving on http://{host}:{port}")
+    run_simple(host, port, current_app._get_current_object(), threaded=True)  # type: ignore[attr-defined]
 
 
 def init_app(app: Flask) -> None:

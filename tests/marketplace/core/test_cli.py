@@ -1,0 +1,84 @@
+"""The `jishi` command: migrations, platform users, demo data and the embedded server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from sqlmodel import select
+
+from marketplace.accounts.models import Organization, User
+
+
+def test_users_create_makes_an_auditor_with_a_client(app, runner, db_session):
+    result = runner.invoke(
+        args=["users", "create", "--email", "Aud@Example.test", "--role", "auditor"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "client_secret: jcs_" in result.output
+    user = db_session.exec(select(User).where(User.email == "aud@example.test")).one()
+    assert user.platform_role == "auditor"
+    org = db_session.exec(select(Organization).where(Organization.roles == "auditor")).one()
+    assert "audit:read" in org.allowed_scopes and "models:write" not in org.allowed_scopes
+    again = runner.invoke(
+        args=["users", "create", "--email", "aud@example.test", "--role", "admin"]
+    )
+    assert again.exit_code != 0
+
+
+def test_users_create_rejects_other_roles(runner):
+    result = runner.invoke(
+        args=["users", "create", "--email", "x@example.test", "--role", "vendor"]
+    )
+    assert result.exit_code == 2
+
+
+def test_demo_data_is_idempotent(app, runner, db_session):
+    first = runner.invoke(args=["demo-data"])
+    assert first.exit_code == 0, first.output
+    count = len(db_session.exec(select(Organization)).all())
+    second = runner.invoke(args=["demo-data"])
+    assert second.exit_code == 0
+    assert "present" in second.output
+    assert len(db_session.exec(select(Organization)).all()) == count
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_embedded_serve_migrates_loads_demo_data_and_serves(tmp_path: Path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPLACE_")}
+    env["MARKETPLACE_INSTANCE_PATH"] = str(tmp_path / "instance")
+    jishi = Path(sys.executable).with_name("jishi")
+    proc = subprocess.Popen(
+        [str(jishi), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                resp = requests.get(f"http://127.0.0.1:{port}/api/v1/openapi.json", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.3)
+        assert resp.status_code == 200
+        assert (tmp_path / "instance" / "jishi.sqlite3").exists()
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=20)
+    assert "demo vendor" in output
