@@ -1,0 +1,79 @@
+"""Money arithmetic on integer minor units: allocation, fee splits, metered royalties.
+
+No floats anywhere: an amount is a count of the currency's smallest unit, and every split is
+computed so that its parts add up to the whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+BPS_WHOLE = 10_000  # basis points in one
+
+
+def allocate(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` in proportion to ``weights`` by largest remainder; parts sum to ``total``.
+
+    Each part gets the floor of its exact quota; the units left over go one each to the parts
+    with the largest fractional remainders (ties to the earlier part), so the result is
+    deterministic and no part is ever more than one unit from its exact share.
+    """
+    if total < 0:
+        raise ValueError("cannot allocate a negative amount")
+    if not weights or any(w < 0 for w in weights) or sum(weights) == 0:
+        raise ValueError("weights must be non-negative with a positive sum")
+    weight_sum = sum(weights)
+    parts = [total * w // weight_sum for w in weights]
+    remainders = [total * w % weight_sum for w in weights]
+    left = total - sum(parts)
+    order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
+    for i in order[:left]:
+        parts[i] += 1
+    return parts
+
+
+@dataclass(frozen=True)
+class Split:
+    """A gross amount divided between the vendor and the platform."""
+
+    gross: int
+    vendor: int
+    platform: int
+
+
+def split_fee(gross: int, fee_bps: int) -> Split:
+    """The vendor's share and the platform's fee of ``gross``; they always sum to ``gross``."""
+    if not 0 <= fee_bps <= BPS_WHOLE:
+        raise ValueError("fee_bps must be between 0 and 10000")
+    vendor, platform = allocate(gross, [BPS_WHOLE - fee_bps, fee_bps])
+    return Split(gross=gross, vendor=vendor, platform=platform)
+
+
+def royalty_due(calls: int, royalty_per_1k_minor: int) -> int:
+    """What ``calls`` metered calls cost in total: ``floor(calls * royalty_per_1k_minor / 1000)``.
+
+    Settling the difference ``royalty_due(n1) - royalty_due(n0)`` for each batch of calls makes
+    the running total exact after every batch, whatever the batch sizes.
+    """
+    if calls < 0 or royalty_per_1k_minor < 0:
+        raise ValueError("calls and royalty must not be negative")
+    return calls * royalty_per_1k_minor // 1000
+
+
+def calls_affordable(total_minor: int, royalty_per_1k_minor: int) -> int:
+    """The largest call count whose :func:`royalty_due` does not exceed ``total_minor``."""
+    if royalty_per_1k_minor <= 0:
+        raise ValueError("free royalties make every call count affordable")
+    # floor(n * r / 1000) <= m  <=>  n * r < 1000 * (m + 1)
+    return (1000 * (total_minor + 1) - 1) // royalty_per_1k_minor
+
+
+def format_minor(amount_minor: int, currency: str, exponent: int) -> str:
+    """Display form such as ``12.34 CNY`` or ``500 JPY`` (display only; never parsed back)."""
+    sign = "-" if amount_minor < 0 else ""
+    value = abs(amount_minor)
+    if exponent == 0:
+        return f"{sign}{value} {currency}"
+    unit = 10**exponent
+    return f"{sign}{value // unit}.{value % unit:0{exponent}d} {currency}"
