@@ -3,5 +3,15 @@
 from marketplace.accounts import models as accounts_models
 from marketplace.catalog import models as catalog_models
 from marketplace.ledger import models as ledger_models
+from marketplace.licensing import models as licensing_models
+from marketplace.metering import models as metering_models
+from marketplace.payments import models as payments_models
 
-__all__ = ["accounts_models", "catalog_models", "ledger_models"]
+__all__ = [
+    "accounts_models",
+    "catalog_models",
+    "ledger_models",
+    "licensing_models",
+    "metering_models",
+    "payments_models",
+]
