@@ -44,6 +44,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(meta_bp)
     app.register_blueprint(accounts_bp)
 
+    from marketplace.evaluation.services import LazyPool, pool_config
+    from marketplace.evaluation.views import bp as evaluation_bp
+
+    # The sandbox's zygote starts on the first evaluation, not with every app object.
+    app.extensions["sandbox_pool"] = LazyPool(pool_config(settings))
+    app.register_blueprint(evaluation_bp)
+
     from marketplace import cli
 
     cli.init_app(app)

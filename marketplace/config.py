@@ -45,6 +45,17 @@ class Settings:
     model_bytes_max: int = 2 * 1024**3
     artifact_url_ttl_s: int = 300
 
+    # Sandbox (evaluation).
+    eval_timeout_s: float = 10.0
+    eval_body_bytes_max: int = 64 * 1024 * 1024
+    eval_input_bytes_max: int = 64 * 1024 * 1024
+    eval_input_elements_max: int = 16 * 1024 * 1024
+    eval_output_bytes_max: int = 64 * 1024 * 1024
+    sandbox_workers_max: int = 4
+    sandbox_queue_max: int = 32
+    sandbox_memory_budget_bytes: int = 8 * 1024**3
+    sandbox_worker_memory_bytes_max: int = 2 * 1024**3
+
     # Money.
     platform_fee_bps: int = 1000  # 10 % of every sale and royalty goes to the platform
 
@@ -59,7 +70,11 @@ class Settings:
             )
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name.endswith(("_max", "_s", "_bps")) and isinstance(value, int) and value < 0:
+            if (
+                field.name.endswith(("_max", "_s", "_bps"))
+                and isinstance(value, int | float)
+                and value < 0
+            ):
                 raise ConfigError(f"{ENV_PREFIX}{field.name.upper()} must not be negative")
 
     @property
@@ -100,6 +115,11 @@ class Settings:
 
 
 def _coerce(name: str, kind: Any, raw: str) -> Any:
+    if kind is float or kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a number, not {raw!r}") from None
     if kind is int or kind == "int":
         try:
             return int(raw)

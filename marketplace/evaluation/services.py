@@ -1,0 +1,130 @@
+"""Evaluate a model version in the sandbox for an entitled organisation.
+
+The order is fixed: find the version, check the entitlement (which may refuse with 403 or 402
+before any model runs), run in the sandbox, and only after a successful run record the call
+(trial decrement or metered usage). A failed run is never charged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlmodel import Session, select
+
+from marketplace.catalog.models import Listing, ModelVersion
+from marketplace.config import Settings
+from marketplace.errors import DomainError, Forbidden, NotFound
+from model_registry.blobstore import BlobStore
+from sandbox.errors import SandboxError
+from sandbox.pool import EvalResult, PoolConfig, SandboxPool
+
+log = logging.getLogger(__name__)
+
+
+def pool_config(settings: Settings) -> PoolConfig:
+    return PoolConfig(
+        workers_max=settings.sandbox_workers_max,
+        queue_max=settings.sandbox_queue_max,
+        eval_timeout_s=settings.eval_timeout_s,
+        memory_budget_bytes=settings.sandbox_memory_budget_bytes,
+        worker_memory_bytes_max=settings.sandbox_worker_memory_bytes_max,
+        model_bytes_max=settings.model_bytes_max,
+        input_bytes_max=settings.eval_input_bytes_max,
+        output_bytes_max=settings.eval_output_bytes_max,
+        input_elements_max=settings.eval_input_elements_max,
+    )
+
+
+class LazyPool:
+    """Starts the sandbox (zygote and workers) on first use, once per process."""
+
+    def __init__(
+        self, config: PoolConfig, factory: Callable[[PoolConfig], SandboxPool] = SandboxPool
+    ):
+        self.config = config
+        self._factory = factory
+        self._pool: SandboxPool | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> SandboxPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = self._factory(self.config)
+                atexit.register(self._pool.close)
+            return self._pool
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+
+def sandbox_problem(exc: SandboxError) -> DomainError:
+    """The sandbox's taxonomy as a client-visible problem; raw detail stays in the log."""
+    if exc.log_detail:
+        log.warning("sandbox %s: %s", exc.code, exc.log_detail)
+    headers = {}
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    return DomainError(exc.detail, code=exc.code, status=exc.status, headers=headers)
+
+
+@dataclass(frozen=True)
+class Target:
+    listing: Listing
+    version: ModelVersion
+
+
+def find_target(*, session: Session, model_id: int, version: str) -> Target:
+    listing = session.get(Listing, model_id)
+    if listing is None:
+        raise NotFound("No such model.", code="model_not_found")
+    row = session.exec(
+        select(ModelVersion).where(
+            ModelVersion.listing_id == model_id, ModelVersion.version == version
+        )
+    ).first()
+    if row is None:
+        raise NotFound("No such version.", code="version_not_found")
+    if row.revoked_at is not None:
+        raise Forbidden("This version has been revoked.", code="version_revoked")
+    return Target(listing, row)
+
+
+def run(
+    *,
+    pool: SandboxPool,
+    blob_store: BlobStore,
+    version: ModelVersion,
+    inputs: Mapping[str, np.ndarray],
+    deadline_s: float,
+) -> EvalResult:
+    def load_bytes() -> bytes:
+        with blob_store.open(version.blob_key) as stream:
+            return stream.read()
+
+    try:
+        # The content hash keys the warm cache: two listings with identical bytes share workers.
+        return pool.evaluate(version.sha256, load_bytes, inputs, deadline_s=deadline_s)
+    except SandboxError as exc:
+        raise sandbox_problem(exc) from None
+
+
+def health(lazy: LazyPool, *, detailed: bool) -> dict[str, Any]:
+    body = lazy.get().health()
+    if not detailed:
+        # Which models are quarantined is the vendors' business, not the public's.
+        body["quarantined"] = len(body.get("quarantined") or {})
+    return body

@@ -1,0 +1,157 @@
+"""POST /models/{id}/versions/{v}/evaluate and GET /sandbox/health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import BaseModel, Field
+
+from marketplace.accounts.oauth import current, require_oauth
+from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
+from marketplace.api import API_PREFIX, openapi
+from marketplace.db import get_session
+from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
+from marketplace.evaluation import services
+from marketplace.evaluation.tensors import (
+    NPZ_MIME,
+    TensorDecodeError,
+    decode_json_tensors,
+    decode_npz,
+    encode_json_tensors,
+    encode_npz,
+)
+
+bp = Blueprint("evaluation", __name__, url_prefix=API_PREFIX)
+
+
+class TensorJSON(BaseModel):
+    dtype: str = Field(examples=["float32"])
+    shape: list[int]
+    data: list[Any]
+
+
+class EvaluateRequest(BaseModel):
+    inputs: dict[str, TensorJSON]
+
+
+class EvaluateResponse(BaseModel):
+    outputs: dict[str, TensorJSON]
+    timing: dict[str, float]
+    usage: dict[str, Any]
+
+
+def _read_inputs() -> dict[str, Any]:
+    settings = current_app.extensions["settings"]
+    limit = settings.eval_body_bytes_max
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Evaluation bodies are limited to {limit} bytes.")
+    request.max_content_length = limit
+    mimetype = request.mimetype
+    try:
+        if mimetype == NPZ_MIME:
+            return decode_npz(
+                request.get_data(cache=False),
+                elements_max=settings.eval_input_elements_max,
+                bytes_max=settings.eval_input_bytes_max,
+            )
+        if mimetype == "application/json":
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                raise ValidationFailed("The body must be a JSON object.", code="body_not_object")
+            if set(body) != {"inputs"}:
+                raise ValidationFailed('The body must be {"inputs": {...}}.', code="input_invalid")
+            return decode_json_tensors(
+                body["inputs"], elements_max=settings.eval_input_elements_max
+            )
+    except TensorDecodeError as exc:
+        raise ValidationFailed(str(exc), code=exc.code) from None
+    raise DomainError(
+        f"Send application/json or {NPZ_MIME}.", code="unsupported_media_type", status=415
+    )
+
+
+def _wants_npz() -> bool:
+    best = request.accept_mimetypes.best_match(
+        ["application/json", NPZ_MIME], default="application/json"
+    )
+    return best == NPZ_MIME
+
+
+@bp.post("/models/<int:model_id>/versions/<version>/evaluate")
+@openapi(
+    "Run a model version in the sandbox (owner, trial or licence holder)",
+    tag="sandbox",
+    body=EvaluateRequest,
+    response=EvaluateResponse,
+    scope=SANDBOX_RUN,
+    errors=[402, 404, 413, 415, 502, 503, 504],
+)
+@require_oauth(SANDBOX_RUN)
+def evaluate(model_id: int, version: str) -> Any:
+    settings = current_app.extensions["settings"]
+    session = get_session()
+    target = services.find_target(session=session, model_id=model_id, version=version)
+    org_id = current.organization_id
+    entitlement = None
+    if target.listing.organization_id != org_id:
+        from marketplace.licensing import entitlements
+
+        entitlement = entitlements.check_entitlement(
+            session=session,
+            organization_id=org_id,
+            listing_id=target.listing.id,
+            version_id=target.version.id,
+        )
+    inputs = _read_inputs()
+    # The database is not needed while the model runs; release the connection meanwhile.
+    session.commit()
+    result = services.run(
+        pool=current_app.extensions["sandbox_pool"].get(),
+        blob_store=current_app.extensions["blob_store"],
+        version=target.version,
+        inputs=inputs,
+        deadline_s=settings.eval_timeout_s,
+    )
+    if entitlement is None:
+        usage: dict[str, Any] = {"licence_id": None, "kind": "owner"}
+    else:
+        from marketplace.licensing import entitlements
+
+        usage = entitlements.record_successful_call(session=session, entitlement=entitlement)
+    timing = {
+        "queue_ms": round(result.queue_ms, 3),
+        "load_ms": round(result.load_ms, 3),
+        "run_ms": round(result.run_ms, 3),
+    }
+    if _wants_npz():
+        response = Response(encode_npz(result.outputs), mimetype=NPZ_MIME)
+        response.headers["X-Jishi-Timing"] = ",".join(f"{k}={v}" for k, v in timing.items())
+        response.headers["X-Jishi-Usage"] = ",".join(f"{k}={v}" for k, v in usage.items())
+        return response
+    return jsonify(
+        {"outputs": encode_json_tensors(result.outputs), "timing": timing, "usage": usage}
+    )
+
+
+class SandboxHealth(BaseModel):
+    available: bool
+    protections: dict[str, Any] | None
+    workers: int
+    workers_busy: int
+    queue_depth: int
+
+
+@bp.get("/sandbox/health")
+@openapi(
+    "Which protections the sandbox has in force on this node", tag="sandbox", response=SandboxHealth
+)
+def sandbox_health() -> Any:
+    # Public: the protections in force are part of the marketplace's promise to vendors.
+    # Only an administrator sees which models are quarantined.
+    detailed = False
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        with require_oauth.acquire() as token:
+            detailed = ADMIN in token.scope.split()
+    return jsonify(services.health(current_app.extensions["sandbox_pool"], detailed=detailed))
