@@ -75,7 +75,7 @@ def _run_error(exc: BaseException) -> SandboxError:
     """Translate an onnxruntime failure during a run; the raw text only goes to log_detail."""
     text = str(exc)
     lowered = text.lower()
-    if isinstance(exc, MemoryError) or "alloc" in lowered or "bad_alloc" in lowered:
+    if isinstance(exc, MemoryError) or "alloc" in lowered or "would require more than" in lowered:
         return ResourceExhausted(log_detail=text)
     if "terminate flag" in lowered:
         return DeadlineExceeded(log_detail=text)

@@ -1,0 +1,367 @@
+"""The evaluator pool against benign and hostile models and inputs.
+
+After every test the shared pool must still evaluate a benign model correctly, and the test
+process (standing in for the web process) must not have grown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from sandbox.errors import SandboxBusy, SandboxError
+from sandbox.pool import EvalResult, PoolConfig, SandboxPool
+from tests.sandbox import models
+
+DEADLINE_S = 1.0
+GRACE_S = 0.3
+SLACK_S = 0.5  # Scheduling noise on a loaded two-core machine.
+CONFIG = PoolConfig(
+    workers_max=4,
+    worker_memory_bytes_max=1 << 30,
+    eval_timeout_s=DEADLINE_S,
+    kill_grace_s=GRACE_S,
+    input_bytes_max=16 << 20,
+    input_elements_max=4 << 20,
+    output_bytes_max=16 << 20,
+    quarantine_failures=1000,
+    crash_on_input_name="crash_me",
+)
+F32 = np.float32
+BENIGN = models.add()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[SandboxPool]:
+    with SandboxPool(CONFIG) as pool:
+        yield pool
+
+
+def _benign_ok(pool: SandboxPool) -> None:
+    x = np.arange(6, dtype=F32).reshape(2, 3)
+    y = np.array([[10, 20, 30]], dtype=F32)
+    result = pool.evaluate("benign", lambda: BENIGN, {"x": x, "y": y})
+    np.testing.assert_array_equal(result.outputs["z"], x + y)
+
+
+@pytest.fixture(autouse=True)
+def still_healthy(pool: SandboxPool) -> Iterator[None]:
+    _benign_ok(pool)
+    before = _rss_bytes()
+    yield
+    _benign_ok(pool)
+    assert _rss_bytes() - before < 64 << 20
+
+
+def _code(call: Callable[[], object]) -> str:
+    with pytest.raises(SandboxError) as exc:
+        call()
+    return exc.value.code
+
+
+def _eval(pool: SandboxPool, key: str, model: bytes, **inputs: np.ndarray) -> EvalResult:
+    return pool.evaluate(key, lambda: model, inputs)
+
+
+# --- benign behaviour --------------------------------------------------------------------
+
+
+def test_matmul_is_correct_and_warm_after_the_first_call(pool: SandboxPool) -> None:
+    loads = []
+    model = models.matmul()
+
+    def load() -> bytes:
+        loads.append(1)
+        return model
+
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(F32)
+    first = pool.evaluate("matmul", load, {"x": x})
+    second = pool.evaluate("matmul", load, {"x": x})
+    np.testing.assert_allclose(first.outputs["y"], x @ models.MATMUL_W, rtol=1e-6)
+    np.testing.assert_array_equal(second.outputs["y"], first.outputs["y"])
+    assert (first.cold, second.cold) == (True, False)
+    assert second.load_ms == 0 and first.load_ms > 0
+    assert len(loads) == 1
+
+
+def test_nan_and_inf_propagate_and_denormals_are_flushed(pool: SandboxPool) -> None:
+    x = np.array([[np.nan, np.inf, 1e-40]], dtype=F32)
+    assert x[0, 2] != 0  # A genuine float32 denormal.
+    z = pool.evaluate("benign", lambda: BENIGN, {"x": x, "y": np.zeros((1, 3), F32)})
+    out = z.outputs["z"]
+    assert np.isnan(out[0, 0]) and np.isposinf(out[0, 1]) and out[0, 2] == 0
+
+
+def test_concurrent_callers_get_their_own_results(pool: SandboxPool) -> None:
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            for _ in range(10):
+                x = np.full((3, 3), i, dtype=F32)
+                out = pool.evaluate("benign", lambda: BENIGN, {"x": x, "y": np.ones((1, 3), F32)})
+                np.testing.assert_array_equal(out.outputs["z"], x + 1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_health_reports_protections_and_counts(pool: SandboxPool) -> None:
+    health = pool.health()
+    assert health["available"] is True
+    protections = health["protections"]
+    for name in ("rlimits", "no_new_privs", "seccomp", "fds_closed", "empty_cwd"):
+        assert protections[name] is True
+    assert health["workers"] >= 1
+    assert health["queue_depth"] == 0
+
+
+# --- hostile models ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        models.external_initializer,
+        models.external_constant,
+        models.external_sparse,
+        models.external_in_subgraph,
+    ],
+)
+def test_external_data_is_refused_by_every_route(
+    pool: SandboxPool, build: Callable[[], bytes]
+) -> None:
+    inputs = {"x": np.zeros(4, F32), "c": np.array(True)}
+    if build is not models.external_in_subgraph:
+        del inputs["c"]
+    assert _code(lambda: pool.evaluate(build.__name__, build, inputs)) == "model_invalid"
+
+
+@pytest.mark.parametrize("domain", ["com.evil", "com.microsoft"])
+def test_foreign_domains_are_refused(pool: SandboxPool, domain: str) -> None:
+    model = models.custom_domain(domain)
+    code = _code(lambda: _eval(pool, f"domain-{domain}", model, x=np.zeros(4, F32)))
+    assert code == "model_invalid"
+
+
+def test_garbage_bytes_are_model_invalid(pool: SandboxPool) -> None:
+    assert _code(lambda: _eval(pool, "garbage", b"\x08\x01garbage", x=np.zeros(4, F32))) == (
+        "model_invalid"
+    )
+
+
+def test_runtime_load_errors_do_not_leak_onnxruntime_text(pool: SandboxPool) -> None:
+    model = models.type_error()
+    with pytest.raises(SandboxError) as exc:
+        _eval(pool, "type-error", model, x=np.zeros(4, F32), n=np.zeros(4, np.int64))
+    assert exc.value.code == "model_invalid"
+    assert "ONNXRuntimeError" not in exc.value.detail and "Type Error" not in exc.value.detail
+    assert exc.value.log_detail is not None and "Type Error" in exc.value.log_detail
+
+
+def test_constant_of_shape_bomb_is_resource_exhausted(pool: SandboxPool) -> None:
+    model = models.constant_of_shape_bomb()
+    shape = np.array([1 << 18, 1 << 18], dtype=np.int64)
+    assert _code(lambda: _eval(pool, "cos-bomb", model, shape=shape)) == "resource_exhausted"
+    # The same model with a sane shape still works in the same (warm) worker.
+    out = _eval(pool, "cos-bomb", model, shape=np.array([2, 3], dtype=np.int64))
+    assert out.outputs["y"].shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("build", "inputs"),
+    [
+        (models.expand_bomb, {"x": np.zeros(1, F32)}),
+        (models.tile_bomb, {"x": np.zeros((1, 1), F32)}),
+        (models.resize_bomb, {"x": np.zeros((1, 1, 2, 2), F32)}),
+    ],
+)
+def test_memory_bombs_are_resource_exhausted(
+    pool: SandboxPool, build: Callable[[], bytes], inputs: dict[str, np.ndarray]
+) -> None:
+    assert _code(lambda: pool.evaluate(build.__name__, build, inputs)) == "resource_exhausted"
+
+
+def test_huge_loop_is_deadline_exceeded_in_time(pool: SandboxPool) -> None:
+    model = models.huge_loop()
+    _eval_started = time.monotonic()
+    assert _code(lambda: _eval(pool, "loop", model, x=np.zeros(1, F32))) == "deadline_exceeded"
+    elapsed = time.monotonic() - _eval_started
+    assert elapsed < DEADLINE_S + GRACE_S + SLACK_S + 0.5  # + cold load
+
+
+def test_long_kernel_ignoring_terminate_is_killed_in_time(pool: SandboxPool) -> None:
+    model = models.long_matmul()
+    small: dict[str, np.ndarray] = {"x": np.ones(1, F32), "n": np.array([8], np.int64)}
+    pool.evaluate("matmul-long", lambda: model, small)  # Warm: time only the kernel.
+    started = time.monotonic()
+    big: dict[str, np.ndarray] = {
+        "x": np.ones(1, F32),
+        "n": np.array([4096], np.int64),
+    }  # Seconds of one MatMul.
+    assert _code(lambda: pool.evaluate("matmul-long", lambda: model, big, deadline_s=0.5)) == (
+        "deadline_exceeded"
+    )
+    assert time.monotonic() - started < 0.5 + GRACE_S + SLACK_S
+    # terminate could not stop the kernel, so the worker was killed: the next call is cold.
+    assert pool.evaluate("matmul-long", lambda: model, small).cold
+
+
+def test_200k_node_chain_gets_a_clean_code(pool: SandboxPool) -> None:
+    model = models.long_chain(200_000)
+    code = _code(lambda: _eval(pool, "chain", model, t0=np.zeros(1, F32)))
+    assert code == "model_invalid"  # Over PoolConfig.nodes_max (100 000).
+
+
+def test_segfaulting_worker_is_worker_crashed(pool: SandboxPool) -> None:
+    model = models.identity([1], name="crash_me")
+    code = _code(lambda: _eval(pool, "crasher", model, crash_me=np.zeros(1, F32)))
+    assert code == "worker_crashed"
+
+
+def test_output_above_the_cap_is_resource_exhausted(pool: SandboxPool) -> None:
+    model = models.large_output()
+    rows = np.array([(32 << 20) // 4096], dtype=np.int64)  # 32 MiB > output_bytes_max.
+    code = _code(lambda: _eval(pool, "large-out", model, x=np.ones(1, F32), rows=rows))
+    assert code == "resource_exhausted"
+    small = _eval(pool, "large-out", model, x=np.ones(1, F32), rows=np.array([2], np.int64))
+    assert small.outputs["y"].shape == (2, 1024)
+
+
+# --- hostile inputs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"x": np.zeros((2, 3), np.float64), "y": np.zeros((1, 3), F32)},  # wrong dtype
+        {"x": np.zeros((2, 3, 1), F32), "y": np.zeros((1, 3), F32)},  # wrong rank
+        {"x": np.zeros((2, 4), F32), "y": np.zeros((1, 3), F32)},  # wrong fixed dim
+        {"x": np.zeros((2, 3), F32)},  # missing input
+        {"x": np.zeros((2, 3), F32), "y": np.zeros((1, 3), F32), "w": np.zeros(1, F32)},
+        {"x": [[1.0, 2.0, 3.0]], "y": np.zeros((1, 3), F32)},  # not an array
+        {"x": np.zeros((2, 3), F32).astype(">f4"), "y": np.zeros((1, 3), F32)},  # byte order
+    ],
+    ids=["dtype", "rank", "fixed-dim", "missing", "unknown", "not-array", "byte-order"],
+)
+def test_inputs_that_break_the_signature_are_input_invalid(
+    pool: SandboxPool, inputs: dict[str, np.ndarray]
+) -> None:
+    assert _code(lambda: pool.evaluate("benign", lambda: BENIGN, inputs)) == "input_invalid"
+
+
+def test_huge_inputs_are_refused_before_any_copy(pool: SandboxPool) -> None:
+    # Zero-stride views: terabytes declared, nothing allocated. Copying would kill the test.
+    huge = np.broadcast_to(np.float32(0), (1 << 20, 1 << 20))
+    declared = models.declared_huge_input()
+    assert _code(lambda: _eval(pool, "declared-huge", declared, x=huge[:100_000, :100_000])) == (
+        "input_invalid"
+    )
+    wide = np.broadcast_to(np.float32(0), (1 << 22, 3))
+    code = _code(lambda: _eval(pool, "benign", BENIGN, x=wide, y=np.zeros((1, 3), F32)))
+    assert code == "input_invalid"
+
+
+# --- pool policy -------------------------------------------------------------------------
+
+
+def test_repeated_crashes_quarantine_the_model() -> None:
+    config = PoolConfig(
+        quarantine_failures=2, quarantine_s=60, crash_on_input_name="crash_me", workers_max=2
+    )
+    model = models.identity([1], name="crash_me")
+    with SandboxPool(config) as pool:
+        for _ in range(2):
+            assert _code(lambda: _eval(pool, "bad", model, crash_me=np.zeros(1, F32))) == (
+                "worker_crashed"
+            )
+        with pytest.raises(SandboxError) as exc:
+            _eval(pool, "bad", model, crash_me=np.zeros(1, F32))
+        assert exc.value.code == "model_quarantined"
+        assert exc.value.status == 503
+        assert "bad" in pool.health()["quarantined"]
+        out = _eval(pool, "good", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
+        assert out.outputs["z"].shape == (1, 3)
+
+
+def test_a_killed_worker_is_replaced_on_the_next_call(pool: SandboxPool) -> None:
+    model = models.long_matmul()
+    loads = []
+
+    def load() -> bytes:
+        loads.append(1)
+        return model
+
+    x = np.ones(1, F32)
+    big: dict[str, np.ndarray] = {"x": x, "n": np.array([4096], np.int64)}
+    assert _code(lambda: pool.evaluate("respawn", load, big, deadline_s=0.3)) == (
+        "deadline_exceeded"
+    )
+    result = pool.evaluate("respawn", load, {"x": x, "n": np.array([16], np.int64)})
+    assert result.outputs["y"] == 16.0**3
+    assert result.cold and len(loads) == 2
+
+
+def test_lru_evicts_the_least_recently_used_worker() -> None:
+    loads: dict[str, int] = {}
+
+    def loader(key: str) -> Callable[[], bytes]:
+        def load() -> bytes:
+            loads[key] = loads.get(key, 0) + 1
+            return BENIGN
+
+        return load
+
+    inputs = {"x": np.zeros((1, 3), F32), "y": np.zeros((1, 3), F32)}
+    with SandboxPool(PoolConfig(workers_max=2, workers_busy_max=1)) as pool:
+        for key in ("a", "b", "a", "c", "a", "b"):
+            pool.evaluate(key, loader(key), inputs)
+        assert loads == {"a": 1, "b": 2, "c": 1}
+        assert pool.health()["workers"] == 2
+
+
+def test_a_full_queue_answers_busy_with_retry_after() -> None:
+    slow = models.long_matmul()
+    inputs: dict[str, np.ndarray] = {"x": np.ones(1, F32), "n": np.array([2048], np.int64)}
+    config = PoolConfig(workers_max=1, workers_busy_max=1, queue_max=0)
+    with SandboxPool(config) as pool:
+        pool.evaluate("slow", lambda: slow, inputs, deadline_s=30)  # warm
+        started = threading.Event()
+
+        def occupy() -> None:
+            started.set()
+            pool.evaluate("slow", lambda: slow, inputs, deadline_s=30)
+
+        thread = threading.Thread(target=occupy)
+        thread.start()
+        started.wait()
+        time.sleep(0.05)
+        with pytest.raises(SandboxError) as exc:
+            _eval(pool, "other", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
+        thread.join()
+    assert exc.value.code == "sandbox_busy"
+    assert exc.value.status == 503
+    assert isinstance(exc.value, SandboxBusy) and exc.value.retry_after_s > 0
+
+
+def test_closed_pool_is_unavailable() -> None:
+    pool = SandboxPool(PoolConfig())
+    pool.close()
+    assert _code(lambda: _eval(pool, "x", BENIGN, x=np.zeros((1, 3), F32))) == (
+        "sandbox_unavailable"
+    )
