@@ -39,16 +39,24 @@ def parse_json(model: type[M]) -> M:
             code="unsupported_media_type",
             status=415,
         )
-    limit = current_app.extensions["settings"].json_body_bytes_max
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes.")
-    request.max_content_length = limit
-    data = request.get_json(silent=True)
+    return validate(model, read_json_object(current_app.extensions["settings"].json_body_bytes_max))
+
+
+def read_json_object(bytes_max: int) -> dict[str, Any]:
+    """The request body as a JSON object of at most ``bytes_max`` bytes; 413/422 otherwise."""
+    if request.content_length is not None and request.content_length > bytes_max:
+        raise PayloadTooLarge(f"JSON bodies are limited to {bytes_max} bytes.")
+    request.max_content_length = bytes_max
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        # The standard decoder recurses per nesting level; a hostile body can exhaust the stack.
+        data = None
     if data is None:
         raise ValidationFailed("The body is not valid JSON.", code="malformed_json")
     if not isinstance(data, dict):
         raise ValidationFailed("The body must be a JSON object.", code="body_not_object")
-    return validate(model, data)
+    return data
 
 
 def parse_query(model: type[M]) -> M:

@@ -78,7 +78,9 @@ def sandbox_problem(exc: SandboxError) -> DomainError:
     retry_after = getattr(exc, "retry_after_s", None)
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, round(retry_after)))
-    return DomainError(exc.detail, code=exc.code, status=exc.status, headers=headers)
+    problem = DomainError(exc.detail, code=exc.code, status=exc.status, headers=headers)
+    problem.title = exc.code.replace("_", " ").capitalize()
+    return problem
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
-from marketplace.api import API_PREFIX, openapi
+from marketplace.api import API_PREFIX, openapi, read_json_object
 from marketplace.db import get_session
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
@@ -46,19 +46,17 @@ def _read_inputs() -> dict[str, Any]:
     limit = settings.eval_body_bytes_max
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Evaluation bodies are limited to {limit} bytes.")
-    request.max_content_length = limit
     mimetype = request.mimetype
     try:
         if mimetype == NPZ_MIME:
+            request.max_content_length = limit
             return decode_npz(
                 request.get_data(cache=False),
                 elements_max=settings.eval_input_elements_max,
                 bytes_max=settings.eval_input_bytes_max,
             )
         if mimetype == "application/json":
-            body = request.get_json(silent=True)
-            if not isinstance(body, dict):
-                raise ValidationFailed("The body must be a JSON object.", code="body_not_object")
+            body = read_json_object(limit)
             if set(body) != {"inputs"}:
                 raise ValidationFailed('The body must be {"inputs": {...}}.', code="input_invalid")
             return decode_json_tensors(

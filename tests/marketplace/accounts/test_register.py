@@ -179,3 +179,10 @@ def test_registered_orgs_are_independent(client):
     a = register_org(client, ["vendor"])
     b = register_org(client, ["buyer"])
     assert a.id != b.id and a.client_id != b.client_id
+
+
+def test_deeply_nested_json_is_422_not_500(client):
+    raw = '{"email": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    resp = client.post("/api/v1/register", data=raw, content_type="application/json")
+    assert resp.status_code == 422
+    assert resp.json["code"] == "malformed_json"
