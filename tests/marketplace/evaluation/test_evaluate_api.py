@@ -226,7 +226,7 @@ def test_model_missing_version_missing_and_revoked(client, vendor, publish, db_s
     }
     assert (
         client.post(
-            f"/api/v1/models/999999/versions/1.0.0/evaluate", json=body, headers=headers
+            "/api/v1/models/999999/versions/1.0.0/evaluate", json=body, headers=headers
         ).json["code"]
         == "model_not_found"
     )
