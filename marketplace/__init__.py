@@ -31,6 +31,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["settings"] = settings
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=settings.log_level)
+    # Authlib logs issued tokens verbatim at DEBUG; tokens must never reach a log.
+    logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger().level))
 
     from marketplace import db, errors
     from marketplace.accounts.oauth import config_oauth
@@ -50,6 +52,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # The sandbox's zygote starts on the first evaluation, not with every app object.
     app.extensions["sandbox_pool"] = LazyPool(pool_config(settings))
     app.register_blueprint(evaluation_bp)
+
+    from marketplace.ledger.views import init_app as init_ledger
+    from marketplace.licensing.views import init_app as init_licensing
+    from marketplace.payments.views import init_app as init_payments
+
+    init_payments(app)
+    init_licensing(app)
+    init_ledger(app)
 
     from marketplace import cli
 

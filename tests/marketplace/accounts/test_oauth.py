@@ -230,3 +230,35 @@ def test_real_oauth_client_against_a_live_server(live_server, monkeypatch):
             assert me.json()["organization"]["roles"] == ["buyer"]
             session.revoke_token(f"{server.url}/oauth/revoke", token=token["access_token"])
             assert session.get(f"{server.url}/api/v1/me", timeout=10).status_code == 401
+
+
+def test_passwords_and_secrets_never_reach_the_logs(client, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    password = "Correct-Horse-9-Battery"
+    resp = client.post(
+        "/api/v1/register",
+        json={
+            "email": "log@example.test",
+            "password": password,
+            "organization_name": "L",
+            "organization_roles": ["buyer"],
+        },
+    )
+    secret = resp.json["client"]["client_secret"]
+    client_id = resp.json["client"]["client_id"]
+    token = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers=basic_auth(client_id, secret),
+    ).json["access_token"]
+    client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers=basic_auth(client_id, "jcs_wrong-guess"),
+    )
+    client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+    for value in (password, secret, token, "jcs_wrong-guess"):
+        assert value not in logged
