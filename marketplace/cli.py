@@ -88,7 +88,9 @@ def serve(host: str, port: int, demo: bool) -> None:
 
 
 def init_app(app: Flask) -> None:
-    for command in (db_cli, users_cli, demo_data, serve):
+    from marketplace.ledger.cli import ledger_cli
+
+    for command in (db_cli, users_cli, demo_data, serve, ledger_cli):
         app.cli.add_command(command)
 
 

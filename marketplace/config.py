@@ -58,6 +58,9 @@ class Settings:
 
     # Money.
     platform_fee_bps: int = 1000  # 10 % of every sale and royalty goes to the platform
+    top_up_amount_minor_max: int = 100_000_000  # largest single wallet top-up
+    metering_reserve_calls: int = 1000  # calls a metered licence reserves (and settles) at once
+    statement_entries_max: int = 1000  # entries in one statement response
 
     def __post_init__(self) -> None:
         if self.env not in {"development", "testing", "production"}:

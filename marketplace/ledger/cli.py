@@ -1,0 +1,39 @@
+"""``jishi ledger ...``: settlement of metered royalties and a consistency check."""
+
+from __future__ import annotations
+
+import click
+from flask.cli import AppGroup
+
+ledger_cli = AppGroup("ledger", help="The double-entry ledger.")
+
+
+@ledger_cli.command("settle")
+@click.option(
+    "--batch", "batch_licenses", default=200, show_default=True, help="Licences per transaction."
+)
+def settle(batch_licenses: int) -> None:
+    """Charge every per-inference licence's unsettled calls (safe to rerun after a crash)."""
+    from marketplace.db import get_session
+    from marketplace.metering.services import settle as settle_all
+
+    report = settle_all(session=get_session(), batch_licenses=batch_licenses)
+    charged = ", ".join(f"{amount} {cur}" for cur, amount in sorted(report.charged_minor.items()))
+    click.echo(
+        f"settled {report.calls} calls on {report.licenses} licences"
+        + (f"; charged (minor units) {charged}" if charged else "")
+    )
+
+
+@ledger_cli.command("check")
+def check() -> None:
+    """Replay the journal against the cached balances; exit 1 on any difference."""
+    from marketplace.db import get_session
+    from marketplace.ledger.services import check_invariants
+
+    problems = check_invariants(get_session())
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo("ledger consistent")

@@ -1,0 +1,50 @@
+"""Response shapes of the statement API."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StatementQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    from_: dt.datetime | None = Field(default=None, alias="from")
+    to: dt.datetime | None = None
+
+
+class AccountPublic(BaseModel):
+    account_id: int
+    code: str
+    currency: str
+    debits_posted: int
+    credits_posted: int
+    debits_pending: int
+    credits_pending: int
+    balance_minor: int = Field(description="credits_posted - debits_posted")
+
+
+class EntryPublic(BaseModel):
+    id: int
+    transaction_id: int
+    kind: str
+    account_id: int
+    account_code: str
+    currency: str
+    side: str
+    amount_minor: int
+    pending: bool
+    memo: str
+    created_at: dt.datetime
+
+
+class Statement(BaseModel):
+    organization_id: int
+    currency: str | None
+    from_: dt.datetime | None = Field(serialization_alias="from")
+    to: dt.datetime | None
+    accounts: list[AccountPublic]
+    entries: list[EntryPublic]
+    truncated: bool = Field(description="True when more entries matched than one page holds")

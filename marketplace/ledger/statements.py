@@ -1,0 +1,89 @@
+"""An organisation's view of its own ledger accounts."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from marketplace.db import as_utc
+from marketplace.ledger import services as ledger
+from marketplace.ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction
+from marketplace.ledger.schemas import AccountPublic, EntryPublic, Statement
+
+_accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
+_entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
+_transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
+
+
+def statement(
+    *,
+    session: Session,
+    organization_id: int,
+    currency: str | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    entries_max: int,
+) -> Statement:
+    """Balances and entries (oldest first, ``start <= created_at < end``) of the org's accounts.
+
+    Only accounts whose ``organization_id`` is the caller's are read, so no organisation can
+    see another's rows through this path.
+    """
+    accounts = ledger.balances(session, organization_id=organization_id, currency=currency)
+    query = (
+        sa.select(
+            _entries_t,
+            _transactions_t.c.kind,
+            _transactions_t.c.memo,
+            _accounts_t.c.code,
+            _accounts_t.c.currency,
+        )
+        .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
+        .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
+        .where(_accounts_t.c.organization_id == organization_id)
+    )
+    if currency is not None:
+        query = query.where(_accounts_t.c.currency == currency)
+    if start is not None:
+        query = query.where(_entries_t.c.created_at >= start)
+    if end is not None:
+        query = query.where(_entries_t.c.created_at < end)
+    rows = session.execute(query.order_by(_entries_t.c.id).limit(entries_max + 1)).mappings().all()
+    return Statement(
+        organization_id=organization_id,
+        currency=currency,
+        from_=start,
+        to=end,
+        accounts=[
+            AccountPublic(
+                account_id=b.account_id,
+                code=b.code,
+                currency=b.currency,
+                debits_posted=b.debits_posted,
+                credits_posted=b.credits_posted,
+                debits_pending=b.debits_pending,
+                credits_pending=b.credits_pending,
+                balance_minor=b.posted,
+            )
+            for b in accounts
+        ],
+        entries=[
+            EntryPublic(
+                id=row["id"],
+                transaction_id=row["transaction_id"],
+                kind=row["kind"],
+                account_id=row["account_id"],
+                account_code=row["code"],
+                currency=row["currency"],
+                side=row["side"],
+                amount_minor=row["amount"],
+                pending=row["pending"],
+                memo=row["memo"],
+                created_at=as_utc(row["created_at"]),
+            )
+            for row in rows[:entries_max]
+        ],
+        truncated=len(rows) > entries_max,
+    )

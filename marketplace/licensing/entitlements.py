@@ -1,0 +1,228 @@
+"""Entitlement enforcement: may this organisation run (or download) this model version?
+
+Contract for the evaluate endpoint, in this order:
+
+1. ``ent = check_entitlement(session=..., organization_id=..., listing_id=..., version_id=...)``
+   before the model runs. It reads only. It raises :class:`~marketplace.errors.Forbidden`
+   (403, code ``no_entitlement``, ``version_revoked`` or ``listing_suspended``) when no active,
+   unexpired, unrevoked licence or trial covers the version, and
+   :class:`~marketplace.errors.PaymentRequired` (402, code ``insufficient_funds``, with
+   ``missing_minor`` and ``currency``) when the only cover is a per-inference licence whose
+   buyer's wallet cannot pay for the next call. Prefers a paid-up licence (perpetual,
+   subscription) over a per-inference one over a trial.
+2. Run the model. If the run fails, do nothing: failed calls are never counted or charged.
+3. ``usage = record_successful_call(session=..., entitlement=ent)`` after a successful run and
+   **before** returning the outputs; put ``usage`` in the response as ``usage``. This is the
+   authoritative, atomic step: a trial call is counted by a conditional ``UPDATE`` (exactly
+   once per successful call, never below zero, also under concurrency) and a per-inference
+   call consumes one call of the wallet reservation and writes a usage event. If a concurrent
+   call used the last trial call or the reservation cannot be renewed, it raises 403/402 like
+   step 1; the caller then discards the outputs, so nobody ever receives more results than
+   their entitlement or wallet covers. ``usage`` is ``{"licence_id", "kind",
+   "calls_remaining"?, "charged_minor"?}``: ``calls_remaining`` for trials, ``charged_minor``
+   (this call's share of ``floor(N * royalty_per_1k_minor / 1000)``) for per-inference.
+
+``may_download(...)`` answers the registry's artifact endpoint: True when the organisation
+holds an active, non-trial licence from an offer with ``allow_download`` for the listing and
+the version is not revoked. (A vendor's access to its own artifacts is the registry's rule.)
+
+Each function runs its own unit of work on ``session``; the session must not hold
+uncommitted writes of the caller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from marketplace.catalog.models import LISTING_ACTIVE, Listing, ModelVersion, Offer
+from marketplace.db import utcnow
+from marketplace.errors import Forbidden, NotFound, PaymentRequired
+from marketplace.ledger import services as ledger
+from marketplace.ledger.errors import InsufficientFunds
+from marketplace.ledger.money import royalty_due
+from marketplace.licensing.models import (
+    PER_INFERENCE,
+    PERPETUAL,
+    SUBSCRIPTION,
+    TRIAL,
+    License,
+)
+from marketplace.metering import services as metering
+
+# Which licence pays for a call when several cover it: paid-up first, the trial last.
+_PREFERENCE = {PERPETUAL: 0, SUBSCRIPTION: 1, PER_INFERENCE: 2, TRIAL: 3}
+
+_licenses_t = License.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    """The licence that covers a call, as found by :func:`check_entitlement`."""
+
+    license_id: int
+    kind: str
+    organization_id: int
+    listing_id: int
+    version_id: int
+    offer_id: int
+    expires_at: dt.datetime | None
+    calls_remaining: int | None
+    royalty_per_1k_minor: int
+    currency: str
+
+
+def _active_licenses(
+    session: Session, organization_id: int, listing_id: int, now: dt.datetime
+) -> list[License]:
+    rows = session.exec(
+        select(License).where(
+            License.organization_id == organization_id,
+            License.listing_id == listing_id,
+            License.revoked_at.is_(None),  # type: ignore[union-attr]
+            sa.or_(License.expires_at.is_(None), License.expires_at > now),  # type: ignore[union-attr,operator]
+        )
+    ).all()
+    return sorted(rows, key=lambda lic: (_PREFERENCE[lic.kind], lic.id))
+
+
+def _check_version(session: Session, listing_id: int, version_id: int) -> None:
+    version = session.get(ModelVersion, version_id)
+    if version is None or version.listing_id != listing_id:
+        raise NotFound("No such model version.", code="version_not_found")
+    if version.revoked_at is not None:
+        raise Forbidden("The vendor revoked this version.", code="version_revoked")
+    listing = session.get(Listing, listing_id)
+    if listing is None or listing.status != LISTING_ACTIVE:
+        raise Forbidden("The listing is suspended.", code="listing_suspended")
+
+
+def check_entitlement(
+    *, session: Session, organization_id: int, listing_id: int, version_id: int
+) -> Entitlement:
+    """The licence that lets ``organization_id`` run ``version_id`` now; 403/402 otherwise."""
+    try:
+        _check_version(session, listing_id, version_id)
+        payment_error: PaymentRequired | None = None
+        for lic in _active_licenses(session, organization_id, listing_id, utcnow()):
+            assert lic.id is not None
+            if lic.kind == TRIAL and lic.calls_remaining is not None and lic.calls_remaining <= 0:
+                continue
+            if lic.kind == PER_INFERENCE:
+                missing = metering.missing_for_next_call(session, lic)
+                if missing > 0:
+                    payment_error = payment_error or InsufficientFunds(
+                        account_id=0, currency=lic.currency, missing_minor=missing
+                    )
+                    continue
+            return Entitlement(
+                license_id=lic.id,
+                kind=lic.kind,
+                organization_id=organization_id,
+                listing_id=listing_id,
+                version_id=version_id,
+                offer_id=lic.offer_id,
+                expires_at=lic.expires_at,
+                calls_remaining=lic.calls_remaining,
+                royalty_per_1k_minor=lic.royalty_per_1k_minor,
+                currency=lic.currency,
+            )
+    finally:
+        session.commit()  # end the read transaction; the model run may take a while
+    if payment_error is not None:
+        raise payment_error
+    raise Forbidden(
+        "Your organisation holds no active licence or trial for this model.",
+        code="no_entitlement",
+    )
+
+
+def record_successful_call(
+    *,
+    session: Session,
+    entitlement: Entitlement,
+    reserve_calls: int = metering.DEFAULT_RESERVE_CALLS,
+) -> dict[str, Any]:
+    """Count one successful call against ``entitlement``; the ``usage`` object for the response.
+
+    ``reserve_calls`` is how many calls a per-inference licence reserves from the wallet at a
+    time (the ``metering_reserve_calls`` setting).
+    """
+    ent = entitlement
+    usage: dict[str, Any] = {"licence_id": ent.license_id, "kind": ent.kind}
+    if ent.kind == PER_INFERENCE:
+        used, _ids = metering.record_calls(
+            session=session,
+            license_id=ent.license_id,
+            version_id=ent.version_id,
+            reserve_calls=reserve_calls,
+        )
+        r = ent.royalty_per_1k_minor
+        usage["charged_minor"] = royalty_due(used, r) - royalty_due(used - 1, r)
+        return usage
+
+    now = utcnow()
+    active = sa.and_(
+        _licenses_t.c.id == ent.license_id,
+        _licenses_t.c.revoked_at.is_(None),
+        sa.or_(_licenses_t.c.expires_at.is_(None), _licenses_t.c.expires_at > now),
+    )
+    if ent.kind == TRIAL:
+        statement = (
+            sa.update(_licenses_t)
+            .where(
+                active,
+                sa.or_(_licenses_t.c.calls_remaining.is_(None), _licenses_t.c.calls_remaining > 0),
+            )
+            .values(
+                calls_used=_licenses_t.c.calls_used + 1,
+                calls_remaining=_licenses_t.c.calls_remaining - 1,  # NULL stays NULL
+            )
+            .returning(_licenses_t.c.calls_remaining)
+        )
+    else:
+        statement = (
+            sa.update(_licenses_t)
+            .where(active)
+            .values(calls_used=_licenses_t.c.calls_used + 1)
+            .returning(_licenses_t.c.calls_remaining)
+        )
+
+    def work(s: Session) -> dict[str, Any]:
+        row = s.execute(statement).first()
+        if row is None:
+            raise Forbidden(
+                "The licence or trial no longer covers this call.", code="no_entitlement"
+            )
+        if ent.kind == TRIAL:
+            usage["calls_remaining"] = row[0]
+        return usage
+
+    return ledger.run_in_transaction(session, work)
+
+
+def may_download(
+    *, session: Session, organization_id: int, listing_id: int, version_id: int
+) -> bool:
+    """True when the organisation may download the version's artifact."""
+    version = session.get(ModelVersion, version_id)
+    if version is None or version.listing_id != listing_id or version.revoked_at is not None:
+        return False
+    now = utcnow()
+    found = session.exec(
+        select(License.id)
+        .join(Offer, Offer.id == License.offer_id)  # type: ignore[arg-type]
+        .where(
+            License.organization_id == organization_id,
+            License.listing_id == listing_id,
+            License.kind != TRIAL,
+            License.revoked_at.is_(None),  # type: ignore[union-attr]
+            sa.or_(License.expires_at.is_(None), License.expires_at > now),  # type: ignore[union-attr,operator]
+            Offer.allow_download.is_(True),  # type: ignore[attr-defined]
+        )
+    ).first()
+    return found is not None

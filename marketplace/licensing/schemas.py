@@ -1,0 +1,67 @@
+"""Request and response shapes of the licensing API (trials, purchases, licences, refunds)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AcceptTerms(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accept_terms_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class LicenseUsage(BaseModel):
+    calls_used: int
+    calls_settled: int
+    calls_unsettled: int
+    royalty_per_1k_minor: int
+    charged_minor: int = Field(description="Royalties settled so far")
+    accrued_minor: int = Field(description="Royalties owed for every call so far")
+
+
+class LicensePublic(BaseModel):
+    id: int
+    kind: str
+    status: str  # active | expired | exhausted | revoked
+    offer_id: int
+    listing_id: int
+    currency: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    calls_remaining: int | None
+    usage: LicenseUsage
+
+
+class LicenseList(BaseModel):
+    items: list[LicensePublic]
+
+
+class OrderPublic(BaseModel):
+    id: int
+    status: str
+    offer_id: int
+    amount_minor: int
+    refunded_minor: int
+    currency: str
+    licence_id: int | None
+    ledger_transaction_id: int | None
+    created_at: dt.datetime
+
+
+class RefundCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount_minor: int | None = Field(default=None, gt=0, description="Default: all that is left")
+    reason: str = Field(default="", max_length=500)
+
+
+class RefundPublic(BaseModel):
+    id: int
+    order_id: int
+    amount_minor: int
+    currency: str
+    ledger_transaction_id: int | None
+    order: OrderPublic

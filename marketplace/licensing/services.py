@@ -1,0 +1,445 @@
+"""Trials, purchases, licences and refunds. No Flask here; each function owns its unit of work."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
+from marketplace.db import utcnow
+from marketplace.errors import Conflict, NotFound, ValidationFailed
+from marketplace.ledger import services as ledger
+from marketplace.ledger.models import PLATFORM_REVENUE, VENDOR_PAYABLE, WALLET
+from marketplace.ledger.money import royalty_due, split_fee
+from marketplace.licensing.models import (
+    ORDER_PARTIALLY_REFUNDED,
+    ORDER_REFUNDED,
+    PER_INFERENCE,
+    PERPETUAL,
+    SUBSCRIPTION,
+    TRIAL,
+    License,
+    Order,
+    Refund,
+    TermsAcceptance,
+    Trial,
+)
+from marketplace.licensing.schemas import (
+    LicensePublic,
+    LicenseUsage,
+    OrderPublic,
+    RefundCreate,
+    RefundPublic,
+)
+from marketplace.payments.services import request_hash
+
+
+def _offer_for_sale(session: Session, offer_id: int, organization_id: int) -> tuple[Offer, Listing]:
+    offer = session.get(Offer, offer_id)
+    listing = session.get(Listing, offer.listing_id) if offer is not None else None
+    if offer is None or listing is None:
+        raise NotFound("No such offer.", code="offer_not_found")
+    if offer.retired_at is not None:
+        raise Conflict("The offer is retired.", code="offer_retired")
+    if listing.status != LISTING_ACTIVE:
+        raise Conflict("The listing is suspended.", code="listing_suspended")
+    if listing.organization_id == organization_id:
+        raise Conflict("An organisation cannot license its own offer.", code="own_offer")
+    return offer, listing
+
+
+def _check_terms(offer: Offer, accept_terms_sha256: str) -> None:
+    if accept_terms_sha256 != offer.terms_sha256:
+        raise Conflict(
+            "The accepted terms are not the offer's current terms; fetch the offer again.",
+            code="terms_mismatch",
+            extra={"terms_sha256": offer.terms_sha256},
+        )
+
+
+def _accept(
+    session: Session, organization_id: int, offer: Offer, purpose: str, client_id: str
+) -> None:
+    assert offer.id is not None
+    session.add(
+        TermsAcceptance(
+            organization_id=organization_id,
+            offer_id=offer.id,
+            terms_sha256=offer.terms_sha256,
+            purpose=purpose,
+            client_id=client_id,
+        )
+    )
+
+
+def license_status(lic: License, now: dt.datetime | None = None) -> str:
+    now = now or utcnow()
+    if lic.revoked_at is not None:
+        return "revoked"
+    if lic.expires_at is not None and lic.expires_at <= now:
+        return "expired"
+    if lic.kind == TRIAL and lic.calls_remaining is not None and lic.calls_remaining <= 0:
+        return "exhausted"
+    return "active"
+
+
+def license_public(lic: License) -> LicensePublic:
+    assert lic.id is not None
+    r = lic.royalty_per_1k_minor
+    return LicensePublic(
+        id=lic.id,
+        kind=lic.kind,
+        status=license_status(lic),
+        offer_id=lic.offer_id,
+        listing_id=lic.listing_id,
+        currency=lic.currency,
+        created_at=lic.created_at,
+        expires_at=lic.expires_at,
+        calls_remaining=lic.calls_remaining,
+        usage=LicenseUsage(
+            calls_used=lic.calls_used,
+            calls_settled=lic.calls_settled,
+            calls_unsettled=lic.calls_used - lic.calls_settled,
+            royalty_per_1k_minor=r,
+            charged_minor=royalty_due(lic.calls_settled, r),
+            accrued_minor=royalty_due(lic.calls_used, r),
+        ),
+    )
+
+
+def order_public(order: Order) -> OrderPublic:
+    assert order.id is not None
+    return OrderPublic(
+        id=order.id,
+        status=order.status,
+        offer_id=order.offer_id,
+        amount_minor=order.amount_minor,
+        refunded_minor=order.refunded_minor,
+        currency=order.currency,
+        licence_id=order.license_id,
+        ledger_transaction_id=order.ledger_transaction_id,
+        created_at=order.created_at,
+    )
+
+
+# --- Trials -----------------------------------------------------------------------------------
+
+
+def start_trial(
+    *,
+    session: Session,
+    organization_id: int,
+    offer_id: int,
+    accept_terms_sha256: str,
+    client_id: str,
+) -> LicensePublic:
+    """Grant the offer's trial (``trial_calls`` calls, ``trial_days`` days) once per organisation."""
+
+    def work(s: Session) -> License:
+        offer, listing = _offer_for_sale(s, offer_id, organization_id)
+        _check_terms(offer, accept_terms_sha256)
+        if offer.trial_calls <= 0 and offer.trial_days <= 0:
+            raise Conflict("This offer has no trial.", code="no_trial")
+        taken = s.exec(
+            select(Trial).where(
+                Trial.organization_id == organization_id, Trial.offer_id == offer_id
+            )
+        ).first()
+        if taken is not None:
+            raise Conflict("Your organisation already had this offer's trial.", code="trial_taken")
+        now = utcnow()
+        lic = License(
+            organization_id=organization_id,
+            offer_id=offer_id,
+            listing_id=listing.id,  # type: ignore[arg-type]
+            vendor_organization_id=listing.organization_id,
+            kind=TRIAL,
+            currency=offer.currency,
+            expires_at=now + dt.timedelta(days=offer.trial_days) if offer.trial_days > 0 else None,
+            calls_remaining=offer.trial_calls if offer.trial_calls > 0 else None,
+            created_at=now,
+        )
+        s.add(lic)
+        s.flush()
+        assert lic.id is not None
+        s.add(Trial(organization_id=organization_id, offer_id=offer_id, license_id=lic.id))
+        _accept(s, organization_id, offer, "trial", client_id)
+        s.flush()  # the unique (organisation, offer) constraint settles a race of two requests
+        return lic
+
+    return license_public(ledger.run_in_transaction(session, work))
+
+
+# --- Purchases --------------------------------------------------------------------------------
+
+
+def purchase(
+    *,
+    session: Session,
+    organization_id: int,
+    offer_id: int,
+    accept_terms_sha256: str,
+    idempotency_key: str,
+    client_id: str,
+    platform_fee_bps: int,
+) -> tuple[OrderPublic, bool]:
+    """Buy an offer: one ledger transaction moves the price from the buyer's wallet to the
+    vendor's payable and the platform's revenue, and the licence is issued with the order.
+
+    Returns the order and whether it was created now (False: the key was seen before).
+    """
+    digest = request_hash({"offer_id": offer_id, "accept_terms_sha256": accept_terms_sha256})
+
+    def work(s: Session) -> tuple[Order, bool]:
+        found = s.exec(
+            select(Order).where(
+                Order.organization_id == organization_id, Order.idempotency_key == idempotency_key
+            )
+        ).first()
+        if found is not None:
+            if found.request_hash != digest:
+                raise Conflict(
+                    "This idempotency key was used for a different purchase.",
+                    code="idempotency_key_reused",
+                )
+            return found, False
+        offer, listing = _offer_for_sale(s, offer_id, organization_id)
+        _check_terms(offer, accept_terms_sha256)
+        now = utcnow()
+        expires_at = None
+        if offer.kind in (PERPETUAL, PER_INFERENCE):
+            held = s.exec(
+                select(License.id).where(
+                    License.organization_id == organization_id,
+                    License.offer_id == offer_id,
+                    License.kind == offer.kind,
+                    License.revoked_at.is_(None),  # type: ignore[union-attr]
+                )
+            ).first()
+            if held is not None:
+                raise Conflict(
+                    "Your organisation already holds this licence.", code="already_licensed"
+                )
+        elif offer.kind == SUBSCRIPTION:
+            if not offer.term_days or offer.term_days <= 0:
+                raise ValidationFailed("The subscription has no term.", code="offer_invalid")
+            # A renewal bought before the current term ends extends it.
+            latest = s.exec(
+                select(sa.func.max(License.expires_at)).where(
+                    License.organization_id == organization_id,
+                    License.offer_id == offer_id,
+                    License.revoked_at.is_(None),  # type: ignore[union-attr]
+                )
+            ).one()
+            start = max(now, latest) if latest is not None else now
+            expires_at = start + dt.timedelta(days=offer.term_days)
+        else:
+            raise ValidationFailed(f"Unknown offer kind {offer.kind!r}.", code="offer_invalid")
+
+        transaction_id = None
+        if offer.price_minor > 0:
+            split = split_fee(offer.price_minor, platform_fee_bps)
+            legs = [
+                ledger.Leg.debit(
+                    ledger.ensure_account(
+                        s, organization_id=organization_id, code=WALLET, currency=offer.currency
+                    ),
+                    offer.price_minor,
+                )
+            ]
+            if split.vendor:
+                vendor = ledger.ensure_account(
+                    s,
+                    organization_id=listing.organization_id,
+                    code=VENDOR_PAYABLE,
+                    currency=offer.currency,
+                )
+                legs.append(ledger.Leg.credit(vendor, split.vendor))
+            if split.platform:
+                platform = ledger.ensure_account(
+                    s, organization_id=None, code=PLATFORM_REVENUE, currency=offer.currency
+                )
+                legs.append(ledger.Leg.credit(platform, split.platform))
+            (tx,) = ledger.apply_transfers(
+                s,
+                [
+                    ledger.Transfer(
+                        idempotency_key=f"order:{organization_id}:{idempotency_key}",
+                        kind="purchase",
+                        legs=tuple(legs),
+                        memo=f"offer {offer_id}",
+                    )
+                ],
+            )
+            transaction_id = tx.id
+        lic = License(
+            organization_id=organization_id,
+            offer_id=offer_id,
+            listing_id=listing.id,  # type: ignore[arg-type]
+            vendor_organization_id=listing.organization_id,
+            kind=offer.kind,
+            currency=offer.currency,
+            royalty_per_1k_minor=offer.royalty_per_1k_minor if offer.kind == PER_INFERENCE else 0,
+            platform_fee_bps=platform_fee_bps,
+            expires_at=expires_at,
+            created_at=now,
+        )
+        s.add(lic)
+        s.flush()
+        order = Order(
+            organization_id=organization_id,
+            offer_id=offer_id,
+            vendor_organization_id=listing.organization_id,
+            amount_minor=offer.price_minor,
+            currency=offer.currency,
+            platform_fee_bps=platform_fee_bps,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+            ledger_transaction_id=transaction_id,
+            license_id=lic.id,
+            created_at=now,
+        )
+        s.add(order)
+        _accept(s, organization_id, offer, "purchase", client_id)
+        s.flush()
+        return order, True
+
+    order, created = ledger.run_in_transaction(session, work)
+    return order_public(order), created
+
+
+# --- Licences ---------------------------------------------------------------------------------
+
+
+def list_licenses(*, session: Session, organization_id: int) -> list[LicensePublic]:
+    rows = session.exec(
+        select(License).where(License.organization_id == organization_id).order_by(License.id)  # type: ignore[arg-type]
+    ).all()
+    return [license_public(lic) for lic in rows]
+
+
+def get_license(*, session: Session, organization_id: int, license_id: int) -> LicensePublic:
+    """One of the organisation's licences; another organisation's id is simply not found."""
+    lic = session.get(License, license_id)
+    if lic is None or lic.organization_id != organization_id:
+        raise NotFound("No such licence.", code="license_not_found")
+    return license_public(lic)
+
+
+# --- Refunds ----------------------------------------------------------------------------------
+
+
+def refund_order(
+    *, session: Session, order_id: int, request: RefundCreate, idempotency_key: str
+) -> RefundPublic:
+    """Refund all or part of an order by a reversing ledger transaction.
+
+    Refunds are split with the same largest-remainder rule on the cumulative amount refunded,
+    so a full refund in any number of parts returns exactly the original vendor share and fee.
+    A full refund revokes the licence. Vendor money already paid out cannot be refunded (409).
+    """
+    digest = request_hash({"amount_minor": request.amount_minor, "reason": request.reason})
+
+    def work(s: Session) -> Refund:
+        order = s.exec(
+            select(Order)
+            .where(Order.id == order_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).first()
+        if order is None:
+            raise NotFound("No such order.", code="order_not_found")
+        found = s.exec(
+            select(Refund).where(
+                Refund.order_id == order_id, Refund.idempotency_key == idempotency_key
+            )
+        ).first()
+        if found is not None:
+            if found.request_hash != digest:
+                raise Conflict(
+                    "This idempotency key was used for a different refund.",
+                    code="idempotency_key_reused",
+                )
+            return found
+        left = order.amount_minor - order.refunded_minor
+        amount = left if request.amount_minor is None else request.amount_minor
+        if amount <= 0 or amount > left:
+            raise Conflict(
+                f"At most {left} minor units of this order can be refunded.",
+                code="refund_exceeds_order",
+            )
+        before = split_fee(order.refunded_minor, order.platform_fee_bps)
+        after = split_fee(order.refunded_minor + amount, order.platform_fee_bps)
+        vendor_part = after.vendor - before.vendor
+        platform_part = after.platform - before.platform
+        legs = [
+            ledger.Leg.credit(
+                ledger.ensure_account(
+                    s, organization_id=order.organization_id, code=WALLET, currency=order.currency
+                ),
+                amount,
+            )
+        ]
+        if vendor_part:
+            vendor = ledger.ensure_account(
+                s,
+                organization_id=order.vendor_organization_id,
+                code=VENDOR_PAYABLE,
+                currency=order.currency,
+            )
+            legs.append(ledger.Leg.debit(vendor, vendor_part))
+        if platform_part:
+            platform = ledger.ensure_account(
+                s, organization_id=None, code=PLATFORM_REVENUE, currency=order.currency
+            )
+            legs.append(ledger.Leg.debit(platform, platform_part))
+        (tx,) = ledger.apply_transfers(
+            s,
+            [
+                ledger.Transfer(
+                    idempotency_key=f"refund:{order_id}:{idempotency_key}",
+                    kind="refund",
+                    legs=tuple(legs),
+                    reverses_id=order.ledger_transaction_id,
+                    memo=(request.reason or f"refund of order {order_id}")[:200],
+                )
+            ],
+        )
+        order.refunded_minor += amount
+        order.status = (
+            ORDER_REFUNDED
+            if order.refunded_minor == order.amount_minor
+            else ORDER_PARTIALLY_REFUNDED
+        )
+        s.add(order)
+        if order.status == ORDER_REFUNDED and order.license_id is not None:
+            lic = s.get(License, order.license_id)
+            if lic is not None and lic.revoked_at is None:
+                lic.revoked_at = utcnow()
+                s.add(lic)
+        refund = Refund(
+            order_id=order_id,
+            amount_minor=amount,
+            currency=order.currency,
+            reason=request.reason,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+            ledger_transaction_id=tx.id,
+        )
+        s.add(refund)
+        s.flush()
+        return refund
+
+    refund = ledger.run_in_transaction(session, work)
+    order = session.get(Order, order_id)
+    assert refund.id is not None and order is not None
+    return RefundPublic(
+        id=refund.id,
+        order_id=order_id,
+        amount_minor=refund.amount_minor,
+        currency=refund.currency,
+        ledger_transaction_id=refund.ledger_transaction_id,
+        order=order_public(order),
+    )

@@ -1,0 +1,125 @@
+"""Licensing API: trials, purchases, licences and refunds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify
+
+from marketplace.accounts.oauth import current, require_oauth
+from marketplace.api import API_PREFIX, openapi, parse_json
+from marketplace.db import get_session
+from marketplace.licensing import services
+from marketplace.licensing.schemas import (
+    AcceptTerms,
+    LicenseList,
+    LicensePublic,
+    OrderPublic,
+    RefundCreate,
+    RefundPublic,
+)
+from marketplace.payments.views import idempotency_key
+
+bp = Blueprint("licensing", __name__, url_prefix=API_PREFIX)
+
+
+@bp.post("/offers/<int:offer_id>/trial")
+@openapi(
+    "Start the offer's trial, accepting its terms by their SHA-256",
+    tag="licensing",
+    body=AcceptTerms,
+    response=LicensePublic,
+    status=201,
+    scope="licenses:write",
+    errors=[404, 409],
+)
+@require_oauth("licenses:write")
+def start_trial(offer_id: int) -> Any:
+    body = parse_json(AcceptTerms)
+    result = services.start_trial(
+        session=get_session(),
+        organization_id=current.organization_id,
+        offer_id=offer_id,
+        accept_terms_sha256=body.accept_terms_sha256,
+        client_id=current.token.client_id,
+    )
+    return jsonify(result.model_dump(mode="json")), 201
+
+
+@bp.post("/offers/<int:offer_id>/purchase")
+@openapi(
+    "Buy the offer from your wallet (header Idempotency-Key); 402 when it cannot cover the price",
+    tag="licensing",
+    body=AcceptTerms,
+    response=OrderPublic,
+    status=201,
+    scope="licenses:write",
+    errors=[400, 402, 404, 409],
+)
+@require_oauth("licenses:write")
+def purchase(offer_id: int) -> Any:
+    key = idempotency_key()
+    body = parse_json(AcceptTerms)
+    order, created = services.purchase(
+        session=get_session(),
+        organization_id=current.organization_id,
+        offer_id=offer_id,
+        accept_terms_sha256=body.accept_terms_sha256,
+        idempotency_key=key,
+        client_id=current.token.client_id,
+        platform_fee_bps=current_app.extensions["settings"].platform_fee_bps,
+    )
+    return jsonify(order.model_dump(mode="json")), 201 if created else 200
+
+
+@bp.get("/licenses")
+@openapi(
+    "Your organisation's licences and trials with usage",
+    tag="licensing",
+    response=LicenseList,
+    scope="any",
+)
+@require_oauth()
+def list_licenses() -> Any:
+    items = services.list_licenses(session=get_session(), organization_id=current.organization_id)
+    return jsonify(LicenseList(items=items).model_dump(mode="json"))
+
+
+@bp.get("/licenses/<int:license_id>")
+@openapi(
+    "One of your organisation's licences with usage",
+    tag="licensing",
+    response=LicensePublic,
+    scope="any",
+    errors=[404],
+)
+@require_oauth()
+def get_license(license_id: int) -> Any:
+    result = services.get_license(
+        session=get_session(), organization_id=current.organization_id, license_id=license_id
+    )
+    return jsonify(result.model_dump(mode="json"))
+
+
+@bp.post("/orders/<int:order_id>/refund")
+@openapi(
+    "Refund an order in full or in part (header Idempotency-Key); a full refund revokes the licence",
+    tag="licensing",
+    body=RefundCreate,
+    response=RefundPublic,
+    status=201,
+    scope="admin",
+    errors=[400, 404, 409],
+)
+@require_oauth("admin")
+def refund(order_id: int) -> Any:
+    key = idempotency_key()
+    body = parse_json(RefundCreate)
+    result = services.refund_order(
+        session=get_session(), order_id=order_id, request=body, idempotency_key=key
+    )
+    return jsonify(result.model_dump(mode="json")), 201
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

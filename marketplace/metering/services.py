@@ -1,0 +1,304 @@
+"""Metered royalties: reservations on the wallet, usage events, settlement in batches.
+
+How a per-inference licence pays (all amounts integer minor units, ``r`` the offer's
+``royalty_per_1k_minor``, ``due(n) = floor(n * r / 1000)``):
+
+* **Reservation.** Before a call is counted the licence must hold a reservation: a pending
+  ledger hold on the buyer's wallet (credit side: the platform's ``royalty_accrual``) worth
+  ``due(calls_reserved) - due(calls_settled)``. A call is counted by an atomic conditional
+  ``UPDATE ... SET calls_used = calls_used + 1 WHERE calls_used < calls_reserved``, so no
+  number of concurrent callers can count more calls than the hold covers, and the wallet can
+  never be spent twice (the hold's amount is not available to purchases or other licences).
+* **Usage events.** Each counted call inserts a usage event with a unique id and its sequence
+  number within the licence (``seq`` = the new ``calls_used``), in the same transaction.
+* **Settlement** of a licence, in one database transaction with the licence row locked: void
+  the hold, charge ``due(calls_used) - due(calls_settled)`` from the wallet to the vendor's
+  payable and the platform's revenue (largest-remainder split on the licence's fee), and move
+  the watermark ``calls_settled`` to ``calls_used``. The charge's idempotency key names the
+  range of calls it covers, so a batch is charged at most once; because watermark and charge
+  commit together, a crash at any point leaves either both or neither, and the next run picks
+  up exactly where the last commit ended. After N calls and a settlement the buyer has paid
+  ``due(N)`` in total, whatever the batch boundaries were.
+* **Triggers.** Settlement runs automatically whenever a licence's reservation is used up
+  (every ``metering_reserve_calls`` calls, or earlier when the wallet covered fewer): the same
+  transaction settles and reserves the next block. ``jishi ledger settle`` settles every
+  licence with unsettled calls (for statements and payouts), releasing the reservations; the
+  next call reserves again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from marketplace.db import utcnow
+from marketplace.errors import Forbidden
+from marketplace.ledger import services as ledger
+from marketplace.ledger.errors import InsufficientFunds
+from marketplace.ledger.models import PLATFORM_REVENUE, ROYALTY_ACCRUAL, VENDOR_PAYABLE, WALLET
+from marketplace.ledger.money import calls_affordable, royalty_due, split_fee
+from marketplace.licensing.models import PER_INFERENCE, License
+from marketplace.metering.models import UsageEvent
+
+DEFAULT_RESERVE_CALLS = 1000
+SETTLE_BATCH_LICENSES = 200
+
+_licenses_t = License.__table__  # type: ignore[attr-defined]
+_usage_t = UsageEvent.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class SettlementReport:
+    licenses: int = 0
+    calls: int = 0
+    charged_minor: dict[str, int] = field(default_factory=dict)
+
+
+def _lock_licenses(session: Session, license_ids: list[int]) -> list[License]:
+    return list(
+        session.exec(
+            select(License)
+            .where(License.id.in_(sorted(license_ids)))  # type: ignore[union-attr]
+            .order_by(License.id)  # type: ignore[arg-type]
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+    )
+
+
+def _wallet(session: Session, lic: License) -> int:
+    return ledger.ensure_account(
+        session, organization_id=lic.organization_id, code=WALLET, currency=lic.currency
+    )
+
+
+def _settlement_transfers(session: Session, lic: License) -> tuple[list[ledger.Transfer], int]:
+    """The transfers that settle ``lic`` (release its hold, charge the unsettled calls)."""
+    transfers: list[ledger.Transfer] = []
+    if lic.reservation_id is not None:
+        transfers.append(
+            ledger.Transfer(
+                idempotency_key=f"release:{lic.reservation_id}",
+                kind="reservation_release",
+                legs=(),
+                resolves_id=lic.reservation_id,
+            )
+        )
+    r = lic.royalty_per_1k_minor
+    due = royalty_due(lic.calls_used, r) - royalty_due(lic.calls_settled, r)
+    if due > 0:
+        split = split_fee(due, lic.platform_fee_bps)
+        legs = [ledger.Leg.debit(_wallet(session, lic), due)]
+        if split.vendor:
+            vendor = ledger.ensure_account(
+                session,
+                organization_id=lic.vendor_organization_id,
+                code=VENDOR_PAYABLE,
+                currency=lic.currency,
+            )
+            legs.append(ledger.Leg.credit(vendor, split.vendor))
+        if split.platform:
+            platform = ledger.ensure_account(
+                session, organization_id=None, code=PLATFORM_REVENUE, currency=lic.currency
+            )
+            legs.append(ledger.Leg.credit(platform, split.platform))
+        transfers.append(
+            ledger.Transfer(
+                idempotency_key=f"royalty:{lic.id}:{lic.calls_settled}-{lic.calls_used}",
+                kind="royalty",
+                legs=tuple(legs),
+                memo=f"royalties for calls {lic.calls_settled + 1}..{lic.calls_used} "
+                f"of licence {lic.id}",
+            )
+        )
+    return transfers, due
+
+
+def _mark_settled(lic: License) -> None:
+    lic.calls_settled = lic.calls_used
+    lic.calls_reserved = lic.calls_used
+    lic.reservation_id = None
+
+
+def _reserve(session: Session, lic: License, reserve_calls: int) -> None:
+    """Reserve up to ``reserve_calls`` further calls on a settled licence; 402 if none."""
+    r = lic.royalty_per_1k_minor
+    if r == 0:
+        lic.calls_reserved = lic.calls_used + reserve_calls
+        return
+    wallet = _wallet(session, lic)
+    (balance,) = ledger.balances(session, account_ids=[wallet])
+    base = royalty_due(lic.calls_settled, r)
+    target = min(lic.calls_used + reserve_calls, calls_affordable(base + balance.available, r))
+    if target <= lic.calls_used:
+        raise InsufficientFunds(
+            account_id=wallet,
+            currency=lic.currency,
+            missing_minor=royalty_due(lic.calls_used + 1, r) - base - balance.available,
+        )
+    hold = royalty_due(target, r) - base
+    if hold > 0:
+        accrual = ledger.ensure_account(
+            session, organization_id=None, code=ROYALTY_ACCRUAL, currency=lic.currency
+        )
+        (tx,) = ledger.apply_transfers(
+            session,
+            [
+                ledger.Transfer(
+                    # Resolved holds never come back, so a fresh key per reservation is right;
+                    # the surrounding unit of work is what makes a retry safe.
+                    idempotency_key=f"reserve:{lic.id}:{uuid.uuid4().hex}",
+                    kind="reservation",
+                    legs=(ledger.Leg.debit(wallet, hold), ledger.Leg.credit(accrual, hold)),
+                    pending=True,
+                    memo=f"reserves calls {lic.calls_used + 1}..{target} of licence {lic.id}",
+                )
+            ],
+        )
+        lic.reservation_id = tx.id
+    lic.calls_reserved = target
+
+
+def missing_for_next_call(session: Session, lic: License) -> int:
+    """Minor units the wallet lacks to pay for one more call (0 when it is covered)."""
+    if lic.calls_used < lic.calls_reserved or lic.royalty_per_1k_minor == 0:
+        return 0
+    wallet = ledger.find_account(
+        session, organization_id=lic.organization_id, code=WALLET, currency=lic.currency
+    )
+    available = 0 if wallet is None else ledger.balances(session, account_ids=[wallet])[0].available
+    r = lic.royalty_per_1k_minor
+    # Settling releases the hold (due(reserved) - due(settled)) and charges
+    # due(used) - due(settled); what is left must cover due(used + 1) - due(used).
+    return max(
+        0, royalty_due(lic.calls_used + 1, r) - royalty_due(lic.calls_reserved, r) - available
+    )
+
+
+def _count_calls(session: Session, license_id: int, calls: int) -> int | None:
+    """Count ``calls`` more calls if the reservation covers them; the new ``calls_used``."""
+    row = session.execute(
+        sa.update(_licenses_t)
+        .where(
+            _licenses_t.c.id == license_id,
+            _licenses_t.c.revoked_at.is_(None),
+            _licenses_t.c.calls_used + calls <= _licenses_t.c.calls_reserved,
+        )
+        .values(calls_used=_licenses_t.c.calls_used + calls)
+        .returning(_licenses_t.c.calls_used)
+    ).first()
+    return None if row is None else int(row[0])
+
+
+def record_calls(
+    *,
+    session: Session,
+    license_id: int,
+    version_id: int,
+    calls: int = 1,
+    reserve_calls: int = DEFAULT_RESERVE_CALLS,
+) -> tuple[int, list[str]]:
+    """Count ``calls`` successful calls on a per-inference licence and write their usage events.
+
+    Returns the licence's new ``calls_used`` and the events' ids. When the reservation is used
+    up, the same transaction settles the licence and reserves the next block; when the wallet
+    cannot cover the calls, :class:`InsufficientFunds` (402) is raised and nothing is counted.
+    """
+    if calls <= 0:
+        raise ValueError("calls must be positive")
+
+    def work(s: Session) -> tuple[int, list[str]]:
+        used = _count_calls(s, license_id, calls)
+        if used is None:
+            (lic,) = _lock_licenses(s, [license_id])
+            if lic.kind != PER_INFERENCE or lic.revoked_at is not None:
+                raise Forbidden("The licence is not active.", code="license_inactive")
+            transfers, _due = _settlement_transfers(s, lic)
+            ledger.apply_transfers(s, transfers)
+            _mark_settled(lic)
+            _reserve(s, lic, max(reserve_calls, calls))
+            s.add(lic)
+            s.flush()
+            used = _count_calls(s, license_id, calls)
+            if used is None:
+                raise InsufficientFunds(
+                    account_id=_wallet(s, lic),
+                    currency=lic.currency,
+                    missing_minor=royalty_due(lic.calls_used + calls, lic.royalty_per_1k_minor)
+                    - royalty_due(lic.calls_reserved, lic.royalty_per_1k_minor),
+                )
+        organization_id = s.execute(
+            sa.select(_licenses_t.c.organization_id).where(_licenses_t.c.id == license_id)
+        ).scalar_one()
+        now = utcnow()
+        ids = [uuid.uuid4().hex for _ in range(calls)]
+        s.execute(
+            sa.insert(_usage_t),
+            [
+                {
+                    "id": event_id,
+                    "license_id": license_id,
+                    "organization_id": organization_id,
+                    "version_id": version_id,
+                    "seq": used - calls + 1 + i,
+                    "created_at": now,
+                }
+                for i, event_id in enumerate(ids)
+            ],
+        )
+        return used, ids
+
+    return ledger.run_in_transaction(session, work)
+
+
+def settle(
+    *,
+    session: Session,
+    license_ids: list[int] | None = None,
+    batch_licenses: int = SETTLE_BATCH_LICENSES,
+) -> SettlementReport:
+    """Settle every per-inference licence with unsettled calls (or the given ones), in batches.
+
+    Each batch is one database transaction; a crash loses at most the batch in flight, which
+    the next run settles from the committed watermarks.
+    """
+    query = sa.select(_licenses_t.c.id).where(
+        _licenses_t.c.kind == PER_INFERENCE,
+        sa.or_(
+            _licenses_t.c.calls_used > _licenses_t.c.calls_settled,
+            _licenses_t.c.reservation_id.is_not(None),
+        ),
+    )
+    if license_ids is not None:
+        query = query.where(_licenses_t.c.id.in_(license_ids))
+    pending_ids = list(session.execute(query.order_by(_licenses_t.c.id)).scalars())
+    session.commit()
+    report = SettlementReport()
+    for start in range(0, len(pending_ids), batch_licenses):
+        chunk = pending_ids[start : start + batch_licenses]
+
+        def work(s: Session, chunk: list[int] = chunk) -> SettlementReport:
+            part = SettlementReport()
+            transfers: list[ledger.Transfer] = []
+            for lic in _lock_licenses(s, chunk):
+                more, due = _settlement_transfers(s, lic)
+                transfers.extend(more)
+                part.licenses += 1
+                part.calls += lic.calls_used - lic.calls_settled
+                if due:
+                    part.charged_minor[lic.currency] = part.charged_minor.get(lic.currency, 0) + due
+                _mark_settled(lic)
+                s.add(lic)
+            ledger.apply_transfers(s, transfers)
+            s.flush()
+            return part
+
+        part = ledger.run_in_transaction(session, work)
+        report.licenses += part.licenses
+        report.calls += part.calls
+        for currency, amount in part.charged_minor.items():
+            report.charged_minor[currency] = report.charged_minor.get(currency, 0) + amount
+    return report
