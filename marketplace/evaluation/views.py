@@ -116,7 +116,9 @@ def evaluate(model_id: int, version: str) -> Any:
     else:
         from marketplace.licensing import entitlements
 
-        usage = entitlements.record_successful_call(session=session, entitlement=entitlement)
+        usage = entitlements.record_successful_call(
+            session=session, entitlement=entitlement, reserve_calls=settings.metering_reserve_calls
+        )
     timing = {
         "queue_ms": round(result.queue_ms, 3),
         "load_ms": round(result.load_ms, 3),
