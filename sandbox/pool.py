@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,7 +56,8 @@ class PoolConfig:
 
     workers_max: int = 4
     workers_per_model_max: int = 2
-    workers_busy_max: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Concurrent runs; None means one per core, but never more than workers_max.
+    workers_busy_max: int | None = None
     queue_max: int = 32
     queue_timeout_s: float = 10.0
     memory_budget_bytes: int = 8 * GiB
@@ -80,7 +81,10 @@ class PoolConfig:
     crash_on_input_name: str | None = None
 
     def __post_init__(self) -> None:
-        if self.workers_busy_max < 1 or self.workers_max < self.workers_busy_max:
+        if self.workers_busy_max is None:
+            busy = min(os.cpu_count() or 1, self.workers_max)
+            object.__setattr__(self, "workers_busy_max", busy)
+        if self.busy_max < 1 or self.workers_max < self.busy_max:
             raise ValueError("need 1 <= workers_busy_max <= workers_max")
         if self.workers_per_model_max < 1 or self.queue_max < 0:
             raise ValueError("workers_per_model_max must be >= 1 and queue_max >= 0")
@@ -88,6 +92,11 @@ class PoolConfig:
             raise ValueError("timeouts must be positive")
         if min(self.input_bytes_max, self.output_bytes_max, self.input_elements_max) < 1:
             raise ValueError("size caps must be positive")
+
+    @property
+    def busy_max(self) -> int:
+        """The effective `workers_busy_max`."""
+        return self.workers_busy_max or 1
 
 
 @dataclass(frozen=True)
@@ -360,7 +369,7 @@ class SandboxPool:
                 "workers": len(self._workers),
                 "workers_busy": self._busy,
                 "workers_max": self.config.workers_max,
-                "workers_busy_max": self.config.workers_busy_max,
+                "workers_busy_max": self.config.busy_max,
                 "queue_depth": self._waiting,
                 "queue_max": self.config.queue_max,
                 "memory_bytes": sum(w.memory_bytes for w in self._workers.values()),
@@ -426,7 +435,7 @@ class SandboxPool:
         with self._cond:
             if self._closed:
                 raise SandboxUnavailable(log_detail="pool closed")
-            if self._busy < self.config.workers_busy_max:
+            if self._busy < self.config.busy_max:
                 self._busy += 1
                 return
             if self._waiting >= self.config.queue_max:
@@ -434,7 +443,7 @@ class SandboxPool:
             self._waiting += 1
             deadline = time.monotonic() + self.config.queue_timeout_s
             try:
-                while self._busy >= self.config.workers_busy_max and not self._closed:
+                while self._busy >= self.config.busy_max and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise SandboxBusy(retry_after_s=1.0)
@@ -455,8 +464,15 @@ class SandboxPool:
                     raise SandboxUnavailable(log_detail="pool closed")
                 mine = [w for w in self._workers.values() if w.key == key and not w.dead]
                 idle = [w for w in mine if not w.busy and w.ready]
-                if idle:
+                while idle:
                     worker = max(idle, key=lambda w: w.last_used)
+                    idle.remove(worker)
+                    if p.wait_readable(worker.response, 0.0):
+                        # An idle worker has nothing to say: readable means it died (EOF).
+                        self._workers.pop(worker.wid, None)
+                        mine.remove(worker)
+                        worker.close()
+                        continue
                     worker.busy = True
                     return worker, 0.0
                 if len(mine) < self.config.workers_per_model_max and self._make_room():
