@@ -50,6 +50,23 @@ def split_fee(gross: int, fee_bps: int) -> Split:
     return Split(gross=gross, vendor=vendor, platform=platform)
 
 
+def split_increment(total_before: int, total_after: int, fee_bps: int) -> Split:
+    """The split of ``total_after - total_before`` as a step of a running total.
+
+    Splitting each step on its own rounds every step (a 1-unit royalty would always go whole
+    to the vendor); splitting the running total and taking differences makes any number of
+    steps add up to exactly ``split_fee(total_after)``.
+    """
+    if not 0 <= total_before <= total_after:
+        raise ValueError("a running total only grows")
+    before, after = split_fee(total_before, fee_bps), split_fee(total_after, fee_bps)
+    return Split(
+        gross=total_after - total_before,
+        vendor=after.vendor - before.vendor,
+        platform=after.platform - before.platform,
+    )
+
+
 def royalty_due(calls: int, royalty_per_1k_minor: int) -> int:
     """What ``calls`` metered calls cost in total: ``floor(calls * royalty_per_1k_minor / 1000)``.
 

@@ -12,7 +12,7 @@ from marketplace.db import utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import PLATFORM_REVENUE, VENDOR_PAYABLE, WALLET
-from marketplace.ledger.money import royalty_due, split_fee
+from marketplace.ledger.money import royalty_due, split_fee, split_increment
 from marketplace.licensing.models import (
     ORDER_PARTIALLY_REFUNDED,
     ORDER_REFUNDED,
@@ -370,10 +370,10 @@ def refund_order(
                 f"At most {left} minor units of this order can be refunded.",
                 code="refund_exceeds_order",
             )
-        before = split_fee(order.refunded_minor, order.platform_fee_bps)
-        after = split_fee(order.refunded_minor + amount, order.platform_fee_bps)
-        vendor_part = after.vendor - before.vendor
-        platform_part = after.platform - before.platform
+        part = split_increment(
+            order.refunded_minor, order.refunded_minor + amount, order.platform_fee_bps
+        )
+        vendor_part, platform_part = part.vendor, part.platform
         legs = [
             ledger.Leg.credit(
                 ledger.ensure_account(

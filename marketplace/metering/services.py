@@ -39,7 +39,7 @@ from marketplace.errors import Forbidden
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import InsufficientFunds
 from marketplace.ledger.models import PLATFORM_REVENUE, ROYALTY_ACCRUAL, VENDOR_PAYABLE, WALLET
-from marketplace.ledger.money import calls_affordable, royalty_due, split_fee
+from marketplace.ledger.money import calls_affordable, royalty_due, split_increment
 from marketplace.licensing.models import PER_INFERENCE, License
 from marketplace.metering.models import UsageEvent
 
@@ -88,9 +88,11 @@ def _settlement_transfers(session: Session, lic: License) -> tuple[list[ledger.T
             )
         )
     r = lic.royalty_per_1k_minor
-    due = royalty_due(lic.calls_used, r) - royalty_due(lic.calls_settled, r)
+    charged_before = royalty_due(lic.calls_settled, r)
+    charged_after = royalty_due(lic.calls_used, r)
+    due = charged_after - charged_before
     if due > 0:
-        split = split_fee(due, lic.platform_fee_bps)
+        split = split_increment(charged_before, charged_after, lic.platform_fee_bps)
         legs = [ledger.Leg.debit(_wallet(session, lic), due)]
         if split.vendor:
             vendor = ledger.ensure_account(
