@@ -1,0 +1,454 @@
+"""ONNX inspection of untrusted bytes: what a vendor uploaded, and whether we accept it.
+
+:func:`inspect_model` is pure and runs wherever it is called; the web service calls it only
+through :func:`model_registry.confined.inspect_file`, which runs it in a confined child process.
+
+The structural walk runs *before* ``onnx.checker``: it looks only at declared sizes and
+references, so a hostile model (a declared-huge initializer, external data, deep nesting) is
+refused without allocating what it declares and without any file being opened. Only a model
+that passes the walk reaches the full checker (with shape inference).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.checker
+import onnx.helper
+import onnx.shape_inference
+from google.protobuf.message import DecodeError
+from onnx import AttributeProto, GraphProto, SparseTensorProto, TensorProto
+
+ERROR = "error"
+WARNING = "warning"
+
+_MESSAGE_CHARS_MAX = 300
+
+
+@dataclass(frozen=True)
+class InspectionPolicy:
+    """What the registry accepts. Every cap is inclusive."""
+
+    ir_version_min: int = 3
+    ir_version_max: int = onnx.IR_VERSION
+    opset_min: int = 7
+    opset_max: int = onnx.defs.onnx_opset_version()
+    ml_opset_max: int = 5
+    allowed_domains: tuple[str, ...] = ("", "ai.onnx", "ai.onnx.ml")
+    node_count_max: int = 100_000
+    subgraph_depth_max: int = 4
+    initializer_bytes_max: int = 2 * 1024**3
+    tensor_count_max: int = 100_000
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InspectionPolicy:
+        values = dict(data)
+        if "allowed_domains" in values:
+            values["allowed_domains"] = tuple(values["allowed_domains"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: str
+    message: str
+    node: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "severity": self.severity}
+        out["message"] = self.message
+        if self.node is not None:
+            out["node"] = self.node
+        return out
+
+
+@dataclass
+class Report:
+    """The outcome of an inspection; ``ok`` is False when any finding is an error."""
+
+    findings: list[Finding] = field(default_factory=list)
+    ir_version: int = 0
+    opsets: dict[str, int] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == ERROR for f in self.findings)
+
+    def error(self, code: str, message: str, node: str | None = None) -> None:
+        self.findings.append(Finding(code, ERROR, _clip(message), _clip(node) if node else None))
+
+    def warn(self, code: str, message: str, node: str | None = None) -> None:
+        self.findings.append(Finding(code, WARNING, _clip(message), _clip(node) if node else None))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "findings": [f.to_dict() for f in self.findings],
+            "ir_version": self.ir_version,
+            "opsets": self.opsets,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        return cls(
+            findings=[
+                Finding(f["code"], f["severity"], f["message"], f.get("node"))
+                for f in data.get("findings", [])
+            ],
+            ir_version=int(data.get("ir_version", 0)),
+            opsets=dict(data.get("opsets", {})),
+            inputs=list(data.get("inputs", [])),
+            outputs=list(data.get("outputs", [])),
+            stats=dict(data.get("stats", {})),
+        )
+
+
+def _clip(text: str) -> str:
+    text = text.replace("\x00", "")
+    return text if len(text) <= _MESSAGE_CHARS_MAX else text[: _MESSAGE_CHARS_MAX - 1] + "…"
+
+
+# --- sizes ---------------------------------------------------------------------------------
+
+_STRING = TensorProto.STRING
+# Element sizes of the packed formats numpy has no dtype for.
+_SUBBYTE_BITS = {
+    TensorProto.INT4: 4,
+    TensorProto.UINT4: 4,
+}
+
+
+def _element_bits(elem_type: int) -> int | None:
+    if elem_type in _SUBBYTE_BITS:
+        return _SUBBYTE_BITS[elem_type]
+    name = getattr(TensorProto, "FLOAT4E2M1", None)
+    if name is not None and elem_type == name:
+        return 4
+    try:
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize) * 8
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def declared_bytes(tensor: TensorProto) -> int | None:
+    """Bytes the tensor's dims and type declare (strings: the bytes present); None if invalid."""
+    if any(d < 0 for d in tensor.dims):
+        return None
+    count = math.prod(tensor.dims)
+    if tensor.data_type == _STRING:
+        return sum(len(s) for s in tensor.string_data)
+    bits = _element_bits(tensor.data_type)
+    if bits is None:
+        return None
+    return (count * bits + 7) // 8
+
+
+def _is_external(tensor: TensorProto) -> bool:
+    return tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0
+
+
+# --- the walk ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    nodes: int = 0
+    tensors: int = 0
+    initializer_bytes: int = 0
+    params: int = 0
+    depth_max: int = 0
+    op_types: Counter[str] = field(default_factory=Counter)
+    domains: set[str] = field(default_factory=set)
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}#{index}"
+
+
+def _attr_tensors(attr: AttributeProto) -> Iterator[tuple[str, TensorProto | SparseTensorProto]]:
+    if attr.HasField("t"):
+        yield attr.name, attr.t
+    for t in attr.tensors:
+        yield attr.name, t
+    if attr.HasField("sparse_tensor"):
+        yield attr.name, attr.sparse_tensor
+    for st in attr.sparse_tensors:
+        yield attr.name, st
+
+
+def _attr_graphs(attr: AttributeProto) -> Iterator[GraphProto]:
+    if attr.HasField("g"):
+        yield attr.g
+    yield from attr.graphs
+
+
+class _Walker:
+    def __init__(self, policy: InspectionPolicy, report: Report, local_functions: set[str]):
+        self.policy = policy
+        self.report = report
+        self.tally = _Tally()
+        self.local_functions = local_functions
+        self.stopped = False
+
+    def _stop(self, code: str, message: str, node: str | None = None) -> None:
+        self.report.error(code, message, node)
+        self.stopped = True
+
+    def tensor(self, tensor: TensorProto, where: str, *, initializer: bool) -> None:
+        self.tally.tensors += 1
+        if self.tally.tensors > self.policy.tensor_count_max:
+            self._stop("too_many_tensors", f"More than {self.policy.tensor_count_max} tensors.")
+            return
+        if _is_external(tensor):
+            self._stop(
+                "external_data",
+                f"Tensor {tensor.name!r} refers to external data; upload self-contained models.",
+                where,
+            )
+            return
+        size = declared_bytes(tensor)
+        if size is None:
+            self._stop("tensor_invalid", f"Tensor {tensor.name!r} has an invalid type or shape.")
+            return
+        self.tally.initializer_bytes += size
+        if initializer:
+            self.tally.params += math.prod(tensor.dims)
+        if self.tally.initializer_bytes > self.policy.initializer_bytes_max:
+            self._stop(
+                "initializers_too_large",
+                f"Constant tensors declare more than {self.policy.initializer_bytes_max} bytes.",
+                where,
+            )
+            return
+        has_raw = tensor.data_type != _STRING and tensor.HasField("raw_data")
+        if has_raw and len(tensor.raw_data) != size:
+            self._stop(
+                "tensor_size_mismatch",
+                f"Tensor {tensor.name!r} declares {size} bytes but holds {len(tensor.raw_data)}.",
+                where,
+            )
+
+    def sparse(self, sparse: SparseTensorProto, where: str) -> None:
+        values, indices = sparse.values, sparse.indices
+        for part in (values, indices):
+            if _is_external(part):
+                self._stop(
+                    "external_data",
+                    f"Sparse tensor {values.name!r} refers to external data.",
+                    where,
+                )
+                return
+        # Runtimes densify sparse initializers at load: the dense shape is what memory costs.
+        if any(d < 0 for d in sparse.dims):
+            self._stop("tensor_invalid", f"Sparse tensor {values.name!r} has a negative dim.")
+            return
+        bits = _element_bits(values.data_type)
+        if bits is None:
+            self._stop("tensor_invalid", f"Sparse tensor {values.name!r} has an invalid type.")
+            return
+        dense = (math.prod(sparse.dims) * bits + 7) // 8
+        self.tally.initializer_bytes += dense
+        if self.tally.initializer_bytes > self.policy.initializer_bytes_max:
+            self._stop(
+                "initializers_too_large",
+                f"Sparse tensor {values.name!r} declares a dense size over the limit.",
+                where,
+            )
+            return
+        self.tensor(values, where, initializer=True)
+        if not self.stopped:
+            self.tensor(indices, where, initializer=False)
+
+    def domain(self, domain: str, op_type: str, where: str) -> None:
+        if domain in self.policy.allowed_domains:
+            return
+        if f"{domain}:{op_type}" in self.local_functions:
+            return
+        self._stop(
+            "domain_not_allowed",
+            f"Operator domain {domain!r} is not allowed (allowed: "
+            f"{', '.join(repr(d) for d in self.policy.allowed_domains)}).",
+            where,
+        )
+
+    def nodes(self, nodes: Any, depth: int, prefix: str = "") -> None:
+        if depth > self.policy.subgraph_depth_max:
+            self._stop(
+                "nesting_too_deep",
+                f"Subgraphs nest deeper than {self.policy.subgraph_depth_max} levels.",
+            )
+            return
+        self.tally.depth_max = max(self.tally.depth_max, depth)
+        for index, node in enumerate(nodes):
+            if self.stopped:
+                return
+            self.tally.nodes += 1
+            if self.tally.nodes > self.policy.node_count_max:
+                self._stop("too_many_nodes", f"More than {self.policy.node_count_max} nodes.")
+                return
+            label = prefix + _node_label(node, index)
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+            self.tally.op_types[op] += 1
+            self.domain(node.domain, node.op_type, label)
+            for attr in node.attribute:
+                if self.stopped:
+                    return
+                for _name, tensor in _attr_tensors(attr):
+                    if isinstance(tensor, SparseTensorProto):
+                        self.sparse(tensor, label)
+                    else:
+                        self.tensor(tensor, label, initializer=False)
+                    if self.stopped:
+                        return
+                for sub in _attr_graphs(attr):
+                    self.graph(sub, depth + 1, label + "/")
+                    if self.stopped:
+                        return
+
+    def graph(self, graph: GraphProto, depth: int, prefix: str = "") -> None:
+        if depth > self.policy.subgraph_depth_max:
+            self._stop(
+                "nesting_too_deep",
+                f"Subgraphs nest deeper than {self.policy.subgraph_depth_max} levels.",
+            )
+            return
+        for init in graph.initializer:
+            self.tensor(init, prefix + (init.name or "initializer"), initializer=True)
+            if self.stopped:
+                return
+        for sparse in graph.sparse_initializer:
+            self.sparse(sparse, prefix + (sparse.values.name or "sparse_initializer"))
+            if self.stopped:
+                return
+        self.nodes(graph.node, depth, prefix)
+
+
+# --- signature -----------------------------------------------------------------------------
+
+
+def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return {"name": value.name, "dtype": kind or "unknown", "shape": None}
+    tensor_type = value.type.tensor_type
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        dtype = "unknown"
+    shape: list[int | str | None] | None = None
+    if tensor_type.HasField("shape"):
+        shape = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                shape.append(int(dim.dim_value))
+            elif dim.HasField("dim_param"):
+                shape.append(dim.dim_param[:64])
+            else:
+                shape.append(None)
+    return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+# --- the entry point -----------------------------------------------------------------------
+
+
+def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = None) -> Report:
+    """Inspect serialized ONNX bytes against ``policy``; never raises for bad bytes."""
+    policy = policy or InspectionPolicy()
+    report = Report()
+    if len(data) == 0:
+        report.error("empty_model", "The body is empty.")
+        return report
+    try:
+        model = onnx.ModelProto.FromString(data)
+    except (DecodeError, RuntimeError, ValueError):
+        report.error("not_onnx", "The body is not a serialized ONNX model.")
+        return report
+    if not model.HasField("graph") or model.ir_version <= 0:
+        report.error("not_onnx", "The body is not a serialized ONNX model (no graph).")
+        return report
+
+    report.ir_version = int(model.ir_version)
+    if not policy.ir_version_min <= model.ir_version <= policy.ir_version_max:
+        report.error(
+            "ir_version_unsupported",
+            f"IR version {model.ir_version} is outside "
+            f"{policy.ir_version_min}..{policy.ir_version_max}.",
+        )
+    local_functions = {f"{f.domain}:{f.name}" for f in model.functions}
+    local_domains = {f.domain for f in model.functions}
+    for opset in model.opset_import:
+        domain = opset.domain
+        report.opsets[domain or "ai.onnx"] = int(opset.version)
+        if domain in ("", "ai.onnx"):
+            if not policy.opset_min <= opset.version <= policy.opset_max:
+                report.error(
+                    "opset_unsupported",
+                    f"Opset {opset.version} is outside {policy.opset_min}..{policy.opset_max}.",
+                )
+        elif domain == "ai.onnx.ml" and domain in policy.allowed_domains:
+            if not 1 <= opset.version <= policy.ml_opset_max:
+                report.error(
+                    "opset_unsupported",
+                    f"ai.onnx.ml opset {opset.version} is outside 1..{policy.ml_opset_max}.",
+                )
+        elif domain not in policy.allowed_domains and domain not in local_domains:
+            report.error("domain_not_allowed", f"Operator domain {domain!r} is not allowed.")
+    if not report.ok:
+        return report
+
+    walker = _Walker(policy, report, local_functions)
+    walker.graph(model.graph, 0)
+    for function in model.functions:
+        if walker.stopped:
+            break
+        walker.nodes(function.node, 1, f"function {function.name}/")
+    if not report.ok:
+        return report
+
+    initializer_names = {t.name for t in model.graph.initializer}
+    initializer_names |= {s.values.name for s in model.graph.sparse_initializer}
+    report.inputs = [_value_info(v) for v in model.graph.input if v.name not in initializer_names]
+    report.outputs = [_value_info(v) for v in model.graph.output]
+    tally = walker.tally
+    report.stats = {
+        "node_count": tally.nodes,
+        "initializer_bytes": tally.initializer_bytes,
+        "param_count": tally.params,
+        "op_types": dict(sorted(tally.op_types.items())),
+        "subgraph_depth": tally.depth_max,
+    }
+
+    # Bytes, not the parsed model: the checker parses its own copy in C++ without Python's
+    # re-serialisation, so only one extra copy exists at a time.
+    raw = data if isinstance(data, bytes) else bytes(data)
+    del model
+    try:
+        onnx.checker.check_model(raw, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        report.error("checker_failed", f"The ONNX checker rejected the model: {_first_line(exc)}")
+    except (ValueError, RuntimeError) as exc:
+        report.error("checker_failed", f"The ONNX checker failed: {_first_line(exc)}")
+    if not report.inputs:
+        report.warn("no_inputs", "The graph declares no inputs.")
+    return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

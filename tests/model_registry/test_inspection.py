@@ -1,0 +1,125 @@
+"""ONNX inspection: the pure checks in-process, and the confined runner on real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from model_registry.confined import inspect_file
+from model_registry.inspection import InspectionPolicy, Report, inspect_model
+from sandbox.errors import SandboxError
+from tests.model_registry import builders
+
+EXTERNAL_PATHS = ["../secret.bin", "sub/../../etc/passwd", "/etc/passwd", "weights.bin"]
+
+
+def codes(report: Report) -> list[str]:
+    return [f.code for f in report.findings if f.severity == "error"]
+
+
+def test_valid_model_is_described() -> None:
+    report = inspect_model(builders.relu_bytes(4))
+    assert report.ok, report.findings
+    assert report.ir_version == builders.IR_VERSION
+    assert report.opsets == {"ai.onnx": builders.OPSET}
+    assert report.inputs == [{"name": "x", "dtype": "float32", "shape": ["N", 4]}]
+    assert report.outputs == [{"name": "y", "dtype": "float32", "shape": ["N", 2]}]
+    assert report.stats["node_count"] == 3
+    assert report.stats["param_count"] == 4 * 2 + 2
+    assert report.stats["initializer_bytes"] == (4 * 2 + 2) * 4
+    assert report.stats["op_types"] == {"Add": 1, "MatMul": 1, "Relu": 1}
+
+
+def test_ml_domain_is_allowed() -> None:
+    report = inspect_model(builders.ml_model())
+    assert report.ok, report.findings
+    assert report.stats["op_types"] == {"ai.onnx.ml:Normalizer": 1}
+    assert report.opsets["ai.onnx.ml"] == 3
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty_model"),
+        (os.urandom(4096), "not_onnx"),
+        (builders.relu_bytes()[:-7], "not_onnx"),
+        (builders.custom_domain(), "domain_not_allowed"),
+        (builders.declared_huge_initializer(), "initializers_too_large"),
+        (builders.nested_ifs(6), "nesting_too_deep"),
+        (builders.checker_invalid(), "checker_failed"),
+    ],
+    ids=["empty", "random", "truncated", "custom-domain", "huge-decl", "nesting", "checker"],
+)
+def test_hostile_bytes_are_rejected(data: bytes, code: str) -> None:
+    report = inspect_model(data)
+    assert not report.ok
+    assert code in codes(report), report.findings
+
+
+@pytest.mark.parametrize("location", EXTERNAL_PATHS)
+@pytest.mark.parametrize(
+    "build",
+    [
+        builders.external_initializer,
+        builders.external_constant,
+        lambda loc: builders.external_constant(loc, sparse=True),
+        builders.external_sparse_initializer,
+        builders.external_in_subgraph,
+    ],
+    ids=["initializer", "constant", "constant-sparse", "sparse-initializer", "subgraph"],
+)
+def test_external_data_is_rejected_wherever_it_hides(build, location: str) -> None:  # type: ignore[no-untyped-def]
+    report = inspect_model(build(location))
+    assert codes(report) == ["external_data"], report.findings
+
+
+def test_caps_follow_the_policy() -> None:
+    assert codes(inspect_model(builders.many_nodes(50), InspectionPolicy(node_count_max=49))) == [
+        "too_many_nodes"
+    ]
+    assert inspect_model(builders.many_nodes(50), InspectionPolicy(node_count_max=50)).ok
+    assert inspect_model(builders.nested_ifs(2), InspectionPolicy(subgraph_depth_max=2)).ok
+    assert codes(inspect_model(builders.nested_ifs(3), InspectionPolicy(subgraph_depth_max=2))) == [
+        "nesting_too_deep"
+    ]
+    small = InspectionPolicy(initializer_bytes_max=39)
+    assert codes(inspect_model(builders.relu_bytes(4), small)) == ["initializers_too_large"]
+    assert inspect_model(builders.relu_bytes(4), InspectionPolicy(initializer_bytes_max=40)).ok
+    allowing = InspectionPolicy(allowed_domains=("", "com.example.custom"))
+    assert "domain_not_allowed" not in codes(inspect_model(builders.custom_domain(), allowing))
+
+
+def test_ir_and_opset_ranges() -> None:
+    assert codes(inspect_model(builders.relu_bytes(), InspectionPolicy(ir_version_max=7))) == [
+        "ir_version_unsupported"
+    ]
+    assert codes(inspect_model(builders.relu_bytes(), InspectionPolicy(opset_min=18))) == [
+        "opset_unsupported"
+    ]
+
+
+def test_report_round_trips_through_json() -> None:
+    report = inspect_model(builders.relu_bytes())
+    assert Report.from_dict(report.to_dict()).to_dict() == report.to_dict()
+
+
+def test_confined_inspection_of_a_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.onnx"
+    good.write_bytes(builders.relu_bytes())
+    assert inspect_file(good).ok
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(builders.external_initializer("../../etc/passwd"))
+    assert codes(inspect_file(bad)) == ["external_data"]
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    assert codes(inspect_file(empty)) == ["empty_model"]
+
+
+def test_confined_inspection_runs_out_of_memory_as_a_sandbox_error(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(builders.relu_bytes())
+    with pytest.raises(SandboxError) as exc:
+        inspect_file(model, memory_bytes_max=64 * 1024 * 1024)
+    assert exc.value.code in {"resource_exhausted", "worker_crashed"}
