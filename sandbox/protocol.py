@@ -9,6 +9,7 @@ pickled in either direction.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import struct
@@ -114,7 +115,7 @@ def align(offset: int) -> int:
 
 def pack_tensor(index: int, dtype: np.dtype[Any], shape: tuple[int, ...], offset: int) -> bytes:
     dims = (*shape, *([0] * (RANK_MAX - len(shape))))
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     return TENSOR.pack(index, CODE_BY_DTYPE[dtype], len(shape), 0, offset, nbytes, *dims)
 
 

@@ -53,7 +53,10 @@ def _warm_up() -> None:
 
 
 def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    socket.send_fds(sock, [json.dumps(message).encode()], fds or [])
+    try:
+        socket.send_fds(sock, [json.dumps(message).encode()], fds or [])
+    except OSError:
+        sys.exit(0)  # The supervisor is gone; the workers die with us (PDEATHSIG).
 
 
 def _spawn(
