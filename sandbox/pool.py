@@ -356,8 +356,9 @@ class SandboxPool:
                     assert worker.signature is not None
                     ordered = self._validate(worker.signature, inputs)
                 outputs, run_ms = self._run(worker, ordered, deadline_s)
-            except SandboxError as exc:
-                self._record_failure(model_key, exc)
+            except SandboxError:
+                if worker.dead:
+                    self._record_failure(model_key)
                 raise
             finally:
                 self._release(worker)
@@ -430,9 +431,12 @@ class SandboxPool:
                 return
         raise ModelQuarantined(retry_after_s=remaining)
 
-    def _record_failure(self, key: str, exc: SandboxError) -> None:
-        if exc.code not in ("worker_crashed", "deadline_exceeded", "resource_exhausted"):
-            return
+    def _record_failure(self, key: str) -> None:
+        """Count a call that cost its worker its life (crash, or killed at the deadline).
+
+        Failures the worker survives (terminate honoured, allocation refused, bad input) do
+        not count: a buyer's bad inputs alone should not get a vendor's model quarantined.
+        """
         now = time.monotonic()
         with self._cond:
             window = self._failures.setdefault(key, collections.deque())

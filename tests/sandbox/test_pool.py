@@ -93,6 +93,23 @@ def test_matmul_is_correct_and_warm_after_the_first_call(pool: SandboxPool) -> N
     assert len(loads) == 1
 
 
+def test_repeated_calls_see_fresh_inputs_and_changing_output_shapes(pool: SandboxPool) -> None:
+    for i in range(5):
+        x = np.full((2, 3), i, dtype=F32)
+        out = pool.evaluate("benign", lambda: BENIGN, {"x": x, "y": np.ones((1, 3), F32)})
+        np.testing.assert_array_equal(out.outputs["z"], x + 1)
+    # Same input shapes, output shape decided by the data: the worker must not reuse a
+    # binding made for the earlier output shape.
+    model = models.large_output()
+    for rows in (2, 2, 2, 5, 1, 5):
+        inputs: dict[str, np.ndarray] = {
+            "x": np.full(1, rows, F32),
+            "rows": np.array([rows], np.int64),
+        }
+        y = pool.evaluate("data-shaped", lambda: model, inputs).outputs["y"]
+        np.testing.assert_array_equal(y, np.full((rows, 1024), rows, F32))
+
+
 def test_nan_and_inf_propagate_and_denormals_are_flushed(pool: SandboxPool) -> None:
     x = np.array([[np.nan, np.inf, 1e-40]], dtype=F32)
     assert x[0, 2] != 0  # A genuine float32 denormal.
@@ -297,6 +314,19 @@ def test_repeated_crashes_quarantine_the_model() -> None:
         assert "bad" in pool.health()["quarantined"]
         out = _eval(pool, "good", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
         assert out.outputs["z"].shape == (1, 3)
+
+
+def test_a_dead_zygote_is_restarted() -> None:
+    inputs = {"x": np.zeros((1, 3), F32), "y": np.ones((1, 3), F32)}
+    with SandboxPool(PoolConfig(workers_max=2)) as pool:
+        pool.evaluate("a", lambda: BENIGN, inputs)
+        assert pool._zygote is not None
+        pool._zygote.process.kill()
+        pool._zygote.process.wait()
+        time.sleep(0.1)  # The warm worker follows its parent (PDEATHSIG).
+        result = pool.evaluate("a", lambda: BENIGN, inputs)
+        assert result.cold
+        np.testing.assert_array_equal(result.outputs["z"], np.ones((1, 3), F32))
 
 
 def test_a_killed_worker_is_replaced_on_the_next_call(pool: SandboxPool) -> None:
