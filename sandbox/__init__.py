@@ -1,17 +1,24 @@
 """Confined onnxruntime evaluation, framework-free (no Flask, no marketplace imports).
 
-`run_confined` runs trusted code on untrusted bytes in a confined one-shot child (the registry's
-inspection); the error taxonomy lives in `sandbox.errors`.
+- `SandboxPool(PoolConfig(...)).evaluate(model_key, load_bytes, inputs)` runs a model in a
+  confined, warm worker (see `sandbox.pool`); `health()` reports the protections in force.
+- `run_confined(target, payload, limits=Limits(...))` runs trusted code on untrusted bytes in a
+  confined one-shot child and returns its JSON result (see `sandbox.confine`).
+- Every failure is a `SandboxError` with a stable `code`; `HTTP_STATUS` maps codes to statuses.
 """
 
 from sandbox.confine import Limits, Protections, apply_confinement, probe, run_confined
 from sandbox.errors import HTTP_STATUS, SandboxError
+from sandbox.pool import EvalResult, PoolConfig, SandboxPool
 
 __all__ = [
     "HTTP_STATUS",
+    "EvalResult",
     "Limits",
+    "PoolConfig",
     "Protections",
     "SandboxError",
+    "SandboxPool",
     "apply_confinement",
     "probe",
     "run_confined",

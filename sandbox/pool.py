@@ -775,6 +775,9 @@ class SandboxPool:
                 worker.output_plans.clear()
             worker.output_plans[body] = views
         worker.run_ewma_s = 0.8 * worker.run_ewma_s + 0.2 * run_ns / 1e9
+        # Runs are single-threaded, so run time approximates the CPU the worker has spent
+        # against its lifetime RLIMIT_CPU; _release retires it at half of that.
+        worker.cpu_s += run_ns / 1e9
         return {name: view.copy() for name, view in views}, run_ns / 1e6
 
     @staticmethod
