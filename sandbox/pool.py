@@ -113,6 +113,7 @@ class EvalResult:
 
 
 _PLANS_MAX = 32
+_LOAD_REFUSAL_S = 60.0
 _CPUS = os.cpu_count() or 1
 _SPIN_RUN_MAX_S = 0.0003
 _SPIN_S = 0.0002
@@ -149,6 +150,7 @@ class _Zygote:
         self._ready = False
         self.alive = True
         self._spawned: dict[int, tuple[int, int] | None] = {}
+        self._abandoned: set[int] = set()
         self._exits: dict[int, tuple[int, float]] = {}
         self._send_lock = threading.Lock()
         self._start_deadline = time.monotonic() + start_timeout_s
@@ -175,10 +177,19 @@ class _Zygote:
         if op == "ready":
             self._ready = True
         elif op == "spawned" and len(fds) == 1:
-            self._spawned[int(message["wid"])] = (int(message["pid"]), fds[0])
-            return
+            wid = int(message["wid"])
+            if wid in self._abandoned:
+                # Its requester gave up waiting and closed the pipes: the worker exits on EOF.
+                self._abandoned.discard(wid)
+            else:
+                self._spawned[wid] = (int(message["pid"]), fds[0])
+                return
         elif op == "spawn_failed":
-            self._spawned[int(message["wid"])] = None
+            wid = int(message["wid"])
+            if wid in self._abandoned:
+                self._abandoned.discard(wid)
+            else:
+                self._spawned[wid] = None
         elif op == "exited":
             now = time.monotonic()
             self._exits[int(message["wid"])] = (int(message["status"]), now)
@@ -211,6 +222,7 @@ class _Zygote:
             while wid not in self._spawned and self.alive:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self._abandoned.add(wid)
                     raise SandboxUnavailable(log_detail="zygote did not spawn in time")
                 self._cond.wait(remaining)
             spawned = self._spawned.pop(wid, None)
@@ -320,6 +332,8 @@ class SandboxPool:
         self._signatures: collections.OrderedDict[str, p.Signature] = collections.OrderedDict()
         self._failures: dict[str, collections.deque[float]] = {}
         self._quarantined_until: dict[str, float] = {}
+        # Models whose bytes a worker refused to load: refused again without a new worker.
+        self._load_refusals: dict[str, tuple[float, str]] = {}
         self._protections: dict[str, Any] | None = None
         self._zygote_lock = threading.Lock()
         self._zygote: _Zygote | None = _Zygote(self.config.zygote_start_timeout_s)
@@ -344,6 +358,9 @@ class SandboxPool:
             raise ValueError("deadline_s must be positive")
         self._check_quarantine(model_key)
         with self._cond:
+            refused = self._load_refusals.get(model_key)
+            if refused is not None and refused[0] > time.monotonic():
+                raise ModelInvalid(refused[1])
             signature = self._signatures.get(model_key)
         ordered = self._validate(signature, inputs) if signature is not None else None
         entered = time.monotonic()
@@ -503,6 +520,15 @@ class SandboxPool:
         started = time.monotonic()
         try:
             self._start_worker(worker, load_bytes)
+        except ModelInvalid as exc:
+            with self._cond:
+                self._workers.pop(worker.wid, None)
+                if len(self._load_refusals) >= 4096:
+                    self._load_refusals.clear()
+                self._load_refusals[key] = (time.monotonic() + _LOAD_REFUSAL_S, exc.detail)
+                self._cond.notify_all()
+            worker.close()
+            raise
         except BaseException:
             with self._cond:
                 self._workers.pop(worker.wid, None)
@@ -738,7 +764,11 @@ class SandboxPool:
             np.copyto(target, value, casting="no")
         worker.seq += 1
         seq = worker.seq
-        os.write(worker.request, p.REQUEST.pack(p.OP_RUN, len(targets), seq) + request_body)
+        try:
+            os.write(worker.request, p.REQUEST.pack(p.OP_RUN, len(targets), seq) + request_body)
+        except OSError:  # EPIPE: the worker died between calls.
+            assert self._zygote is not None
+            raise self._death(worker, self._zygote) from None
         if not self._wait_response(worker, deadline_s):
             self._cancel(worker, seq)
         response = worker.response

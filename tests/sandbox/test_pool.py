@@ -176,10 +176,18 @@ def test_foreign_domains_are_refused(pool: SandboxPool, domain: str) -> None:
     assert code == "model_invalid"
 
 
-def test_garbage_bytes_are_model_invalid(pool: SandboxPool) -> None:
-    assert _code(lambda: _eval(pool, "garbage", b"\x08\x01garbage", x=np.zeros(4, F32))) == (
-        "model_invalid"
-    )
+def test_garbage_bytes_are_model_invalid_and_not_reloaded_at_once(pool: SandboxPool) -> None:
+    loads = []
+
+    def load() -> bytes:
+        loads.append(1)
+        return b"\x08\x01garbage"
+
+    for _ in range(3):
+        assert _code(lambda: pool.evaluate("garbage", load, {"x": np.zeros(4, F32)})) == (
+            "model_invalid"
+        )
+    assert len(loads) == 1
 
 
 def test_runtime_load_errors_do_not_leak_onnxruntime_text(pool: SandboxPool) -> None:
