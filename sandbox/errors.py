@@ -52,29 +52,8 @@ class WorkerCrashed(SandboxError):
     default_detail = "The sandbox worker crashed while evaluating the model."
 
 
-class ModelQuarantined(SandboxError):
-    code = "model_quarantined"
-    default_detail = "The model failed repeatedly and is quarantined for a while."
-
-    def __init__(
-        self,
-        detail: str | None = None,
-        *,
-        retry_after_s: float = 60.0,
-        log_detail: str | None = None,
-    ) -> None:
-        super().__init__(detail, log_detail=log_detail)
-        self.retry_after_s = retry_after_s
-
-
-class SandboxUnavailable(SandboxError):
-    code = "sandbox_unavailable"
-    default_detail = "The sandbox is not available."
-
-
-class SandboxBusy(SandboxError):
-    code = "sandbox_busy"
-    default_detail = "The sandbox is busy; retry later."
+class _RetryLater(SandboxError):
+    """A temporary refusal; `retry_after_s` feeds the Retry-After header."""
 
     def __init__(
         self,
@@ -85,6 +64,21 @@ class SandboxBusy(SandboxError):
     ) -> None:
         super().__init__(detail, log_detail=log_detail)
         self.retry_after_s = retry_after_s
+
+
+class ModelQuarantined(_RetryLater):
+    code = "model_quarantined"
+    default_detail = "The model failed repeatedly and is quarantined for a while."
+
+
+class SandboxUnavailable(SandboxError):
+    code = "sandbox_unavailable"
+    default_detail = "The sandbox is not available."
+
+
+class SandboxBusy(_RetryLater):
+    code = "sandbox_busy"
+    default_detail = "The sandbox is busy; retry later."
 
 
 # resource_exhausted is 422: the model or its inputs ask for more than the limits allow, which is

@@ -112,7 +112,6 @@ class EvalResult:
     cold: bool
 
 
-_PLANS_MAX = 32
 _LOAD_REFUSAL_S = 60.0
 _CPUS = os.cpu_count() or 1
 _SPIN_RUN_MAX_S = 0.0003
@@ -755,10 +754,7 @@ class SandboxPool:
         key = tuple((value.dtype, value.shape) for _, value in ordered)
         plan = worker.input_plans.get(key)
         if plan is None:
-            plan = self._input_plan(worker, ordered)
-            if len(worker.input_plans) >= _PLANS_MAX:
-                worker.input_plans.clear()
-            worker.input_plans[key] = plan
+            plan = p.remember(worker.input_plans, key, self._input_plan(worker, ordered))
         targets, request_body = plan
         for target, (_, value) in zip(targets, ordered, strict=True):
             np.copyto(target, value, casting="no")
@@ -800,10 +796,7 @@ class SandboxPool:
         body = data[p.RESPONSE.size : need]
         views = worker.output_plans.get(body)
         if views is None:
-            views = self._output_plan(worker, body)
-            if len(worker.output_plans) >= _PLANS_MAX:
-                worker.output_plans.clear()
-            worker.output_plans[body] = views
+            views = p.remember(worker.output_plans, body, self._output_plan(worker, body))
         worker.run_ewma_s = 0.8 * worker.run_ewma_s + 0.2 * run_ns / 1e9
         # Runs are single-threaded, so run time approximates the CPU the worker has spent
         # against its lifetime RLIMIT_CPU; _release retires it at half of that.

@@ -14,7 +14,7 @@ import os
 import select
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from sandbox.errors import WorkerCrashed
 
 DEFAULT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 RANK_MAX = 8
+K = TypeVar("K")
+V = TypeVar("V")
 TENSORS_MAX = 256
 JSON_BYTES_MAX = 1 << 20
 ALIGN_BYTES = 64
@@ -107,6 +109,17 @@ class Signature:
         if not 0 < len(inputs) <= TENSORS_MAX or not 0 < len(outputs) <= TENSORS_MAX:
             raise ValueError("signature has too many or too few tensors")
         return cls(inputs=tuple(inputs), outputs=tuple(outputs))
+
+
+PLANS_MAX = 32
+
+
+def remember(cache: dict[K, V], key: K, value: V) -> V:
+    """Store `value` in a small cache that starts afresh when it holds PLANS_MAX entries."""
+    if len(cache) >= PLANS_MAX:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def align(offset: int) -> int:

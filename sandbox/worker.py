@@ -183,9 +183,6 @@ def serve(fds: WorkerFds, params: WorkerParams) -> None:
     _serve_calls(fds, params, session, signature, slot, ort.RunOptions())
 
 
-_PLANS_MAX = 32
-
-
 def _serve_calls(
     fds: WorkerFds,
     params: WorkerParams,
@@ -225,9 +222,7 @@ def _serve_calls(
             except SandboxError as exc:
                 _send_error(fds.response, exc, seq)
                 continue
-            if len(feed_plans) >= _PLANS_MAX:
-                feed_plans.clear()
-            feed_plans[body] = feeds
+            p.remember(feed_plans, body, feeds)
         if crash:  # Test hook, enabled only by the pool's explicit configuration.
             os.kill(os.getpid(), signal.SIGSEGV)
         bound = bindings.get(body)
@@ -272,17 +267,13 @@ def _serve_calls(
                 except SandboxError as exc:
                     _send_error(fds.response, exc, seq)
                     continue
-                if len(output_plans) >= _PLANS_MAX:
-                    output_plans.clear()
-                output_plans[key] = plan
+                p.remember(output_plans, key, plan)
             targets, reply = plan
             for target, value in zip(targets, outputs, strict=True):
                 np.copyto(target, value, casting="no")
             del outputs
             if body not in bindings:
-                if len(bindings) >= _PLANS_MAX:
-                    bindings.clear()
-                bindings[body] = (_bind(session, feeds, output_names, targets), reply)
+                p.remember(bindings, body, (_bind(session, feeds, output_names, targets), reply))
         header = p.RESPONSE.pack(p.KIND_OK, len(output_names), seq, run_ns, _maxrss_kb())
         p.write_all(fds.response, header + reply)
 

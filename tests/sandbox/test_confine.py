@@ -139,25 +139,22 @@ def test_memory_bomb_is_resource_exhausted() -> None:
     assert exc.value.code == "resource_exhausted"
 
 
-def test_infinite_loop_is_deadline_exceeded_within_grace() -> None:
-    def spin(_: bytes) -> None:
-        while True:
-            pass
+def _spin(_: bytes) -> None:
+    while True:
+        pass
 
+
+def test_infinite_loop_is_deadline_exceeded_within_grace() -> None:
     started = time.monotonic()
     with pytest.raises(SandboxError) as exc:
-        run_confined(spin, b"", limits=Limits(wall_s_max=1.0))
+        run_confined(_spin, b"", limits=Limits(wall_s_max=1.0))
     assert exc.value.code == "deadline_exceeded"
     assert time.monotonic() - started < 1.0 + 0.5
 
 
 def test_cpu_limit_kills_a_spinning_child() -> None:
-    def spin(_: bytes) -> None:
-        while True:
-            pass
-
     with pytest.raises(SandboxError) as exc:
-        run_confined(spin, b"", limits=Limits(cpu_s_max=1, wall_s_max=10.0))
+        run_confined(_spin, b"", limits=Limits(cpu_s_max=1, wall_s_max=10.0))
     assert exc.value.code == "resource_exhausted"
 
 
