@@ -113,6 +113,9 @@ class EvalResult:
 
 
 _LOAD_REFUSAL_S = 60.0
+_FAILING_MODELS_MAX = 4096
+_NO_BUFFER = np.empty(0, dtype=np.uint8)
+_NO_SIGNATURE = p.Signature(inputs=(), outputs=())
 _CPUS = os.cpu_count() or 1
 _SPIN_RUN_MAX_S = 0.0003
 _SPIN_S = 0.0002
@@ -271,8 +274,9 @@ class _Worker:
         self.response = -1
         self.cancel = -1
         self.slot: mmap.mmap | None = None
-        self.buffer: np.ndarray | None = None
-        self.signature: p.Signature | None = None
+        self.buffer: np.ndarray = _NO_BUFFER
+        self.signature = _NO_SIGNATURE
+        self.zygote: _Zygote | None = None  # The one that forked it and reports its exit.
         self.cpu_s = 0.0
         self.output_region = (0, 0)
         self.poller = select.poll()
@@ -294,7 +298,7 @@ class _Worker:
             if fd >= 0:
                 os.close(fd)
                 setattr(self, name, -1)
-        self.buffer = None
+        self.buffer = _NO_BUFFER
         self.input_plans.clear()
         self.output_plans.clear()
         if self.slot is not None:
@@ -369,7 +373,6 @@ class SandboxPool:
             worker, load_ms = self._acquire(model_key, load_bytes)
             try:
                 if ordered is None or worker.signature is not signature:
-                    assert worker.signature is not None
                     ordered = self._validate(worker.signature, inputs)
                 outputs, run_ms = self._run(worker, ordered, deadline_s)
             except SandboxError:
@@ -455,6 +458,8 @@ class SandboxPool:
         """
         now = time.monotonic()
         with self._cond:
+            if key not in self._failures and len(self._failures) >= _FAILING_MODELS_MAX:
+                self._failures.clear()
             window = self._failures.setdefault(key, collections.deque())
             window.append(now)
             while window and now - window[0] > self.config.quarantine_window_s:
@@ -559,8 +564,8 @@ class SandboxPool:
                 # Dead, or close to its lifetime CPU limit: replace it on the next call.
                 self._workers.pop(worker.wid, None)
                 worker.close()
-                if self._zygote is not None:
-                    self._zygote.forget(worker.wid)
+                if worker.zygote is not None:
+                    worker.zygote.forget(worker.wid)
             self._cond.notify_all()
 
     def _zygote_for_spawn(self) -> _Zygote:
@@ -614,6 +619,7 @@ class SandboxPool:
             worker.output_region = (params["slot_input_bytes"], slot_bytes)
             worker.slot = mmap.mmap(slot_fd, slot_bytes)
             worker.buffer = np.frombuffer(worker.slot, dtype=np.uint8)
+            worker.zygote = zygote
             worker.pidfd = zygote.spawn(
                 worker.wid, params, theirs, timeout_s=self.config.zygote_start_timeout_s
             )
@@ -626,14 +632,14 @@ class SandboxPool:
                 os.close(fd)
         worker.request, worker.response, worker.cancel = mine
         worker.poller.register(worker.response, select.POLLIN)
-        return self._read_ready(worker, zygote)
+        return self._read_ready(worker)
 
-    def _read_ready(self, worker: _Worker, zygote: _Zygote) -> dict[str, Any]:
+    def _read_ready(self, worker: _Worker) -> dict[str, Any]:
         deadline = time.monotonic() + self.config.load_timeout_s
         if not p.wait_readable(worker.response, max(deadline - time.monotonic(), 0.0)):
             worker.kill()
             raise DeadlineExceeded("Loading the model did not finish in time.")
-        kind, body, maxrss_kb = self._read_message(worker, zygote)
+        kind, body, maxrss_kb = self._read_message(worker)
         worker.memory_bytes = maxrss_kb * 1024
         if kind != p.KIND_READY:
             raise self._error_from(body)
@@ -647,23 +653,24 @@ class SandboxPool:
         self._protections = {k: v for k, v in ready["protections"].items() if k.isidentifier()}
         return ready
 
-    def _read_message(self, worker: _Worker, zygote: _Zygote) -> tuple[int, bytes, int]:
+    def _read_message(self, worker: _Worker) -> tuple[int, bytes, int]:
         """(kind, JSON body, peak RSS KiB) of a JSON message; a dead worker raises its cause."""
         header = p.read_exact(worker.response, p.RESPONSE.size)
         if not header:
-            raise self._death(worker, zygote)
+            raise self._death(worker)
         kind, length, _, _, maxrss_kb = p.RESPONSE.unpack(header)
         if kind == p.KIND_OK or length > p.JSON_BYTES_MAX:
             worker.kill()
             raise WorkerCrashed(log_detail="unexpected message from worker")
         body = p.read_exact(worker.response, length) if length else b""
         if length and not body:
-            raise self._death(worker, zygote)
+            raise self._death(worker)
         return kind, body, maxrss_kb
 
-    def _death(self, worker: _Worker, zygote: _Zygote) -> SandboxError:
+    def _death(self, worker: _Worker) -> SandboxError:
         worker.dead = True
-        status = zygote.exit_status(worker.wid, timeout_s=1.0)
+        zygote = worker.zygote
+        status = zygote.exit_status(worker.wid, timeout_s=1.0) if zygote is not None else None
         if status is None:
             return WorkerCrashed(log_detail="worker vanished")
         return status_error(status)
@@ -750,7 +757,6 @@ class SandboxPool:
     def _run(
         self, worker: _Worker, ordered: list[tuple[int, np.ndarray]], deadline_s: float
     ) -> tuple[dict[str, np.ndarray], float]:
-        assert worker.signature is not None
         key = tuple((value.dtype, value.shape) for _, value in ordered)
         plan = worker.input_plans.get(key)
         if plan is None:
@@ -763,8 +769,7 @@ class SandboxPool:
         try:
             os.write(worker.request, p.REQUEST.pack(p.OP_RUN, len(targets), seq) + request_body)
         except OSError:  # EPIPE: the worker died between calls.
-            assert self._zygote is not None
-            raise self._death(worker, self._zygote) from None
+            raise self._death(worker) from None
         if not self._wait_response(worker, deadline_s):
             self._cancel(worker, seq)
         response = worker.response
@@ -773,8 +778,7 @@ class SandboxPool:
         if len(data) < p.RESPONSE.size:
             data += p.read_exact(response, p.RESPONSE.size - len(data)) if data else b""
             if len(data) < p.RESPONSE.size:
-                assert self._zygote is not None
-                raise self._death(worker, self._zygote)
+                raise self._death(worker)
         kind, count, got_seq, run_ns, maxrss_kb = p.RESPONSE.unpack_from(data)
         worker.memory_bytes = maxrss_kb * 1024
         if got_seq != seq:
@@ -808,7 +812,6 @@ class SandboxPool:
         worker: _Worker, ordered: list[tuple[int, np.ndarray]]
     ) -> tuple[list[np.ndarray], bytes]:
         """Slot views and the packed headers for one combination of input dtypes and shapes."""
-        assert worker.buffer is not None
         targets = []
         headers = []
         offset = 0
@@ -823,7 +826,6 @@ class SandboxPool:
     @staticmethod
     def _output_plan(worker: _Worker, body: bytes) -> list[tuple[str, np.ndarray]]:
         """Validated slot views for one set of output headers (the worker may be hostile)."""
-        assert worker.buffer is not None and worker.signature is not None
         views = []
         for i, spec in enumerate(worker.signature.outputs):
             t = p.unpack_tensor(body, i * p.TENSOR.size, worker.output_region)
