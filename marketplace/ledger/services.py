@@ -40,6 +40,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session, select
 
 from marketplace.db import as_utc, utcnow
+from marketplace.ledger import bulk
 from marketplace.ledger.errors import (
     IdempotencyKeyReused,
     InsufficientFunds,
@@ -72,6 +73,18 @@ _accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
 _balances_t = LedgerBalance.__table__  # type: ignore[attr-defined]
 _transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
 _entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
+_TRANSACTION_COLUMNS = (
+    "idempotency_key",
+    "request_hash",
+    "kind",
+    "currency",
+    "pending",
+    "resolves_id",
+    "reverses_id",
+    "memo",
+    "created_at",
+)
+_ENTRY_COLUMNS = ("transaction_id", "account_id", "side", "amount", "pending", "created_at")
 
 
 # --- Value objects ---------------------------------------------------------------------------
@@ -529,7 +542,9 @@ def apply_transfers(session: Session, transfers: Sequence[Transfer]) -> list[Pos
     counters = _lock_counters(session, account_ids)
 
     # Idempotency, read after the locks so that a racing twin's commit is visible.
-    existing = _load_transactions(session, _transactions_t.c.idempotency_key.in_(keys))
+    existing = _load_transactions(
+        session, bulk.in_list(session, _transactions_t.c.idempotency_key, keys)
+    )
     by_key = {row["idempotency_key"]: (row, legs) for row, legs in existing.values()}
     # Holds already resolved by a committed transaction.
     resolved_already = (
@@ -597,43 +612,47 @@ def apply_transfers(session: Session, transfers: Sequence[Transfer]) -> list[Pos
 
     if plans:
         now = utcnow()
-        new_ids = (
-            session.execute(
-                sa.insert(_transactions_t).returning(
-                    _transactions_t.c.id, sort_by_parameter_order=True
-                ),
-                [
-                    {
-                        "idempotency_key": p.transfer.idempotency_key,
-                        "request_hash": p.request_hash,
-                        "kind": p.transfer.kind,
-                        "currency": p.currency,
-                        "pending": p.transfer.pending,
-                        "resolves_id": p.transfer.resolves_id,
-                        "reverses_id": p.transfer.reverses_id,
-                        "memo": p.transfer.memo,
-                        "created_at": now,
-                    }
-                    for p in plans
-                ],
+        tx_rows = [
+            (
+                p.transfer.idempotency_key,
+                p.request_hash,
+                p.transfer.kind,
+                p.currency,
+                p.transfer.pending,
+                p.transfer.resolves_id,
+                p.transfer.reverses_id,
+                p.transfer.memo,
+                now,
             )
-            .scalars()
-            .all()
-        )
-        entry_rows = [
-            {
-                "transaction_id": tx_id,
-                "account_id": leg.account_id,
-                "side": leg.side,
-                "amount": leg.amount,
-                "pending": p.transfer.pending,
-                "created_at": now,
-            }
-            for p, tx_id in zip(plans, new_ids, strict=True)
-            for leg in p.transfer.legs
+            for p in plans
         ]
-        if entry_rows:
-            session.execute(sa.insert(_entries_t), entry_rows)
+        if bulk.is_postgresql(session):
+            new_ids = bulk.next_ids(session, _transactions_t, len(plans))
+            bulk.insert_rows(
+                session,
+                _transactions_t,
+                ("id", *_TRANSACTION_COLUMNS),
+                [(tx_id, *row) for tx_id, row in zip(new_ids, tx_rows, strict=True)],
+            )
+        else:
+            new_ids = list(
+                session.execute(
+                    sa.insert(_transactions_t).returning(
+                        _transactions_t.c.id, sort_by_parameter_order=True
+                    ),
+                    [dict(zip(_TRANSACTION_COLUMNS, row, strict=True)) for row in tx_rows],
+                ).scalars()
+            )
+        bulk.insert_rows(
+            session,
+            _entries_t,
+            _ENTRY_COLUMNS,
+            [
+                (tx_id, leg.account_id, leg.side, leg.amount, p.transfer.pending, now)
+                for p, tx_id in zip(plans, new_ids, strict=True)
+                for leg in p.transfer.legs
+            ],
+        )
         _write_counters(session, [c for c in counters.values() if c.dirty])
         fresh = iter(
             PostedTransaction(

@@ -36,6 +36,7 @@ from sqlmodel import Session, select
 
 from marketplace.db import utcnow
 from marketplace.errors import Forbidden
+from marketplace.ledger import bulk
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import InsufficientFunds
 from marketplace.ledger.models import PLATFORM_REVENUE, ROYALTY_ACCRUAL, VENDOR_PAYABLE, WALLET
@@ -180,8 +181,12 @@ def missing_for_next_call(session: Session, lic: License) -> int:
     )
 
 
-def _count_calls(session: Session, license_id: int, calls: int) -> int | None:
-    """Count ``calls`` more calls if the reservation covers them; the new ``calls_used``."""
+def _count_calls(session: Session, license_id: int, calls: int) -> tuple[int, int] | None:
+    """Count ``calls`` more calls if the reservation covers them.
+
+    Returns the new ``calls_used`` and the licence's organisation, or None when the
+    reservation (or the licence) does not cover them.
+    """
     row = session.execute(
         sa.update(_licenses_t)
         .where(
@@ -190,9 +195,9 @@ def _count_calls(session: Session, license_id: int, calls: int) -> int | None:
             _licenses_t.c.calls_used + calls <= _licenses_t.c.calls_reserved,
         )
         .values(calls_used=_licenses_t.c.calls_used + calls)
-        .returning(_licenses_t.c.calls_used)
+        .returning(_licenses_t.c.calls_used, _licenses_t.c.organization_id)
     ).first()
-    return None if row is None else int(row[0])
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def record_calls(
@@ -213,8 +218,8 @@ def record_calls(
         raise ValueError("calls must be positive")
 
     def work(s: Session) -> tuple[int, list[str]]:
-        used = _count_calls(s, license_id, calls)
-        if used is None:
+        counted = _count_calls(s, license_id, calls)
+        if counted is None:
             (lic,) = _lock_licenses(s, [license_id])
             if lic.kind != PER_INFERENCE or lic.revoked_at is not None:
                 raise Forbidden("The licence is not active.", code="license_inactive")
@@ -224,30 +229,23 @@ def record_calls(
             _reserve(s, lic, max(reserve_calls, calls))
             s.add(lic)
             s.flush()
-            used = _count_calls(s, license_id, calls)
-            if used is None:
+            counted = _count_calls(s, license_id, calls)
+            if counted is None:
                 raise InsufficientFunds(
                     account_id=_wallet(s, lic),
                     currency=lic.currency,
                     missing_minor=royalty_due(lic.calls_used + calls, lic.royalty_per_1k_minor)
                     - royalty_due(lic.calls_reserved, lic.royalty_per_1k_minor),
                 )
-        organization_id = s.execute(
-            sa.select(_licenses_t.c.organization_id).where(_licenses_t.c.id == license_id)
-        ).scalar_one()
+        used, organization_id = counted
         now = utcnow()
         ids = [uuid.uuid4().hex for _ in range(calls)]
-        s.execute(
-            sa.insert(_usage_t),
+        bulk.insert_rows(
+            s,
+            _usage_t,
+            ("id", "license_id", "organization_id", "version_id", "seq", "created_at"),
             [
-                {
-                    "id": event_id,
-                    "license_id": license_id,
-                    "organization_id": organization_id,
-                    "version_id": version_id,
-                    "seq": used - calls + 1 + i,
-                    "created_at": now,
-                }
+                (event_id, license_id, organization_id, version_id, used - calls + 1 + i, now)
                 for i, event_id in enumerate(ids)
             ],
         )
