@@ -22,34 +22,40 @@ import socket
 import sys
 from typing import Any
 
+import numpy as np
+import onnx.helper as oh
+import onnxruntime as ort
+from onnx import TensorProto
+
+from sandbox.runtime import check_model, session_options
+from sandbox.worker import WorkerFds, WorkerParams, serve
+
 MESSAGE_BYTES_MAX = 1 << 16
 
 
 def _warm_up() -> None:
-    """Build and run one tiny session so that everything onnxruntime loads lazily is loaded."""
-    import numpy as np
-    import onnx.helper as oh
-    from onnx import TensorProto
-
-    import sandbox.worker  # noqa: F401 - imported for the workers that fork from here.
-    from sandbox.runtime import session_options
-
+    """Check, load and run a tiny model the ways workers do, so that whatever onnx and
+    onnxruntime load lazily is loaded here, before any worker is confined."""
     graph = oh.make_graph(
         [oh.make_node("Identity", ["x"], ["y"])],
         "warm_up",
         [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
-    import onnxruntime as ort
-
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]).SerializeToString()
+    check_model(model, nodes_max=1)
     session = ort.InferenceSession(
-        model.SerializeToString(),
+        model,
         session_options(constant_folding_bytes_max=1 << 20),
         providers=["CPUExecutionProvider"],
     )
-    session.run(None, {"x": np.zeros(1, np.float32)})
-    del session
+    x, y = np.zeros(1, np.float32), np.zeros(1, np.float32)
+    session.run(None, {"x": x}, ort.RunOptions())
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x))
+    binding.bind_ortvalue_output("y", ort.OrtValue.ortvalue_from_numpy(y))
+    session.run_with_iobinding(binding)
+    del binding, session
 
 
 def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -62,16 +68,17 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = 
 def _spawn(
     sock: socket.socket, wake_fds: tuple[int, int], message: dict[str, Any], fds: list[int]
 ) -> tuple[int, int] | None:
-    from sandbox.worker import WorkerFds, WorkerParams, serve
-
     wid = int(message["wid"])
-    if len(fds) != 5:
+    try:
+        if len(fds) != 5:
+            raise ValueError("a worker needs five descriptors")
+        params = WorkerParams.from_json(message["params"])
+        pid = os.fork()
+    except (OSError, TypeError, KeyError, ValueError):
         for fd in fds:
             os.close(fd)
         _send(sock, {"op": "spawn_failed", "wid": wid})
         return None
-    params = WorkerParams.from_json(message["params"])
-    pid = os.fork()
     if pid == 0:
         status = 0
         try:
