@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+from sandbox.confine import probe
 from sandbox.errors import SandboxBusy, SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool
 from tests.sandbox import models
@@ -144,6 +145,8 @@ def test_health_reports_protections_and_counts(pool: SandboxPool) -> None:
     protections = health["protections"]
     for name in ("rlimits", "no_new_privs", "seccomp", "fds_closed", "empty_cwd"):
         assert protections[name] is True
+    # Workers report what the kernel actually granted them, as the one-shot probe does.
+    assert protections["landlock"] is probe().landlock
     assert health["workers"] >= 1
     assert health["queue_depth"] == 0
 
@@ -322,6 +325,16 @@ def test_repeated_crashes_quarantine_the_model() -> None:
         assert "bad" in pool.health()["quarantined"]
         out = _eval(pool, "good", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
         assert out.outputs["z"].shape == (1, 3)
+
+
+def test_workers_do_not_inherit_the_callers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JISHI_TEST_SECRET", "s3cr3t")
+    with SandboxPool(PoolConfig(workers_max=2)) as pool:
+        assert pool._zygote is not None
+        pool.health()  # Waits for the zygote and forks a probe worker from it.
+        with open(f"/proc/{pool._zygote.process.pid}/environ", "rb") as f:
+            environ = f.read()
+    assert b"s3cr3t" not in environ and b"JISHI_TEST_SECRET" not in environ
 
 
 def test_a_dead_zygote_is_restarted() -> None:
