@@ -46,6 +46,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(meta_bp)
     app.register_blueprint(accounts_bp)
 
+    from marketplace.catalog.views import init_app as init_catalog
+
+    init_catalog(app)
+
     from marketplace.evaluation.services import LazyPool, pool_config
     from marketplace.evaluation.views import bp as evaluation_bp
 

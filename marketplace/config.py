@@ -44,6 +44,13 @@ class Settings:
     # Registry.
     model_bytes_max: int = 2 * 1024**3
     artifact_url_ttl_s: int = 300
+    inspect_timeout_s: int = 120  # wall-clock deadline of one confined ONNX inspection
+    inspect_node_count_max: int = 100_000  # nodes, subgraphs and functions included
+    inspect_subgraph_depth_max: int = 4
+    inspect_initializer_bytes_max: int = 2 * 1024**3  # declared, not stored, bytes
+    inspect_extra_domains: str = ""  # comma-separated operator domains allowed beyond the default
+    upload_spool_dir: str = ""  # empty: instance/spool; uploads are staged here for inspection
+    blob_grace_s: int = 3600  # unreferenced blobs younger than this are kept by the sweeper
 
     # Sandbox (evaluation).
     eval_timeout_s: float = 10.0

@@ -128,7 +128,7 @@ def _clip(text: str) -> str:
 
 _STRING = TensorProto.STRING
 # Element sizes of the packed formats numpy has no dtype for.
-_SUBBYTE_BITS = {
+_SUBBYTE_BITS: dict[int, int] = {
     TensorProto.INT4: 4,
     TensorProto.UINT4: 4,
 }

@@ -1,0 +1,379 @@
+"""Catalog API: listings, versions (streaming upload, artifact download), offers, search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, send_file
+from sqlmodel import Session
+
+from marketplace.accounts.models import Organization
+from marketplace.accounts.oauth import current, require_oauth
+from marketplace.accounts.scopes import ADMIN, MODELS_READ, MODELS_WRITE
+from marketplace.api import API_PREFIX, openapi, parse_json, parse_query
+from marketplace.catalog import services
+from marketplace.catalog.errors import ModelTooLarge, UnsupportedMediaType
+from marketplace.catalog.models import LISTING_ACTIVE, LISTING_SUSPENDED
+from marketplace.catalog.schemas import (
+    ListingCreate,
+    ListingDetail,
+    ListingPage,
+    ListingPublic,
+    ListingQuery,
+    ListingUpdate,
+    OfferCreate,
+    OfferList,
+    OfferPublic,
+    VersionList,
+    VersionPublic,
+)
+from marketplace.db import get_session
+from marketplace.errors import Forbidden, Unauthorized
+from model_registry.blobstore import open_blob_store
+from model_registry.confined import inspect_file
+from model_registry.inspection import InspectionPolicy
+
+bp = Blueprint("catalog", __name__, url_prefix=API_PREFIX)
+
+OCTET_STREAM = "application/octet-stream"
+
+
+def _viewer_org_id() -> int | None:
+    """The organisation of the request's token, or None for an anonymous read."""
+    try:
+        return current.organization_id
+    except Unauthorized:
+        return None
+
+
+def _is_admin(session: Session) -> bool:
+    org = session.get(Organization, current.organization_id)
+    return org is not None and org.has_role("admin") and ADMIN in current.scopes
+
+
+def _json(model: Any, status: int = 200) -> tuple[Response, int]:
+    return jsonify(model.model_dump(mode="json")), status
+
+
+# --- listings ------------------------------------------------------------------------------
+
+
+@bp.post("/models")
+@openapi(
+    "Create a model listing (vendor)",
+    tag="catalog",
+    body=ListingCreate,
+    response=ListingPublic,
+    status=201,
+    scope=MODELS_WRITE,
+)
+@require_oauth(MODELS_WRITE)
+def create_listing() -> Any:
+    listing = services.create_listing(
+        session=get_session(),
+        organization_id=current.organization_id,
+        request=parse_json(ListingCreate),
+    )
+    return _json(listing, 201)
+
+
+@bp.get("/models")
+@openapi("Search the catalog", tag="catalog", query=ListingQuery, response=ListingPage)
+@require_oauth(optional=True)
+def search_listings() -> Any:
+    page = services.search_listings(
+        session=get_session(),
+        query=parse_query(ListingQuery),
+        page_size_max=current_app.extensions["settings"].page_size_max,
+        viewer_org_id=_viewer_org_id(),
+    )
+    return _json(page)
+
+
+@bp.get("/models/<int:model_id>")
+@openapi(
+    "A model listing with its versions and active offers",
+    tag="catalog",
+    response=ListingDetail,
+    errors=[404],
+)
+@require_oauth(optional=True)
+def get_listing(model_id: int) -> Any:
+    detail = services.get_listing_detail(
+        session=get_session(), listing_id=model_id, viewer_org_id=_viewer_org_id()
+    )
+    return _json(detail)
+
+
+@bp.patch("/models/<int:model_id>")
+@openapi(
+    "Change a listing's description (owner)",
+    tag="catalog",
+    body=ListingUpdate,
+    response=ListingDetail,
+    scope=MODELS_WRITE,
+    errors=[404],
+)
+@require_oauth(MODELS_WRITE)
+def update_listing(model_id: int) -> Any:
+    detail = services.update_listing(
+        session=get_session(),
+        listing_id=model_id,
+        organization_id=current.organization_id,
+        request=parse_json(ListingUpdate),
+    )
+    return _json(detail)
+
+
+def _set_status(model_id: int, status: str) -> Any:
+    session = get_session()
+    if not _is_admin(session):
+        raise Forbidden("Only administrators may suspend or reinstate models.")
+    return _json(services.set_listing_status(session=session, listing_id=model_id, status=status))
+
+
+@bp.post("/models/<int:model_id>/suspend")
+@openapi(
+    "Suspend a listing (administrator)",
+    tag="catalog",
+    response=ListingDetail,
+    scope=ADMIN,
+    errors=[404],
+)
+@require_oauth(ADMIN)
+def suspend_listing(model_id: int) -> Any:
+    return _set_status(model_id, LISTING_SUSPENDED)
+
+
+@bp.post("/models/<int:model_id>/reinstate")
+@openapi(
+    "Reinstate a suspended listing (administrator)",
+    tag="catalog",
+    response=ListingDetail,
+    scope=ADMIN,
+    errors=[404],
+)
+@require_oauth(ADMIN)
+def reinstate_listing(model_id: int) -> Any:
+    return _set_status(model_id, LISTING_ACTIVE)
+
+
+# --- versions ------------------------------------------------------------------------------
+
+
+def upload_context(app: Flask) -> services.UploadContext:
+    settings = app.extensions["settings"]
+    return services.UploadContext(
+        store=app.extensions["blob_store"],
+        inspect=app.extensions["model_inspector"],
+        spool_dir=Path(settings.upload_spool_dir or Path(app.instance_path) / "spool"),
+        size_max=settings.model_bytes_max,
+    )
+
+
+@bp.post("/models/<int:model_id>/versions")
+@openapi(
+    "Upload a new version: the raw ONNX bytes, streamed (owner)",
+    tag="catalog",
+    response=VersionPublic,
+    status=201,
+    scope=MODELS_WRITE,
+    errors=[404, 409, 411, 413, 415, 503],
+    body_media_type=OCTET_STREAM,
+)
+@require_oauth(MODELS_WRITE)
+def upload_version(model_id: int) -> Any:
+    session = get_session()
+    context = upload_context(current_app)
+    listing = services.get_owned_listing(
+        session=session, listing_id=model_id, organization_id=current.organization_id
+    )
+    if request.mimetype != OCTET_STREAM:
+        raise UnsupportedMediaType(f"Send the model as {OCTET_STREAM}.")
+    version = services.parse_version(request.args.get("version"))
+    services.ensure_version_free(session=session, listing=listing, version=version)
+    if request.content_length is not None and request.content_length > context.size_max:
+        # Refused before a byte is read; the connection closes rather than drain the body.
+        raise ModelTooLarge(
+            f"Models are limited to {context.size_max} bytes.", headers={"Connection": "close"}
+        )
+    # request.stream is the unbuffered WSGI input (chunked bodies are de-chunked by the
+    # server); request.data or get_data() would hold the whole model in memory.
+    spool = services.receive_upload(body=request.stream, context=context)
+    try:
+        published = services.publish_version(
+            session=session, listing=listing, version=version, spool=spool, context=context
+        )
+    finally:
+        spool.discard()
+    response, status = _json(published, 201)
+    response.headers["Location"] = f"{API_PREFIX}/models/{model_id}/versions/{published.version}"
+    return response, status
+
+
+@bp.get("/models/<int:model_id>/versions")
+@openapi("A model's versions", tag="catalog", response=VersionList, errors=[404])
+@require_oauth(optional=True)
+def list_versions(model_id: int) -> Any:
+    items = services.list_versions(
+        session=get_session(), listing_id=model_id, viewer_org_id=_viewer_org_id()
+    )
+    return _json(VersionList(items=items))
+
+
+@bp.get("/models/<int:model_id>/versions/<version>")
+@openapi("One version of a model", tag="catalog", response=VersionPublic, errors=[404])
+@require_oauth(optional=True)
+def get_version(model_id: int, version: str) -> Any:
+    row = services.get_version(
+        session=get_session(), listing_id=model_id, version=version, viewer_org_id=_viewer_org_id()
+    )
+    return _json(services.version_public(row))
+
+
+@bp.post("/models/<int:model_id>/versions/<version>/revoke")
+@openapi(
+    "Revoke a version: no more trials, inference or downloads (owner or administrator)",
+    tag="catalog",
+    response=VersionPublic,
+    scope="any",
+    errors=[404],
+)
+@require_oauth()
+def revoke_version(model_id: int, version: str) -> Any:
+    session = get_session()
+    is_admin = _is_admin(session)
+    if not is_admin and MODELS_WRITE not in current.scopes:
+        raise Forbidden("Revoking needs the models:write scope.", code="insufficient_scope")
+    revoked = services.revoke_version(
+        session=session,
+        listing_id=model_id,
+        version=version,
+        organization_id=current.organization_id,
+        is_admin=is_admin,
+    )
+    return _json(revoked)
+
+
+@bp.get("/models/<int:model_id>/versions/<version>/artifact")
+@openapi(
+    "Download the ONNX artifact: 302 to a short-lived URL, or the bytes (owner or licensee)",
+    tag="catalog",
+    status=302,
+    scope=MODELS_READ,
+    errors=[404, 410, 503],
+)
+@require_oauth(MODELS_READ)
+def download_artifact(model_id: int, version: str) -> Any:
+    settings = current_app.extensions["settings"]
+    artifact = services.open_artifact(
+        session=get_session(),
+        store=current_app.extensions["blob_store"],
+        listing_id=model_id,
+        version=version,
+        organization_id=current.organization_id,
+        url_ttl_s=settings.artifact_url_ttl_s,
+    )
+    if artifact.url is not None:
+        response = redirect(artifact.url, code=302)
+    else:
+        assert artifact.stream is not None
+        response = send_file(
+            artifact.stream,
+            mimetype=OCTET_STREAM,
+            as_attachment=True,
+            download_name=artifact.filename,
+            conditional=False,
+            etag=False,
+            max_age=0,
+        )
+        response.content_length = artifact.size
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+# --- offers --------------------------------------------------------------------------------
+
+
+@bp.post("/models/<int:model_id>/offers")
+@openapi(
+    "Publish an offer (immutable licence terms and a price) for a model (owner)",
+    tag="catalog",
+    body=OfferCreate,
+    response=OfferPublic,
+    status=201,
+    scope=MODELS_WRITE,
+    errors=[404],
+)
+@require_oauth(MODELS_WRITE)
+def create_offer(model_id: int) -> Any:
+    offer = services.create_offer(
+        session=get_session(),
+        listing_id=model_id,
+        organization_id=current.organization_id,
+        request=parse_json(OfferCreate),
+    )
+    return _json(offer, 201)
+
+
+@bp.get("/models/<int:model_id>/offers")
+@openapi("A model's active offers (its vendor also sees retired ones)", tag="catalog",
+         response=OfferList, errors=[404])  # fmt: skip
+@require_oauth(optional=True)
+def list_offers(model_id: int) -> Any:
+    items = services.list_offers(
+        session=get_session(),
+        listing_id=model_id,
+        viewer_org_id=_viewer_org_id(),
+        include_retired=True,
+    )
+    return _json(OfferList(items=items))
+
+
+@bp.post("/models/<int:model_id>/offers/<int:offer_id>/retire")
+@openapi(
+    "Retire an offer: no new trials or purchases (owner)",
+    tag="catalog",
+    response=OfferPublic,
+    scope=MODELS_WRITE,
+    errors=[404, 409],
+)
+@require_oauth(MODELS_WRITE)
+def retire_offer(model_id: int, offer_id: int) -> Any:
+    offer = services.retire_offer(
+        session=get_session(),
+        listing_id=model_id,
+        offer_id=offer_id,
+        organization_id=current.organization_id,
+    )
+    return _json(offer)
+
+
+# --- wiring --------------------------------------------------------------------------------
+
+
+def inspection_policy(settings: Any) -> InspectionPolicy:
+    extra = tuple(d.strip() for d in settings.inspect_extra_domains.split(",") if d.strip())
+    return InspectionPolicy(
+        node_count_max=settings.inspect_node_count_max,
+        subgraph_depth_max=settings.inspect_subgraph_depth_max,
+        initializer_bytes_max=settings.inspect_initializer_bytes_max,
+        allowed_domains=(*InspectionPolicy().allowed_domains, *extra),
+    )
+
+
+def init_app(app: Flask) -> None:
+    """Build the blob store and the confined inspector; register the blueprint."""
+    settings = app.extensions["settings"]
+    app.extensions["blob_store"] = open_blob_store(
+        settings.storage_url, default_root=Path(app.instance_path) / "blobs"
+    )
+    policy = inspection_policy(settings)
+    timeout_s = settings.inspect_timeout_s
+
+    def inspect(path: Path) -> Any:
+        return inspect_file(path, policy, wall_s_max=timeout_s)
+
+    app.extensions["model_inspector"] = inspect
+    app.register_blueprint(bp)
