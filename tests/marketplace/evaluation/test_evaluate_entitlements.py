@@ -1,0 +1,132 @@
+"""Who may evaluate: the owner, a trial, a licence; metering and the wallet through the API."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from marketplace.catalog.models import Offer, terms_sha256
+from tests.sandbox import models as m
+
+X = {"dtype": "float32", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}
+BODY = {"inputs": {"x": X, "y": X}}
+
+
+@pytest.fixture
+def offer_for(db_session):
+    def _offer(published, **terms):
+        fields = dict(
+            listing_id=published.model_id,
+            name="Standard",
+            kind="per_inference",
+            currency="CNY",
+            price_minor=0,
+            royalty_per_1k_minor=2500,
+            trial_calls=2,
+            trial_days=7,
+            term_days=None,
+            allow_download=False,
+            commercial_use=True,
+            terms_md="Use it well.",
+        )
+        fields.update(terms)
+        offer = Offer(**fields, terms_sha256="")
+        offer.terms_sha256 = terms_sha256(offer)
+        db_session.add(offer)
+        db_session.commit()
+        return offer
+
+    return _offer
+
+
+def _url(p):
+    return f"/api/v1/models/{p.model_id}/versions/{p.version}/evaluate"
+
+
+def _evaluate(client, org, p):
+    return client.post(_url(p), json=BODY, headers=org.headers("sandbox:run"))
+
+
+def _top_up(client, buyer, amount_minor, currency="CNY"):
+    resp = client.post(
+        "/api/v1/wallet/top-ups",
+        json={"amount_minor": amount_minor, "currency": currency},
+        headers=buyer.headers(**{"Idempotency-Key": uuid.uuid4().hex}),
+    )
+    assert resp.status_code in (200, 201), resp.json
+
+
+def test_buyer_without_entitlement_gets_403(client, vendor, buyer, publish, offer_for):
+    p = publish(vendor, m.add())
+    offer_for(p)
+    resp = _evaluate(client, buyer, p)
+    assert resp.status_code == 403
+    assert resp.json["code"] == "no_entitlement"
+
+
+def test_trial_calls_are_counted_once_per_successful_call(
+    client, vendor, buyer, publish, offer_for
+):
+    p = publish(vendor, m.add())
+    offer = offer_for(p, trial_calls=2)
+    trial = client.post(
+        f"/api/v1/offers/{offer.id}/trial",
+        json={"accept_terms_sha256": offer.terms_sha256},
+        headers=buyer.headers(),
+    )
+    assert trial.status_code == 201, trial.json
+
+    # A failed call (bad input) is not counted.
+    bad = client.post(_url(p), json={"inputs": {"x": X}}, headers=buyer.headers("sandbox:run"))
+    assert bad.status_code == 422
+
+    first = _evaluate(client, buyer, p)
+    assert first.status_code == 200, first.json
+    assert first.json["usage"]["kind"] == "trial"
+    assert first.json["usage"]["calls_remaining"] == 1
+    assert first.json["outputs"]["z"]["data"] == [2.0, 4.0, 6.0]
+    assert _evaluate(client, buyer, p).json["usage"]["calls_remaining"] == 0
+    exhausted = _evaluate(client, buyer, p)
+    assert exhausted.status_code == 403
+    assert exhausted.json["code"] == "no_entitlement"
+
+
+def test_metered_licence_charges_exactly_and_stops_at_an_empty_wallet(
+    client, vendor, buyer, publish, offer_for
+):
+    p = publish(vendor, m.add())
+    offer = offer_for(
+        p, kind="per_inference", price_minor=0, royalty_per_1k_minor=2500, trial_calls=0
+    )
+    purchase = client.post(
+        f"/api/v1/offers/{offer.id}/purchase",
+        json={"accept_terms_sha256": offer.terms_sha256},
+        headers=buyer.headers(**{"Idempotency-Key": "buy-1"}),
+    )
+    assert purchase.status_code == 201, purchase.json
+
+    # An empty wallet cannot cover the next call: 402 before the model runs.
+    broke = _evaluate(client, buyer, p)
+    assert broke.status_code == 402
+    assert broke.json["code"] == "insufficient_funds"
+
+    _top_up(client, buyer, 10_000)
+    charged = 0
+    for _ in range(3):
+        resp = _evaluate(client, buyer, p)
+        assert resp.status_code == 200, resp.json
+        assert resp.json["usage"]["kind"] == "per_inference"
+        charged += resp.json["usage"]["charged_minor"]
+    # 3 calls at 2500 minor units per thousand: floor(3 * 2500 / 1000) = 7.
+    assert charged == 7
+
+
+def test_owner_is_never_charged(client, vendor, publish, offer_for):
+    p = publish(vendor, m.add())
+    offer_for(p)
+    resp = _evaluate(client, vendor, p)
+    assert resp.status_code == 200
+    assert resp.json["usage"] == {"licence_id": None, "kind": "owner"}
+    assert np.isclose(resp.json["outputs"]["z"]["data"][0], 2.0)
