@@ -127,15 +127,18 @@ _SPIN_S = 0.0002
 class _Zygote:
     def __init__(self, start_timeout_s: float) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Isolated mode (-I) ignores the environment; the import path is handed over instead,
+        # with this package's root first.
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = json.dumps([package_root, *(entry for entry in sys.path if entry)])
         code = (
-            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
             "import sandbox.zygote as z; z.main(int(sys.argv[2]))"
         )
         env = {"OMP_NUM_THREADS": "1", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-c", code, package_root, str(theirs.fileno())],
+                [sys.executable, "-I", "-c", code, path, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
