@@ -16,9 +16,11 @@ class UsageEvent(SQLModel, table=True):
     # seq, so an event is never counted twice nor skipped, and no event row is ever updated.
     __table_args__ = (sa.UniqueConstraint("license_id", "seq"),)
 
-    id: str = Field(primary_key=True, max_length=32)  # uuid4 hex
-    license_id: int = Field(foreign_key="licenses.id")
-    organization_id: int = Field(foreign_key="organizations.id", index=True)
-    version_id: int = Field(foreign_key="model_versions.id")
+    id: str = Field(primary_key=True, max_length=32)  # 128 random bits, hex
+    license_id: int = Field(foreign_key="licenses.id")  # the licence names the organisation
+    # The model version that ran. Deliberately not a foreign key: this is the busiest table
+    # of the ledger's neighbourhood, versions are never deleted, and each checked reference
+    # costs a lookup per event.
+    version_id: int
     seq: int = Field(sa_type=sa.BigInteger, nullable=False)
     created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)

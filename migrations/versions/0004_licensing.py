@@ -137,19 +137,13 @@ def upgrade() -> None:
     op.create_table('usage_events',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('license_id', sa.Integer(), nullable=False),
-    sa.Column('organization_id', sa.Integer(), nullable=False),
     sa.Column('version_id', sa.Integer(), nullable=False),
     sa.Column('seq', sa.BigInteger(), nullable=False),
     sa.Column('created_at', marketplace.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['license_id'], ['licenses.id'], ),
-    sa.ForeignKeyConstraint(['organization_id'], ['organizations.id'], ),
-    sa.ForeignKeyConstraint(['version_id'], ['model_versions.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('license_id', 'seq')
     )
-    with op.batch_alter_table('usage_events', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_usage_events_organization_id'), ['organization_id'], unique=False)
-
     op.create_table('refunds',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('order_id', sa.Integer(), nullable=False),
@@ -177,9 +171,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_refunds_order_id'))
 
     op.drop_table('refunds')
-    with op.batch_alter_table('usage_events', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_usage_events_organization_id'))
-
     op.drop_table('usage_events')
     with op.batch_alter_table('trials', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_trials_offer_id'))
