@@ -238,6 +238,8 @@ _DENIED_SYSCALLS = (
     "setfsuid", "setfsgid", "capset",
 )  # fmt: skip
 _CLONE_THREAD = 0x00010000
+_TIOCSTI = 0x5412
+_TIOCLINUX = 0x541C
 
 
 def _apply_seccomp() -> bool:
@@ -257,6 +259,17 @@ def _apply_seccomp() -> bool:
     flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
     # prlimit64 may read limits (new_limit == NULL) but never set them.
     flt.add_rule(deny, "prlimit64", pyseccomp.Arg(2, pyseccomp.NE, 0))
+    # Signals only to itself: not to the supervisor, the web process or sibling workers
+    # (Landlock's signal scope says the same on kernels that have it).
+    me = os.getpid()
+    for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        flt.add_rule(deny, name, pyseccomp.Arg(0, pyseccomp.NE, me))
+    flt.add_rule(deny, "tkill")
+    flt.add_rule(deny, "pidfd_send_signal")
+    # No pushing keystrokes into a terminal that stderr might still be attached to. Only the
+    # low 32 bits of the request count, so compare under that mask.
+    for request in (_TIOCSTI, _TIOCLINUX):
+        flt.add_rule(deny, "ioctl", pyseccomp.Arg(1, pyseccomp.MASKED_EQ, 0xFFFFFFFF, request))
     try:
         flt.load()
     except OSError:

@@ -82,6 +82,31 @@ def test_sockets_exec_and_fork_are_denied() -> None:
     assert got == {"socket": 1, "unix": 1, "socketpair": 1, "execv": 1, "fork": 1}
 
 
+def test_signals_reach_only_the_child_itself() -> None:
+    parent = os.getpid()
+
+    def attempts(_: bytes) -> dict[str, int | None]:
+        return {
+            "parent": _errno_of(lambda: os.kill(parent, 0)),
+            "init": _errno_of(lambda: os.kill(1, 0)),
+            "self": _errno_of(lambda: os.kill(os.getpid(), 0)),
+        }
+
+    got = run_confined(attempts, b"", limits=SMALL)
+    assert got == {"parent": errno.EPERM, "init": errno.EPERM, "self": None}
+
+
+def test_terminal_injection_is_denied() -> None:
+    def tiocsti(_: bytes) -> int | None:
+        import fcntl
+        import termios
+
+        return _errno_of(lambda: fcntl.ioctl(0, termios.TIOCSTI, b"x"))
+
+    # Without the filter this is ENOTTY (stdin is /dev/null); the filter answers first.
+    assert run_confined(tiocsti, b"", limits=SMALL) == errno.EPERM
+
+
 def test_threads_still_work() -> None:
     def spawn(_: bytes) -> int:
         import threading
