@@ -44,3 +44,25 @@ def load_demo_data(app: Flask) -> Iterator[str]:
         )
         yield f"demo vendor {DEMO_VENDOR}: client {vendor.client.client_id} secret {vendor.client.client_secret}"
         yield f"demo buyer {DEMO_BUYER}: client {buyer.client.client_id} secret {buyer.client.client_secret}"
+        yield from _demo_wallet(app, buyer.organization_id)
+
+
+DEMO_TOP_UP_MINOR = 100_000  # 1,000.00 CNY, simulated by the offline gateway
+
+
+def _demo_wallet(app: Flask, buyer_organization_id: int) -> Iterator[str]:
+    """Fund the demo buyer's wallet so that trials can be followed by purchases at once."""
+    from marketplace.ledger.money import format_minor
+    from marketplace.payments.schemas import TopUpCreate
+    from marketplace.payments.services import create_top_up
+
+    top_up = create_top_up(
+        session=get_session(),
+        gateway=app.extensions["payment_gateway"],
+        organization_id=buyer_organization_id,
+        request=TopUpCreate(amount_minor=DEMO_TOP_UP_MINOR, currency="CNY"),
+        idempotency_key="demo-wallet",
+        amount_minor_max=DEMO_TOP_UP_MINOR,
+    )
+    simulated = " (simulated)" if top_up.payment.simulated else ""
+    yield f"demo buyer wallet: {format_minor(top_up.amount_minor, 'CNY', 2)}{simulated}"
