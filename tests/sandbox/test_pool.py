@@ -386,6 +386,25 @@ def test_lru_evicts_the_least_recently_used_worker() -> None:
         assert pool.health()["workers"] == 2
 
 
+def test_the_memory_budget_evicts_idle_workers() -> None:
+    loads: list[str] = []
+    inputs = {"x": np.zeros((1, 3), F32), "y": np.zeros((1, 3), F32)}
+
+    def loader(key: str) -> Callable[[], bytes]:
+        def load() -> bytes:
+            loads.append(key)
+            return BENIGN
+
+        return load
+
+    # A budget smaller than any worker: only the worker in use may stay.
+    with SandboxPool(PoolConfig(workers_max=4, memory_budget_bytes=1 << 20)) as pool:
+        for key in ("a", "b", "a"):
+            pool.evaluate(key, loader(key), inputs)
+        assert loads == ["a", "b", "a"]
+        assert pool.health()["workers"] == 1
+
+
 def test_a_full_queue_answers_busy_with_retry_after() -> None:
     slow = models.long_matmul()
     inputs: dict[str, np.ndarray] = {"x": np.ones(1, F32), "n": np.array([2048], np.int64)}
