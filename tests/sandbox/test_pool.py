@@ -63,6 +63,20 @@ def still_healthy(pool: SandboxPool) -> Iterator[None]:
     assert _rss_bytes() - before < 64 << 20
 
 
+class Loads:
+    """Model loaders that record, in order, which model each cold start loaded."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def of(self, key: str, model: bytes = BENIGN) -> Callable[[], bytes]:
+        def load() -> bytes:
+            self.keys.append(key)
+            return model
+
+        return load
+
+
 def _code(call: Callable[[], object]) -> str:
     with pytest.raises(SandboxError) as exc:
         call()
@@ -77,13 +91,8 @@ def _eval(pool: SandboxPool, key: str, model: bytes, **inputs: np.ndarray) -> Ev
 
 
 def test_matmul_is_correct_and_warm_after_the_first_call(pool: SandboxPool) -> None:
-    loads = []
-    model = models.matmul()
-
-    def load() -> bytes:
-        loads.append(1)
-        return model
-
+    loads = Loads()
+    load = loads.of("matmul", models.matmul())
     x = np.random.default_rng(0).standard_normal((5, 4)).astype(F32)
     first = pool.evaluate("matmul", load, {"x": x})
     second = pool.evaluate("matmul", load, {"x": x})
@@ -91,7 +100,7 @@ def test_matmul_is_correct_and_warm_after_the_first_call(pool: SandboxPool) -> N
     np.testing.assert_array_equal(second.outputs["y"], first.outputs["y"])
     assert (first.cold, second.cold) == (True, False)
     assert second.load_ms == 0 and first.load_ms > 0
-    assert len(loads) == 1
+    assert loads.keys == ["matmul"]
 
 
 def test_repeated_calls_see_fresh_inputs_and_changing_output_shapes(pool: SandboxPool) -> None:
@@ -180,17 +189,13 @@ def test_foreign_domains_are_refused(pool: SandboxPool, domain: str) -> None:
 
 
 def test_garbage_bytes_are_model_invalid_and_not_reloaded_at_once(pool: SandboxPool) -> None:
-    loads = []
-
-    def load() -> bytes:
-        loads.append(1)
-        return b"\x08\x01garbage"
-
+    loads = Loads()
+    load = loads.of("garbage", b"\x08\x01garbage")
     for _ in range(3):
         assert _code(lambda: pool.evaluate("garbage", load, {"x": np.zeros(4, F32)})) == (
             "model_invalid"
         )
-    assert len(loads) == 1
+    assert loads.keys == ["garbage"]
 
 
 def test_runtime_load_errors_do_not_leak_onnxruntime_text(pool: SandboxPool) -> None:
@@ -351,13 +356,8 @@ def test_a_dead_zygote_is_restarted() -> None:
 
 
 def test_a_killed_worker_is_replaced_on_the_next_call(pool: SandboxPool) -> None:
-    model = models.long_matmul()
-    loads = []
-
-    def load() -> bytes:
-        loads.append(1)
-        return model
-
+    loads = Loads()
+    load = loads.of("respawn", models.long_matmul())
     x = np.ones(1, F32)
     big: dict[str, np.ndarray] = {"x": x, "n": np.array([4096], np.int64)}
     assert _code(lambda: pool.evaluate("respawn", load, big, deadline_s=0.3)) == (
@@ -365,43 +365,27 @@ def test_a_killed_worker_is_replaced_on_the_next_call(pool: SandboxPool) -> None
     )
     result = pool.evaluate("respawn", load, {"x": x, "n": np.array([16], np.int64)})
     assert result.outputs["y"] == 16.0**3
-    assert result.cold and len(loads) == 2
+    assert result.cold and loads.keys == ["respawn", "respawn"]
 
 
 def test_lru_evicts_the_least_recently_used_worker() -> None:
-    loads: dict[str, int] = {}
-
-    def loader(key: str) -> Callable[[], bytes]:
-        def load() -> bytes:
-            loads[key] = loads.get(key, 0) + 1
-            return BENIGN
-
-        return load
-
+    loads = Loads()
     inputs = {"x": np.zeros((1, 3), F32), "y": np.zeros((1, 3), F32)}
     with SandboxPool(PoolConfig(workers_max=2, workers_busy_max=1)) as pool:
         for key in ("a", "b", "a", "c", "a", "b"):
-            pool.evaluate(key, loader(key), inputs)
-        assert loads == {"a": 1, "b": 2, "c": 1}
+            pool.evaluate(key, loads.of(key), inputs)
+        assert loads.keys == ["a", "b", "c", "b"]
         assert pool.health()["workers"] == 2
 
 
 def test_the_memory_budget_evicts_idle_workers() -> None:
-    loads: list[str] = []
+    loads = Loads()
     inputs = {"x": np.zeros((1, 3), F32), "y": np.zeros((1, 3), F32)}
-
-    def loader(key: str) -> Callable[[], bytes]:
-        def load() -> bytes:
-            loads.append(key)
-            return BENIGN
-
-        return load
-
     # A budget smaller than any worker: only the worker in use may stay.
     with SandboxPool(PoolConfig(workers_max=4, memory_budget_bytes=1 << 20)) as pool:
         for key in ("a", "b", "a"):
-            pool.evaluate(key, loader(key), inputs)
-        assert loads == ["a", "b", "a"]
+            pool.evaluate(key, loads.of(key), inputs)
+        assert loads.keys == ["a", "b", "a"]
         assert pool.health()["workers"] == 1
 
 
