@@ -191,91 +191,113 @@ def _serve_calls(
     slot: mmap.mmap,
     run_options: Any,
 ) -> None:
-    canceller = _Canceller(fds.cancel, run_options)
-    buffer = np.frombuffer(slot, dtype=np.uint8)
-    input_region = (0, params.slot_input_bytes)
-    output_region = (params.slot_input_bytes, params.slot_input_bytes + params.slot_output_bytes)
-    input_names = [s.name for s in signature.inputs]
-    output_names = [s.name for s in signature.outputs]
-    crash = params.crash_on_input_name is not None and params.crash_on_input_name in input_names
-    # Feeds (slot views) per request headers, and slot views plus packed headers per output
-    # dtypes and shapes: a repeated call allocates and validates nothing new.
-    feed_plans: dict[bytes, dict[str, np.ndarray]] = {}
-    output_plans: dict[tuple[Any, ...], tuple[list[np.ndarray], bytes]] = {}
-    bindings: dict[bytes, tuple[Any, bytes] | None] = {}
-    request_max = p.REQUEST.size + len(input_names) * p.TENSOR.size
+    runner = _Runner(
+        session, signature, params, slot, run_options, _Canceller(fds.cancel, run_options)
+    )
+    request_max = p.REQUEST.size + len(signature.inputs) * p.TENSOR.size
     while True:
         data = os.read(fds.request, request_max)
         if len(data) < p.REQUEST.size:
             return
         op, count, seq = p.REQUEST.unpack_from(data)
         need = p.REQUEST.size + count * p.TENSOR.size
-        if op != p.OP_RUN or count > len(input_names):
+        if op != p.OP_RUN or count > len(signature.inputs):
             return
         if len(data) < need:
             data += p.read_exact(fds.request, need - len(data))
-        body = data[p.REQUEST.size : need]
-        feeds = feed_plans.get(body)
+        try:
+            run_ns, reply = runner.call(data[p.REQUEST.size : need], count, seq)
+        except SandboxError as exc:
+            _send_error(fds.response, exc, seq)
+            continue
+        header = p.RESPONSE.pack(p.KIND_OK, len(signature.outputs), seq, run_ns, _maxrss_kb())
+        p.write_all(fds.response, header + reply)
+
+
+class _Runner:
+    """Runs calls on the session, with inputs and outputs in the shared slot.
+
+    Feeds (slot views) are cached per request headers, slot views plus packed headers per
+    output dtypes and shapes, and an IOBinding per request headers once a call has shown the
+    output shapes: a repeated call validates, allocates and copies as little as possible.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        signature: p.Signature,
+        params: WorkerParams,
+        slot: mmap.mmap,
+        run_options: Any,
+        canceller: _Canceller,
+    ) -> None:
+        self.session = session
+        self.run_options = run_options
+        self.canceller = canceller
+        self.buffer = np.frombuffer(slot, dtype=np.uint8)
+        self.input_region = (0, params.slot_input_bytes)
+        self.output_region = (
+            params.slot_input_bytes,
+            params.slot_input_bytes + params.slot_output_bytes,
+        )
+        self.input_names = [s.name for s in signature.inputs]
+        self.output_names = [s.name for s in signature.outputs]
+        crash_on = params.crash_on_input_name
+        self.crash = crash_on is not None and crash_on in self.input_names
+        self.feed_plans: dict[bytes, dict[str, np.ndarray]] = {}
+        self.output_plans: dict[tuple[Any, ...], tuple[list[np.ndarray], bytes]] = {}
+        self.bindings: dict[bytes, tuple[Any, bytes] | None] = {}
+
+    def call(self, body: bytes, count: int, seq: int) -> tuple[int, bytes]:
+        """Run one call; returns (run time in ns, output headers)."""
+        feeds = self.feed_plans.get(body)
         if feeds is None:
-            try:
-                feeds = _feeds(body, count, buffer, input_region, input_names)
-            except SandboxError as exc:
-                _send_error(fds.response, exc, seq)
-                continue
-            p.remember(feed_plans, body, feeds)
-        if crash:  # Test hook, enabled only by the pool's explicit configuration.
+            feeds = _feeds(body, count, self.buffer, self.input_region, self.input_names)
+            p.remember(self.feed_plans, body, feeds)
+        if self.crash:  # Test hook, enabled only by the pool's explicit configuration.
             os.kill(os.getpid(), signal.SIGSEGV)
-        bound = bindings.get(body)
-        canceller.begin(seq)
-        started = time.perf_counter_ns()
+        bound = self.bindings.get(body)
         if bound is not None:
+            self.canceller.begin(seq)
+            started = time.perf_counter_ns()
             try:
-                session.run_with_iobinding(bound[0], run_options)
+                self.session.run_with_iobinding(bound[0], self.run_options)
+                return time.perf_counter_ns() - started, bound[1]
             except BaseException as exc:
                 error = _run_error(exc)
                 if error.code == DeadlineExceeded.code:
-                    canceller.end()
-                    _send_error(fds.response, error, seq)
-                    continue
+                    raise error from None
                 # Perhaps the output shapes changed with the data: run unbound from now on.
-                bindings[body] = None
-                bound = None
-                started = time.perf_counter_ns()
-        if bound is not None:
-            run_ns = time.perf_counter_ns() - started
-            canceller.end()
-            reply = bound[1]
-        else:
-            try:
-                outputs = session.run(output_names, feeds, run_options)
-            except BaseException as exc:
-                canceller.end()
-                _send_error(fds.response, _run_error(exc), seq)
-                continue
-            run_ns = time.perf_counter_ns() - started
-            canceller.end()
-            try:
-                key = tuple((value.dtype, value.shape) for value in outputs)
-            except AttributeError:
-                error = ModelInvalid("The model produced a non-tensor output.")
-                _send_error(fds.response, error, seq)
-                continue
-            plan = output_plans.get(key)
-            if plan is None:
-                try:
-                    plan = _output_plan(outputs, buffer, output_region)
-                except SandboxError as exc:
-                    _send_error(fds.response, exc, seq)
-                    continue
-                p.remember(output_plans, key, plan)
-            targets, reply = plan
-            for target, value in zip(targets, outputs, strict=True):
-                np.copyto(target, value, casting="no")
-            del outputs
-            if body not in bindings:
-                p.remember(bindings, body, (_bind(session, feeds, output_names, targets), reply))
-        header = p.RESPONSE.pack(p.KIND_OK, len(output_names), seq, run_ns, _maxrss_kb())
-        p.write_all(fds.response, header + reply)
+                self.bindings[body] = None
+            finally:
+                self.canceller.end()
+        return self._run_plain(body, feeds, seq)
+
+    def _run_plain(self, body: bytes, feeds: dict[str, np.ndarray], seq: int) -> tuple[int, bytes]:
+        self.canceller.begin(seq)
+        started = time.perf_counter_ns()
+        try:
+            outputs = self.session.run(self.output_names, feeds, self.run_options)
+        except BaseException as exc:
+            raise _run_error(exc) from None
+        finally:
+            self.canceller.end()
+        run_ns = time.perf_counter_ns() - started
+        try:
+            key = tuple((value.dtype, value.shape) for value in outputs)
+        except AttributeError:
+            raise ModelInvalid("The model produced a non-tensor output.") from None
+        plan = self.output_plans.get(key)
+        if plan is None:
+            plan = _output_plan(outputs, self.buffer, self.output_region)
+            p.remember(self.output_plans, key, plan)
+        targets, reply = plan
+        for target, value in zip(targets, outputs, strict=True):
+            np.copyto(target, value, casting="no")
+        if body not in self.bindings:
+            binding = _bind(self.session, feeds, self.output_names, targets)
+            p.remember(self.bindings, body, (binding, reply))
+        return run_ns, reply
 
 
 def _bind(
