@@ -168,7 +168,8 @@ def main() -> None:
             f"(cold={again.cold}, load {again.load_ms:.1f} ms)"
         )
         print(f"protections: {pool.health()['protections']}")
-        print(f"host: {os.cpu_count()} cpus, onnxruntime {ort.__version__}")
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"host: {os.cpu_count()} cpus, load average {load}, onnxruntime {ort.__version__}")
     finally:
         pool.close()
 
