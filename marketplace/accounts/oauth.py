@@ -126,13 +126,19 @@ class _Introspection(IntrospectionEndpoint):
 
 class _BearerValidator(BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> OAuthToken | None:
-        token = _query_token(token_string)
-        if token is None:
+        # One query on every API call: the token and whether its organisation may act.
+        row = (
+            get_session()
+            .exec(
+                select(OAuthToken, Organization.suspended)
+                .join(Organization, Organization.id == OAuthToken.organization_id)  # type: ignore[arg-type]
+                .where(OAuthToken.access_token_hash == hash_secret(token_string))
+            )
+            .first()
+        )
+        if row is None or row[1]:
             return None
-        org = get_session().get(Organization, token.organization_id)
-        if org is None or org.suspended:
-            return None
-        return token
+        return row[0]
 
 
 class _Protector(ResourceProtector):

@@ -90,16 +90,16 @@ class Target:
 
 
 def find_target(*, session: Session, model_id: int, version: str) -> Target:
-    listing = session.get(Listing, model_id)
-    if listing is None:
-        raise NotFound("No such model.", code="model_not_found")
-    row = session.exec(
-        select(ModelVersion).where(
-            ModelVersion.listing_id == model_id, ModelVersion.version == version
-        )
+    found = session.exec(
+        select(Listing, ModelVersion)
+        .join(ModelVersion, ModelVersion.listing_id == Listing.id)  # type: ignore[arg-type]
+        .where(Listing.id == model_id, ModelVersion.version == version)
     ).first()
-    if row is None:
+    if found is None:
+        if session.get(Listing, model_id) is None:
+            raise NotFound("No such model.", code="model_not_found")
         raise NotFound("No such version.", code="version_not_found")
+    listing, row = found
     if row.revoked_at is not None:
         raise Forbidden("This version has been revoked.", code="version_revoked")
     return Target(listing, row)
