@@ -30,14 +30,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from sandbox import protocol as p
-from sandbox.confine import GiB, MiB, status_error
+from sandbox.confine import GiB, MiB, Protections, status_error
 from sandbox.errors import (
     DeadlineExceeded,
     InputInvalid,
@@ -50,6 +50,13 @@ from sandbox.errors import (
     WorkerCrashed,
     error_for_code,
 )
+
+_PROTECTION_NAMES = frozenset(f.name for f in fields(Protections))
+
+
+def missing_protections(required: Iterable[str], reported: Mapping[str, Any]) -> list[str]:
+    """The required protections a worker did not report as in force."""
+    return [name for name in required if reported.get(name) is not True]
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,15 @@ class PoolConfig:
     quarantine_failures: int = 3
     quarantine_window_s: float = 300.0
     quarantine_s: float = 600.0
+    # A worker missing any of these refuses to serve (sandbox_unavailable); the others
+    # degrade and are reported by health(). Names are fields of sandbox.confine.Protections.
+    required_protections: tuple[str, ...] = (
+        "rlimits",
+        "fds_closed",
+        "empty_cwd",
+        "no_new_privs",
+        "seccomp",
+    )
     # Test hook: a worker whose model has an input of this name segfaults on every call.
     crash_on_input_name: str | None = None
 
@@ -94,6 +110,9 @@ class PoolConfig:
             raise ValueError("timeouts must be positive")
         if min(self.input_bytes_max, self.output_bytes_max, self.input_elements_max) < 1:
             raise ValueError("size caps must be positive")
+        unknown = set(self.required_protections) - _PROTECTION_NAMES
+        if unknown:
+            raise ValueError(f"unknown protections: {sorted(unknown)}")
 
     @property
     def busy_max(self) -> int:
@@ -653,7 +672,15 @@ class SandboxPool:
         except ValueError:
             worker.kill()
             raise WorkerCrashed(log_detail="malformed ready message") from None
-        self._protections = {k: v for k, v in ready["protections"].items() if k.isidentifier()}
+        protections = {k: v for k, v in ready["protections"].items() if k in _PROTECTION_NAMES}
+        self._protections = protections
+        missing = missing_protections(self.config.required_protections, protections)
+        if missing:
+            worker.kill()
+            raise SandboxUnavailable(
+                "The sandbox cannot confine workers on this host.",
+                log_detail=f"required protections not in force: {', '.join(missing)}",
+            )
         return ready
 
     def _read_message(self, worker: _Worker) -> tuple[int, bytes, int]:

@@ -15,7 +15,7 @@ import pytest
 
 from sandbox.confine import probe
 from sandbox.errors import SandboxBusy, SandboxError
-from sandbox.pool import EvalResult, PoolConfig, SandboxPool
+from sandbox.pool import EvalResult, PoolConfig, SandboxPool, missing_protections
 from tests.sandbox import models
 
 DEADLINE_S = 1.0
@@ -411,6 +411,22 @@ def test_a_full_queue_answers_busy_with_retry_after() -> None:
     assert exc.value.code == "sandbox_busy"
     assert exc.value.status == 503
     assert isinstance(exc.value, SandboxBusy) and exc.value.retry_after_s > 0
+
+
+def test_required_protections_are_checked() -> None:
+    reported = {"rlimits": True, "seccomp": False, "landlock": True}
+    assert missing_protections(("rlimits", "seccomp", "no_new_privs"), reported) == [
+        "seccomp",
+        "no_new_privs",
+    ]
+    with pytest.raises(ValueError):
+        PoolConfig(required_protections=("telepathy",))
+    # On this host every protection the default configuration requires is in force.
+    with SandboxPool(
+        PoolConfig(required_protections=("landlock",) if probe().landlock else ())
+    ) as p:
+        out = _eval(p, "benign", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
+        assert out.cold
 
 
 def test_closed_pool_is_unavailable() -> None:
