@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, send_file
+from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request
 from sqlmodel import Session
 
 from marketplace.accounts.models import Organization
@@ -30,7 +31,7 @@ from marketplace.catalog.schemas import (
 )
 from marketplace.db import get_session
 from marketplace.errors import Forbidden, Unauthorized
-from model_registry.blobstore import open_blob_store
+from model_registry.blobstore import CHUNK_BYTES, open_blob_store
 from model_registry.confined import inspect_file
 from model_registry.inspection import InspectionPolicy
 
@@ -278,19 +279,21 @@ def download_artifact(model_id: int, version: str) -> Any:
     if artifact.url is not None:
         response = redirect(artifact.url, code=302)
     else:
-        assert artifact.stream is not None
-        response = send_file(
-            artifact.stream,
-            mimetype=OCTET_STREAM,
-            as_attachment=True,
-            download_name=artifact.filename,
-            conditional=False,
-            etag=False,
-            max_age=0,
-        )
+        response = Response(_chunks(artifact.stream), mimetype=OCTET_STREAM)
         response.content_length = artifact.size
+        response.headers["Content-Disposition"] = f'attachment; filename="{artifact.filename}"'
+
     response.headers["Cache-Control"] = "private, no-store"
     return response
+
+
+def _chunks(stream: BinaryIO | None) -> Iterator[bytes]:
+    """The stream in bounded chunks, closed when the response ends (even if cut short)."""
+    if stream is None:
+        return
+    with stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            yield chunk
 
 
 # --- offers --------------------------------------------------------------------------------
