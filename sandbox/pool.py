@@ -413,10 +413,10 @@ class SandboxPool:
         """Protections in force in workers, worker counts, queue depth, quarantined models."""
         protections = self._protections
         if protections is None and not self._closed:
-            try:
-                protections = self._probe()
-            except SandboxError:
-                protections = None
+            # A probe that finds a required protection missing still records what it found.
+            with contextlib.suppress(SandboxError):
+                self._probe()
+            protections = self._protections
         now = time.monotonic()
         with self._cond:
             zygote = self._zygote
@@ -740,12 +740,13 @@ class SandboxPool:
             while len(self._signatures) > 4096:
                 self._signatures.popitem(last=False)
 
-    def _probe(self) -> dict[str, Any]:
+    def _probe(self) -> None:
+        """Fork a worker without a model; its READY message records the protections."""
         with self._cond:
             worker = _Worker(self._next_wid, "")
             self._next_wid += 1
         try:
-            return dict(self._spawn(worker, None)["protections"])
+            self._spawn(worker, None)
         finally:
             worker.close()
 
