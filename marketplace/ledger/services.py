@@ -53,6 +53,8 @@ from marketplace.ledger.models import (
     CREDIT,
     DEBIT,
     PAYMENT_CLEARING,
+    PLATFORM_REVENUE,
+    VENDOR_PAYABLE,
     WALLET,
     Currency,
     LedgerAccount,
@@ -60,6 +62,7 @@ from marketplace.ledger.models import (
     LedgerEntry,
     LedgerTransaction,
 )
+from marketplace.ledger.money import Split
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +200,8 @@ def register_transaction_hook(hook: TransactionHook) -> None:
 _LIMIT_FLAGS: dict[str, tuple[bool, bool]] = {
     # code: (debits_must_not_exceed_credits, credits_must_not_exceed_debits)
     WALLET: (True, False),
-    "vendor_payable": (True, False),
-    "platform_revenue": (True, False),
+    VENDOR_PAYABLE: (True, False),
+    PLATFORM_REVENUE: (True, False),
     "royalty_accrual": (False, False),
     # Money arrives from payment providers as debits here; more cannot leave than came in.
     PAYMENT_CLEARING: (False, True),
@@ -245,6 +248,41 @@ def ensure_account(
             sa.select(_accounts_t.c.id).where(_accounts_t.c.key == key)
         ).scalar_one()
     return int(account_id)
+
+
+def sale_legs(
+    session: Session,
+    *,
+    buyer_organization_id: int,
+    vendor_organization_id: int,
+    currency: str,
+    split: Split,
+    refund: bool = False,
+) -> tuple[Leg, ...]:
+    """The legs of a sale: the buyer's wallet pays the vendor's share and the platform's fee.
+
+    With ``refund`` the sides are swapped: vendor and platform give their parts back.
+    """
+    payer, payee = (Leg.credit, Leg.debit) if refund else (Leg.debit, Leg.credit)
+    legs = [
+        payer(
+            ensure_account(
+                session, organization_id=buyer_organization_id, code=WALLET, currency=currency
+            ),
+            split.gross,
+        )
+    ]
+    if split.vendor:
+        vendor = ensure_account(
+            session, organization_id=vendor_organization_id, code=VENDOR_PAYABLE, currency=currency
+        )
+        legs.append(payee(vendor, split.vendor))
+    if split.platform:
+        platform = ensure_account(
+            session, organization_id=None, code=PLATFORM_REVENUE, currency=currency
+        )
+        legs.append(payee(platform, split.platform))
+    return tuple(legs)
 
 
 def find_account(
@@ -859,21 +897,24 @@ def check_invariants(session: Session) -> list[str]:
             continue  # a resolved hold's reservation no longer counts
         slot = (0 if side == DEBIT else 1) + (2 if pending else 0)
         replay[account_id][slot] += int(amount)
-    for bal in balances(
-        session, account_ids=session.execute(sa.select(_accounts_t.c.id)).scalars()
-    ):
+    flags = {
+        row.id: (row.debits_must_not_exceed_credits, row.credits_must_not_exceed_debits)
+        for row in session.execute(
+            sa.select(
+                _accounts_t.c.id,
+                _accounts_t.c.debits_must_not_exceed_credits,
+                _accounts_t.c.credits_must_not_exceed_debits,
+            )
+        )
+    }
+    for bal in balances(session, account_ids=flags):
         expected = replay.get(bal.account_id, [0, 0, 0, 0])
         cached = [bal.debits_posted, bal.credits_posted, bal.debits_pending, bal.credits_pending]
         if cached != expected:
             problems.append(f"account {bal.account_id}: cached {cached} != replayed {expected}")
-        account = session.get(LedgerAccount, bal.account_id)
-        assert account is not None
-        if account.debits_must_not_exceed_credits and (
-            bal.debits_posted + bal.debits_pending > bal.credits_posted
-        ):
+        debit_limited, credit_limited = flags[bal.account_id]
+        if debit_limited and bal.debits_posted + bal.debits_pending > bal.credits_posted:
             problems.append(f"account {bal.account_id}: debits exceed credits")
-        if account.credits_must_not_exceed_debits and (
-            bal.credits_posted + bal.credits_pending > bal.debits_posted
-        ):
+        if credit_limited and bal.credits_posted + bal.credits_pending > bal.debits_posted:
             problems.append(f"account {bal.account_id}: credits exceed debits")
     return problems

@@ -11,7 +11,6 @@ from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
 from marketplace.db import utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
-from marketplace.ledger.models import PLATFORM_REVENUE, VENDOR_PAYABLE, WALLET
 from marketplace.ledger.money import royalty_due, split_fee, split_increment
 from marketplace.licensing.models import (
     ORDER_PARTIALLY_REFUNDED,
@@ -240,35 +239,20 @@ def purchase(
 
         transaction_id = None
         if offer.price_minor > 0:
-            split = split_fee(offer.price_minor, platform_fee_bps)
-            legs = [
-                ledger.Leg.debit(
-                    ledger.ensure_account(
-                        s, organization_id=organization_id, code=WALLET, currency=offer.currency
-                    ),
-                    offer.price_minor,
-                )
-            ]
-            if split.vendor:
-                vendor = ledger.ensure_account(
-                    s,
-                    organization_id=listing.organization_id,
-                    code=VENDOR_PAYABLE,
-                    currency=offer.currency,
-                )
-                legs.append(ledger.Leg.credit(vendor, split.vendor))
-            if split.platform:
-                platform = ledger.ensure_account(
-                    s, organization_id=None, code=PLATFORM_REVENUE, currency=offer.currency
-                )
-                legs.append(ledger.Leg.credit(platform, split.platform))
+            legs = ledger.sale_legs(
+                s,
+                buyer_organization_id=organization_id,
+                vendor_organization_id=listing.organization_id,
+                currency=offer.currency,
+                split=split_fee(offer.price_minor, platform_fee_bps),
+            )
             (tx,) = ledger.apply_transfers(
                 s,
                 [
                     ledger.Transfer(
                         idempotency_key=f"order:{organization_id}:{idempotency_key}",
                         kind="purchase",
-                        legs=tuple(legs),
+                        legs=legs,
                         memo=f"offer {offer_id}",
                     )
                 ],
@@ -370,38 +354,25 @@ def refund_order(
                 f"At most {left} minor units of this order can be refunded.",
                 code="refund_exceeds_order",
             )
-        part = split_increment(
-            order.refunded_minor, order.refunded_minor + amount, order.platform_fee_bps
+        legs = ledger.sale_legs(
+            s,
+            buyer_organization_id=order.organization_id,
+            vendor_organization_id=order.vendor_organization_id,
+            currency=order.currency,
+            # Split the running refunded total so that the parts of a full refund in several
+            # steps add up to exactly the original vendor share and fee.
+            split=split_increment(
+                order.refunded_minor, order.refunded_minor + amount, order.platform_fee_bps
+            ),
+            refund=True,
         )
-        vendor_part, platform_part = part.vendor, part.platform
-        legs = [
-            ledger.Leg.credit(
-                ledger.ensure_account(
-                    s, organization_id=order.organization_id, code=WALLET, currency=order.currency
-                ),
-                amount,
-            )
-        ]
-        if vendor_part:
-            vendor = ledger.ensure_account(
-                s,
-                organization_id=order.vendor_organization_id,
-                code=VENDOR_PAYABLE,
-                currency=order.currency,
-            )
-            legs.append(ledger.Leg.debit(vendor, vendor_part))
-        if platform_part:
-            platform = ledger.ensure_account(
-                s, organization_id=None, code=PLATFORM_REVENUE, currency=order.currency
-            )
-            legs.append(ledger.Leg.debit(platform, platform_part))
         (tx,) = ledger.apply_transfers(
             s,
             [
                 ledger.Transfer(
                     idempotency_key=f"refund:{order_id}:{idempotency_key}",
                     kind="refund",
-                    legs=tuple(legs),
+                    legs=legs,
                     reverses_id=order.ledger_transaction_id,
                     memo=(request.reason or f"refund of order {order_id}")[:200],
                 )

@@ -40,7 +40,7 @@ from marketplace.errors import Forbidden
 from marketplace.ledger import bulk
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import InsufficientFunds
-from marketplace.ledger.models import PLATFORM_REVENUE, ROYALTY_ACCRUAL, VENDOR_PAYABLE, WALLET
+from marketplace.ledger.models import ROYALTY_ACCRUAL, WALLET
 from marketplace.ledger.money import calls_affordable, royalty_due, split_increment
 from marketplace.licensing.models import PER_INFERENCE, License
 from marketplace.metering.models import UsageEvent
@@ -94,26 +94,20 @@ def _settlement_transfers(session: Session, lic: License) -> tuple[list[ledger.T
     charged_after = royalty_due(lic.calls_used, r)
     due = charged_after - charged_before
     if due > 0:
-        split = split_increment(charged_before, charged_after, lic.platform_fee_bps)
-        legs = [ledger.Leg.debit(_wallet(session, lic), due)]
-        if split.vendor:
-            vendor = ledger.ensure_account(
-                session,
-                organization_id=lic.vendor_organization_id,
-                code=VENDOR_PAYABLE,
-                currency=lic.currency,
-            )
-            legs.append(ledger.Leg.credit(vendor, split.vendor))
-        if split.platform:
-            platform = ledger.ensure_account(
-                session, organization_id=None, code=PLATFORM_REVENUE, currency=lic.currency
-            )
-            legs.append(ledger.Leg.credit(platform, split.platform))
+        # Split the running total, not the batch: many small batches then add up to exactly
+        # the split of the whole, instead of rounding in the vendor's favour every time.
+        legs = ledger.sale_legs(
+            session,
+            buyer_organization_id=lic.organization_id,
+            vendor_organization_id=lic.vendor_organization_id,
+            currency=lic.currency,
+            split=split_increment(charged_before, charged_after, lic.platform_fee_bps),
+        )
         transfers.append(
             ledger.Transfer(
                 idempotency_key=f"royalty:{lic.id}:{lic.calls_settled}-{lic.calls_used}",
                 kind="royalty",
-                legs=tuple(legs),
+                legs=legs,
                 memo=f"royalties for calls {lic.calls_settled + 1}..{lic.calls_used} "
                 f"of licence {lic.id}",
             )

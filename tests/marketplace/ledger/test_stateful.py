@@ -211,8 +211,8 @@ def test_random_money_sequences(db_session):
     run_state_machine_as_test(
         lambda: MoneyMachine(db_session),
         settings=settings(
-            max_examples=12,
-            stateful_step_count=25,
+            max_examples=10,
+            stateful_step_count=20,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
