@@ -12,7 +12,12 @@ asked to terminate (RunOptions.terminate, checked between nodes); if it has not 
 `quarantine_failures` times within `quarantine_window_s` is refused for `quarantine_s`.
 
 Outputs above `output_bytes_max` are `resource_exhausted` (the model asked for more than the
-sandbox grants), inputs that break the signature or the caps are `input_invalid`.
+sandbox grants), inputs that break the signature or the caps are `input_invalid`. Inputs and
+outputs are numeric or boolean tensors of rank <= 8 (see `sandbox.protocol`); a model with
+string, sequence or map inputs or outputs is `model_invalid` here.
+
+`model_key` must identify the model's bytes (the marketplace uses their sha256): warm workers,
+cached signatures and quarantine are all keyed by it.
 """
 
 from __future__ import annotations

@@ -93,6 +93,8 @@ def _load_error(exc: BaseException) -> SandboxError:
 
 def _signature(session: Any) -> p.Signature:
     def spec(arg: Any) -> p.TensorSpec:
+        if len(arg.name) > p.NAME_CHARS_MAX:
+            raise ModelInvalid("A tensor name of the model is too long.")
         dtype = p.DTYPE_BY_ORT_TYPE.get(arg.type)
         if dtype is None:
             raise ModelInvalid(f"The tensor {arg.name[:100]!r} has an unsupported type.")

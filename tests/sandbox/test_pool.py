@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from onnx import TensorProto
 
 from sandbox.confine import probe
 from sandbox.errors import SandboxBusy, SandboxError
@@ -186,6 +187,14 @@ def test_foreign_domains_are_refused(pool: SandboxPool, domain: str) -> None:
     model = models.custom_domain(domain)
     code = _code(lambda: _eval(pool, f"domain-{domain}", model, x=np.zeros(4, F32)))
     assert code == "model_invalid"
+
+
+def test_unsupported_signatures_are_model_invalid(pool: SandboxPool) -> None:
+    long_name = models.identity([1], name="x" * 5000)
+    code = _code(lambda: pool.evaluate("long-name", lambda: long_name, {"x": np.zeros(1, F32)}))
+    assert code == "model_invalid"
+    strings = models.identity([1], elem=TensorProto.STRING)
+    assert _code(lambda: _eval(pool, "strings", strings, x=np.zeros(1, F32))) == "model_invalid"
 
 
 def test_garbage_bytes_are_model_invalid_and_not_reloaded_at_once(pool: SandboxPool) -> None:
