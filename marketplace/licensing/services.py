@@ -11,6 +11,7 @@ from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
 from marketplace.db import utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
+from marketplace.ledger.idempotency import replay, request_hash
 from marketplace.ledger.money import royalty_due, split_fee, split_increment
 from marketplace.licensing.models import (
     ORDER_PARTIALLY_REFUNDED,
@@ -32,7 +33,6 @@ from marketplace.licensing.schemas import (
     RefundCreate,
     RefundPublic,
 )
-from marketplace.payments.services import request_hash
 
 
 def _offer_for_sale(session: Session, offer_id: int, organization_id: int) -> tuple[Offer, Listing]:
@@ -197,13 +197,8 @@ def purchase(
                 Order.organization_id == organization_id, Order.idempotency_key == idempotency_key
             )
         ).first()
-        if found is not None:
-            if found.request_hash != digest:
-                raise Conflict(
-                    "This idempotency key was used for a different purchase.",
-                    code="idempotency_key_reused",
-                )
-            return found, False
+        if (prior := replay(found, digest, "purchase")) is not None:
+            return prior, False
         offer, listing = _offer_for_sale(s, offer_id, organization_id)
         _check_terms(offer, accept_terms_sha256)
         now = utcnow()
@@ -340,13 +335,8 @@ def refund_order(
                 Refund.order_id == order_id, Refund.idempotency_key == idempotency_key
             )
         ).first()
-        if found is not None:
-            if found.request_hash != digest:
-                raise Conflict(
-                    "This idempotency key was used for a different refund.",
-                    code="idempotency_key_reused",
-                )
-            return found
+        if (prior := replay(found, digest, "refund")) is not None:
+            return prior
         left = order.amount_minor - order.refunded_minor
         amount = left if request.amount_minor is None else request.amount_minor
         if amount <= 0 or amount > left:

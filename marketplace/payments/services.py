@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from sqlmodel import Session, select
 
 from marketplace.db import utcnow
 from marketplace.errors import Conflict, ValidationFailed
 from marketplace.ledger import services as ledger
+from marketplace.ledger.idempotency import replay, request_hash
 from marketplace.ledger.models import PAYMENT_CLEARING, WALLET, Currency
 from marketplace.ledger.money import format_minor
 from marketplace.payments.gateway import (
@@ -31,12 +29,6 @@ from marketplace.payments.schemas import (
     WalletBalance,
     WalletPublic,
 )
-
-
-def request_hash(payload: dict[str, object]) -> str:
-    """SHA-256 of a request's canonical JSON: the same key must come with the same request."""
-    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def _public(top_up: TopUp, intent: PaymentIntent | None = None) -> TopUpPublic:
@@ -82,13 +74,8 @@ def create_top_up(
                 TopUp.organization_id == organization_id, TopUp.idempotency_key == idempotency_key
             )
         ).first()
-        if found is not None:
-            if found.request_hash != digest:
-                raise Conflict(
-                    "This idempotency key was used for a different top-up.",
-                    code="idempotency_key_reused",
-                )
-            return found
+        if (prior := replay(found, digest, "top-up")) is not None:
+            return prior
         if s.get(Currency, request.currency) is None:
             raise ValidationFailed(
                 f"Currency {request.currency} is not supported.", code="unknown_currency"
