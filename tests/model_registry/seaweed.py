@@ -67,10 +67,10 @@ class SeaweedS3:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.s3_port}"
 
-    def storage_url(self, secret: str | None = None) -> str:
+    def storage_url(self, secret: str | None = None, bucket: str | None = None) -> str:
         return (
             f"s3://{self.access_key}:{secret or self.secret_key}@{self.endpoint}/"
-            f"{self.bucket}?secure=false"
+            f"{bucket or self.bucket}?secure=false"
         )
 
     def start(self, timeout_s: float = 60.0) -> None:
@@ -106,7 +106,7 @@ class SeaweedS3:
             f"-master.port={master}",
             "-master.volumeSizeLimitMB=1024",
             f"-volume.port={volume}",
-            "-volume.max=8",
+            "-volume.max=100",
             "-filer",
             f"-filer.port={filer}",
             "-s3",

@@ -1,0 +1,157 @@
+"""The registry over real HTTP: a werkzeug server, the S3 store on SeaweedFS, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from marketplace.catalog.cli import models_cli
+from model_registry.blobstore import S3BlobStore, content_key, open_blob_store
+from tests.conftest import LiveServer
+from tests.marketplace.catalog.conftest import listing_body
+from tests.model_registry import builders
+from tests.model_registry.seaweed import SeaweedS3
+
+
+class Vendor:
+    def __init__(self, server: LiveServer) -> None:
+        self.url = server.url
+        resp = requests.post(
+            f"{self.url}/api/v1/register",
+            json={
+                "email": f"{uuid.uuid4().hex[:10]}@example.test",
+                "password": "Correct-Horse-9-Battery",
+                "organization_name": "HTTP vendor",
+                "organization_roles": ["vendor"],
+            },
+            timeout=30,
+        )
+        assert resp.status_code == 201, resp.text
+        self.client_id = resp.json()["client"]["client_id"]
+        self.client_secret = resp.json()["client"]["client_secret"]
+        token = requests.post(
+            f"{self.url}/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(self.client_id, self.client_secret),
+            timeout=30,
+        ).json()["access_token"]
+        self.auth = {"Authorization": f"Bearer {token}"}
+        created = requests.post(
+            f"{self.url}/api/v1/models", json=listing_body(), headers=self.auth, timeout=30
+        )
+        assert created.status_code == 201, created.text
+        self.model_id = created.json()["id"]
+
+    def upload(self, body: Any, version: str, **headers: str) -> requests.Response:
+        return requests.post(
+            f"{self.url}/api/v1/models/{self.model_id}/versions",
+            params={"version": version},
+            data=body,
+            headers={**self.auth, "Content-Type": "application/octet-stream", **headers},
+            timeout=60,
+        )
+
+
+def _chunks(data: bytes, size: int = 4096) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+@pytest.fixture
+def s3_server(
+    seaweed: SeaweedS3, live_server: Callable[..., LiveServer]
+) -> tuple[LiveServer, S3BlobStore]:
+    # One bucket for these tests, emptied first (SeaweedFS gives every bucket its own volumes).
+    url = seaweed.storage_url(bucket="jishi-api")
+    store = open_blob_store(url, default_root="/nonexistent")
+    assert isinstance(store, S3BlobStore)
+    store.ensure_bucket()
+    for stat in list(store.list("")):
+        store.delete(stat.key)
+    return live_server(STORAGE_URL=url, MODEL_BYTES_MAX=64 * 1024), store
+
+
+def test_upload_dedupe_and_download_through_s3(
+    s3_server: tuple[LiveServer, S3BlobStore],
+) -> None:
+    server, store = s3_server
+    vendor = Vendor(server)
+    data = builders.relu_bytes(16)
+    digest = hashlib.sha256(data).hexdigest()
+
+    first = vendor.upload(data, "1.0.0")  # with Content-Length
+    assert first.status_code == 201, first.text
+    second = vendor.upload(_chunks(data), "1.0.1")  # chunked, no Content-Length
+    assert second.status_code == 201, second.text
+    assert second.json()["sha256"] == digest
+    assert [s.key for s in store.list("")] == [content_key(digest)]
+
+    artifact = requests.get(
+        f"{server.url}/api/v1/models/{vendor.model_id}/versions/1.0.0/artifact",
+        headers=vendor.auth,
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert artifact.status_code == 302
+    location = artifact.headers["Location"]
+    assert "X-Amz-Signature=" in location and "X-Amz-Expires=300" in location
+    fetched = requests.get(location, timeout=30)
+    assert fetched.status_code == 200 and fetched.content == data
+
+
+def test_hostile_uploads_over_http_store_nothing(
+    s3_server: tuple[LiveServer, S3BlobStore],
+) -> None:
+    server, store = s3_server
+    vendor = Vendor(server)
+    random_body = vendor.upload(os.urandom(10_000), "1.0.0")
+    assert random_body.status_code == 422 and random_body.json()["code"] == "model_rejected"
+    external = vendor.upload(builders.external_initializer("../../etc/passwd"), "1.0.0")
+    assert [f["code"] for f in external.json()["findings"]] == ["external_data"]
+    too_big = builders.relu_bytes(16 * 1024)  # ~128 KiB, over the 64 KiB limit
+    declared = vendor.upload(too_big, "1.0.0")
+    assert declared.status_code == 413 and declared.json()["code"] == "model_too_large"
+    try:
+        chunked = vendor.upload(_chunks(too_big, 16 * 1024), "1.0.0")
+    except requests.ConnectionError:
+        pass  # the server may close the connection before the client finishes sending
+    else:
+        assert chunked.status_code == 413 and chunked.json()["code"] == "model_too_large"
+    assert list(store.list("")) == []
+    ok = vendor.upload(builders.relu_bytes(), "1.0.0")
+    assert ok.status_code == 201, ok.text
+
+
+def test_cli_push(live_server: Callable[..., LiveServer], tmp_path: Path) -> None:
+    server = live_server()
+    vendor = Vendor(server)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(builders.relu_bytes())
+    runner = CliRunner()
+    env = {
+        "JISHI_URL": server.url,
+        "JISHI_CLIENT_ID": vendor.client_id,
+        "JISHI_CLIENT_SECRET": vendor.client_secret,
+    }
+    args = ["push", str(model), "--model", str(vendor.model_id), "--version", "1.2.3"]
+    result = runner.invoke(models_cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "published model" in result.output and "version 1.2.3" in result.output
+    assert "MiB/s" in result.output
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(builders.custom_domain())
+    result = runner.invoke(models_cli, [*args[:1], str(bad), *args[2:-1], "1.2.4"], env=env)
+    assert result.exit_code == 1
+    assert "model_rejected" in result.output and "domain_not_allowed" in result.output
+
+    wrong = runner.invoke(models_cli, args, env={**env, "JISHI_CLIENT_SECRET": "nope"})
+    assert wrong.exit_code != 0 and "token request refused" in wrong.output
