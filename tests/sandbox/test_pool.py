@@ -399,21 +399,19 @@ def test_the_memory_budget_evicts_idle_workers() -> None:
 
 
 def test_a_full_queue_answers_busy_with_retry_after() -> None:
-    slow = models.long_matmul()
-    inputs: dict[str, np.ndarray] = {"x": np.ones(1, F32), "n": np.array([2048], np.int64)}
+    endless = models.huge_loop()
     config = PoolConfig(workers_max=1, workers_busy_max=1, queue_max=0)
     with SandboxPool(config) as pool:
-        pool.evaluate("slow", lambda: slow, inputs, deadline_s=30)  # warm
-        started = threading.Event()
 
         def occupy() -> None:
-            started.set()
-            pool.evaluate("slow", lambda: slow, inputs, deadline_s=30)
+            with pytest.raises(SandboxError):  # Holds the only slot until its deadline.
+                pool.evaluate("endless", lambda: endless, {"x": np.ones(1, F32)}, deadline_s=1.5)
 
         thread = threading.Thread(target=occupy)
         thread.start()
-        started.wait()
-        time.sleep(0.05)
+        waited = time.monotonic()
+        while pool.health()["workers_busy"] < 1 and time.monotonic() - waited < 5:
+            time.sleep(0.01)
         with pytest.raises(SandboxError) as exc:
             _eval(pool, "other", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
         thread.join()
