@@ -434,12 +434,10 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
         "subgraph_depth": tally.depth_max,
     }
 
-    # Bytes, not the parsed model: the checker parses its own copy in C++ without Python's
-    # re-serialisation, so only one extra copy exists at a time.
-    raw = data if isinstance(data, bytes) else bytes(data)
+    checked = _without_bulk_data(model)
     del model
     try:
-        onnx.checker.check_model(raw, full_check=True)
+        onnx.checker.check_model(checked, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         report.error("checker_failed", f"The ONNX checker rejected the model: {_first_line(exc)}")
     except (ValueError, RuntimeError) as exc:
@@ -447,6 +445,39 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     if not report.inputs:
         report.warn("no_inputs", "The graph declares no inputs.")
     return report
+
+
+# Initializers at least this large reach the checker as typed graph inputs instead of data.
+BULK_TENSOR_BYTES_MIN = 1024 * 1024
+
+
+def _without_bulk_data(model: onnx.ModelProto) -> bytes:
+    """The model for the checker, with large initializers turned into typed graph inputs.
+
+    The full check copies the model twice (its own parse, then shape inference on a copy), so a
+    1 GiB initializer would cost several GiB. The walk has already checked every initializer's
+    declared size against its data, and shape inference only reads small constants (shapes,
+    axes), so the checker needs the bulk data's type and shape, not its bytes.
+    """
+    graph = model.graph
+    inputs = {v.name for v in graph.input}
+    kept: list[TensorProto] = []
+    moved = False
+    for tensor in graph.initializer:
+        size = declared_bytes(tensor) or 0
+        if size < BULK_TENSOR_BYTES_MIN:
+            kept.append(tensor)
+            continue
+        moved = True
+        if tensor.name not in inputs:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
+    if moved:
+        kept = [TensorProto.FromString(t.SerializeToString()) for t in kept]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return model.SerializeToString()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -123,3 +123,19 @@ def test_confined_inspection_runs_out_of_memory_as_a_sandbox_error(tmp_path: Pat
     with pytest.raises(SandboxError) as exc:
         inspect_file(model, memory_bytes_max=64 * 1024 * 1024)
     assert exc.value.code in {"resource_exhausted", "worker_crashed"}
+
+
+def test_bulk_initializers_reach_the_checker_as_typed_inputs() -> None:
+    # 2 MiB of weights: the checker sees W's type and shape, and shape inference still runs.
+    model = builders.relu_model(width=256 * 1024)
+    report = inspect_model(model.SerializeToString())
+    assert report.ok, report.findings
+    assert report.inputs == [{"name": "x", "dtype": "float32", "shape": ["N", 256 * 1024]}]
+    assert report.stats["initializer_bytes"] == (256 * 1024 * 2 + 2) * 4
+    # The shapes still have to agree: a wrongly shaped bulk initializer fails shape inference.
+    broken = builders.relu_model(width=256 * 1024)
+    broken.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 7
+    assert codes(inspect_model(broken.SerializeToString())) == ["checker_failed"]
+    short = builders.relu_model(width=256 * 1024)
+    short.graph.initializer[0].raw_data = short.graph.initializer[0].raw_data[:-4]
+    assert codes(inspect_model(short.SerializeToString())) == ["tensor_size_mismatch"]

@@ -1,0 +1,308 @@
+"""Upload of a >= 1 GiB ONNX model through the HTTP API to S3 (SeaweedFS) vs raw minio put_object.
+
+Run: .venv/bin/python -m bench.bench_upload [--gib 1.0] [--keep]
+
+Starts SeaweedFS (``weed server -s3``) and the marketplace in a child process (werkzeug's
+threaded server, SQLite, ``MARKETPLACE_STORAGE_URL`` on SeaweedFS), builds a valid ONNX model
+whose single initializer holds almost all of its bytes (written straight to disk, never held
+in memory), then in the same run:
+
+  * raw: ``minio.put_object`` of the file to the same server (its default part size and
+    parallelism), timed;
+  * api: a streamed ``POST /api/v1/models/{id}/versions`` of the same file (Content-Length,
+    1 MiB chunks), timed from the first byte sent to the 201, so it includes the confined
+    inspection and the store write;
+
+and prints both throughputs, their ratio, and the server process's peak resident memory
+growth during the API upload (sampled from /proc every 20 ms and checked against VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.model_registry.seaweed import SeaweedS3  # noqa: E402
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, length: int) -> bytes:
+    """The header of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def write_big_model(path: Path, data_bytes: int) -> int:
+    """``y = x + W`` with W a float32 initializer of ``data_bytes`` bytes; returns the file size.
+
+    The nested messages are written by hand (protobuf fields may come in any order), so the
+    initializer's bytes stream from a small random block instead of being built in memory.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    count = data_bytes // 4
+    data_bytes = count * 4
+    weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[count])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [count])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [count])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.graph.ClearField("initializer")
+    graph_head = model.graph.SerializeToString()
+    model.ClearField("graph")
+    model_head = model.SerializeToString()
+
+    tensor = weight.SerializeToString() + _field(9, data_bytes)  # raw_data = field 9
+    tensor_len = len(tensor) + data_bytes
+    graph_part = graph_head + _field(5, tensor_len)  # initializer = field 5
+    graph_len = len(graph_part) + tensor_len
+    head = model_head + _field(7, graph_len) + graph_part + tensor  # graph = field 7
+    block = os.urandom(4 * MiB)
+    with open(path, "wb") as out:
+        out.write(head)
+        left = data_bytes
+        while left:
+            piece = block[: min(left, len(block))]
+            out.write(piece)
+            left -= len(piece)
+    size = path.stat().st_size
+    # A cheap sanity check that the framing is right, without parsing a gigabyte here.
+    small = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)  # noqa: SIM115
+    small.close()
+    if data_bytes > 1024:
+        write_big_model(Path(small.name), 1024)
+        onnx.checker.check_model(onnx.load(small.name), full_check=True)
+    os.unlink(small.name)
+    return size
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+SERVER = """
+import logging
+import sys
+from werkzeug.serving import make_server
+from marketplace import create_app, migrate
+from marketplace.db import make_engine
+config = dict(ENV="testing", DATABASE_URL=sys.argv[1], STORAGE_URL=sys.argv[2],
+              INSTANCE_PATH=sys.argv[3], MODEL_BYTES_MAX=2 * 1024**3, LOG_LEVEL="WARNING")
+migrate.upgrade(make_engine(sys.argv[1]))
+app = create_app(config)
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+server = make_server("127.0.0.1", int(sys.argv[4]), app, threaded=True)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+def _rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of ``pid`` in KiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, value = line.split(":", 1)
+            values[key] = int(value.split()[0])
+    return values["VmRSS"], values["VmHWM"]
+
+
+class _Sampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, _rss_kib(self.pid)[0])
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return self.peak
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as stream:
+        while chunk := stream.read(MiB):
+            yield chunk
+
+
+class _Sized:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = path.stat().st_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return _file_chunks(self.path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0, help="initializer size in GiB")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+
+    from minio import Minio
+
+    work = Path(tempfile.mkdtemp(prefix="jishi-bench-upload-"))
+    weed = SeaweedS3(bucket="bench")
+    weed.start()
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        model = work / "big.onnx"
+        t0 = time.perf_counter()
+        size = write_big_model(model, int(args.gib * GiB))
+        print(
+            f"model: {size / GiB:.3f} GiB ({size} bytes), built in {time.perf_counter() - t0:.1f} s"
+        )
+
+        port = _free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SERVER,
+                f"sqlite:///{work / 'bench.sqlite3'}",
+                weed.storage_url(),
+                str(work / "instance"),
+                str(port),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != b"ready":
+            raise SystemExit("the server did not start")
+        url = f"http://127.0.0.1:{port}"
+        reg = requests.post(
+            f"{url}/api/v1/register",
+            json={
+                "email": "bench@example.test",
+                "password": "Correct-Horse-9-Battery",
+                "organization_name": "Bench vendor",
+                "organization_roles": ["vendor"],
+            },
+            timeout=30,
+        ).json()
+        token = requests.post(
+            f"{url}/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "models:write"},
+            auth=(reg["client"]["client_id"], reg["client"]["client_secret"]),
+            timeout=30,
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        listing = requests.post(
+            f"{url}/api/v1/models",
+            json={"name": "Bench", "task": "benchmark", "tags": ["bench"]},
+            headers=auth,
+            timeout=30,
+        ).json()
+
+        def upload(path: Path, version: str) -> requests.Response:
+            return requests.post(
+                f"{url}/api/v1/models/{listing['id']}/versions",
+                params={"version": version},
+                data=_Sized(path),
+                headers={**auth, "Content-Type": "application/octet-stream"},
+                timeout=3600,
+            )
+
+        # Warm up: every import and connection pool of the upload path, with a small model.
+        warm = work / "warm.onnx"
+        write_big_model(warm, 16 * MiB)
+        resp = upload(warm, "0.0.1")
+        if resp.status_code != 201:
+            raise SystemExit(f"warm-up upload failed: {resp.status_code} {resp.text}")
+
+        client = Minio(
+            weed.endpoint,
+            access_key=weed.access_key,
+            secret_key=weed.secret_key,
+            secure=False,
+            region="us-east-1",
+        )
+        t0 = time.perf_counter()
+        with open(model, "rb") as stream:
+            client.put_object(weed.bucket, "raw/big.onnx", stream, size)
+        raw_s = time.perf_counter() - t0
+        client.remove_object(weed.bucket, "raw/big.onnx")
+
+        rss_before, hwm_before = _rss_kib(server.pid)
+        sampler = _Sampler(server.pid)
+        sampler.start()
+        t0 = time.perf_counter()
+        resp = upload(model, "1.0.0")
+        api_s = time.perf_counter() - t0
+        peak = sampler.stop()
+        _, hwm_after = _rss_kib(server.pid)
+        if resp.status_code != 201:
+            raise SystemExit(f"API upload failed: {resp.status_code} {resp.text[:500]}")
+        body = resp.json()
+
+        raw_mbs = size / raw_s / MiB
+        api_mbs = size / api_s / MiB
+        # VmHWM only counts if it rose during the upload (it also remembers start-up peaks).
+        peak = max(peak, hwm_after if hwm_after > hwm_before else 0)
+        growth = peak - rss_before
+        print(f"raw minio put_object : {raw_s:7.2f} s  {raw_mbs:8.1f} MiB/s")
+        print(f"HTTP API upload      : {api_s:7.2f} s  {api_mbs:8.1f} MiB/s  (inspected, stored)")
+        print(f"ratio API/raw        : {api_mbs / raw_mbs:7.2f}  (goal >= 0.80)")
+        print(
+            f"server RSS           : {rss_before / 1024:.1f} MiB before, peak "
+            f"{peak / 1024:.1f} MiB, growth {growth / 1024:.1f} MiB "
+            f"(goal <= 64 MiB; VmHWM before {hwm_before / 1024:.1f} MiB)"
+        )
+        print(f"stored sha256 {body['sha256']}, stats {body['stats']}")
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+        weed.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
