@@ -7,6 +7,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from marketplace.accounts.models import Organization
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
 from marketplace.db import utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
@@ -192,6 +193,15 @@ def purchase(
     digest = request_hash({"offer_id": offer_id, "accept_terms_sha256": accept_terms_sha256})
 
     def work(s: Session) -> tuple[Order, bool]:
+        # One purchase per buyer at a time: a twin request with the same key waits here for
+        # the first to commit and then finds its order, instead of racing it into checks such
+        # as "already licensed" that the first one's licence would fail. (FOR NO KEY UPDATE:
+        # rows that merely reference the organisation are not blocked.)
+        s.exec(
+            select(Organization.id)
+            .where(Organization.id == organization_id)
+            .with_for_update(key_share=True)
+        ).one()
         found = s.exec(
             select(Order).where(
                 Order.organization_id == organization_id, Order.idempotency_key == idempotency_key

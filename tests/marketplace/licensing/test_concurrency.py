@@ -59,7 +59,7 @@ def test_twenty_identical_purchases_make_one_order(live_server):
 
     run_threads(purchase, 20)
     statuses = sorted(status for status, _ in results)
-    assert statuses.count(201) == 1 and statuses.count(200) == 19, statuses
+    assert statuses.count(201) == 1 and statuses.count(200) == 19, results
     assert len({body["id"] for _, body in results}) == 1
     session.expire_all()
     assert len(session.exec(select(Order).where(Order.organization_id == buyer_id)).all()) == 1
