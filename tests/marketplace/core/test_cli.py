@@ -78,6 +78,14 @@ def test_embedded_serve_migrates_loads_demo_data_and_serves(tmp_path: Path):
                 time.sleep(0.3)
         assert resp.status_code == 200
         assert (tmp_path / "instance" / "jishi.sqlite3").exists()
+        catalog = requests.get(f"http://127.0.0.1:{port}/api/v1/models", timeout=10).json()
+        assert catalog["total"] == 1
+        listing = catalog["items"][0]
+        detail = requests.get(
+            f"http://127.0.0.1:{port}/api/v1/models/{listing['id']}", timeout=10
+        ).json()
+        assert [v["version"] for v in detail["versions"]] == ["1.0.0"]
+        assert {o["kind"] for o in detail["offers"]} == {"per_inference", "perpetual"}
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=20)
