@@ -46,8 +46,7 @@ def insert_rows(
     if not rows:
         return
     if is_postgresql(session):
-        raw = session.connection().connection.dbapi_connection
-        assert raw is not None
+        raw: Any = session.connection().connection.dbapi_connection  # a psycopg Connection
         names = ", ".join(f'"{c}"' for c in columns)
         with (
             raw.cursor() as cursor,

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, ModelVersion, Offer
 from marketplace.db import utcnow
@@ -83,8 +83,8 @@ def _active_licenses(
         select(License).where(
             License.organization_id == organization_id,
             License.listing_id == listing_id,
-            License.revoked_at.is_(None),  # type: ignore[union-attr]
-            sa.or_(License.expires_at.is_(None), License.expires_at > now),  # type: ignore[union-attr,operator]
+            col(License.revoked_at).is_(None),
+            sa.or_(col(License.expires_at).is_(None), col(License.expires_at) > now),
         )
     ).all()
     return sorted(rows, key=lambda lic: (_PREFERENCE[lic.kind], lic.id))
@@ -220,8 +220,8 @@ def may_download(
             License.organization_id == organization_id,
             License.listing_id == listing_id,
             License.kind != TRIAL,
-            License.revoked_at.is_(None),  # type: ignore[union-attr]
-            sa.or_(License.expires_at.is_(None), License.expires_at > now),  # type: ignore[union-attr,operator]
+            col(License.revoked_at).is_(None),
+            sa.or_(col(License.expires_at).is_(None), col(License.expires_at) > now),
             Offer.allow_download.is_(True),  # type: ignore[attr-defined]
         )
     ).first()

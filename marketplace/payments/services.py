@@ -102,13 +102,14 @@ def create_top_up(
     intent = gateway.create_top_up(
         reference=f"top-up-{top_up.id}", amount_minor=top_up.amount_minor, currency=top_up.currency
     )
-    assert top_up.id is not None
+    top_up_id = top_up.id
+    assert top_up_id is not None
     if intent.status == INTENT_SUCCEEDED:
         top_up = complete_top_up(
-            session=session, top_up_id=top_up.id, provider_ref=intent.provider_ref
+            session=session, top_up_id=top_up_id, provider_ref=intent.provider_ref
         )
     elif intent.status == INTENT_FAILED:
-        top_up = fail_top_up(session=session, top_up_id=top_up.id, provider_ref=intent.provider_ref)
+        top_up = fail_top_up(session=session, top_up_id=top_up_id, provider_ref=intent.provider_ref)
     return _public(top_up, intent)
 
 
