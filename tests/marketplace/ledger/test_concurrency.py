@@ -150,3 +150,28 @@ def test_same_idempotency_key_from_many_threads_posts_once(fresh_database):
     check = Session(engine)
     assert ledger.balances(check, account_ids=[wallet])[0].posted == 700
     check.close()
+
+
+def test_sqlite_units_of_work_take_the_write_lock_first(fresh_database, db_backend):
+    if db_backend != "sqlite":
+        pytest.skip("PostgreSQL locks balance rows with SELECT ... FOR UPDATE instead")
+    import sqlalchemy as sa
+
+    _url, engine = fresh_database()
+    begins: list[str] = []
+    sa.event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_a: (
+            begins.append(statement) if statement.startswith("BEGIN") else None
+        ),
+    )
+    session = Session(engine, expire_on_commit=False)
+    session.execute(sa.text("SELECT 1")).all()  # an ordinary read first: DEFERRED
+    ledger.run_in_transaction(
+        session,
+        lambda s: ledger.ensure_account(
+            s, organization_id=None, code=PAYMENT_CLEARING, currency="EUR"
+        ),
+    )
+    assert begins == ["BEGIN DEFERRED", "BEGIN IMMEDIATE"]
