@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from model_registry.blobstore import CHUNK_BYTES, BlobStore, content_key
-from model_registry.errors import BlobTooLarge
+from model_registry.blobstore import CHUNK_BYTES, BlobInfo, BlobStore, content_key
+from model_registry.errors import BlobTooLarge, RegistryError
 from model_registry.inspection import Report
 
 # Below this size the inspection runs before any store write (cheap, and a refused model then
@@ -47,9 +49,16 @@ class Spool:
         self.path.unlink(missing_ok=True)
 
 
-def spool_stream(stream: IO[bytes], *, directory: Path, size_max: int) -> Spool:
+def spool_stream(
+    stream: IO[bytes],
+    *,
+    directory: Path,
+    size_max: int,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> Spool:
     """Copy ``stream`` to a new file in ``directory``, hashing it; refuse more than ``size_max``
-    bytes (:class:`BlobTooLarge`) as soon as they arrive, leaving no file behind."""
+    bytes (:class:`BlobTooLarge`) as soon as they arrive, leaving no file behind. ``on_chunk``
+    sees every accepted chunk too."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"upload-{uuid.uuid4().hex}.onnx"
     digest = hashlib.sha256()
@@ -62,6 +71,8 @@ def spool_stream(stream: IO[bytes], *, directory: Path, size_max: int) -> Spool:
                     raise BlobTooLarge(f"The model is larger than {size_max} bytes.")
                 digest.update(chunk)
                 out.write(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -126,6 +137,151 @@ def _undo(upload: Future[None], store: BlobStore, key: str) -> None:
     except Exception:
         return  # a failed upload wrote nothing
     store.delete(key)
+
+
+# --- streaming straight to the store when the client declares the digest ---------------------
+
+_FEED_CHUNKS_MAX = 8  # chunks buffered between the request and the store upload
+
+
+class DigestMismatch(RegistryError):
+    code = "digest_mismatch"
+    default_detail = "The body does not match its declared SHA-256."
+
+
+class _Refused(Exception):
+    """Raised inside the store's reader to make it abandon (abort) the write."""
+
+
+class _Gate:
+    """A stream from the request thread to a store write running in another thread.
+
+    It hands chunks over through a small bounded queue (so a slow store slows the client down
+    instead of filling memory) and reports end-of-stream only once the upload is approved:
+    until then the store holds its last part back, and a refusal makes the store's write fail,
+    which abandons it (an S3 multipart upload is aborted, a temp file deleted). So an object
+    appears under its content key only after the bytes were verified and the model accepted.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_FEED_CHUNKS_MAX)
+        self._buffer = b""
+        self._ended = False
+        self._verdict = threading.Event()
+        self._approved = False
+
+    def feed(self, chunk: bytes | None, alive: Callable[[], bool]) -> None:
+        """Queue ``chunk`` (None: the end); gives up when the store write has stopped."""
+        while True:
+            try:
+                self._queue.put(chunk, timeout=0.5)
+                return
+            except queue.Full:
+                if not alive():
+                    return
+
+    def decide(self, approved: bool) -> None:
+        self._approved = approved
+        self._verdict.set()
+
+    def read(self, n: int = -1) -> bytes:
+        n = CHUNK_BYTES if n is None or n < 0 else n
+        if self._verdict.is_set() and not self._approved:
+            raise _Refused()
+        # Collect whole chunks and join once: appending to one bytes object would copy each
+        # part over and over.
+        pieces = [self._buffer] if self._buffer else []
+        have = len(self._buffer)
+        while have < n and not self._ended:
+            item = self._queue.get()
+            if item is None:
+                self._ended = True
+            else:
+                pieces.append(item)
+                have += len(item)
+        if have == 0:
+            self._buffer = b""
+            self._verdict.wait()
+            if not self._approved:
+                raise _Refused()
+            return b""
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        out, self._buffer = data[:n], data[n:]
+        return out
+
+
+def ingest_declared(
+    stream: IO[bytes],
+    *,
+    sha256: str,
+    directory: Path,
+    size_max: int,
+    store: BlobStore,
+    inspect: Inspector,
+) -> tuple[Spool, Ingested]:
+    """Receive a body whose SHA-256 the client declared, writing it to the store *while* it
+    arrives (and to the spool, for the inspection), and commit the store write only when the
+    digest matched and the model was accepted. Returns the spool (the caller discards it).
+
+    Raises :class:`BlobTooLarge` or :class:`DigestMismatch` with nothing stored.
+    """
+    key = content_key(sha256)
+    if store.exists(key):
+        spool = spool_stream(stream, directory=directory, size_max=size_max)
+        if spool.sha256 != sha256:
+            spool.discard()
+            raise DigestMismatch()
+        return spool, Ingested(key, inspect(spool.path), stored_new=False)
+    gate = _Gate()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-upload") as pool:
+        upload = pool.submit(store.put_stream, key, gate, size_max=size_max)  # type: ignore[arg-type]
+
+        def alive() -> bool:
+            return not upload.done()
+
+        try:
+            spool = spool_stream(
+                stream,
+                directory=directory,
+                size_max=size_max,
+                on_chunk=lambda chunk: gate.feed(chunk, alive),
+            )
+        except BaseException:
+            gate.decide(False)
+            gate.feed(None, alive)
+            _settle(upload)
+            raise
+        gate.feed(None, alive)
+        if spool.sha256 != sha256:
+            gate.decide(False)
+            _settle(upload)
+            spool.discard()
+            raise DigestMismatch()
+        try:
+            report = inspect(spool.path)
+        except BaseException:
+            gate.decide(False)
+            _settle(upload)
+            spool.discard()
+            raise
+        gate.decide(report.ok)
+        if not report.ok:
+            _settle(upload)
+            return spool, Ingested(key, report, stored_new=False)
+        try:
+            upload.result()
+        except BaseException:
+            spool.discard()
+            raise
+    return spool, Ingested(key, report, stored_new=True)
+
+
+def _settle(upload: Future[BlobInfo]) -> None:
+    """Wait for a refused store write to finish abandoning itself."""
+    try:
+        upload.result()
+    except (_Refused, RegistryError):
+        return
 
 
 def spool_directory(path: str | os.PathLike[str]) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import sys
 import time
@@ -111,6 +113,11 @@ def push(
         raise click.ClickException(f"token request refused: {_problem_text(token_resp)}")
     token = token_resp.json()["access_token"]
     size = os.path.getsize(file)
+    # Declaring the digest lets the server write to storage while the body arrives.
+    digest = hashlib.sha256()
+    with open(file, "rb") as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            digest.update(chunk)
     with open(file, "rb") as stream:
         progress = _Progress(stream, size, quiet=quiet)
         try:
@@ -121,6 +128,7 @@ def push(
                 headers={
                     "Authorization": f"Bearer {token}",
                     "Content-Type": "application/octet-stream",
+                    "Content-Digest": f"sha-256=:{base64.b64encode(digest.digest()).decode()}:",
                 },
                 timeout=(30, 3600),
             )

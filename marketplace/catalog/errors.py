@@ -77,6 +77,18 @@ class ModelTooLarge(PayloadTooLarge):
     title = "The model is too large"
 
 
+class ContentDigestMismatch(DomainError):
+    code = "digest_mismatch"
+    status = 400
+    title = "The body does not match its Content-Digest"
+
+
+class InvalidContentDigest(DomainError):
+    code = "invalid_digest"
+    status = 400
+    title = "The Content-Digest header is not valid"
+
+
 class ModelRejected(DomainError):
     """The inspection refused the model; ``findings`` says why."""
 

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, func, select
 
 from marketplace.accounts.models import Organization
 from marketplace.catalog.errors import (
+    ContentDigestMismatch,
     DownloadNotAllowed,
     InspectionUnavailable,
     InvalidVersion,
@@ -70,7 +71,15 @@ from model_registry.blobstore import (
     sha256_of_content_key,
 )
 from model_registry.errors import BlobStoreError, BlobTooLarge
-from model_registry.upload import Inspector, Spool, ingest, spool_stream
+from model_registry.upload import (
+    DigestMismatch,
+    Ingested,
+    Inspector,
+    Spool,
+    ingest,
+    ingest_declared,
+    spool_stream,
+)
 from sandbox.errors import SandboxError
 
 log = logging.getLogger(__name__)
@@ -380,17 +389,6 @@ class UploadContext:
     size_max: int
 
 
-def receive_upload(*, body: IO[bytes], context: UploadContext) -> Spool:
-    """Stream the body to the spool; 413 ``model_too_large`` as soon as it exceeds the cap."""
-    try:
-        return spool_stream(body, directory=context.spool_dir, size_max=context.size_max)
-    except BlobTooLarge:
-        raise ModelTooLarge(
-            f"Models are limited to {context.size_max} bytes.",
-            headers={"Connection": "close"},
-        ) from None
-
-
 def _inspection_problem(exc: SandboxError) -> ModelRejected | InspectionUnavailable:
     if exc.log_detail:
         log.warning("inspection %s: %s", exc.code, exc.log_detail)
@@ -405,22 +403,72 @@ def _inspection_problem(exc: SandboxError) -> ModelRejected | InspectionUnavaila
     return ModelRejected("The model was rejected.", findings=[finding])
 
 
-def publish_version(
-    *, session: Session, listing: Listing, version: str, spool: Spool, context: UploadContext
-) -> VersionPublic:
-    """Inspect a spooled upload, store its bytes once, and record the version.
+def _receive(
+    body: IO[bytes], context: UploadContext, declared_sha256: str | None
+) -> tuple[Spool, Ingested]:
+    """Spool, inspect and store the body, by the declared-digest path when there is one."""
+    if declared_sha256 is not None:
+        return ingest_declared(
+            body,
+            sha256=declared_sha256,
+            directory=context.spool_dir,
+            size_max=context.size_max,
+            store=context.store,
+            inspect=context.inspect,
+        )
+    spool = spool_stream(body, directory=context.spool_dir, size_max=context.size_max)
+    try:
+        return spool, ingest(spool, store=context.store, inspect=context.inspect)
+    except BaseException:
+        spool.discard()
+        raise
 
-    The blob is written before the row, so no row ever points to nothing. If the row cannot
-    be written (a concurrent upload took the version), a blob this call wrote and no row uses
-    is deleted; the sweeper catches what a crash leaves.
+
+def publish_version(
+    *,
+    session: Session,
+    listing: Listing,
+    version: str,
+    body: IO[bytes],
+    context: UploadContext,
+    declared_sha256: str | None = None,
+) -> VersionPublic:
+    """Receive an upload, inspect it, store its bytes once, and record the version.
+
+    The body streams to a local spool (for the inspection) and to the store: after the body
+    when its digest is unknown, or while it arrives when the client declared it (the store
+    write then completes only if the digest matches and the model is accepted). The blob is
+    written before the row, so no row ever points to nothing. If the row cannot be written (a
+    concurrent upload took the version), a blob this call wrote and no row uses is deleted;
+    the sweeper catches what a crash leaves.
     """
     try:
-        ingested = ingest(spool, store=context.store, inspect=context.inspect)
+        spool, ingested = _receive(body, context, declared_sha256)
+    except BlobTooLarge:
+        raise ModelTooLarge(
+            f"Models are limited to {context.size_max} bytes.", headers={"Connection": "close"}
+        ) from None
+    except DigestMismatch:
+        raise ContentDigestMismatch("The body does not match its Content-Digest.") from None
     except SandboxError as exc:
         raise _inspection_problem(exc) from None
     except BlobStoreError as exc:
         log.error("blob store %s: %s", exc.code, exc.log_detail)
         raise StorageUnavailable("The model store is unavailable; retry later.") from None
+    try:
+        return _record_version(session, listing, version, spool, ingested, context)
+    finally:
+        spool.discard()
+
+
+def _record_version(
+    session: Session,
+    listing: Listing,
+    version: str,
+    spool: Spool,
+    ingested: Ingested,
+    context: UploadContext,
+) -> VersionPublic:
     report = ingested.report
     if not report.ok:
         raise ModelRejected(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -14,7 +15,7 @@ from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, MODELS_READ, MODELS_WRITE
 from marketplace.api import API_PREFIX, openapi, parse_json, parse_query
 from marketplace.catalog import services
-from marketplace.catalog.errors import ModelTooLarge, UnsupportedMediaType
+from marketplace.catalog.errors import InvalidContentDigest, ModelTooLarge, UnsupportedMediaType
 from marketplace.catalog.models import LISTING_ACTIVE, LISTING_SUSPENDED
 from marketplace.catalog.schemas import (
     ListingCreate,
@@ -173,6 +174,31 @@ def upload_context(app: Flask) -> services.UploadContext:
     )
 
 
+def _declared_sha256(header: str | None) -> str | None:
+    """The SHA-256 (hex) from an RFC 9530 ``Content-Digest: sha-256=:BASE64:`` header.
+
+    Optional: with it, the upload is written to the store while it arrives; without it, after.
+    Other algorithms in the header are ignored.
+    """
+    if header is None:
+        return None
+    for item in header.split(","):
+        name, _, value = item.strip().partition("=")
+        if name.strip().lower() != "sha-256":
+            continue
+        value = value.strip()
+        try:
+            if not (value.startswith(":") and value.endswith(":") and len(value) > 2):
+                raise ValueError("not a byte sequence")
+            raw = base64.b64decode(value[1:-1], validate=True)
+        except ValueError:
+            raise InvalidContentDigest("Content-Digest must be sha-256=:BASE64:.") from None
+        if len(raw) != 32:
+            raise InvalidContentDigest("A sha-256 digest is 32 bytes.")
+        return raw.hex()
+    return None
+
+
 @bp.post("/models/<int:model_id>/versions")
 @openapi(
     "Upload a new version: the raw ONNX bytes, streamed (owner)",
@@ -201,13 +227,14 @@ def upload_version(model_id: int) -> Any:
         )
     # request.stream is the unbuffered WSGI input (chunked bodies are de-chunked by the
     # server); request.data or get_data() would hold the whole model in memory.
-    spool = services.receive_upload(body=request.stream, context=context)
-    try:
-        published = services.publish_version(
-            session=session, listing=listing, version=version, spool=spool, context=context
-        )
-    finally:
-        spool.discard()
+    published = services.publish_version(
+        session=session,
+        listing=listing,
+        version=version,
+        body=request.stream,
+        context=context,
+        declared_sha256=_declared_sha256(request.headers.get("Content-Digest")),
+    )
     response, status = _json(published, 201)
     response.headers["Location"] = f"{API_PREFIX}/models/{model_id}/versions/{published.version}"
     return response, status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import uuid
@@ -128,6 +129,32 @@ def test_hostile_uploads_over_http_store_nothing(
     assert list(store.list("")) == []
     ok = vendor.upload(builders.relu_bytes(), "1.0.0")
     assert ok.status_code == 201, ok.text
+
+
+def _digest(data: bytes) -> str:
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+
+
+def test_declared_digest_streams_into_s3_and_commits_only_accepted_models(
+    s3_server: tuple[LiveServer, S3BlobStore],
+) -> None:
+    server, store = s3_server
+    vendor = Vendor(server)
+    server.app.extensions["settings"].model_bytes_max = 64 * 1024 * 1024
+    # Several S3 parts each, so the multipart upload is in flight while the body arrives.
+    data = builders.relu_bytes(1024 * 1024)  # 8 MiB of weights
+    noise = os.urandom(20 * 1024 * 1024)
+    refused = vendor.upload(_chunks(noise, 1 << 20), "1.0.0", **{"Content-Digest": _digest(noise)})
+    assert refused.status_code == 422 and refused.json()["code"] == "model_rejected"
+    lying = vendor.upload(data, "1.0.0", **{"Content-Digest": _digest(noise)})
+    assert lying.status_code == 400 and lying.json()["code"] == "digest_mismatch"
+    assert list(store.list("")) == []
+    assert store.sweep_incomplete(0) == 0  # the refused multipart uploads were aborted
+    ok = vendor.upload(_chunks(data, 1 << 20), "1.0.0", **{"Content-Digest": _digest(data)})
+    assert ok.status_code == 201, ok.text
+    assert [s.key for s in store.list("")] == [content_key(hashlib.sha256(data).hexdigest())]
+    with store.open(content_key(hashlib.sha256(data).hexdigest())) as blob:
+        assert hashlib.sha256(blob.read()).digest() == hashlib.sha256(data).digest()
 
 
 def test_cli_push(live_server: Callable[..., LiveServer], tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import Callable
@@ -241,3 +242,74 @@ def test_row_records_the_blob(
     row = session.exec(select(ModelVersion)).one()
     assert row.blob_key == content_key(hashlib.sha256(data).hexdigest())
     session.close()
+
+
+def content_digest(data: bytes) -> dict[str, str]:
+    return {
+        "Content-Digest": "sha-256=:"
+        + base64.b64encode(hashlib.sha256(data).digest()).decode()
+        + ":"
+    }
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_declared_digest_streams_to_the_store(
+    vendor: Org,
+    listing: dict[str, Any],
+    upload: Callable[..., Any],
+    store: Any,
+    stored_state: Any,
+    chunked: bool,
+) -> None:
+    data = builders.relu_bytes(300_000)  # over one S3 part, so the stream really overlaps
+    digest = hashlib.sha256(data).hexdigest()
+    resp = upload(vendor, listing["id"], data, headers=content_digest(data), chunked=chunked)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    assert resp.json["sha256"] == digest
+    with store.open(content_key(digest)) as blob:
+        assert blob.read() == data
+    # The same bytes again, declared: found in the store, not written twice.
+    before = stored_state()
+    again = upload(vendor, listing["id"], data, "1.0.1", headers=content_digest(data))
+    assert again.status_code == 201
+    assert stored_state()[0] == before[0]
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "code"),
+    [
+        (lambda: (builders.relu_bytes(), content_digest(b"other bytes")), 400, "digest_mismatch"),
+        (lambda: (builders.custom_domain(), content_digest(builders.custom_domain())), 422,
+         "model_rejected"),
+        (lambda: (os.urandom(5000), {"Content-Digest": "sha-256=:nope:"}), 400, "invalid_digest"),
+        (lambda: (builders.relu_bytes(), {"Content-Digest": "sha-256=:AAAA:"}), 400,
+         "invalid_digest"),
+    ],
+    ids=["mismatch", "rejected", "not-base64", "short"],
+)  # fmt: skip
+def test_declared_digest_refusals_store_nothing(
+    vendor: Org,
+    listing: dict[str, Any],
+    upload: Callable[..., Any],
+    stored_state: Any,
+    make: Callable[[], tuple[bytes, dict[str, str]]],
+    status: int,
+    code: str,
+) -> None:
+    data, headers = make()
+    before = stored_state()
+    resp = upload(vendor, listing["id"], data, headers=headers)
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.json["code"] == code
+    assert stored_state() == before
+
+
+def test_declared_digest_over_the_limit(
+    vendor: Org, listing: dict[str, Any], upload: Callable[..., Any], stored_state: Any
+) -> None:
+    vendor.client.application.extensions["settings"].model_bytes_max = 4096
+    data = builders.relu_bytes(1024)
+    before = stored_state()
+    resp = upload(vendor, listing["id"], data, headers=content_digest(data), chunked=True)
+    assert resp.status_code == 413 and resp.json["code"] == "model_too_large"
+    assert stored_state() == before
