@@ -145,6 +145,23 @@ _SPIN_RUN_MAX_S = 0.0003
 _SPIN_S = 0.0002
 
 
+_load_seen = (-1.0, 0.0)  # (when, 1-minute load average)
+
+
+def _host_is_quiet() -> bool:
+    """Whether the load average is below the core count, read at most once a second."""
+    global _load_seen
+    now = time.monotonic()
+    when, load = _load_seen
+    if now - when > 1.0:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = float("inf")
+        _load_seen = (now, load)
+    return load < _CPUS
+
+
 # --- the zygote, seen from the supervisor ---------------------------------------------------
 
 
@@ -877,14 +894,15 @@ class SandboxPool:
         """Wait for the worker's answer until the deadline; whether it came.
 
         Waking a process that blocked costs tens of microseconds on virtual machines, which
-        dominates a tiny model's call. So when the model's runs are short and a core is free,
-        the supervisor first polls without blocking for a few run lengths. Longer runs block
-        at once: spinning beside them measurably slows their compute.
+        dominates a tiny model's call. So when the model's runs are short and a core is free
+        (no other busy worker, a load average below the core count), the supervisor first
+        polls without blocking for a few run lengths. Longer runs, or a loaded host, block at
+        once: spinning then takes the core the worker needs.
         """
         poller = worker.poller
         started = time.monotonic()
         expected = worker.run_ewma_s
-        if expected < _SPIN_RUN_MAX_S and self._busy < _CPUS:
+        if expected < _SPIN_RUN_MAX_S and self._busy < _CPUS and _host_is_quiet():
             spin_until = started + min(_SPIN_S + 2 * expected, deadline_s)
             while time.monotonic() < spin_until:
                 if poller.poll(0):
