@@ -1,9 +1,10 @@
 """Fast multi-row inserts for the ledger's append-only tables.
 
-On PostgreSQL rows go in with ``COPY ... FROM STDIN`` (binary-safe text format through
+On PostgreSQL, batches of rows go in with ``COPY ... FROM STDIN`` (binary-safe text format through
 psycopg), which costs a fraction of an ``INSERT`` per row on the client and skips statement
 parsing; ids come from the table's own sequence first. Elsewhere (SQLite) it is a plain
-``executemany``. Either way the rows join the caller's transaction.
+multi-row ``INSERT``, as are small batches on PostgreSQL. Either way the rows join the
+caller's transaction.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session
 
+# Below this many rows one multi-row INSERT beats COPY, whose protocol costs extra round trips.
+COPY_ROWS_MIN = 32
+
 
 def is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def use_copy(session: Session, rows: int) -> bool:
+    return rows >= COPY_ROWS_MIN and is_postgresql(session)
 
 
 def in_list(session: Session, column: sa.ColumnElement[Any], values: Sequence[Any]) -> Any:
@@ -45,7 +53,7 @@ def insert_rows(
     """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in the current transaction."""
     if not rows:
         return
-    if is_postgresql(session):
+    if use_copy(session, len(rows)):
         raw: Any = session.connection().connection.dbapi_connection  # a psycopg Connection
         names = ", ".join(f'"{c}"' for c in columns)
         with (
@@ -55,4 +63,4 @@ def insert_rows(
             for row in rows:
                 copy.write_row(row)
         return
-    session.execute(sa.insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+    session.execute(sa.insert(table).values([dict(zip(columns, row, strict=True)) for row in rows]))

@@ -664,7 +664,7 @@ def apply_transfers(session: Session, transfers: Sequence[Transfer]) -> list[Pos
             )
             for p in plans
         ]
-        if bulk.is_postgresql(session):
+        if bulk.use_copy(session, len(plans)):
             new_ids = bulk.next_ids(session, _transactions_t, len(plans))
             bulk.insert_rows(
                 session,

@@ -264,3 +264,30 @@ def test_transaction_hook_runs_inside_the_unit_of_work(db_session, accounts, mon
         )
     assert seen == ["purchase"]
     assert available(db_session, accounts["wallet"]) == 1_000  # rolled back with the hook
+
+
+def test_a_batch_of_transfers_commits_together(db_session, accounts):
+    a = accounts
+    batch = [
+        ledger.Transfer(
+            idempotency_key=key(),
+            kind="purchase",
+            legs=(
+                Leg.debit(a["wallet"], 10),
+                Leg.credit(a["vendor"], 9),
+                Leg.credit(a["revenue"], 1),
+            ),
+        )
+        for _ in range(40)  # large enough for the bulk (COPY) path on PostgreSQL
+    ]
+    posted = ledger.run_in_transaction(db_session, lambda s: ledger.apply_transfers(s, batch))
+    assert len({tx.id for tx in posted}) == 40
+    assert ledger.get_transaction(db_session, posted[-1].id) == posted[-1]
+    assert available(db_session, a["wallet"]) == 600
+    again = ledger.run_in_transaction(db_session, lambda s: ledger.apply_transfers(s, batch))
+    assert [tx.id for tx in again] == [tx.id for tx in posted] and all(tx.replayed for tx in again)
+    too_much = [*batch[:5], *(ledger.Transfer(key(), "purchase", batch[0].legs) for _ in range(61))]
+    with pytest.raises(InsufficientFunds):
+        ledger.run_in_transaction(db_session, lambda s: ledger.apply_transfers(s, too_much))
+    assert available(db_session, a["wallet"]) == 600  # nothing of the failed batch remains
+    assert ledger.check_invariants(db_session) == []
