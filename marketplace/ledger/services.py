@@ -375,8 +375,8 @@ def run_in_transaction(
 ) -> T:
     """Run ``work`` in one database transaction and commit; retry transient conflicts."""
     for attempt in range(1, attempts_max + 1):
-        begin_write(session)
         try:
+            begin_write(session)
             result = work(session)
             session.commit()
             return result

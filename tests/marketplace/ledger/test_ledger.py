@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -291,3 +293,49 @@ def test_a_batch_of_transfers_commits_together(db_session, accounts):
         ledger.run_in_transaction(db_session, lambda s: ledger.apply_transfers(s, too_much))
     assert available(db_session, a["wallet"]) == 600  # nothing of the failed batch remains
     assert ledger.check_invariants(db_session) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: sa.exc.OperationalError("UPDATE", {}, psycopg.errors.SerializationFailure("x")),
+        lambda: sa.exc.OperationalError("UPDATE", {}, psycopg.errors.DeadlockDetected("x")),
+        lambda: sa.exc.OperationalError(
+            "BEGIN", {}, sqlite3.OperationalError("database is locked")
+        ),
+        lambda: sa.exc.IntegrityError("INSERT", {}, psycopg.errors.UniqueViolation("dup")),
+    ],
+    ids=["serialization", "deadlock", "sqlite-locked", "unique-race"],
+)
+def test_transient_conflicts_are_retried(db_session, accounts, error):
+    attempts = []
+
+    def work(s):
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise error()
+        return ledger.apply_transfers(
+            s,
+            [
+                ledger.Transfer(
+                    key(),
+                    "purchase",
+                    (Leg.debit(accounts["wallet"], 5), Leg.credit(accounts["vendor"], 5)),
+                )
+            ],
+        )
+
+    assert ledger.run_in_transaction(db_session, work)[0].kind == "purchase"
+    assert len(attempts) == 3 and available(db_session, accounts["wallet"]) == 995
+
+
+def test_other_errors_are_not_retried(db_session):
+    attempts = []
+
+    def work(_s):
+        attempts.append(1)
+        raise sa.exc.IntegrityError("INSERT", {}, psycopg.errors.ForeignKeyViolation("fk"))
+
+    with pytest.raises(sa.exc.IntegrityError):
+        ledger.run_in_transaction(db_session, work)
+    assert attempts == [1]
