@@ -129,7 +129,10 @@ def main(control_fd: int) -> None:
                     break
             _reap(sock, children)
         if sock.fileno() in ready:
-            data, fds, _, _ = socket.recv_fds(sock, MESSAGE_BYTES_MAX, 8)
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, MESSAGE_BYTES_MAX, 8)
+            except OSError:
+                data, fds = b"", []
             if not data:
                 return  # The supervisor is gone; the workers die with us (PDEATHSIG).
             message = json.loads(data)
