@@ -8,8 +8,12 @@ asks it to fork one worker per model in use (more for a busy model, up to
 Time limits: `queue_timeout_s` for admission, `load_timeout_s` for a cold start, the per-call
 deadline (`deadline_s`, default `eval_timeout_s`) for the run. At the deadline the worker is
 asked to terminate (RunOptions.terminate, checked between nodes); if it has not answered after
-`kill_grace_s` it is SIGKILLed and replaced lazily. A model whose calls crash or time out
-`quarantine_failures` times within `quarantine_window_s` is refused for `quarantine_s`.
+`kill_grace_s` it is SIGKILLed and replaced lazily. A model whose calls cost their worker its
+life (a crash, or a kill at the deadline) `quarantine_failures` times within
+`quarantine_window_s` is refused for `quarantine_s`; failures a worker survives do not count.
+
+A worker is confined (see `sandbox.confine`) before it reads the model bytes; it must report
+every protection in `required_protections` or the pool refuses to use it.
 
 Outputs above `output_bytes_max` are `resource_exhausted` (the model asked for more than the
 sandbox grants), inputs that break the signature or the caps are `input_invalid`. Inputs and
