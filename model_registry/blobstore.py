@@ -244,7 +244,7 @@ class S3BlobStore:
         bucket: str,
         secure: bool = True,
         region: str = "us-east-1",
-        part_size: int = 8 * MiB,
+        part_size: int = 5 * MiB,
         parallel_uploads: int = 3,
     ) -> None:
         from minio import Minio

@@ -139,3 +139,29 @@ def test_bulk_initializers_reach_the_checker_as_typed_inputs() -> None:
     short = builders.relu_model(width=256 * 1024)
     short.graph.initializer[0].raw_data = short.graph.initializer[0].raw_data[:-4]
     assert codes(inspect_model(short.SerializeToString())) == ["tensor_size_mismatch"]
+
+
+def test_a_dead_helper_is_replaced(tmp_path: Path) -> None:
+    from model_registry import confined
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(builders.relu_bytes())
+    assert inspect_file(model).ok
+    for helper in confined._helpers._idle:
+        helper.process.kill()
+        helper.process.wait()
+    assert inspect_file(model).ok
+
+
+def test_a_wedged_helper_is_killed_at_the_deadline(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from model_registry import confined
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(builders.relu_bytes())
+    monkeypatch.setattr(confined, "_HELPER_GRACE_S", 0.0)
+    with pytest.raises(SandboxError) as exc:
+        # No time at all: the answer cannot arrive before the deadline.
+        inspect_file(model, wall_s_max=0.000001)
+    assert exc.value.code == "deadline_exceeded"
+    monkeypatch.undo()
+    assert inspect_file(model).ok

@@ -1,0 +1,79 @@
+"""No orphans: a failed row write removes its blob; the sweeper removes what a crash leaves."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlmodel import select
+
+from marketplace.catalog import services
+from marketplace.catalog.errors import VersionExists
+from marketplace.catalog.models import Listing, ModelVersion
+from marketplace.catalog.views import upload_context
+from model_registry.blobstore import FilesystemBlobStore, content_key
+from tests.conftest import Org
+from tests.model_registry import builders
+
+
+def test_a_lost_version_race_leaves_no_blob(
+    app: Flask, vendor: Org, listing: dict[str, Any], upload: Callable[..., Any]
+) -> None:
+    assert upload(vendor, listing["id"], builders.relu_bytes(), "1.0.0").status_code == 201
+    store = app.extensions["blob_store"]
+    before = sorted(s.key for s in store.list(""))
+    # A second upload of 1.0.0 that passed the early check (as a concurrent one would) loses at
+    # the unique constraint; the blob it wrote is removed again.
+    other = builders.relu_bytes(8)
+    session = app.extensions["db"].session()
+    try:
+        row = session.get(Listing, listing["id"])
+        assert row is not None
+        with app.app_context(), pytest.raises(VersionExists):
+            services.publish_version(
+                session=session,
+                listing=row,
+                version="1.0.0",
+                body=io.BytesIO(other),
+                context=upload_context(app),
+            )
+    finally:
+        session.close()
+    assert sorted(s.key for s in store.list("")) == before
+    assert not store.exists(content_key(hashlib.sha256(other).hexdigest()))
+
+
+def test_sweeper_removes_old_unreferenced_blobs_only(
+    app: Flask, vendor: Org, listing: dict[str, Any], upload: Callable[..., Any], tmp_path: Path
+) -> None:
+    assert upload(vendor, listing["id"], builders.relu_bytes()).status_code == 201
+    store = app.extensions["blob_store"]
+    assert isinstance(store, FilesystemBlobStore)
+    orphan, fresh = os.urandom(100), os.urandom(100)
+    for data in (orphan, fresh):
+        store.put_stream(content_key(hashlib.sha256(data).hexdigest()), io.BytesIO(data),
+                         size_max=1000)  # fmt: skip
+    old_key = content_key(hashlib.sha256(orphan).hexdigest())
+    os.utime(store.root / old_key, (1, 1))
+    stale_part = store.root / ".incoming" / "crashed.part"
+    stale_part.write_bytes(b"half an upload")
+    os.utime(stale_part, (1, 1))
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["models", "sweep-blobs", "--grace-s", "3600"])
+    assert result.exit_code == 0, result.output
+    assert "deleted 1 unreferenced blobs, aborted 1 incomplete uploads" in result.output
+    assert not store.exists(old_key)
+    assert store.exists(content_key(hashlib.sha256(fresh).hexdigest()))
+    session = app.extensions["db"].session()
+    try:
+        referenced = session.exec(select(ModelVersion.blob_key)).one()
+    finally:
+        session.close()
+    assert store.exists(referenced)
+    assert not stale_part.exists()
