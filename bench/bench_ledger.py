@@ -7,7 +7,7 @@ Creates a scratch database next to the given one, migrates it, and prints:
     on one hot set of accounts (every writer hits the same wallet and the same platform
     revenue) and on spread accounts (each writer its own), each
       - "single": one post_transaction per database transaction (the API's path), and
-      - "batch":  apply_transfers with --batch transfers per database transaction;
+      - "batch N": apply_transfers with N transfers per database transaction (--batches);
   * usage events/s recorded (one call per transaction as the evaluate endpoint records them,
     and metering.record_calls in batches) and the settlement of all of them.
 Writers are processes (no shared GIL); PostgreSQL runs on the same machine with its default,
@@ -91,8 +91,15 @@ def _legs(ids: dict[str, Any], worker: int, hot: bool, three: bool) -> tuple[Leg
 
 
 def _ledger_worker(
-    url: str, ids: dict[str, Any], worker: int, hot: bool, three: bool, batch: int,
-    start_at: float, seconds: float, out: Any,
+    url: str,
+    ids: dict[str, Any],
+    worker: int,
+    hot: bool,
+    three: bool,
+    batch: int,
+    start_at: float,
+    seconds: float,
+    out: Any,
 ) -> None:
     engine = make_engine(url)
     session = Session(engine, expire_on_commit=False)
@@ -104,7 +111,9 @@ def _ledger_worker(
     deadline = start_at + seconds
     while time.time() < deadline:
         if batch == 1:
-            ledger.post_transaction(session, idempotency_key=f"{prefix}-{n}", kind="bench", legs=legs)
+            ledger.post_transaction(
+                session, idempotency_key=f"{prefix}-{n}", kind="bench", legs=legs
+            )
             done += 1
             n += 1
         else:
@@ -112,9 +121,7 @@ def _ledger_worker(
                 Transfer(idempotency_key=f"{prefix}-{n + i}", kind="bench", legs=legs)
                 for i in range(batch)
             ]
-            ledger.run_in_transaction(
-                session, lambda s, t=transfers: ledger.apply_transfers(s, t)
-            )
+            ledger.run_in_transaction(session, lambda s, t=transfers: ledger.apply_transfers(s, t))
             done += batch
             n += batch
     elapsed = time.time() - start_at
@@ -123,7 +130,9 @@ def _ledger_worker(
     engine.dispose()
 
 
-def _run_parallel(target: Callable[..., None], writers: int, args: tuple[Any, ...], seconds: float) -> float:
+def _run_parallel(
+    target: Callable[..., None], writers: int, args: tuple[Any, ...], seconds: float
+) -> float:
     """Start ``writers`` processes together; the total operations per second."""
     ctx = mp.get_context("fork")
     out = ctx.Queue()
@@ -142,13 +151,13 @@ def _run_parallel(target: Callable[..., None], writers: int, args: tuple[Any, ..
     return total / elapsed
 
 
-def bench_ledger(url: str, seconds: float, batch: int) -> None:
+def bench_ledger(url: str, seconds: float, batches: list[int]) -> None:
     ids = _setup_accounts(url, max(WRITERS))
     print("\nledger transactions/s (PostgreSQL, durable commits)")
     print(f"{'legs':>5} {'accounts':>8} {'mode':>12} " + " ".join(f"{w:>8}w" for w in WRITERS))
     for three in (False, True):
         for hot in (True, False):
-            for size in (1, batch):
+            for size in (1, *batches):
                 rates = [
                     _run_parallel(_ledger_worker, w, (url, ids, hot, three, size), seconds)
                     for w in WRITERS
@@ -172,12 +181,18 @@ def _usage_setup(url: str, writers: int) -> list[tuple[int, int, int]]:
     out = []
     for _ in range(writers):
         buyer = make_organization(s, "buyer")
-        catalog = make_offer(s, vendor, kind="per_inference", price_minor=0, royalty_per_1k_minor=37)
+        catalog = make_offer(
+            s, vendor, kind="per_inference", price_minor=0, royalty_per_1k_minor=37
+        )
         fund_wallet(s, buyer, FUNDS)
         order, _ = purchase(
-            session=s, organization_id=buyer, offer_id=catalog.offer_id,
-            accept_terms_sha256=catalog.terms_sha256, idempotency_key="bench",
-            client_id="bench", platform_fee_bps=1000,
+            session=s,
+            organization_id=buyer,
+            offer_id=catalog.offer_id,
+            accept_terms_sha256=catalog.terms_sha256,
+            idempotency_key="bench",
+            client_id="bench",
+            platform_fee_bps=1000,
         )
         assert order.licence_id is not None
         out.append((buyer, order.licence_id, catalog.version_id))
@@ -187,8 +202,14 @@ def _usage_setup(url: str, writers: int) -> list[tuple[int, int, int]]:
 
 
 def _usage_worker(
-    url: str, licences: list[tuple[int, int, int]], worker: int, batch: int,
-    reserve_calls: int, start_at: float, seconds: float, out: Any,
+    url: str,
+    licences: list[tuple[int, int, int]],
+    worker: int,
+    batch: int,
+    reserve_calls: int,
+    start_at: float,
+    seconds: float,
+    out: Any,
 ) -> None:
     from marketplace.licensing import entitlements
     from marketplace.metering import services as metering
@@ -209,7 +230,9 @@ def _usage_worker(
                 lic = session.get(License, license_id)
                 assert lic is not None
                 ent = entitlements.check_entitlement(
-                    session=session, organization_id=buyer, listing_id=lic.listing_id,
+                    session=session,
+                    organization_id=buyer,
+                    listing_id=lic.listing_id,
                     version_id=version_id,
                 )
             entitlements.record_successful_call(
@@ -218,7 +241,10 @@ def _usage_worker(
             done += 1
         else:
             metering.record_calls(
-                session=session, license_id=license_id, version_id=version_id, calls=batch,
+                session=session,
+                license_id=license_id,
+                version_id=version_id,
+                calls=batch,
                 reserve_calls=reserve_calls,
             )
             done += batch
@@ -267,7 +293,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--batches", default="100,1000", help="transfers per transaction, comma-separated"
+    )
     parser.add_argument("--usage-batch", type=int, default=1000)
     parser.add_argument("--reserve-calls", type=int, default=10_000)
     args = parser.parse_args()
@@ -281,8 +309,10 @@ def main() -> None:
         engine = make_engine(url)
         migrate.upgrade(engine)
         engine.dispose()
-        print(f"PostgreSQL scratch database {name}; {os.cpu_count()} CPUs; {args.seconds} s per cell")
-        bench_ledger(url, args.seconds, args.batch)
+        print(
+            f"PostgreSQL scratch database {name}; {os.cpu_count()} CPUs; {args.seconds} s per cell"
+        )
+        bench_ledger(url, args.seconds, [int(b) for b in args.batches.split(",")])
         bench_usage(url, args.seconds, args.usage_batch, args.reserve_calls)
     finally:
         with admin.connect() as conn:
