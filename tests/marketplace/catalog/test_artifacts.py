@@ -14,16 +14,17 @@ from tests.model_registry import builders
 
 
 def _buy(client: FlaskClient, buyer: Org, offer: dict[str, Any]) -> None:
+    key = f"offer-{offer['id']}"
     resp = client.post(
         "/api/v1/wallet/top-ups",
         json={"amount_minor": offer["price_minor"], "currency": offer["currency"]},
-        headers=buyer.headers("licenses:write", **{"Idempotency-Key": "top-up-1"}),
+        headers=buyer.headers("licenses:write", **{"Idempotency-Key": f"top-up-{key}"}),
     )
     assert resp.status_code == 201, resp.json
     resp = client.post(
         f"/api/v1/offers/{offer['id']}/purchase",
         json={"accept_terms_sha256": offer["terms_sha256"]},
-        headers=buyer.headers("licenses:write", **{"Idempotency-Key": "buy-1"}),
+        headers=buyer.headers("licenses:write", **{"Idempotency-Key": f"buy-{key}"}),
     )
     assert resp.status_code == 201, resp.json
 
@@ -59,18 +60,7 @@ def test_owner_and_licensee_download_others_do_not(
         json=offer_body(name="With download", allow_download=True, price_minor=200),
         headers=vendor.headers("models:write"),
     ).json
-    _buy_again = client.post(
-        "/api/v1/wallet/top-ups",
-        json={"amount_minor": 200, "currency": "CNY"},
-        headers=buyer.headers("licenses:write", **{"Idempotency-Key": "top-up-2"}),
-    )
-    assert _buy_again.status_code == 201
-    bought = client.post(
-        f"/api/v1/offers/{downloadable['id']}/purchase",
-        json={"accept_terms_sha256": downloadable["terms_sha256"]},
-        headers=buyer.headers("licenses:write", **{"Idempotency-Key": "buy-2"}),
-    )
-    assert bought.status_code == 201, bought.json
+    _buy(client, buyer, downloadable)
     allowed = client.get(url, headers=buyer.headers())
     assert allowed.status_code == 200 and allowed.data == data
     assert client.get(url, headers=stranger.headers()).json["code"] == "download_not_allowed"
