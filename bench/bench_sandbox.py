@@ -110,7 +110,20 @@ def p(values: list[float], q: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=-10,
+        help="niceness for this process, inherited by the zygote and workers (needs root to "
+        "go below 0); keeps other jobs on a shared host from dominating both sides alike",
+    )
     args = parser.parse_args()
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+    except PermissionError:
+        print(
+            f"(could not set niceness {args.nice}; running at {os.getpriority(os.PRIO_PROCESS, 0)})"
+        )
 
     cases = {"conv": conv_model(), "tiny": tiny_model(), "payload_4MB": payload_model()}
     pool = SandboxPool(PoolConfig(workers_max=4))
@@ -182,7 +195,11 @@ def main() -> None:
         )
         print(f"protections: {pool.health()['protections']}")
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        print(f"host: {os.cpu_count()} cpus, load average {load}, onnxruntime {ort.__version__}")
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        print(
+            f"host: {os.cpu_count()} cpus, load average {load}, niceness {nice}, "
+            f"onnxruntime {ort.__version__}"
+        )
     finally:
         pool.close()
 
