@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import threading
 import uuid
 from collections.abc import Callable
@@ -54,13 +53,14 @@ def spool_stream(
     *,
     directory: Path,
     size_max: int,
-    on_chunk: Callable[[bytes], None] | None = None,
+    path: Path | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Spool:
-    """Copy ``stream`` to a new file in ``directory``, hashing it; refuse more than ``size_max``
-    bytes (:class:`BlobTooLarge`) as soon as they arrive, leaving no file behind. ``on_chunk``
-    sees every accepted chunk too."""
+    """Copy ``stream`` to a new file in ``directory`` (or to ``path``), hashing it; refuse more
+    than ``size_max`` bytes (:class:`BlobTooLarge`) as soon as they arrive, leaving no file
+    behind. ``on_chunk`` learns the size of every chunk once it is in the file."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"upload-{uuid.uuid4().hex}.onnx"
+    path = path or directory / f"upload-{uuid.uuid4().hex}.onnx"
     digest = hashlib.sha256()
     size = 0
     try:
@@ -72,7 +72,8 @@ def spool_stream(
                 digest.update(chunk)
                 out.write(chunk)
                 if on_chunk is not None:
-                    on_chunk(chunk)
+                    out.flush()  # readers of the file see the chunk before they hear of it
+                    on_chunk(len(chunk))
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -141,8 +142,6 @@ def _undo(upload: Future[None], store: BlobStore, key: str) -> None:
 
 # --- streaming straight to the store when the client declares the digest ---------------------
 
-_FEED_CHUNKS_MAX = 8  # chunks buffered between the request and the store upload
-
 
 class DigestMismatch(RegistryError):
     code = "digest_mismatch"
@@ -153,61 +152,63 @@ class _Refused(Exception):
     """Raised inside the store's reader to make it abandon (abort) the write."""
 
 
-class _Gate:
-    """A stream from the request thread to a store write running in another thread.
+class _SpoolFollower:
+    """Reads the spool file while the request thread is still writing it.
 
-    It hands chunks over through a small bounded queue (so a slow store slows the client down
-    instead of filling memory) and reports end-of-stream only once the upload is approved:
-    until then the store holds its last part back, and a refusal makes the store's write fail,
-    which abandons it (an S3 multipart upload is aborted, a temp file deleted). So an object
-    appears under its content key only after the bytes were verified and the model accepted.
+    The store write (in another thread) follows the growing file, so the body is received at
+    full speed and written to the store at the store's speed, with only the store's own part
+    buffers in memory. End-of-stream is reported only once the upload is approved: until then
+    the store holds its last part back, and a refusal makes its write fail, which abandons it
+    (an S3 multipart upload is aborted, a temp file deleted). So an object appears under its
+    content key only after the bytes were verified and the model accepted.
     """
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_FEED_CHUNKS_MAX)
-        self._buffer = b""
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: IO[bytes] | None = None
+        self._read = 0
+        self._written = 0
         self._ended = False
-        self._verdict = threading.Event()
+        self._decided = False
         self._approved = False
+        self._changed = threading.Condition()
 
-    def feed(self, chunk: bytes | None, alive: Callable[[], bool]) -> None:
-        """Queue ``chunk`` (None: the end); gives up when the store write has stopped."""
-        while True:
-            try:
-                self._queue.put(chunk, timeout=0.5)
-                return
-            except queue.Full:
-                if not alive():
-                    return
+    def wrote(self, count: int) -> None:
+        with self._changed:
+            self._written += count
+            self._changed.notify_all()
+
+    def end(self) -> None:
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
 
     def decide(self, approved: bool) -> None:
-        self._approved = approved
-        self._verdict.set()
+        with self._changed:
+            self._decided, self._approved = True, approved
+            self._changed.notify_all()
 
     def read(self, n: int = -1) -> bytes:
         n = CHUNK_BYTES if n is None or n < 0 else n
-        if self._verdict.is_set() and not self._approved:
-            raise _Refused()
-        # Collect whole chunks and join once: appending to one bytes object would copy each
-        # part over and over.
-        pieces = [self._buffer] if self._buffer else []
-        have = len(self._buffer)
-        while have < n and not self._ended:
-            item = self._queue.get()
-            if item is None:
-                self._ended = True
-            else:
-                pieces.append(item)
-                have += len(item)
-        if have == 0:
-            self._buffer = b""
-            self._verdict.wait()
-            if not self._approved:
-                raise _Refused()
-            return b""
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        out, self._buffer = data[:n], data[n:]
-        return out
+        with self._changed:
+            while True:
+                if self._decided and not self._approved:
+                    raise _Refused()
+                if self._read < self._written:
+                    break
+                if self._ended and self._decided:
+                    return b""  # approved: the store may complete its write now
+                self._changed.wait()
+            available = min(n, self._written - self._read)
+        if self._file is None:
+            self._file = open(self._path, "rb")  # noqa: SIM115 - closed in close()
+        data = self._file.read(available)
+        self._read += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def ingest_declared(
@@ -232,47 +233,43 @@ def ingest_declared(
             spool.discard()
             raise DigestMismatch()
         return spool, Ingested(key, inspect(spool.path), stored_new=False)
-    gate = _Gate()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"upload-{uuid.uuid4().hex}.onnx"
+    follower = _SpoolFollower(path)
+    path.touch()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-upload") as pool:
-        upload = pool.submit(store.put_stream, key, gate, size_max=size_max)  # type: ignore[arg-type]
-
-        def alive() -> bool:
-            return not upload.done()
-
+        upload = pool.submit(store.put_stream, key, follower, size_max=size_max)  # type: ignore[arg-type]
         try:
-            spool = spool_stream(
-                stream,
-                directory=directory,
-                size_max=size_max,
-                on_chunk=lambda chunk: gate.feed(chunk, alive),
-            )
-        except BaseException:
-            gate.decide(False)
-            gate.feed(None, alive)
-            _settle(upload)
-            raise
-        gate.feed(None, alive)
-        if spool.sha256 != sha256:
-            gate.decide(False)
-            _settle(upload)
-            spool.discard()
-            raise DigestMismatch()
-        try:
+            try:
+                spool = spool_stream(
+                    stream,
+                    directory=directory,
+                    size_max=size_max,
+                    path=path,
+                    on_chunk=follower.wrote,
+                )
+            finally:
+                follower.end()
+            if spool.sha256 != sha256:
+                raise DigestMismatch()
             report = inspect(spool.path)
         except BaseException:
-            gate.decide(False)
+            follower.decide(False)
             _settle(upload)
-            spool.discard()
+            follower.close()
+            path.unlink(missing_ok=True)
             raise
-        gate.decide(report.ok)
-        if not report.ok:
-            _settle(upload)
-            return spool, Ingested(key, report, stored_new=False)
+        follower.decide(report.ok)
         try:
+            if not report.ok:
+                _settle(upload)
+                return spool, Ingested(key, report, stored_new=False)
             upload.result()
         except BaseException:
             spool.discard()
             raise
+        finally:
+            follower.close()
     return spool, Ingested(key, report, stored_new=True)
 
 

@@ -65,6 +65,7 @@ from marketplace.catalog.schemas import (
     VersionPublic,
 )
 from marketplace.db import utcnow
+from marketplace.errors import Conflict
 from model_registry.blobstore import (
     CONTENT_PREFIX,
     BlobStore,
@@ -237,7 +238,7 @@ def create_listing(
             session.rollback()  # a concurrent listing took the slug; try another
             continue
         return listing_public(session, row)
-    raise VersionExists("Could not find a free slug; try another name.", code="slug_taken")
+    raise Conflict("Could not find a free slug; try another name.", code="slug_taken")
 
 
 def _get_listing(session: Session, listing_id: int) -> Listing:
