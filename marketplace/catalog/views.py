@@ -226,7 +226,10 @@ def upload_version(model_id: int) -> Any:
             f"Models are limited to {context.size_max} bytes.", headers={"Connection": "close"}
         )
     # request.stream is the unbuffered WSGI input (chunked bodies are de-chunked by the
-    # server); request.data or get_data() would hold the whole model in memory.
+    # server); request.data or get_data() would hold the whole model in memory. Flask's
+    # MAX_CONTENT_LENGTH is for forms and JSON; uploads have their own limit, checked above
+    # and while streaming (a chunk past it is still read, hence the extra chunk here).
+    request.max_content_length = context.size_max + CHUNK_BYTES
     published = services.publish_version(
         session=session,
         listing=listing,
