@@ -16,8 +16,8 @@ row leaves an unreferenced blob that the sweeper removes after a grace period.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -281,8 +281,15 @@ def _settle(upload: Future[BlobInfo]) -> None:
         return
 
 
-def spool_directory(path: str | os.PathLike[str]) -> Path:
-    """The spool directory, created with owner-only permissions."""
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return directory
+def sweep_spool(directory: Path, older_than_s: int) -> int:
+    """Delete spool files a crashed process left behind; returns how many."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in directory.glob("upload-*.onnx"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -161,15 +161,18 @@ def push(
 def sweep_blobs(grace_s: int | None) -> None:
     """Delete artifacts no version references and abandoned partial uploads."""
     from marketplace.catalog import services
+    from marketplace.catalog.views import upload_context
     from marketplace.db import get_session
+    from model_registry.upload import sweep_spool
 
     settings = current_app.extensions["settings"]
+    grace_s = settings.blob_grace_s if grace_s is None else grace_s
     counts = services.sweep_blobs(
-        session=get_session(),
-        store=current_app.extensions["blob_store"],
-        grace_s=settings.blob_grace_s if grace_s is None else grace_s,
+        session=get_session(), store=current_app.extensions["blob_store"], grace_s=grace_s
     )
+    spooled = sweep_spool(upload_context(current_app).spool_dir, grace_s)
     click.echo(
         f"deleted {counts['deleted_blobs']} unreferenced blobs, "
-        f"aborted {counts['aborted_uploads']} incomplete uploads"
+        f"aborted {counts['aborted_uploads']} incomplete uploads, "
+        f"removed {spooled} stale spool files"
     )

@@ -15,7 +15,11 @@ from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, MODELS_READ, MODELS_WRITE
 from marketplace.api import API_PREFIX, openapi, parse_json, parse_query
 from marketplace.catalog import services
-from marketplace.catalog.errors import InvalidContentDigest, ModelTooLarge, UnsupportedMediaType
+from marketplace.catalog.errors import (
+    InvalidContentDigest,
+    ModelTooLarge,
+    UnsupportedMediaType,
+)
 from marketplace.catalog.models import LISTING_ACTIVE, LISTING_SUSPENDED
 from marketplace.catalog.schemas import (
     ListingCreate,

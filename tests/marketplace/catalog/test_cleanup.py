@@ -64,10 +64,19 @@ def test_sweeper_removes_old_unreferenced_blobs_only(
     stale_part = store.root / ".incoming" / "crashed.part"
     stale_part.write_bytes(b"half an upload")
     os.utime(stale_part, (1, 1))
+    spool_dir = upload_context(app).spool_dir
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    stale_spool = spool_dir / "upload-crashed.onnx"
+    stale_spool.write_bytes(b"spooled by a crashed process")
+    os.utime(stale_spool, (1, 1))
     runner = app.test_cli_runner()
     result = runner.invoke(args=["models", "sweep-blobs", "--grace-s", "3600"])
     assert result.exit_code == 0, result.output
-    assert "deleted 1 unreferenced blobs, aborted 1 incomplete uploads" in result.output
+    assert (
+        "deleted 1 unreferenced blobs, aborted 1 incomplete uploads, removed 1 stale spool files"
+        in result.output
+    )
+    assert not stale_spool.exists()
     assert not store.exists(old_key)
     assert store.exists(content_key(hashlib.sha256(fresh).hexdigest()))
     session = app.extensions["db"].session()
