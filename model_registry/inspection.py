@@ -306,20 +306,23 @@ class _Walker:
             op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
             self.tally.op_types[op] += 1
             self.domain(node.domain, node.op_type, label)
-            for attr in node.attribute:
+            self.attributes(node.attribute, depth, label)
+
+    def attributes(self, attributes: Any, depth: int, label: str) -> None:
+        for attr in attributes:
+            if self.stopped:
+                return
+            for _name, tensor in _attr_tensors(attr):
+                if isinstance(tensor, SparseTensorProto):
+                    self.sparse(tensor, label)
+                else:
+                    self.tensor(tensor, label, initializer=False)
                 if self.stopped:
                     return
-                for _name, tensor in _attr_tensors(attr):
-                    if isinstance(tensor, SparseTensorProto):
-                        self.sparse(tensor, label)
-                    else:
-                        self.tensor(tensor, label, initializer=False)
-                    if self.stopped:
-                        return
-                for sub in _attr_graphs(attr):
-                    self.graph(sub, depth + 1, label + "/")
-                    if self.stopped:
-                        return
+            for sub in _attr_graphs(attr):
+                self.graph(sub, depth + 1, label + "/")
+                if self.stopped:
+                    return
 
     def graph(self, graph: GraphProto, depth: int, prefix: str = "") -> None:
         if depth > self.policy.subgraph_depth_max:
@@ -417,7 +420,14 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     for function in model.functions:
         if walker.stopped:
             break
+        # Default attribute values of a function can carry tensors and graphs too.
+        walker.attributes(function.attribute_proto, 1, f"function {function.name}")
         walker.nodes(function.node, 1, f"function {function.name}/")
+    for index, training in enumerate(model.training_info):
+        # Training graphs are not run for inference, but their tensors are still references.
+        for part in (training.initialization, training.algorithm):
+            if not walker.stopped:
+                walker.graph(part, 1, f"training_info#{index}/")
     if not report.ok:
         return report
 

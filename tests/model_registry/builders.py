@@ -203,3 +203,29 @@ def checker_invalid() -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     return _model(graph).SerializeToString()
+
+
+def external_in_function_default(location: str) -> bytes:
+    """A model-local function whose default attribute value is an external tensor."""
+    model = relu_model()
+    value = _external(numpy_helper.from_array(np.ones(1, dtype=np.float32), "d"), location)
+    function = helper.make_function(
+        "local.fn",
+        "Ident",
+        ["a"],
+        ["b"],
+        [helper.make_node("Identity", ["a"], ["b"])],
+        [helper.make_opsetid("", OPSET)],
+    )
+    function.attribute_proto.append(helper.make_attribute("bias", value))
+    model.functions.append(function)
+    model.opset_import.append(helper.make_opsetid("local.fn", 1))
+    return model.SerializeToString()
+
+
+def external_in_training_info(location: str) -> bytes:
+    model = relu_model()
+    training = model.training_info.add()
+    weight = _external(numpy_helper.from_array(np.ones(2, dtype=np.float32), "t"), location)
+    training.initialization.CopyFrom(helper.make_graph([], "init", [], [], initializer=[weight]))
+    return model.SerializeToString()

@@ -67,8 +67,18 @@ def test_hostile_bytes_are_rejected(data: bytes, code: str) -> None:
         lambda loc: builders.external_constant(loc, sparse=True),
         builders.external_sparse_initializer,
         builders.external_in_subgraph,
+        builders.external_in_function_default,
+        builders.external_in_training_info,
     ],
-    ids=["initializer", "constant", "constant-sparse", "sparse-initializer", "subgraph"],
+    ids=[
+        "initializer",
+        "constant",
+        "constant-sparse",
+        "sparse-initializer",
+        "subgraph",
+        "function-default",
+        "training-info",
+    ],
 )
 def test_external_data_is_rejected_wherever_it_hides(build, location: str) -> None:  # type: ignore[no-untyped-def]
     report = inspect_model(build(location))
