@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -182,3 +183,28 @@ def test_cli_push(live_server: Callable[..., LiveServer], tmp_path: Path) -> Non
 
     wrong = runner.invoke(models_cli, args, env={**env, "JISHI_CLIENT_SECRET": "nope"})
     assert wrong.exit_code != 0 and "token request refused" in wrong.output
+
+
+def test_concurrent_uploads_of_one_version(
+    live_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """Racing uploads of the same version with different bytes: one wins, the others get 409,
+    and only the winner's bytes stay in the store."""
+    server = live_server(STORAGE_URL=f"file://{tmp_path / 'race-blobs'}")
+    vendor = Vendor(server)
+    bodies = [builders.relu_bytes(width) for width in (4, 8, 16, 32)]
+    results: list[requests.Response] = []
+
+    def send(body: bytes) -> None:
+        results.append(vendor.upload(body, "1.0.0"))
+
+    threads = [threading.Thread(target=send, args=(body,)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [201, 409, 409, 409], [r.text for r in results]
+    winner = next(r for r in results if r.status_code == 201).json()["sha256"]
+    store = server.app.extensions["blob_store"]
+    assert [s.key for s in store.list("onnx/")] == [content_key(winner)]
