@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -117,7 +118,13 @@ def test_threads_still_work() -> None:
         thread.join()
         return box[0]
 
-    assert run_confined(spawn, b"", limits=SMALL) == 7
+    # RLIMIT_AS counts the address space the child inherits at fork, and a new thread needs its
+    # own stack mapping: give this child headroom above whatever the test process holds by now
+    # (earlier tests can leave it above SMALL's limit, and the thread then never starts).
+    with open("/proc/self/status") as status:
+        vm_size_kb = int(status.read().split("VmSize:")[1].split()[0])
+    roomy = dataclasses.replace(SMALL, memory_bytes_max=vm_size_kb * 1024 + (1 << 30))
+    assert run_confined(spawn, b"", limits=roomy) == 7
 
 
 def test_files_cannot_be_created_and_cwd_is_empty() -> None:
