@@ -628,12 +628,18 @@ def get_version_for_evaluation(
     session: Session, model_id: int, version: str
 ) -> tuple[ModelVersion, Listing]:
     """The version to evaluate and its listing; 404 if missing, 403 if suspended or revoked."""
-    listing = _get_listing(session, model_id)
+    # One query on the evaluate hot path; the second only to tell which 404 it is.
+    found = session.exec(
+        select(ModelVersion, Listing)
+        .join(Listing, col(Listing.id) == col(ModelVersion.listing_id))
+        .where(ModelVersion.listing_id == model_id, ModelVersion.version == version)
+    ).first()
+    if found is None:
+        _get_listing(session, model_id)
+        raise VersionNotFound("No such version.")
+    row, listing = found
     if listing.status != LISTING_ACTIVE:
         raise ListingSuspended("This model is suspended.")
-    row = _find_version(session, model_id, version)
-    if row is None:
-        raise VersionNotFound("No such version.")
     if row.revoked_at is not None:
         raise VersionRevoked("This version has been revoked.", status=403)
     return row, listing

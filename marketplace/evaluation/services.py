@@ -11,15 +11,14 @@ import atexit
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlmodel import Session, select
 
-from marketplace.catalog.models import Listing, ModelVersion
+from marketplace.catalog.models import ModelVersion
+from marketplace.catalog.services import load_model_bytes
 from marketplace.config import Settings
-from marketplace.errors import DomainError, Forbidden, NotFound
+from marketplace.errors import DomainError
 from model_registry.blobstore import BlobStore
 from sandbox.errors import SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool
@@ -83,28 +82,6 @@ def sandbox_problem(exc: SandboxError) -> DomainError:
     return problem
 
 
-@dataclass(frozen=True)
-class Target:
-    listing: Listing
-    version: ModelVersion
-
-
-def find_target(*, session: Session, model_id: int, version: str) -> Target:
-    found = session.exec(
-        select(Listing, ModelVersion)
-        .join(ModelVersion, ModelVersion.listing_id == Listing.id)  # type: ignore[arg-type]
-        .where(Listing.id == model_id, ModelVersion.version == version)
-    ).first()
-    if found is None:
-        if session.get(Listing, model_id) is None:
-            raise NotFound("No such model.", code="model_not_found")
-        raise NotFound("No such version.", code="version_not_found")
-    listing, row = found
-    if row.revoked_at is not None:
-        raise Forbidden("This version has been revoked.", code="version_revoked")
-    return Target(listing, row)
-
-
 def run(
     *,
     pool: SandboxPool,
@@ -113,13 +90,14 @@ def run(
     inputs: Mapping[str, np.ndarray],
     deadline_s: float,
 ) -> EvalResult:
-    def load_bytes() -> bytes:
-        with blob_store.open(version.blob_key) as stream:
-            return stream.read()
-
     try:
         # The content hash keys the warm cache: two listings with identical bytes share workers.
-        return pool.evaluate(version.sha256, load_bytes, inputs, deadline_s=deadline_s)
+        return pool.evaluate(
+            version.sha256,
+            lambda: load_model_bytes(blob_store, version),
+            inputs,
+            deadline_s=deadline_s,
+        )
     except SandboxError as exc:
         raise sandbox_problem(exc) from None
 

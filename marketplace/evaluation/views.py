@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
 from marketplace.api import API_PREFIX, openapi, read_json_object
+from marketplace.catalog.services import get_version_for_evaluation
 from marketplace.db import get_session
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
@@ -21,6 +22,7 @@ from marketplace.evaluation.tensors import (
     encode_json_tensors,
     encode_npz,
 )
+from marketplace.licensing import entitlements
 
 bp = Blueprint("evaluation", __name__, url_prefix=API_PREFIX)
 
@@ -89,17 +91,13 @@ def _wants_npz() -> bool:
 def evaluate(model_id: int, version: str) -> Any:
     settings = current_app.extensions["settings"]
     session = get_session()
-    target = services.find_target(session=session, model_id=model_id, version=version)
+    row, listing = get_version_for_evaluation(session, model_id, version)
     org_id = current.organization_id
     entitlement = None
-    if target.listing.organization_id != org_id:
-        from marketplace.licensing import entitlements
-
+    if listing.organization_id != org_id:
+        assert listing.id is not None and row.id is not None
         entitlement = entitlements.check_entitlement(
-            session=session,
-            organization_id=org_id,
-            listing_id=target.listing.id,
-            version_id=target.version.id,
+            session=session, organization_id=org_id, listing_id=listing.id, version_id=row.id
         )
     inputs = _read_inputs()
     # The database is not needed while the model runs; release the connection meanwhile.
@@ -107,15 +105,13 @@ def evaluate(model_id: int, version: str) -> Any:
     result = services.run(
         pool=current_app.extensions["sandbox_pool"].get(),
         blob_store=current_app.extensions["blob_store"],
-        version=target.version,
+        version=row,
         inputs=inputs,
         deadline_s=settings.eval_timeout_s,
     )
     if entitlement is None:
         usage: dict[str, Any] = {"licence_id": None, "kind": "owner"}
     else:
-        from marketplace.licensing import entitlements
-
         usage = entitlements.record_successful_call(
             session=session, entitlement=entitlement, reserve_calls=settings.metering_reserve_calls
         )
