@@ -265,3 +265,22 @@ def test_sandbox_health_reports_protections(client):
     for name in ("rlimits", "no_new_privs", "seccomp", "empty_cwd", "fds_closed"):
         assert protections[name] is True, name
     assert isinstance(body["quarantined"], int)
+
+
+def test_suspended_listing_cannot_be_evaluated(client, vendor, publish, db_session):
+    from marketplace.catalog.models import LISTING_SUSPENDED, Listing
+
+    p = publish(vendor, m.add())
+    listing = db_session.get(Listing, p.model_id)
+    listing.status = LISTING_SUSPENDED
+    db_session.add(listing)
+    db_session.commit()
+    body = {
+        "inputs": {
+            "x": _tensor(np.zeros((1, 3), np.float32)),
+            "y": _tensor(np.zeros((1, 3), np.float32)),
+        }
+    }
+    resp = client.post(_url(p), json=body, headers=vendor.headers("sandbox:run"))
+    assert resp.status_code == 403
+    assert resp.json["code"] == "listing_suspended"
