@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -209,16 +210,21 @@ class FilesystemBlobStore:
                         continue  # deleted while listing
 
     def sweep_incomplete(self, older_than_s: int) -> int:
-        cutoff = dt.datetime.now(dt.UTC).timestamp() - older_than_s
-        removed = 0
-        for path in self._incoming.glob("*.part"):
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        return remove_stale_files(self._incoming, "*.part", older_than_s)
+
+
+def remove_stale_files(directory: Path, pattern: str, older_than_s: float) -> int:
+    """Delete files in ``directory`` matching ``pattern`` untouched for ``older_than_s``."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in directory.glob(pattern):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # removed meanwhile by someone else
+    return removed
 
 
 # --- S3 ------------------------------------------------------------------------------------

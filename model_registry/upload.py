@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from model_registry.blobstore import CHUNK_BYTES, BlobInfo, BlobStore, content_key
+from model_registry.blobstore import (
+    CHUNK_BYTES,
+    BlobInfo,
+    BlobStore,
+    content_key,
+    remove_stale_files,
+)
 from model_registry.errors import BlobTooLarge, RegistryError
 from model_registry.inspection import Report
 
@@ -283,13 +288,4 @@ def _settle(upload: Future[BlobInfo]) -> None:
 
 def sweep_spool(directory: Path, older_than_s: int) -> int:
     """Delete spool files a crashed process left behind; returns how many."""
-    cutoff = time.time() - older_than_s
-    removed = 0
-    for path in directory.glob("upload-*.onnx"):
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
+    return remove_stale_files(directory, "upload-*.onnx", older_than_s)
