@@ -405,8 +405,21 @@ def current_protections() -> Protections:
     return _active
 
 
+def address_space_bytes() -> int:
+    """This process's virtual address space now; a forked child starts with all of it."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+PROBE_HEADROOM_BYTES = 512 * 1024 * 1024
+
+
 def probe(limits: Limits | None = None) -> Protections:
     """Confine a throw-away child and report which protections took effect on this host."""
+    if limits is None:
+        # RLIMIT_AS counts what the child inherits at fork: below the parent's size it could
+        # not even start a thread, and the probe would report a crash instead of protections.
+        limits = Limits(memory_bytes_max=address_space_bytes() + PROBE_HEADROOM_BYTES)
     record = run_confined(lambda _: current_protections().as_dict(), b"", limits=limits)
     return Protections(**record)
 

@@ -14,10 +14,21 @@ import time
 
 import pytest
 
-from sandbox.confine import Limits, probe, run_confined
+from sandbox.confine import Limits, address_space_bytes, probe, run_confined
 from sandbox.errors import HTTP_STATUS, InputInvalid, SandboxError
 
 SMALL = Limits(memory_bytes_max=1 << 30, cpu_s_max=10, wall_s_max=5.0)
+
+
+@pytest.fixture(autouse=True)
+def _small_limits_above_the_inherited_address_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    # RLIMIT_AS counts the address space a child inherits at fork, and earlier tests in the same
+    # process can grow it past 1 GiB; below that size a child cannot even map a thread's stack.
+    # So SMALL is 1 GiB on top of what this process holds when each test starts.
+    roomy = dataclasses.replace(SMALL, memory_bytes_max=address_space_bytes() + (1 << 30))
+    monkeypatch.setitem(globals(), "SMALL", roomy)
+
+
 HOST = probe()
 
 
@@ -52,7 +63,7 @@ def test_rlimits_hold_in_the_child() -> None:
 
     got = run_confined(limits, b"", limits=SMALL)
     assert got == {
-        "RLIMIT_AS": [1 << 30, 1 << 30],
+        "RLIMIT_AS": [SMALL.memory_bytes_max, SMALL.memory_bytes_max],
         "RLIMIT_CPU": [10, 11],
         "RLIMIT_NOFILE": [64, 64],
         "RLIMIT_FSIZE": [0, 0],
@@ -63,10 +74,10 @@ def test_rlimits_hold_in_the_child() -> None:
 def test_limits_cannot_be_raised_again() -> None:
     def raise_limit(_: bytes) -> list[int]:
         with contextlib.suppress(OSError, ValueError):
-            resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+            resource.setrlimit(resource.RLIMIT_AS, (2 * SMALL.memory_bytes_max,) * 2)
         return list(resource.getrlimit(resource.RLIMIT_AS))
 
-    assert run_confined(raise_limit, b"", limits=SMALL) == [1 << 30, 1 << 30]
+    assert run_confined(raise_limit, b"", limits=SMALL) == [SMALL.memory_bytes_max] * 2
 
 
 def test_sockets_exec_and_fork_are_denied() -> None:
@@ -118,13 +129,7 @@ def test_threads_still_work() -> None:
         thread.join()
         return box[0]
 
-    # RLIMIT_AS counts the address space the child inherits at fork, and a new thread needs its
-    # own stack mapping: give this child headroom above whatever the test process holds by now
-    # (earlier tests can leave it above SMALL's limit, and the thread then never starts).
-    with open("/proc/self/status") as status:
-        vm_size_kb = int(status.read().split("VmSize:")[1].split()[0])
-    roomy = dataclasses.replace(SMALL, memory_bytes_max=vm_size_kb * 1024 + (1 << 30))
-    assert run_confined(spawn, b"", limits=roomy) == 7
+    assert run_confined(spawn, b"", limits=SMALL) == 7
 
 
 def test_files_cannot_be_created_and_cwd_is_empty() -> None:
@@ -167,7 +172,7 @@ def test_inherited_descriptors_are_closed() -> None:
 
 def test_memory_bomb_is_resource_exhausted() -> None:
     with pytest.raises(SandboxError) as exc:
-        run_confined(lambda _: len(bytearray(4 << 30)), b"", limits=SMALL)
+        run_confined(lambda _: len(bytearray(SMALL.memory_bytes_max)), b"", limits=SMALL)
     assert exc.value.code == "resource_exhausted"
 
 
