@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def init_app(app: Flask) -> None:
         return problem_response(exc.status, exc.code, exc.detail, exc.title, exc.extra, exc.headers)
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
+    def _http_error(exc: HTTPException) -> Response | BaseResponse:
         status = exc.code or 500
         if not _wants_problem():
             return exc.get_response()

@@ -188,5 +188,5 @@ def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, n
 
 def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **dict(arrays))
+    np.savez(buffer, **dict(arrays))  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     return buffer.getvalue()
