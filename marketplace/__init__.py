@@ -37,13 +37,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from marketplace import db, errors
     from marketplace.accounts.oauth import config_oauth
     from marketplace.accounts.views import bp as accounts_bp
-    from marketplace.api import meta_bp
+    from marketplace.api import docs_bp, meta_bp
 
     database_url = settings.database_url or db.default_sqlite_url(Path(app.instance_path))
     db.init_app(app, db.Database(db.make_engine(database_url)))
     errors.init_app(app)
     config_oauth(app)
     app.register_blueprint(meta_bp)
+    app.register_blueprint(docs_bp)
     app.register_blueprint(accounts_bp)
 
     from marketplace.catalog.views import init_app as init_catalog

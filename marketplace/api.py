@@ -2,18 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.routing.converters import NumberConverter
 
-from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
+from marketplace.errors import DomainError, NotFound, PayloadTooLarge, ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
 API_PREFIX = "/api/v1"
+JSON_MIME = "application/json"
+NPZ_MIME = "application/x-npz"
+OCTET_STREAM = "application/octet-stream"
+IDEMPOTENCY_KEY_LENGTH_MAX = 128
+
+
+@dataclass(frozen=True)
+class HeaderParam:
+    """A request header an operation reads, as the OpenAPI document describes it."""
+
+    name: str
+    description: str
+    required: bool
+    schema: dict[str, Any]
+
+
+IDEMPOTENCY_KEY = HeaderParam(
+    "Idempotency-Key",
+    "Your unique key for this request; a retry with the same key and body returns the first "
+    "result and changes nothing, the same key with another body is refused (409).",
+    True,
+    {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_LENGTH_MAX},
+)
+CONTENT_DIGEST = HeaderParam(
+    "Content-Digest",
+    "RFC 9530 digest of the body (`sha-256=:BASE64:`); when present, the body is written to "
+    "storage while it arrives and refused (422) if it does not match.",
+    False,
+    {"type": "string", "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$"},
+)
+
+
+def idempotency_key() -> str:
+    """The request's ``Idempotency-Key`` header (required, 1 to 128 visible characters)."""
+    key = request.headers.get(IDEMPOTENCY_KEY.name, "").strip()
+    if not key or len(key) > IDEMPOTENCY_KEY_LENGTH_MAX or not key.isprintable():
+        raise DomainError(
+            f"Send an Idempotency-Key header of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters.",
+            code="idempotency_key_required",
+            status=400,
+        )
+    return key
 
 
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -73,9 +117,17 @@ def openapi(
     status: int = 200,
     scope: str | None = None,
     errors: Iterable[int] = (),
-    body_media_type: str = "application/json",
+    body_media_type: str = JSON_MIME,
+    body_media_types: Sequence[str] = (),
+    response_media_types: Sequence[str] = (JSON_MIME,),
+    headers: Sequence[HeaderParam] = (),
 ) -> Callable[[F], F]:
-    """Attach the operation's description; the spec is built from these and the URL map."""
+    """Attach the operation's description; the spec is built from these and the URL map.
+
+    ``body`` is the JSON body's model; ``body_media_types`` lists further media types the body
+    may have (such as npz), ``response_media_types`` those the success response may have
+    (chosen by ``Accept``), ``headers`` the request headers the operation reads.
+    """
 
     def decorate(view: F) -> F:
         view.__openapi__ = {  # type: ignore[attr-defined]
@@ -88,6 +140,9 @@ def openapi(
             "scope": scope,
             "errors": sorted(set(errors) | ({401, 403} if scope else set()) | {422}),
             "body_media_type": body_media_type,
+            "body_media_types": tuple(body_media_types),
+            "response_media_types": tuple(response_media_types),
+            "headers": tuple(headers),
         }
         return view
 
@@ -100,6 +155,21 @@ def _schema_ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, st
         schemas[name] = sub
     schemas[model.__name__] = schema
     return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def _path_schema(converter: object) -> dict[str, Any]:
+    """The JSON schema of a path parameter, from the Flask converter that parses it."""
+    if isinstance(converter, NumberConverter) and converter.num_convert is int:
+        schema: dict[str, Any] = {"type": "integer", "format": "int64"}
+        if not converter.signed:
+            schema["minimum"] = 0
+        if converter.max is not None:
+            schema["maximum"] = converter.max
+        return schema
+    return {"type": "string"}
 
 
 def _openapi_path(rule: str) -> str:
@@ -141,12 +211,31 @@ def build_spec(app: Flask) -> dict[str, Any]:
             continue
         path = paths.setdefault(_openapi_path(rule.rule), {})
         params = [
-            {"name": arg, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": arg,
+                "in": "path",
+                "required": True,
+                "schema": _path_schema(rule._converters[arg]),  # type: ignore[attr-defined]
+            }
             for arg in sorted(rule.arguments)
         ]
         if meta["query"] is not None:
-            for name, prop in meta["query"].model_json_schema().get("properties", {}).items():
-                params.append({"name": name, "in": "query", "required": False, "schema": prop})
+            query_schema = meta["query"].model_json_schema()
+            required = set(query_schema.get("required", ()))
+            for name, prop in query_schema.get("properties", {}).items():
+                params.append(
+                    {"name": name, "in": "query", "required": name in required, "schema": prop}
+                )
+        for header in meta["headers"]:
+            params.append(
+                {
+                    "name": header.name,
+                    "in": "header",
+                    "required": header.required,
+                    "description": header.description,
+                    "schema": header.schema,
+                }
+            )
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op: dict[str, Any] = {
                 "operationId": f"{rule.endpoint}.{method.lower()}",
@@ -158,22 +247,27 @@ def build_spec(app: Flask) -> dict[str, Any]:
             if meta["scope"]:
                 # scope="any": any valid token of the right organisation will do.
                 op["security"] = [{"oauth2": [] if meta["scope"] == "any" else [meta["scope"]]}]
+            content: dict[str, Any] = {}
             if meta["body"] is not None:
-                op["requestBody"] = {
-                    "required": True,
-                    "content": {"application/json": {"schema": _schema_ref(meta["body"], schemas)}},
-                }
-            elif meta["body_media_type"] != "application/json":
-                op["requestBody"] = {
-                    "required": True,
-                    "content": {
-                        meta["body_media_type"]: {"schema": {"type": "string", "format": "binary"}}
-                    },
-                }
+                content[JSON_MIME] = {"schema": _schema_ref(meta["body"], schemas)}
+            elif meta["body_media_type"] != JSON_MIME:
+                content[meta["body_media_type"]] = {"schema": _BINARY}
+            for media_type in meta["body_media_types"]:
+                content.setdefault(media_type, {"schema": _BINARY})
+            if content:
+                op["requestBody"] = {"required": True, "content": content}
             ok: dict[str, Any] = {"description": "Success"}
             if meta["response"] is not None:
+                ok["content"] = {}
+                for media_type in meta["response_media_types"]:
+                    ok["content"][media_type] = (
+                        {"schema": _schema_ref(meta["response"], schemas)}
+                        if media_type == JSON_MIME
+                        else {"schema": _BINARY}
+                    )
+            elif meta["response_media_types"] != (JSON_MIME,):
                 ok["content"] = {
-                    "application/json": {"schema": _schema_ref(meta["response"], schemas)}
+                    m: {"schema": {"type": "string"}} for m in meta["response_media_types"]
                 }
             op["responses"][str(meta["status"])] = ok
             for status in meta["errors"]:
@@ -220,3 +314,64 @@ meta_bp = Blueprint("api_meta", __name__, url_prefix=API_PREFIX)
 @openapi("This OpenAPI 3.1 document", tag="meta")
 def openapi_json() -> Any:
     return jsonify(build_spec(current_app))
+
+
+# The API's reference page: Swagger UI from the swagger-ui-bundle package, served by the app so
+# that nothing is fetched from the internet. Its assets live under a path the spec skips.
+docs_bp = Blueprint("api_docs", __name__, url_prefix="/api/docs")
+_SWAGGER_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png")
+_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Jishi (算法集市) API</title>
+<link rel="stylesheet" href="{assets}/swagger-ui.css">
+<link rel="icon" type="image/png" href="{assets}/favicon-32x32.png">
+</head>
+<body>
+<noscript><p>This page needs JavaScript; the document itself is at
+<a href="{spec}">{spec}</a>.</p></noscript>
+<div id="swagger-ui"></div>
+<script src="{assets}/swagger-ui-bundle.js"></script>
+<script src="{assets}/init.js"></script>
+</body>
+</html>
+"""
+_DOCS_INIT = """window.addEventListener("load", function () {
+  window.ui = SwaggerUIBundle({
+    url: "%s",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    validatorUrl: null,
+    tryItOutEnabled: false
+  });
+});
+"""
+
+
+@docs_bp.get("")
+@openapi(
+    "This API's reference, rendered from the OpenAPI document",
+    tag="meta",
+    response_media_types=("text/html",),
+)
+def docs_page() -> Any:
+    page = _DOCS_PAGE.format(assets=f"{request.script_root}/api/docs/_assets", spec=_spec_url())
+    return current_app.response_class(page, mimetype="text/html")
+
+
+@docs_bp.get("/_assets/<name>")
+def docs_asset(name: str) -> Any:
+    from flask import send_from_directory
+    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+    if name == "init.js":
+        return current_app.response_class(_DOCS_INIT % _spec_url(), mimetype="text/javascript")
+    if name not in _SWAGGER_ASSETS:
+        raise NotFound("No such asset.")
+    return send_from_directory(swagger_ui_path, name, max_age=86400)
+
+
+def _spec_url() -> str:
+    return f"{request.script_root}{API_PREFIX}/openapi.json"
