@@ -34,18 +34,37 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Authlib logs issued tokens verbatim at DEBUG; tokens must never reach a log.
     logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger().level))
 
-    from marketplace import db, errors
+    if settings.trusted_proxy_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
+        )
+
+    from marketplace import api, db, errors
     from marketplace.accounts.oauth import config_oauth
-    from marketplace.accounts.views import bp as accounts_bp
-    from marketplace.api import docs_bp, meta_bp
+    from marketplace.accounts.views import init_app as init_accounts
 
     database_url = settings.database_url or db.default_sqlite_url(Path(app.instance_path))
-    db.init_app(app, db.Database(db.make_engine(database_url)))
+    db.init_app(
+        app,
+        db.Database(db.make_engine(database_url, lock_timeout_s=settings.database_lock_timeout_s)),
+    )
+    if not settings.is_development:
+        # First of the checks that need the database: nothing below is worth reporting on a
+        # schema this release cannot use.
+        from marketplace.migrate import require_current_schema
+
+        try:
+            require_current_schema(app)
+        except Exception:
+            app.extensions["db"].engine.dispose()
+            raise
     errors.init_app(app)
+    api.init_app(app)
     config_oauth(app)
-    app.register_blueprint(meta_bp)
-    app.register_blueprint(docs_bp)
-    app.register_blueprint(accounts_bp)
+    init_accounts(app)
 
     from marketplace.catalog.views import init_app as init_catalog
 
@@ -69,12 +88,4 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from marketplace import cli
 
     cli.init_app(app)
-    if not settings.is_development:
-        from marketplace.migrate import require_current_schema
-
-        try:
-            require_current_schema(app)
-        except Exception:
-            app.extensions["db"].engine.dispose()
-            raise
     return app

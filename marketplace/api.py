@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, jsonify, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
+from werkzeug.routing import IntegerConverter, Map
 from werkzeug.routing.converters import NumberConverter
 
-from marketplace.errors import DomainError, NotFound, PayloadTooLarge, ValidationFailed
+from marketplace.errors import (
+    DomainError,
+    IntegerOutOfRange,
+    NotFound,
+    PayloadTooLarge,
+    RoutingIntegerOutOfRange,
+    ValidationFailed,
+)
 
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,6 +68,43 @@ def idempotency_key() -> str:
     return key
 
 
+# Every integer a client sends must fit the column it is compared with: beyond it SQLite raises
+# OverflowError and PostgreSQL an out-of-range error, both a 500. Bodies carry amounts and
+# counts (BIGINT at most); paths and queries carry ids and page numbers, and every id column a
+# path or query names is an INTEGER (32 bits on PostgreSQL; ledger ids are never taken from a
+# request), so those are bounded tighter.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ID_MIN, ID_MAX = -(2**31), 2**31 - 1
+
+# An amount of money in a request: a JSON integer of minor units, never a string, a float or a
+# boolean (lax parsing took "100", 100.0 and true), and far below the 64-bit limit so that
+# sums of many amounts stay exact in a BIGINT.
+MINOR_MAX = 10**15
+MinorAmount = Annotated[int, Field(strict=True, ge=0, le=MINOR_MAX)]
+
+
+class IdConverter(IntegerConverter):
+    """Flask's ``<int:...>`` bounded to the id columns' range; beyond it 422, not 500."""
+
+    def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", ID_MAX)
+        super().__init__(map, *args, **kwargs)
+
+    def to_python(self, value: str) -> int:
+        # Compared as text first: int() of a few thousand digits is itself refused by Python.
+        if len(value.lstrip("0")) > len(str(ID_MAX)) or int(value) > ID_MAX:
+            raise RoutingIntegerOutOfRange()
+        return super().to_python(value)  # type: ignore[no-any-return]
+
+
+def _out_of_range_fields(model: BaseModel, low: int, high: int) -> list[str]:
+    return [
+        name
+        for name, value in model
+        if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high
+    ]
+
+
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     # Only location and message: pydantic's "input" would echo secrets such as passwords.
     return [
@@ -68,11 +113,20 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-def validate(model: type[M], data: Any) -> M:
+def validate(model: type[M], data: Any, *, int_min: int = INT64_MIN, int_max: int = INT64_MAX) -> M:
+    """``data`` as ``model``; 422 with field errors, ``integer_out_of_range`` past the bounds."""
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed("Some fields are not valid.", errors=_field_errors(exc)) from None
+    too_big = _out_of_range_fields(parsed, int_min, int_max)
+    if too_big:
+        message = f"must be between {int_min} and {int_max}"
+        raise IntegerOutOfRange(
+            "An integer is out of range.",
+            errors=[{"field": name, "message": message} for name in too_big],
+        )
+    return parsed
 
 
 def parse_json(model: type[M]) -> M:
@@ -104,7 +158,8 @@ def read_json_object(bytes_max: int) -> dict[str, Any]:
 
 
 def parse_query(model: type[M]) -> M:
-    return validate(model, request.args.to_dict())
+    """The query string as ``model``; its integers are ids or page numbers (see ``ID_MAX``)."""
+    return validate(model, request.args.to_dict(), int_min=ID_MIN, int_max=ID_MAX)
 
 
 def openapi(
@@ -375,3 +430,10 @@ def docs_asset(name: str) -> Any:
 
 def _spec_url() -> str:
     return f"{request.script_root}{API_PREFIX}/openapi.json"
+
+
+def init_app(app: Flask) -> None:
+    """Bound ``<int:...>`` path parameters (before any route is added); serve the spec."""
+    app.url_map.converters["int"] = IdConverter
+    app.register_blueprint(meta_bp)
+    app.register_blueprint(docs_bp)

@@ -60,9 +60,12 @@ def users_create(email: str, role: str, password: str | None) -> None:
 @click.command("demo-data")
 @with_appcontext
 def demo_data() -> None:
-    """Load demonstration organisations, listings and offers (idempotent)."""
-    from marketplace.demo import load_demo_data
+    """Load demonstration organisations, listings and offers (idempotent; never in production)."""
+    from marketplace.demo import demo_data_refusal, load_demo_data
 
+    refusal = demo_data_refusal(current_app.extensions["settings"])
+    if refusal:
+        raise click.ClickException(f"demo data not loaded: {refusal}")
     for line in load_demo_data(current_app._get_current_object()):  # type: ignore[attr-defined]
         click.echo(line)
 
@@ -73,11 +76,14 @@ def demo_data() -> None:
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Load demo data first.")
 @with_appcontext
 def serve(host: str, port: int, demo: bool) -> None:
-    """Migrate, load demo data and serve (the embedded, single-machine way to run)."""
-    from marketplace.demo import load_demo_data
+    """Migrate, load demo data (not in production) and serve: the single-machine way to run."""
+    from marketplace.demo import demo_data_refusal, load_demo_data
 
     migrate.upgrade(current_app.extensions["db"].engine)
-    if demo:
+    refusal = demo_data_refusal(current_app.extensions["settings"])
+    if demo and refusal:
+        click.echo(f"demo data not loaded: {refusal}")
+    elif demo:
         for line in load_demo_data(current_app._get_current_object()):  # type: ignore[attr-defined]
             click.echo(line)
     # Werkzeug's threaded server directly: Flask ignores app.run() inside a CLI command.
@@ -88,10 +94,11 @@ def serve(host: str, port: int, demo: bool) -> None:
 
 
 def init_app(app: Flask) -> None:
+    from marketplace.accounts.cli import orgs_cli
     from marketplace.catalog.cli import models_cli
     from marketplace.ledger.cli import ledger_cli
 
-    for command in (db_cli, users_cli, demo_data, serve, ledger_cli, models_cli):
+    for command in (db_cli, users_cli, orgs_cli, demo_data, serve, ledger_cli, models_cli):
         app.cli.add_command(command)
 
 

@@ -31,11 +31,24 @@ class Settings:
     payments: str = "offline"  # offline | stripe
     instance_path: str = ""  # empty: Flask's instance folder
     log_level: str = "INFO"
+    # Reverse proxies in front of the app whose X-Forwarded-For/-Proto/-Host/-Port are believed
+    # (Werkzeug's ProxyFix); 0 when clients connect directly. Client addresses, the https
+    # scheme OAuth needs and the issuer's host name come from these headers.
+    trusted_proxy_hops: int = 0
+    # How long a statement waits for a lock another transaction holds (SQLite busy timeout,
+    # PostgreSQL lock_timeout) before the request is answered 503 with Retry-After.
+    database_lock_timeout_s: float = 30.0
 
     # OAuth2.
     access_token_ttl_s: int = 3600
     token_failures_max: int = 10  # failed token requests per client before it is slowed down
     token_failures_window_s: int = 60
+
+    # Registration: anyone may call it, and each call costs an argon2 hash (64 MiB, ~0.1 s).
+    registrations_per_address_max: int = 10  # per client address within the window
+    registrations_window_s: int = 3600
+    password_hash_concurrency_max: int = 2  # argon2 hashes running at once on a node
+    password_hash_wait_s: float = 2.0  # wait for a free hashing slot before 503
 
     # Request limits.
     json_body_bytes_max: int = 1024 * 1024
@@ -78,10 +91,12 @@ class Settings:
             raise ConfigError(
                 f"MARKETPLACE_PAYMENTS must be offline or stripe, not {self.payments!r}"
             )
+        if self.password_hash_concurrency_max < 1:
+            raise ConfigError(f"{ENV_PREFIX}PASSWORD_HASH_CONCURRENCY_MAX must be at least 1")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if (
-                field.name.endswith(("_max", "_s", "_bps"))
+                field.name.endswith(("_max", "_s", "_bps", "_hops"))
                 and isinstance(value, int | float)
                 and value < 0
             ):
@@ -92,13 +107,20 @@ class Settings:
         return self.env in DEVELOPMENT_ENVS
 
     def check_production_secrets(self) -> None:
-        """Refuse to run outside development with secrets left at their development defaults."""
+        """Refuse to run outside development with a development secret or simulated money."""
         if self.is_development:
             return
         if self.secret_key == DEVELOPMENT_SECRET_KEY or len(self.secret_key) < 32:
             raise ConfigError(
                 "MARKETPLACE_SECRET_KEY is unset or a development default; "
                 "set a random value of at least 32 characters to run in production"
+            )
+        if self.payments == "offline":
+            # Offline top-ups credit wallets with money nobody paid; in production that is
+            # real credit against real vendors' payouts.
+            raise ConfigError(
+                "MARKETPLACE_PAYMENTS=offline simulates payments and is refused in production; "
+                "configure a real payment gateway (MARKETPLACE_PAYMENTS=stripe)"
             )
 
     @classmethod

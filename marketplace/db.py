@@ -7,6 +7,7 @@ the request's session from :func:`get_session`; it is closed when the request en
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,28 +33,43 @@ def default_sqlite_url(instance_dir: Path) -> str:
     return f"sqlite:///{instance_dir / 'jishi.sqlite3'}"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the per-engine settings the marketplace relies on."""
+def make_engine(url: str, *, lock_timeout_s: float = 30.0) -> Engine:
+    """An engine for ``url`` with the per-engine settings the marketplace relies on.
+
+    ``lock_timeout_s`` bounds how long a statement waits for a lock another transaction holds:
+    SQLite's busy timeout, PostgreSQL's ``lock_timeout``. Past it the statement fails with an
+    error :func:`is_lock_timeout` recognises, which the API answers with 503 and Retry-After.
+    """
+    lock_timeout_ms = max(1, int(lock_timeout_s * 1000))
     if url.startswith("sqlite"):
         engine = sa.create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, "timeout": lock_timeout_s},
         )
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", _sqlite_on_connect(lock_timeout_ms))
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={"options": f"-c lock_timeout={lock_timeout_ms}"},
+    )
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # pysqlite's own implicit BEGIN is unreliable (no SAVEPOINT, late locking); switch it off and
-    # issue BEGIN from the "begin" event instead.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def _sqlite_on_connect(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own implicit BEGIN is unreliable (no SAVEPOINT, late locking); switch it
+        # off and issue BEGIN from the "begin" event instead.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    return on_connect
 
 
 def _sqlite_on_begin(connection: Any) -> None:
@@ -62,6 +78,41 @@ def _sqlite_on_begin(connection: Any) -> None:
     # front (the ledger) asks for IMMEDIATE through the connection's execution options.
     mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
     connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def begin_write(session: Session) -> None:
+    """Start the session's database transaction as a writer.
+
+    On SQLite the transaction starts with ``BEGIN IMMEDIATE``, taking the write lock before the
+    first read. A transaction that began with a plain (deferred) BEGIN, read, and then writes
+    must upgrade its read lock; when another connection wrote in between, SQLite answers that
+    upgrade with SQLITE_BUSY at once, without waiting out the busy timeout (waiting could not
+    help: the reader's snapshot is stale). Taking the lock first makes the busy timeout apply,
+    and two writers can never both read a row and then both write it. Work the session did
+    before (token look-ups and other reads) is committed first.
+    """
+    if session.in_transaction():
+        session.commit()
+    bind = session.get_bind()
+    if bind.dialect.name == "sqlite":
+        session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    else:
+        session.connection()
+
+
+# SQLite's "database is locked"/"database table is locked"; PostgreSQL's lock_not_available
+# (lock_timeout expired), serialization_failure and deadlock_detected.
+_LOCK_SQLSTATES = frozenset({"55P03", "40001", "40P01"})
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database stayed locked by others for too long."""
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.DBAPIError):
+        return False
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return "locked" in str(orig) or "busy" in str(orig)
+    return getattr(orig, "sqlstate", None) in _LOCK_SQLSTATES
 
 
 class Database:

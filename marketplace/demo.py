@@ -20,6 +20,7 @@ from onnx import numpy_helper as nh
 from sqlmodel import select
 
 from marketplace.accounts.models import User
+from marketplace.config import Settings
 from marketplace.db import get_session
 
 DEMO_PASSWORD = "demo-Password-2026"
@@ -102,8 +103,27 @@ class _Api:
         return creds  # type: ignore[no-any-return]
 
 
+class DemoDataRefused(RuntimeError):
+    """Demo data was asked for where it must never be (production)."""
+
+
+def demo_data_refusal(settings: Settings) -> str | None:
+    """Why demo data may not be loaded with ``settings``, or None when it may."""
+    if not settings.is_development:
+        # The demo accounts have published passwords and their client secrets are printed;
+        # their wallets are funded with simulated money.
+        return (
+            f"{settings.env} never loads demo data (its accounts have published "
+            "passwords and simulated money)"
+        )
+    return None
+
+
 def load_demo_data(app: Flask) -> Iterator[str]:
     """Create the demo organisations, listing, version, offers and wallet once."""
+    refusal = demo_data_refusal(app.extensions["settings"])
+    if refusal:
+        raise DemoDataRefused(refusal)
     with app.app_context():
         if get_session().exec(select(User).where(User.email == DEMO_VENDOR)).first() is not None:
             yield "demo data present"

@@ -10,8 +10,11 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, json, request
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException, UnprocessableEntity
 from werkzeug.wrappers import Response as BaseResponse
+
+from marketplace.db import is_lock_timeout
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,18 @@ class ValidationFailed(DomainError):
             self.extra["errors"] = errors
 
 
+class IntegerOutOfRange(ValidationFailed):
+    code = "integer_out_of_range"
+    title = "An integer is out of range"
+
+
+class RoutingIntegerOutOfRange(UnprocessableEntity):
+    """Raised by the URL converter while matching, where only HTTP exceptions may be raised."""
+
+    problem_code = IntegerOutOfRange.code
+    description = "An id in the path is out of range."
+
+
 class Unauthorized(DomainError):
     code = "unauthorized"
     status = 401
@@ -95,6 +110,11 @@ class ServiceUnavailable(DomainError):
     code = "service_unavailable"
     status = 503
     title = "Service unavailable"
+
+
+class DatabaseBusy(ServiceUnavailable):
+    code = "database_busy"
+    title = "The database is busy"
 
 
 def problem_response(
@@ -142,7 +162,9 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain_error(exc: DomainError) -> Response:
         if not _wants_problem():
-            return Response(exc.detail, status=exc.status, mimetype="text/plain")
+            return Response(
+                exc.detail, status=exc.status, mimetype="text/plain", headers=exc.headers
+            )
         return problem_response(exc.status, exc.code, exc.detail, exc.title, exc.extra, exc.headers)
 
     @app.errorhandler(HTTPException)
@@ -156,11 +178,24 @@ def init_app(app: Flask) -> None:
         # Werkzeug's own descriptions are generic and carry no host detail.
         return problem_response(
             status,
-            _HTTP_CODES.get(status, "http_error"),
+            getattr(exc, "problem_code", None) or _HTTP_CODES.get(status, "http_error"),
             exc.description or exc.name,
             exc.name,
             headers=headers,
         )
+
+    @app.errorhandler(DBAPIError)
+    def _database_error(exc: DBAPIError) -> Response:
+        # One place turns "the database stayed locked" into 503 with Retry-After, whichever
+        # service met it: SQLite past its busy timeout, PostgreSQL past lock_timeout or out of
+        # retries on a serialization failure. Anything else from the database is a 500.
+        if not is_lock_timeout(exc):
+            return _unexpected(exc)
+        log.warning("database busy on %s %s: %s", request.method, request.path, exc.orig)
+        busy = DatabaseBusy(
+            "The database is busy; try again shortly.", headers={"Retry-After": "1"}
+        )
+        return _domain_error(busy)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -120,6 +120,8 @@ def _test_config(tmp_path: Path, url: str, **overrides: Any) -> dict[str, Any]:
         "INSTANCE_PATH": str(tmp_path / "instance"),
         "STORAGE_URL": f"file://{tmp_path / 'blobs'}",
         "PAYMENTS": "offline",
+        # Tests register many organisations from one address; the limit has its own tests.
+        "REGISTRATIONS_PER_ADDRESS_MAX": 100_000,
     }
     config.update(overrides)
     return config

@@ -9,7 +9,7 @@ import hmac
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from marketplace.accounts.scopes import allowed_scopes, split_scope
+from marketplace.accounts.scopes import EXPLICIT_ONLY_SCOPES, allowed_scopes, split_scope
 from marketplace.db import UTCDateTime, utcnow
 
 
@@ -36,7 +36,14 @@ class Organization(SQLModel, table=True):
     # Space-separated subset of scopes.ORG_ROLES.
     roles: str = Field(max_length=64)
     suspended: bool = Field(default=False)
+    # Set by an administrator who checked who the organisation is; offers may reserve their
+    # trials for verified organisations, so that fresh registrations cannot farm them.
+    verified_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: dt.datetime = _now_field()
+
+    @property
+    def verified(self) -> bool:
+        return self.verified_at is not None
 
     @property
     def role_list(self) -> list[str]:
@@ -81,6 +88,12 @@ class OAuthClient(SQLModel, table=True):
     name: str = Field(max_length=100)
     scope: str = Field(max_length=255)
     created_at: dt.datetime = _now_field()
+    # Who made the client: the person who registered (or was created by the CLI), or another
+    # client of the organisation acting with clients:manage. One of the two is set.
+    created_by_user_id: int | None = Field(default=None, foreign_key="users.id")
+    created_by_client_id: str | None = Field(default=None, max_length=64)
+    # The last time the client's secret got it a token.
+    last_used_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     # Authlib's ClientMixin: only what the client_credentials grant and RFC 7009/7662 use.
@@ -93,7 +106,7 @@ class OAuthClient(SQLModel, table=True):
     def get_allowed_scope(self, scope: str | None) -> str:
         mine = split_scope(self.scope)
         if not scope:
-            return " ".join(mine)
+            return " ".join(s for s in mine if s not in EXPLICIT_ONLY_SCOPES)
         return " ".join(s for s in split_scope(scope) if s in mine)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:

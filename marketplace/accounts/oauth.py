@@ -7,15 +7,18 @@ exist only in the response that creates them.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import defaultdict, deque
 from typing import Any
+from urllib.parse import unquote
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
 from authlib.integrations.flask_oauth2 import current_token as _authlib_current_token
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidScopeError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import (
+    InsecureTransportError,
+    InvalidClientError,
+    InvalidScopeError,
+    OAuth2Error,
+)
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
@@ -25,9 +28,11 @@ from sqlmodel import select
 from werkzeug.datastructures import Authorization
 
 from marketplace.accounts.models import OAuthClient, OAuthToken, Organization, hash_secret
-from marketplace.accounts.scopes import ALL_SCOPES, split_scope
-from marketplace.db import get_session
+from marketplace.accounts.scopes import ALL_SCOPES, EXPLICIT_ONLY_SCOPES, split_scope
+from marketplace.accounts.services import revoke_tokens
+from marketplace.db import begin_write, get_session, utcnow
 from marketplace.errors import Forbidden, Unauthorized
+from marketplace.ratelimit import WindowLimiter
 
 
 def _query_client(client_id: str) -> OAuthClient | None:
@@ -49,6 +54,20 @@ def _organization_of(client: OAuthClient) -> Organization | None:
 def _save_token(token: dict[str, Any], oauth_request: Any) -> None:
     client: OAuthClient = oauth_request.client
     session = get_session()
+    begin_write(session)
+    # Read the client again under its row lock: a revocation that committed since the secret
+    # was checked wins, and one that starts now waits for this token and then revokes it too.
+    current_client = session.exec(
+        select(OAuthClient)
+        .where(OAuthClient.client_id == client.client_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    if current_client is None or current_client.revoked_at is not None:
+        session.rollback()
+        raise InvalidClientError(description="The client has been revoked.", status_code=401)
+    current_client.last_used_at = utcnow()
+    session.add(current_client)
     session.add(
         OAuthToken(
             access_token_hash=hash_secret(token["access_token"]),
@@ -84,7 +103,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         refused = [s for s in requested if s not in permitted]
         if refused:
             raise InvalidScopeError(description=f"Scope not allowed: {' '.join(refused)}")
-        if not requested and not permitted:
+        if not requested and not (permitted - EXPLICIT_ONLY_SCOPES):
             raise InvalidScopeError(description="The client holds no scopes.")
 
 
@@ -95,10 +114,11 @@ class _Revocation(RevocationEndpoint):
         return _query_token(token_string)
 
     def revoke_token(self, token: OAuthToken, oauth_request: Any) -> None:
-        session = get_session()
-        token.revoked = True
-        session.add(token)
-        session.commit()
+        revoke_tokens(
+            session=get_session(),
+            client_id=token.client_id,
+            access_token_hash=token.access_token_hash,
+        )
 
 
 class _Introspection(IntrospectionEndpoint):
@@ -186,47 +206,24 @@ class CurrentToken:
 current = CurrentToken()
 
 
-class TokenFailureLimiter:
-    """Slows down a client id after repeated failed token requests (per app node, in memory).
-
-    Each node keeps its own window: an attacker spreading guesses over N nodes gets N times the
-    budget, which is still far below what guessing a 256-bit secret would need.
-    """
-
-    def __init__(self, failures_max: int, window_s: float) -> None:
-        self.failures_max = failures_max
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def _prune(self, client_id: str, now: float) -> deque[float]:
-        seen = self._failures[client_id]
-        while seen and now - seen[0] > self.window_s:
-            seen.popleft()
-        return seen
-
-    def retry_after_s(self, client_id: str) -> int:
-        """Seconds to wait, or 0 when the client may try now."""
-        now = time.monotonic()
-        with self._lock:
-            seen = self._prune(client_id, now)
-            if len(seen) < self.failures_max:
-                return 0
-            return max(1, int(self.window_s - (now - seen[0])) + 1)
-
-    def record_failure(self, client_id: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._prune(client_id, now).append(now)
-            if len(self._failures) > 100_000:  # bound memory under a flood of random ids
-                self._failures.clear()
-
-
 def _claimed_client_id() -> str:
+    """The client id the request claims, decoded as Authlib decodes it before the lookup.
+
+    RFC 6749 §2.3.1 form-encodes Basic credentials, so ``jc%5Fx`` and ``jc_x`` name the same
+    client; counting failures under the raw spelling would give every spelling its own budget.
+    """
     auth: Authorization | None = request.authorization
     if auth is not None and auth.type == "basic" and auth.username:
-        return auth.username
-    return request.form.get("client_id", "")[:64]
+        claimed = unquote(auth.username)
+    else:
+        claimed = request.form.get("client_id", "")
+    return claimed[:64]
+
+
+def _failure_key() -> tuple[str, str]:
+    # Per client id and client address: one address's guesses never lock the client out
+    # elsewhere (the owner keeps working while someone guesses at its id).
+    return _claimed_client_id(), request.remote_addr or ""
 
 
 def _oauth_error(
@@ -250,11 +247,22 @@ def _server() -> AuthorizationServer:
     return current_app.extensions["oauth_server"]  # type: ignore[no-any-return]
 
 
+def _insecure_transport() -> Response:
+    # Authlib refuses to build an OAuth request from a URL that is neither https nor loopback
+    # and raises outside its own error handling; answer as RFC 6749 §5.2 would.
+    return _oauth_error(
+        400,
+        "invalid_request",
+        "OAuth 2 requires https. Behind a TLS-terminating proxy, set "
+        "MARKETPLACE_TRUSTED_PROXY_HOPS so that its X-Forwarded-Proto is believed.",
+    )
+
+
 @oauth_bp.post("/oauth/token")
 def issue_token() -> Response:
-    limiter: TokenFailureLimiter = current_app.extensions["token_failure_limiter"]
-    client_id = _claimed_client_id()
-    wait_s = limiter.retry_after_s(client_id)
+    limiter: WindowLimiter = current_app.extensions["token_failure_limiter"]
+    key = _failure_key()
+    wait_s = limiter.retry_after_s(key)
     if wait_s:
         return _oauth_error(
             429,
@@ -262,21 +270,30 @@ def issue_token() -> Response:
             "Too many failed token requests; try again later.",
             {"Retry-After": str(wait_s)},
         )
-    response: Response = _server().create_token_response()
+    try:
+        response: Response = _server().create_token_response()
+    except InsecureTransportError:
+        return _insecure_transport()
     if response.status_code == 401:
-        limiter.record_failure(client_id)
+        limiter.record(key)
         response.headers.setdefault("WWW-Authenticate", 'Basic realm="jishi"')
     return response
 
 
 @oauth_bp.post("/oauth/revoke")
 def revoke_token() -> Response:
-    return _server().create_endpoint_response(_Revocation.ENDPOINT_NAME)  # type: ignore[no-any-return]
+    try:
+        return _server().create_endpoint_response(_Revocation.ENDPOINT_NAME)  # type: ignore[no-any-return]
+    except InsecureTransportError:
+        return _insecure_transport()
 
 
 @oauth_bp.post("/oauth/introspect")
 def introspect_token() -> Response:
-    return _server().create_endpoint_response(_Introspection.ENDPOINT_NAME)  # type: ignore[no-any-return]
+    try:
+        return _server().create_endpoint_response(_Introspection.ENDPOINT_NAME)  # type: ignore[no-any-return]
+    except InsecureTransportError:
+        return _insecure_transport()
 
 
 @oauth_bp.get("/.well-known/oauth-authorization-server")
@@ -319,7 +336,7 @@ def config_oauth(app: Flask) -> None:
     server.register_endpoint(_Revocation)
     server.register_endpoint(_Introspection)
     app.extensions["oauth_server"] = server
-    app.extensions["token_failure_limiter"] = TokenFailureLimiter(
+    app.extensions["token_failure_limiter"] = WindowLimiter(
         settings.token_failures_max, settings.token_failures_window_s
     )
     app.register_blueprint(oauth_bp)

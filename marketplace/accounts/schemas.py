@@ -64,12 +64,25 @@ class RegisterRequest(Strict):
         return sorted(value)
 
 
+class CreatedByUser(BaseModel):
+    kind: Literal["user"] = "user"
+    user_id: int
+
+
+class CreatedByClient(BaseModel):
+    kind: Literal["client"] = "client"
+    client_id: str
+
+
 class ClientCredentials(BaseModel):
     client_id: str
     client_secret: str | None = None
     name: str
     scopes: list[str]
     created_at: dt.datetime
+    created_by: CreatedByUser | CreatedByClient | None = None
+    last_used_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
 
 
 class RegisterResponse(BaseModel):
@@ -91,6 +104,8 @@ class OrganizationPublic(BaseModel):
     id: int
     name: str
     roles: list[str]
+    verified: bool
+    verified_at: dt.datetime | None
 
 
 class WhoAmI(BaseModel):

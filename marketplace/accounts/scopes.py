@@ -11,6 +11,8 @@ LICENSES_WRITE = "licenses:write"
 LEDGER_READ = "ledger:read"
 AUDIT_READ = "audit:read"
 ADMIN = "admin"
+# Creating and revoking the organisation's API clients: a credential that outlives any token.
+CLIENTS_MANAGE = "clients:manage"
 
 ALL_SCOPES = (
     MODELS_READ,
@@ -20,7 +22,13 @@ ALL_SCOPES = (
     LEDGER_READ,
     AUDIT_READ,
     ADMIN,
+    CLIENTS_MANAGE,
 )
+
+# Scopes a token carries only when its request names them: a token requested without a scope
+# gets every other scope of its client, so the everyday token that leaks from a log or a CI job
+# cannot mint permanent clients.
+EXPLICIT_ONLY_SCOPES = frozenset({CLIENTS_MANAGE})
 
 # Organisation roles: vendor and buyer are chosen at registration; auditor and admin are platform
 # roles granted only by an administrator (CLI `jishi users create --role`).
@@ -28,10 +36,10 @@ ORG_ROLES = ("vendor", "buyer", "auditor", "admin")
 SELF_SERVICE_ROLES = ("vendor", "buyer")
 
 SCOPES_BY_ROLE: dict[str, frozenset[str]] = {
-    "vendor": frozenset({MODELS_READ, MODELS_WRITE, SANDBOX_RUN, LEDGER_READ}),
-    "buyer": frozenset({MODELS_READ, SANDBOX_RUN, LICENSES_WRITE, LEDGER_READ}),
-    "auditor": frozenset({MODELS_READ, AUDIT_READ, LEDGER_READ}),
-    "admin": frozenset({MODELS_READ, LEDGER_READ, ADMIN}),
+    "vendor": frozenset({MODELS_READ, MODELS_WRITE, SANDBOX_RUN, LEDGER_READ, CLIENTS_MANAGE}),
+    "buyer": frozenset({MODELS_READ, SANDBOX_RUN, LICENSES_WRITE, LEDGER_READ, CLIENTS_MANAGE}),
+    "auditor": frozenset({MODELS_READ, AUDIT_READ, LEDGER_READ, CLIENTS_MANAGE}),
+    "admin": frozenset({MODELS_READ, LEDGER_READ, ADMIN, CLIENTS_MANAGE}),
 }
 
 

@@ -3,22 +3,41 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
+import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
+from marketplace.accounts.errors import RegistrationBusy
 from marketplace.accounts.models import (
     Membership,
     OAuthClient,
+    OAuthToken,
     Organization,
     User,
     hash_secret,
 )
-from marketplace.accounts.schemas import ClientCredentials, RegisterRequest, RegisterResponse
-from marketplace.accounts.scopes import ORG_ROLES, join_scope, split_scope
+from marketplace.accounts.schemas import (
+    ClientCredentials,
+    CreatedByClient,
+    CreatedByUser,
+    OrganizationPublic,
+    RegisterRequest,
+    RegisterResponse,
+)
+from marketplace.accounts.scopes import (
+    CLIENTS_MANAGE,
+    EXPLICIT_ONLY_SCOPES,
+    ORG_ROLES,
+    join_scope,
+    split_scope,
+)
+from marketplace.db import begin_write, utcnow
 from marketplace.errors import Conflict, Forbidden, NotFound, ValidationFailed
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -26,6 +45,31 @@ _hasher = PasswordHasher()  # argon2id with the library's current recommended pa
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+class HashingSlots:
+    """Bounds the argon2 hashes running at once on a node.
+
+    Each hash holds 64 MiB and a core for about a tenth of a second, and registration is open
+    to anyone: without a bound, concurrent registrations cost memory without limit.
+    """
+
+    def __init__(self, slots_max: int, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self._slots = threading.BoundedSemaphore(slots_max)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a hashing slot; 503 with Retry-After when none frees up within ``wait_s``."""
+        if not self._slots.acquire(timeout=self.wait_s):
+            raise RegistrationBusy(
+                "The server is busy registering other accounts; try again shortly.",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 def verify_password(password_hash: str, password: str) -> bool:
@@ -44,17 +88,42 @@ def new_client_secret() -> str:
 
 
 def _credentials(client: OAuthClient, secret: str | None) -> ClientCredentials:
+    created_by: CreatedByUser | CreatedByClient | None = None
+    if client.created_by_client_id is not None:
+        created_by = CreatedByClient(client_id=client.created_by_client_id)
+    elif client.created_by_user_id is not None:
+        created_by = CreatedByUser(user_id=client.created_by_user_id)
     return ClientCredentials(
         client_id=client.client_id,
         client_secret=secret,
         name=client.name,
         scopes=split_scope(client.scope),
         created_at=client.created_at,
+        created_by=created_by,
+        last_used_at=client.last_used_at,
+        revoked_at=client.revoked_at,
+    )
+
+
+def organization_public(org: Organization) -> OrganizationPublic:
+    assert org.id is not None
+    return OrganizationPublic(
+        id=org.id,
+        name=org.name,
+        roles=org.role_list,
+        verified=org.verified,
+        verified_at=org.verified_at,
     )
 
 
 def _add_client(
-    session: Session, org: Organization, name: str, scopes: Iterable[str]
+    session: Session,
+    org: Organization,
+    name: str,
+    scopes: Iterable[str],
+    *,
+    created_by_user_id: int | None = None,
+    created_by_client_id: str | None = None,
 ) -> tuple[OAuthClient, str]:
     secret = new_client_secret()
     assert org.id is not None
@@ -64,17 +133,35 @@ def _add_client(
         organization_id=org.id,
         name=name,
         scope=join_scope(scopes),
+        created_by_user_id=created_by_user_id,
+        created_by_client_id=created_by_client_id,
     )
     session.add(client)
     return client, secret
 
 
-def register(*, session: Session, request: RegisterRequest) -> RegisterResponse:
-    """Create a user, their organisation and its first API client (secret returned once)."""
-    if session.exec(select(User).where(User.email == request.email)).first() is not None:
+def _email_taken(session: Session, email: str) -> bool:
+    return session.exec(select(User.id).where(User.email == email)).first() is not None
+
+
+def register(
+    *, session: Session, request: RegisterRequest, hashing: HashingSlots
+) -> RegisterResponse:
+    """Create a user, their organisation and its first API client (secret returned once).
+
+    The first client holds every scope the roles allow, clients:manage included (asked for
+    explicitly, it makes and revokes the organisation's other clients).
+    """
+    if _email_taken(session, request.email):
         raise Conflict("An account with this e-mail address exists.", code="email_taken")
+    # Hash outside any transaction: a transaction held open through the hash would keep a
+    # snapshot (and on SQLite, once writing, the database's only write lock) for nothing.
+    session.rollback()
+    with hashing.slot():
+        password_hash = hash_password(request.password)
     try:
-        user = User(email=request.email, password_hash=hash_password(request.password))
+        begin_write(session)
+        user = User(email=request.email, password_hash=password_hash)
         org = Organization(
             name=request.organization_name, roles=join_scope(request.organization_roles)
         )
@@ -83,7 +170,9 @@ def register(*, session: Session, request: RegisterRequest) -> RegisterResponse:
         session.flush()
         assert user.id is not None and org.id is not None
         session.add(Membership(user_id=user.id, organization_id=org.id, role="owner"))
-        client, secret = _add_client(session, org, "Default client", org.allowed_scopes)
+        client, secret = _add_client(
+            session, org, "Default client", org.allowed_scopes, created_by_user_id=user.id
+        )
         session.commit()
     except IntegrityError:
         # Two registrations racing for one address: the unique index decides.
@@ -109,7 +198,9 @@ def create_platform_user(
     session.flush()
     assert user.id is not None and org.id is not None
     session.add(Membership(user_id=user.id, organization_id=org.id, role="owner"))
-    client, secret = _add_client(session, org, f"{role} client", org.allowed_scopes)
+    client, secret = _add_client(
+        session, org, f"{role} client", org.allowed_scopes, created_by_user_id=user.id
+    )
     session.commit()
     return user, org, _credentials(client, secret)
 
@@ -128,38 +219,133 @@ def create_client(
     org: Organization,
     name: str,
     scopes: list[str] | None,
+    granting_client_id: str,
     granting_scopes: Iterable[str],
 ) -> ClientCredentials:
-    """A new client for ``org``; it may not exceed the org's roles nor the granting token."""
-    wanted = set(scopes) if scopes is not None else set(org.allowed_scopes)
+    """A new client for ``org``; it may not exceed the org's roles nor the granting token.
+
+    Without ``scopes`` the client gets the granting token's scopes, less the explicit-only ones
+    (a client that manages clients is made only on purpose).
+    """
+    held = set(granting_scopes)
+    wanted = set(scopes) if scopes is not None else held - EXPLICIT_ONLY_SCOPES
+    if not wanted:
+        raise ValidationFailed("Name at least one scope for the client.", code="no_scopes")
     over_roles = wanted - org.allowed_scopes
     if over_roles:
         raise Forbidden(
             f"The organization's roles do not allow: {join_scope(over_roles)}",
             code="scope_not_allowed",
         )
-    over_token = wanted - set(granting_scopes)
+    over_token = wanted - held
     if over_token:
         raise Forbidden(
             f"A client cannot grant scopes it does not hold: {join_scope(over_token)}",
             code="scope_not_allowed",
         )
-    client, secret = _add_client(session, org, name, wanted)
+    client, secret = _add_client(
+        session, org, name, wanted, created_by_client_id=granting_client_id
+    )
     session.commit()
     return _credentials(client, secret)
 
 
 def list_clients(*, session: Session, org: Organization) -> list[ClientCredentials]:
+    """Every client of the organisation, revoked ones included, oldest first."""
     rows = session.exec(
-        select(OAuthClient).where(OAuthClient.organization_id == org.id).order_by(OAuthClient.id)  # type: ignore[arg-type]
+        select(OAuthClient)
+        .where(OAuthClient.organization_id == org.id)
+        .order_by(col(OAuthClient.id))
     ).all()
     return [_credentials(c, None) for c in rows]
 
 
-def grant_roles(*, session: Session, org_id: int, roles: Iterable[str]) -> Organization:
+def revoke_client(*, session: Session, org: Organization, client_id: str) -> ClientCredentials:
+    """Revoke one of ``org``'s clients and every token it holds.
+
+    A revoked client gets no more tokens (its secret no longer authenticates) and its tokens
+    stop working. The organisation's last active client that can manage clients is kept:
+    without it nobody could make or revoke clients again (409 ``last_manager_client``).
+    """
+    begin_write(session)
+    # The client rows are locked (PostgreSQL; SQLite holds its write lock already) so that a
+    # token issued at the same moment either commits first, and is revoked here, or finds the
+    # client revoked (see the token endpoint's save hook).
+    clients = session.exec(
+        select(OAuthClient)
+        .where(OAuthClient.organization_id == org.id)
+        .order_by(col(OAuthClient.id))
+        .with_for_update()
+    ).all()
+    target = next((c for c in clients if c.client_id == client_id), None)
+    if target is None:
+        session.rollback()
+        raise NotFound("No such client in this organization.", code="client_not_found")
+    if target.revoked_at is not None:
+        session.rollback()
+        raise Conflict("The client is already revoked.", code="client_revoked")
+    managers = [
+        c for c in clients if c.revoked_at is None and CLIENTS_MANAGE in split_scope(c.scope)
+    ]
+    if managers == [target]:
+        session.rollback()
+        raise Conflict(
+            "This is the organization's last client that can manage clients; make another "
+            "with clients:manage first.",
+            code="last_manager_client",
+        )
+    target.revoked_at = utcnow()
+    session.add(target)
+    revoke_tokens(session=session, client_id=client_id)
+    return _credentials(target, None)
+
+
+def revoke_tokens(
+    *, session: Session, client_id: str, access_token_hash: str | None = None
+) -> list[str]:
+    """Revoke the client's access tokens (only the one with ``access_token_hash`` if given).
+
+    Every revocation goes through here: the RFC 7009 endpoint and client revocation. It
+    commits the session's transaction (with whatever the caller changed in it) and returns the
+    hashes of the tokens it revoked, so that anything keeping verified tokens can drop them.
+    """
+    where: list[sa.ColumnElement[bool]] = [
+        col(OAuthToken.client_id) == client_id,
+        col(OAuthToken.revoked).is_(False),
+    ]
+    if access_token_hash is not None:
+        where.append(col(OAuthToken.access_token_hash) == access_token_hash)
+    hashes = list(session.exec(select(OAuthToken.access_token_hash).where(*where)).all())
+    if hashes:
+        session.execute(
+            sa.update(OAuthToken)
+            .where(*where)
+            .values(revoked=True)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return hashes
+
+
+def get_organization_by_id(*, session: Session, org_id: int) -> Organization:
     org = session.get(Organization, org_id)
     if org is None:
         raise NotFound("No such organization.", code="organization_not_found")
+    return org
+
+
+def verify_organization(*, session: Session, org_id: int) -> OrganizationPublic:
+    """Mark an organisation as verified by the platform (idempotent: the first time stays)."""
+    org = get_organization_by_id(session=session, org_id=org_id)
+    if org.verified_at is None:
+        org.verified_at = utcnow()
+        session.add(org)
+        session.commit()
+    return organization_public(org)
+
+
+def grant_roles(*, session: Session, org_id: int, roles: Iterable[str]) -> Organization:
+    org = get_organization_by_id(session=session, org_id=org_id)
     unknown = set(roles) - set(ORG_ROLES)
     if unknown:
         raise ValidationFailed(f"Unknown roles: {join_scope(unknown)}", code="invalid_role")

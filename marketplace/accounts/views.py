@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Flask, current_app, jsonify, request
 
 from marketplace.accounts import services
+from marketplace.accounts.errors import TooManyRegistrations
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.schemas import (
     ClientCreate,
@@ -17,8 +18,11 @@ from marketplace.accounts.schemas import (
     RegisterResponse,
     WhoAmI,
 )
+from marketplace.accounts.scopes import ADMIN, CLIENTS_MANAGE
 from marketplace.api import API_PREFIX, openapi, parse_json
 from marketplace.db import get_session
+from marketplace.errors import Forbidden
+from marketplace.ratelimit import WindowLimiter
 
 bp = Blueprint("accounts", __name__, url_prefix=API_PREFIX)
 
@@ -30,10 +34,22 @@ bp = Blueprint("accounts", __name__, url_prefix=API_PREFIX)
     body=RegisterRequest,
     response=RegisterResponse,
     status=201,
-    errors=[409],
+    errors=[409, 429, 503],
 )
 def register() -> Any:
-    result = services.register(session=get_session(), request=parse_json(RegisterRequest))
+    # Counted per client address before anything else: every attempt may cost a hash.
+    limiter: WindowLimiter = current_app.extensions["registration_limiter"]
+    wait_s = limiter.acquire(request.remote_addr or "")
+    if wait_s:
+        raise TooManyRegistrations(
+            "Too many registrations from this address; try again later.",
+            headers={"Retry-After": str(wait_s)},
+        )
+    result = services.register(
+        session=get_session(),
+        request=parse_json(RegisterRequest),
+        hashing=current_app.extensions["password_hashing"],
+    )
     return jsonify(result.model_dump(mode="json")), 201
 
 
@@ -44,10 +60,10 @@ def register() -> Any:
     body=ClientCreate,
     response=ClientCredentials,
     status=201,
-    scope="any",
+    scope=CLIENTS_MANAGE,
     errors=[404],
 )
-@require_oauth()
+@require_oauth(CLIENTS_MANAGE)
 def create_client(org_id: int) -> Any:
     session = get_session()
     org = services.get_organization(
@@ -55,7 +71,12 @@ def create_client(org_id: int) -> Any:
     )
     body = parse_json(ClientCreate)
     creds = services.create_client(
-        session=session, org=org, name=body.name, scopes=body.scopes, granting_scopes=current.scopes
+        session=session,
+        org=org,
+        name=body.name,
+        scopes=body.scopes,
+        granting_client_id=current.token.client_id,
+        granting_scopes=current.scopes,
     )
     return jsonify(creds.model_dump(mode="json")), 201
 
@@ -78,6 +99,42 @@ def list_clients(org_id: int) -> Any:
     return jsonify(ClientList(items=items).model_dump(mode="json"))
 
 
+@bp.delete("/organizations/<int:org_id>/clients/<client_id>")
+@openapi(
+    "Revoke one of your organisation's API clients and every token it holds",
+    tag="accounts",
+    response=ClientCredentials,
+    scope=CLIENTS_MANAGE,
+    errors=[404, 409],
+)
+@require_oauth(CLIENTS_MANAGE)
+def revoke_client(org_id: int, client_id: str) -> Any:
+    session = get_session()
+    org = services.get_organization(
+        session=session, org_id=org_id, viewer_org_id=current.organization_id
+    )
+    revoked = services.revoke_client(session=session, org=org, client_id=client_id)
+    return jsonify(revoked.model_dump(mode="json"))
+
+
+@bp.post("/organizations/<int:org_id>/verify")
+@openapi(
+    "Mark an organisation as verified: offers may reserve trials for verified ones (admin)",
+    tag="accounts",
+    response=OrganizationPublic,
+    scope=ADMIN,
+    errors=[404],
+)
+@require_oauth(ADMIN)
+def verify_organization(org_id: int) -> Any:
+    session = get_session()
+    admin = services.get_organization_by_id(session=session, org_id=current.organization_id)
+    if not admin.has_role("admin"):
+        raise Forbidden("Only administrators may verify organizations.")
+    verified = services.verify_organization(session=session, org_id=org_id)
+    return jsonify(verified.model_dump(mode="json"))
+
+
 @bp.get("/me")
 @openapi("Who the bearer token speaks for", tag="accounts", response=WhoAmI, scope="any")
 @require_oauth()
@@ -86,11 +143,22 @@ def whoami() -> Any:
     org = services.get_organization(
         session=get_session(), org_id=token.organization_id, viewer_org_id=token.organization_id
     )
-    assert org.id is not None
     body = WhoAmI(
         client_id=token.client_id,
-        organization=OrganizationPublic(id=org.id, name=org.name, roles=org.role_list),
+        organization=services.organization_public(org),
         scopes=current.scopes,
         expires_at=token.get_expires_at(),
     )
     return jsonify(body.model_dump(mode="json"))
+
+
+def init_app(app: Flask) -> None:
+    """Build registration's per-address limiter and hashing slots; register the blueprint."""
+    settings = app.extensions["settings"]
+    app.extensions["registration_limiter"] = WindowLimiter(
+        settings.registrations_per_address_max, settings.registrations_window_s
+    )
+    app.extensions["password_hashing"] = services.HashingSlots(
+        settings.password_hash_concurrency_max, settings.password_hash_wait_s
+    )
+    app.register_blueprint(bp)

@@ -40,6 +40,11 @@ class OfferRetired(Conflict):
     title = "The offer is retired"
 
 
+class UnknownCurrency(ValidationFailed):
+    code = "unknown_currency"
+    title = "The currency is not supported"
+
+
 class InvalidVersion(ValidationFailed):
     code = "invalid_version"
     title = "The version is not semantic versioning"

@@ -93,6 +93,8 @@ class Offer(SQLModel, table=True):
     term_days: int | None = Field(default=None)
     allow_download: bool = Field(default=False)
     commercial_use: bool = Field(default=False)
+    # Not in TERMS_FIELDS: who may start a trial is not a term the buyer agrees to.
+    trial_requires_verified_org: bool = Field(default=False)
     terms_md: str = Field(default="", sa_type=sa.Text)
     terms_sha256: str = Field(max_length=64, index=True)
     retired_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)

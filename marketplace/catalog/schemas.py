@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from marketplace.api import MinorAmount
+
 # Semantic Versioning 2.0.0, the official pattern (no leading zeros, optional pre-release and
 # build metadata).
 SEMVER = re.compile(
@@ -22,7 +24,6 @@ DESCRIPTION_CHARS_MAX = 64 * 1024
 TAGS_MAX = 20
 
 OfferKind = Literal["per_inference", "perpetual", "subscription"]
-MINOR_MAX = 10**15
 
 
 class Strict(BaseModel):
@@ -132,14 +133,18 @@ class OfferCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     kind: OfferKind
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    price_minor: int = Field(ge=0, le=MINOR_MAX)
-    royalty_per_1k_minor: int = Field(default=0, ge=0, le=MINOR_MAX)
-    trial_calls: int = Field(default=0, ge=0, le=1_000_000)
-    trial_days: int = Field(default=0, ge=0, le=365)
-    term_days: int | None = Field(default=None, ge=1, le=36_500)
-    allow_download: bool = False
-    commercial_use: bool = False
+    price_minor: MinorAmount
+    royalty_per_1k_minor: MinorAmount = 0
+    trial_calls: int = Field(default=0, ge=0, le=1_000_000, strict=True)
+    trial_days: int = Field(default=0, ge=0, le=365, strict=True)
+    term_days: int | None = Field(default=None, ge=1, le=36_500, strict=True)
+    allow_download: bool = Field(default=False, strict=True)
+    commercial_use: bool = Field(default=False, strict=True)
     terms_md: str = Field(default="", max_length=DESCRIPTION_CHARS_MAX)
+    # Trials only for organisations an administrator verified (registrations are free, so
+    # unverified ones could farm trials). A condition of eligibility, not a term the buyer
+    # agrees to, so it is not part of terms_sha256.
+    trial_requires_verified_org: bool = Field(default=False, strict=True)
 
     @model_validator(mode="after")
     def _consistent(self) -> OfferCreate:
@@ -147,6 +152,9 @@ class OfferCreate(Strict):
             raise ValueError("a subscription needs term_days")
         if self.kind == "per_inference" and self.royalty_per_1k_minor == 0:
             raise ValueError("a per-inference offer needs royalty_per_1k_minor")
+        if self.kind == "per_inference" and self.allow_download:
+            # Downloaded weights run outside the sandbox, where no call is metered.
+            raise ValueError("a per-inference offer cannot allow_download: its calls are metered")
         if self.kind == "perpetual" and self.term_days is not None:
             raise ValueError("a perpetual licence has no term_days")
         return self
@@ -165,6 +173,7 @@ class OfferPublic(BaseModel):
     term_days: int | None
     allow_download: bool
     commercial_use: bool
+    trial_requires_verified_org: bool
     terms_md: str
     terms_sha256: str
     active: bool

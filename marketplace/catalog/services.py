@@ -37,6 +37,7 @@ from marketplace.catalog.errors import (
     OfferNotFound,
     OfferRetired,
     StorageUnavailable,
+    UnknownCurrency,
     VersionExists,
     VersionNotFound,
     VersionRevoked,
@@ -66,6 +67,7 @@ from marketplace.catalog.schemas import (
 )
 from marketplace.db import utcnow
 from marketplace.errors import Conflict
+from marketplace.ledger.models import Currency
 from model_registry.blobstore import (
     CONTENT_PREFIX,
     BlobStore,
@@ -133,6 +135,7 @@ def offer_public(row: Offer) -> OfferPublic:
         term_days=row.term_days,
         allow_download=row.allow_download,
         commercial_use=row.commercial_use,
+        trial_requires_verified_org=row.trial_requires_verified_org,
         terms_md=row.terms_md,
         terms_sha256=row.terms_sha256,
         active=row.retired_at is None,
@@ -662,6 +665,9 @@ def create_offer(
 ) -> OfferPublic:
     """A new immutable offer; its ``terms_sha256`` is what buyers accept."""
     get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
+    if session.get(Currency, request.currency) is None:
+        # The ledger could not post a sale or royalty in it: refuse the offer, not the sale.
+        raise UnknownCurrency(f"Currency {request.currency} is not supported.")
     row = Offer(listing_id=listing_id, terms_sha256="", **request.model_dump())
     row.terms_sha256 = terms_sha256(row)
     session.add(row)

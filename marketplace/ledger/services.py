@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session, select
 
-from marketplace.db import as_utc, utcnow
+from marketplace.db import as_utc, begin_write, utcnow
 from marketplace.ledger import bulk
 from marketplace.ledger.errors import (
     IdempotencyKeyReused,
@@ -352,22 +352,6 @@ def _is_retryable(exc: BaseException) -> bool:
         if isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig):
             return True
     return False
-
-
-def begin_write(session: Session) -> None:
-    """Start the session's database transaction as a writer.
-
-    On SQLite the transaction starts with ``BEGIN IMMEDIATE``, taking the write lock before the
-    first read, so two writers can never both read a balance and then both write it. Work the
-    session did before (token look-ups and other reads) is committed first.
-    """
-    if session.in_transaction():
-        session.commit()
-    bind = session.get_bind()
-    if bind.dialect.name == "sqlite":
-        session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
-    else:
-        session.connection()
 
 
 def run_in_transaction(

@@ -6,6 +6,8 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from marketplace.api import MinorAmount
+
 
 class AcceptTerms(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -54,7 +56,9 @@ class OrderPublic(BaseModel):
 class RefundCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount_minor: int | None = Field(default=None, gt=0, description="Default: all that is left")
+    amount_minor: MinorAmount | None = Field(
+        default=None, gt=0, description="Default: all that is left"
+    )
     reason: str = Field(default="", max_length=500)
 
 

@@ -7,6 +7,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from marketplace.accounts.errors import OrganizationNotVerified
 from marketplace.accounts.models import Organization
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
 from marketplace.db import utcnow
@@ -142,6 +143,12 @@ def start_trial(
         _check_terms(offer, accept_terms_sha256)
         if offer.trial_calls <= 0 and offer.trial_days <= 0:
             raise Conflict("This offer has no trial.", code="no_trial")
+        if offer.trial_requires_verified_org:
+            org = s.get(Organization, organization_id)
+            if org is None or not org.verified:
+                raise OrganizationNotVerified(
+                    "This offer's trial is for organisations the platform has verified."
+                )
         taken = s.exec(
             select(Trial).where(
                 Trial.organization_id == organization_id, Trial.offer_id == offer_id
@@ -320,6 +327,43 @@ def get_license(*, session: Session, organization_id: int, license_id: int) -> L
 # --- Refunds ----------------------------------------------------------------------------------
 
 
+def _rechain_subscription(session: Session, organization_id: int, offer_id: int) -> None:
+    """Recompute the expiries of an organisation's standing subscription terms of one offer.
+
+    A renewal bought before the current term ends starts where that term ends, so expiries
+    chain. When a term is refunded (its licence revoked) the terms after it move up: each
+    standing licence runs ``term_days`` from the later of its purchase and the end of the
+    standing term before it. Only licences not yet revoked count.
+    """
+    offer = session.get(Offer, offer_id)
+    if offer is None or not offer.term_days:
+        return
+    term = dt.timedelta(days=offer.term_days)
+    # The lock purchases take: a renewal bought meanwhile chains onto the recomputed terms.
+    session.exec(
+        select(Organization.id)
+        .where(Organization.id == organization_id)
+        .with_for_update(key_share=True)
+    ).one()
+    standing = session.exec(
+        select(License)
+        .where(
+            License.organization_id == organization_id,
+            License.offer_id == offer_id,
+            License.kind == SUBSCRIPTION,
+            License.revoked_at.is_(None),  # type: ignore[union-attr]
+        )
+        .order_by(License.created_at, License.id)  # type: ignore[arg-type]
+    ).all()
+    previous_end: dt.datetime | None = None
+    for lic in standing:
+        start = lic.created_at if previous_end is None else max(lic.created_at, previous_end)
+        if lic.expires_at != start + term:
+            lic.expires_at = start + term
+            session.add(lic)
+        previous_end = lic.expires_at
+
+
 def refund_order(
     *, session: Session, order_id: int, request: RefundCreate, idempotency_key: str
 ) -> RefundPublic:
@@ -390,6 +434,8 @@ def refund_order(
             if lic is not None and lic.revoked_at is None:
                 lic.revoked_at = utcnow()
                 s.add(lic)
+                if lic.kind == SUBSCRIPTION:
+                    _rechain_subscription(s, lic.organization_id, lic.offer_id)
         refund = Refund(
             order_id=order_id,
             amount_minor=amount,

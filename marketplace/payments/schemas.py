@@ -6,11 +6,13 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from marketplace.api import MinorAmount
+
 
 class TopUpCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount_minor: int = Field(gt=0, description="Integer minor units of the currency")
+    amount_minor: MinorAmount = Field(gt=0, description="Integer minor units of the currency")
     currency: str = Field(pattern=r"^[A-Z]{3}$")
 
 

@@ -29,6 +29,7 @@ def test_register_returns_first_client_once_and_stores_only_hashes(client, db_se
         "sandbox:run",
         "licenses:write",
         "ledger:read",
+        "clients:manage",  # the first client may manage clients, when its token asks for it
     }
     user = db_session.exec(select(User).where(User.email == "ada@example.test")).one()
     assert user.password_hash.startswith("$argon2id$")
@@ -131,7 +132,7 @@ def test_more_clients_with_chosen_scopes(client, vendor):
     resp = client.post(
         f"/api/v1/organizations/{vendor.id}/clients",
         json={"name": "CI uploader", "scopes": ["models:write"]},
-        headers=vendor.headers(),
+        headers=vendor.headers("clients:manage models:write"),
     )
     assert resp.status_code == 201
     assert resp.json["scopes"] == ["models:write"]
@@ -144,23 +145,42 @@ def test_client_scopes_are_limited_by_roles_and_by_the_granting_token(client, bu
     over_role = client.post(
         f"/api/v1/organizations/{buyer.id}/clients",
         json={"scopes": ["models:write"]},
-        headers=buyer.headers(),
+        headers=buyer.headers("clients:manage"),
     )
     assert over_role.status_code == 403
     assert over_role.json["code"] == "scope_not_allowed"
     over_token = client.post(
         f"/api/v1/organizations/{buyer.id}/clients",
         json={"scopes": ["licenses:write"]},
-        headers=buyer.headers("models:read"),
+        headers=buyer.headers("clients:manage models:read"),
     )
     assert over_token.status_code == 403
     assert over_token.json["code"] == "scope_not_allowed"
 
 
+def test_a_new_client_defaults_to_the_granting_tokens_scopes_without_clients_manage(client, buyer):
+    made = client.post(
+        f"/api/v1/organizations/{buyer.id}/clients",
+        json={"name": "reader"},
+        headers=buyer.headers("clients:manage models:read ledger:read"),
+    )
+    assert made.status_code == 201, made.get_data(as_text=True)
+    assert made.json["scopes"] == ["ledger:read", "models:read"]
+    nothing = client.post(
+        f"/api/v1/organizations/{buyer.id}/clients",
+        json={"name": "empty"},
+        headers=buyer.headers("clients:manage"),
+    )
+    assert nothing.status_code == 422
+    assert nothing.json["code"] == "no_scopes"
+
+
 def test_member_of_another_org_gets_404(client, vendor, buyer):
     for method in ("get", "post"):
         resp = getattr(client, method)(
-            f"/api/v1/organizations/{vendor.id}/clients", json={}, headers=buyer.headers()
+            f"/api/v1/organizations/{vendor.id}/clients",
+            json={},
+            headers=buyer.headers("clients:manage"),
         )
         assert resp.status_code == 404
         assert resp.json["code"] == "organization_not_found"

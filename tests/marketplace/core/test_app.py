@@ -54,12 +54,14 @@ def test_production_refuses_an_unmigrated_database(tmp_path, db_backend, scratch
         "INSTANCE_PATH": str(tmp_path),
         "SECRET_KEY": "s" * 40,
         "DATABASE_URL": url,
+        "PAYMENTS": "stripe",  # production refuses offline (simulated) payments
     }
     with pytest.raises(SchemaNotCurrent, match="jishi db upgrade"):
         create_app(config)
     migrate.upgrade(engine)
-    app = create_app(config)
-    app.extensions["db"].engine.dispose()
+    # The check passes now; a production app itself cannot start here until the Stripe
+    # gateway that production payments need is built.
+    assert migrate.current_revisions(engine) == migrate.head_revisions(engine)
 
 
 def test_every_setting_is_documented_in_the_readme():

@@ -1,0 +1,65 @@
+"""The token endpoint under attack: encoded client ids, other addresses, proxies, plain HTTP."""
+
+from __future__ import annotations
+
+import requests
+
+from tests.live_api import LiveOrg, request_token
+
+
+def _guess(url: str, client_id: str, address: str) -> requests.Response:
+    return request_token(url, client_id, "jcs_guess", **{"X-Forwarded-For": address})
+
+
+def test_failed_token_limiter_counts_normalised_ids_per_address(live_server):
+    server = live_server(TOKEN_FAILURES_MAX=3, TRUSTED_PROXY_HOPS=1)
+    victim = LiveOrg.register(server, ["vendor"])
+    attacker, owner = "203.0.113.9", "198.51.100.20"
+
+    # Percent-encoded spellings of one client id are one client id (RFC 6749 §2.3.1 encodes
+    # Basic credentials): they share one budget of failures.
+    plain = victim.client_id
+    spellings = [plain, plain.replace("_", "%5F"), "%6A" + plain[1:], "%6a" + plain[1:]]
+    answers = [_guess(server.url, spelling, attacker).status_code for spelling in spellings * 2]
+    assert answers[:3] == [401, 401, 401]
+    assert set(answers[3:]) == {429}, answers
+
+    # The attacker's failures never lock the owner out from another address.
+    ok = request_token(server.url, plain, victim.client_secret, **{"X-Forwarded-For": owner})
+    assert ok.status_code == 200, ok.text
+    # From the attacker's own address the id stays throttled, even with the right secret.
+    held = request_token(server.url, plain, victim.client_secret, **{"X-Forwarded-For": attacker})
+    assert held.status_code == 429
+    assert held.json()["error"] == "slow_down"
+
+
+def test_token_endpoint_behind_a_proxy_and_over_plain_http(live_server):
+    direct = live_server()
+    org = LiveOrg.register(direct, ["buyer"])
+    # A request that reached the app over plain HTTP under a public name (a proxy that does
+    # not say it terminated TLS): an OAuth error, never a 500.
+    plain = request_token(direct.url, org.client_id, org.client_secret, Host="market.example")
+    assert plain.status_code == 400, plain.text
+    assert plain.json()["error"] == "invalid_request"
+    assert "https" in plain.json()["error_description"]
+    for path in ("/oauth/revoke", "/oauth/introspect"):
+        resp = requests.post(
+            f"{direct.url}{path}",
+            data={"token": "x"},
+            auth=(org.client_id, org.client_secret),
+            headers={"Host": "market.example"},
+            timeout=30,
+        )
+        assert resp.status_code == 400, (path, resp.text)
+        assert resp.json()["error"] == "invalid_request"
+
+    # With one trusted proxy hop, the proxy's X-Forwarded-* say TLS ended at the proxy.
+    proxied = live_server(TRUSTED_PROXY_HOPS=1)
+    org = LiveOrg.register(proxied, ["buyer"])
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "market.example"}
+    token = request_token(proxied.url, org.client_id, org.client_secret, **forwarded)
+    assert token.status_code == 200, token.text
+    meta = requests.get(
+        f"{proxied.url}/.well-known/oauth-authorization-server", headers=forwarded, timeout=30
+    ).json()
+    assert meta["token_endpoint"] == "https://market.example/oauth/token"
