@@ -37,7 +37,9 @@ bp = Blueprint("accounts", __name__, url_prefix=API_PREFIX)
     errors=[409, 429, 503],
 )
 def register() -> Any:
-    # Counted per client address before anything else: every attempt may cost a hash.
+    body = parse_json(RegisterRequest)
+    # Counted per client address once the body is valid: from here every attempt costs a hash
+    # and may make an organisation (and so a claim on every offer's trial).
     limiter: WindowLimiter = current_app.extensions["registration_limiter"]
     wait_s = limiter.acquire(request.remote_addr or "")
     if wait_s:
@@ -46,9 +48,7 @@ def register() -> Any:
             headers={"Retry-After": str(wait_s)},
         )
     result = services.register(
-        session=get_session(),
-        request=parse_json(RegisterRequest),
-        hashing=current_app.extensions["password_hashing"],
+        session=get_session(), request=body, hashing=current_app.extensions["password_hashing"]
     )
     return jsonify(result.model_dump(mode="json")), 201
 
