@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from marketplace.accounts.scopes import ALL_SCOPES
+from marketplace.accounts.scopes import ALL_SCOPES, split_scope
 
 # A pragmatic address check: one @, no spaces, a dot in the domain. Deliverability is proven by
 # mail, not by a regular expression.
@@ -80,9 +80,17 @@ class ClientCredentials(BaseModel):
     name: str
     scopes: list[str]
     created_at: dt.datetime
-    created_by: CreatedByUser | CreatedByClient | None = None
-    last_used_at: dt.datetime | None = None
-    revoked_at: dt.datetime | None = None
+    created_by: CreatedByUser | CreatedByClient | None = Field(
+        default=None,
+        description="The person who registered, or the client that made this one; "
+        "null for clients made before this was recorded",
+    )
+    last_used_at: dt.datetime | None = Field(
+        default=None, description="When the client last got an access token"
+    )
+    revoked_at: dt.datetime | None = Field(
+        default=None, description="When the client and its tokens were revoked"
+    )
 
 
 class RegisterResponse(BaseModel):
@@ -101,11 +109,19 @@ class ClientList(BaseModel):
 
 
 class OrganizationPublic(BaseModel):
+    """Made from an ``Organization`` row with ``model_validate(row, from_attributes=True)``."""
+
     id: int
     name: str
     roles: list[str]
     verified: bool
     verified_at: dt.datetime | None
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: object) -> object:
+        # The table keeps roles as one space-separated string.
+        return split_scope(value) if isinstance(value, str) else value
 
 
 class WhoAmI(BaseModel):

@@ -106,14 +106,7 @@ def _credentials(client: OAuthClient, secret: str | None) -> ClientCredentials:
 
 
 def organization_public(org: Organization) -> OrganizationPublic:
-    assert org.id is not None
-    return OrganizationPublic(
-        id=org.id,
-        name=org.name,
-        roles=org.role_list,
-        verified=org.verified,
-        verified_at=org.verified_at,
-    )
+    return OrganizationPublic.model_validate(org, from_attributes=True)
 
 
 def _add_client(

@@ -40,7 +40,9 @@ def production_runner(app):
     """
     settings = app.extensions["settings"]
     app.extensions["settings"] = dataclasses.replace(settings, env="production", payments="stripe")
-    return app.test_cli_runner()
+    yield app.test_cli_runner()
+    # `serve` migrates through the app's engine, which the test's sessions do not use.
+    app.extensions["db"].engine.dispose()
 
 
 def test_demo_data_command_refuses_in_production(production_runner, db_session):
