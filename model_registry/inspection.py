@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +22,17 @@ import onnx.checker
 import onnx.helper
 import onnx.shape_inference
 from google.protobuf.message import DecodeError
-from onnx import AttributeProto, GraphProto, SparseTensorProto, TensorProto
+from onnx import SparseTensorProto, TensorProto
+
+from sandbox.onnxwalk import (
+    DomainRefusal,
+    DomainRule,
+    NodeVisit,
+    SparseVisit,
+    TensorVisit,
+    is_external,
+    walk,
+)
 
 ERROR = "error"
 WARNING = "warning"
@@ -159,10 +168,6 @@ def declared_bytes(tensor: TensorProto) -> int | None:
     return (count * bits + 7) // 8
 
 
-def _is_external(tensor: TensorProto) -> bool:
-    return tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0
-
-
 # --- the walk ------------------------------------------------------------------------------
 
 
@@ -174,48 +179,58 @@ class _Tally:
     params: int = 0
     depth_max: int = 0
     op_types: Counter[str] = field(default_factory=Counter)
-    domains: set[str] = field(default_factory=set)
 
 
-def _node_label(node: onnx.NodeProto, index: int) -> str:
-    return node.name or f"{node.op_type}#{index}"
+class _Checker:
+    """Checks each item of :func:`sandbox.onnxwalk.walk` against the policy and tallies it."""
 
-
-def _attr_tensors(attr: AttributeProto) -> Iterator[tuple[str, TensorProto | SparseTensorProto]]:
-    if attr.HasField("t"):
-        yield attr.name, attr.t
-    for t in attr.tensors:
-        yield attr.name, t
-    if attr.HasField("sparse_tensor"):
-        yield attr.name, attr.sparse_tensor
-    for st in attr.sparse_tensors:
-        yield attr.name, st
-
-
-def _attr_graphs(attr: AttributeProto) -> Iterator[GraphProto]:
-    if attr.HasField("g"):
-        yield attr.g
-    yield from attr.graphs
-
-
-class _Walker:
-    def __init__(self, policy: InspectionPolicy, report: Report, local_functions: set[str]):
+    def __init__(self, policy: InspectionPolicy, report: Report, rule: DomainRule):
         self.policy = policy
         self.report = report
+        self.rule = rule
         self.tally = _Tally()
-        self.local_functions = local_functions
         self.stopped = False
 
     def _stop(self, code: str, message: str, node: str | None = None) -> None:
         self.report.error(code, message, node)
         self.stopped = True
 
+    def run(self, model: onnx.ModelProto) -> None:
+        for item in walk(model, depth_max=self.policy.subgraph_depth_max):
+            if isinstance(item, NodeVisit):
+                self.node(item)
+            elif isinstance(item, TensorVisit):
+                self.tensor(item.tensor, item.where, initializer=item.initializer)
+            elif isinstance(item, SparseVisit):
+                self.sparse(item.sparse, item.where)
+            else:
+                self._stop(
+                    "nesting_too_deep",
+                    f"Subgraphs nest deeper than {self.policy.subgraph_depth_max} levels.",
+                )
+            if self.stopped:
+                return
+
+    def node(self, item: NodeVisit) -> None:
+        node = item.node
+        self.tally.depth_max = max(self.tally.depth_max, item.depth)
+        self.tally.nodes += 1
+        if self.tally.nodes > self.policy.node_count_max:
+            self._stop("too_many_nodes", f"More than {self.policy.node_count_max} nodes.")
+            return
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+        self.tally.op_types[op] += 1
+        try:
+            self.rule.check_node(node, item.where)
+        except DomainRefusal as refusal:
+            self._stop(refusal.code, refusal.message, refusal.where)
+
     def tensor(self, tensor: TensorProto, where: str, *, initializer: bool) -> None:
         self.tally.tensors += 1
         if self.tally.tensors > self.policy.tensor_count_max:
             self._stop("too_many_tensors", f"More than {self.policy.tensor_count_max} tensors.")
             return
-        if _is_external(tensor):
+        if is_external(tensor):
             self._stop(
                 "external_data",
                 f"Tensor {tensor.name!r} refers to external data; upload self-contained models.",
@@ -247,7 +262,7 @@ class _Walker:
     def sparse(self, sparse: SparseTensorProto, where: str) -> None:
         values, indices = sparse.values, sparse.indices
         for part in (values, indices):
-            if _is_external(part):
+            if is_external(part):
                 self._stop(
                     "external_data",
                     f"Sparse tensor {values.name!r} refers to external data.",
@@ -274,72 +289,6 @@ class _Walker:
         self.tensor(values, where, initializer=True)
         if not self.stopped:
             self.tensor(indices, where, initializer=False)
-
-    def domain(self, domain: str, op_type: str, where: str) -> None:
-        if domain in self.policy.allowed_domains:
-            return
-        if f"{domain}:{op_type}" in self.local_functions:
-            return
-        self._stop(
-            "domain_not_allowed",
-            f"Operator domain {domain!r} is not allowed (allowed: "
-            f"{', '.join(repr(d) for d in self.policy.allowed_domains)}).",
-            where,
-        )
-
-    def nodes(self, nodes: Any, depth: int, prefix: str = "") -> None:
-        if depth > self.policy.subgraph_depth_max:
-            self._stop(
-                "nesting_too_deep",
-                f"Subgraphs nest deeper than {self.policy.subgraph_depth_max} levels.",
-            )
-            return
-        self.tally.depth_max = max(self.tally.depth_max, depth)
-        for index, node in enumerate(nodes):
-            if self.stopped:
-                return
-            self.tally.nodes += 1
-            if self.tally.nodes > self.policy.node_count_max:
-                self._stop("too_many_nodes", f"More than {self.policy.node_count_max} nodes.")
-                return
-            label = prefix + _node_label(node, index)
-            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
-            self.tally.op_types[op] += 1
-            self.domain(node.domain, node.op_type, label)
-            self.attributes(node.attribute, depth, label)
-
-    def attributes(self, attributes: Any, depth: int, label: str) -> None:
-        for attr in attributes:
-            if self.stopped:
-                return
-            for _name, tensor in _attr_tensors(attr):
-                if isinstance(tensor, SparseTensorProto):
-                    self.sparse(tensor, label)
-                else:
-                    self.tensor(tensor, label, initializer=False)
-                if self.stopped:
-                    return
-            for sub in _attr_graphs(attr):
-                self.graph(sub, depth + 1, label + "/")
-                if self.stopped:
-                    return
-
-    def graph(self, graph: GraphProto, depth: int, prefix: str = "") -> None:
-        if depth > self.policy.subgraph_depth_max:
-            self._stop(
-                "nesting_too_deep",
-                f"Subgraphs nest deeper than {self.policy.subgraph_depth_max} levels.",
-            )
-            return
-        for init in graph.initializer:
-            self.tensor(init, prefix + (init.name or "initializer"), initializer=True)
-            if self.stopped:
-                return
-        for sparse in graph.sparse_initializer:
-            self.sparse(sparse, prefix + (sparse.values.name or "sparse_initializer"))
-            if self.stopped:
-                return
-        self.nodes(graph.node, depth, prefix)
 
 
 # --- signature -----------------------------------------------------------------------------
@@ -393,8 +342,6 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
             f"IR version {model.ir_version} is outside "
             f"{policy.ir_version_min}..{policy.ir_version_max}.",
         )
-    local_functions = {f"{f.domain}:{f.name}" for f in model.functions}
-    local_domains = {f.domain for f in model.functions}
     for opset in model.opset_import:
         domain = opset.domain
         report.opsets[domain or "ai.onnx"] = int(opset.version)
@@ -404,30 +351,20 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
                     "opset_unsupported",
                     f"Opset {opset.version} is outside {policy.opset_min}..{policy.opset_max}.",
                 )
-        elif domain == "ai.onnx.ml" and domain in policy.allowed_domains:
-            if not 1 <= opset.version <= policy.ml_opset_max:
-                report.error(
-                    "opset_unsupported",
-                    f"ai.onnx.ml opset {opset.version} is outside 1..{policy.ml_opset_max}.",
-                )
-        elif domain not in policy.allowed_domains and domain not in local_domains:
-            report.error("domain_not_allowed", f"Operator domain {domain!r} is not allowed.")
+        elif domain == "ai.onnx.ml" and not 1 <= opset.version <= policy.ml_opset_max:
+            report.error(
+                "opset_unsupported",
+                f"ai.onnx.ml opset {opset.version} is outside 1..{policy.ml_opset_max}.",
+            )
+    try:
+        rule = DomainRule.for_model(model, policy.allowed_domains)
+    except DomainRefusal as refusal:
+        report.error(refusal.code, refusal.message, refusal.where)
     if not report.ok:
         return report
 
-    walker = _Walker(policy, report, local_functions)
-    walker.graph(model.graph, 0)
-    for function in model.functions:
-        if walker.stopped:
-            break
-        # Default attribute values of a function can carry tensors and graphs too.
-        walker.attributes(function.attribute_proto, 1, f"function {function.name}")
-        walker.nodes(function.node, 1, f"function {function.name}/")
-    for index, training in enumerate(model.training_info):
-        # Training graphs are not run for inference, but their tensors are still references.
-        for part in (training.initialization, training.algorithm):
-            if not walker.stopped:
-                walker.graph(part, 1, f"training_info#{index}/")
+    checker = _Checker(policy, report, rule)
+    checker.run(model)
     if not report.ok:
         return report
 
@@ -435,7 +372,7 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     initializer_names |= {s.values.name for s in model.graph.sparse_initializer}
     report.inputs = [_value_info(v) for v in model.graph.input if v.name not in initializer_names]
     report.outputs = [_value_info(v) for v in model.graph.output]
-    tally = walker.tally
+    tally = checker.tally
     report.stats = {
         "node_count": tally.nodes,
         "initializer_bytes": tally.initializer_bytes,

@@ -30,7 +30,7 @@ from sandbox.errors import (
     ResourceExhausted,
     SandboxError,
 )
-from sandbox.runtime import check_model, session_options
+from sandbox.runtime import load_session
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,6 @@ def _run_error(exc: BaseException) -> SandboxError:
     if type(exc).__name__ == "InvalidArgument":
         return InputInvalid("The model rejected the inputs.", log_detail=text)
     return ModelInvalid("The model failed while evaluating.", log_detail=text)
-
-
-def _load_error(exc: BaseException) -> SandboxError:
-    text = str(exc)
-    if isinstance(exc, MemoryError) or "alloc" in text.lower():
-        return ResourceExhausted("Loading the model exceeded the memory limit.", log_detail=text)
-    return ModelInvalid("onnxruntime could not load the model.", log_detail=text)
 
 
 def _signature(session: Any) -> p.Signature:
@@ -165,12 +158,12 @@ def serve(fds: WorkerFds, params: WorkerParams) -> None:
         with mmap.mmap(fds.model, params.model_bytes, prot=mmap.PROT_READ) as source:
             model_bytes = source[:]
         os.close(fds.model)
-        check_model(model_bytes, allowed_domains=params.allowed_domains, nodes_max=params.nodes_max)
-        options = session_options(constant_folding_bytes_max=params.constant_folding_bytes_max)
-        try:
-            session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise _load_error(exc) from None
+        session = load_session(
+            model_bytes,
+            allowed_domains=params.allowed_domains,
+            nodes_max=params.nodes_max,
+            constant_folding_bytes_max=params.constant_folding_bytes_max,
+        )
         del model_bytes
         signature = _signature(session)
     except SandboxError as exc:

@@ -284,6 +284,7 @@ def live_server(
     for server, application in servers:
         server.shutdown()
         server.server_close()
+        application.extensions["sandbox_pool"].close()
         application.extensions["db"].engine.dispose()
 
 

@@ -10,7 +10,7 @@ import pytest
 from model_registry.confined import inspect_file
 from model_registry.inspection import InspectionPolicy, Report, inspect_model
 from sandbox.errors import SandboxError
-from tests.model_registry import builders
+from tests import onnx_models as builders
 
 EXTERNAL_PATHS = ["../secret.bin", "sub/../../etc/passwd", "/etc/passwd", "weights.bin"]
 

@@ -17,7 +17,7 @@ from onnx import TensorProto
 from sandbox.confine import probe
 from sandbox.errors import SandboxBusy, SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool, missing_protections
-from tests.sandbox import models
+from tests import onnx_models as models
 
 DEADLINE_S = 1.0
 GRACE_S = 0.3
@@ -169,7 +169,7 @@ def test_health_reports_protections_and_counts(pool: SandboxPool) -> None:
     [
         models.external_initializer,
         models.external_constant,
-        models.external_sparse,
+        models.external_sparse_initializer,
         models.external_in_subgraph,
     ],
 )
@@ -187,6 +187,19 @@ def test_foreign_domains_are_refused(pool: SandboxPool, domain: str) -> None:
     model = models.custom_domain(domain)
     code = _code(lambda: _eval(pool, f"domain-{domain}", model, x=np.zeros(4, F32)))
     assert code == "model_invalid"
+
+
+@pytest.mark.parametrize(
+    ("domain", "op_type"), [("com.microsoft", "Gelu"), ("com.microsoft.nchwc", "ReorderInput")]
+)
+def test_a_local_function_cannot_claim_a_runtime_kernel(
+    pool: SandboxPool, domain: str, op_type: str
+) -> None:
+    model = models.function_claims_domain(domain, op_type)
+    x = np.ones((1, 8, 2, 2), F32)
+    with pytest.raises(SandboxError) as exc:
+        _eval(pool, f"claims-{domain}", model, x=x)
+    assert exc.value.code == "model_invalid" and "reserved" in exc.value.detail
 
 
 def test_unsupported_signatures_are_model_invalid(pool: SandboxPool) -> None:

@@ -14,7 +14,7 @@ from sandbox import protocol as p
 from sandbox.errors import SandboxError
 from sandbox.runtime import session_options
 from sandbox.worker import WorkerParams, _Canceller, _Runner, _signature
-from tests.sandbox import models
+from tests import onnx_models as models
 
 SLOT_INPUT_BYTES = 1 << 20
 SLOT_OUTPUT_BYTES = 4 << 20

@@ -18,8 +18,8 @@ from marketplace.catalog.errors import VersionExists
 from marketplace.catalog.models import Listing, ModelVersion
 from marketplace.catalog.views import upload_context
 from model_registry.blobstore import FilesystemBlobStore, content_key
+from tests import onnx_models as builders
 from tests.conftest import Org
-from tests.model_registry import builders
 
 
 def test_a_lost_version_race_leaves_no_blob(

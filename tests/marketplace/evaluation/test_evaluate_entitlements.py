@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from marketplace.catalog.models import Offer, terms_sha256
-from tests.sandbox import models as m
+from tests import onnx_models as m
 
 X = {"dtype": "float32", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}
 BODY = {"inputs": {"x": X, "y": X}}
