@@ -75,6 +75,8 @@ class Settings:
     sandbox_queue_max: int = 32
     sandbox_memory_budget_bytes: int = 8 * 1024**3
     sandbox_worker_memory_bytes_max: int = 2 * 1024**3
+    sandbox_throttle_s: float = 30.0  # a caller whose call hit the deadline or crashed waits
+    sandbox_quarantine_callers: int = 3  # distinct crashing callers before a version is held
 
     # Money.
     platform_fee_bps: int = 1000  # 10 % of every sale and royalty goes to the platform

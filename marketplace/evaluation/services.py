@@ -20,7 +20,7 @@ from marketplace.catalog.services import load_model_bytes
 from marketplace.config import Settings
 from marketplace.errors import DomainError
 from model_registry.blobstore import BlobStore
-from sandbox.errors import SandboxError
+from sandbox.errors import DeadlineExceeded, SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ def pool_config(settings: Settings) -> PoolConfig:
         input_bytes_max=settings.eval_input_bytes_max,
         output_bytes_max=settings.eval_output_bytes_max,
         input_elements_max=settings.eval_input_elements_max,
+        throttle_s=settings.sandbox_throttle_s,
+        quarantine_callers=settings.sandbox_quarantine_callers,
     )
 
 
@@ -87,17 +89,35 @@ def run(
     pool: SandboxPool,
     blob_store: BlobStore,
     version: ModelVersion,
+    caller_org_id: int,
     inputs: Mapping[str, np.ndarray],
     deadline_s: float,
+    record_deadline_call: Callable[[], object] | None = None,
 ) -> EvalResult:
+    """Run ``version`` for the organisation ``caller_org_id``; sandbox failures as problems.
+
+    A run that reached its deadline used the compute a successful call would have, so it is
+    recorded by ``record_deadline_call`` (the caller's usual recording of a call) before the
+    504; a refusal to record it (the trial ran out meanwhile) leaves the 504 as it is.
+    """
     try:
-        # The content hash keys the warm cache: two listings with identical bytes share workers.
+        # The content hash keys the warm cache (two listings with identical bytes share
+        # workers); quarantine and throttling go by version and caller.
         return pool.evaluate(
             version.sha256,
             lambda: load_model_bytes(blob_store, version),
             inputs,
+            version=f"version:{version.id}",
+            caller=f"org:{caller_org_id}",
             deadline_s=deadline_s,
         )
+    except DeadlineExceeded as exc:
+        if exc.ran_to_deadline and record_deadline_call is not None:
+            try:
+                record_deadline_call()
+            except DomainError as refused:
+                log.info("deadline call of version %s not recorded: %s", version.id, refused.code)
+        raise sandbox_problem(exc) from None
     except SandboxError as exc:
         raise sandbox_problem(exc) from None
 

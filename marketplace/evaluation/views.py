@@ -85,7 +85,7 @@ def _wants_npz() -> bool:
     body=EvaluateRequest,
     response=EvaluateResponse,
     scope=SANDBOX_RUN,
-    errors=[402, 404, 413, 415, 502, 503, 504],
+    errors=[402, 404, 413, 415, 429, 502, 503, 504],
 )
 @require_oauth(SANDBOX_RUN)
 def evaluate(model_id: int, version: str) -> Any:
@@ -102,19 +102,24 @@ def evaluate(model_id: int, version: str) -> Any:
     inputs = _read_inputs()
     # The database is not needed while the model runs; release the connection meanwhile.
     session.commit()
+
+    def record_call() -> dict[str, Any]:
+        if entitlement is None:
+            return {"licence_id": None, "kind": "owner"}
+        return entitlements.record_successful_call(
+            session=session, entitlement=entitlement, reserve_calls=settings.metering_reserve_calls
+        )
+
     result = services.run(
         pool=current_app.extensions["sandbox_pool"].get(),
         blob_store=current_app.extensions["blob_store"],
         version=row,
+        caller_org_id=org_id,
         inputs=inputs,
         deadline_s=settings.eval_timeout_s,
+        record_deadline_call=record_call,
     )
-    if entitlement is None:
-        usage: dict[str, Any] = {"licence_id": None, "kind": "owner"}
-    else:
-        usage = entitlements.record_successful_call(
-            session=session, entitlement=entitlement, reserve_calls=settings.metering_reserve_calls
-        )
+    usage = record_call()
     timing = {
         "queue_ms": round(result.queue_ms, 3),
         "load_ms": round(result.load_ms, 3),

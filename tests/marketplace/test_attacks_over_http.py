@@ -6,14 +6,16 @@ fresh database, its own sandbox pool and inspectors), and asserts that it no lon
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
+from marketplace.evaluation.services import LazyPool
 from tests import onnx_models as models
 from tests.conftest import LiveServer
-from tests.marketplace.live import Vendor
+from tests.marketplace.live import Actor, Vendor
 
 F32 = np.float32
 
@@ -57,3 +59,69 @@ def test_external_data_in_a_function_default_is_refused_at_load(
     assert ran.status_code == 422, ran.text
     assert ran.json()["code"] == "model_invalid"
     assert ran.json()["detail"] == "The model references external tensor data."
+
+
+def _slow(n: int) -> dict[str, np.ndarray]:
+    """Inputs of `models.long_matmul`: n = 8 runs in microseconds, n = 4096 for seconds."""
+    return {"x": np.ones(1, F32), "n": np.array([n], np.int64)}
+
+
+def test_deadline_calls_throttle_their_caller_count_as_calls_and_quarantine_no_one(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server(EVAL_TIMEOUT_S=0.5, SANDBOX_THROTTLE_S=60)
+    vendor = Vendor(server)
+    assert vendor.upload(models.long_matmul(), "1.0.0").status_code == 201
+    offer = vendor.offer(trial_calls=10)
+    attacker = Actor(server, ["buyer"], "Trial holder")
+    customer = Actor(server, ["buyer"], "Paying customer")
+    trial = attacker.start_trial(offer)
+    customer.start_trial(offer)
+
+    statuses = []
+    for _ in range(3):
+        resp = attacker.evaluate(vendor.model_id, "1.0.0", **_slow(4096))
+        statuses.append((resp.status_code, resp.json()["code"], resp.headers.get("Retry-After")))
+    assert statuses[0] == (504, "deadline_exceeded", None)
+    for status, code, retry_after in statuses[1:]:
+        assert (status, code) == (429, "caller_throttled")
+        assert retry_after is not None and 59 <= int(retry_after) <= 60
+    # The call that ran to the deadline used the compute: it counts against the trial.
+    licence = attacker.get(f"/api/v1/licenses/{trial['id']}").json()
+    assert licence["calls_remaining"] == 9
+    # Everyone else, and the vendor, still run the model.
+    ok = customer.evaluate(vendor.model_id, "1.0.0", **_slow(8))
+    assert ok.status_code == 200, ok.text
+    assert vendor.evaluate(vendor.model_id, "1.0.0", **_slow(8)).status_code == 200
+
+
+def test_a_rival_with_the_same_bytes_cannot_get_a_version_quarantined(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server(SANDBOX_THROTTLE_S=60, SANDBOX_QUARANTINE_CALLERS=2)
+    # The pool's test hook makes any model with an input named crash_me segfault its worker:
+    # the stand-in for inputs that crash a vendor's kernel.
+    pool_config = dataclasses.replace(
+        server.app.extensions["sandbox_pool"].config, crash_on_input_name="crash_me"
+    )
+    server.app.extensions["sandbox_pool"] = LazyPool(pool_config)
+    model = models.identity([1], name="crash_me")
+    victim = Vendor(server, "Victim")
+    assert victim.upload(model, "1.0.0").status_code == 201
+    rival = Vendor(server, "Rival")
+    assert rival.upload(model, "1.0.0").status_code == 201  # the very same bytes
+
+    crash = {"crash_me": np.zeros(1, F32)}
+    codes = [rival.evaluate(rival.model_id, "1.0.0", **crash).json()["code"] for _ in range(4)]
+    assert codes == ["worker_crashed"] + ["caller_throttled"] * 3
+    # A second organisation of the rival's quarantines the rival's own version, nobody else's.
+    sybil = Actor(server, ["buyer"], "Rival's sibling")
+    offer = rival.offer(trial_calls=10)
+    sybil.start_trial(offer)
+    assert sybil.evaluate(rival.model_id, "1.0.0", **crash).json()["code"] == "worker_crashed"
+    held = rival.evaluate(rival.model_id, "1.0.0", **crash)
+    assert held.status_code == 503 and held.json()["code"] == "model_quarantined"
+    assert "Retry-After" in held.headers
+    # The victim's version still runs (and crashes, as the model does), it is not held.
+    mine = victim.evaluate(victim.model_id, "1.0.0", **crash)
+    assert mine.status_code == 502 and mine.json()["code"] == "worker_crashed"

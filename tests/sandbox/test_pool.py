@@ -30,7 +30,8 @@ CONFIG = PoolConfig(
     input_bytes_max=16 << 20,
     input_elements_max=4 << 20,
     output_bytes_max=16 << 20,
-    quarantine_failures=1000,
+    quarantine_callers=1000,
+    throttle_s=0,
     crash_on_input_name="crash_me",
 )
 F32 = np.float32
@@ -335,23 +336,59 @@ def test_huge_inputs_are_refused_before_any_copy(pool: SandboxPool) -> None:
 # --- pool policy -------------------------------------------------------------------------
 
 
-def test_repeated_crashes_quarantine_the_model() -> None:
+def test_crashes_throttle_the_caller_and_quarantine_only_after_several_callers() -> None:
     config = PoolConfig(
-        quarantine_failures=2, quarantine_s=60, crash_on_input_name="crash_me", workers_max=2
+        quarantine_callers=2,
+        quarantine_s=60,
+        throttle_s=60,
+        crash_on_input_name="crash_me",
+        workers_max=2,
     )
     model = models.identity([1], name="crash_me")
+    inputs = {"crash_me": np.zeros(1, F32)}
+
+    def call(caller: str, version: str = "v1") -> str:
+        return _code(
+            lambda: pool.evaluate("bytes", lambda: model, inputs, version=version, caller=caller)
+        )
+
     with SandboxPool(config) as pool:
-        for _ in range(2):
-            assert _code(lambda: _eval(pool, "bad", model, crash_me=np.zeros(1, F32))) == (
-                "worker_crashed"
-            )
+        assert call("mallory") == "worker_crashed"
+        # The crasher waits; nobody else does.
         with pytest.raises(SandboxError) as exc:
-            _eval(pool, "bad", model, crash_me=np.zeros(1, F32))
-        assert exc.value.code == "model_quarantined"
-        assert exc.value.status == 503
-        assert "bad" in pool.health()["quarantined"]
+            pool.evaluate("bytes", lambda: model, inputs, version="v1", caller="mallory")
+        assert exc.value.code == "caller_throttled" and exc.value.status == 429
+        assert 59 < exc.value.retry_after_s <= 60  # type: ignore[attr-defined]
+        # The same bytes under another version are a different version: not held.
+        assert call("mallory", version="v2") == "worker_crashed"
+        assert call("alice") == "worker_crashed"  # the second distinct caller of v1
+        with pytest.raises(SandboxError) as exc:
+            pool.evaluate("bytes", lambda: model, inputs, version="v1", caller="bob")
+        assert exc.value.code == "model_quarantined" and exc.value.status == 503
+        assert list(pool.health()["quarantined"]) == ["v1"]
+        assert call("bob", version="v2") == "worker_crashed"
         out = _eval(pool, "good", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
         assert out.outputs["z"].shape == (1, 3)
+
+
+def test_a_deadline_throttles_only_that_caller_and_never_quarantines() -> None:
+    config = PoolConfig(
+        quarantine_callers=1, throttle_s=60, eval_timeout_s=0.3, kill_grace_s=0.1, workers_max=2
+    )
+    model = models.huge_loop()
+    x = {"x": np.ones(1, F32)}
+    with SandboxPool(config) as pool:
+        with pytest.raises(SandboxError) as exc:
+            pool.evaluate("loop", lambda: model, x, version="v1", caller="mallory")
+        assert exc.value.code == "deadline_exceeded"
+        assert exc.value.ran_to_deadline  # type: ignore[attr-defined]
+        with pytest.raises(SandboxError) as exc:
+            pool.evaluate("loop", lambda: model, x, version="v1", caller="mallory")
+        assert exc.value.code == "caller_throttled"
+        with pytest.raises(SandboxError) as exc:
+            pool.evaluate("loop", lambda: model, x, version="v1", caller="alice")
+        assert exc.value.code == "deadline_exceeded"  # alice runs; v1 is not quarantined
+        assert pool.health()["quarantined"] == {}
 
 
 def test_workers_do_not_inherit_the_callers_environment(monkeypatch: pytest.MonkeyPatch) -> None:

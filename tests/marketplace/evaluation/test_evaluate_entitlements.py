@@ -130,3 +130,27 @@ def test_owner_is_never_charged(client, vendor, publish, offer_for):
     assert resp.status_code == 200
     assert resp.json["usage"] == {"licence_id": None, "kind": "owner"}
     assert np.isclose(resp.json["outputs"]["z"]["data"][0], 2.0)
+
+
+def test_a_metered_call_that_runs_to_the_deadline_is_recorded_like_a_call(
+    client, vendor, buyer, publish, offer_for, db_session
+):
+    from marketplace.licensing.models import License
+
+    p = publish(vendor, m.huge_loop())
+    offer = offer_for(
+        p, kind="per_inference", price_minor=0, royalty_per_1k_minor=2500, trial_calls=0
+    )
+    purchase = client.post(
+        f"/api/v1/offers/{offer.id}/purchase",
+        json={"accept_terms_sha256": offer.terms_sha256},
+        headers=buyer.headers(**{"Idempotency-Key": "buy-deadline"}),
+    )
+    assert purchase.status_code == 201, purchase.json
+    _top_up(client, buyer, 10_000)
+    body = {"inputs": {"x": {"dtype": "float32", "shape": [1], "data": [0.0]}}}
+    resp = client.post(_url(p), json=body, headers=buyer.headers("sandbox:run"))
+    assert resp.status_code == 504 and resp.json["code"] == "deadline_exceeded"
+    licence = db_session.get(License, purchase.json["licence_id"])
+    db_session.refresh(licence)
+    assert licence.calls_used == 1
