@@ -173,7 +173,7 @@ def _inspect_one(request: dict[str, Any]) -> dict[str, Any]:
 
     policy = InspectionPolicy.from_dict(request["policy"])
     limits = Limits(
-        memory_bytes_max=int(request["memory_bytes_max"]),
+        memory_added_bytes_max=int(request["memory_bytes_max"]),
         wall_s_max=float(request["wall_s_max"]),
         cpu_s_max=max(1, int(request["wall_s_max"])),
         result_bytes_max=_RESULT_BYTES_MAX,

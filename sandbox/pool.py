@@ -88,6 +88,7 @@ class PoolConfig:
     queue_max: int = 32
     queue_timeout_s: float = 10.0
     memory_budget_bytes: int = 8 * GiB
+    # Address space a worker may map beyond what it inherits from the zygote (RLIMIT_AS).
     worker_memory_bytes_max: int = 2 * GiB
     worker_cpu_s_max: int = 3600
     eval_timeout_s: float = 10.0

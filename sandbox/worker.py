@@ -138,7 +138,7 @@ def serve(fds: WorkerFds, params: WorkerParams) -> None:
     """Confine this process, load the model and answer calls until the request pipe closes."""
     protections = apply_confinement(
         Limits(
-            memory_bytes_max=params.memory_bytes_max,
+            memory_added_bytes_max=params.memory_bytes_max,
             cpu_s_max=params.cpu_s_max,
             wall_s_max=float(params.cpu_s_max),
             open_files_max=32,

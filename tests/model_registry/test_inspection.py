@@ -128,8 +128,9 @@ def test_confined_inspection_of_a_file(tmp_path: Path) -> None:
 
 
 def test_confined_inspection_runs_out_of_memory_as_a_sandbox_error(tmp_path: Path) -> None:
+    # 64 MiB of weights: parsing them alone needs more than the 64 MiB the child may add.
     model = tmp_path / "m.onnx"
-    model.write_bytes(builders.relu_bytes())
+    model.write_bytes(builders.relu_bytes(width=8 * 1024 * 1024))
     with pytest.raises(SandboxError) as exc:
         inspect_file(model, memory_bytes_max=64 * 1024 * 1024)
     assert exc.value.code in {"resource_exhausted", "worker_crashed"}
