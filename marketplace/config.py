@@ -62,6 +62,9 @@ class Settings:
     inspect_subgraph_depth_max: int = 4
     inspect_initializer_bytes_max: int = 2 * 1024**3  # declared, not stored, bytes
     inspect_extra_domains: str = ""  # comma-separated operator domains allowed beyond the default
+    inspect_concurrency_max: int = 2  # confined inspections at once per node; more get 503
+    inspect_memory_base_bytes: int = 512 * 1024**2  # address space of one inspection, plus...
+    inspect_memory_per_model_byte: int = 3  # ...this many bytes per byte of the upload
     upload_spool_dir: str = ""  # empty: instance/spool; uploads are staged here for inspection
     blob_grace_s: int = 3600  # unreferenced blobs younger than this are kept by the sweeper
 

@@ -27,6 +27,7 @@ from marketplace.accounts.models import Organization
 from marketplace.catalog.errors import (
     ContentDigestMismatch,
     DownloadNotAllowed,
+    InspectionBusy,
     InspectionUnavailable,
     InvalidVersion,
     ListingNotFound,
@@ -73,6 +74,7 @@ from model_registry.blobstore import (
     BlobStore,
     sha256_of_content_key,
 )
+from model_registry.confined import BUSY_RETRY_AFTER_S
 from model_registry.errors import BlobStoreError, BlobTooLarge
 from model_registry.upload import (
     DigestMismatch,
@@ -83,7 +85,7 @@ from model_registry.upload import (
     ingest_declared,
     spool_stream,
 )
-from sandbox.errors import SandboxError
+from sandbox.errors import SandboxBusy, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -393,10 +395,22 @@ class UploadContext:
     size_max: int
 
 
-def _inspection_problem(exc: SandboxError) -> ModelRejected | InspectionUnavailable:
+def inspection_busy(retry_after_s: float = BUSY_RETRY_AFTER_S) -> InspectionBusy:
+    """503 ``inspection_busy``: the node runs as many inspections as it may."""
+    return InspectionBusy(
+        "Too many models are being inspected on this server; retry later.",
+        headers={"Retry-After": str(max(1, round(retry_after_s))), "Connection": "close"},
+    )
+
+
+def _inspection_problem(
+    exc: SandboxError,
+) -> ModelRejected | InspectionUnavailable | InspectionBusy:
     if exc.log_detail:
         log.warning("inspection %s: %s", exc.code, exc.log_detail)
-    if exc.code in {"sandbox_unavailable", "sandbox_busy"}:
+    if isinstance(exc, SandboxBusy):
+        return inspection_busy(exc.retry_after_s)
+    if exc.code == "sandbox_unavailable":
         return InspectionUnavailable("Model inspection is unavailable; retry later.")
     finding = {
         "code": f"inspection_{exc.code}",

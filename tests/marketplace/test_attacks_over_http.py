@@ -7,10 +7,13 @@ fresh database, its own sandbox pool and inspectors), and asserts that it no lon
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+import requests
 
 from marketplace.evaluation.services import LazyPool
 from tests import onnx_models as models
@@ -125,3 +128,47 @@ def test_a_rival_with_the_same_bytes_cannot_get_a_version_quarantined(
     # The victim's version still runs (and crashes, as the model does), it is not held.
     mine = victim.evaluate(victim.model_id, "1.0.0", **crash)
     assert mine.status_code == 502 and mine.json()["code"] == "worker_crashed"
+
+
+def test_concurrent_inspections_are_capped_per_node(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server(INSPECT_CONCURRENCY_MAX=1)
+    vendor = Vendor(server)
+    inspector = server.app.extensions["model_inspector"]
+    slow = models.many_nodes(90_000)  # a valid model whose inspection takes a few seconds
+    first: list[requests.Response] = []
+    thread = threading.Thread(target=lambda: first.append(vendor.upload(slow, "1.0.0")))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not inspector.saturated and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert inspector.saturated, "the first inspection never started"
+    refused = vendor.upload(models.relu_bytes(), "1.0.1")
+    thread.join()
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert refused.json()["code"] == "inspection_busy"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert first[0].status_code == 201, first[0].text
+    # Nothing of the refused upload stayed behind, and it goes through once the slot is free.
+    assert vendor.upload(models.relu_bytes(), "1.0.1").status_code == 201
+
+
+def test_an_inspection_gets_address_space_sized_from_the_upload(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    # 64 MiB of weights: parsing them alone needs more than a flat 64 MiB, and fits in 64 MiB
+    # plus two bytes per byte of the upload.
+    server = live_server(
+        INSPECT_MEMORY_BASE_BYTES=64 << 20,
+        INSPECT_MEMORY_PER_MODEL_BYTE=0,
+        MODEL_BYTES_MAX=256 << 20,
+    )
+    vendor = Vendor(server)
+    big = models.relu_bytes(width=8 * 1024 * 1024)
+    refused = vendor.upload(big, "1.0.0")
+    assert refused.status_code == 422, refused.text
+    assert [f["code"] for f in refused.json()["findings"]] == ["inspection_resource_exhausted"]
+    server.app.extensions["model_inspector"].memory_per_model_byte = 2
+    assert vendor.upload(big, "1.0.0").status_code == 201

@@ -149,7 +149,8 @@ def test_concurrent_uploads_of_one_version(
 ) -> None:
     """Racing uploads of the same version with different bytes: one wins, the others get 409,
     and only the winner's bytes stay in the store."""
-    server = live_server(STORAGE_URL=f"file://{tmp_path / 'race-blobs'}")
+    # As many inspection slots as racers: this test is about the version, not the slots.
+    server = live_server(STORAGE_URL=f"file://{tmp_path / 'race-blobs'}", INSPECT_CONCURRENCY_MAX=4)
     vendor = Vendor(server)
     bodies = [builders.relu_bytes(width) for width in (4, 8, 16, 32)]
     results: list[requests.Response] = []
