@@ -188,5 +188,12 @@ def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, n
 
 def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **dict(arrays))  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
+    # Members are written by name, not through np.savez: it takes the names as keyword
+    # arguments, so a tensor named "file" broke every response and one named "allow_pickle"
+    # vanished into its flag. Names are the registry's safe charset (no "/"), so "NAME.npy" is
+    # always a plain member name.
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
     return buffer.getvalue()
