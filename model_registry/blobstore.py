@@ -39,8 +39,8 @@ from model_registry.errors import (
 CHUNK_BYTES = 1 << 20
 MiB = 1 << 20
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,511}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,511}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class BlobStore(Protocol):
 
 def content_key(sha256: str) -> str:
     """The content-addressed key of an ONNX artifact: ``onnx/sha256/ab/cdef...``."""
-    if not _SHA256_RE.match(sha256):
+    if not _SHA256_RE.fullmatch(sha256):
         raise InvalidBlobKey("A content key needs a lower-case hex SHA-256.")
     return f"onnx/sha256/{sha256[:2]}/{sha256[2:]}"
 
@@ -106,12 +106,12 @@ def sha256_of_content_key(key: str) -> str | None:
     if not key.startswith(CONTENT_PREFIX):
         return None
     rest = key[len(CONTENT_PREFIX) :].replace("/", "")
-    return rest if _SHA256_RE.match(rest) else None
+    return rest if _SHA256_RE.fullmatch(rest) else None
 
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape a root directory or confuse an S3 path."""
-    if not _KEY_RE.match(key) or any(part in ("", ".", "..") for part in key.split("/")):
+    if not _KEY_RE.fullmatch(key) or any(part in ("", ".", "..") for part in key.split("/")):
         raise InvalidBlobKey()
     return key
 

@@ -12,6 +12,7 @@ that passes the walk reaches the full checker (with shape inference).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,6 +34,11 @@ from sandbox.onnxwalk import (
     is_external,
     walk,
 )
+
+# Names of a model's inputs and outputs travel to callers as JSON keys, npz member names and
+# headers: only a plain charset, so none can be a path ("../../x", "/etc/cron.d/x").
+TENSOR_NAME_CHARS_MAX = 128
+TENSOR_NAME = re.compile(rf"[A-Za-z0-9_.:\-]{{1,{TENSOR_NAME_CHARS_MAX}}}")
 
 ERROR = "error"
 WARNING = "warning"
@@ -155,6 +161,61 @@ def _element_bits(elem_type: int) -> int | None:
         return None
 
 
+# Which typed field holds a tensor's values when it has no raw_data, and how many entries one
+# element takes there (ONNX's TensorProto: complex numbers take two, 4-bit types pack two
+# elements into one int32 entry).
+_TYPED_FIELDS = (
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+)
+_TYPED_FIELD: dict[int, tuple[str, float]] = {
+    TensorProto.FLOAT: ("float_data", 1),
+    TensorProto.COMPLEX64: ("float_data", 2),
+    TensorProto.DOUBLE: ("double_data", 1),
+    TensorProto.COMPLEX128: ("double_data", 2),
+    TensorProto.INT64: ("int64_data", 1),
+    TensorProto.UINT32: ("uint64_data", 1),
+    TensorProto.UINT64: ("uint64_data", 1),
+    TensorProto.STRING: ("string_data", 1),
+    **{
+        getattr(TensorProto, name): ("int32_data", 1)
+        for name in (
+            "INT32", "INT16", "INT8", "UINT16", "UINT8", "BOOL", "FLOAT16", "BFLOAT16",
+            "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0",
+        )
+        if hasattr(TensorProto, name)
+    },
+    **{
+        getattr(TensorProto, name): ("int32_data", 0.5)
+        for name in ("INT4", "UINT4", "FLOAT4E2M1")
+        if hasattr(TensorProto, name)
+    },
+}  # fmt: skip
+
+
+def typed_data_mismatch(tensor: TensorProto) -> str | None:
+    """Why the tensor's typed data fields do not hold exactly what its dims declare, or None.
+
+    Only for tensors without raw_data: an initializer that declares 400M floats and carries no
+    values must be refused, not counted (and shown in the catalog) as 1.6 GB of weights.
+    """
+    expected_field, per_element = _TYPED_FIELD.get(tensor.data_type, ("", 0))
+    if not expected_field:
+        return "its data type has no typed data field"
+    for name in _TYPED_FIELDS:
+        if name != expected_field and len(getattr(tensor, name)):
+            return f"it holds {name} for a tensor of another type"
+    expected = math.ceil(math.prod(tensor.dims) * per_element)
+    held = len(getattr(tensor, expected_field))
+    if held != expected:
+        return f"it declares {expected} values in {expected_field} but holds {held}"
+    return None
+
+
 def declared_bytes(tensor: TensorProto) -> int | None:
     """Bytes the tensor's dims and type declare (strings: the bytes present); None if invalid."""
     if any(d < 0 for d in tensor.dims):
@@ -258,6 +319,10 @@ class _Checker:
                 f"Tensor {tensor.name!r} declares {size} bytes but holds {len(tensor.raw_data)}.",
                 where,
             )
+            return
+        mismatch = None if has_raw else typed_data_mismatch(tensor)
+        if mismatch is not None:
+            self._stop("tensor_size_mismatch", f"Tensor {tensor.name!r}: {mismatch}.", where)
 
     def sparse(self, sparse: SparseTensorProto, where: str) -> None:
         values, indices = sparse.values, sparse.indices
@@ -372,6 +437,16 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     initializer_names |= {s.values.name for s in model.graph.sparse_initializer}
     report.inputs = [_value_info(v) for v in model.graph.input if v.name not in initializer_names]
     report.outputs = [_value_info(v) for v in model.graph.output]
+    for value in (*report.inputs, *report.outputs):
+        if not TENSOR_NAME.fullmatch(value["name"]):
+            report.error(
+                "tensor_name_invalid",
+                f"Input and output names must be 1 to {TENSOR_NAME_CHARS_MAX} letters, digits, "
+                f"'_', '.', ':' or '-'; {value['name'][:64]!r} is not (rename it and upload "
+                "again).",
+            )
+    if not report.ok:
+        return report
     tally = checker.tally
     report.stats = {
         "node_count": tally.nodes,

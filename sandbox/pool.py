@@ -673,6 +673,7 @@ class SandboxPool:
         return {
             "slot_input_bytes": p.align(c.input_bytes_max + p.ALIGN_BYTES * p.TENSORS_MAX),
             "slot_output_bytes": p.align(c.output_bytes_max + p.ALIGN_BYTES * p.TENSORS_MAX),
+            "output_bytes_max": c.output_bytes_max,
             "model_bytes": model_bytes,
             "memory_bytes_max": c.worker_memory_bytes_max,
             "cpu_s_max": c.worker_cpu_s_max,
@@ -922,15 +923,17 @@ class SandboxPool:
             offset = p.align(offset + value.nbytes)
         return targets, b"".join(headers)
 
-    @staticmethod
-    def _output_plan(worker: _Worker, body: bytes) -> list[tuple[str, np.ndarray]]:
+    def _output_plan(self, worker: _Worker, body: bytes) -> list[tuple[str, np.ndarray]]:
         """Validated slot views for one set of output headers (the worker may be hostile)."""
         views = []
+        total = 0
         for i, spec in enumerate(worker.signature.outputs):
             t = p.unpack_tensor(body, i * p.TENSOR.size, worker.output_region)
-            if t.index != i:
+            total += t.nbytes
+            if t.index != i or total > self.config.output_bytes_max:
+                # An honest worker refuses outputs over the cap itself.
                 worker.kill()
-                raise WorkerCrashed(log_detail="output header out of order")
+                raise WorkerCrashed(log_detail="output headers out of order or over the cap")
             views.append(
                 (spec.name, np.ndarray(t.shape, t.dtype, buffer=worker.buffer, offset=t.offset))
             )

@@ -48,6 +48,9 @@ class WorkerParams:
 
     slot_input_bytes: int
     slot_output_bytes: int
+    # The exact cap on a call's output bytes; the slot's output region is a little larger,
+    # for the alignment of each tensor.
+    output_bytes_max: int
     model_bytes: int
     memory_bytes_max: int
     cpu_s_max: int
@@ -239,6 +242,7 @@ class _Runner:
             params.slot_input_bytes,
             params.slot_input_bytes + params.slot_output_bytes,
         )
+        self.output_bytes_max = params.output_bytes_max
         self.input_names = [s.name for s in signature.inputs]
         self.output_names = [s.name for s in signature.outputs]
         crash_on = params.crash_on_input_name
@@ -288,7 +292,7 @@ class _Runner:
             raise ModelInvalid("The model produced a non-tensor output.") from None
         plan = self.output_plans.get(key)
         if plan is None:
-            plan = _output_plan(outputs, self.buffer, self.output_region)
+            plan = _output_plan(outputs, self.buffer, self.output_region, self.output_bytes_max)
             p.remember(self.output_plans, key, plan)
         targets, reply = plan
         for target, value in zip(targets, outputs, strict=True):
@@ -337,17 +341,19 @@ def _feeds(
 
 
 def _output_plan(
-    outputs: list[Any], buffer: np.ndarray, region: tuple[int, int]
+    outputs: list[Any], buffer: np.ndarray, region: tuple[int, int], bytes_max: int
 ) -> tuple[list[np.ndarray], bytes]:
     targets = []
     descriptors = []
     offset, end = region
+    total = 0
     for index, value in enumerate(outputs):
         if not isinstance(value, np.ndarray) or value.dtype not in p.CODE_BY_DTYPE:
             raise ModelInvalid("The model produced an output of an unsupported type.")
         if value.ndim > p.RANK_MAX:
             raise ModelInvalid("The model produced an output with too many dimensions.")
-        if offset + value.nbytes > end:
+        total += value.nbytes
+        if total > bytes_max or offset + value.nbytes > end:
             raise ResourceExhausted("The model's outputs exceed the output size limit.")
         targets.append(np.ndarray(value.shape, value.dtype, buffer=buffer, offset=offset))
         descriptors.append(p.pack_tensor(index, value.dtype, value.shape, offset))

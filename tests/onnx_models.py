@@ -100,11 +100,11 @@ def matmul() -> bytes:
     )
 
 
-def identity(shape: list[int | str], name: str = "x", elem: int = F) -> bytes:
+def identity(shape: list[int | str], name: str = "x", elem: int = F, output: str = "y") -> bytes:
     return _bytes(
-        [helper.make_node("Identity", [name], ["y"])],
+        [helper.make_node("Identity", [name], [output])],
         [_vi(name, elem, shape)],
-        [_vi("y", elem, shape)],
+        [_vi(output, elem, shape)],
     )
 
 
@@ -277,6 +277,16 @@ def declared_huge_initializer() -> bytes:
     return model.SerializeToString()
 
 
+def declared_without_data(elements: int = 400_000_000) -> bytes:
+    """A valid model plus an unused initializer that declares ``elements`` floats and carries
+    no values at all."""
+    model = relu_model()
+    empty = model.graph.initializer.add()
+    empty.name, empty.data_type = "unused", TensorProto.FLOAT
+    empty.dims.append(elements)
+    return model.SerializeToString()
+
+
 def many_nodes(count: int) -> bytes:
     nodes = [helper.make_node("Identity", [f"t{i}"], [f"t{i + 1}"]) for i in range(count)]
     graph = helper.make_graph(
@@ -434,7 +444,7 @@ def large_output() -> bytes:
             helper.make_node("Expand", ["x", "shape"], ["y"]),
         ],
         [_vi("x", F, [1]), _vi("rows", I64, [1])],
-        [_vi("y", F, None)],
+        [_vi("y", F, ["rows", 1024])],
         initializers=[_i64("width", [1024])],
     )
 

@@ -365,7 +365,7 @@ def search_listings(
 def parse_version(text: str | None) -> str:
     """A semantic version string, or 422 ``invalid_version``."""
     text = text or ""
-    if not text or len(text) > VERSION_CHARS_MAX or not SEMVER.match(text):
+    if not text or len(text) > VERSION_CHARS_MAX or not SEMVER.fullmatch(text):
         raise InvalidVersion("The version must be semantic versioning, such as 1.0.0.")
     return text
 
@@ -508,6 +508,10 @@ def _record_version(
     )
     session.add(row)
     try:
+        # Everything that can fail runs before the commit (the response is built from the
+        # flushed row), so an error never leaves a committed row behind a 4xx or 5xx.
+        session.flush()
+        published = version_public(row)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -527,7 +531,7 @@ def _record_version(
                 context.store.put_stream(ingested.key, body, size_max=spool.size)
     except BlobStoreError as exc:
         log.error("could not re-store blob %s: %s", ingested.key, exc.log_detail)
-    return version_public(row)
+    return published
 
 
 def _delete_if_unreferenced(session: Session, store: BlobStore, key: str, sha256: str) -> None:

@@ -6,6 +6,7 @@ import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request
 from sqlmodel import Session
@@ -246,7 +247,8 @@ def upload_version(model_id: int) -> Any:
         declared_sha256=_declared_sha256(request.headers.get("Content-Digest")),
     )
     response, status = _json(published, 201)
-    response.headers["Location"] = f"{API_PREFIX}/models/{model_id}/versions/{published.version}"
+    version_path = quote(published.version, safe="")
+    response.headers["Location"] = f"{API_PREFIX}/models/{model_id}/versions/{version_path}"
     return response, status
 
 

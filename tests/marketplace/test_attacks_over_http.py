@@ -7,9 +7,11 @@ fresh database, its own sandbox pool and inspectors), and asserts that it no lon
 from __future__ import annotations
 
 import dataclasses
+import io
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +174,93 @@ def test_an_inspection_gets_address_space_sized_from_the_upload(
     assert [f["code"] for f in refused.json()["findings"]] == ["inspection_resource_exhausted"]
     server.app.extensions["model_inspector"].memory_per_model_byte = 2
     assert vendor.upload(big, "1.0.0").status_code == 201
+
+
+def test_a_version_with_a_trailing_newline_is_refused_and_leaves_nothing(
+    live_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    server = live_server(
+        STORAGE_URL=f"file://{tmp_path / 'newline-blobs'}", UPLOAD_SPOOL_DIR=str(spool)
+    )
+    vendor = Vendor(server)
+    for version in ("1.0.0\n", "1.0.0\r\n", "\n1.0.0", "1.0.0 "):
+        resp = vendor.upload(models.relu_bytes(), version)
+        assert resp.status_code == 422, (version, resp.text)
+        assert resp.json()["code"] == "invalid_version"
+    listed = vendor.get(f"/api/v1/models/{vendor.model_id}/versions").json()["items"]
+    assert listed == []
+    assert list(server.app.extensions["blob_store"].list("onnx/")) == []
+    assert not spool.exists() or list(spool.iterdir()) == []
+    ok = vendor.upload(models.relu_bytes(), "1.0.0+build.7")
+    assert ok.status_code == 201, ok.text
+    assert ok.headers["Location"].endswith("/versions/1.0.0%2Bbuild.7")
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        models.identity([1], name="../../../../tmp/x"),
+        models.identity([1], output="/etc/cron.d/x"),
+        models.identity([1], output="x" * 129),
+    ],
+    ids=["input-traversal", "output-absolute", "too-long"],
+)
+def test_unsafe_tensor_names_are_refused_at_upload(
+    live_server: Callable[..., LiveServer], model: bytes
+) -> None:
+    vendor = Vendor(live_server())
+    resp = vendor.upload(model, "1.0.0")
+    assert resp.status_code == 422, resp.text
+    assert [f["code"] for f in resp.json()["findings"]] == ["tensor_name_invalid"]
+
+
+def test_tensors_named_like_np_savez_parameters_come_back_in_npz(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    vendor = Vendor(live_server())
+    for version, output in (("1.0.0", "file"), ("1.0.1", "allow_pickle")):
+        assert vendor.upload(models.identity([2], output=output), version).status_code == 201
+        resp = vendor.post(
+            f"/api/v1/models/{vendor.model_id}/versions/{version}/evaluate",
+            json={"inputs": {"x": {"dtype": "float32", "shape": [2], "data": [1.5, 2.5]}}},
+            headers={"Accept": "application/x-npz"},
+        )
+        assert resp.status_code == 200, resp.text
+        with np.load(io.BytesIO(resp.content), allow_pickle=False) as archive:
+            assert archive.files == [output]
+            np.testing.assert_array_equal(archive[output], np.array([1.5, 2.5], F32))
+
+
+def test_declared_tensors_without_data_are_refused(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    vendor = Vendor(live_server())
+    resp = vendor.upload(models.declared_without_data(400_000_000), "1.0.0")
+    assert resp.status_code == 422, resp.text
+    assert [f["code"] for f in resp.json()["findings"]] == ["tensor_size_mismatch"]
+    assert vendor.get(f"/api/v1/models/{vendor.model_id}/versions").json()["items"] == []
+
+
+def test_the_output_limit_is_exact(live_server: Callable[..., LiveServer]) -> None:
+    limit = 1 << 20
+    vendor = Vendor(live_server(EVAL_OUTPUT_BYTES_MAX=limit))
+    assert vendor.upload(models.large_output(), "1.0.0").status_code == 201
+    rows_at_limit = limit // 4096  # each row is 1024 float32
+
+    def run(rows: int) -> requests.Response:
+        return vendor.post(
+            f"/api/v1/models/{vendor.model_id}/versions/1.0.0/evaluate",
+            json={
+                "inputs": {
+                    "x": {"dtype": "float32", "shape": [1], "data": [1.0]},
+                    "rows": {"dtype": "int64", "shape": [1], "data": [rows]},
+                }
+            },
+            headers={"Accept": "application/x-npz"},
+        )
+
+    assert run(rows_at_limit).status_code == 200
+    over = run(rows_at_limit + 1)  # 4 KiB past the limit: inside the old 16 KiB of slack
+    assert over.status_code == 422, over.status_code
+    assert over.json()["code"] == "resource_exhausted"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import onnx
 import pytest
 
 from model_registry.confined import inspect_file
@@ -49,8 +50,24 @@ def test_ml_domain_is_allowed() -> None:
         (builders.declared_huge_initializer(), "initializers_too_large"),
         (builders.nested_ifs(6), "nesting_too_deep"),
         (builders.checker_invalid(), "checker_failed"),
+        (builders.declared_without_data(), "tensor_size_mismatch"),
+        (builders.identity([1], name="../../x"), "tensor_name_invalid"),
+        (builders.identity([1], output="/etc/cron.d/x"), "tensor_name_invalid"),
+        (builders.identity([1], name="x" * 129), "tensor_name_invalid"),
     ],
-    ids=["empty", "random", "truncated", "custom-domain", "huge-decl", "nesting", "checker"],
+    ids=[
+        "empty",
+        "random",
+        "truncated",
+        "custom-domain",
+        "huge-decl",
+        "nesting",
+        "checker",
+        "declared-without-data",
+        "input-name-path",
+        "output-name-path",
+        "name-too-long",
+    ],
 )
 def test_hostile_bytes_are_rejected(data: bytes, code: str) -> None:
     report = inspect_model(data)
@@ -176,3 +193,24 @@ def test_a_wedged_helper_is_killed_at_the_deadline(tmp_path: Path, monkeypatch) 
     assert exc.value.code == "deadline_exceeded"
     monkeypatch.undo()
     assert inspect_file(model).ok
+
+
+def test_typed_data_must_match_the_declared_shape() -> None:
+    def with_initializer(tensor: onnx.TensorProto) -> bytes:
+        model = builders.relu_model()
+        model.graph.initializer.append(tensor)
+        return model.SerializeToString()
+
+    good = onnx.helper.make_tensor("k", onnx.TensorProto.FLOAT, [2, 2], [1.0, 2.0, 3.0, 4.0])
+    assert inspect_model(with_initializer(good)).ok
+    short = onnx.TensorProto()
+    short.CopyFrom(good)
+    del short.float_data[-1]
+    wrong_field = onnx.helper.make_tensor("k", onnx.TensorProto.INT64, [2], [1, 2])
+    wrong_field.float_data.extend([1.0, 2.0])
+    ints = onnx.helper.make_tensor("k", onnx.TensorProto.INT8, [3], [1, 2, 3])
+    del ints.int32_data[-1]
+    for tensor in (short, wrong_field, ints):
+        assert codes(inspect_model(with_initializer(tensor))) == ["tensor_size_mismatch"]
+    report = inspect_model(with_initializer(good))
+    assert report.stats["initializer_bytes"] == (4 * 2 + 2 + 4) * 4

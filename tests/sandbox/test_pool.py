@@ -297,6 +297,13 @@ def test_output_above_the_cap_is_resource_exhausted(pool: SandboxPool) -> None:
     assert code == "resource_exhausted"
     small = _eval(pool, "large-out", model, x=np.ones(1, F32), rows=np.array([2], np.int64))
     assert small.outputs["y"].shape == (2, 1024)
+    # The cap is exact: 16 MiB passes, one more row (4 KiB) does not.
+    at_cap = np.array([CONFIG.output_bytes_max // 4096], np.int64)
+    assert _eval(pool, "large-out", model, x=np.ones(1, F32), rows=at_cap).outputs["y"].nbytes == (
+        CONFIG.output_bytes_max
+    )
+    over = _code(lambda: _eval(pool, "large-out", model, x=np.ones(1, F32), rows=at_cap + 1))
+    assert over == "resource_exhausted"
 
 
 # --- hostile inputs ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ def runner() -> Iterator[_Runner]:
     params = WorkerParams(
         slot_input_bytes=SLOT_INPUT_BYTES,
         slot_output_bytes=SLOT_OUTPUT_BYTES,
+        output_bytes_max=SLOT_OUTPUT_BYTES,
         model_bytes=0,
         memory_bytes_max=1 << 30,
         cpu_s_max=60,
