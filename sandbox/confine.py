@@ -444,7 +444,12 @@ def _child_main(
             message = {"ok": False, "code": ModelInvalid.code, "detail": None, "log": repr(exc)}
         except Exception as exc:
             # Any other failure of the trusted target on untrusted bytes means the bytes are bad.
-            log = "".join(traceback.format_exception_only(exc))[-4000:]
+            try:
+                log: str | None = "".join(traceback.format_exception_only(exc))[-4000:]
+            except MemoryError:
+                # Out of address space while describing the failure: still the model's fault,
+                # not a crash of the child.
+                log = None
             message = {"ok": False, "code": ModelInvalid.code, "detail": None, "log": log}
         try:
             data = json.dumps(message).encode()
