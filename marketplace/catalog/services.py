@@ -528,7 +528,9 @@ def _record_version(
     try:
         if not context.store.exists(ingested.key):
             with open(spool.path, "rb") as body:
-                context.store.put_stream(ingested.key, body, size_max=spool.size)
+                context.store.put_stream(
+                    ingested.key, body, size_max=spool.size, sha256=spool.sha256
+                )
     except BlobStoreError as exc:
         log.error("could not re-store blob %s: %s", ingested.key, exc.log_detail)
     return published
