@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -216,6 +217,77 @@ def typed_data_mismatch(tensor: TensorProto) -> str | None:
     return None
 
 
+# Field numbers of the wire format (onnx.proto): ModelProto.graph, GraphProto.initializer,
+# TensorProto.raw_data.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+
+
+class _WireError(ValueError):
+    """The bytes do not have the simple shape the length scan relies on."""
+
+
+def _varint(data: memoryview, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise _WireError("truncated varint")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _fields(data: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field in data[start:end]."""
+    at = start
+    while at < end:
+        key, at = _varint(data, at)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, at = _varint(data, at)
+        elif wire_type == 1:
+            at += 8
+        elif wire_type == 5:
+            at += 4
+        elif wire_type == 2:
+            length, at = _varint(data, at)
+            yield number, at, at + length
+            at += length
+        else:
+            raise _WireError("groups are not expected")
+        if at > end:
+            raise _WireError("field runs past its message")
+
+
+def initializer_raw_lengths(data: bytes | memoryview) -> list[int | None] | None:
+    """The raw_data length of each main-graph initializer, read from the wire format.
+
+    Reading ``tensor.raw_data`` from Python copies it: a gigabyte of weights would cost a
+    gigabyte of fresh memory and seconds of copying, only to learn its length. The lengths are
+    in the serialized bytes already. None of an entry: the tensor has no raw_data. Returns None
+    when the model is laid out in any unusual way protobuf would still accept (the graph or a
+    raw_data field twice, which parsers merge): callers then read the parsed message instead.
+    """
+    view = memoryview(data)
+    try:
+        graphs = [(a, b) for number, a, b in _fields(view, 0, len(view)) if number == _MODEL_GRAPH]
+        if len(graphs) != 1:
+            return None
+        lengths: list[int | None] = []
+        for number, a, b in _fields(view, *graphs[0]):
+            if number != _GRAPH_INITIALIZER:
+                continue
+            raws = [end - start for n, start, end in _fields(view, a, b) if n == _TENSOR_RAW_DATA]
+            if len(raws) > 1:
+                return None
+            lengths.append(raws[0] if raws else None)
+        return lengths
+    except _WireError:
+        return None
+
+
 def declared_bytes(tensor: TensorProto) -> int | None:
     """Bytes the tensor's dims and type declare (strings: the bytes present); None if invalid."""
     if any(d < 0 for d in tensor.dims):
@@ -245,10 +317,21 @@ class _Tally:
 class _Checker:
     """Checks each item of :func:`sandbox.onnxwalk.walk` against the policy and tallies it."""
 
-    def __init__(self, policy: InspectionPolicy, report: Report, rule: DomainRule):
+    def __init__(
+        self,
+        policy: InspectionPolicy,
+        report: Report,
+        rule: DomainRule,
+        raw_lengths: Sequence[tuple[TensorProto, int]] = (),
+    ):
         self.policy = policy
         self.report = report
         self.rule = rule
+        # raw_data lengths known without reading the data, by id() of the tensor message.
+        # Protobuf hands out the same wrapper for a message while it is alive, and holding the
+        # pairs keeps them alive: an id is never a freed and reused one.
+        self._known = list(raw_lengths)
+        self.raw_lengths = {id(tensor): length for tensor, length in self._known}
         self.tally = _Tally()
         self.stopped = False
 
@@ -313,10 +396,13 @@ class _Checker:
             )
             return
         has_raw = tensor.data_type != _STRING and tensor.HasField("raw_data")
-        if has_raw and len(tensor.raw_data) != size:
+        held = self.raw_lengths.get(id(tensor)) if has_raw else 0
+        if held is None:
+            held = len(tensor.raw_data)
+        if has_raw and held != size:
             self._stop(
                 "tensor_size_mismatch",
-                f"Tensor {tensor.name!r} declares {size} bytes but holds {len(tensor.raw_data)}.",
+                f"Tensor {tensor.name!r} declares {size} bytes but holds {held}.",
                 where,
             )
             return
@@ -428,7 +514,7 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     if not report.ok:
         return report
 
-    checker = _Checker(policy, report, rule)
+    checker = _Checker(policy, report, rule, _known_raw_lengths(model, data))
     checker.run(model)
     if not report.ok:
         return report
@@ -467,6 +553,21 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     if not report.inputs:
         report.warn("no_inputs", "The graph declares no inputs.")
     return report
+
+
+def _known_raw_lengths(
+    model: onnx.ModelProto, data: bytes | memoryview
+) -> list[tuple[TensorProto, int]]:
+    """raw_data lengths of the main graph's initializers (where the bulk lives)."""
+    lengths = initializer_raw_lengths(data)
+    initializers = model.graph.initializer
+    if lengths is None or len(lengths) != len(initializers):
+        return []
+    return [
+        (tensor, length)
+        for tensor, length in zip(initializers, lengths, strict=True)
+        if length is not None and tensor.HasField("raw_data")
+    ]
 
 
 # Initializers at least this large reach the checker as typed graph inputs instead of data.

@@ -214,3 +214,22 @@ def test_typed_data_must_match_the_declared_shape() -> None:
         assert codes(inspect_model(with_initializer(tensor))) == ["tensor_size_mismatch"]
     report = inspect_model(with_initializer(good))
     assert report.stats["initializer_bytes"] == (4 * 2 + 2 + 4) * 4
+
+
+def test_raw_lengths_come_from_the_wire_format_or_not_at_all() -> None:
+    from model_registry.inspection import initializer_raw_lengths
+
+    data = builders.relu_bytes(8)
+    assert initializer_raw_lengths(data) == [8 * 2 * 4, 2 * 4]
+    # A second graph field is merged by parsers: the scan leaves such a file to the parser.
+    graph = onnx.ModelProto.FromString(data).graph.SerializeToString()
+    assert 128 <= len(graph) < 1 << 14
+    length = bytes([len(graph) & 0x7F | 0x80, len(graph) >> 7])
+    twice = data + b"\x3a" + length + graph  # field 7 (graph), length-delimited
+    assert len(onnx.ModelProto.FromString(twice).graph.initializer) == 4  # merged
+    assert initializer_raw_lengths(twice) is None
+    assert initializer_raw_lengths(b"\xff\xff\xff") is None
+    # Either way the inspection's verdict is the parser's.
+    short = builders.relu_model()
+    short.graph.initializer[0].raw_data = short.graph.initializer[0].raw_data[:-4]
+    assert codes(inspect_model(short.SerializeToString())) == ["tensor_size_mismatch"]
