@@ -186,7 +186,7 @@ def test_inherited_descriptors_are_closed() -> None:
 def test_memory_bomb_is_resource_exhausted() -> None:
     with pytest.raises(SandboxError) as exc:
         run_confined(lambda _: len(bytearray(2 * SMALL.memory_added_bytes_max)), b"", limits=SMALL)
-    assert exc.value.code == "resource_exhausted"
+    assert exc.value.code == "resource_exhausted", exc.value.log_detail
 
 
 def _spin(_: bytes) -> None:
@@ -198,20 +198,20 @@ def test_infinite_loop_is_deadline_exceeded_within_grace() -> None:
     started = time.monotonic()
     with pytest.raises(SandboxError) as exc:
         run_confined(_spin, b"", limits=Limits(wall_s_max=1.0))
-    assert exc.value.code == "deadline_exceeded"
+    assert exc.value.code == "deadline_exceeded", exc.value.log_detail
     assert time.monotonic() - started < 1.0 + 0.5
 
 
 def test_cpu_limit_kills_a_spinning_child() -> None:
     with pytest.raises(SandboxError) as exc:
         run_confined(_spin, b"", limits=Limits(cpu_s_max=1, wall_s_max=10.0))
-    assert exc.value.code == "resource_exhausted"
+    assert exc.value.code == "resource_exhausted", exc.value.log_detail
 
 
 def test_segfault_is_worker_crashed() -> None:
     with pytest.raises(SandboxError) as exc:
         run_confined(lambda _: os.kill(os.getpid(), signal.SIGSEGV), b"", limits=SMALL)
-    assert exc.value.code == "worker_crashed"
+    assert exc.value.code == "worker_crashed", exc.value.log_detail
     assert exc.value.status == HTTP_STATUS["worker_crashed"] == 502
 
 
@@ -222,7 +222,7 @@ def _fail(_: bytes) -> None:
 def test_target_failure_is_model_invalid_without_leaking_the_message() -> None:
     with pytest.raises(SandboxError) as exc:
         run_confined(_fail, b"", limits=SMALL)
-    assert exc.value.code == "model_invalid"
+    assert exc.value.code == "model_invalid", exc.value.log_detail
     assert "/secret" not in exc.value.detail
     assert exc.value.log_detail is not None and "/secret/host/path" in exc.value.log_detail
 
@@ -236,7 +236,7 @@ def test_target_failure_is_model_invalid_whatever_the_parent_holds() -> None:
             run_confined(_fail, b"", limits=SMALL)
     finally:
         reserve.close()
-    assert exc.value.code == "model_invalid"
+    assert exc.value.code == "model_invalid", exc.value.log_detail
 
 
 def test_sandbox_errors_raised_by_the_target_keep_their_code() -> None:
@@ -245,7 +245,7 @@ def test_sandbox_errors_raised_by_the_target_keep_their_code() -> None:
 
     with pytest.raises(SandboxError) as exc:
         run_confined(refuse, b"", limits=SMALL)
-    assert exc.value.code == "input_invalid"
+    assert exc.value.code == "input_invalid", exc.value.log_detail
     assert exc.value.detail == "too many elements"
 
 
@@ -253,7 +253,7 @@ def test_oversized_result_is_resource_exhausted() -> None:
     limits = Limits(result_bytes_max=1 << 16)
     with pytest.raises(SandboxError) as exc:
         run_confined(lambda _: "x" * (1 << 20), b"", limits=limits)
-    assert exc.value.code == "resource_exhausted"
+    assert exc.value.code == "resource_exhausted", exc.value.log_detail
 
 
 def test_parent_is_unaffected() -> None:
