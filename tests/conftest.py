@@ -67,6 +67,9 @@ class ScratchDatabases:
         engine = make_engine(url)
         if migrated:
             migrate.upgrade(engine)
+            # Close the migration's pooled connection: a run creates many databases, and idle
+            # connections held until the end of the run count against the server's limit.
+            engine.dispose()
         self.created.append((url, engine))
         return url, engine
 
