@@ -87,6 +87,13 @@ class Settings:
     metering_reserve_calls: int = 1000  # calls a metered licence reserves (and settles) at once
     statement_entries_max: int = 1000  # entries in one statement response
 
+    # Pages for people.
+    web_session_ttl_s: int = 12 * 3600  # a browser login lasts this long
+    web_api_token_ttl_s: int = 600  # lifetime of the sandbox:run token a page gets for try-it
+    login_failures_max: int = 10  # failed logins per address or per e-mail within the window
+    login_failures_window_s: int = 300
+    sample_bytes_max: int = 1024 * 1024  # largest sample input (npz) a vendor may attach
+
     def __post_init__(self) -> None:
         if self.env not in {"development", "testing", "production"}:
             raise ConfigError(

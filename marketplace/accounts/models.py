@@ -163,3 +163,21 @@ class OAuthToken(SQLModel, table=True):
 
     def get_user(self) -> None:
         return None
+
+
+class WebSession(SQLModel, table=True):
+    """A person's login in a browser: the cookie carries a random token, the table its digest.
+
+    Logging out (or the organisation being suspended) ends the session on the server, so a
+    copied cookie stops working too; the API tokens minted for the session's pages end with it.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True}, nullable=False)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    organization_id: int = Field(foreign_key="organizations.id", index=True)
+    created_at: dt.datetime = _now_field()
+    expires_at: dt.datetime = Field(sa_type=UTCDateTime, nullable=False)
+    revoked_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -20,6 +22,7 @@ from marketplace.accounts.models import (
     OAuthToken,
     Organization,
     User,
+    WebSession,
     hash_secret,
 )
 from marketplace.accounts.schemas import (
@@ -34,11 +37,12 @@ from marketplace.accounts.scopes import (
     CLIENTS_MANAGE,
     EXPLICIT_ONLY_SCOPES,
     ORG_ROLES,
+    SANDBOX_RUN,
     join_scope,
     split_scope,
 )
 from marketplace.db import begin_write, utcnow
-from marketplace.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from marketplace.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
@@ -346,3 +350,163 @@ def grant_roles(*, session: Session, org_id: int, roles: Iterable[str]) -> Organ
     session.add(org)
     session.commit()
     return org
+
+
+# --- People in browsers ------------------------------------------------------------------------
+
+# Verified against when the address is unknown, so that a wrong address costs as much time as a
+# wrong password and the answer's timing does not tell which accounts exist.
+_DUMMY_PASSWORD_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+# The only scopes a page may hand to its own JavaScript: the try-it panel runs evaluations.
+PAGE_TOKEN_SCOPES = frozenset({SANDBOX_RUN})
+PAGE_CLIENT_PREFIX = "web-session:"
+
+
+def new_session_token() -> str:
+    return "jws_" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The person behind a browser session and the organisation they act for."""
+
+    session_id: int
+    user_id: int
+    email: str
+    platform_role: str | None
+    organization_id: int
+    organization_name: str
+    roles: tuple[str, ...]
+    scopes: frozenset[str]
+    expires_at: dt.datetime
+
+    def may(self, scope: str) -> bool:
+        """The same rule as for API tokens: a scope the organisation's roles allow."""
+        return scope in self.scopes
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+
+def authenticate(*, session: Session, email: str, password: str) -> User:
+    """The user with this address and password; 401 ``invalid_credentials`` otherwise."""
+    user = session.exec(select(User).where(User.email == email.strip().lower())).first()
+    ok = verify_password(user.password_hash if user else _DUMMY_PASSWORD_HASH, password)
+    if user is None or not ok:
+        raise Unauthorized("The e-mail address or password is wrong.", code="invalid_credentials")
+    return user
+
+
+def _membership_org(session: Session, user_id: int) -> Organization:
+    org = session.exec(
+        select(Organization)
+        .join(Membership, Membership.organization_id == Organization.id)  # type: ignore[arg-type]
+        .where(Membership.user_id == user_id)
+        .order_by(Membership.id)  # type: ignore[arg-type]
+    ).first()
+    if org is None:
+        raise Forbidden("The account belongs to no organisation.", code="no_organization")
+    return org
+
+
+def start_web_session(*, session: Session, user: User, ttl_s: int) -> tuple[str, Viewer]:
+    """A new browser session for ``user`` in their (first) organisation; the token is returned
+    once, for the cookie, and stored only as its digest."""
+    assert user.id is not None
+    org = _membership_org(session, user.id)
+    if org.suspended:
+        raise Forbidden("The organisation is suspended.", code="organization_suspended")
+    token = new_session_token()
+    row = WebSession(
+        token_hash=hash_secret(token),
+        user_id=user.id,
+        organization_id=org.id or 0,
+        expires_at=utcnow() + dt.timedelta(seconds=ttl_s),
+    )
+    session.add(row)
+    session.commit()
+    return token, _viewer(row, user, org)
+
+
+def _viewer(row: WebSession, user: User, org: Organization) -> Viewer:
+    assert row.id is not None and user.id is not None and org.id is not None
+    return Viewer(
+        session_id=row.id,
+        user_id=user.id,
+        email=user.email,
+        platform_role=user.platform_role,
+        organization_id=org.id,
+        organization_name=org.name,
+        roles=tuple(org.role_list),
+        scopes=org.allowed_scopes,
+        expires_at=row.expires_at,
+    )
+
+
+def web_session_viewer(*, session: Session, token: str) -> Viewer | None:
+    """Who the session cookie ``token`` speaks for, or None when it is unknown, expired,
+    logged out, or its organisation is suspended (one query)."""
+    if not token or len(token) > 128:
+        return None
+    found = session.exec(
+        select(WebSession, User, Organization)
+        .join(User, User.id == WebSession.user_id)  # type: ignore[arg-type]
+        .join(Organization, Organization.id == WebSession.organization_id)  # type: ignore[arg-type]
+        .where(WebSession.token_hash == hash_secret(token))
+    ).first()
+    if found is None:
+        return None
+    row, user, org = found
+    if row.revoked_at is not None or row.expires_at <= utcnow() or org.suspended:
+        return None
+    return _viewer(row, user, org)
+
+
+def end_web_session(*, session: Session, session_id: int) -> None:
+    """Log out: the session and every API token minted for its pages stop working now."""
+    row = session.get(WebSession, session_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.add(row)
+    tokens = session.exec(
+        select(OAuthToken).where(
+            OAuthToken.client_id == f"{PAGE_CLIENT_PREFIX}{session_id}",
+            OAuthToken.revoked == False,  # noqa: E712  (SQL comparison)
+        )
+    ).all()
+    for token in tokens:
+        token.revoked = True
+        session.add(token)
+    session.commit()
+
+
+def mint_page_token(
+    *, session: Session, viewer: Viewer, scopes: Iterable[str], ttl_s: int
+) -> tuple[str, OAuthToken]:
+    """A short-lived access token for the page's own JavaScript, stored as its digest.
+
+    It may carry only :data:`PAGE_TOKEN_SCOPES`, and of those only what the organisation's roles
+    allow (the same rule as for every token); it lives at most ``ttl_s`` and never beyond the
+    browser session, and logging out revokes it. Its ``client_id`` names the session.
+    """
+    wanted = set(scopes)
+    refused = wanted - (PAGE_TOKEN_SCOPES & viewer.scopes)
+    if refused or not wanted:
+        raise Forbidden(
+            f"A page cannot hold: {join_scope(refused) or '(no scope)'}", code="scope_not_allowed"
+        )
+    remaining_s = int((viewer.expires_at - utcnow()).total_seconds())
+    if remaining_s <= 0:
+        raise Unauthorized("The session has ended.", code="session_expired")
+    token = "jpt_" + secrets.token_urlsafe(32)
+    row = OAuthToken(
+        access_token_hash=hash_secret(token),
+        client_id=f"{PAGE_CLIENT_PREFIX}{viewer.session_id}",
+        organization_id=viewer.organization_id,
+        scope=join_scope(wanted),
+        expires_in=min(ttl_s, remaining_s),
+    )
+    session.add(row)
+    session.commit()
+    return token, row

@@ -118,3 +118,18 @@ class InspectionBusy(ServiceUnavailable):
 class StorageUnavailable(ServiceUnavailable):
     code = "storage_unavailable"
     title = "The model store is unavailable"
+
+
+class SampleInvalid(ValidationFailed):
+    code = "sample_invalid"
+    title = "The sample input does not match the version's signature"
+
+
+class SampleNotFound(NotFound):
+    code = "sample_not_found"
+    title = "The version has no sample input"
+
+
+class SampleTooLarge(PayloadTooLarge):
+    code = "sample_too_large"
+    title = "The sample input is too large"

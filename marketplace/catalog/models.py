@@ -101,6 +101,24 @@ class Offer(SQLModel, table=True):
     created_at: dt.datetime = _now_field()
 
 
+class VersionSample(SQLModel, table=True):
+    """A sample input a vendor attached to a version: an npz checked against its signature.
+
+    Kept in the database rather than the blob store: it is small (``sample_bytes_max``), it is
+    replaced as a whole, and one transaction then covers the bytes and the row.
+    """
+
+    __tablename__ = "version_samples"
+
+    version_id: int = Field(foreign_key="model_versions.id", primary_key=True)
+    sha256: str = Field(max_length=64)
+    size_bytes: int
+    data: bytes = Field(sa_type=sa.LargeBinary, nullable=False)
+    # {name: {dtype, shape}} of the tensors inside, for the page that offers the sample.
+    tensors: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    created_at: dt.datetime = _now_field()
+
+
 # The fields a buyer agrees to, in the order they are documented; nothing else is hashed.
 TERMS_FIELDS = (
     "listing_id",

@@ -227,3 +227,31 @@ class ListingQuery(Strict):
     sort: SortKey = "newest"
     page: int = Field(default=1, ge=1, le=100_000)
     page_size: int = Field(default=20, ge=1)
+
+
+class OfferSummary(BaseModel):
+    """What a catalog card shows of a listing's active offers."""
+
+    cheapest: OfferPublic | None
+    has_trial: bool
+
+
+class Facets(BaseModel):
+    """The values the catalog's filters offer: tasks, tags and vendors of visible listings."""
+
+    tasks: list[str]
+    tags: list[str]
+    vendors: list[VendorPublic]
+
+
+class SampleTensor(BaseModel):
+    dtype: str
+    shape: list[int]
+
+
+class SamplePublic(BaseModel):
+    version: str
+    sha256: str
+    size_bytes: int
+    tensors: dict[str, SampleTensor]
+    created_at: dt.datetime

@@ -10,6 +10,7 @@ vendor that does not own a listing cannot tell it from a missing one (404).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -37,6 +38,9 @@ from marketplace.catalog.errors import (
     NotAVendor,
     OfferNotFound,
     OfferRetired,
+    SampleInvalid,
+    SampleNotFound,
+    SampleTooLarge,
     StorageUnavailable,
     UnknownCurrency,
     VersionExists,
@@ -50,11 +54,13 @@ from marketplace.catalog.models import (
     Listing,
     ModelVersion,
     Offer,
+    VersionSample,
     terms_sha256,
 )
 from marketplace.catalog.schemas import (
     SEMVER,
     VERSION_CHARS_MAX,
+    Facets,
     ListingCreate,
     ListingDetail,
     ListingPage,
@@ -63,11 +69,14 @@ from marketplace.catalog.schemas import (
     ListingUpdate,
     OfferCreate,
     OfferPublic,
+    OfferSummary,
+    SamplePublic,
     VendorPublic,
     VersionPublic,
 )
 from marketplace.db import utcnow
 from marketplace.errors import Conflict
+from marketplace.evaluation.tensors import TensorDecodeError, decode_npz
 from marketplace.ledger.models import Currency
 from model_registry.blobstore import (
     CONTENT_PREFIX,
@@ -721,6 +730,193 @@ def retire_offer(
     session.add(row)
     session.commit()
     return offer_public(row)
+
+
+def offer_summaries(*, session: Session, listing_ids: Sequence[int]) -> dict[int, OfferSummary]:
+    """For each listing: its cheapest active offer (lowest price, then royalty) and whether any
+    active offer has a trial. Listings without active offers are absent."""
+    if not listing_ids:
+        return {}
+    rows = session.exec(
+        select(Offer)
+        .where(col(Offer.listing_id).in_(list(listing_ids)), col(Offer.retired_at).is_(None))
+        .order_by(col(Offer.price_minor), col(Offer.royalty_per_1k_minor), col(Offer.id))
+    ).all()
+    out: dict[int, OfferSummary] = {}
+    for row in rows:
+        trial = row.trial_calls > 0 or row.trial_days > 0
+        found = out.get(row.listing_id)
+        if found is None:
+            out[row.listing_id] = OfferSummary(cheapest=offer_public(row), has_trial=trial)
+        elif trial and not found.has_trial:
+            found.has_trial = True
+    return out
+
+
+def facets(*, session: Session, viewer_org_id: int | None = None) -> Facets:
+    """Tasks, tags and vendors of the listings the viewer may see (for the catalog's filters)."""
+    visible = (
+        sa.or_(col(Listing.status) == LISTING_ACTIVE, col(Listing.organization_id) == viewer_org_id)
+        if viewer_org_id is not None
+        else col(Listing.status) == LISTING_ACTIVE
+    )
+    rows = session.exec(select(Listing.task, Listing.tags, Listing.organization_id).where(visible))
+    tasks: set[str] = set()
+    tags: set[str] = set()
+    vendor_ids: set[int] = set()
+    for task, tag_text, org_id in rows:
+        tasks.add(task)
+        tags.update(t for t in tag_text.split(",") if t)
+        vendor_ids.add(org_id)
+    vendors = session.exec(
+        select(Organization).where(col(Organization.id).in_(vendor_ids)).order_by(Organization.name)
+    ).all()
+    return Facets(
+        tasks=sorted(tasks),
+        tags=sorted(tags),
+        vendors=[VendorPublic(id=v.id or 0, name=v.name) for v in vendors],
+    )
+
+
+def vendor_listings(*, session: Session, organization_id: int) -> list[ListingDetail]:
+    """Every listing of the vendor, suspended ones included, with all offers (retired too)."""
+    rows = session.exec(
+        select(Listing)
+        .where(Listing.organization_id == organization_id)
+        .order_by(col(Listing.created_at).desc(), col(Listing.id).desc())
+    ).all()
+    out = []
+    for row in rows:
+        detail = listing_detail(session, row)
+        detail.offers = list_offers(
+            session=session,
+            listing_id=row.id or 0,
+            viewer_org_id=organization_id,
+            include_retired=True,
+        )
+        out.append(detail)
+    return out
+
+
+def all_listings(
+    *, session: Session, status: str | None, page: int, page_size: int
+) -> ListingPage:
+    """Every listing whatever its status, newest first (administrators)."""
+    where = sa.true() if status is None else col(Listing.status) == status
+    total = session.exec(select(func.count()).select_from(Listing).where(where)).one()
+    rows = session.exec(
+        select(Listing)
+        .where(where)
+        .order_by(*SORTS["newest"])
+        .offset((page - 1) * page_size)
+        .limit(page_size)
+    ).all()
+    return ListingPage(
+        items=[listing_public(session, r) for r in rows],
+        total=int(total),
+        page=page,
+        page_size=page_size,
+    )
+
+
+# --- sample inputs ---------------------------------------------------------------------------
+
+
+def _check_sample(row: ModelVersion, arrays: dict[str, Any]) -> dict[str, Any]:
+    """The sample's tensors against the signature the inspection recorded for the version.
+
+    The sandbox checks every evaluation again against the signature the runtime reports; this
+    check only keeps a sample that could never run from being offered to buyers.
+    """
+    expected = {spec["name"]: spec for spec in row.inputs}
+    unknown = sorted(set(arrays) - set(expected))
+    missing = sorted(set(expected) - set(arrays))
+    if unknown:
+        raise SampleInvalid(f"The model has no input {unknown[0][:100]!r}.")
+    if missing:
+        raise SampleInvalid(f"The sample lacks the input {missing[0][:100]!r}.")
+    tensors: dict[str, Any] = {}
+    for name, spec in expected.items():
+        array = arrays[name]
+        label = name[:100]
+        if spec.get("dtype") != array.dtype.name:
+            raise SampleInvalid(f"Input {label!r} must have dtype {spec.get('dtype')}.")
+        shape = spec.get("shape")
+        if shape is not None:
+            if array.ndim != len(shape):
+                raise SampleInvalid(f"Input {label!r} must have rank {len(shape)}.")
+            for axis, (got, want) in enumerate(zip(array.shape, shape, strict=True)):
+                if isinstance(want, int) and got != want:
+                    raise SampleInvalid(f"Input {label!r} must have size {want} on axis {axis}.")
+        tensors[name] = {"dtype": array.dtype.name, "shape": list(array.shape)}
+    return tensors
+
+
+def attach_sample(
+    *,
+    session: Session,
+    listing_id: int,
+    version: str,
+    organization_id: int,
+    data: bytes,
+    bytes_max: int,
+    elements_max: int,
+) -> SamplePublic:
+    """Attach (or replace) the version's sample input: an npz matching its signature (owner)."""
+    get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
+    row = _find_version(session, listing_id, version)
+    if row is None or row.id is None:
+        raise VersionNotFound("No such version.")
+    if len(data) > bytes_max:
+        raise SampleTooLarge(f"Sample inputs are limited to {bytes_max} bytes.")
+    try:
+        arrays = decode_npz(data, elements_max=elements_max, bytes_max=bytes_max)
+    except TensorDecodeError as exc:
+        raise SampleInvalid(str(exc)) from None
+    tensors = _check_sample(row, arrays)
+    digest = hashlib.sha256(data).hexdigest()
+    sample = session.get(VersionSample, row.id)
+    if sample is None:
+        sample = VersionSample(version_id=row.id, sha256="", size_bytes=0, data=b"")
+    sample.sha256, sample.size_bytes, sample.data = digest, len(data), data
+    sample.tensors, sample.created_at = tensors, utcnow()
+    session.add(sample)
+    session.commit()
+    return _sample_public(row, sample)
+
+
+def _sample_public(row: ModelVersion, sample: VersionSample) -> SamplePublic:
+    return SamplePublic.model_validate(
+        {**sample.model_dump(exclude={"data"}), "version": row.version}
+    )
+
+
+def sample_of(*, session: Session, version: ModelVersion) -> tuple[SamplePublic, bytes]:
+    """The version's sample and its bytes; the caller has checked who may have it."""
+    sample = session.get(VersionSample, version.id)
+    if sample is None:
+        raise SampleNotFound("This version has no sample input.")
+    return _sample_public(version, sample), sample.data
+
+
+def samples_of(*, session: Session, listing_id: int) -> dict[str, SamplePublic]:
+    """The listing's versions that have a sample, by version (without the bytes)."""
+    rows = session.exec(
+        select(VersionSample, ModelVersion.version)
+        .join(ModelVersion, col(ModelVersion.id) == col(VersionSample.version_id))
+        .where(ModelVersion.listing_id == listing_id)
+        .options(sa.orm.defer(VersionSample.data))  # type: ignore[arg-type]
+    ).all()
+    return {
+        version: SamplePublic(
+            version=version,
+            sha256=sample.sha256,
+            size_bytes=sample.size_bytes,
+            tensors=sample.tensors,
+            created_at=sample.created_at,
+        )
+        for sample, version in rows
+    }
 
 
 # --- housekeeping ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from marketplace.catalog import services
 from marketplace.catalog.errors import (
     InvalidContentDigest,
     ModelTooLarge,
+    SampleTooLarge,
     UnsupportedMediaType,
 )
 from marketplace.catalog.models import LISTING_ACTIVE, LISTING_SUSPENDED
@@ -32,11 +33,13 @@ from marketplace.catalog.schemas import (
     OfferCreate,
     OfferList,
     OfferPublic,
+    SamplePublic,
     VersionList,
     VersionPublic,
 )
 from marketplace.db import get_session
 from marketplace.errors import Forbidden, Unauthorized
+from marketplace.evaluation.tensors import NPZ_MIME
 from model_registry.blobstore import CHUNK_BYTES, open_blob_store
 from model_registry.confined import Inspector
 from model_registry.inspection import InspectionPolicy
@@ -333,6 +336,36 @@ def _chunks(stream: BinaryIO | None) -> Iterator[bytes]:
     with stream:
         while chunk := stream.read(CHUNK_BYTES):
             yield chunk
+
+
+@bp.put("/models/<int:model_id>/versions/<version>/sample")
+@openapi(
+    "Attach a sample input to a version: an npz matching its input signature (owner)",
+    tag="catalog",
+    response=SamplePublic,
+    scope=MODELS_WRITE,
+    errors=[404, 413, 415],
+    body_media_type=NPZ_MIME,
+)
+@require_oauth(MODELS_WRITE)
+def put_sample(model_id: int, version: str) -> Any:
+    settings = current_app.extensions["settings"]
+    if request.mimetype != NPZ_MIME:
+        raise UnsupportedMediaType(f"Send the sample as {NPZ_MIME}.")
+    limit = settings.sample_bytes_max
+    if request.content_length is not None and request.content_length > limit:
+        raise SampleTooLarge(f"Sample inputs are limited to {limit} bytes.")
+    request.max_content_length = limit
+    sample = services.attach_sample(
+        session=get_session(),
+        listing_id=model_id,
+        version=version,
+        organization_id=current.organization_id,
+        data=request.get_data(cache=False),
+        bytes_max=limit,
+        elements_max=settings.eval_input_elements_max,
+    )
+    return _json(sample)
 
 
 # --- offers --------------------------------------------------------------------------------

@@ -14,11 +14,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from sqlmodel import Session
 
-from marketplace.catalog.models import ModelVersion
-from marketplace.catalog.services import load_model_bytes
+from marketplace.catalog.models import Listing, ModelVersion
+from marketplace.catalog.services import get_version_for_evaluation, load_model_bytes
 from marketplace.config import Settings
 from marketplace.errors import DomainError
+from marketplace.licensing import entitlements
+from marketplace.licensing.entitlements import Entitlement
 from model_registry.blobstore import BlobStore
 from sandbox.errors import DeadlineExceeded, SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool
@@ -82,6 +85,25 @@ def sandbox_problem(exc: SandboxError) -> DomainError:
     problem = DomainError(exc.detail, code=exc.code, status=exc.status, headers=headers)
     problem.title = exc.code.replace("_", " ").capitalize()
     return problem
+
+
+def authorize(
+    *, session: Session, model_id: int, version: str, organization_id: int
+) -> tuple[ModelVersion, Listing, Entitlement | None]:
+    """May ``organization_id`` evaluate the version now: its owner (no entitlement needed), or
+    an organisation with a covering trial or licence; 404/403/402 otherwise.
+
+    The evaluate endpoint and everything offered only to those who may evaluate (the sample
+    input) ask this one function.
+    """
+    row, listing = get_version_for_evaluation(session, model_id, version)
+    if listing.organization_id == organization_id:
+        return row, listing, None
+    assert listing.id is not None and row.id is not None
+    entitlement = entitlements.check_entitlement(
+        session=session, organization_id=organization_id, listing_id=listing.id, version_id=row.id
+    )
+    return row, listing, entitlement
 
 
 def run(

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
 from marketplace.api import API_PREFIX, openapi, read_json_object
-from marketplace.catalog.services import get_version_for_evaluation
+from marketplace.catalog.services import sample_of
 from marketplace.db import get_session
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
@@ -91,14 +91,9 @@ def _wants_npz() -> bool:
 def evaluate(model_id: int, version: str) -> Any:
     settings = current_app.extensions["settings"]
     session = get_session()
-    row, listing = get_version_for_evaluation(session, model_id, version)
-    org_id = current.organization_id
-    entitlement = None
-    if listing.organization_id != org_id:
-        assert listing.id is not None and row.id is not None
-        entitlement = entitlements.check_entitlement(
-            session=session, organization_id=org_id, listing_id=listing.id, version_id=row.id
-        )
+    row, _listing, entitlement = services.authorize(
+        session=session, model_id=model_id, version=version, organization_id=current.organization_id
+    )
     inputs = _read_inputs()
     # The database is not needed while the model runs; release the connection meanwhile.
     session.commit()
@@ -133,6 +128,27 @@ def evaluate(model_id: int, version: str) -> Any:
     return jsonify(
         {"outputs": encode_json_tensors(result.outputs), "timing": timing, "usage": usage}
     )
+
+
+@bp.get("/models/<int:model_id>/versions/<version>/sample")
+@openapi(
+    "The version's sample input as npz (anyone who may evaluate the version)",
+    tag="sandbox",
+    scope=SANDBOX_RUN,
+    errors=[402, 404],
+)
+@require_oauth(SANDBOX_RUN)
+def get_sample(model_id: int, version: str) -> Any:
+    session = get_session()
+    row, _listing, _entitlement = services.authorize(
+        session=session, model_id=model_id, version=version, organization_id=current.organization_id
+    )
+    sample, data = sample_of(session=session, version=row)
+    response = Response(data, mimetype=NPZ_MIME)
+    response.headers["Content-Disposition"] = f'attachment; filename="sample-{row.version}.npz"'
+    response.headers["ETag"] = f'"{sample.sha256}"'
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 class SandboxHealth(BaseModel):

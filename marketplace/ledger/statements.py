@@ -7,9 +7,9 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from marketplace.db import as_utc
+from marketplace.db import as_utc, epoch_hour, hour_start
 from marketplace.ledger import services as ledger
-from marketplace.ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction
+from marketplace.ledger.models import CREDIT, LedgerAccount, LedgerEntry, LedgerTransaction
 from marketplace.ledger.schemas import AccountPublic, EntryPublic, Statement
 
 _accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
@@ -87,3 +87,27 @@ def statement(
         ],
         truncated=len(rows) > entries_max,
     )
+
+
+def credits_by_hour(
+    *, session: Session, organization_id: int, code: str, kind: str, since: dt.datetime
+) -> list[tuple[dt.datetime, str, int]]:
+    """Posted credits per hour (UTC start) and currency to the org's ``code`` accounts from
+    transactions of ``kind`` since ``since`` (a vendor's royalties, for instance)."""
+    hour = epoch_hour(_entries_t.c.created_at)
+    rows = session.execute(
+        sa.select(hour, _accounts_t.c.currency, sa.func.sum(_entries_t.c.amount))
+        .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
+        .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
+        .where(
+            _accounts_t.c.organization_id == organization_id,
+            _accounts_t.c.code == code,
+            _transactions_t.c.kind == kind,
+            _entries_t.c.side == CREDIT,
+            _entries_t.c.pending.is_(False),
+            _entries_t.c.created_at >= since,
+        )
+        .group_by(hour, _accounts_t.c.currency)
+        .order_by(hour)
+    ).all()
+    return [(hour_start(h), currency, int(total)) for h, currency, total in rows]

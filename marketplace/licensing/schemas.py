@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,3 +70,37 @@ class RefundPublic(BaseModel):
     currency: str
     ledger_transaction_id: int | None
     order: OrderPublic
+
+
+class OrderQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["buyer", "vendor"] | None = Field(
+        default=None, description="buyer: your purchases; vendor: your sales; absent: both"
+    )
+    page: int = Field(default=1, ge=1, le=100_000)
+    page_size: int = Field(default=20, ge=1)
+
+
+class OrderListItem(OrderPublic):
+    role: Literal["buyer", "vendor"] = Field(description="Your side of the order")
+    listing_id: int
+    listing_name: str
+    buyer_organization_id: int
+    vendor_organization_id: int
+
+
+class OrderPage(BaseModel):
+    items: list[OrderListItem]
+    total: int
+    page: int
+    page_size: int
+
+
+class HourlyAmount(BaseModel):
+    """Sum and count of money movements in one hour (UTC start), for charts."""
+
+    hour: dt.datetime
+    currency: str
+    count: int
+    amount_minor: int

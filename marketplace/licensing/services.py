@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from marketplace.accounts.errors import OrganizationNotVerified
 from marketplace.accounts.models import Organization
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
-from marketplace.db import utcnow
+from marketplace.db import epoch_hour, hour_start, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
@@ -29,9 +29,13 @@ from marketplace.licensing.models import (
     Trial,
 )
 from marketplace.licensing.schemas import (
+    HourlyAmount,
     LicensePublic,
     LicenseUsage,
+    OrderListItem,
+    OrderPage,
     OrderPublic,
+    OrderQuery,
     RefundCreate,
     RefundPublic,
 )
@@ -322,6 +326,65 @@ def get_license(*, session: Session, organization_id: int, license_id: int) -> L
     if lic is None or lic.organization_id != organization_id:
         raise NotFound("No such licence.", code="license_not_found")
     return license_public(lic)
+
+
+# --- Orders ---------------------------------------------------------------------------------
+
+
+def list_orders(
+    *, session: Session, organization_id: int, query: OrderQuery, page_size_max: int
+) -> OrderPage:
+    """The organisation's purchases (``role=buyer``), sales (``vendor``) or both, newest first.
+
+    Only orders the organisation is a party to are read: its own purchases, and sales of its
+    own offers.
+    """
+    page_size = min(query.page_size, page_size_max)
+    bought = col(Order.organization_id) == organization_id
+    sold = col(Order.vendor_organization_id) == organization_id
+    where = {"buyer": bought, "vendor": sold, None: sa.or_(bought, sold)}[query.role]
+    total = session.exec(select(sa.func.count()).select_from(Order).where(where)).one()
+    rows = session.exec(
+        select(Order, Listing.id, Listing.name)
+        .join(Offer, col(Offer.id) == col(Order.offer_id))
+        .join(Listing, col(Listing.id) == col(Offer.listing_id))
+        .where(where)
+        .order_by(col(Order.created_at).desc(), col(Order.id).desc())
+        .offset((query.page - 1) * page_size)
+        .limit(page_size)
+    ).all()
+    items = [
+        OrderListItem(
+            **order_public(order).model_dump(),
+            role="buyer" if order.organization_id == organization_id else "vendor",
+            listing_id=listing_id,
+            listing_name=listing_name,
+            buyer_organization_id=order.organization_id,
+            vendor_organization_id=order.vendor_organization_id,
+        )
+        for order, listing_id, listing_name in rows
+    ]
+    return OrderPage(items=items, total=int(total), page=query.page, page_size=page_size)
+
+
+def sales_by_hour(
+    *, session: Session, vendor_organization_id: int, since: dt.datetime
+) -> list[HourlyAmount]:
+    """The vendor's sales per hour since ``since``: order count and gross amount, per currency."""
+    hour = epoch_hour(col(Order.created_at))
+    rows = session.exec(
+        select(hour, Order.currency, sa.func.count(), sa.func.sum(Order.amount_minor))
+        .where(
+            Order.vendor_organization_id == vendor_organization_id,
+            col(Order.created_at) >= since,
+        )
+        .group_by(hour, Order.currency)
+        .order_by(hour)
+    ).all()
+    return [
+        HourlyAmount(hour=hour_start(h), currency=c, count=int(n), amount_minor=int(total or 0))
+        for h, c, n, total in rows
+    ]
 
 
 # --- Refunds ----------------------------------------------------------------------------------

@@ -7,14 +7,16 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 
 from marketplace.accounts.oauth import current, require_oauth
-from marketplace.api import API_PREFIX, openapi, parse_json
+from marketplace.api import API_PREFIX, openapi, parse_json, parse_query
 from marketplace.db import get_session
 from marketplace.licensing import services
 from marketplace.licensing.schemas import (
     AcceptTerms,
     LicenseList,
     LicensePublic,
+    OrderPage,
     OrderPublic,
+    OrderQuery,
     RefundCreate,
     RefundPublic,
 )
@@ -97,6 +99,25 @@ def list_licenses() -> Any:
 def get_license(license_id: int) -> Any:
     result = services.get_license(
         session=get_session(), organization_id=current.organization_id, license_id=license_id
+    )
+    return jsonify(result.model_dump(mode="json"))
+
+
+@bp.get("/orders")
+@openapi(
+    "Your organisation's orders: purchases (role=buyer), sales (role=vendor), or both",
+    tag="licensing",
+    query=OrderQuery,
+    response=OrderPage,
+    scope="ledger:read",
+)
+@require_oauth("ledger:read")
+def list_orders() -> Any:
+    result = services.list_orders(
+        session=get_session(),
+        organization_id=current.organization_id,
+        query=parse_query(OrderQuery),
+        page_size_max=current_app.extensions["settings"].page_size_max,
     )
     return jsonify(result.model_dump(mode="json"))
 

@@ -28,6 +28,7 @@ How a per-inference licence pays (all amounts integer minor units, ``r`` the off
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import utcnow
+from marketplace.db import epoch_hour, hour_start, utcnow
 from marketplace.errors import Forbidden
 from marketplace.ledger import bulk
 from marketplace.ledger import services as ledger
@@ -294,3 +295,22 @@ def settle(
         for currency, amount in part.charged_minor.items():
             report.charged_minor[currency] = report.charged_minor.get(currency, 0) + amount
     return report
+
+
+def usage_by_hour(
+    *, session: Session, vendor_organization_id: int, since: dt.datetime
+) -> list[tuple[dt.datetime, int]]:
+    """Metered calls per hour (UTC start) on the vendor's licences since ``since``."""
+    events = UsageEvent.__table__  # type: ignore[attr-defined]
+    hour = epoch_hour(events.c.created_at)
+    rows = session.execute(
+        sa.select(hour, sa.func.count())
+        .select_from(events.join(_licenses_t, _licenses_t.c.id == events.c.license_id))
+        .where(
+            _licenses_t.c.vendor_organization_id == vendor_organization_id,
+            events.c.created_at >= since,
+        )
+        .group_by(hour)
+        .order_by(hour)
+    ).all()
+    return [(hour_start(h), int(n)) for h, n in rows]
