@@ -85,6 +85,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_licensing(app)
     init_ledger(app)
 
+    from marketplace.web import init_app as init_web
+
+    init_web(app)
+
     from marketplace import cli
 
     cli.init_app(app)

@@ -798,9 +798,7 @@ def vendor_listings(*, session: Session, organization_id: int) -> list[ListingDe
     return out
 
 
-def all_listings(
-    *, session: Session, status: str | None, page: int, page_size: int
-) -> ListingPage:
+def all_listings(*, session: Session, status: str | None, page: int, page_size: int) -> ListingPage:
     """Every listing whatever its status, newest first (administrators)."""
     where = sa.true() if status is None else col(Listing.status) == status
     total = session.exec(select(func.count()).select_from(Listing).where(where)).one()

@@ -320,6 +320,35 @@ def list_licenses(*, session: Session, organization_id: int) -> list[LicensePubl
     return [license_public(lic) for lic in rows]
 
 
+def licensed_listing_names(*, session: Session, organization_id: int) -> dict[int, str]:
+    """Names of the listings the organisation holds (or held) licences for, by listing id."""
+    rows = session.exec(
+        select(Listing.id, Listing.name)
+        .join(License, col(License.listing_id) == col(Listing.id))
+        .where(License.organization_id == organization_id)
+        .distinct()
+    ).all()
+    return {int(i): name for i, name in rows}
+
+
+def suspended_for_licensee(
+    *, session: Session, organization_id: int, listing_id: int
+) -> str | None:
+    """The name of the listing when it is suspended and the organisation holds or held a licence
+    for it (so it may learn why its calls are refused), else None.
+
+    Everyone else learns nothing of a suspended listing, as the catalog's visibility rule says.
+    """
+    found = session.exec(
+        select(Listing.name, Listing.status)
+        .join(License, col(License.listing_id) == col(Listing.id))
+        .where(Listing.id == listing_id, License.organization_id == organization_id)
+    ).first()
+    if found is None or found[1] == LISTING_ACTIVE:
+        return None
+    return str(found[0])
+
+
 def get_license(*, session: Session, organization_id: int, license_id: int) -> LicensePublic:
     """One of the organisation's licences; another organisation's id is simply not found."""
     lic = session.get(License, license_id)
