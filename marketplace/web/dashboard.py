@@ -22,6 +22,7 @@ from flask import (
 )
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
+from wtforms import SelectChoice
 
 from marketplace.accounts.scopes import LEDGER_READ, LICENSES_WRITE, MODELS_WRITE
 from marketplace.api import validate
@@ -57,8 +58,8 @@ STATEMENT_DAYS = 90
 ORDERS_SHOWN = 20
 
 
-def _currency_choices() -> list[tuple[str, str]]:
-    return [(code, code) for code in sorted(_exponents())]
+def _currency_choices() -> list[SelectChoice]:
+    return [SelectChoice(code, code) for code in sorted(_exponents())]
 
 
 @bp.get("/dashboard")

@@ -11,6 +11,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     BooleanField,
+    SelectChoice,
     EmailField,
     HiddenField,
     IntegerField,
@@ -40,7 +41,7 @@ class RegisterForm(FlaskForm):
     )
     organization_roles = SelectMultipleField(
         _l("What your organisation does here"),
-        choices=[("vendor", _l("Sell models (vendor)")), ("buyer", _l("Buy models (buyer)"))],
+        choices=[SelectChoice("vendor", _l("Sell models (vendor)")), SelectChoice("buyer", _l("Buy models (buyer)"))],
         validators=[DataRequired()],
         option_widget=CheckboxInput(),
         widget=ListWidget(prefix_label=False),
@@ -80,9 +81,9 @@ class OfferForm(FlaskForm):
     kind = SelectField(
         _l("Kind"),
         choices=[
-            ("per_inference", _l("Pay per inference")),
-            ("perpetual", _l("Perpetual licence")),
-            ("subscription", _l("Subscription")),
+            SelectChoice("per_inference", _l("Pay per inference")),
+            SelectChoice("perpetual", _l("Perpetual licence")),
+            SelectChoice("subscription", _l("Subscription")),
         ],
     )
     currency = SelectField(_l("Currency"), choices=[])
@@ -114,5 +115,5 @@ class RefundForm(FlaskForm):
 
 
 class PreferencesForm(FlaskForm):
-    language = SelectField(_l("Language"), choices=[("zh", "中文"), ("en", "English")])
+    language = SelectField(_l("Language"), choices=[SelectChoice("zh", "中文"), SelectChoice("en", "English")])
     timezone = SelectField(_l("Time zone"), choices=[])

@@ -30,6 +30,7 @@ from flask_babel import get_locale, get_timezone
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
+from wtforms import SelectChoice
 from werkzeug.wrappers import Response as BaseResponse
 
 from marketplace.accounts import services as accounts
@@ -342,7 +343,7 @@ def page_token() -> Any:
 @bp.route("/preferences", methods=["GET", "POST"])
 def preferences() -> Any:
     form = PreferencesForm()
-    form.timezone.choices = [(z, z) for z in sorted(zoneinfo.available_timezones())]
+    form.timezone.choices = [SelectChoice(z, z) for z in sorted(zoneinfo.available_timezones())]
     if form.validate_on_submit():
         response = redirect(url_for("web.preferences"))
         secure = _secure_cookies()
