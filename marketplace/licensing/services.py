@@ -328,7 +328,7 @@ def licensed_listing_names(*, session: Session, organization_id: int) -> dict[in
         .where(License.organization_id == organization_id)
         .distinct()
     ).all()
-    return {int(i): name for i, name in rows}
+    return {int(i or 0): name for i, name in rows}
 
 
 def suspended_for_licensee(
@@ -386,7 +386,7 @@ def list_orders(
         OrderListItem(
             **order_public(order).model_dump(),
             role="buyer" if order.organization_id == organization_id else "vendor",
-            listing_id=listing_id,
+            listing_id=listing_id or 0,
             listing_name=listing_name,
             buyer_organization_id=order.organization_id,
             vendor_organization_id=order.vendor_organization_id,

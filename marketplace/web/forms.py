@@ -11,11 +11,11 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     BooleanField,
-    SelectChoice,
     EmailField,
     HiddenField,
     IntegerField,
     PasswordField,
+    SelectChoice,
     SelectField,
     SelectMultipleField,
     StringField,
@@ -41,7 +41,10 @@ class RegisterForm(FlaskForm):
     )
     organization_roles = SelectMultipleField(
         _l("What your organisation does here"),
-        choices=[SelectChoice("vendor", _l("Sell models (vendor)")), SelectChoice("buyer", _l("Buy models (buyer)"))],
+        choices=[
+            SelectChoice("vendor", _l("Sell models (vendor)")),
+            SelectChoice("buyer", _l("Buy models (buyer)")),
+        ],
         validators=[DataRequired()],
         option_widget=CheckboxInput(),
         widget=ListWidget(prefix_label=False),
@@ -115,5 +118,7 @@ class RefundForm(FlaskForm):
 
 
 class PreferencesForm(FlaskForm):
-    language = SelectField(_l("Language"), choices=[SelectChoice("zh", "中文"), SelectChoice("en", "English")])
+    language = SelectField(
+        _l("Language"), choices=[SelectChoice("zh", "中文"), SelectChoice("en", "English")]
+    )
     timezone = SelectField(_l("Time zone"), choices=[])

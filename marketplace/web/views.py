@@ -30,8 +30,8 @@ from flask_babel import get_locale, get_timezone
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
-from wtforms import SelectChoice
 from werkzeug.wrappers import Response as BaseResponse
+from wtforms import SelectChoice
 
 from marketplace.accounts import services as accounts
 from marketplace.accounts.oauth import TokenFailureLimiter
@@ -387,7 +387,8 @@ def catalog_page() -> Any:
     pages = max(1, -(-page.total // page.page_size))
 
     def page_url(number: int) -> str:
-        return url_for("web.catalog_page", **{**args, "page": number})
+        values: dict[str, Any] = {**args, "page": number}
+        return url_for("web.catalog_page", **values)
 
     return render_template(
         "catalog.html",

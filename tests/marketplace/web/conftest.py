@@ -35,7 +35,9 @@ class Person:
     def csrf(self, path: str = "/") -> str:
         return csrf_of(self.browser.get(path).get_data(as_text=True))
 
-    def post(self, path: str, data: dict[str, Any] | None = None, *, token_from: str = "/", **kw: Any) -> Any:
+    def post(
+        self, path: str, data: dict[str, Any] | None = None, *, token_from: str = "/", **kw: Any
+    ) -> Any:
         form = {"csrf_token": self.csrf(token_from), **(data or {})}
         return self.browser.post(path, data=form, **kw)
 

@@ -80,7 +80,9 @@ def test_repeated_failed_logins_are_slowed_down(app_config, app, make_org):
     ]
     assert codes == [401, 401, 401, 429]
     # Even the right password waits now: guessing cannot continue at full speed.
-    resp = browser.post("/login", data={"email": org.email, "password": PASSWORD, "csrf_token": token})
+    resp = browser.post(
+        "/login", data={"email": org.email, "password": PASSWORD, "csrf_token": token}
+    )
     assert resp.status_code == 429
 
 
@@ -88,7 +90,11 @@ def test_login_redirects_only_to_this_site(app, make_org):
     org = make_org(["buyer"])
     browser = app.test_client()
     token = csrf_of(browser.get("/login").get_data(as_text=True))
-    for target, expected in [("//evil.example/x", "/dashboard"), ("https://evil.example", "/dashboard"), ("/models/1", "/models/1")]:
+    for target, expected in [
+        ("//evil.example/x", "/dashboard"),
+        ("https://evil.example", "/dashboard"),
+        ("/models/1", "/models/1"),
+    ]:
         fresh = app.test_client()
         token = csrf_of(fresh.get("/login").get_data(as_text=True))
         resp = fresh.post(
@@ -192,7 +198,10 @@ def test_no_page_is_reachable_by_a_role_that_should_not_see_it(
     listing = f"/admin/listings/{catalog.listing_id}/suspend"
     assert buyer.post(listing).status_code == 403
     assert vendor.post("/admin/refunds", {"order_id": "1"}).status_code == 403
-    assert other_vendor.post(f"{own}/offers", {"name": "x"}, token_from="/dashboard").status_code == 404
+    assert (
+        other_vendor.post(f"{own}/offers", {"name": "x"}, token_from="/dashboard").status_code
+        == 404
+    )
     assert db_session.get(Listing, catalog.listing_id).status == "active"
     assert admin.post(listing).status_code == 302
     db_session.expire_all()
@@ -269,7 +278,9 @@ def test_chinese_first_when_the_browser_asks_and_a_choice_is_remembered(client):
 def test_prices_per_currency_and_times_in_the_viewers_zone(app, client, person, db_session):
     vendor = person(["vendor"])
     cny = make_offer(db_session, vendor.org.id, price_minor=123_450, trial_calls=3)
-    make_offer(db_session, vendor.org.id, listing_id=cny.listing_id, currency="JPY", price_minor=1235)
+    make_offer(
+        db_session, vendor.org.id, listing_id=cny.listing_id, currency="JPY", price_minor=1235
+    )
     client.set_cookie("jishi_tz", "Asia/Shanghai")
     html = client.get(f"/models/{cny.listing_id}?lang=en").get_data(as_text=True)
     assert "¥1,234.50" in html and "¥1,235<" in html
@@ -277,7 +288,7 @@ def test_prices_per_currency_and_times_in_the_viewers_zone(app, client, person, 
     local = created.astimezone(__import__("zoneinfo").ZoneInfo("Asia/Shanghai"))
     assert f"{local:%Y-%m-%d %H:%M} CST" in html
     catalog_html = client.get("/?lang=en").get_data(as_text=True)
-    assert "From <span class=\"money\" title=\"JPY\">¥1,235</span>" in catalog_html
+    assert 'From <span class="money" title="JPY">¥1,235</span>' in catalog_html
     assert 'class="badge trial"' in catalog_html
 
 
@@ -322,14 +333,23 @@ def test_trial_and_purchase_from_the_model_page(app, person, db_session):
         token_from=page,
     )
     assert unticked.status_code == 302
-    assert db_session.exec(select(License).where(License.organization_id == buyer.org.id)).all() == []
+    assert (
+        db_session.exec(select(License).where(License.organization_id == buyer.org.id)).all() == []
+    )
     buyer.post(f"{page}/offers/{catalog.offer_id}/trial", accept, token_from=page)
     (trial,) = db_session.exec(select(License).where(License.organization_id == buyer.org.id)).all()
     assert trial.kind == "trial" and trial.calls_remaining == 3
     acceptance = db_session.exec(select(TermsAcceptance)).all()[-1]
     assert acceptance.client_id.startswith("web-session:")
-    poor = buyer.post(f"{page}/offers/{catalog.offer_id}/purchase", {**accept, f"{prefix}-idempotency_key": "k1"}, token_from=page)
-    assert "lacks" in buyer.browser.get(page + "?lang=en").get_data(as_text=True) or poor.status_code == 302
+    poor = buyer.post(
+        f"{page}/offers/{catalog.offer_id}/purchase",
+        {**accept, f"{prefix}-idempotency_key": "k1"},
+        token_from=page,
+    )
+    assert (
+        "lacks" in buyer.browser.get(page + "?lang=en").get_data(as_text=True)
+        or poor.status_code == 302
+    )
     assert db_session.exec(select(Order)).all() == []
     fund_wallet(db_session, buyer.org.id, 15_000)
     twice = {**accept, f"{prefix}-idempotency_key": "same-page-view"}
@@ -345,9 +365,13 @@ def test_trial_and_purchase_from_the_model_page(app, person, db_session):
 
 def test_top_up_and_statement_csv(app, person, db_session):
     buyer = person(["buyer"])
-    assert buyer.post("/dashboard/top-up", {"amount": "12.345", "currency": "CNY"}).status_code == 302
+    assert (
+        buyer.post("/dashboard/top-up", {"amount": "12.345", "currency": "CNY"}).status_code == 302
+    )
     assert wallet_available(db_session, buyer.org.id) == 0  # three decimals refused
-    buyer.post("/dashboard/top-up", {"amount": "1234.50", "currency": "CNY", "idempotency_key": "a"})
+    buyer.post(
+        "/dashboard/top-up", {"amount": "1234.50", "currency": "CNY", "idempotency_key": "a"}
+    )
     buyer.post("/dashboard/top-up", {"amount": "1235", "currency": "JPY", "idempotency_key": "b"})
     assert wallet_available(db_session, buyer.org.id) == 123_450
     assert wallet_available(db_session, buyer.org.id, "JPY") == 1235
@@ -382,7 +406,11 @@ def test_admin_refunds_an_order_from_the_page(app, person, platform_person, db_s
     )
     (order,) = db_session.exec(select(Order)).all()
     admin = platform_person("admin")
-    admin.post("/admin/refunds", {"order_id": str(order.id), "amount": "25.00", "reason": "broken"}, token_from="/admin")
+    admin.post(
+        "/admin/refunds",
+        {"order_id": str(order.id), "amount": "25.00", "reason": "broken"},
+        token_from="/admin",
+    )
     db_session.refresh(order)
     assert order.refunded_minor == 2_500 and order.status == "partially_refunded"
     assert wallet_available(db_session, buyer.org.id) == 2_500
@@ -414,7 +442,9 @@ def test_a_page_token_can_do_no_more_than_run_models_its_organisation_may_run(
     assert resp.status_code == 200 and resp.json["scope"] == "sandbox:run"
     assert resp.json["expires_in"] <= app.extensions["settings"].web_api_token_ttl_s
     bearer = {"Authorization": f"Bearer {resp.json['access_token']}"}
-    stored = db_session.exec(select(OAuthToken).where(OAuthToken.organization_id == buyer.org.id)).all()
+    stored = db_session.exec(
+        select(OAuthToken).where(OAuthToken.organization_id == buyer.org.id)
+    ).all()
     assert resp.json["access_token"] not in {t.access_token_hash for t in stored}
     refused = [
         client.post("/api/v1/models", json={"name": "x", "task": "t"}, headers=bearer),
@@ -427,18 +457,23 @@ def test_a_page_token_can_do_no_more_than_run_models_its_organisation_may_run(
                     headers={**bearer, "Idempotency-Key": "x"}),
         client.get("/api/v1/ledger/statement", headers=bearer),
         client.get("/api/v1/orders", headers=bearer),
-        client.post("/api/v1/organizations/%d/clients" % buyer.org.id, json={}, headers=bearer),
+        client.post(f"/api/v1/organizations/{buyer.org.id}/clients", json={}, headers=bearer),
     ]  # fmt: skip
     assert [r.json["code"] for r in refused] == ["insufficient_scope"] * 5 + ["scope_not_allowed"]
     # It may run only what its organisation is entitled to: no trial yet, so no evaluation.
-    version = db_session.get(__import__("marketplace.catalog.models", fromlist=["ModelVersion"]).ModelVersion, catalog.version_id)
+    version = db_session.get(
+        __import__("marketplace.catalog.models", fromlist=["ModelVersion"]).ModelVersion,
+        catalog.version_id,
+    )
     evaluate = client.post(
         f"/api/v1/models/{catalog.listing_id}/versions/{version.version}/evaluate",
         json={"inputs": {"x": {"dtype": "float32", "shape": [1], "data": [1]}}},
         headers=bearer,
     )
     assert evaluate.status_code == 403 and evaluate.json["code"] == "no_entitlement"
-    sample = client.get(f"/api/v1/models/{catalog.listing_id}/versions/{version.version}/sample", headers=bearer)
+    sample = client.get(
+        f"/api/v1/models/{catalog.listing_id}/versions/{version.version}/sample", headers=bearer
+    )
     assert sample.json["code"] == "no_entitlement"
     # Logging out revokes it.
     buyer.post("/logout", token_from="/dashboard")
@@ -476,7 +511,11 @@ def test_vendor_creates_a_listing_and_an_offer_and_retires_it(app, person, db_se
                                      "trial_days": "7", "commercial_use": "y"}, token_from=manage)  # fmt: skip
     detail = app.test_client().get(f"/api/v1/models/{listing.id}").json
     (offer,) = detail["offers"]
-    assert (offer["currency"], offer["royalty_per_1k_minor"], offer["trial_calls"]) == ("JPY", 50, 10)
+    assert (offer["currency"], offer["royalty_per_1k_minor"], offer["trial_calls"]) == (
+        "JPY",
+        50,
+        10,
+    )
     vendor.post(f"{manage}/offers/{offer['id']}/retire", token_from=manage)
     assert app.test_client().get(f"/api/v1/models/{listing.id}").json["offers"] == []
 
