@@ -6,6 +6,8 @@ own request schemas and services decide everything else, as they do for the API.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
@@ -21,8 +23,20 @@ from wtforms import (
     StringField,
     TextAreaField,
 )
-from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
+from wtforms.validators import (
+    DataRequired,
+    InputRequired,
+    Length,
+    NumberRange,
+    Optional,
+    ValidationError,
+)
 from wtforms.widgets import CheckboxInput, ListWidget
+
+
+def _at_least_one(_form: FlaskForm, field: Any) -> None:
+    if not field.data:
+        raise ValidationError(_l("Choose at least one."))
 
 
 class LoginForm(FlaskForm):
@@ -45,7 +59,8 @@ class RegisterForm(FlaskForm):
             SelectChoice("vendor", _l("Sell models (vendor)")),
             SelectChoice("buyer", _l("Buy models (buyer)")),
         ],
-        validators=[DataRequired()],
+        # Not DataRequired: its "required" flag would make the browser demand every box.
+        validators=[_at_least_one],
         option_widget=CheckboxInput(),
         widget=ListWidget(prefix_label=False),
     )

@@ -227,7 +227,7 @@ def _safe_next(target: str | None) -> str:
 
 def _start_session(user: Any) -> BaseResponse:
     settings = current_app.extensions["settings"]
-    token, _viewer = accounts.start_web_session(
+    token, g.viewer = accounts.start_web_session(
         session=get_session(), user=user, ttl_s=settings.web_session_ttl_s
     )
     response = redirect(_safe_next(request.args.get("next")))
