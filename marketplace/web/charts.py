@@ -79,7 +79,9 @@ def bar_chart(series: Series, *, label_every: int = 7) -> Markup:
             f'fill="{BAR_FILL}"><title>{escape(series.labels[i])}: '
             f"{escape(series.value_text(value))}</title></rect>"
         )
-    for fraction in (0, 0.5, 1):
+    # The middle line is labelled only when it falls on a whole unit (no "0, 0, 1" axis).
+    fractions = (0, 0.5, 1) if top % 2 == 0 else (0, 1)
+    for fraction in fractions:
         y = _TOP + plot_h * (1 - fraction)
         parts.append(
             f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
@@ -87,8 +89,10 @@ def bar_chart(series: Series, *, label_every: int = 7) -> Markup:
             f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
             f'fill="{AXIS}">{escape(series.value_text(int(top * fraction)))}</text>'
         )
+    last = count - 1
     for i, label in enumerate(series.labels):
-        if i % label_every == 0 or i == count - 1:
+        # Every label_every-th day and the last, unless the last would crowd its neighbour.
+        if (i % label_every == 0 and last - i >= label_every // 2) or i == last:
             x = _LEFT + i * slot + slot / 2
             parts.append(
                 f'<text x="{x:.1f}" y="{HEIGHT - _BOTTOM + 16}" text-anchor="middle" '

@@ -199,7 +199,13 @@ def _template_helpers() -> dict[str, Any]:
         "logout_form": EmptyForm(),
         "current_zone": str(get_timezone()),
         "has_endpoint": lambda name: name in current_app.view_functions,
+        "example_shape": example_shape,
     }
+
+
+def example_shape(shape: list[Any] | None) -> list[int]:
+    """A concrete shape for a signature's placeholder: symbolic or unknown dimensions become 1."""
+    return [d if isinstance(d, int) and d > 0 else 1 for d in (shape or [1])]
 
 
 # --- login, registration, logout ----------------------------------------------------------------
