@@ -136,6 +136,7 @@ def evaluate(model_id: int, version: str) -> Any:
     tag="sandbox",
     scope=SANDBOX_RUN,
     errors=[402, 404],
+    response_media_types=(NPZ_MIME,),
 )
 @require_oauth(SANDBOX_RUN)
 def get_sample(model_id: int, version: str) -> Any:
