@@ -25,6 +25,17 @@ HOSTILE_CARD = """# Card
 """
 
 
+def accept_on_page(who, catalog, action: str):
+    """Tick "I accept" for the offer on its model page and press Start trial or Buy."""
+    page = f"/models/{catalog.listing_id}"
+    prefix = f"offer{catalog.offer_id}"
+    return who.post(
+        f"{page}/offers/{catalog.offer_id}/{action}",
+        {f"{prefix}-accept_terms_sha256": catalog.terms_sha256, f"{prefix}-accept": "y"},
+        token_from=page,
+    )
+
+
 # --- login, sessions, CSRF -------------------------------------------------------------------
 
 
@@ -214,13 +225,7 @@ def test_a_suspended_model_is_explained_to_its_licensees_and_hidden_from_others(
     vendor, buyer, stranger = person(["vendor"]), person(["buyer"]), person(["buyer"])
     catalog = make_offer(db_session, vendor.org.id, trial_calls=5)
     page = f"/models/{catalog.listing_id}"
-    resp = buyer.post(
-        f"{page}/offers/{catalog.offer_id}/trial",
-        {f"offer{catalog.offer_id}-accept_terms_sha256": catalog.terms_sha256,
-         f"offer{catalog.offer_id}-accept": "y"},
-        token_from=page,
-    )  # fmt: skip
-    assert resp.status_code == 302
+    assert accept_on_page(buyer, catalog, "trial").status_code == 302
     platform_person("admin").post(f"/admin/listings/{catalog.listing_id}/suspend")
     notice = buyer.browser.get(page)
     assert notice.status_code == 403 and "suspended" in notice.get_data(as_text=True)
@@ -397,13 +402,7 @@ def test_admin_refunds_an_order_from_the_page(app, person, platform_person, db_s
     vendor, buyer = person(["vendor"]), person(["buyer"])
     catalog = make_offer(db_session, vendor.org.id, price_minor=10_000)
     fund_wallet(db_session, buyer.org.id, 10_000)
-    page = f"/models/{catalog.listing_id}"
-    prefix = f"offer{catalog.offer_id}"
-    buyer.post(
-        f"{page}/offers/{catalog.offer_id}/purchase",
-        {f"{prefix}-accept_terms_sha256": catalog.terms_sha256, f"{prefix}-accept": "y"},
-        token_from=page,
-    )
+    accept_on_page(buyer, catalog, "purchase")
     (order,) = db_session.exec(select(Order)).all()
     admin = platform_person("admin")
     admin.post(
@@ -524,13 +523,7 @@ def test_vendor_dashboard_charts_sales(app, person, db_session):
     vendor, buyer = person(["vendor"]), person(["buyer"])
     catalog = make_offer(db_session, vendor.org.id, price_minor=10_000)
     fund_wallet(db_session, buyer.org.id, 10_000)
-    page = f"/models/{catalog.listing_id}"
-    prefix = f"offer{catalog.offer_id}"
-    buyer.post(
-        f"{page}/offers/{catalog.offer_id}/purchase",
-        {f"{prefix}-accept_terms_sha256": catalog.terms_sha256, f"{prefix}-accept": "y"},
-        token_from=page,
-    )
+    accept_on_page(buyer, catalog, "purchase")
     html = vendor.browser.get("/dashboard?lang=en").get_data(as_text=True)
     assert html.count('<svg class="chart"') == 2  # sales in CNY and metered calls
     assert 'aria-label="Sales per day (CNY): ¥100.00"' in html
