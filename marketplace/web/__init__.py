@@ -69,6 +69,12 @@ def init_app(app: Flask) -> None:
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_SECURE"] = not settings.is_development
+    from marketplace.accounts.oauth import TokenFailureLimiter
+
+    # The same per-node limiter as for token requests, keyed by e-mail and by client address.
+    app.extensions["login_failure_limiter"] = TokenFailureLimiter(
+        settings.login_failures_max, settings.login_failures_window_s
+    )
     Babel(app, locale_selector=select_locale, timezone_selector=select_timezone)
     csrf.init_app(app)
 

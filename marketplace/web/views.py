@@ -212,13 +212,7 @@ def example_shape(shape: list[Any] | None) -> list[int]:
 
 
 def _login_limiter() -> TokenFailureLimiter:
-    app = current_app
-    if "login_failure_limiter" not in app.extensions:
-        settings = app.extensions["settings"]
-        app.extensions["login_failure_limiter"] = TokenFailureLimiter(
-            settings.login_failures_max, settings.login_failures_window_s
-        )
-    return app.extensions["login_failure_limiter"]  # type: ignore[no-any-return]
+    return current_app.extensions["login_failure_limiter"]  # type: ignore[no-any-return]
 
 
 def _safe_next(target: str | None) -> str:

@@ -80,7 +80,7 @@ def test_wrong_credentials_say_the_same_thing(app, make_org, email):
 
 def test_repeated_failed_logins_are_slowed_down(app_config, app, make_org):
     org = make_org(["buyer"])
-    app.extensions["settings"].login_failures_max = 3
+    app.extensions["login_failure_limiter"].failures_max = 3
     browser = app.test_client()
     token = csrf_of(browser.get("/login").get_data(as_text=True))
     codes = [
