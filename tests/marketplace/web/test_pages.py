@@ -528,3 +528,37 @@ def test_vendor_dashboard_charts_sales(app, person, db_session):
     assert html.count('<svg class="chart"') == 2  # sales in CNY and metered calls
     assert 'aria-label="Sales per day (CNY): ¥100.00"' in html
     assert "¥90.00" in html  # the vendor's share after the 10 % fee, owed to the vendor
+
+
+def test_uploads_from_the_page_with_and_without_javascript(app, person, db_session):
+    from tests.model_registry.builders import external_initializer, relu_bytes
+
+    vendor = person(["vendor"])
+    catalog = make_offer(db_session, vendor.org.id)
+    manage = f"/dashboard/listings/{catalog.listing_id}"
+
+    def upload(version: str, data: bytes, **headers: str):
+        return vendor.post(
+            f"{manage}/versions",
+            {"version": version, "model": (io.BytesIO(data), "m.onnx")},
+            token_from=manage,
+            content_type="multipart/form-data",
+            headers=headers,
+        )
+
+    scripted = upload("2.0.0", relu_bytes(), Accept="application/json")
+    assert scripted.status_code == 201, scripted.json
+    assert scripted.json["version"] == "2.0.0" and scripted.json["location"].startswith(manage)
+    assert scripted.json["inputs"][0]["dtype"] == "float32"
+    again = upload("2.0.0", relu_bytes(), Accept="application/json")
+    assert again.status_code == 409 and again.json["code"] == "version_exists"
+    rejected = upload("3.0.0", external_initializer("weights.bin"), Accept="application/json")
+    assert rejected.status_code == 422 and rejected.json["code"] == "model_rejected"
+    assert rejected.json["findings"]
+    plain = upload("4.0.0", relu_bytes())
+    assert plain.status_code == 302
+    html = vendor.browser.get(manage + "?lang=en").get_data(as_text=True)
+    assert "Version 4.0.0 published." in html
+    listed = app.test_client().get(f"/api/v1/models/{catalog.listing_id}/versions").json
+    assert {"2.0.0", "4.0.0"} <= {v["version"] for v in listed["items"]}
+    assert "3.0.0" not in {v["version"] for v in listed["items"]}
