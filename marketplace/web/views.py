@@ -81,6 +81,9 @@ def current_viewer() -> Viewer | None:
 
 @bp.before_request
 def _load_viewer() -> None:
+    if request.endpoint == "web.static":
+        g.viewer = None  # stylesheets and scripts need no database round trip
+        return
     token = request.cookies.get(SESSION_COOKIE, "")
     g.viewer = accounts.web_session_viewer(session=get_session(), token=token) if token else None
     if request.method not in SAFE_METHODS:
