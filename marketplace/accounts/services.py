@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -15,7 +16,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from marketplace.accounts.errors import RegistrationBusy
+from marketplace.accounts.errors import RegistrationBusy, TooManyRegistrations
 from marketplace.accounts.models import (
     Membership,
     OAuthClient,
@@ -43,6 +44,7 @@ from marketplace.accounts.scopes import (
 )
 from marketplace.db import begin_write, utcnow
 from marketplace.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
+from marketplace.ratelimit import WindowLimiter
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
@@ -139,6 +141,20 @@ def _add_client(
 
 def _email_taken(session: Session, email: str) -> bool:
     return session.exec(select(User.id).where(User.email == email)).first() is not None
+
+
+def admit_registration(*, limiter: WindowLimiter, address: str) -> None:
+    """Count a registration from ``address``; 429 when the address has made too many lately.
+
+    Counted once the body is valid (by the API and the registration page alike): from here
+    every attempt costs a hash and may make an organisation (and so a claim on every trial).
+    """
+    wait_s = limiter.acquire(address)
+    if wait_s:
+        raise TooManyRegistrations(
+            "Too many registrations from this address; try again later.",
+            headers={"Retry-After": str(wait_s)},
+        )
 
 
 def register(
@@ -331,6 +347,28 @@ def get_organization_by_id(*, session: Session, org_id: int) -> Organization:
     return org
 
 
+def list_organizations(
+    *, session: Session, verified: bool | None, page: int, page_size: int
+) -> tuple[list[OrganizationPublic], int]:
+    """Organisations (newest first) and how many match, for administrators."""
+    where: list[Any] = []
+    if verified is not None:
+        where.append(
+            col(Organization.verified_at).is_not(None)
+            if verified
+            else col(Organization.verified_at).is_(None)
+        )
+    total = session.exec(select(sa.func.count()).select_from(Organization).where(*where)).one()
+    rows = session.exec(
+        select(Organization)
+        .where(*where)
+        .order_by(col(Organization.id).desc())
+        .offset((page - 1) * page_size)
+        .limit(page_size)
+    ).all()
+    return [organization_public(org) for org in rows], int(total)
+
+
 def verify_organization(*, session: Session, org_id: int) -> OrganizationPublic:
     """Mark an organisation as verified by the platform (idempotent: the first time stays)."""
     org = get_organization_by_id(session=session, org_id=org_id)
@@ -389,10 +427,15 @@ class Viewer:
         return role in self.roles
 
 
-def authenticate(*, session: Session, email: str, password: str) -> User:
-    """The user with this address and password; 401 ``invalid_credentials`` otherwise."""
+def authenticate(*, session: Session, email: str, password: str, hashing: HashingSlots) -> User:
+    """The user with this address and password; 401 ``invalid_credentials`` otherwise.
+
+    The check holds a hashing slot like registration does: a login costs an argon2 hash too.
+    """
     user = session.exec(select(User).where(User.email == email.strip().lower())).first()
-    ok = verify_password(user.password_hash if user else _DUMMY_PASSWORD_HASH, password)
+    session.rollback()  # no transaction held open through the hash
+    with hashing.slot():
+        ok = verify_password(user.password_hash if user else _DUMMY_PASSWORD_HASH, password)
     if user is None or not ok:
         raise Unauthorized("The e-mail address or password is wrong.", code="invalid_credentials")
     return user

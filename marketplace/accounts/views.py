@@ -7,7 +7,6 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, request
 
 from marketplace.accounts import services
-from marketplace.accounts.errors import TooManyRegistrations
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.schemas import (
     ClientCreate,
@@ -38,15 +37,9 @@ bp = Blueprint("accounts", __name__, url_prefix=API_PREFIX)
 )
 def register() -> Any:
     body = parse_json(RegisterRequest)
-    # Counted per client address once the body is valid: from here every attempt costs a hash
-    # and may make an organisation (and so a claim on every offer's trial).
-    limiter: WindowLimiter = current_app.extensions["registration_limiter"]
-    wait_s = limiter.acquire(request.remote_addr or "")
-    if wait_s:
-        raise TooManyRegistrations(
-            "Too many registrations from this address; try again later.",
-            headers={"Retry-After": str(wait_s)},
-        )
+    services.admit_registration(
+        limiter=current_app.extensions["registration_limiter"], address=request.remote_addr or ""
+    )
     result = services.register(
         session=get_session(), request=body, hashing=current_app.extensions["password_hashing"]
     )

@@ -32,6 +32,8 @@ Decisions:
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, request
 from flask_babel import Babel
 from flask_wtf.csrf import CSRFProtect
@@ -58,6 +60,16 @@ def select_timezone() -> str:
     return formatting.zone(request.cookies.get(TZ_COOKIE)).key
 
 
+def session_cookie_policy(settings: Any) -> dict[str, Any]:
+    """Flask's session cookie (it holds the CSRF secret): never readable by scripts, not sent
+    on cross-site requests, and only over HTTPS outside development."""
+    return {
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": not settings.is_development,
+    }
+
+
 def init_app(app: Flask) -> None:
     """Register the pages, Babel, CSRF protection and the cookie policy."""
     settings = app.extensions["settings"]
@@ -66,13 +78,11 @@ def init_app(app: Flask) -> None:
     # CSRF is checked by the pages' blueprint only; the API and OAuth endpoints take no cookies.
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False
     app.config["WTF_CSRF_TIME_LIMIT"] = settings.web_session_ttl_s
-    app.config["SESSION_COOKIE_HTTPONLY"] = True
-    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-    app.config["SESSION_COOKIE_SECURE"] = not settings.is_development
-    from marketplace.accounts.oauth import TokenFailureLimiter
+    app.config.update(session_cookie_policy(settings))
+    from marketplace.ratelimit import WindowLimiter
 
-    # The same per-node limiter as for token requests, keyed by e-mail and by client address.
-    app.extensions["login_failure_limiter"] = TokenFailureLimiter(
+    # Failed logins per e-mail and per client address, counted on each node like token failures.
+    app.extensions["login_failure_limiter"] = WindowLimiter(
         settings.login_failures_max, settings.login_failures_window_s
     )
     Babel(app, locale_selector=select_locale, timezone_selector=select_timezone)

@@ -9,6 +9,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 
+from marketplace.accounts import services as accounts
 from marketplace.accounts.scopes import ADMIN
 from marketplace.accounts.services import Viewer
 from marketplace.api import validate
@@ -52,6 +53,10 @@ def admin_page() -> Any:
         page=page_number,
         page_size=ADMIN_PAGE_SIZE,
     )
+    verified = {"yes": True, "no": False}.get(request.args.get("verified", "no"))
+    organizations, organizations_total = accounts.list_organizations(
+        session=get_session(), verified=verified, page=1, page_size=ADMIN_PAGE_SIZE
+    )
     refund_form = RefundForm()
     refund_form.idempotency_key.data = uuid.uuid4().hex
     lazy = current_app.extensions["sandbox_pool"]
@@ -63,6 +68,9 @@ def admin_page() -> Any:
         action_form=EmptyForm(),
         refund_form=refund_form,
         health=health,
+        organizations=organizations,
+        organizations_total=organizations_total,
+        verified_filter=request.args.get("verified", "no"),
     )
 
 
@@ -93,6 +101,18 @@ def admin_suspend(model_id: int) -> BaseResponse:
 @login_required
 def admin_reinstate(model_id: int) -> BaseResponse:
     return _set_status(model_id, LISTING_ACTIVE)
+
+
+@bp.post("/admin/organizations/<int:org_id>/verify")
+@login_required
+def admin_verify(org_id: int) -> BaseResponse:
+    require_admin()
+    try:
+        org = accounts.verify_organization(session=get_session(), org_id=org_id)
+        flash(_("“%(name)s” is verified.") % {"name": org.name}, "ok")
+    except DomainError as exc:
+        flash(error_text(exc), "error")
+    return redirect(url_for("web.admin_page") + "#organizations")
 
 
 @bp.post("/admin/refunds")

@@ -436,6 +436,7 @@ def create_offer(model_id: int) -> BaseResponse:
                 "trial_calls": form.trial_calls.data or 0,
                 "trial_days": form.trial_days.data or 0,
                 "term_days": form.term_days.data,
+                "trial_requires_verified_org": bool(form.trial_requires_verified_org.data),
                 "allow_download": bool(form.allow_download.data),
                 "commercial_use": bool(form.commercial_use.data),
                 "terms_md": form.terms_md.data or "",

@@ -114,6 +114,9 @@ class OfferForm(FlaskForm):
     trial_days = IntegerField(
         _l("Trial days"), default=0, validators=[InputRequired(), NumberRange(min=0)]
     )
+    trial_requires_verified_org = BooleanField(
+        _l("Trials only for organisations the platform has verified")
+    )
     allow_download = BooleanField(_l("Licensees may download the model"))
     commercial_use = BooleanField(_l("Commercial use allowed"))
     terms_md = TextAreaField(_l("Licence terms (Markdown)"), validators=[Optional()])

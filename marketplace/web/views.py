@@ -34,7 +34,6 @@ from werkzeug.wrappers import Response as BaseResponse
 from wtforms import SelectChoice
 
 from marketplace.accounts import services as accounts
-from marketplace.accounts.oauth import TokenFailureLimiter
 from marketplace.accounts.schemas import RegisterRequest
 from marketplace.accounts.scopes import LICENSES_WRITE, SANDBOX_RUN
 from marketplace.accounts.services import Viewer
@@ -48,6 +47,7 @@ from marketplace.errors import DomainError, Forbidden, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.licensing import services as licensing
 from marketplace.licensing.schemas import AcceptTerms
+from marketplace.ratelimit import WindowLimiter
 from marketplace.web import LANG_COOKIE, LANGUAGES, SESSION_COOKIE, TZ_COOKIE, csrf, formatting
 from marketplace.web.forms import (
     AcceptTermsForm,
@@ -214,7 +214,7 @@ def example_shape(shape: list[Any] | None) -> list[int]:
 # --- login, registration, logout ----------------------------------------------------------------
 
 
-def _login_limiter() -> TokenFailureLimiter:
+def _login_limiter() -> WindowLimiter:
     return current_app.extensions["login_failure_limiter"]  # type: ignore[no-any-return]
 
 
@@ -260,13 +260,16 @@ def login() -> Any:
         else:
             try:
                 user = accounts.authenticate(
-                    session=get_session(), email=form.email.data, password=form.password.data
+                    session=get_session(),
+                    email=form.email.data,
+                    password=form.password.data,
+                    hashing=current_app.extensions["password_hashing"],
                 )
                 return _start_session(user)
             except DomainError as exc:
                 if exc.code == "invalid_credentials":
                     for key in keys:
-                        limiter.record_failure(key)
+                        limiter.record(key)
                     error = _("The e-mail address or password is wrong.")
                 else:
                     error = exc.detail
@@ -291,12 +294,23 @@ def register() -> Any:
                     "organization_roles": form.organization_roles.data,
                 },
             )
-            result = accounts.register(session=get_session(), request=body)
+            accounts.admit_registration(
+                limiter=current_app.extensions["registration_limiter"],
+                address=request.remote_addr or "",
+            )
+            result = accounts.register(
+                session=get_session(),
+                request=body,
+                hashing=current_app.extensions["password_hashing"],
+            )
         except DomainError as exc:
             error = error_text(exc)
         else:
             user = accounts.authenticate(
-                session=get_session(), email=body.email, password=body.password
+                session=get_session(),
+                email=body.email,
+                password=body.password,
+                hashing=current_app.extensions["password_hashing"],
             )
             response = _start_session(user)
             # The API client's secret exists only in this response: show it once, here.

@@ -80,7 +80,7 @@ def test_wrong_credentials_say_the_same_thing(app, make_org, email):
 
 def test_repeated_failed_logins_are_slowed_down(app_config, app, make_org):
     org = make_org(["buyer"])
-    app.extensions["login_failure_limiter"].failures_max = 3
+    app.extensions["login_failure_limiter"].events_max = 3
     browser = app.test_client()
     token = csrf_of(browser.get("/login").get_data(as_text=True))
     codes = [
@@ -170,19 +170,40 @@ def test_registration_logs_in_and_shows_the_client_secret_once(app, db_session):
     assert resp.status_code == 422 and "password" in resp.get_data(as_text=True)
 
 
-def test_production_cookies_are_secure(app_config, migrated_database):
-    from marketplace import create_app
+def test_production_cookies_are_secure(app, make_org):
+    """A production app cannot be built in the tests (offline payments are refused there and no
+    real gateway runs here), so the test app is given production's settings, as the CLI's
+    production tests do; the cookie policy follows the settings."""
+    import dataclasses
 
-    app = create_app({**app_config, "ENV": "production", "SECRET_KEY": "s" * 40})
-    try:
-        assert app.config["SESSION_COOKIE_SECURE"] is True
-        assert app.config["SESSION_COOKIE_HTTPONLY"] is True
-        resp = app.test_client().get("/login")
-        cookies = resp.headers.getlist("Set-Cookie")
-        assert cookies and all("Secure" in c and "HttpOnly" in c for c in cookies)
-        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
-    finally:
-        app.extensions["db"].engine.dispose()
+    from marketplace.web import session_cookie_policy
+
+    production = dataclasses.replace(
+        app.extensions["settings"], env="production", payments="stripe"
+    )
+    assert session_cookie_policy(production) == {
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": True,
+    }
+    app.extensions["settings"] = production
+    app.config.update(session_cookie_policy(production))
+    org = make_org(["buyer"])
+    browser = app.test_client()
+    page = browser.get("/login", base_url="https://localhost")
+    token = csrf_of(page.get_data(as_text=True))
+    resp = browser.post(
+        "/login",
+        data={"email": org.email, "password": PASSWORD, "csrf_token": token},
+        base_url="https://localhost",
+        headers={"Referer": "https://localhost/login"},
+    )
+    cookies = resp.headers.getlist("Set-Cookie")
+    session_cookie = next(c for c in cookies if c.startswith("jishi_session="))
+    assert "Secure" in session_cookie and "HttpOnly" in session_cookie
+    assert "SameSite=Lax" in session_cookie
+    assert all("Secure" in c for c in page.headers.getlist("Set-Cookie"))
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
 
 
 # --- who may see what --------------------------------------------------------------------------
@@ -458,7 +479,7 @@ def test_a_page_token_can_do_no_more_than_run_models_its_organisation_may_run(
         client.get("/api/v1/orders", headers=bearer),
         client.post(f"/api/v1/organizations/{buyer.org.id}/clients", json={}, headers=bearer),
     ]  # fmt: skip
-    assert [r.json["code"] for r in refused] == ["insufficient_scope"] * 5 + ["scope_not_allowed"]
+    assert [r.json["code"] for r in refused] == ["insufficient_scope"] * 6
     # It may run only what its organisation is entitled to: no trial yet, so no evaluation.
     version = db_session.get(
         __import__("marketplace.catalog.models", fromlist=["ModelVersion"]).ModelVersion,
@@ -562,3 +583,21 @@ def test_uploads_from_the_page_with_and_without_javascript(app, person, db_sessi
     listed = app.test_client().get(f"/api/v1/models/{catalog.listing_id}/versions").json
     assert {"2.0.0", "4.0.0"} <= {v["version"] for v in listed["items"]}
     assert "3.0.0" not in {v["version"] for v in listed["items"]}
+
+
+def test_admin_verifies_an_organisation_from_the_page(app, client, person, platform_person):
+    buyer, vendor = person(["buyer"]), person(["vendor"])
+    admin = platform_person("admin")
+    html = admin.browser.get("/admin?lang=en").get_data(as_text=True)
+    assert buyer.org.email.split("@")[0] in html or f"<td>{buyer.org.id}</td>" in html
+    assert vendor.post(f"/admin/organizations/{buyer.org.id}/verify").status_code == 403
+    me = client.get("/api/v1/me", headers=buyer.org.headers()).json
+    assert me["organization"]["verified"] is False
+    resp = admin.post(f"/admin/organizations/{buyer.org.id}/verify", token_from="/admin")
+    assert resp.status_code == 302
+    me = client.get("/api/v1/me", headers=buyer.org.headers()).json
+    assert me["organization"]["verified"] is True
+    verified = admin.browser.get("/admin?verified=yes&lang=en").get_data(as_text=True)
+    assert f"<td>{buyer.org.id}</td>" in verified
+    missing = admin.post("/admin/organizations/999999/verify", token_from="/admin")
+    assert missing.status_code == 302  # reported on the page, nothing changed
