@@ -91,8 +91,9 @@ def _wants_npz() -> bool:
 def evaluate(model_id: int, version: str) -> Any:
     settings = current_app.extensions["settings"]
     session = get_session()
+    org_id = current.organization_id
     row, _listing, entitlement = services.authorize(
-        session=session, model_id=model_id, version=version, organization_id=current.organization_id
+        session=session, model_id=model_id, version=version, organization_id=org_id
     )
     inputs = _read_inputs()
     # The database is not needed while the model runs; release the connection meanwhile.
