@@ -552,7 +552,7 @@ def test_vendor_dashboard_charts_sales(app, person, db_session):
 
 
 def test_uploads_from_the_page_with_and_without_javascript(app, person, db_session):
-    from tests.model_registry.builders import external_initializer, relu_bytes
+    from tests.onnx_models import external_initializer, relu_bytes
 
     vendor = person(["vendor"])
     catalog = make_offer(db_session, vendor.org.id)
