@@ -97,8 +97,19 @@ def init_app(app: Flask) -> None:
     from marketplace.accounts.cli import orgs_cli
     from marketplace.catalog.cli import models_cli
     from marketplace.ledger.cli import ledger_cli
+    from marketplace.payments.cli import payments_cli, payouts_cli
 
-    for command in (db_cli, users_cli, orgs_cli, demo_data, serve, ledger_cli, models_cli):
+    for command in (
+        db_cli,
+        users_cli,
+        orgs_cli,
+        demo_data,
+        serve,
+        ledger_cli,
+        models_cli,
+        payments_cli,
+        payouts_cli,
+    ):
         app.cli.add_command(command)
 
 

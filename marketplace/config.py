@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "MARKETPLACE_"
+# Settings read under the payment provider's own variable names, without the prefix, so that an
+# operator's existing Stripe environment works as it is.
+UNPREFIXED = frozenset({"stripe_api_key", "stripe_webhook_secret", "stripe_api_base"})
 DEVELOPMENT_SECRET_KEY = "development-only-secret-key-change-me"
 DEVELOPMENT_ENVS = frozenset({"development", "testing"})
 
@@ -82,6 +85,23 @@ class Settings:
     metering_reserve_calls: int = 1000  # calls a metered licence reserves (and settles) at once
     statement_entries_max: int = 1000  # entries in one statement response
 
+    # Payments through Stripe (MARKETPLACE_PAYMENTS=stripe); the first three keep Stripe's names.
+    stripe_api_key: str = ""
+    stripe_webhook_secret: str = ""  # comma-separated: several secrets while one is rolled
+    stripe_api_base: str = ""  # empty: Stripe's own API; any Stripe-compatible server otherwise
+    stripe_test_key_allowed: bool = False  # production refuses sk_test_ keys unless this is set
+    stripe_timeout_s: float = 30.0  # one HTTP request to the provider
+    stripe_webhook_tolerance_s: int = 300  # how old a webhook signature may be
+    payments_outbox_interval_s: float = 5.0  # how often each node sends due provider calls
+    payments_outbox_batch_max: int = 50  # provider calls one worker pass claims
+    payments_outbox_attempts_max: int = 10  # tries before a provider call waits for an admin
+    payments_outbox_backoff_s: float = 2.0  # first retry delay; it doubles with every attempt
+    payments_outbox_lease_s: float = 120.0  # a claimed call is another node's after this
+    payments_reconcile_interval_s: float = 300.0  # how often each node polls open payments
+    payments_reconcile_batch_max: int = 200  # open payments one reconciliation pass retrieves
+    payout_minimum_minor: int = 1000  # a vendor's payable balance below this is not paid out
+    withdrawal_refunds_max: int = 10  # card payments one withdrawal may be refunded to
+
     def __post_init__(self) -> None:
         if self.env not in {"development", "testing", "production"}:
             raise ConfigError(
@@ -96,11 +116,18 @@ class Settings:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if (
-                field.name.endswith(("_max", "_s", "_bps", "_hops"))
+                field.name.endswith(("_max", "_s", "_bps", "_hops", "_minor"))
                 and isinstance(value, int | float)
                 and value < 0
             ):
-                raise ConfigError(f"{ENV_PREFIX}{field.name.upper()} must not be negative")
+                raise ConfigError(f"{env_name(field.name)} must not be negative")
+        if self.payments_outbox_lease_s < 2 * self.stripe_timeout_s:
+            # A lease shorter than a provider call would let a second node send the same call
+            # while the first still waits for its answer.
+            raise ConfigError(
+                f"{env_name('payments_outbox_lease_s')} must be at least twice "
+                f"{env_name('stripe_timeout_s')}"
+            )
 
     @property
     def is_development(self) -> bool:
@@ -122,6 +149,29 @@ class Settings:
                 "MARKETPLACE_PAYMENTS=offline simulates payments and is refused in production; "
                 "configure a real payment gateway (MARKETPLACE_PAYMENTS=stripe)"
             )
+        if (
+            self.payments == "stripe"
+            and self.stripe_api_key.startswith(("sk_test_", "rk_test_"))
+            and not self.stripe_test_key_allowed
+        ):
+            raise ConfigError(
+                "STRIPE_API_KEY is a test-mode key; production takes live money only "
+                "(set MARKETPLACE_STRIPE_TEST_KEY_ALLOWED=1 for a staging run in test mode)"
+            )
+
+    def check_payments(self) -> None:
+        """Refuse a Stripe configuration that could not take or verify a payment."""
+        if self.payments != "stripe":
+            return
+        if not self.stripe_api_key:
+            raise ConfigError("MARKETPLACE_PAYMENTS=stripe needs STRIPE_API_KEY")
+        if not self.webhook_secrets:
+            raise ConfigError("MARKETPLACE_PAYMENTS=stripe needs STRIPE_WEBHOOK_SECRET")
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        """The webhook signing secrets in force (more than one while a secret is rolled)."""
+        return [s.strip() for s in self.stripe_webhook_secret.split(",") if s.strip()]
 
     @classmethod
     def load(
@@ -132,7 +182,7 @@ class Settings:
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
+            raw = environ.get(env_name(field.name))
             if raw is not None:
                 values[field.name] = _coerce(field.name, hints[field.name], raw)
         for key, value in (overrides or {}).items():
@@ -151,19 +201,22 @@ def _coerce(name: str, kind: Any, raw: str) -> Any:
         try:
             return float(raw)
         except ValueError:
-            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a number, not {raw!r}") from None
+            raise ConfigError(f"{env_name(name)} must be a number, not {raw!r}") from None
     if kind is int or kind == "int":
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(
-                f"{ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}"
-            ) from None
+            raise ConfigError(f"{env_name(name)} must be an integer, not {raw!r}") from None
     if kind is bool or kind == "bool":
         return raw.strip().lower() in {"1", "true", "yes", "on"}
     return raw
 
 
+def env_name(field_name: str) -> str:
+    """The environment variable a setting is read from."""
+    return field_name.upper() if field_name in UNPREFIXED else ENV_PREFIX + field_name.upper()
+
+
 def setting_names() -> list[str]:
     """Every environment variable the settings read, for the README check."""
-    return [ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)]
+    return [env_name(f.name) for f in dataclasses.fields(Settings)]
