@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import stripe
 
+from tests.conftest import Org
 from tests.fakes.stripe_server import FakeStripe
 
 CLIENT_TIMEOUT_S = 0.5
@@ -61,3 +63,60 @@ def webhooks_to(client: Any) -> Any:
         )
 
     return post
+
+
+def quick_org(client: Any, db_session: Any, roles: list[str]) -> Org:
+    """An organisation with an API client of all its scopes, made without a person's password.
+
+    Registration through the API hashes a password with argon2 (half a second here); payments
+    tests need many organisations and no people.
+    """
+    from marketplace.accounts import services as accounts
+    from marketplace.accounts.models import Organization
+
+    org = Organization(name=f"org {uuid.uuid4().hex[:8]}", roles=" ".join(sorted(roles)))
+    db_session.add(org)
+    db_session.flush()
+    creds = accounts.create_client(
+        session=db_session,
+        org=org,
+        name="tests",
+        scopes=None,
+        granting_scopes=org.allowed_scopes,
+    )
+    return Org(
+        client=client,
+        id=org.id,
+        user_id=0,
+        email="",
+        client_id=creds.client_id,
+        client_secret=creds.client_secret or "",
+        scopes=creds.scopes,
+    )
+
+
+@pytest.fixture
+def make_org(client: Any, db_session: Any) -> Any:
+    return lambda roles, name=None: quick_org(client, db_session, roles)
+
+
+def admin_headers(client: Any, db_session: Any) -> dict[str, str]:
+    """A bearer token of a platform administrator."""
+    return quick_org(client, db_session, ["admin"]).headers("admin ledger:read")
+
+
+def paid_top_up(client: Any, org: Any, payer: Any, fake: FakeStripe, amount: int, key: str) -> Any:
+    """A top-up the payer pays by card, with its webhook delivered; the top-up's JSON."""
+    resp = client.post(
+        "/api/v1/wallet/top-ups",
+        json={"amount_minor": amount, "currency": "CNY"},
+        headers=org.headers("licenses:write", **{"Idempotency-Key": key}),
+    )
+    assert resp.status_code == 201, resp.json
+    payer.v1.payment_intents.confirm(
+        resp.json["payment_intent_id"], {"payment_method": "pm_card_visa"}
+    )
+    fake.deliver()
+    done = client.get(f"/api/v1/wallet/top-ups/{resp.json['id']}", headers=org.headers())
+    assert done.json["status"] == "succeeded", done.json
+    return done.json
