@@ -7,6 +7,7 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict, Field
 
 from marketplace.api import MinorAmount
+from marketplace.payments.schemas import PaymentRefundPublic
 
 
 class AcceptTerms(BaseModel):
@@ -69,3 +70,11 @@ class RefundPublic(BaseModel):
     currency: str
     ledger_transaction_id: int | None
     order: OrderPublic
+    payment_refunds: list[PaymentRefundPublic] = Field(
+        default_factory=list,
+        description="The part sent back to the buyer's payments (provider refunds)",
+    )
+    to_wallet_minor: int = Field(
+        description="The part that stays in the buyer's wallet (simulated money, or more than "
+        "the payments can take back)"
+    )

@@ -18,6 +18,7 @@ from marketplace.licensing.schemas import (
     RefundCreate,
     RefundPublic,
 )
+from marketplace.payments.outbox import OutboxPolicy
 from marketplace.payments.views import idempotency_key
 
 bp = Blueprint("licensing", __name__, url_prefix=API_PREFIX)
@@ -103,7 +104,8 @@ def get_license(license_id: int) -> Any:
 
 @bp.post("/orders/<int:order_id>/refund")
 @openapi(
-    "Refund an order in full or in part (header Idempotency-Key); a full refund revokes the licence",
+    "Refund an order in full or in part (header Idempotency-Key); a full refund revokes the "
+    "licence; money paid in through Stripe goes back to the buyer's payments",
     tag="licensing",
     body=RefundCreate,
     response=RefundPublic,
@@ -115,8 +117,15 @@ def get_license(license_id: int) -> Any:
 def refund(order_id: int) -> Any:
     key = idempotency_key()
     body = parse_json(RefundCreate)
+    settings = current_app.extensions["settings"]
     result = services.refund_order(
-        session=get_session(), order_id=order_id, request=body, idempotency_key=key
+        session=get_session(),
+        order_id=order_id,
+        request=body,
+        idempotency_key=key,
+        gateway=current_app.extensions["payment_gateway"],
+        policy=OutboxPolicy.from_settings(settings),
+        refunds_max=settings.withdrawal_refunds_max,
     )
     return jsonify(result.model_dump(mode="json")), 201
 
