@@ -120,7 +120,10 @@ def _int(params: dict[str, Any], name: str, *, required: bool = True) -> int | N
 class Fault:
     method: str
     path_prefix: str
-    mode: str  # "500" (before doing the work) | "timeout" (after doing the work)
+    # "500": fail before doing the work; "timeout": do the work, answer after the client's
+    # deadline; "hang": do the work, answer only when the test calls unhang() (a client that
+    # dies meanwhile never hears).
+    mode: str
     times: int
 
 
@@ -168,6 +171,8 @@ class FakeStripe:
         self.held: list[Delivery] = []
         self.delivered: list[tuple[str, int]] = []  # event id, status
         self._seq = itertools.count(1)
+        self._unhang = threading.Event()
+        self.worked = threading.Event()  # set when a "hang" fault has done its work
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -196,11 +201,19 @@ class FakeStripe:
             self.queue.clear()
             self.held.clear()
             self.refund_status = "succeeded"
+            self.worked.clear()
+        self.unhang()
+
+    def unhang(self) -> None:
+        """Let requests held by a "hang" fault answer."""
+        self._unhang.set()
 
     def inject(self, method: str, path_prefix: str, mode: str, times: int = 1) -> None:
         """Make the next ``times`` matching requests fail: ``500`` or ``timeout``."""
-        if mode not in ("500", "timeout"):
+        if mode not in ("500", "timeout", "hang"):
             raise ValueError(mode)
+        if mode == "hang":
+            self._unhang.clear()
         with self.lock:
             self.faults.append(Fault(method.upper(), path_prefix, mode, times))
 
@@ -425,6 +438,9 @@ class FakeStripe:
         if fault == "timeout":
             # The work is done and saved; the answer comes after the client stopped waiting.
             time.sleep(self.timeout_delay_s)
+        elif fault == "hang":
+            self.worked.set()
+            self._unhang.wait(30)
         return self._json(status, body, {"Idempotency-Key": key} if key else None)
 
     def _route(self, method: str, path: str, params: dict[str, Any], key: str | None) -> Any:
