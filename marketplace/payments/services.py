@@ -144,8 +144,13 @@ def create_top_up(
         if sent is not None and isinstance(sent.result, PaymentIntent):
             client_secret = sent.result.client_secret
         top_up = _reload(session, top_up.id)
-    elif top_up.status in (TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED) and top_up.provider_ref:
-        # A repeated request: the payer still needs the secret to pay. It is never stored.
+    if (
+        client_secret is None
+        and top_up.status in (TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)
+        and top_up.provider_ref
+    ):
+        # A repeated request, or another node sent the call first: the payer still needs the
+        # secret to pay. It is never stored.
         client_secret = gateway.get_top_up(top_up.provider_ref).client_secret
     return top_up_public(top_up, client_secret), created
 
