@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 
 from marketplace.accounts.oauth import current, require_oauth
-from marketplace.api import API_PREFIX, openapi, parse_json
+from marketplace.api import API_PREFIX, idempotency_key, openapi, parse_json
 from marketplace.db import get_session
 from marketplace.licensing import services
 from marketplace.licensing.schemas import (
@@ -19,7 +19,6 @@ from marketplace.licensing.schemas import (
     RefundPublic,
 )
 from marketplace.payments.outbox import OutboxPolicy
-from marketplace.payments.views import idempotency_key
 
 bp = Blueprint("licensing", __name__, url_prefix=API_PREFIX)
 

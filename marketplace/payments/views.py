@@ -9,7 +9,15 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 
 from marketplace import periodic
 from marketplace.accounts.oauth import current, require_oauth
-from marketplace.api import API_PREFIX, openapi, parse_json, parse_query
+from marketplace.api import (
+    API_PREFIX,
+    IDEMPOTENCY_KEY,
+    HeaderParam,
+    idempotency_key,
+    openapi,
+    parse_json,
+    parse_query,
+)
 from marketplace.config import Settings
 from marketplace.db import get_session
 from marketplace.errors import DomainError, Forbidden, NotFound, PayloadTooLarge
@@ -32,20 +40,13 @@ from marketplace.payments.schemas import (
 
 bp = Blueprint("payments", __name__, url_prefix=API_PREFIX)
 
-IDEMPOTENCY_KEY_LENGTH_MAX = 128
 OUTBOX_PAGE_MAX = 200
-
-
-def idempotency_key() -> str:
-    """The request's ``Idempotency-Key`` header (required, 1 to 128 visible characters)."""
-    key = request.headers.get("Idempotency-Key", "").strip()
-    if not key or len(key) > IDEMPOTENCY_KEY_LENGTH_MAX or not key.isprintable():
-        raise DomainError(
-            f"Send an Idempotency-Key header of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters.",
-            code="idempotency_key_required",
-            status=400,
-        )
-    return key
+STRIPE_SIGNATURE = HeaderParam(
+    "Stripe-Signature",
+    "Stripe's signature of the body: `t=TIMESTAMP,v1=HMAC-SHA256` with the endpoint's secret.",
+    True,
+    {"type": "string"},
+)
 
 
 def gateway() -> PaymentGateway:
@@ -71,6 +72,7 @@ def policy() -> outbox.OutboxPolicy:
     status=201,
     scope="licenses:write",
     errors=[400, 409, 503],
+    headers=[IDEMPOTENCY_KEY],
 )
 @require_oauth("licenses:write")
 def create_top_up() -> Any:
@@ -122,6 +124,7 @@ def get_wallet() -> Any:
     status=201,
     scope="licenses:write",
     errors=[400, 402, 409],
+    headers=[IDEMPOTENCY_KEY],
 )
 @require_oauth("licenses:write")
 def create_withdrawal() -> Any:
@@ -163,6 +166,7 @@ def get_withdrawal(withdrawal_id: int) -> Any:
     "once; 400 on a bad or stale signature",
     tag="payments",
     errors=[400, 404, 413],
+    headers=[STRIPE_SIGNATURE],
 )
 def stripe_webhook() -> Any:
     if settings().payments != "stripe":
