@@ -86,8 +86,9 @@ class Settings:
     statement_entries_max: int = 1000  # entries in one statement response
 
     # Payments through Stripe (MARKETPLACE_PAYMENTS=stripe); the first three keep Stripe's names.
-    stripe_api_key: str = ""
-    stripe_webhook_secret: str = ""  # comma-separated: several secrets while one is rolled
+    stripe_api_key: str = dataclasses.field(default="", repr=False)
+    # Comma-separated: several secrets while one is rolled.
+    stripe_webhook_secret: str = dataclasses.field(default="", repr=False)
     stripe_api_base: str = ""  # empty: Stripe's own API; any Stripe-compatible server otherwise
     stripe_test_key_allowed: bool = False  # production refuses sk_test_ keys unless this is set
     stripe_timeout_s: float = 30.0  # one HTTP request to the provider

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -147,6 +148,12 @@ class OutboxPublic(BaseModel):
     last_error: str
     created_at: dt.datetime
     completed_at: dt.datetime | None
+
+
+class OutboxQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["pending", "done", "failed"] | None = None
 
 
 class OutboxList(BaseModel):

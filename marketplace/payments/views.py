@@ -20,12 +20,13 @@ from marketplace.api import (
 )
 from marketplace.config import Settings
 from marketplace.db import get_session
-from marketplace.errors import DomainError, Forbidden, NotFound, PayloadTooLarge
+from marketplace.errors import Forbidden, NotFound, PayloadTooLarge
 from marketplace.payments import outbox, payouts, refunds, services, webhooks
 from marketplace.payments.gateway import OfflineGateway, PaymentGateway
 from marketplace.payments.schemas import (
     OutboxList,
     OutboxPublic,
+    OutboxQuery,
     PayoutAccountPublic,
     PayoutAccountSet,
     PayoutList,
@@ -273,17 +274,14 @@ def run_payouts() -> Any:
     "Provider calls, newest first, e.g. ?status=failed for those waiting for a retry "
     "(administrators)",
     tag="payments",
+    query=OutboxQuery,
     response=OutboxList,
     scope="admin",
 )
 @require_oauth("admin")
 def list_outbox() -> Any:
-    status = request.args.get("status")
-    if status is not None and status not in ("pending", "done", "failed"):
-        raise DomainError(
-            "status is pending, done or failed.", code="validation_failed", status=422
-        )
-    rows = outbox.listing(get_session(), status=status, limit=OUTBOX_PAGE_MAX)
+    query = parse_query(OutboxQuery)
+    rows = outbox.listing(get_session(), status=query.status, limit=OUTBOX_PAGE_MAX)
     items = [OutboxPublic.model_validate(r, from_attributes=True) for r in rows]
     return jsonify(OutboxList(items=items).model_dump(mode="json"))
 

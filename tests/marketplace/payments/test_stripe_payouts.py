@@ -218,6 +218,7 @@ def test_admin_sees_and_retries_a_provider_call_that_gave_up(
     assert outbox.process_due(db_session, app.extensions["payment_gateway"], policy, limit=10) == {
         "failed": 1
     }
+    assert client.get("/api/v1/payments/outbox?status=bogus", headers=admin).status_code == 422
     failed = client.get("/api/v1/payments/outbox?status=failed", headers=admin).json["items"]
     (message,) = [m for m in failed if m["subject_id"] == payout["id"] and m["kind"] == "transfer"]
     assert message["attempts"] == 2 and "unavailable" in message["last_error"]
