@@ -120,3 +120,25 @@ def paid_top_up(client: Any, org: Any, payer: Any, fake: FakeStripe, amount: int
     done = client.get(f"/api/v1/wallet/top-ups/{resp.json['id']}", headers=org.headers())
     assert done.json["status"] == "succeeded", done.json
     return done.json
+
+
+@pytest.fixture
+def hooks(fake_stripe: FakeStripe, client: Any) -> FakeStripe:
+    """The fake Stripe, delivering its webhooks to this test's app."""
+    fake_stripe.webhook_target = webhooks_to(client)
+    return fake_stripe
+
+
+@pytest.fixture
+def admin(client: Any, db_session: Any) -> dict[str, str]:
+    return admin_headers(client, db_session)
+
+
+def assert_consistent(app: Any, db_session: Any) -> None:
+    """The ledger balances, and our records match the fake server's own state."""
+    from marketplace.ledger import services as ledger
+    from marketplace.payments import reconcile
+
+    rep = reconcile.report(session=db_session, gateway=app.extensions["payment_gateway"])
+    assert rep.mismatches == []
+    assert ledger.check_invariants(db_session) == []

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from marketplace.ledger import services as ledger
 from marketplace.ledger.models import VENDOR_PAYABLE
 from marketplace.payments import outbox, reconcile
 from tests.marketplace.licensing.builders import account_posted, make_offer
 from tests.marketplace.payments.conftest import (
-    admin_headers,
+    assert_consistent,
     paid_top_up,
     stripe_settings,
-    webhooks_to,
 )
 
 BUY = "licenses:write"
@@ -22,17 +20,6 @@ BUY = "licenses:write"
 def app_config(app_config, fake_stripe):
     app_config.update(stripe_settings(fake_stripe, PAYOUT_MINIMUM_MINOR=100))
     return app_config
-
-
-@pytest.fixture
-def hooks(fake_stripe, client):
-    fake_stripe.webhook_target = webhooks_to(client)
-    return fake_stripe
-
-
-@pytest.fixture
-def admin(client, db_session):
-    return admin_headers(client, db_session)
 
 
 @pytest.fixture
@@ -62,12 +49,6 @@ def payouts_of(client, org, headers=None):
     resp = client.get("/api/v1/payouts", headers=headers or org.headers("ledger:read"))
     assert resp.status_code == 200
     return resp.json["items"]
-
-
-def assert_consistent(app, db_session):
-    rep = reconcile.report(session=db_session, gateway=app.extensions["payment_gateway"])
-    assert rep.mismatches == []
-    assert ledger.check_invariants(db_session) == []
 
 
 def test_linking_a_payout_account(client, vendor, buyer, fake_stripe):

@@ -9,10 +9,9 @@ from marketplace.ledger.models import PLATFORM_REVENUE, VENDOR_PAYABLE
 from marketplace.payments import reconcile
 from tests.marketplace.licensing.builders import account_posted, make_offer, wallet_available
 from tests.marketplace.payments.conftest import (
-    admin_headers,
+    assert_consistent,
     paid_top_up,
     stripe_settings,
-    webhooks_to,
 )
 
 BUY = "licenses:write"
@@ -22,17 +21,6 @@ BUY = "licenses:write"
 def app_config(app_config, fake_stripe):
     app_config.update(stripe_settings(fake_stripe))
     return app_config
-
-
-@pytest.fixture
-def hooks(fake_stripe, client):
-    fake_stripe.webhook_target = webhooks_to(client)
-    return fake_stripe
-
-
-@pytest.fixture
-def admin(client, db_session):
-    return admin_headers(client, db_session)
 
 
 def refunded_at_stripe(fake, payment_intent_id):
@@ -50,12 +38,6 @@ def withdraw(client, org, amount, key="w1"):
         json={"amount_minor": amount, "currency": "CNY"},
         headers=org.headers(BUY, **{"Idempotency-Key": key}),
     )
-
-
-def assert_consistent(app, db_session):
-    rep = reconcile.report(session=db_session, gateway=app.extensions["payment_gateway"])
-    assert rep.mismatches == []
-    assert ledger.check_invariants(db_session) == []
 
 
 def test_partial_and_full_refunds_go_back_to_the_payments(

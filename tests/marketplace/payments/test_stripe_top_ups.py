@@ -9,10 +9,9 @@ import pytest
 import stripe
 from sqlmodel import select
 
-from marketplace.ledger import services as ledger
 from marketplace.payments import outbox, reconcile
 from marketplace.payments.models import PaymentOutbox, StripeEvent, TopUp
-from tests.marketplace.payments.conftest import stripe_settings, webhooks_to
+from tests.marketplace.payments.conftest import assert_consistent, stripe_settings
 
 BUY = "licenses:write"
 
@@ -21,12 +20,6 @@ BUY = "licenses:write"
 def app_config(app_config, fake_stripe):
     app_config.update(stripe_settings(fake_stripe))
     return app_config
-
-
-@pytest.fixture
-def hooks(fake_stripe, client):
-    fake_stripe.webhook_target = webhooks_to(client)
-    return fake_stripe
 
 
 def top_up(client, org, amount=5_000, key="t1", currency="CNY"):
@@ -56,13 +49,6 @@ def intents_for(fake, db_session, top_up_id):
         for pi in fake.of_kind("payment_intent")
         if pi["metadata"].get("jishi_reference") == reference
     ]
-
-
-def assert_consistent(app, db_session):
-    """The ledger balances and our records match the fake server's own state."""
-    rep = reconcile.report(session=db_session, gateway=app.extensions["payment_gateway"])
-    assert rep.mismatches == []
-    assert ledger.check_invariants(db_session) == []
 
 
 def test_top_up_succeeds_when_the_payment_does(app, client, buyer, payer, hooks, db_session):
