@@ -350,10 +350,11 @@ def _finish(s: Session, refund: PaymentRefund, status: str, failure_code: str | 
             s, hold_id=refund.hold_transaction_id, kind=kind
         )
     else:
+        # The top-up before the ledger's balance rows, the order withdrawals lock them in.
+        top_up = s.exec(select(TopUp).where(TopUp.id == refund.top_up_id).with_for_update()).one()
         refund.resolve_transaction_id = holds.release(
             s, hold_id=refund.hold_transaction_id, kind=kind
         )
-        top_up = s.exec(select(TopUp).where(TopUp.id == refund.top_up_id).with_for_update()).one()
         top_up.refunded_minor -= refund.amount_minor
         s.add(top_up)
         refund.failure_code = (failure_code or "refund_failed")[:64]
