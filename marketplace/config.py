@@ -100,6 +100,8 @@ class Settings:
     payments_outbox_lease_s: float = 120.0  # a claimed call is another node's after this
     payments_reconcile_interval_s: float = 300.0  # how often each node polls open payments
     payments_reconcile_batch_max: int = 200  # open payments one reconciliation pass retrieves
+    top_up_expiry_s: int = 86_400  # an unpaid top-up's payment is canceled after this (0: never)
+    top_ups_open_max: int = 10  # unpaid top-ups one organisation may have at once
     payout_minimum_minor: int = 1000  # a vendor's payable balance below this is not paid out
     withdrawal_refunds_max: int = 10  # card payments one withdrawal may be refunded to
 

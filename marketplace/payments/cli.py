@@ -74,10 +74,11 @@ def reconcile(with_report: bool) -> None:
         session=session,  # type: ignore[arg-type]
         gateway=gateway,  # type: ignore[arg-type]
         batch_max=settings.payments_reconcile_batch_max,
+        top_up_expiry_s=settings.top_up_expiry_s,
     )
     click.echo(
         f"reconciled: {result.checked} checked, {result.changed} changed, "
-        f"{result.unavailable} unavailable"
+        f"{result.unavailable} unavailable, {result.expired} expired"
     )
     if not with_report:
         return

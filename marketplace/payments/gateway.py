@@ -130,6 +130,10 @@ class PaymentGateway(Protocol):
         """The payment's current state at the provider."""
         ...
 
+    def cancel_top_up(self, *, idempotency_key: str, provider_ref: str) -> PaymentIntent:
+        """Cancel a payment nobody paid; refused when it can no longer be canceled."""
+        ...
+
     def check_payout_account(self, account_ref: str) -> None:
         """Raise :class:`ProviderRefused` unless the account exists and can receive transfers."""
         ...
@@ -205,6 +209,9 @@ class OfflineGateway:
 
     def get_top_up(self, provider_ref: str) -> PaymentIntent:
         raise ProviderRefused("Simulated payments have no state to fetch.", code="simulated")
+
+    def cancel_top_up(self, *, idempotency_key: str, provider_ref: str) -> PaymentIntent:
+        raise ProviderRefused("Simulated payments succeed at once.", code="simulated")
 
     def check_payout_account(self, account_ref: str) -> None:
         return None

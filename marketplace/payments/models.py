@@ -41,6 +41,7 @@ OUTBOX_FAILED = "failed"
 OUTBOX_TOP_UP = "top_up"
 OUTBOX_TRANSFER = "transfer"
 OUTBOX_REFUND = "refund"
+OUTBOX_TOP_UP_CANCEL = "top_up_cancel"
 
 REFUND_FOR_WITHDRAWAL = "withdrawal"
 REFUND_FOR_ORDER = "order_refund"
@@ -96,7 +97,7 @@ class PaymentOutbox(SQLModel, table=True):
     __table_args__ = (sa.Index("ix_payment_outbox_status_next", "status", "next_attempt_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    kind: str = Field(max_length=16)  # top_up | transfer | refund
+    kind: str = Field(max_length=16)  # top_up | top_up_cancel | transfer | refund
     subject_id: int  # the top-up, payout or provider refund it acts for
     # Sent as the provider's idempotency key on every attempt.
     idempotency_key: str = Field(max_length=255, sa_column_kwargs={"unique": True}, nullable=False)

@@ -107,6 +107,7 @@ def _handlers() -> dict[str, Handler]:
 
     return {
         "top_up": services.TopUpHandler(),
+        "top_up_cancel": services.TopUpCancelHandler(),
         "transfer": payouts.TransferHandler(),
         "refund": refunds.RefundHandler(),
     }

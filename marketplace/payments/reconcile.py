@@ -59,10 +59,18 @@ class ReconcileResult:
     checked: int = 0
     changed: int = 0
     unavailable: int = 0
+    expired: int = 0
 
 
-def reconcile(*, session: Session, gateway: PaymentGateway, batch_max: int) -> ReconcileResult:
-    """Bring open top-ups and pending refunds up to the provider's state."""
+def reconcile(
+    *,
+    session: Session,
+    gateway: PaymentGateway,
+    batch_max: int,
+    top_up_expiry_s: float = 0,
+) -> ReconcileResult:
+    """Bring open top-ups and pending refunds up to the provider's state, and queue the
+    cancellation of top-ups unpaid for ``top_up_expiry_s`` (0: never)."""
     result = ReconcileResult()
     if gateway.simulated:
         return result
@@ -98,6 +106,11 @@ def reconcile(*, session: Session, gateway: PaymentGateway, batch_max: int) -> R
         result.checked += 1
         if ledger.run_in_transaction(session, work) != status:
             result.changed += 1
+    # After the poll, so that a payment made at the last moment is credited, not canceled.
+    if top_up_expiry_s > 0:
+        result.expired = services.expire_top_ups(
+            session=session, provider=gateway.name, expiry_s=top_up_expiry_s, batch_max=batch_max
+        )
     r = _refunds_t.c
     pending_refunds: list[tuple[int, str]] = [
         (row.id, row.provider_ref)

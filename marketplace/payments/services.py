@@ -8,14 +8,16 @@ or by reconciliation, whichever comes first; the others then change nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from marketplace.db import utcnow
-from marketplace.errors import NotFound, ValidationFailed
+from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
 from marketplace.ledger.models import PAYMENT_CLEARING, WALLET, Currency
@@ -33,6 +35,7 @@ from marketplace.payments.gateway import (
 from marketplace.payments.models import (
     OUTBOX_PENDING,
     OUTBOX_TOP_UP,
+    OUTBOX_TOP_UP_CANCEL,
     TOP_UP_CANCELED,
     TOP_UP_FAILED,
     TOP_UP_PENDING,
@@ -93,6 +96,7 @@ def create_top_up(
     idempotency_key: str,
     amount_minor_max: int,
     policy: outbox.OutboxPolicy | None = None,
+    open_max: int | None = None,
 ) -> tuple[TopUpPublic, bool]:
     """Record a top-up and ask the provider for the payment; the top-up and whether it is new.
 
@@ -117,6 +121,22 @@ def create_top_up(
             raise ValidationFailed(
                 f"Currency {request.currency} is not supported.", code="unknown_currency"
             )
+        if open_max is not None:
+            # Each open top-up is a payment at the provider that reconciliation polls.
+            open_count = s.exec(
+                select(sa.func.count())
+                .select_from(TopUp)
+                .where(
+                    TopUp.organization_id == organization_id,
+                    TopUp.status.in_(OPEN_TOP_UP_STATUSES),  # type: ignore[attr-defined]
+                )
+            ).one()
+            if open_count >= open_max:
+                raise Conflict(
+                    f"Your organisation has {open_count} unpaid top-ups; pay or wait for them "
+                    "to expire first.",
+                    code="too_many_open_top_ups",
+                )
         top_up = TopUp(
             organization_id=organization_id,
             amount_minor=request.amount_minor,
@@ -261,6 +281,58 @@ def _credit(s: Session, top_up: TopUp) -> None:
     top_up.failure_code = None
     top_up.ledger_transaction_id = tx.id
     top_up.completed_at = utcnow()
+
+
+class TopUpCancelHandler:
+    """Outbox rows that cancel an abandoned top-up's payment at the provider."""
+
+    def prepare(
+        self, session: Session, message: PaymentOutbox
+    ) -> Callable[[PaymentGateway], object]:
+        top_up = session.get(TopUp, message.subject_id)
+        assert top_up is not None and top_up.provider_ref is not None
+        key, ref = message.idempotency_key, top_up.provider_ref
+        return lambda gateway: gateway.cancel_top_up(idempotency_key=key, provider_ref=ref)
+
+    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
+        apply_intent(session, message.subject_id, result)
+
+    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
+        # Paid meanwhile (or canceled already): the next reconciliation applies what happened.
+        log.info("top-up %s could not be canceled: %s", message.subject_id, error.code)
+
+
+def expire_top_ups(*, session: Session, provider: str, expiry_s: float, batch_max: int) -> int:
+    """Queue the cancellation of top-ups left unpaid for ``expiry_s``; how many were queued.
+
+    Unpaid payments would otherwise be polled for ever and count against the payer's open
+    top-ups.
+    """
+    cutoff = utcnow() - dt.timedelta(seconds=expiry_s)
+
+    def work(s: Session) -> int:
+        stale = s.exec(
+            select(TopUp)
+            .where(
+                TopUp.provider == provider,
+                TopUp.status.in_((TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)),  # type: ignore[attr-defined]
+                TopUp.provider_ref.is_not(None),  # type: ignore[union-attr]
+                TopUp.created_at < cutoff,
+            )
+            .order_by(TopUp.id)  # type: ignore[arg-type]
+            .limit(batch_max)
+        ).all()
+        queued = 0
+        for top_up in stale:
+            assert top_up.id is not None and top_up.reference is not None
+            if outbox.find(s, kind=OUTBOX_TOP_UP_CANCEL, subject_id=top_up.id) is None:
+                outbox.enqueue(
+                    s, kind=OUTBOX_TOP_UP_CANCEL, subject_id=top_up.id, reference=top_up.reference
+                )
+                queued += 1
+        return queued
+
+    return ledger.run_in_transaction(session, work)
 
 
 class TopUpHandler:

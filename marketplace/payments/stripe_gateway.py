@@ -190,6 +190,15 @@ class StripeGateway:
             self._call(self._client.v1.payment_intents.retrieve, provider_ref)
         )
 
+    def cancel_top_up(self, *, idempotency_key: str, provider_ref: str) -> PaymentIntent:
+        intent = self._call(
+            self._client.v1.payment_intents.cancel,
+            provider_ref,
+            params={"cancellation_reason": "abandoned"},
+            options={"idempotency_key": idempotency_key},
+        )
+        return intent_from_stripe(intent)
+
     def check_payout_account(self, account_ref: str) -> None:
         try:
             account = self._client.v1.accounts.retrieve(account_ref).to_dict()

@@ -87,6 +87,7 @@ def create_top_up() -> Any:
         idempotency_key=key,
         amount_minor_max=settings().top_up_amount_minor_max,
         policy=policy(),
+        open_max=settings().top_ups_open_max,
     )
     return jsonify(result.model_dump(mode="json")), 201 if created else 200
 
@@ -332,6 +333,7 @@ def _reconcile(app: Flask) -> object:
         session=get_session(),
         gateway=app.extensions["payment_gateway"],
         batch_max=app.extensions["settings"].payments_reconcile_batch_max,
+        top_up_expiry_s=app.extensions["settings"].top_up_expiry_s,
     )
 
 

@@ -310,3 +310,38 @@ def test_a_payment_of_another_installation_is_not_ours(app, client, buyer, hooks
     event = {"id": "evt_foreign", "type": "payment_intent.succeeded", "data": {"object": foreign}}
     assert _signed_post(client, hooks, event).json["outcome"] == "unmatched"
     assert wallet(client, buyer) == {}
+
+
+def test_unpaid_top_ups_are_bounded_and_expire(app, client, buyer, payer, hooks, db_session):
+    app.extensions["settings"].top_ups_open_max = 2
+    paid = top_up(client, buyer, 300, key="x1").json
+    unpaid = top_up(client, buyer, 400, key="x2").json
+    refused = top_up(client, buyer, 500, key="x3")
+    assert refused.status_code == 409 and refused.json["code"] == "too_many_open_top_ups"
+    # One is paid but its webhook is lost; the other is abandoned.
+    hooks.webhook_faults.drop = 100
+    payer.v1.payment_intents.confirm(paid["payment_intent_id"], {"payment_method": "pm_card_visa"})
+    time.sleep(0.01)
+    gateway = app.extensions["payment_gateway"]
+    policy = outbox.OutboxPolicy.from_settings(app.extensions["settings"])
+    result = reconcile.reconcile(
+        session=db_session, gateway=gateway, batch_max=10, top_up_expiry_s=0.001
+    )
+    # Reconciliation credits the paid one first, then queues the abandoned one's cancellation.
+    assert result.expired == 1
+    assert state(client, buyer, paid["id"])["status"] == "succeeded"
+    assert outbox.process_due(db_session, gateway, policy, limit=10) == {"done": 1}
+    assert state(client, buyer, unpaid["id"])["status"] == "canceled"
+    assert hooks.get(unpaid["payment_intent_id"])["status"] == "canceled"
+    late = top_up(client, buyer, 500, key="x3").json
+    assert late["status"] == "requires_payment"
+    # Paid between the cancellation being queued and sent: Stripe refuses to cancel it, and the
+    # next reconciliation credits it.
+    time.sleep(0.01)
+    reconcile.reconcile(session=db_session, gateway=gateway, batch_max=10, top_up_expiry_s=0.001)
+    payer.v1.payment_intents.confirm(late["payment_intent_id"], {"payment_method": "pm_card_visa"})
+    assert outbox.process_due(db_session, gateway, policy, limit=10) == {"refused": 1}
+    reconcile.reconcile(session=db_session, gateway=gateway, batch_max=10)
+    assert state(client, buyer, late["id"])["status"] == "succeeded"
+    assert wallet(client, buyer) == {"CNY": (800, 0)}
+    assert_consistent(app, db_session)
