@@ -311,3 +311,4 @@ def test_buyer_journey_and_payout_through_stripe_with_every_fault(live_server, f
         result = app.test_cli_runner().invoke(args=["payments", "reconcile", "--report"])
         assert result.exit_code == 0, result.output
     setup.close()
+    http.close()
