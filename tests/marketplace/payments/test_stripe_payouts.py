@@ -187,8 +187,9 @@ def test_payout_transfer_timeout_converges_to_one_transfer(
     assert_consistent(app, db_session)
 
 
+@pytest.mark.parametrize("via", ["api", "cli"])
 def test_admin_sees_and_retries_a_provider_call_that_gave_up(
-    app, client, vendor, admin, fake_stripe, sale, db_session
+    app, client, vendor, admin, fake_stripe, sale, db_session, runner, via
 ):
     app.extensions["settings"].payments_outbox_attempts_max = 2
     assert link(client, vendor, fake_stripe.create_account()).status_code == 200
@@ -216,8 +217,12 @@ def test_admin_sees_and_retries_a_provider_call_that_gave_up(
         ).status_code
         == 403
     )
-    retried = client.post(f"/api/v1/payments/outbox/{message['id']}/retry", headers=admin)
-    assert retried.status_code == 200 and retried.json["status"] == "done"
+    if via == "api":
+        retried = client.post(f"/api/v1/payments/outbox/{message['id']}/retry", headers=admin)
+        assert retried.status_code == 200 and retried.json["status"] == "done"
+    else:
+        result = runner.invoke(args=["payments", "retry", str(message["id"])])
+        assert result.exit_code == 0 and "done" in result.output, result.output
     assert payouts_of(client, vendor)[0]["status"] == "paid"
     again = client.post(f"/api/v1/payments/outbox/{message['id']}/retry", headers=admin)
     assert again.status_code == 409 and again.json["code"] == "outbox_not_failed"
