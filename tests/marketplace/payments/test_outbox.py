@@ -31,7 +31,9 @@ def _policy(app):
 
 
 def test_concurrent_workers_send_each_call_once(live_server, fake_stripe):
-    app = live_server(**stripe_settings(fake_stripe)).app
+    # A lease far longer than the test: a second send of one call could only come from two
+    # workers claiming the same row.
+    app = live_server(**stripe_settings(fake_stripe, PAYMENTS_OUTBOX_LEASE_S=60.0)).app
     client = app.test_client()
     setup = app.extensions["db"].session()
     buyer = quick_org(client, setup, ["buyer"])
@@ -83,7 +85,14 @@ def test_concurrent_workers_send_each_call_once(live_server, fake_stripe):
         for pi in fake_stripe.of_kind("payment_intent")
         if pi["metadata"].get("jishi_reference") in references
     ]
-    # One PaymentIntent per top-up, the one each top-up records.
+    # One PaymentIntent per top-up, the one each top-up records, from one request each after
+    # the failed first attempt.
+    keys = [k for m, p, k in fake_stripe.requests if m == "POST" and p == "/v1/payment_intents"]
+    sent = {
+        r.idempotency_key: keys.count(r.idempotency_key)
+        for r in setup.exec(select(PaymentOutbox).where(PaymentOutbox.subject_id.in_(ids))).all()  # type: ignore[attr-defined]
+    }
+    assert set(sent.values()) == {2}
     assert len(made) == TOP_UPS
     assert {pi["metadata"]["jishi_reference"]: pi["id"] for pi in made} == references
     setup.close()
