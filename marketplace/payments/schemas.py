@@ -74,7 +74,7 @@ class PaymentRefundPublic(BaseModel):
 class WithdrawalCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount_minor: StrictInt = Field(gt=0, description="Integer minor units of the currency")
+    amount_minor: MinorAmount = Field(gt=0, description="Integer minor units of the currency")
     currency: str = Field(pattern=r"^[A-Z]{3}$")
 
 

@@ -1,7 +1,7 @@
 """payments: outbox, webhook events, payouts, withdrawals, provider refunds
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-30 11:34:12.288336
 """
 
@@ -15,7 +15,7 @@ import marketplace.db
 
 
 revision: str = '0007'
-down_revision: str | None = '0004'
+down_revision: str | None = '0005'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

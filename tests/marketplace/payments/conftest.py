@@ -82,6 +82,7 @@ def quick_org(client: Any, db_session: Any, roles: list[str]) -> Org:
         org=org,
         name="tests",
         scopes=None,
+        granting_client_id="tests",
         granting_scopes=org.allowed_scopes,
     )
     return Org(
