@@ -308,7 +308,6 @@ def make_gateway(settings: Settings) -> PaymentGateway:
     if settings.payments == "stripe":
         from marketplace.payments.stripe_gateway import StripeGateway
 
-        settings.check_payments()
         return StripeGateway(
             api_key=settings.stripe_api_key,
             api_base=settings.stripe_api_base,
