@@ -174,6 +174,20 @@ def process_due(
 ) -> dict[str, int]:
     """Send every due provider call (up to ``limit``); counts of outcomes."""
     outcomes: dict[str, int] = {}
+    now = utcnow()
+    # Look before taking the write lock: an idle pass on every node must not queue writers.
+    anything_due = session.execute(
+        sa.select(_t.c.id)
+        .where(
+            _t.c.status == OUTBOX_PENDING,
+            _t.c.next_attempt_at <= now,
+            sa.or_(_t.c.lease_expires_at.is_(None), _t.c.lease_expires_at < now),
+        )
+        .limit(1)
+    ).first()
+    session.commit()
+    if anything_due is None:
+        return outcomes
     for message_id in _claim(session, None, limit, policy.lease_s):
         outcome = _process_claimed(session, gateway, policy, message_id).outcome
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
