@@ -71,6 +71,13 @@ class Settings:
     eval_input_bytes_max: int = 64 * 1024 * 1024
     eval_input_elements_max: int = 16 * 1024 * 1024
     eval_output_bytes_max: int = 64 * 1024 * 1024
+    # JSON costs a Python object per value on both sides, so it gets much smaller limits than
+    # npz: larger tensors must travel as application/x-npz.
+    eval_json_body_bytes_max: int = 16 * 1024 * 1024
+    eval_json_input_bytes_max: int = 4 * 1024 * 1024
+    eval_json_output_bytes_max: int = 4 * 1024 * 1024
+    # Evaluations in flight on a node (all server processes together); beyond it 503.
+    eval_concurrency_max: int = 16
     sandbox_workers_max: int = 4
     sandbox_queue_max: int = 32
     sandbox_memory_budget_bytes: int = 8 * 1024**3

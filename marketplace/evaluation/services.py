@@ -18,9 +18,10 @@ import numpy as np
 from marketplace.catalog.models import ModelVersion
 from marketplace.catalog.services import load_model_bytes
 from marketplace.config import Settings
-from marketplace.errors import DomainError
+from marketplace.errors import DomainError, ServiceUnavailable
+from marketplace.evaluation.admission import NodeAdmission, NodeBusy, Slot
 from model_registry.blobstore import BlobStore
-from sandbox.errors import SandboxError
+from sandbox.errors import OutputTooLarge, SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,18 @@ def sandbox_problem(exc: SandboxError) -> DomainError:
     return problem
 
 
+def admit(admission: NodeAdmission) -> Slot:
+    """A slot of the node's evaluation cap; 503 with ``Retry-After`` when all are taken."""
+    try:
+        return admission.acquire()
+    except NodeBusy:
+        raise ServiceUnavailable(
+            "The node is running as many evaluations as it may; retry shortly.",
+            code="evaluation_busy",
+            headers={"Retry-After": "1"},
+        ) from None
+
+
 def run(
     *,
     pool: SandboxPool,
@@ -89,7 +102,9 @@ def run(
     version: ModelVersion,
     inputs: Mapping[str, np.ndarray],
     deadline_s: float,
+    json_output_bytes_max: int | None = None,
 ) -> EvalResult:
+    """Run ``version`` on ``inputs``; ``json_output_bytes_max`` when the caller wants JSON."""
     try:
         # The content hash keys the warm cache: two listings with identical bytes share workers.
         return pool.evaluate(
@@ -97,7 +112,15 @@ def run(
             lambda: load_model_bytes(blob_store, version),
             inputs,
             deadline_s=deadline_s,
+            output_bytes_max=json_output_bytes_max,
         )
+    except OutputTooLarge:
+        raise DomainError(
+            f"The outputs exceed the {json_output_bytes_max} bytes a JSON response may carry; "
+            "ask for them with Accept: application/x-npz.",
+            code="json_output_too_large",
+            status=422,
+        ) from None
     except SandboxError as exc:
         raise sandbox_problem(exc) from None
 

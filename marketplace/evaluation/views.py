@@ -20,7 +20,7 @@ from marketplace.evaluation.tensors import (
     decode_json_tensors,
     decode_npz,
     encode_json_tensors,
-    encode_npz,
+    encode_npz_chunks,
 )
 from marketplace.licensing import entitlements
 
@@ -58,11 +58,13 @@ def _read_inputs() -> dict[str, Any]:
                 bytes_max=settings.eval_input_bytes_max,
             )
         if mimetype == "application/json":
-            body = read_json_object(limit)
+            body = read_json_object(min(limit, settings.eval_json_body_bytes_max))
             if set(body) != {"inputs"}:
                 raise ValidationFailed('The body must be {"inputs": {...}}.', code="input_invalid")
             return decode_json_tensors(
-                body["inputs"], elements_max=settings.eval_input_elements_max
+                body["inputs"],
+                elements_max=settings.eval_input_elements_max,
+                bytes_max=settings.eval_json_input_bytes_max,
             )
     except TensorDecodeError as exc:
         raise ValidationFailed(str(exc), code=exc.code) from None
@@ -89,6 +91,18 @@ def _wants_npz() -> bool:
 )
 @require_oauth(SANDBOX_RUN)
 def evaluate(model_id: int, version: str) -> Any:
+    # The slot is held until the response has been sent: streamed outputs still hold memory.
+    slot = services.admit(current_app.extensions["eval_admission"])
+    try:
+        response = _evaluate(model_id, version)
+    except BaseException:
+        slot.release()
+        raise
+    response.call_on_close(slot.release)
+    return response
+
+
+def _evaluate(model_id: int, version: str) -> Response:
     settings = current_app.extensions["settings"]
     session = get_session()
     row, listing = get_version_for_evaluation(session, model_id, version)
@@ -102,12 +116,14 @@ def evaluate(model_id: int, version: str) -> Any:
     inputs = _read_inputs()
     # The database is not needed while the model runs; release the connection meanwhile.
     session.commit()
+    wants_npz = _wants_npz()
     result = services.run(
         pool=current_app.extensions["sandbox_pool"].get(),
         blob_store=current_app.extensions["blob_store"],
         version=row,
         inputs=inputs,
         deadline_s=settings.eval_timeout_s,
+        json_output_bytes_max=None if wants_npz else settings.eval_json_output_bytes_max,
     )
     if entitlement is None:
         usage: dict[str, Any] = {"licence_id": None, "kind": "owner"}
@@ -120,8 +136,8 @@ def evaluate(model_id: int, version: str) -> Any:
         "load_ms": round(result.load_ms, 3),
         "run_ms": round(result.run_ms, 3),
     }
-    if _wants_npz():
-        response = Response(encode_npz(result.outputs), mimetype=NPZ_MIME)
+    if wants_npz:
+        response = Response(encode_npz_chunks(result.outputs), mimetype=NPZ_MIME)
         response.headers["X-Jishi-Timing"] = ",".join(f"{k}={v}" for k, v in timing.items())
         response.headers["X-Jishi-Usage"] = ",".join(f"{k}={v}" for k, v in usage.items())
         return response
