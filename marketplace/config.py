@@ -43,6 +43,9 @@ class Settings:
     access_token_ttl_s: int = 3600
     token_failures_max: int = 10  # failed token requests per client before it is slowed down
     token_failures_window_s: int = 60
+    # A verified access token is served from a process's memory for this long: the bound on
+    # how late a revocation or suspension made on another process or node takes effect.
+    token_cache_ttl_s: float = 5.0
 
     # Registration: anyone may call it, and each call costs an argon2 hash (64 MiB, ~0.1 s).
     registrations_per_address_max: int = 10  # per client address within the window
@@ -78,6 +81,11 @@ class Settings:
     eval_json_output_bytes_max: int = 4 * 1024 * 1024
     # Evaluations in flight on a node (all server processes together); beyond it 503.
     eval_concurrency_max: int = 16
+    # How long a process may serve a version/listing/entitlement lookup from its cache: the
+    # bound on how late a revoke or suspension made on another process or node is seen.
+    eval_lookup_cache_ttl_s: float = 2.0
+    # How long a leader of a group commit waits for other running calls' usage records.
+    usage_commit_window_s: float = 0.001
     sandbox_workers_max: int = 4
     sandbox_queue_max: int = 32
     sandbox_memory_budget_bytes: int = 8 * 1024**3

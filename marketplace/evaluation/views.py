@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
 from marketplace.api import API_PREFIX, openapi, read_json_object
-from marketplace.catalog.services import get_version_for_evaluation
-from marketplace.db import get_session
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
+from marketplace.evaluation.admission import NodeAdmission
 from marketplace.evaluation.tensors import (
     NPZ_MIME,
     TensorDecodeError,
@@ -22,7 +22,6 @@ from marketplace.evaluation.tensors import (
     encode_json_tensors,
     encode_npz_chunks,
 )
-from marketplace.licensing import entitlements
 
 bp = Blueprint("evaluation", __name__, url_prefix=API_PREFIX)
 
@@ -104,45 +103,26 @@ def evaluate(model_id: int, version: str) -> Any:
 
 def _evaluate(model_id: int, version: str) -> Response:
     settings = current_app.extensions["settings"]
-    session = get_session()
-    row, listing = get_version_for_evaluation(session, model_id, version)
-    org_id = current.organization_id
-    entitlement = None
-    if listing.organization_id != org_id:
-        assert listing.id is not None and row.id is not None
-        entitlement = entitlements.check_entitlement(
-            session=session, organization_id=org_id, listing_id=listing.id, version_id=row.id
-        )
-    inputs = _read_inputs()
-    # The database is not needed while the model runs; release the connection meanwhile.
-    session.commit()
+    service: services.EvaluationService = current_app.extensions["evaluation"]
     wants_npz = _wants_npz()
-    result = services.run(
-        pool=current_app.extensions["sandbox_pool"].get(),
-        blob_store=current_app.extensions["blob_store"],
-        version=row,
-        inputs=inputs,
-        deadline_s=settings.eval_timeout_s,
+    result = service.evaluate(
+        organization_id=current.organization_id,
+        model_id=model_id,
+        version=version,
+        read_inputs=_read_inputs,
         json_output_bytes_max=None if wants_npz else settings.eval_json_output_bytes_max,
     )
-    if entitlement is None:
-        usage: dict[str, Any] = {"licence_id": None, "kind": "owner"}
-    else:
-        usage = entitlements.record_successful_call(
-            session=session, entitlement=entitlement, reserve_calls=settings.metering_reserve_calls
-        )
-    timing = {
-        "queue_ms": round(result.queue_ms, 3),
-        "load_ms": round(result.load_ms, 3),
-        "run_ms": round(result.run_ms, 3),
-    }
     if wants_npz:
         response = Response(encode_npz_chunks(result.outputs), mimetype=NPZ_MIME)
-        response.headers["X-Jishi-Timing"] = ",".join(f"{k}={v}" for k, v in timing.items())
-        response.headers["X-Jishi-Usage"] = ",".join(f"{k}={v}" for k, v in usage.items())
+        response.headers["X-Jishi-Timing"] = ",".join(f"{k}={v}" for k, v in result.timing.items())
+        response.headers["X-Jishi-Usage"] = ",".join(f"{k}={v}" for k, v in result.usage.items())
         return response
     return jsonify(
-        {"outputs": encode_json_tensors(result.outputs), "timing": timing, "usage": usage}
+        {
+            "outputs": encode_json_tensors(result.outputs),
+            "timing": result.timing,
+            "usage": result.usage,
+        }
     )
 
 
@@ -167,3 +147,23 @@ def sandbox_health() -> Any:
         with require_oauth.acquire() as token:
             detailed = ADMIN in token.scope.split()
     return jsonify(services.health(current_app.extensions["sandbox_pool"], detailed=detailed))
+
+
+def init_app(app: Flask) -> None:
+    """The sandbox pool (started on first use), the node's evaluation cap and the service."""
+    settings = app.extensions["settings"]
+    # The sandbox's zygote starts on the first evaluation, not with every app object.
+    pool = services.LazyPool(services.pool_config(settings))
+    app.extensions["sandbox_pool"] = pool
+    app.extensions["eval_admission"] = NodeAdmission(
+        Path(app.instance_path) / "run" / "eval-slots", settings.eval_concurrency_max
+    )
+    service = services.EvaluationService(
+        database=app.extensions["db"],
+        pool=pool,
+        blob_store=app.extensions["blob_store"],
+        settings=settings,
+    )
+    app.extensions["evaluation"] = service
+    app.extensions.setdefault("listing_listeners", []).append(service.forget_listing)
+    app.register_blueprint(bp)
