@@ -74,23 +74,58 @@ def demo_data() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Load demo data first.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Server processes [one per core].",
+)
+@click.option(
+    "--threads", type=click.IntRange(1, 1024), default=None, help="Threads per process [8]."
+)
+@click.option("--dev", is_flag=True, help="Werkzeug's development server, with the reloader.")
+@click.option("--debugger", is_flag=True, help="With --dev: the interactive debugger (local only).")
 @with_appcontext
-def serve(host: str, port: int, demo: bool) -> None:
-    """Migrate, load demo data (not in production) and serve: the single-machine way to run."""
+def serve(
+    host: str,
+    port: int,
+    demo: bool,
+    processes: int | None,
+    threads: int | None,
+    dev: bool,
+    debugger: bool,
+) -> None:
+    """Migrate, load demo data (not in production) and serve with gunicorn (--dev: Werkzeug)."""
+    from marketplace import serving
     from marketplace.demo import demo_data_refusal, load_demo_data
 
-    migrate.upgrade(current_app.extensions["db"].engine)
-    refusal = demo_data_refusal(current_app.extensions["settings"])
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    migrate.upgrade(app.extensions["db"].engine)
+    refusal = demo_data_refusal(app.extensions["settings"])
     if demo and refusal:
         click.echo(f"demo data not loaded: {refusal}")
     elif demo:
-        for line in load_demo_data(current_app._get_current_object()):  # type: ignore[attr-defined]
+        for line in load_demo_data(app):
             click.echo(line)
-    # Werkzeug's threaded server directly: Flask ignores app.run() inside a CLI command.
-    from werkzeug.serving import run_simple
-
+    if debugger and not dev:
+        raise click.UsageError("--debugger needs --dev")
     click.echo(f"serving on http://{host}:{port}")
-    run_simple(host, port, current_app._get_current_object(), threaded=True)  # type: ignore[attr-defined]
+    if dev:
+        serving.serve_dev(app, host=host, port=port, debugger=debugger)
+        return
+    # The workers build apps of their own; this one's connections must not cross the fork.
+    app.extensions["db"].engine.dispose()
+    from marketplace import create_app
+
+    settings = app.extensions["settings"]
+    serving.serve(
+        create_app,
+        host=host,
+        port=port,
+        processes=processes or serving.default_processes(),
+        threads=threads or serving.default_threads(),
+        graceful_timeout_s=settings.eval_timeout_s + 5.0,
+    )
 
 
 def init_app(app: Flask) -> None:
