@@ -1,4 +1,9 @@
-"""The ``jishi`` command: Flask's CLI plus the marketplace's own commands."""
+"""The ``jishi`` command: Flask's CLI plus the marketplace's own commands.
+
+Start-up is kept light: listing the commands (``jishi --help``) and client commands such as
+``jishi models push`` build no app and import neither onnx, onnxruntime, numpy nor the
+database layer; a command that needs the app builds it when it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
-from marketplace import migrate
-
 db_cli = AppGroup("db", help="Database schema migrations.")
 users_cli = AppGroup("users", help="People and platform roles.")
 
@@ -18,6 +21,8 @@ users_cli = AppGroup("users", help="People and platform roles.")
 @click.option("--revision", default="heads", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Migrate the database schema to REVISION."""
+    from marketplace import migrate
+
     engine = current_app.extensions["db"].engine
     migrate.upgrade(engine, revision)
     click.echo(f"database at revision {', '.join(sorted(migrate.current_revisions(engine)))}")
@@ -28,6 +33,8 @@ def db_upgrade(revision: str) -> None:
 def db_revision(message: str) -> None:
     """Autogenerate a migration from the difference between the models and the database."""
     from alembic import command
+
+    from marketplace import migrate
 
     command.revision(
         migrate.alembic_config(current_app.extensions["db"].engine),
@@ -96,7 +103,7 @@ def serve(
     debugger: bool,
 ) -> None:
     """Migrate, load demo data (not in production) and serve with gunicorn (--dev: Werkzeug)."""
-    from marketplace import serving
+    from marketplace import migrate, serving
     from marketplace.demo import demo_data_refusal, load_demo_data
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -128,18 +135,38 @@ def serve(
     )
 
 
-def init_app(app: Flask) -> None:
+def _commands() -> list[click.Command]:
     from marketplace.accounts.cli import orgs_cli
     from marketplace.catalog.cli import models_cli
     from marketplace.ledger.cli import ledger_cli
 
-    for command in (db_cli, users_cli, orgs_cli, demo_data, serve, ledger_cli, models_cli):
+    return [db_cli, users_cli, orgs_cli, demo_data, serve, ledger_cli, models_cli]
+
+
+def init_app(app: Flask) -> None:
+    """The commands on ``app.cli`` too, for ``flask --app app ...``."""
+    for command in _commands():
         app.cli.add_command(command)
 
 
-def main() -> None:
+class _JishiGroup(FlaskGroup):
+    """Finds and lists its own commands without building the app (Flask's group builds it)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return click.Group.list_commands(self, ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return click.Group.get_command(self, ctx, name)
+
+
+def _create_app() -> Flask:
     from marketplace import create_app
 
-    FlaskGroup(create_app=create_app, add_version_option=False, load_dotenv=False)(
-        prog_name="jishi"
-    )
+    return create_app()
+
+
+def main() -> None:
+    group = _JishiGroup(create_app=_create_app, add_version_option=False, load_dotenv=False)
+    for command in _commands():
+        group.add_command(command)
+    group(prog_name="jishi")
