@@ -301,10 +301,11 @@ def run_bench(args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 resp = _check(vendor.post(url, json=json_body(inputs[name]), timeout=60))
                 total = (time.perf_counter() - started) * 1000
-                load_ms = resp.json()["timing"].get("load_ms", 0.0)
+                timing = resp.json()["timing"]
+                load_ms, run_ms = timing.get("load_ms", 0.0), timing["run_ms"]
                 print(
                     f"  {name:14s} first call {total:8.1f} ms   worker load {load_ms:8.1f} ms"
-                    f"   rest {total - load_ms:7.1f} ms"
+                    f"   run {run_ms:7.1f} ms   rest {total - load_ms - run_ms:7.1f} ms"
                 )
             print(f"\nlatency over HTTP vs raw onnxruntime ({args.calls} calls each, interleaved)")
             print(

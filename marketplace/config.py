@@ -67,6 +67,9 @@ class Settings:
     inspect_extra_domains: str = ""  # comma-separated operator domains allowed beyond the default
     upload_spool_dir: str = ""  # empty: instance/spool; uploads are staged here for inspection
     blob_grace_s: int = 3600  # unreferenced blobs younger than this are kept by the sweeper
+    # Verified models kept on local disk by content hash, so a cold start reads no S3.
+    blob_cache_dir: str = ""  # empty: instance/blob-cache
+    blob_cache_bytes_max: int = 4 * 1024**3  # 0 switches the cache off
 
     # Sandbox (evaluation).
     eval_timeout_s: float = 10.0

@@ -101,10 +101,25 @@ class PeriodicHolder:
 
 
 def start_node_process(app: Flask) -> None:
-    """What each server process does once its app exists: join the race for the runner."""
+    """What each server process does once its app exists: start its sandbox, join the race
+    for the periodic runner."""
     holder = PeriodicHolder(app, Path(app.instance_path) / "run" / "periodic.lock")
     app.extensions["periodic_holder"] = holder
     holder.start()
+    pool = app.extensions.get("sandbox_pool")
+    if pool is not None:
+        # The zygote imports onnxruntime (about a second): start it now, in the background,
+        # so that no caller's first evaluation waits for it.
+        threading.Thread(
+            target=_start_pool, args=(pool,), name="sandbox-start", daemon=True
+        ).start()
+
+
+def _start_pool(pool: Any) -> None:
+    try:
+        pool.get()
+    except Exception:
+        log.exception("the sandbox did not start; the first evaluation will try again")
 
 
 def stop_node_process(app: Flask) -> None:

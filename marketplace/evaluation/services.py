@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from marketplace.catalog.errors import StorageUnavailable
 from marketplace.catalog.models import ModelVersion
 from marketplace.catalog.services import get_version_for_evaluation, load_model_bytes
 from marketplace.config import Settings
@@ -36,6 +37,7 @@ from marketplace.evaluation.batching import GroupCommitter
 from marketplace.licensing import entitlements
 from marketplace.licensing.entitlements import Entitlement
 from marketplace.ttlcache import TTLCache
+from model_registry.blobcache import BlobCache, BlobIntegrityError
 from model_registry.blobstore import BlobStore
 from sandbox.errors import OutputTooLarge, SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool
@@ -111,6 +113,25 @@ def admit(admission: NodeAdmission) -> Slot:
         ) from None
 
 
+def model_loader(
+    blob_store: BlobStore, cache: BlobCache | None, version: ModelVersion
+) -> Callable[[], bytes]:
+    """How the sandbox gets a version's bytes on a cold start: the node's cache, else the store."""
+    if cache is None:
+        return lambda: load_model_bytes(blob_store, version)
+
+    def load() -> bytes:
+        try:
+            return cache.read(
+                version.sha256, version.size_bytes, lambda: blob_store.open(version.blob_key)
+            )
+        except BlobIntegrityError as exc:
+            log.error("artifact of version %s: %s", version.id, exc.log_detail)
+            raise StorageUnavailable("The stored artifact does not match its record.") from None
+
+    return load
+
+
 def run(
     *,
     pool: SandboxPool,
@@ -119,13 +140,14 @@ def run(
     inputs: Mapping[str, np.ndarray],
     deadline_s: float,
     json_output_bytes_max: int | None = None,
+    blob_cache: BlobCache | None = None,
 ) -> EvalResult:
     """Run ``version`` on ``inputs``; ``json_output_bytes_max`` when the caller wants JSON."""
     try:
         # The content hash keys the warm cache: two listings with identical bytes share workers.
         return pool.evaluate(
             version.sha256,
-            lambda: load_model_bytes(blob_store, version),
+            model_loader(blob_store, blob_cache, version),
             inputs,
             deadline_s=deadline_s,
             output_bytes_max=json_output_bytes_max,
@@ -177,11 +199,13 @@ class EvaluationService:
         pool: LazyPool,
         blob_store: BlobStore,
         settings: Settings,
+        blob_cache: BlobCache | None = None,
     ) -> None:
         self.database = database
         self.pool = pool
         self.blob_store = blob_store
         self.deadline_s = settings.eval_timeout_s
+        self.blob_cache = blob_cache
         self.targets: TTLCache[tuple[int, str], Target] = TTLCache(settings.eval_lookup_cache_ttl_s)
         self.entitlements: TTLCache[tuple[int, int], Entitlement] = TTLCache(
             settings.eval_lookup_cache_ttl_s
@@ -262,6 +286,7 @@ class EvaluationService:
                 inputs=inputs,
                 deadline_s=self.deadline_s,
                 json_output_bytes_max=json_output_bytes_max,
+                blob_cache=self.blob_cache,
             )
             running.finish()
         if entitlement is None:

@@ -22,6 +22,8 @@ from marketplace.evaluation.tensors import (
     encode_json_tensors,
     encode_npz_chunks,
 )
+from model_registry.blobcache import BlobCache
+from model_registry.blobstore import FilesystemBlobStore
 
 bp = Blueprint("evaluation", __name__, url_prefix=API_PREFIX)
 
@@ -158,11 +160,20 @@ def init_app(app: Flask) -> None:
     app.extensions["eval_admission"] = NodeAdmission(
         Path(app.instance_path) / "run" / "eval-slots", settings.eval_concurrency_max
     )
+    blob_store = app.extensions["blob_store"]
+    blob_cache = None
+    # A filesystem store is already local: copying its files into a cache would only double them.
+    if settings.blob_cache_bytes_max > 0 and not isinstance(blob_store, FilesystemBlobStore):
+        blob_cache = BlobCache(
+            settings.blob_cache_dir or Path(app.instance_path) / "blob-cache",
+            settings.blob_cache_bytes_max,
+        )
     service = services.EvaluationService(
         database=app.extensions["db"],
         pool=pool,
-        blob_store=app.extensions["blob_store"],
+        blob_store=blob_store,
         settings=settings,
+        blob_cache=blob_cache,
     )
     app.extensions["evaluation"] = service
     app.extensions.setdefault("listing_listeners", []).append(service.forget_listing)
