@@ -20,7 +20,8 @@ Contract for the evaluate endpoint, in this order:
    call used the last trial call or the reservation cannot be renewed, it raises 403/402 like
    step 1; the caller then discards the outputs, so nobody ever receives more results than
    their entitlement or wallet covers. ``usage`` is ``{"licence_id", "kind",
-   "calls_remaining"?, "charged_minor"?}``: ``calls_remaining`` for trials, ``charged_minor``
+   "calls_remaining"?, "seq"?, "charged_minor"?}``: ``calls_remaining`` for trials; ``seq``
+   (the call's number within the licence, as its usage event records it) and ``charged_minor``
    (this call's share of ``floor(N * royalty_per_1k_minor / 1000)``) for per-inference.
 
 ``may_download(...)`` answers the registry's artifact endpoint: True when the organisation
@@ -186,6 +187,7 @@ def _metered_usage(ent: Entitlement, seq: int) -> dict[str, Any]:
     return {
         "licence_id": ent.license_id,
         "kind": ent.kind,
+        "seq": seq,  # the call's number within the licence, as its usage event records it
         "charged_minor": royalty_due(seq, r) - royalty_due(seq - 1, r),
     }
 
