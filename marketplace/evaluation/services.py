@@ -21,6 +21,7 @@ import atexit
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +201,7 @@ class EvaluationService:
         blob_store: BlobStore,
         settings: Settings,
         blob_cache: BlobCache | None = None,
+        writer_lock: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.database = database
         self.pool = pool
@@ -214,6 +216,7 @@ class EvaluationService:
             database.session,
             window_s=settings.usage_commit_window_s,
             reserve_calls=settings.metering_reserve_calls,
+            writer_lock=writer_lock,
         )
 
     def forget_listing(self, listing_id: int) -> None:

@@ -14,6 +14,7 @@ from marketplace.api import API_PREFIX, openapi, read_json_object
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
 from marketplace.evaluation.admission import NodeAdmission
+from marketplace.evaluation.batching import NodeWriterLock
 from marketplace.evaluation.tensors import (
     NPZ_MIME,
     TensorDecodeError,
@@ -174,6 +175,9 @@ def init_app(app: Flask) -> None:
         blob_store=blob_store,
         settings=settings,
         blob_cache=blob_cache,
+        writer_lock=NodeWriterLock(Path(app.instance_path) / "run" / "sqlite-writer.lock")
+        if app.extensions["db"].is_sqlite
+        else None,
     )
     app.extensions["evaluation"] = service
     app.extensions.setdefault("listing_listeners", []).append(service.forget_listing)
