@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import string
 import struct
 import zipfile
@@ -211,6 +212,12 @@ def encode_json_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str,
 
 _NAME_SAFE = frozenset(string.ascii_letters + string.digits + "_.-")
 _NPY_HEADER_BYTES_MAX = 10_000  # numpy's own bound on a .npy header
+# What numpy writes for a version 1.0 header: magic, length, the dict literal, padding.
+_NPY_HEADER_RE = re.compile(
+    rb"\x93NUMPY\x01\x00..\{'descr': '(?P<descr>[<>|=][a-z][0-9]{1,2})', "
+    rb"'fortran_order': (?P<fortran>True|False), 'shape': \((?P<shape>[0-9, ]{0,200})\), \} *\n",
+    re.DOTALL,
+)
 _ZIP_LOCAL = struct.Struct("<4sHHHHHLLLHH")
 _ZIP_CENTRAL = struct.Struct("<4sHHHHHHLLLHHHHHLL")
 _ZIP_END = struct.Struct("<4sHHHHLLH")
@@ -243,6 +250,24 @@ def _tensor_name(member: str) -> str:
 
 def _npy_array(data: memoryview, name: str, elements_left: int) -> np.ndarray:
     """The array in one ``.npy`` member, its header checked before its data is used."""
+    fast = _NPY_HEADER_RE.match(bytes(data[:256]))
+    if fast is not None:
+        # The exact header numpy itself writes, parsed without numpy's literal evaluator
+        # (which costs more than a small model's run).
+        descr, fortran_text, dims, header_end = (
+            fast["descr"].decode(),
+            fast["fortran"],
+            fast["shape"].decode(),
+            fast.end(),
+        )
+        try:
+            dtype = np.dtype(descr)
+        except TypeError:
+            raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
+        shape = tuple(int(d) for d in dims.replace(" ", "").split(",") if d)
+        return _npy_checked(
+            data, name, elements_left, dtype, shape, fortran_text == b"True", header_end
+        )
     head = io.BytesIO(bytes(data[: _NPY_HEADER_BYTES_MAX + 16]))
     try:
         version = np.lib.format.read_magic(head)
@@ -254,6 +279,19 @@ def _npy_array(data: memoryview, name: str, elements_left: int) -> np.ndarray:
             raise ValueError("unsupported .npy version")
     except (ValueError, OSError, EOFError, SyntaxError, TypeError):
         raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
+    return _npy_checked(data, name, elements_left, dtype, shape, fortran, head.tell())
+
+
+def _npy_checked(
+    data: memoryview,
+    name: str,
+    elements_left: int,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    fortran: bool,
+    offset: int,
+) -> np.ndarray:
+    """The member's array once its declared dtype and shape have passed every cap."""
     if dtype.hasobject or dtype.base.name not in ALLOWED_DTYPES or dtype.shape:
         raise TensorDecodeError(f"dtype must be one of {', '.join(sorted(ALLOWED_DTYPES))}")
     if len(shape) > RANK_MAX:
@@ -261,7 +299,6 @@ def _npy_array(data: memoryview, name: str, elements_left: int) -> np.ndarray:
     count = math.prod(shape)
     if count > elements_left:
         raise TensorDecodeError("inputs hold more elements than allowed", "input_too_large")
-    offset = head.tell()
     if len(data) - offset != count * dtype.itemsize:
         raise TensorDecodeError(f"npz member {name!r} does not hold the data its header declares")
     array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
