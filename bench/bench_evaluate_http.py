@@ -299,8 +299,9 @@ def run_bench(args: argparse.Namespace) -> None:
         try:
             vendor, buyer, urls = setup(node)
             # The cold path: the first call of each version, as the server reports its load.
+            sections = set(args.sections.split(","))
             print("\ncold path: first call of a version over HTTP (npz)")
-            for name, url in urls.items():
+            for name, url in urls.items() if "cold" in sections else ():
                 body = npz_bytes(inputs[name])
                 started = time.perf_counter()
                 resp = _check(
@@ -323,7 +324,7 @@ def run_bench(args: argparse.Namespace) -> None:
                 f"  {'model':14s} {'caller':8s} {'codec':5s}  {'raw p50':>8s} {'raw p99':>8s}"
                 f"  {'http p50':>8s} {'http p99':>8s}  {'added p50':>9s} {'added p99':>9s}"
             )
-            for name, url in urls.items():
+            for name, url in urls.items() if "latency" in sections else ():
                 session, arrays = raw_sessions[name], inputs[name]
                 for who, http in (("owner", vendor), ("metered", buyer)):
                     for codec in ("npz", "json"):
@@ -348,7 +349,7 @@ def run_bench(args: argparse.Namespace) -> None:
             model, arrays = MODELS[name]()
             pool = SandboxPool(PoolConfig(workers_max=8))
             try:
-                for clients in (2, 8):
+                for clients in (2, 8) if "throughput" in sections else ():
 
                     def http_factory(http: requests.Session) -> Callable[[], object]:
                         session = requests.Session()
@@ -423,6 +424,7 @@ def run_profile(args: argparse.Namespace) -> None:
         url = f"/api/v1/models/{listing['id']}/versions/1.0.0/evaluate"
         body = npz_bytes(arrays)
         headers = {**vendor, "Content-Type": NPZ_MIME, "Accept": NPZ_MIME}
+
         def call() -> None:
             # Closing the response is what a server does when it has sent it (and what
             # releases the call's evaluation slot).
@@ -449,6 +451,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--server-args", default="--processes 2 --threads 8")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sections", default="cold,latency,throughput")
     args = parser.parse_args()
     if args.profile:
         run_profile(args)
