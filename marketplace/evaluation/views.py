@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
 from marketplace.api import API_PREFIX, openapi, read_json_object
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
-from marketplace.evaluation.admission import NodeAdmission
+from marketplace.evaluation.admission import NodeAdmission, Slot
 from marketplace.evaluation.batching import NodeWriterLock
 from marketplace.evaluation.tensors import (
     NPZ_MIME,
@@ -93,18 +94,25 @@ def _wants_npz() -> bool:
 )
 @require_oauth(SANDBOX_RUN)
 def evaluate(model_id: int, version: str) -> Any:
-    # The slot is held until the response has been sent: streamed outputs still hold memory.
+    # The node's slot is held while this call's tensors are in memory: until a JSON body has
+    # been built, or until the last chunk of a streamed npz body has been sent (or the client
+    # has gone and the server closed the stream).
     slot = services.admit(current_app.extensions["eval_admission"])
     try:
-        response = _evaluate(model_id, version)
+        return _evaluate(model_id, version, slot)
     except BaseException:
         slot.release()
         raise
-    response.call_on_close(slot.release)
-    return response
 
 
-def _evaluate(model_id: int, version: str) -> Response:
+def _streamed(chunks: Iterator[bytes], slot: Slot) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        slot.release()
+
+
+def _evaluate(model_id: int, version: str, slot: Slot) -> Response:
     settings = current_app.extensions["settings"]
     service: services.EvaluationService = current_app.extensions["evaluation"]
     wants_npz = _wants_npz()
@@ -116,17 +124,22 @@ def _evaluate(model_id: int, version: str) -> Response:
         json_output_bytes_max=None if wants_npz else settings.eval_json_output_bytes_max,
     )
     if wants_npz:
-        response = Response(encode_npz_chunks(result.outputs), mimetype=NPZ_MIME)
+        body = _streamed(encode_npz_chunks(result.outputs), slot)
+        response = Response(body, mimetype=NPZ_MIME)
         response.headers["X-Jishi-Timing"] = ",".join(f"{k}={v}" for k, v in result.timing.items())
         response.headers["X-Jishi-Usage"] = ",".join(f"{k}={v}" for k, v in result.usage.items())
+        # A generator not yet started has no finally to run: release on close as well.
+        response.call_on_close(slot.release)
         return response
-    return jsonify(
+    response = jsonify(
         {
             "outputs": encode_json_tensors(result.outputs),
             "timing": result.timing,
             "usage": result.usage,
         }
     )
+    slot.release()
+    return response
 
 
 class SandboxHealth(BaseModel):
