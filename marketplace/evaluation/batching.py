@@ -81,11 +81,17 @@ class GroupCommitter:
         """Mark a call as running, so a leader may wait a moment for its record."""
         return _Running(self)
 
-    def record(self, entitlement: Entitlement) -> dict[str, Any]:
-        """Durably count one successful call; its ``usage``, or the 403/402 that refuses it."""
+    def record(self, entitlement: Entitlement, running: _Running | None = None) -> dict[str, Any]:
+        """Durably count one successful call; its ``usage``, or the 403/402 that refuses it.
+
+        ``running`` is the call's mark from :meth:`running`: it is cleared in the same step
+        that queues the record, so a waiting leader never misses it.
+        """
         item = _Pending(entitlement)
         with self._cond:
             self._pending.append(item)
+            if running is not None:
+                running.finish_locked()
             self._cond.notify_all()
             while not item.done:
                 if self._committing:
@@ -159,11 +165,15 @@ class _Running:
 
     def finish(self) -> None:
         """The call's run is over (whether or not it will be recorded)."""
+        with self._committer._cond:
+            self.finish_locked()
+            self._committer._cond.notify_all()
+
+    def finish_locked(self) -> None:
+        """As :meth:`finish`, with the committer's lock already held."""
         if self._active:
             self._active = False
-            with self._committer._cond:
-                self._committer._running -= 1
-                self._committer._cond.notify_all()
+            self._committer._running -= 1
 
     def __exit__(self, *_: object) -> None:
         self.finish()

@@ -21,7 +21,7 @@ import atexit
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,7 +281,9 @@ class EvaluationService:
         if target.owner_organization_id != organization_id:
             entitlement = self._entitlement(organization_id, target)
         inputs = read_inputs()
-        with self.committer.running() as running:
+        # A call that will be recorded tells the committer it is running, so that a commit
+        # about to start may wait a moment for its record; an owner's call records nothing.
+        with self.committer.running() if entitlement is not None else nullcontext() as running:
             result = run(
                 pool=self.pool.get(),
                 blob_store=self.blob_store,
@@ -291,16 +293,15 @@ class EvaluationService:
                 json_output_bytes_max=json_output_bytes_max,
                 blob_cache=self.blob_cache,
             )
-            running.finish()
-        if entitlement is None:
-            usage: dict[str, Any] = {"licence_id": None, "kind": "owner"}
-        else:
-            try:
-                usage = self.committer.record(entitlement)
-            except DomainError:
-                # Used up, revoked or unpaid: the next call checks afresh before it runs.
-                self.entitlements.discard((organization_id, target.listing_id))
-                raise
+            if entitlement is None:
+                usage: dict[str, Any] = {"licence_id": None, "kind": "owner"}
+            else:
+                try:
+                    usage = self.committer.record(entitlement, running)
+                except DomainError:
+                    # Used up, revoked or unpaid: the next call checks afresh before it runs.
+                    self.entitlements.discard((organization_id, target.listing_id))
+                    raise
         timing = {
             "queue_ms": round(result.queue_ms, 3),
             "load_ms": round(result.load_ms, 3),

@@ -28,11 +28,10 @@ def _race(committer: GroupCommitter, ent, callers: int) -> list[dict | str]:
     def call(i: int) -> None:
         with committer.running() as running:
             barrier.wait()
-            running.finish()
-        try:
-            results[i] = committer.record(ent)
-        except DomainError as exc:
-            results[i] = exc.code
+            try:
+                results[i] = committer.record(ent, running)
+            except DomainError as exc:
+                results[i] = exc.code
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
     for t in threads:
