@@ -151,9 +151,11 @@ def start_node(
 class Client:
     """An organisation on a live node, speaking HTTP as any client would."""
 
-    def __init__(self, url: str, roles: list[str]) -> None:
+    def __init__(self, url: str, roles: list[str] | None = None) -> None:
         self.url = url
         self.http = requests.Session()
+        if roles is None:
+            return  # credentials come from elsewhere: see with_credentials
         resp = self.http.post(
             f"{url}/api/v1/register",
             json={
@@ -170,6 +172,15 @@ class Client:
         self.client_id, self.client_secret = creds["client_id"], creds["client_secret"]
         self.token = self.new_token()
         self.http.headers["Authorization"] = f"Bearer {self.token}"
+
+    @classmethod
+    def with_credentials(cls, url: str, client_id: str, client_secret: str) -> Client:
+        """An API client created outside the API (``jishi users create``)."""
+        client = cls(url)
+        client.client_id, client.client_secret = client_id, client_secret
+        client.token = client.new_token()
+        client.http.headers["Authorization"] = f"Bearer {client.token}"
+        return client
 
     def new_token(self) -> str:
         resp = requests.post(

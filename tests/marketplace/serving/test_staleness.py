@@ -32,14 +32,11 @@ def _admin(node) -> Client:
         timeout=120,
         check=True,
     ).stdout
-    admin = Client.__new__(Client)
-    admin.url = node.url
-    admin.http = requests.Session()
-    admin.client_id = re.search(r"client_id: (\S+)", out).group(1)
-    admin.client_secret = re.search(r"client_secret: (\S+)", out).group(1)
-    admin.token = admin.new_token()
-    admin.http.headers["Authorization"] = f"Bearer {admin.token}"
-    return admin
+    return Client.with_credentials(
+        node.url,
+        re.search(r"client_id: (\S+)", out).group(1),
+        re.search(r"client_secret: (\S+)", out).group(1),
+    )
 
 
 def _until_refused(url: str, token: str, refused: int) -> tuple[float, list[int]]:
