@@ -6,6 +6,7 @@ shutdown, kill -9) and by helpers that walk the API as a client would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -96,9 +97,20 @@ class Node:
         return total
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout_s)
+        """Signal the server and wait for it; whatever is still left of it is killed after."""
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(sig)
+            return self.process.wait(timeout=timeout_s)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group (master, workers, sandbox)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -135,17 +147,20 @@ def start_node(
             start_new_session=True,
         )
     node = Node(process, f"http://127.0.0.1:{port}", instance, log, env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited during start-up:\n{node.output()}")
-        try:
-            requests.get(f"{node.url}/api/v1/openapi.json", timeout=1)
-            return node
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    node.stop(signal.SIGKILL)
-    raise AssertionError(f"the server did not start:\n{node.output()}")
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited during start-up:\n{node.output()}")
+            try:
+                requests.get(f"{node.url}/api/v1/openapi.json", timeout=10)
+                return node
+            except requests.RequestException:  # not listening yet, or too busy to answer
+                time.sleep(0.1)
+        raise AssertionError(f"the server did not start:\n{node.output()}")
+    except BaseException:
+        node.kill()
+        raise
 
 
 class Client:

@@ -155,51 +155,54 @@ def test_kill_9_mid_load_loses_no_acknowledged_call(db_backend, tmp_path, fresh_
     url, engine = fresh_database()
     instance = tmp_path / "instance"
     node = start_node(tmp_path, url, "--processes", "2", "--threads", "8", instance=instance)
-    vendor = Client(node.url, ["vendor"])
-    buyer = Client(node.url, ["buyer"])
-    metered_model = vendor.publish(m.add())
-    trial_model = vendor.publish(m.add())
-    metered_offer = vendor.offer(metered_model, royalty_per_1k_minor=1500)
-    trial_offer = vendor.offer(
-        trial_model, kind="perpetual", price_minor=100, trial_calls=100_000, trial_days=7
-    )
-    order = buyer.buy(metered_offer, top_up_minor=1_000_000)
-    trial = buyer.trial(trial_offer)
-    body = {
-        "inputs": {
-            "x": {"dtype": "float32", "shape": [1, 3], "data": [1, 2, 3]},
-            "y": {"dtype": "float32", "shape": [1, 3], "data": [1, 1, 1]},
+    try:
+        vendor = Client(node.url, ["vendor"])
+        buyer = Client(node.url, ["buyer"])
+        metered_model = vendor.publish(m.add())
+        trial_model = vendor.publish(m.add())
+        metered_offer = vendor.offer(metered_model, royalty_per_1k_minor=1500)
+        trial_offer = vendor.offer(
+            trial_model, kind="perpetual", price_minor=100, trial_calls=100_000, trial_days=7
+        )
+        order = buyer.buy(metered_offer, top_up_minor=1_000_000)
+        trial = buyer.trial(trial_offer)
+        body = {
+            "inputs": {
+                "x": {"dtype": "float32", "shape": [1, 3], "data": [1, 2, 3]},
+                "y": {"dtype": "float32", "shape": [1, 3], "data": [1, 1, 1]},
+            }
         }
-    }
-    acknowledged: dict[str, list[dict]] = {"metered": [], "trial": []}
-    lock = threading.Lock()
-    stop = threading.Event()
+        acknowledged: dict[str, list[dict]] = {"metered": [], "trial": []}
+        lock = threading.Lock()
+        stop = threading.Event()
 
-    def client(kind: str, model_id: int) -> None:
-        http = requests.Session()
-        http.headers.update(buyer.http.headers)
-        target = f"{node.url}/api/v1/models/{model_id}/versions/1.0.0/evaluate"
-        while not stop.is_set():
-            try:
-                resp = http.post(target, json=body, timeout=30)
-            except requests.RequestException:
-                return  # the server is gone
-            if resp.status_code == 200:
-                with lock:
-                    acknowledged[kind].append(resp.json()["usage"])
+        def client(kind: str, model_id: int) -> None:
+            http = requests.Session()
+            http.headers.update(buyer.http.headers)
+            target = f"{node.url}/api/v1/models/{model_id}/versions/1.0.0/evaluate"
+            while not stop.is_set():
+                try:
+                    resp = http.post(target, json=body, timeout=30)
+                except requests.RequestException:
+                    return  # the server is gone
+                if resp.status_code == 200:
+                    with lock:
+                        acknowledged[kind].append(resp.json()["usage"])
 
-    threads = [
-        threading.Thread(target=client, args=(kind, model))
-        for kind, model in [("metered", metered_model), ("trial", trial_model)] * 4
-    ]
-    for t in threads:
-        t.start()
-    time.sleep(4.0)
-    os.killpg(node.process.pid, signal.SIGKILL)  # master, workers, zygotes: all at once
-    node.process.wait()
-    stop.set()
-    for t in threads:
-        t.join(30)
+        threads = [
+            threading.Thread(target=client, args=(kind, model))
+            for kind, model in [("metered", metered_model), ("trial", trial_model)] * 4
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(4.0)
+        os.killpg(node.process.pid, signal.SIGKILL)  # master, workers, zygotes: all at once
+        node.process.wait()
+        stop.set()
+        for t in threads:
+            t.join(30)
+    finally:
+        node.kill()
     assert len(acknowledged["metered"]) > 20 and len(acknowledged["trial"]) > 20
 
     restarted = start_node(tmp_path, url, "--processes", "2", instance=instance)

@@ -47,7 +47,8 @@ def test_serve_runs_gunicorn_and_finishes_in_flight_calls_on_sigterm(tmp_path, f
         tree = process_tree(node.process.pid)
         assert len(tree) >= 5  # master, two workers, a zygote and a sandbox worker at least
         started = time.monotonic()
-        assert node.stop(signal.SIGTERM, timeout_s=60) == 0
+        node.process.send_signal(signal.SIGTERM)
+        assert node.process.wait(timeout=60) == 0
         call.join(30)
         assert result["resp"].status_code == 200, result["resp"].text[:300]
         assert time.monotonic() - started < 30
@@ -57,7 +58,7 @@ def test_serve_runs_gunicorn_and_finishes_in_flight_calls_on_sigterm(tmp_path, f
         log = node.output()
         assert "Traceback" not in log, log
     finally:
-        node.stop(signal.SIGKILL)
+        node.kill()
 
 
 def test_one_periodic_runner_per_node_and_it_moves_when_its_process_dies(tmp_path, fresh_database):
