@@ -47,6 +47,7 @@ ALLOWED_DTYPES = frozenset(
         "float64",
     }
 )
+_ALLOWED_NUMPY = frozenset(np.dtype(name) for name in ALLOWED_DTYPES)
 NAME_LENGTH_MAX = 256
 # JSON has no NaN or infinities: they travel as these strings, both ways.
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -292,7 +293,7 @@ def _npy_checked(
     offset: int,
 ) -> np.ndarray:
     """The member's array once its declared dtype and shape have passed every cap."""
-    if dtype.hasobject or dtype.base.name not in ALLOWED_DTYPES or dtype.shape:
+    if dtype.hasobject or dtype.shape or dtype.newbyteorder("=") not in _ALLOWED_NUMPY:
         raise TensorDecodeError(f"dtype must be one of {', '.join(sorted(ALLOWED_DTYPES))}")
     if len(shape) > RANK_MAX:
         raise TensorDecodeError(f"shape must be a list of at most {RANK_MAX} dimensions")
