@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,21 +12,26 @@ from marketplace.evaluation.admission import NodeAdmission, NodeBusy
 from marketplace.evaluation.tensors import NPZ_MIME, encode_npz
 from tests.sandbox import models as m
 
-
-def _hold_one(directory, ready, done) -> None:
-    slot = NodeAdmission(directory, 2).acquire()
-    ready.set()
-    done.wait(30)
-    slot.release()
+_HOLDER = """
+import sys
+from pathlib import Path
+from marketplace.evaluation.admission import NodeAdmission
+slot = NodeAdmission(Path(sys.argv[1]), 2).acquire()
+print("held", flush=True)
+sys.stdin.readline()
+slot.release()
+"""
 
 
 def test_slots_are_shared_by_the_processes_of_a_node(tmp_path):
-    ctx = multiprocessing.get_context("fork")
-    ready, done = ctx.Event(), ctx.Event()
-    other = ctx.Process(target=_hold_one, args=(tmp_path, ready, done))
-    other.start()
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        assert ready.wait(30)
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
         admission = NodeAdmission(tmp_path, 2)
         mine = admission.acquire()
         with pytest.raises(NodeBusy):
@@ -34,9 +40,11 @@ def test_slots_are_shared_by_the_processes_of_a_node(tmp_path):
         mine.release()  # idempotent
         admission.acquire().release()
     finally:
-        done.set()
-        other.join(30)
-    # The other process has gone: its slot is free again.
+        other.kill()  # a process that dies releases its slot with it
+        other.wait(30)
+        for stream in (other.stdin, other.stdout):
+            if stream is not None:
+                stream.close()
     admission = NodeAdmission(tmp_path, 2)
     slots = [admission.acquire(), admission.acquire()]
     for slot in slots:
