@@ -22,71 +22,47 @@ class NodeBusy(Exception):
 
 
 class Slot:
-    """One held slot; :meth:`release` is idempotent, so it may be called from several paths."""
+    """One held slot: an open, locked file; :meth:`release` is idempotent."""
 
-    def __init__(self, admission: NodeAdmission, index: int) -> None:
-        self._admission = admission
-        self._index: int | None = index
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
 
     def release(self) -> None:
-        index, self._index = self._index, None
-        if index is not None:
-            self._admission._release(index)
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)  # closing the only descriptor of the lock releases it
 
 
 class NodeAdmission:
-    """At most ``slots`` concurrent holders across all processes that share ``directory``."""
+    """At most ``slots`` concurrent holders across all processes that share ``directory``.
+
+    A slot's file is opened when it is tried and closed when it is released, so no descriptor
+    outlives its call: nothing is inherited across a fork, and an idle process holds none.
+    """
 
     def __init__(self, directory: Path, slots: int) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.directory = directory
         self.slots = slots
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._fds: list[int] = []
-        self._held: set[int] = set()
         self._next = itertools.count()
-
-    def _open(self) -> None:
-        # Locks belong to open file descriptions: a forked process must open its own files,
-        # or parent and child would share (and silently double-hold) every slot.
-        for fd in self._fds:
-            os.close(fd)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._fds = [
-            os.open(self.directory / f"slot-{i}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            for i in range(self.slots)
-        ]
-        self._held = set()
-        self._pid = os.getpid()
+        self._made = False
 
     def acquire(self) -> Slot:
         """A free slot, or :class:`NodeBusy` at once."""
-        with self._lock:
-            if self._pid != os.getpid():
-                self._open()
-            start = next(self._next)
-            for step in range(self.slots):
-                index = (start + step) % self.slots
-                if index in self._held:
-                    continue
-                try:
-                    fcntl.flock(self._fds[index], fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue
-                self._held.add(index)
-                return Slot(self, index)
+        if not self._made:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._made = True
+        start = next(self._next)
+        for step in range(self.slots):
+            path = self.directory / f"slot-{(start + step) % self.slots}"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return Slot(fd)
         raise NodeBusy()
-
-    def _release(self, index: int) -> None:
-        with self._lock:
-            if index in self._held and self._pid == os.getpid():
-                fcntl.flock(self._fds[index], fcntl.LOCK_UN)
-                self._held.discard(index)
-
-    @property
-    def in_use(self) -> int:
-        """Slots this process holds (for health and tests)."""
-        with self._lock:
-            return len(self._held)
