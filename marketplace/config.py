@@ -65,6 +65,9 @@ class Settings:
     inspect_subgraph_depth_max: int = 4
     inspect_initializer_bytes_max: int = 2 * 1024**3  # declared, not stored, bytes
     inspect_extra_domains: str = ""  # comma-separated operator domains allowed beyond the default
+    inspect_concurrency_max: int = 2  # confined inspections at once per node; more get 503
+    inspect_memory_base_bytes: int = 512 * 1024**2  # address space of one inspection, plus...
+    inspect_memory_per_model_byte: int = 3  # ...this many bytes per byte of the upload
     upload_spool_dir: str = ""  # empty: instance/spool; uploads are staged here for inspection
     blob_grace_s: int = 3600  # unreferenced blobs younger than this are kept by the sweeper
     # Verified models kept on local disk by content hash, so a cold start reads no S3.
@@ -93,6 +96,8 @@ class Settings:
     sandbox_queue_max: int = 32
     sandbox_memory_budget_bytes: int = 8 * 1024**3
     sandbox_worker_memory_bytes_max: int = 2 * 1024**3
+    sandbox_throttle_s: float = 30.0  # a caller whose call hit the deadline or crashed waits
+    sandbox_quarantine_callers: int = 3  # distinct crashing callers before a version is held
 
     # Money.
     platform_fee_bps: int = 1000  # 10 % of every sale and royalty goes to the platform

@@ -40,7 +40,7 @@ from marketplace.licensing.entitlements import Entitlement
 from marketplace.ttlcache import TTLCache
 from model_registry.blobcache import BlobCache, BlobIntegrityError
 from model_registry.blobstore import BlobStore
-from sandbox.errors import OutputTooLarge, SandboxError
+from sandbox.errors import DeadlineExceeded, OutputTooLarge, SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ def pool_config(settings: Settings) -> PoolConfig:
         input_bytes_max=settings.eval_input_bytes_max,
         output_bytes_max=settings.eval_output_bytes_max,
         input_elements_max=settings.eval_input_elements_max,
+        throttle_s=settings.sandbox_throttle_s,
+        quarantine_callers=settings.sandbox_quarantine_callers,
     )
 
 
@@ -138,18 +140,29 @@ def run(
     pool: SandboxPool,
     blob_store: BlobStore,
     version: ModelVersion,
+    caller_org_id: int,
     inputs: Mapping[str, np.ndarray],
     deadline_s: float,
     json_output_bytes_max: int | None = None,
     blob_cache: BlobCache | None = None,
+    record_deadline_call: Callable[[], object] | None = None,
 ) -> EvalResult:
-    """Run ``version`` on ``inputs``; ``json_output_bytes_max`` when the caller wants JSON."""
+    """Run ``version`` for the organisation ``caller_org_id``; sandbox failures as problems.
+
+    ``json_output_bytes_max`` is the output limit when the caller wants JSON. A run that
+    reached its deadline used the compute a successful call would have, so it is recorded by
+    ``record_deadline_call`` (the caller's usual recording of a call) before the 504; a refusal
+    to record it (the trial ran out meanwhile) leaves the 504 as it is.
+    """
     try:
-        # The content hash keys the warm cache: two listings with identical bytes share workers.
+        # The content hash keys the warm cache (two listings with identical bytes share
+        # workers); quarantine and throttling go by version and caller.
         return pool.evaluate(
             version.sha256,
             model_loader(blob_store, blob_cache, version),
             inputs,
+            version=f"version:{version.id}",
+            caller=f"org:{caller_org_id}",
             deadline_s=deadline_s,
             output_bytes_max=json_output_bytes_max,
         )
@@ -160,6 +173,13 @@ def run(
             code="json_output_too_large",
             status=422,
         ) from None
+    except DeadlineExceeded as exc:
+        if exc.ran_to_deadline and record_deadline_call is not None:
+            try:
+                record_deadline_call()
+            except DomainError as refused:
+                log.info("deadline call of version %s not recorded: %s", version.id, refused.code)
+        raise sandbox_problem(exc) from None
     except SandboxError as exc:
         raise sandbox_problem(exc) from None
 
@@ -288,10 +308,14 @@ class EvaluationService:
                 pool=self.pool.get(),
                 blob_store=self.blob_store,
                 version=target.version,
+                caller_org_id=organization_id,
                 inputs=inputs,
                 deadline_s=self.deadline_s,
                 json_output_bytes_max=json_output_bytes_max,
                 blob_cache=self.blob_cache,
+                record_deadline_call=None
+                if entitlement is None
+                else lambda: self.committer.record(entitlement, running),
             )
             if entitlement is None:
                 usage: dict[str, Any] = {"licence_id": None, "kind": "owner"}

@@ -90,7 +90,7 @@ def _wants_npz() -> bool:
     body=EvaluateRequest,
     response=EvaluateResponse,
     scope=SANDBOX_RUN,
-    errors=[402, 404, 413, 415, 502, 503, 504],
+    errors=[402, 404, 413, 415, 429, 502, 503, 504],
 )
 @require_oauth(SANDBOX_RUN)
 def evaluate(model_id: int, version: str) -> Any:

@@ -10,7 +10,7 @@ import pytest
 
 from marketplace.evaluation.admission import NodeAdmission, NodeBusy
 from marketplace.evaluation.tensors import NPZ_MIME, encode_npz
-from tests.sandbox import models as m
+from tests import onnx_models as m
 
 _HOLDER = """
 import sys

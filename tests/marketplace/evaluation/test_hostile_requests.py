@@ -19,9 +19,9 @@ import pytest
 import requests
 
 from marketplace.evaluation.tensors import NPZ_MIME, decode_npz
+from tests import onnx_models as m
 from tests.conftest import ScratchDatabases
 from tests.marketplace.serving.node import Client, Node, start_node, store_version
-from tests.sandbox import models as m
 
 MiB = 1024 * 1024
 JSON_X = {"inputs": {"x": {"dtype": "float32", "shape": [1], "data": [1.5]}}}

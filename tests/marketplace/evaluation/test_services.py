@@ -11,8 +11,8 @@ from marketplace.evaluation.services import EvaluationService
 from marketplace.licensing import services as licensing
 from marketplace.licensing.models import License
 from marketplace.metering.models import UsageEvent
+from tests import onnx_models as m
 from tests.marketplace.licensing.builders import fund_wallet, wallet_available
-from tests.sandbox import models as m
 
 ONES = np.ones((1, 3), np.float32)
 

@@ -17,8 +17,8 @@ import requests
 import sqlalchemy as sa
 
 from marketplace.evaluation.tensors import NPZ_MIME
+from tests import onnx_models as m
 from tests.marketplace.serving.node import JISHI, Client, start_node
-from tests.sandbox import models as m
 
 MiB = 1024 * 1024
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import requests
 
+from tests import onnx_models as m
 from tests.marketplace.serving.node import Client, free_port, process_tree, start_node
-from tests.sandbox import models as m
 
 
 def _alive(pid: int) -> bool:

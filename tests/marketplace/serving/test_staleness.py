@@ -10,8 +10,8 @@ import uuid
 
 import requests
 
+from tests import onnx_models as m
 from tests.marketplace.serving.node import JISHI, Client, start_node
-from tests.sandbox import models as m
 
 BOUND_S = 1.0
 BODY = {
