@@ -19,18 +19,26 @@ in interleaved rounds, and prints the throughputs, their ratios (median over rou
 server process's peak resident memory growth during the API uploads (sampled from /proc every
 20 ms and checked against VmHWM).
 
-A run on the 2-core CI host (shared with other jobs, so single rounds swing widely), 1 GiB:
+A run on the 2-core host, shared with other jobs (load average 12-16 throughout, so single
+rounds swing widely), 1 GiB; the same command on the code before the change, just before:
 
-    round 1: raw put_object   73.1 MiB/s | API declared digest   49.1 MiB/s (0.67x) | API no digest   53.7 MiB/s (0.74x)
-    round 2: raw put_object   64.4 MiB/s | API declared digest   69.1 MiB/s (1.07x) | API no digest   77.4 MiB/s (1.20x)
-    round 3: raw put_object   92.1 MiB/s | API declared digest   74.1 MiB/s (0.80x) | API no digest   85.9 MiB/s (0.93x)
-    API/raw throughput, declared digest: median 0.80
-    API/raw throughput,       no digest: median 0.93
-    server RSS growth during an API upload: max 34.9 MiB
+    before: declared digest median 0.60 (0.60, 0.59, 0.66), no digest 0.60 (0.49, 0.60, 0.67),
+            raw put_object 28-31 MiB/s, RSS growth max 40.2 MiB
+    round 1: raw put_object   26.8 MiB/s | API declared digest   24.8 MiB/s (0.92x) | API no digest   20.7 MiB/s (0.77x)
+    round 2: raw put_object   26.2 MiB/s | API declared digest   23.2 MiB/s (0.89x) | API no digest   20.6 MiB/s (0.79x)
+    round 3: raw put_object   28.9 MiB/s | API declared digest   18.7 MiB/s (0.65x) | API no digest   20.3 MiB/s (0.70x)
+    API/raw throughput, declared digest: median 0.89
+    API/raw throughput,       no digest: median 0.77
+    server RSS growth during an API upload: max 39.1 MiB
 
-On two cores the work is CPU-bound (client, server and SeaweedFS share them), so overlapping
-receive and store (the declared-digest path) gains little and the client's extra hashing pass
-shows; with the store on other machines the declared path hides the receive time entirely.
+Where the time went (py-spy over the server, the inspector and the client): the server hashed
+each upload twice (the spool, then the store's reader), and the inspection copied the weights
+twice (the protobuf parse, then reading ``raw_data`` from Python for its length). Both second
+passes are gone. What remains on the server: writing the spool (a gigabyte of fresh page-cache
+pages, the largest item), minio's SigV4 payload SHA-256 of every part over plain HTTP (the raw
+put pays it too), sending the parts, and receiving the body; in the inspector, the protobuf
+parse's one copy of the weights; on the client, the declared path's hashing pass before it
+sends. On two cores all of it competes with SeaweedFS for the same CPU.
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ class Settings:
     access_token_ttl_s: int = 3600
     token_failures_max: int = 10  # failed token requests per client before it is slowed down
     token_failures_window_s: int = 60
+    # A verified access token is served from a process's memory for this long: the bound on
+    # how late a revocation or suspension made on another process or node takes effect.
+    token_cache_ttl_s: float = 5.0
 
     # Registration: anyone may call it, and each call costs an argon2 hash (64 MiB, ~0.1 s).
     registrations_per_address_max: int = 10  # per client address within the window
@@ -65,8 +68,14 @@ class Settings:
     inspect_subgraph_depth_max: int = 4
     inspect_initializer_bytes_max: int = 2 * 1024**3  # declared, not stored, bytes
     inspect_extra_domains: str = ""  # comma-separated operator domains allowed beyond the default
+    inspect_concurrency_max: int = 2  # confined inspections at once per node; more get 503
+    inspect_memory_base_bytes: int = 512 * 1024**2  # address space of one inspection, plus...
+    inspect_memory_per_model_byte: int = 3  # ...this many bytes per byte of the upload
     upload_spool_dir: str = ""  # empty: instance/spool; uploads are staged here for inspection
     blob_grace_s: int = 3600  # unreferenced blobs younger than this are kept by the sweeper
+    # Verified models kept on local disk by content hash, so a cold start reads no S3.
+    blob_cache_dir: str = ""  # empty: instance/blob-cache
+    blob_cache_bytes_max: int = 4 * 1024**3  # 0 switches the cache off
 
     # Sandbox (evaluation).
     eval_timeout_s: float = 10.0
@@ -74,10 +83,24 @@ class Settings:
     eval_input_bytes_max: int = 64 * 1024 * 1024
     eval_input_elements_max: int = 16 * 1024 * 1024
     eval_output_bytes_max: int = 64 * 1024 * 1024
+    # JSON costs a Python object per value on both sides, so it gets much smaller limits than
+    # npz: larger tensors must travel as application/x-npz.
+    eval_json_body_bytes_max: int = 16 * 1024 * 1024
+    eval_json_input_bytes_max: int = 4 * 1024 * 1024
+    eval_json_output_bytes_max: int = 4 * 1024 * 1024
+    # Evaluations in flight on a node (all server processes together); beyond it 503.
+    eval_concurrency_max: int = 16
+    # How long a process may serve a version/listing/entitlement lookup from its cache: the
+    # bound on how late a revoke or suspension made on another process or node is seen.
+    eval_lookup_cache_ttl_s: float = 2.0
+    # How long a leader of a group commit waits for other running calls' usage records.
+    usage_commit_window_s: float = 0.001
     sandbox_workers_max: int = 4
     sandbox_queue_max: int = 32
     sandbox_memory_budget_bytes: int = 8 * 1024**3
     sandbox_worker_memory_bytes_max: int = 2 * 1024**3
+    sandbox_throttle_s: float = 30.0  # a caller whose call hit the deadline or crashed waits
+    sandbox_quarantine_callers: int = 3  # distinct crashing callers before a version is held
 
     # Money.
     platform_fee_bps: int = 1000  # 10 % of every sale and royalty goes to the platform

@@ -39,8 +39,8 @@ from model_registry.errors import (
 CHUNK_BYTES = 1 << 20
 MiB = 1 << 20
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,511}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,511}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ class BlobStore(Protocol):
 
     ``put_stream`` reads ``stream`` to its end in bounded chunks, hashing and counting as it
     goes, and raises :class:`BlobTooLarge` (keeping nothing) as soon as more than ``size_max``
-    bytes arrive. A put either stores the whole body under ``key`` or stores nothing; writing
+    bytes arrive. A caller that has already hashed exactly these bytes passes their digest as
+    ``sha256``: the store then only counts (a gigabyte's SHA-256 is seconds of CPU), and the
+    returned info carries the given digest. A put either stores the whole body under ``key`` or stores nothing; writing
     the same bytes to an existing key is harmless. ``open`` and ``stat`` raise
     :class:`BlobNotFound` for a missing key; ``delete`` of a missing key does nothing.
     ``presigned_url`` returns a time-limited GET URL, or ``None`` when the store cannot make one
@@ -74,7 +76,9 @@ class BlobStore(Protocol):
     and returns how many it removed.
     """
 
-    def put_stream(self, key: str, stream: BinaryIO, *, size_max: int) -> BlobInfo: ...
+    def put_stream(
+        self, key: str, stream: BinaryIO, *, size_max: int, sha256: str | None = None
+    ) -> BlobInfo: ...
 
     def open(self, key: str) -> BinaryIO: ...
 
@@ -93,7 +97,7 @@ class BlobStore(Protocol):
 
 def content_key(sha256: str) -> str:
     """The content-addressed key of an ONNX artifact: ``onnx/sha256/ab/cdef...``."""
-    if not _SHA256_RE.match(sha256):
+    if not _SHA256_RE.fullmatch(sha256):
         raise InvalidBlobKey("A content key needs a lower-case hex SHA-256.")
     return f"onnx/sha256/{sha256[:2]}/{sha256[2:]}"
 
@@ -106,23 +110,27 @@ def sha256_of_content_key(key: str) -> str | None:
     if not key.startswith(CONTENT_PREFIX):
         return None
     rest = key[len(CONTENT_PREFIX) :].replace("/", "")
-    return rest if _SHA256_RE.match(rest) else None
+    return rest if _SHA256_RE.fullmatch(rest) else None
 
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape a root directory or confuse an S3 path."""
-    if not _KEY_RE.match(key) or any(part in ("", ".", "..") for part in key.split("/")):
+    if not _KEY_RE.fullmatch(key) or any(part in ("", ".", "..") for part in key.split("/")):
         raise InvalidBlobKey()
     return key
 
 
 class _HashingReader:
-    """Wraps a stream: hashes and counts what is read, refuses to go past ``size_max``."""
+    """Wraps a stream: hashes and counts what is read, refuses to go past ``size_max``.
 
-    def __init__(self, stream: BinaryIO, size_max: int) -> None:
+    With a ``known`` digest (the caller hashed these bytes already) it only counts.
+    """
+
+    def __init__(self, stream: BinaryIO, size_max: int, known: str | None = None) -> None:
         self._stream = stream
         self._size_max = size_max
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if known is None else None
+        self._known = known
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -133,11 +141,13 @@ class _HashingReader:
             self.size += len(data)
             if self.size > self._size_max:
                 raise BlobTooLarge(f"The body is larger than {self._size_max} bytes.")
-            self._hash.update(data)
+            if self._hash is not None:
+                self._hash.update(data)
         return data
 
     def info(self) -> BlobInfo:
-        return BlobInfo(self._hash.hexdigest(), self.size)
+        digest = self._hash.hexdigest() if self._hash is not None else self._known
+        return BlobInfo(digest or "", self.size)
 
 
 # --- the filesystem ------------------------------------------------------------------------
@@ -157,9 +167,11 @@ class FilesystemBlobStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def put_stream(self, key: str, stream: BinaryIO, *, size_max: int) -> BlobInfo:
+    def put_stream(
+        self, key: str, stream: BinaryIO, *, size_max: int, sha256: str | None = None
+    ) -> BlobInfo:
         target = self._path(key)
-        reader = _HashingReader(stream, size_max)
+        reader = _HashingReader(stream, size_max, sha256)
         temp = self._incoming / f"{uuid.uuid4().hex}.part"
         try:
             with open(temp, "wb") as out:
@@ -297,9 +309,11 @@ class S3BlobStore:
         if not self._call(lambda: self._client.bucket_exists(self.bucket)):
             self._call(lambda: self._client.make_bucket(self.bucket))
 
-    def put_stream(self, key: str, stream: BinaryIO, *, size_max: int) -> BlobInfo:
+    def put_stream(
+        self, key: str, stream: BinaryIO, *, size_max: int, sha256: str | None = None
+    ) -> BlobInfo:
         check_key(key)
-        reader = _HashingReader(stream, size_max)
+        reader = _HashingReader(stream, size_max, sha256)
         # minio aborts its multipart upload when reading raises (BlobTooLarge included).
         self._call(
             lambda: self._client.put_object(

@@ -10,6 +10,13 @@ model's bytes never enter the web process's memory, and no untrusted byte is par
 process that is not confined.
 
 A helper that does not answer in time, or dies, is killed and replaced.
+
+An :class:`Inspector` bounds what inspections may cost a node: at most ``concurrency_max`` run
+at once (more are refused with ``sandbox_busy``), and each confined child may map
+``memory_base_bytes + memory_per_model_byte * size`` bytes beyond what it inherits (the
+helper's interpreter and the read-only mapping of the file). So a node never spends more than
+``concurrency_max * (memory_base_bytes + memory_per_model_byte * largest upload)`` of address
+space on inspections.
 """
 
 from __future__ import annotations
@@ -27,18 +34,24 @@ from pathlib import Path
 from typing import IO, Any
 
 from model_registry.inspection import InspectionPolicy, Report, inspect_model
-from sandbox.errors import DeadlineExceeded, SandboxUnavailable, error_for_code
+from sandbox.errors import DeadlineExceeded, SandboxBusy, SandboxUnavailable, error_for_code
 
-GiB = 1 << 30
+MiB = 1 << 20
 # Extra wall time a helper gets on top of the confined child's own deadline.
 _HELPER_GRACE_S = 20.0
 _RESULT_BYTES_MAX = 4 * 1024 * 1024
 _IDLE_HELPERS_MAX = 2
 
 
-def memory_budget(size: int, *, base_bytes: int = GiB, per_model_byte: int = 4) -> int:
-    """Address space for inspecting a model of ``size`` bytes: the mapped file, the parsed
-    message, the checker's own parse, and the interpreter that inherited the mapping."""
+# How long a refused upload is told to wait before it tries again.
+BUSY_RETRY_AFTER_S = 5.0
+
+
+def memory_budget(size: int, *, base_bytes: int = 512 * MiB, per_model_byte: int = 3) -> int:
+    """Address space the confined child may add to inspect a model of ``size`` bytes: the
+    parsed message (about the size of the file), the checker's and shape inference's copies of
+    what is left once bulk weights are set aside, and the interpreter's own working memory.
+    The file's mapping itself is inherited and does not count."""
     return base_bytes + per_model_byte * size
 
 
@@ -124,6 +137,57 @@ class _Helpers:
 _helpers = _Helpers()
 
 
+class Inspector:
+    """Inspects uploaded files in confined children, at most ``concurrency_max`` at a time."""
+
+    def __init__(
+        self,
+        policy: InspectionPolicy | None = None,
+        *,
+        wall_s_max: float = 120.0,
+        concurrency_max: int = 2,
+        memory_base_bytes: int = 512 * MiB,
+        memory_per_model_byte: int = 3,
+    ) -> None:
+        if concurrency_max < 1:
+            raise ValueError("concurrency_max must be at least 1")
+        self.policy = policy or InspectionPolicy()
+        self.wall_s_max = wall_s_max
+        self.concurrency_max = concurrency_max
+        self.memory_base_bytes = memory_base_bytes
+        self.memory_per_model_byte = memory_per_model_byte
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @property
+    def saturated(self) -> bool:
+        """Whether every inspection slot is taken (a new upload would be refused)."""
+        with self._lock:
+            return self._running >= self.concurrency_max
+
+    def __call__(self, path: Path) -> Report:
+        """Inspect ``path``; ``SandboxBusy`` when ``concurrency_max`` inspections are running."""
+        with self._lock:
+            if self._running >= self.concurrency_max:
+                raise SandboxBusy(
+                    "Too many models are being inspected; retry later.",
+                    retry_after_s=BUSY_RETRY_AFTER_S,
+                )
+            self._running += 1
+        try:
+            budget = memory_budget(
+                Path(path).stat().st_size,
+                base_bytes=self.memory_base_bytes,
+                per_model_byte=self.memory_per_model_byte,
+            )
+            return inspect_file(
+                path, self.policy, wall_s_max=self.wall_s_max, memory_bytes_max=budget
+            )
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
 def inspect_file(
     path: str | os.PathLike[str],
     policy: InspectionPolicy | None = None,
@@ -132,7 +196,10 @@ def inspect_file(
     memory_bytes_max: int | None = None,
 ) -> Report:
     """Inspect the model in ``path`` in a confined process; raise a ``SandboxError`` when the
-    inspection itself failed (deadline, memory, crash) rather than judged the model."""
+    inspection itself failed (deadline, memory, crash) rather than judged the model.
+
+    ``memory_bytes_max`` is the address space the confined child may add to what it inherits
+    (default: :func:`memory_budget` of the file's size)."""
     policy = policy or InspectionPolicy()
     path = Path(path).resolve()
     request = {
@@ -173,7 +240,7 @@ def _inspect_one(request: dict[str, Any]) -> dict[str, Any]:
 
     policy = InspectionPolicy.from_dict(request["policy"])
     limits = Limits(
-        memory_bytes_max=int(request["memory_bytes_max"]),
+        memory_added_bytes_max=int(request["memory_bytes_max"]),
         wall_s_max=float(request["wall_s_max"]),
         cpu_s_max=max(1, int(request["wall_s_max"])),
         result_bytes_max=_RESULT_BYTES_MAX,

@@ -12,8 +12,9 @@ that passes the walk reaches the full checker (with shape inference).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +24,22 @@ import onnx.checker
 import onnx.helper
 import onnx.shape_inference
 from google.protobuf.message import DecodeError
-from onnx import AttributeProto, GraphProto, SparseTensorProto, TensorProto
+from onnx import SparseTensorProto, TensorProto
+
+from sandbox.onnxwalk import (
+    DomainRefusal,
+    DomainRule,
+    NodeVisit,
+    SparseVisit,
+    TensorVisit,
+    is_external,
+    walk,
+)
+
+# Names of a model's inputs and outputs travel to callers as JSON keys, npz member names and
+# headers: only a plain charset, so none can be a path ("../../x", "/etc/cron.d/x").
+TENSOR_NAME_CHARS_MAX = 128
+TENSOR_NAME = re.compile(rf"[A-Za-z0-9_.:\-]{{1,{TENSOR_NAME_CHARS_MAX}}}")
 
 ERROR = "error"
 WARNING = "warning"
@@ -146,6 +162,132 @@ def _element_bits(elem_type: int) -> int | None:
         return None
 
 
+# Which typed field holds a tensor's values when it has no raw_data, and how many entries one
+# element takes there (ONNX's TensorProto: complex numbers take two, 4-bit types pack two
+# elements into one int32 entry).
+_TYPED_FIELDS = (
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+)
+_TYPED_FIELD: dict[int, tuple[str, float]] = {
+    TensorProto.FLOAT: ("float_data", 1),
+    TensorProto.COMPLEX64: ("float_data", 2),
+    TensorProto.DOUBLE: ("double_data", 1),
+    TensorProto.COMPLEX128: ("double_data", 2),
+    TensorProto.INT64: ("int64_data", 1),
+    TensorProto.UINT32: ("uint64_data", 1),
+    TensorProto.UINT64: ("uint64_data", 1),
+    TensorProto.STRING: ("string_data", 1),
+    **{
+        getattr(TensorProto, name): ("int32_data", 1)
+        for name in (
+            "INT32", "INT16", "INT8", "UINT16", "UINT8", "BOOL", "FLOAT16", "BFLOAT16",
+            "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0",
+        )
+        if hasattr(TensorProto, name)
+    },
+    **{
+        getattr(TensorProto, name): ("int32_data", 0.5)
+        for name in ("INT4", "UINT4", "FLOAT4E2M1")
+        if hasattr(TensorProto, name)
+    },
+}  # fmt: skip
+
+
+def typed_data_mismatch(tensor: TensorProto) -> str | None:
+    """Why the tensor's typed data fields do not hold exactly what its dims declare, or None.
+
+    Only for tensors without raw_data: an initializer that declares 400M floats and carries no
+    values must be refused, not counted (and shown in the catalog) as 1.6 GB of weights.
+    """
+    expected_field, per_element = _TYPED_FIELD.get(tensor.data_type, ("", 0))
+    if not expected_field:
+        return "its data type has no typed data field"
+    for name in _TYPED_FIELDS:
+        if name != expected_field and len(getattr(tensor, name)):
+            return f"it holds {name} for a tensor of another type"
+    expected = math.ceil(math.prod(tensor.dims) * per_element)
+    held = len(getattr(tensor, expected_field))
+    if held != expected:
+        return f"it declares {expected} values in {expected_field} but holds {held}"
+    return None
+
+
+# Field numbers of the wire format (onnx.proto): ModelProto.graph, GraphProto.initializer,
+# TensorProto.raw_data.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+
+
+class _WireError(ValueError):
+    """The bytes do not have the simple shape the length scan relies on."""
+
+
+def _varint(data: memoryview, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise _WireError("truncated varint")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _fields(data: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field in data[start:end]."""
+    at = start
+    while at < end:
+        key, at = _varint(data, at)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, at = _varint(data, at)
+        elif wire_type == 1:
+            at += 8
+        elif wire_type == 5:
+            at += 4
+        elif wire_type == 2:
+            length, at = _varint(data, at)
+            yield number, at, at + length
+            at += length
+        else:
+            raise _WireError("groups are not expected")
+        if at > end:
+            raise _WireError("field runs past its message")
+
+
+def initializer_raw_lengths(data: bytes | memoryview) -> list[int | None] | None:
+    """The raw_data length of each main-graph initializer, read from the wire format.
+
+    Reading ``tensor.raw_data`` from Python copies it: a gigabyte of weights would cost a
+    gigabyte of fresh memory and seconds of copying, only to learn its length. The lengths are
+    in the serialized bytes already. None of an entry: the tensor has no raw_data. Returns None
+    when the model is laid out in any unusual way protobuf would still accept (the graph or a
+    raw_data field twice, which parsers merge): callers then read the parsed message instead.
+    """
+    view = memoryview(data)
+    try:
+        graphs = [(a, b) for number, a, b in _fields(view, 0, len(view)) if number == _MODEL_GRAPH]
+        if len(graphs) != 1:
+            return None
+        lengths: list[int | None] = []
+        for number, a, b in _fields(view, *graphs[0]):
+            if number != _GRAPH_INITIALIZER:
+                continue
+            raws = [end - start for n, start, end in _fields(view, a, b) if n == _TENSOR_RAW_DATA]
+            if len(raws) > 1:
+                return None
+            lengths.append(raws[0] if raws else None)
+        return lengths
+    except _WireError:
+        return None
+
+
 def declared_bytes(tensor: TensorProto) -> int | None:
     """Bytes the tensor's dims and type declare (strings: the bytes present); None if invalid."""
     if any(d < 0 for d in tensor.dims):
@@ -159,10 +301,6 @@ def declared_bytes(tensor: TensorProto) -> int | None:
     return (count * bits + 7) // 8
 
 
-def _is_external(tensor: TensorProto) -> bool:
-    return tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0
-
-
 # --- the walk ------------------------------------------------------------------------------
 
 
@@ -174,48 +312,69 @@ class _Tally:
     params: int = 0
     depth_max: int = 0
     op_types: Counter[str] = field(default_factory=Counter)
-    domains: set[str] = field(default_factory=set)
 
 
-def _node_label(node: onnx.NodeProto, index: int) -> str:
-    return node.name or f"{node.op_type}#{index}"
+class _Checker:
+    """Checks each item of :func:`sandbox.onnxwalk.walk` against the policy and tallies it."""
 
-
-def _attr_tensors(attr: AttributeProto) -> Iterator[tuple[str, TensorProto | SparseTensorProto]]:
-    if attr.HasField("t"):
-        yield attr.name, attr.t
-    for t in attr.tensors:
-        yield attr.name, t
-    if attr.HasField("sparse_tensor"):
-        yield attr.name, attr.sparse_tensor
-    for st in attr.sparse_tensors:
-        yield attr.name, st
-
-
-def _attr_graphs(attr: AttributeProto) -> Iterator[GraphProto]:
-    if attr.HasField("g"):
-        yield attr.g
-    yield from attr.graphs
-
-
-class _Walker:
-    def __init__(self, policy: InspectionPolicy, report: Report, local_functions: set[str]):
+    def __init__(
+        self,
+        policy: InspectionPolicy,
+        report: Report,
+        rule: DomainRule,
+        raw_lengths: Sequence[tuple[TensorProto, int]] = (),
+    ):
         self.policy = policy
         self.report = report
+        self.rule = rule
+        # raw_data lengths known without reading the data, by id() of the tensor message.
+        # Protobuf hands out the same wrapper for a message while it is alive, and holding the
+        # pairs keeps them alive: an id is never a freed and reused one.
+        self._known = list(raw_lengths)
+        self.raw_lengths = {id(tensor): length for tensor, length in self._known}
         self.tally = _Tally()
-        self.local_functions = local_functions
         self.stopped = False
 
     def _stop(self, code: str, message: str, node: str | None = None) -> None:
         self.report.error(code, message, node)
         self.stopped = True
 
+    def run(self, model: onnx.ModelProto) -> None:
+        for item in walk(model, depth_max=self.policy.subgraph_depth_max):
+            if isinstance(item, NodeVisit):
+                self.node(item)
+            elif isinstance(item, TensorVisit):
+                self.tensor(item.tensor, item.where, initializer=item.initializer)
+            elif isinstance(item, SparseVisit):
+                self.sparse(item.sparse, item.where)
+            else:
+                self._stop(
+                    "nesting_too_deep",
+                    f"Subgraphs nest deeper than {self.policy.subgraph_depth_max} levels.",
+                )
+            if self.stopped:
+                return
+
+    def node(self, item: NodeVisit) -> None:
+        node = item.node
+        self.tally.depth_max = max(self.tally.depth_max, item.depth)
+        self.tally.nodes += 1
+        if self.tally.nodes > self.policy.node_count_max:
+            self._stop("too_many_nodes", f"More than {self.policy.node_count_max} nodes.")
+            return
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+        self.tally.op_types[op] += 1
+        try:
+            self.rule.check_node(node, item.where)
+        except DomainRefusal as refusal:
+            self._stop(refusal.code, refusal.message, refusal.where)
+
     def tensor(self, tensor: TensorProto, where: str, *, initializer: bool) -> None:
         self.tally.tensors += 1
         if self.tally.tensors > self.policy.tensor_count_max:
             self._stop("too_many_tensors", f"More than {self.policy.tensor_count_max} tensors.")
             return
-        if _is_external(tensor):
+        if is_external(tensor):
             self._stop(
                 "external_data",
                 f"Tensor {tensor.name!r} refers to external data; upload self-contained models.",
@@ -237,17 +396,24 @@ class _Walker:
             )
             return
         has_raw = tensor.data_type != _STRING and tensor.HasField("raw_data")
-        if has_raw and len(tensor.raw_data) != size:
+        held = self.raw_lengths.get(id(tensor)) if has_raw else 0
+        if held is None:
+            held = len(tensor.raw_data)
+        if has_raw and held != size:
             self._stop(
                 "tensor_size_mismatch",
-                f"Tensor {tensor.name!r} declares {size} bytes but holds {len(tensor.raw_data)}.",
+                f"Tensor {tensor.name!r} declares {size} bytes but holds {held}.",
                 where,
             )
+            return
+        mismatch = None if has_raw else typed_data_mismatch(tensor)
+        if mismatch is not None:
+            self._stop("tensor_size_mismatch", f"Tensor {tensor.name!r}: {mismatch}.", where)
 
     def sparse(self, sparse: SparseTensorProto, where: str) -> None:
         values, indices = sparse.values, sparse.indices
         for part in (values, indices):
-            if _is_external(part):
+            if is_external(part):
                 self._stop(
                     "external_data",
                     f"Sparse tensor {values.name!r} refers to external data.",
@@ -274,72 +440,6 @@ class _Walker:
         self.tensor(values, where, initializer=True)
         if not self.stopped:
             self.tensor(indices, where, initializer=False)
-
-    def domain(self, domain: str, op_type: str, where: str) -> None:
-        if domain in self.policy.allowed_domains:
-            return
-        if f"{domain}:{op_type}" in self.local_functions:
-            return
-        self._stop(
-            "domain_not_allowed",
-            f"Operator domain {domain!r} is not allowed (allowed: "
-            f"{', '.join(repr(d) for d in self.policy.allowed_domains)}).",
-            where,
-        )
-
-    def nodes(self, nodes: Any, depth: int, prefix: str = "") -> None:
-        if depth > self.policy.subgraph_depth_max:
-            self._stop(
-                "nesting_too_deep",
-                f"Subgraphs nest deeper than {self.policy.subgraph_depth_max} levels.",
-            )
-            return
-        self.tally.depth_max = max(self.tally.depth_max, depth)
-        for index, node in enumerate(nodes):
-            if self.stopped:
-                return
-            self.tally.nodes += 1
-            if self.tally.nodes > self.policy.node_count_max:
-                self._stop("too_many_nodes", f"More than {self.policy.node_count_max} nodes.")
-                return
-            label = prefix + _node_label(node, index)
-            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
-            self.tally.op_types[op] += 1
-            self.domain(node.domain, node.op_type, label)
-            self.attributes(node.attribute, depth, label)
-
-    def attributes(self, attributes: Any, depth: int, label: str) -> None:
-        for attr in attributes:
-            if self.stopped:
-                return
-            for _name, tensor in _attr_tensors(attr):
-                if isinstance(tensor, SparseTensorProto):
-                    self.sparse(tensor, label)
-                else:
-                    self.tensor(tensor, label, initializer=False)
-                if self.stopped:
-                    return
-            for sub in _attr_graphs(attr):
-                self.graph(sub, depth + 1, label + "/")
-                if self.stopped:
-                    return
-
-    def graph(self, graph: GraphProto, depth: int, prefix: str = "") -> None:
-        if depth > self.policy.subgraph_depth_max:
-            self._stop(
-                "nesting_too_deep",
-                f"Subgraphs nest deeper than {self.policy.subgraph_depth_max} levels.",
-            )
-            return
-        for init in graph.initializer:
-            self.tensor(init, prefix + (init.name or "initializer"), initializer=True)
-            if self.stopped:
-                return
-        for sparse in graph.sparse_initializer:
-            self.sparse(sparse, prefix + (sparse.values.name or "sparse_initializer"))
-            if self.stopped:
-                return
-        self.nodes(graph.node, depth, prefix)
 
 
 # --- signature -----------------------------------------------------------------------------
@@ -393,8 +493,6 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
             f"IR version {model.ir_version} is outside "
             f"{policy.ir_version_min}..{policy.ir_version_max}.",
         )
-    local_functions = {f"{f.domain}:{f.name}" for f in model.functions}
-    local_domains = {f.domain for f in model.functions}
     for opset in model.opset_import:
         domain = opset.domain
         report.opsets[domain or "ai.onnx"] = int(opset.version)
@@ -404,30 +502,20 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
                     "opset_unsupported",
                     f"Opset {opset.version} is outside {policy.opset_min}..{policy.opset_max}.",
                 )
-        elif domain == "ai.onnx.ml" and domain in policy.allowed_domains:
-            if not 1 <= opset.version <= policy.ml_opset_max:
-                report.error(
-                    "opset_unsupported",
-                    f"ai.onnx.ml opset {opset.version} is outside 1..{policy.ml_opset_max}.",
-                )
-        elif domain not in policy.allowed_domains and domain not in local_domains:
-            report.error("domain_not_allowed", f"Operator domain {domain!r} is not allowed.")
+        elif domain == "ai.onnx.ml" and not 1 <= opset.version <= policy.ml_opset_max:
+            report.error(
+                "opset_unsupported",
+                f"ai.onnx.ml opset {opset.version} is outside 1..{policy.ml_opset_max}.",
+            )
+    try:
+        rule = DomainRule.for_model(model, policy.allowed_domains)
+    except DomainRefusal as refusal:
+        report.error(refusal.code, refusal.message, refusal.where)
     if not report.ok:
         return report
 
-    walker = _Walker(policy, report, local_functions)
-    walker.graph(model.graph, 0)
-    for function in model.functions:
-        if walker.stopped:
-            break
-        # Default attribute values of a function can carry tensors and graphs too.
-        walker.attributes(function.attribute_proto, 1, f"function {function.name}")
-        walker.nodes(function.node, 1, f"function {function.name}/")
-    for index, training in enumerate(model.training_info):
-        # Training graphs are not run for inference, but their tensors are still references.
-        for part in (training.initialization, training.algorithm):
-            if not walker.stopped:
-                walker.graph(part, 1, f"training_info#{index}/")
+    checker = _Checker(policy, report, rule, _known_raw_lengths(model, data))
+    checker.run(model)
     if not report.ok:
         return report
 
@@ -435,7 +523,17 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     initializer_names |= {s.values.name for s in model.graph.sparse_initializer}
     report.inputs = [_value_info(v) for v in model.graph.input if v.name not in initializer_names]
     report.outputs = [_value_info(v) for v in model.graph.output]
-    tally = walker.tally
+    for value in (*report.inputs, *report.outputs):
+        if not TENSOR_NAME.fullmatch(value["name"]):
+            report.error(
+                "tensor_name_invalid",
+                f"Input and output names must be 1 to {TENSOR_NAME_CHARS_MAX} letters, digits, "
+                f"'_', '.', ':' or '-'; {value['name'][:64]!r} is not (rename it and upload "
+                "again).",
+            )
+    if not report.ok:
+        return report
+    tally = checker.tally
     report.stats = {
         "node_count": tally.nodes,
         "initializer_bytes": tally.initializer_bytes,
@@ -455,6 +553,21 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     if not report.inputs:
         report.warn("no_inputs", "The graph declares no inputs.")
     return report
+
+
+def _known_raw_lengths(
+    model: onnx.ModelProto, data: bytes | memoryview
+) -> list[tuple[TensorProto, int]]:
+    """raw_data lengths of the main graph's initializers (where the bulk lives)."""
+    lengths = initializer_raw_lengths(data)
+    initializers = model.graph.initializer
+    if lengths is None or len(lengths) != len(initializers):
+        return []
+    return [
+        (tensor, length)
+        for tensor, length in zip(initializers, lengths, strict=True)
+        if length is not None and tensor.HasField("raw_data")
+    ]
 
 
 # Initializers at least this large reach the checker as typed graph inputs instead of data.

@@ -55,12 +55,15 @@ GiB = 1 << 30
 class Limits:
     """Resource ceilings for one confined process.
 
-    `memory_bytes_max` bounds the whole address space of the child (RLIMIT_AS), including what it
-    inherited from its parent at fork. `cpu_s_max` is a CPU-time backstop (RLIMIT_CPU); the
-    wall-clock deadline `wall_s_max` is enforced by the parent with SIGKILL.
+    `memory_added_bytes_max` bounds the address space the process may map beyond what it holds
+    when it is confined (RLIMIT_AS is set to the sum). A forked child inherits its parent's whole
+    address space, which depends on the parent's history (threads, libraries, sessions); an
+    absolute limit would leave a child of a large parent no room at all, so the limit is
+    measured from what the child actually inherited. `cpu_s_max` is a CPU-time backstop
+    (RLIMIT_CPU); the wall-clock deadline `wall_s_max` is enforced by the parent with SIGKILL.
     """
 
-    memory_bytes_max: int = 2 * GiB
+    memory_added_bytes_max: int = 2 * GiB
     cpu_s_max: int = 60
     wall_s_max: float = 30.0
     open_files_max: int = 64
@@ -68,8 +71,8 @@ class Limits:
     drop_privileges: bool = True
 
     def __post_init__(self) -> None:
-        if self.memory_bytes_max < 64 * MiB:
-            raise ValueError("memory_bytes_max must be at least 64 MiB")
+        if self.memory_added_bytes_max < 64 * MiB:
+            raise ValueError("memory_added_bytes_max must be at least 64 MiB")
         if self.cpu_s_max < 1:
             raise ValueError("cpu_s_max must be at least 1 s")
         if self.wall_s_max <= 0:
@@ -282,7 +285,8 @@ def _apply_seccomp() -> bool:
 
 def _set_rlimits(limits: Limits) -> bool:
     try:
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes_max, limits.memory_bytes_max))
+        address_space = address_space_bytes() + limits.memory_added_bytes_max
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
         # The hard CPU limit is one second above the soft one: SIGXCPU first, then SIGKILL.
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s_max, limits.cpu_s_max + 1))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files_max, limits.open_files_max))
@@ -411,15 +415,8 @@ def address_space_bytes() -> int:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-PROBE_HEADROOM_BYTES = 512 * 1024 * 1024
-
-
 def probe(limits: Limits | None = None) -> Protections:
     """Confine a throw-away child and report which protections took effect on this host."""
-    if limits is None:
-        # RLIMIT_AS counts what the child inherits at fork: below the parent's size it could
-        # not even start a thread, and the probe would report a crash instead of protections.
-        limits = Limits(memory_bytes_max=address_space_bytes() + PROBE_HEADROOM_BYTES)
     record = run_confined(lambda _: current_protections().as_dict(), b"", limits=limits)
     return Protections(**record)
 
@@ -447,7 +444,12 @@ def _child_main(
             message = {"ok": False, "code": ModelInvalid.code, "detail": None, "log": repr(exc)}
         except Exception as exc:
             # Any other failure of the trusted target on untrusted bytes means the bytes are bad.
-            log = "".join(traceback.format_exception_only(exc))[-4000:]
+            try:
+                log: str | None = "".join(traceback.format_exception_only(exc))[-4000:]
+            except MemoryError:
+                # Out of address space while describing the failure: still the model's fault,
+                # not a crash of the child.
+                log = None
             message = {"ok": False, "code": ModelInvalid.code, "detail": None, "log": log}
         try:
             data = json.dumps(message).encode()
@@ -511,6 +513,9 @@ def run_confined(
     target: Callable[[bytes], JsonValue], payload: bytes, *, limits: Limits | None = None
 ) -> JsonValue:
     """Run trusted `target(payload)` in a forked, confined child; return its JSON result.
+
+    The child's memory limit counts from the address space it inherits at fork (see `Limits`),
+    so the caller's own size never eats the child's budget.
 
     The payload reaches the child through fork's copy-on-write memory, not a pipe. `target`
     signals a domain failure by raising a `SandboxError`; any other exception becomes

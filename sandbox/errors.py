@@ -42,9 +42,28 @@ class ResourceExhausted(SandboxError):
     default_detail = "The evaluation exceeded the sandbox's memory or size limits."
 
 
+class OutputTooLarge(ResourceExhausted):
+    """The outputs exceed the smaller limit a caller asked for (the model itself stayed within)."""
+
+    code = "output_too_large"
+    default_detail = "The outputs exceed the size limit of this call."
+
+
 class DeadlineExceeded(SandboxError):
     code = "deadline_exceeded"
     default_detail = "The evaluation did not finish before its deadline."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        log_detail: str | None = None,
+        ran_to_deadline: bool = False,
+    ) -> None:
+        super().__init__(detail, log_detail=log_detail)
+        # True when the model itself ran until the deadline (not a slow load or queue): the
+        # call used its full share of compute.
+        self.ran_to_deadline = ran_to_deadline
 
 
 class WorkerCrashed(SandboxError):
@@ -71,6 +90,13 @@ class ModelQuarantined(_RetryLater):
     default_detail = "The model failed repeatedly and is quarantined for a while."
 
 
+class CallerThrottled(_RetryLater):
+    code = "caller_throttled"
+    default_detail = (
+        "Your recent calls of this model ran out of time or crashed its worker; retry later."
+    )
+
+
 class SandboxUnavailable(SandboxError):
     code = "sandbox_unavailable"
     default_detail = "The sandbox is not available."
@@ -83,14 +109,16 @@ class SandboxBusy(_RetryLater):
 
 # resource_exhausted is 422: the model or its inputs ask for more than the limits allow, which is
 # a property of the request, not a server fault. Quarantine and saturation are temporary, so 503
-# (with Retry-After from `retry_after_s`).
+# (with Retry-After from `retry_after_s`); a throttled caller is told to slow down (429).
 HTTP_STATUS: dict[str, int] = {
     "model_invalid": 422,
     "input_invalid": 422,
     "resource_exhausted": 422,
+    "output_too_large": 422,
     "deadline_exceeded": 504,
     "worker_crashed": 502,
     "model_quarantined": 503,
+    "caller_throttled": 429,
     "sandbox_unavailable": 503,
     "sandbox_busy": 503,
 }
@@ -104,6 +132,7 @@ _BY_CODE: dict[str, type[SandboxError]] = {
         DeadlineExceeded,
         WorkerCrashed,
         ModelQuarantined,
+        CallerThrottled,
         SandboxUnavailable,
         SandboxBusy,
     )

@@ -8,9 +8,17 @@ asks it to fork one worker per model in use (more for a busy model, up to
 Time limits: `queue_timeout_s` for admission, `load_timeout_s` for a cold start, the per-call
 deadline (`deadline_s`, default `eval_timeout_s`) for the run. At the deadline the worker is
 asked to terminate (RunOptions.terminate, checked between nodes); if it has not answered after
-`kill_grace_s` it is SIGKILLed and replaced lazily. A model whose calls cost their worker its
-life (a crash, or a kill at the deadline) `quarantine_failures` times within
-`quarantine_window_s` is refused for `quarantine_s`; failures a worker survives do not count.
+`kill_grace_s` it is SIGKILLed and replaced lazily.
+
+Who pays for a bad call: every call names its `version` (the catalog entry it runs) and its
+`caller`. A call that runs to its deadline, or whose worker crashes, throttles that caller on
+that version for `throttle_s` (`caller_throttled`): one buyer's hostile inputs slow down only
+that buyer. A version is quarantined for everyone (`model_quarantined`, for `quarantine_s`)
+only when calls from `quarantine_callers` distinct callers crashed its worker within
+`quarantine_window_s`: then the model itself is at fault, not one caller's inputs. Quarantine
+is never keyed by content, so a rival who uploads the same bytes cannot get someone else's
+version quarantined. Failures a worker survives (bad input, refused allocation) count for
+neither.
 
 A worker is confined (see `sandbox.confine`) before it reads the model bytes; it must report
 every protection in `required_protections` or the pool refuses to use it.
@@ -21,7 +29,7 @@ outputs are numeric or boolean tensors of rank <= 8 (see `sandbox.protocol`); a 
 string, sequence or map inputs or outputs is `model_invalid` here.
 
 `model_key` must identify the model's bytes (the marketplace uses their sha256): warm workers,
-cached signatures and quarantine are all keyed by it.
+cached signatures and load refusals are keyed by it, so identical bytes share warm workers.
 """
 
 from __future__ import annotations
@@ -48,10 +56,12 @@ import numpy as np
 from sandbox import protocol as p
 from sandbox.confine import GiB, MiB, Protections, status_error
 from sandbox.errors import (
+    CallerThrottled,
     DeadlineExceeded,
     InputInvalid,
     ModelInvalid,
     ModelQuarantined,
+    OutputTooLarge,
     ResourceExhausted,
     SandboxBusy,
     SandboxError,
@@ -79,6 +89,7 @@ class PoolConfig:
     queue_max: int = 32
     queue_timeout_s: float = 10.0
     memory_budget_bytes: int = 8 * GiB
+    # Address space a worker may map beyond what it inherits from the zygote (RLIMIT_AS).
     worker_memory_bytes_max: int = 2 * GiB
     worker_cpu_s_max: int = 3600
     eval_timeout_s: float = 10.0
@@ -92,9 +103,12 @@ class PoolConfig:
     nodes_max: int = 100_000
     constant_folding_bytes_max: int = 16 * MiB
     allowed_domains: tuple[str, ...] = p.DEFAULT_DOMAINS
-    quarantine_failures: int = 3
+    # Distinct callers whose calls crashed a version's worker before it is quarantined.
+    quarantine_callers: int = 3
     quarantine_window_s: float = 300.0
     quarantine_s: float = 600.0
+    # How long a caller whose call hit the deadline or crashed its worker waits (0: never).
+    throttle_s: float = 30.0
     # A worker missing any of these refuses to serve (sandbox_unavailable); the others
     # degrade and are reported by health(). Names are fields of sandbox.confine.Protections.
     required_protections: tuple[str, ...] = (
@@ -119,6 +133,8 @@ class PoolConfig:
             raise ValueError("timeouts must be positive")
         if min(self.input_bytes_max, self.output_bytes_max, self.input_elements_max) < 1:
             raise ValueError("size caps must be positive")
+        if self.quarantine_callers < 1 or self.throttle_s < 0:
+            raise ValueError("need quarantine_callers >= 1 and throttle_s >= 0")
         unknown = set(self.required_protections) - _PROTECTION_NAMES
         if unknown:
             raise ValueError(f"unknown protections: {sorted(unknown)}")
@@ -381,8 +397,10 @@ class SandboxPool:
         self._waiting = 0
         self._closed = False
         self._signatures: collections.OrderedDict[str, p.Signature] = collections.OrderedDict()
-        self._failures: dict[str, collections.deque[float]] = {}
+        # Per version: when each caller last crashed its worker.
+        self._crashes: dict[str, dict[str, float]] = {}
         self._quarantined_until: dict[str, float] = {}
+        self._throttled_until: dict[tuple[str, str], float] = {}
         # Models whose bytes a worker refused to load: refused again without a new worker.
         self._load_refusals: dict[str, tuple[float, str]] = {}
         self._protections: dict[str, Any] | None = None
@@ -397,17 +415,25 @@ class SandboxPool:
         load_bytes: Callable[[], bytes],
         inputs: Mapping[str, np.ndarray],
         *,
+        version: str | None = None,
+        caller: str = "",
         deadline_s: float | None = None,
+        output_bytes_max: int | None = None,
     ) -> EvalResult:
-        """Run the model `model_key` on `inputs` in a confined worker.
+        """Run the model `model_key` (its bytes) on `inputs` in a confined worker.
 
-        `load_bytes` is called only when no warm worker holds the model. Raises a
-        `SandboxError` subclass on every failure.
+        `version` names what the caller asked to run (quarantine is per version; default: the
+        model key) and `caller` who asks (throttling is per caller and version; callers that
+        give none share one). `load_bytes` is called only when no warm worker holds the model.
+        `output_bytes_max` lowers the output cap for this call (`OutputTooLarge`, checked
+        before any output is copied out of the worker's slot). Raises a `SandboxError`
+        subclass on every failure.
         """
         deadline_s = self.config.eval_timeout_s if deadline_s is None else deadline_s
         if deadline_s <= 0:
             raise ValueError("deadline_s must be positive")
-        self._check_quarantine(model_key)
+        version = model_key if version is None else version
+        self._check_admission(version, caller)
         with self._cond:
             refused = self._load_refusals.get(model_key)
             if refused is not None and refused[0] > time.monotonic():
@@ -422,10 +448,12 @@ class SandboxPool:
             try:
                 if ordered is None or worker.signature is not signature:
                     ordered = self._validate(worker.signature, inputs)
-                outputs, run_ms = self._run(worker, ordered, deadline_s)
-            except SandboxError:
-                if worker.dead:
-                    self._record_failure(model_key)
+                outputs, run_ms = self._run(worker, ordered, deadline_s, output_bytes_max)
+            except SandboxError as exc:
+                if isinstance(exc, DeadlineExceeded):
+                    self._throttle(version, caller)
+                elif worker.dead:
+                    self._record_crash(version, caller)
                 raise
             finally:
                 self._release(worker)
@@ -486,38 +514,56 @@ class SandboxPool:
 
     # -- admission and quarantine
 
-    def _check_quarantine(self, key: str) -> None:
-        with self._cond:
-            until = self._quarantined_until.get(key)
-            if until is None:
-                return
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                del self._quarantined_until[key]
-                self._failures.pop(key, None)
-                return
-        raise ModelQuarantined(retry_after_s=remaining)
-
-    def _record_failure(self, key: str) -> None:
-        """Count a call that cost its worker its life (crash, or killed at the deadline).
-
-        Failures the worker survives (terminate honoured, allocation refused, bad input) do
-        not count: a buyer's bad inputs alone should not get a vendor's model quarantined.
-        """
+    def _check_admission(self, version: str, caller: str) -> None:
+        """Refuse a quarantined version, and a throttled caller of it."""
         now = time.monotonic()
         with self._cond:
-            if key not in self._failures and len(self._failures) >= _FAILING_MODELS_MAX:
-                self._failures.clear()
-            window = self._failures.setdefault(key, collections.deque())
-            window.append(now)
-            while window and now - window[0] > self.config.quarantine_window_s:
-                window.popleft()
-            if len(window) >= self.config.quarantine_failures:
-                self._quarantined_until[key] = now + self.config.quarantine_s
-                for worker in list(self._workers.values()):
-                    if worker.key == key and not worker.busy:
-                        self._workers.pop(worker.wid, None)
-                        worker.close()
+            until = self._quarantined_until.get(version)
+            if until is not None and until <= now:
+                del self._quarantined_until[version]
+                self._crashes.pop(version, None)
+                until = None
+            throttled = self._throttled_until.get((version, caller))
+            if throttled is not None and throttled <= now:
+                del self._throttled_until[(version, caller)]
+                throttled = None
+        if until is not None:
+            raise ModelQuarantined(retry_after_s=until - now)
+        if throttled is not None:
+            raise CallerThrottled(retry_after_s=throttled - now)
+
+    def _throttle(self, version: str, caller: str) -> None:
+        """Make `caller` wait before running `version` again (its call cost a full deadline)."""
+        if self.config.throttle_s <= 0:
+            return
+        now = time.monotonic()
+        with self._cond:
+            if len(self._throttled_until) >= _FAILING_MODELS_MAX:
+                # Bounded memory: forget expired entries, and everything if that is not enough.
+                live = {k: t for k, t in self._throttled_until.items() if t > now}
+                self._throttled_until = live if len(live) < _FAILING_MODELS_MAX else {}
+            self._throttled_until[(version, caller)] = now + self.config.throttle_s
+
+    def _record_crash(self, version: str, caller: str) -> None:
+        """Count a call that cost its worker its life; quarantine after enough distinct callers.
+
+        Failures the worker survives (terminate honoured, allocation refused, bad input) do
+        not count: a buyer's bad inputs alone should not get a vendor's model quarantined. Nor
+        do many crashes from one caller: that caller is throttled instead.
+        """
+        self._throttle(version, caller)
+        now = time.monotonic()
+        with self._cond:
+            if version not in self._crashes and len(self._crashes) >= _FAILING_MODELS_MAX:
+                self._crashes.clear()
+            callers = self._crashes.setdefault(version, {})
+            callers[caller] = now
+            for who in [
+                w for w, at in callers.items() if now - at > self.config.quarantine_window_s
+            ]:
+                del callers[who]
+            if len(callers) >= self.config.quarantine_callers:
+                self._quarantined_until[version] = now + self.config.quarantine_s
 
     def _admit(self) -> None:
         with self._cond:
@@ -631,6 +677,7 @@ class SandboxPool:
         return {
             "slot_input_bytes": p.align(c.input_bytes_max + p.ALIGN_BYTES * p.TENSORS_MAX),
             "slot_output_bytes": p.align(c.output_bytes_max + p.ALIGN_BYTES * p.TENSORS_MAX),
+            "output_bytes_max": c.output_bytes_max,
             "model_bytes": model_bytes,
             "memory_bytes_max": c.worker_memory_bytes_max,
             "cpu_s_max": c.worker_cpu_s_max,
@@ -812,7 +859,11 @@ class SandboxPool:
         return ordered
 
     def _run(
-        self, worker: _Worker, ordered: list[tuple[int, np.ndarray]], deadline_s: float
+        self,
+        worker: _Worker,
+        ordered: list[tuple[int, np.ndarray]],
+        deadline_s: float,
+        output_bytes_max: int | None = None,
     ) -> tuple[dict[str, np.ndarray], float]:
         key = tuple((value.dtype, value.shape) for _, value in ordered)
         plan = worker.input_plans.get(key)
@@ -862,6 +913,9 @@ class SandboxPool:
         # Runs are single-threaded, so run time approximates the CPU the worker has spent
         # against its lifetime RLIMIT_CPU; _release retires it at half of that.
         worker.cpu_s += run_ns / 1e9
+        if output_bytes_max is not None and sum(v.nbytes for _, v in views) > output_bytes_max:
+            # Refused from the headers alone: the outputs are never copied into this process.
+            raise OutputTooLarge(f"The outputs exceed {output_bytes_max} bytes.")
         return {name: view.copy() for name, view in views}, run_ns / 1e6
 
     @staticmethod
@@ -880,15 +934,17 @@ class SandboxPool:
             offset = p.align(offset + value.nbytes)
         return targets, b"".join(headers)
 
-    @staticmethod
-    def _output_plan(worker: _Worker, body: bytes) -> list[tuple[str, np.ndarray]]:
+    def _output_plan(self, worker: _Worker, body: bytes) -> list[tuple[str, np.ndarray]]:
         """Validated slot views for one set of output headers (the worker may be hostile)."""
         views = []
+        total = 0
         for i, spec in enumerate(worker.signature.outputs):
             t = p.unpack_tensor(body, i * p.TENSOR.size, worker.output_region)
-            if t.index != i:
+            total += t.nbytes
+            if t.index != i or total > self.config.output_bytes_max:
+                # An honest worker refuses outputs over the cap itself.
                 worker.kill()
-                raise WorkerCrashed(log_detail="output header out of order")
+                raise WorkerCrashed(log_detail="output headers out of order or over the cap")
             views.append(
                 (spec.name, np.ndarray(t.shape, t.dtype, buffer=worker.buffer, offset=t.offset))
             )
@@ -927,6 +983,6 @@ class SandboxPool:
                     # in step; the worker stays warm.
                     size = count if kind != p.KIND_OK else count * p.TENSOR.size
                     if size == 0 or p.read_exact(worker.response, size):
-                        raise DeadlineExceeded()
+                        raise DeadlineExceeded(ran_to_deadline=True)
         worker.kill()
-        raise DeadlineExceeded()
+        raise DeadlineExceeded(ran_to_deadline=True)

@@ -6,12 +6,22 @@ options); the supervisor in the web process never imports onnxruntime.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+import functools
+from collections.abc import Collection
 
 import onnx
 import onnxruntime as ort
 
-from sandbox.errors import ModelInvalid
+from sandbox.errors import ModelInvalid, ResourceExhausted, SandboxError
+from sandbox.onnxwalk import (
+    DomainRefusal,
+    DomainRule,
+    NodeVisit,
+    TensorVisit,
+    TooDeep,
+    is_external,
+    walk,
+)
 from sandbox.protocol import DEFAULT_DOMAINS
 
 
@@ -38,39 +48,16 @@ def session_options(*, constant_folding_bytes_max: int) -> ort.SessionOptions:
     return options
 
 
-def _graphs(model: onnx.ModelProto) -> Iterator[tuple[onnx.GraphProto | onnx.FunctionProto, int]]:
-    """Every graph and function body in the model with its nesting depth, iteratively."""
-    stack: list[tuple[onnx.GraphProto | onnx.FunctionProto, int]] = [(model.graph, 0)]
-    stack += [(f, 0) for f in model.functions]
-    for info in model.training_info:
-        stack += [(info.initialization, 0), (info.algorithm, 0)]
-    while stack:
-        graph, depth = stack.pop()
-        yield graph, depth
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    stack.append((attr.g, depth + 1))
-                stack.extend((g, depth + 1) for g in attr.graphs)
+@functools.cache
+def registered_domains() -> frozenset[str]:
+    """Every operator domain the installed onnxruntime has kernels or schemas for."""
+    try:
+        from onnxruntime.capi import _pybind_state
 
-
-def _tensors(graph: onnx.GraphProto | onnx.FunctionProto) -> Iterator[onnx.TensorProto]:
-    if isinstance(graph, onnx.GraphProto):
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("sparse_tensor"):
-                yield attr.sparse_tensor.values
-                yield attr.sparse_tensor.indices
-            for sparse in attr.sparse_tensors:
-                yield sparse.values
-                yield sparse.indices
+        return frozenset(schema.domain for schema in _pybind_state.get_all_operator_schema())
+    except (ImportError, AttributeError, RuntimeError):
+        # A build without schemas: the static reserved prefixes still cover its own domains.
+        return frozenset()
 
 
 def check_model(
@@ -82,8 +69,8 @@ def check_model(
 ) -> None:
     """Refuse what must never reach onnxruntime: external data, foreign domains, huge graphs.
 
-    This is a backstop behind the registry's inspection: a model that passed inspection
-    passes here too.
+    This is a backstop behind the registry's inspection, over the same walk
+    (`sandbox.onnxwalk`): a model that passed inspection passes here too.
     """
     try:
         model = onnx.load_from_string(model_bytes)
@@ -91,21 +78,53 @@ def check_model(
         raise ModelInvalid(
             "The model is not a valid ONNX protobuf.", log_detail=repr(exc)
         ) from None
-    local_functions = {(f.domain, f.name) for f in model.functions}
-    allowed = set(allowed_domains)
-    for opset in model.opset_import:
-        if opset.domain not in allowed and not any(d == opset.domain for d, _ in local_functions):
-            raise ModelInvalid(f"The operator domain {opset.domain[:100]!r} is not allowed.")
+    try:
+        rule = DomainRule.for_model(model, allowed_domains, registered_domains())
+    except DomainRefusal as refusal:
+        raise ModelInvalid(refusal.message) from None
     nodes = 0
-    for graph, depth in _graphs(model):
-        if depth > nesting_max:
+    for item in walk(model, depth_max=nesting_max):
+        if isinstance(item, NodeVisit):
+            nodes += 1
+            if nodes > nodes_max:
+                raise ModelInvalid(f"The model has more than {nodes_max} nodes.")
+            try:
+                rule.check_node(item.node, item.where)
+            except DomainRefusal as refusal:
+                raise ModelInvalid(refusal.message) from None
+        elif isinstance(item, TooDeep):
             raise ModelInvalid("The model's subgraphs are nested too deeply.")
-        nodes += len(graph.node)
-        if nodes > nodes_max:
-            raise ModelInvalid(f"The model has more than {nodes_max} nodes.")
-        for node in graph.node:
-            if node.domain not in allowed and (node.domain, node.op_type) not in local_functions:
-                raise ModelInvalid(f"The operator domain {node.domain[:100]!r} is not allowed.")
-        for tensor in _tensors(graph):
-            if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+        else:
+            parts = (
+                (item.tensor,)
+                if isinstance(item, TensorVisit)
+                else (item.sparse.values, item.sparse.indices)
+            )
+            if any(is_external(part) for part in parts):
                 raise ModelInvalid("The model references external tensor data.")
+
+
+def _load_error(exc: BaseException) -> SandboxError:
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "alloc" in text.lower():
+        return ResourceExhausted("Loading the model exceeded the memory limit.", log_detail=text)
+    return ModelInvalid("onnxruntime could not load the model.", log_detail=text)
+
+
+def load_session(
+    model_bytes: bytes,
+    *,
+    allowed_domains: Collection[str] = DEFAULT_DOMAINS,
+    nodes_max: int,
+    constant_folding_bytes_max: int,
+) -> ort.InferenceSession:
+    """Check the model (:func:`check_model`) and build its session, as a worker does.
+
+    Raises `ModelInvalid` or `ResourceExhausted`; onnxruntime's own text only in `log_detail`.
+    """
+    check_model(model_bytes, allowed_domains=allowed_domains, nodes_max=nodes_max)
+    options = session_options(constant_folding_bytes_max=constant_folding_bytes_max)
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise _load_error(exc) from None

@@ -30,7 +30,7 @@ from sandbox.errors import (
     ResourceExhausted,
     SandboxError,
 )
-from sandbox.runtime import check_model, session_options
+from sandbox.runtime import load_session
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class WorkerParams:
 
     slot_input_bytes: int
     slot_output_bytes: int
+    # The exact cap on a call's output bytes; the slot's output region is a little larger,
+    # for the alignment of each tensor.
+    output_bytes_max: int
     model_bytes: int
     memory_bytes_max: int
     cpu_s_max: int
@@ -82,13 +85,6 @@ def _run_error(exc: BaseException) -> SandboxError:
     if type(exc).__name__ == "InvalidArgument":
         return InputInvalid("The model rejected the inputs.", log_detail=text)
     return ModelInvalid("The model failed while evaluating.", log_detail=text)
-
-
-def _load_error(exc: BaseException) -> SandboxError:
-    text = str(exc)
-    if isinstance(exc, MemoryError) or "alloc" in text.lower():
-        return ResourceExhausted("Loading the model exceeded the memory limit.", log_detail=text)
-    return ModelInvalid("onnxruntime could not load the model.", log_detail=text)
 
 
 def _signature(session: Any) -> p.Signature:
@@ -145,7 +141,7 @@ def serve(fds: WorkerFds, params: WorkerParams) -> None:
     """Confine this process, load the model and answer calls until the request pipe closes."""
     protections = apply_confinement(
         Limits(
-            memory_bytes_max=params.memory_bytes_max,
+            memory_added_bytes_max=params.memory_bytes_max,
             cpu_s_max=params.cpu_s_max,
             wall_s_max=float(params.cpu_s_max),
             open_files_max=32,
@@ -165,12 +161,12 @@ def serve(fds: WorkerFds, params: WorkerParams) -> None:
         with mmap.mmap(fds.model, params.model_bytes, prot=mmap.PROT_READ) as source:
             model_bytes = source[:]
         os.close(fds.model)
-        check_model(model_bytes, allowed_domains=params.allowed_domains, nodes_max=params.nodes_max)
-        options = session_options(constant_folding_bytes_max=params.constant_folding_bytes_max)
-        try:
-            session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise _load_error(exc) from None
+        session = load_session(
+            model_bytes,
+            allowed_domains=params.allowed_domains,
+            nodes_max=params.nodes_max,
+            constant_folding_bytes_max=params.constant_folding_bytes_max,
+        )
         del model_bytes
         signature = _signature(session)
     except SandboxError as exc:
@@ -246,6 +242,7 @@ class _Runner:
             params.slot_input_bytes,
             params.slot_input_bytes + params.slot_output_bytes,
         )
+        self.output_bytes_max = params.output_bytes_max
         self.input_names = [s.name for s in signature.inputs]
         self.output_names = [s.name for s in signature.outputs]
         crash_on = params.crash_on_input_name
@@ -295,7 +292,7 @@ class _Runner:
             raise ModelInvalid("The model produced a non-tensor output.") from None
         plan = self.output_plans.get(key)
         if plan is None:
-            plan = _output_plan(outputs, self.buffer, self.output_region)
+            plan = _output_plan(outputs, self.buffer, self.output_region, self.output_bytes_max)
             p.remember(self.output_plans, key, plan)
         targets, reply = plan
         for target, value in zip(targets, outputs, strict=True):
@@ -344,17 +341,19 @@ def _feeds(
 
 
 def _output_plan(
-    outputs: list[Any], buffer: np.ndarray, region: tuple[int, int]
+    outputs: list[Any], buffer: np.ndarray, region: tuple[int, int], bytes_max: int
 ) -> tuple[list[np.ndarray], bytes]:
     targets = []
     descriptors = []
     offset, end = region
+    total = 0
     for index, value in enumerate(outputs):
         if not isinstance(value, np.ndarray) or value.dtype not in p.CODE_BY_DTYPE:
             raise ModelInvalid("The model produced an output of an unsupported type.")
         if value.ndim > p.RANK_MAX:
             raise ModelInvalid("The model produced an output with too many dimensions.")
-        if offset + value.nbytes > end:
+        total += value.nbytes
+        if total > bytes_max or offset + value.nbytes > end:
             raise ResourceExhausted("The model's outputs exceed the output size limit.")
         targets.append(np.ndarray(value.shape, value.dtype, buffer=buffer, offset=offset))
         descriptors.append(p.pack_tensor(index, value.dtype, value.shape, offset))

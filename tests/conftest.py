@@ -67,6 +67,9 @@ class ScratchDatabases:
         engine = make_engine(url)
         if migrated:
             migrate.upgrade(engine)
+            # Close the migration's pooled connection: a run creates many databases, and idle
+            # connections held until the end of the run count against the server's limit.
+            engine.dispose()
         self.created.append((url, engine))
         return url, engine
 
@@ -284,6 +287,7 @@ def live_server(
     for server, application in servers:
         server.shutdown()
         server.server_close()
+        application.extensions["sandbox_pool"].close()
         application.extensions["db"].engine.dispose()
 
 

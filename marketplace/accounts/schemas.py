@@ -12,7 +12,7 @@ from marketplace.accounts.scopes import ALL_SCOPES, split_scope
 
 # A pragmatic address check: one @, no spaces, a dot in the domain. Deliverability is proven by
 # mail, not by a regular expression.
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 PASSWORD_LENGTH_MIN = 12
 _COMMON_PASSWORDS = frozenset(
     {"password1234", "123456789012", "qwertyuiopas", "passwordpassword", "iloveyou1234"}
@@ -33,7 +33,7 @@ class RegisterRequest(Strict):
     @classmethod
     def _email(cls, value: str) -> str:
         value = value.strip().lower()
-        if not _EMAIL.match(value):
+        if not _EMAIL.fullmatch(value):
             raise ValueError("not an e-mail address")
         return value
 

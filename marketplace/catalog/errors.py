@@ -110,6 +110,11 @@ class InspectionUnavailable(ServiceUnavailable):
     title = "Model inspection is unavailable"
 
 
+class InspectionBusy(ServiceUnavailable):
+    code = "inspection_busy"
+    title = "Too many models are being inspected"
+
+
 class StorageUnavailable(ServiceUnavailable):
     code = "storage_unavailable"
     title = "The model store is unavailable"

@@ -11,15 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from marketplace.api import MinorAmount
 
 # Semantic Versioning 2.0.0, the official pattern (no leading zeros, optional pre-release and
-# build metadata).
+# build metadata). Patterns here are used with fullmatch: with re.match, "$" also matches before
+# a trailing newline, so "1.0.0\n" passed. (Pydantic's Field(pattern=...) runs Rust's regex
+# engine, whose "$" is the end of the text.)
 SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
 VERSION_CHARS_MAX = 64
-_TAG = re.compile(r"^[\w][\w\-.+]{0,31}$")
-_TASK = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+_TAG = re.compile(r"[\w][\w\-.+]{0,31}")
+_TASK = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 DESCRIPTION_CHARS_MAX = 64 * 1024
 TAGS_MAX = 20
 
@@ -34,7 +36,7 @@ def _tags(value: list[str]) -> list[str]:
     out: list[str] = []
     for tag in value:
         tag = tag.strip().lower()
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise ValueError(f"tag {tag[:40]!r} must be 1-32 letters, digits, '-', '_', '.', '+'")
         if tag not in out:
             out.append(tag)
@@ -50,7 +52,7 @@ def _name(value: str) -> str:
 
 def _task(value: str) -> str:
     value = value.strip().lower()
-    if not _TASK.match(value):
+    if not _TASK.fullmatch(value):
         raise ValueError("must be lower-case letters, digits, '-' or '_'")
     return value
 

@@ -27,6 +27,7 @@ from marketplace.accounts.models import Organization
 from marketplace.catalog.errors import (
     ContentDigestMismatch,
     DownloadNotAllowed,
+    InspectionBusy,
     InspectionUnavailable,
     InvalidVersion,
     ListingNotFound,
@@ -73,6 +74,7 @@ from model_registry.blobstore import (
     BlobStore,
     sha256_of_content_key,
 )
+from model_registry.confined import BUSY_RETRY_AFTER_S
 from model_registry.errors import BlobStoreError, BlobTooLarge
 from model_registry.upload import (
     DigestMismatch,
@@ -83,7 +85,7 @@ from model_registry.upload import (
     ingest_declared,
     spool_stream,
 )
-from sandbox.errors import SandboxError
+from sandbox.errors import SandboxBusy, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +365,7 @@ def search_listings(
 def parse_version(text: str | None) -> str:
     """A semantic version string, or 422 ``invalid_version``."""
     text = text or ""
-    if not text or len(text) > VERSION_CHARS_MAX or not SEMVER.match(text):
+    if not text or len(text) > VERSION_CHARS_MAX or not SEMVER.fullmatch(text):
         raise InvalidVersion("The version must be semantic versioning, such as 1.0.0.")
     return text
 
@@ -393,10 +395,22 @@ class UploadContext:
     size_max: int
 
 
-def _inspection_problem(exc: SandboxError) -> ModelRejected | InspectionUnavailable:
+def inspection_busy(retry_after_s: float = BUSY_RETRY_AFTER_S) -> InspectionBusy:
+    """503 ``inspection_busy``: the node runs as many inspections as it may."""
+    return InspectionBusy(
+        "Too many models are being inspected on this server; retry later.",
+        headers={"Retry-After": str(max(1, round(retry_after_s))), "Connection": "close"},
+    )
+
+
+def _inspection_problem(
+    exc: SandboxError,
+) -> ModelRejected | InspectionUnavailable | InspectionBusy:
     if exc.log_detail:
         log.warning("inspection %s: %s", exc.code, exc.log_detail)
-    if exc.code in {"sandbox_unavailable", "sandbox_busy"}:
+    if isinstance(exc, SandboxBusy):
+        return inspection_busy(exc.retry_after_s)
+    if exc.code == "sandbox_unavailable":
         return InspectionUnavailable("Model inspection is unavailable; retry later.")
     finding = {
         "code": f"inspection_{exc.code}",
@@ -494,6 +508,10 @@ def _record_version(
     )
     session.add(row)
     try:
+        # Everything that can fail runs before the commit (the response is built from the
+        # flushed row), so an error never leaves a committed row behind a 4xx or 5xx.
+        session.flush()
+        published = version_public(row)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -510,10 +528,12 @@ def _record_version(
     try:
         if not context.store.exists(ingested.key):
             with open(spool.path, "rb") as body:
-                context.store.put_stream(ingested.key, body, size_max=spool.size)
+                context.store.put_stream(
+                    ingested.key, body, size_max=spool.size, sha256=spool.sha256
+                )
     except BlobStoreError as exc:
         log.error("could not re-store blob %s: %s", ingested.key, exc.log_detail)
-    return version_public(row)
+    return published
 
 
 def _delete_if_unreferenced(session: Session, store: BlobStore, key: str, sha256: str) -> None:

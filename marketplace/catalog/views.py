@@ -6,6 +6,7 @@ import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request
 from sqlmodel import Session
@@ -37,7 +38,7 @@ from marketplace.catalog.schemas import (
 from marketplace.db import get_session
 from marketplace.errors import Forbidden, Unauthorized
 from model_registry.blobstore import CHUNK_BYTES, open_blob_store
-from model_registry.confined import inspect_file
+from model_registry.confined import Inspector
 from model_registry.inspection import InspectionPolicy
 
 bp = Blueprint("catalog", __name__, url_prefix=API_PREFIX)
@@ -132,11 +133,20 @@ def update_listing(model_id: int) -> Any:
     return _json(detail)
 
 
+def _listing_changed(listing_id: int) -> None:
+    # Caches elsewhere in this process (the evaluate lookup) forget the listing at once; other
+    # processes and nodes see the change within their caches' stated bound.
+    for listener in current_app.extensions.get("listing_listeners", ()):
+        listener(listing_id)
+
+
 def _set_status(model_id: int, status: str) -> Any:
     session = get_session()
     if not _is_admin(session):
         raise Forbidden("Only administrators may suspend or reinstate models.")
-    return _json(services.set_listing_status(session=session, listing_id=model_id, status=status))
+    detail = services.set_listing_status(session=session, listing_id=model_id, status=status)
+    _listing_changed(model_id)
+    return _json(detail)
 
 
 @bp.post("/models/<int:model_id>/suspend")
@@ -224,6 +234,9 @@ def upload_version(model_id: int) -> Any:
         raise UnsupportedMediaType(f"Send the model as {OCTET_STREAM}.")
     version = services.parse_version(request.args.get("version"))
     services.ensure_version_free(session=session, listing=listing, version=version)
+    if current_app.extensions["model_inspector"].saturated:
+        # Refused before a byte is read: the body could not be inspected now anyway.
+        raise services.inspection_busy()
     if request.content_length is not None and request.content_length > context.size_max:
         # Refused before a byte is read; the connection closes rather than drain the body.
         raise ModelTooLarge(
@@ -243,7 +256,8 @@ def upload_version(model_id: int) -> Any:
         declared_sha256=_declared_sha256(request.headers.get("Content-Digest")),
     )
     response, status = _json(published, 201)
-    response.headers["Location"] = f"{API_PREFIX}/models/{model_id}/versions/{published.version}"
+    version_path = quote(published.version, safe="")
+    response.headers["Location"] = f"{API_PREFIX}/models/{model_id}/versions/{version_path}"
     return response, status
 
 
@@ -288,6 +302,7 @@ def revoke_version(model_id: int, version: str) -> Any:
         organization_id=current.organization_id,
         is_admin=is_admin,
     )
+    _listing_changed(model_id)
     return _json(revoked)
 
 
@@ -406,11 +421,11 @@ def init_app(app: Flask) -> None:
     app.extensions["blob_store"] = open_blob_store(
         settings.storage_url, default_root=Path(app.instance_path) / "blobs"
     )
-    policy = inspection_policy(settings)
-    timeout_s = settings.inspect_timeout_s
-
-    def inspect(path: Path) -> Any:
-        return inspect_file(path, policy, wall_s_max=timeout_s)
-
-    app.extensions["model_inspector"] = inspect
+    app.extensions["model_inspector"] = Inspector(
+        inspection_policy(settings),
+        wall_s_max=settings.inspect_timeout_s,
+        concurrency_max=settings.inspect_concurrency_max,
+        memory_base_bytes=settings.inspect_memory_base_bytes,
+        memory_per_model_byte=settings.inspect_memory_per_model_byte,
+    )
     app.register_blueprint(bp)

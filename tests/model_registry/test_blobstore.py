@@ -73,6 +73,20 @@ def test_multipart_body(blob_store: BlobStore) -> None:
         assert hashlib.sha256(body.read()).hexdigest() == info.sha256
 
 
+def test_a_known_digest_is_not_computed_again_but_the_size_cap_holds(
+    blob_store: BlobStore,
+) -> None:
+    data = os.urandom(200_000)
+    digest = hashlib.sha256(data).hexdigest()
+    info = blob_store.put_stream("known/one", io.BytesIO(data), size_max=len(data), sha256=digest)
+    assert (info.sha256, info.size) == (digest, len(data))
+    with blob_store.open("known/one") as body:
+        assert body.read() == data
+    with pytest.raises(BlobTooLarge):
+        blob_store.put_stream("known/two", io.BytesIO(data), size_max=1000, sha256=digest)
+    assert not blob_store.exists("known/two")
+
+
 def test_delete(blob_store: BlobStore) -> None:
     blob_store.put_stream("a/b", io.BytesIO(b"x"), size_max=10)
     blob_store.delete("a/b")

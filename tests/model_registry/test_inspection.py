@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import onnx
 import pytest
 
 from model_registry.confined import inspect_file
 from model_registry.inspection import InspectionPolicy, Report, inspect_model
 from sandbox.errors import SandboxError
-from tests.model_registry import builders
+from tests import onnx_models as builders
 
 EXTERNAL_PATHS = ["../secret.bin", "sub/../../etc/passwd", "/etc/passwd", "weights.bin"]
 
@@ -49,8 +50,24 @@ def test_ml_domain_is_allowed() -> None:
         (builders.declared_huge_initializer(), "initializers_too_large"),
         (builders.nested_ifs(6), "nesting_too_deep"),
         (builders.checker_invalid(), "checker_failed"),
+        (builders.declared_without_data(), "tensor_size_mismatch"),
+        (builders.identity([1], name="../../x"), "tensor_name_invalid"),
+        (builders.identity([1], output="/etc/cron.d/x"), "tensor_name_invalid"),
+        (builders.identity([1], name="x" * 129), "tensor_name_invalid"),
     ],
-    ids=["empty", "random", "truncated", "custom-domain", "huge-decl", "nesting", "checker"],
+    ids=[
+        "empty",
+        "random",
+        "truncated",
+        "custom-domain",
+        "huge-decl",
+        "nesting",
+        "checker",
+        "declared-without-data",
+        "input-name-path",
+        "output-name-path",
+        "name-too-long",
+    ],
 )
 def test_hostile_bytes_are_rejected(data: bytes, code: str) -> None:
     report = inspect_model(data)
@@ -128,11 +145,18 @@ def test_confined_inspection_of_a_file(tmp_path: Path) -> None:
 
 
 def test_confined_inspection_runs_out_of_memory_as_a_sandbox_error(tmp_path: Path) -> None:
+    # 64 MiB of weights: parsing them alone needs more than the 64 MiB the child may add.
     model = tmp_path / "m.onnx"
-    model.write_bytes(builders.relu_bytes())
-    with pytest.raises(SandboxError) as exc:
-        inspect_file(model, memory_bytes_max=64 * 1024 * 1024)
-    assert exc.value.code in {"resource_exhausted", "worker_crashed"}
+    model.write_bytes(builders.relu_bytes(width=8 * 1024 * 1024))
+    # The child either fails an allocation, or protobuf reports its failed allocation as a
+    # decode error: either way the model is refused, never accepted.
+    try:
+        report = inspect_file(model, memory_bytes_max=64 * 1024 * 1024)
+    except SandboxError as exc:
+        assert exc.code in {"resource_exhausted", "worker_crashed"}
+    else:
+        assert codes(report) == ["not_onnx"]
+    assert inspect_file(model, memory_bytes_max=256 * 1024 * 1024).ok
 
 
 def test_bulk_initializers_reach_the_checker_as_typed_inputs() -> None:
@@ -175,3 +199,43 @@ def test_a_wedged_helper_is_killed_at_the_deadline(tmp_path: Path, monkeypatch) 
     assert exc.value.code == "deadline_exceeded"
     monkeypatch.undo()
     assert inspect_file(model).ok
+
+
+def test_typed_data_must_match_the_declared_shape() -> None:
+    def with_initializer(tensor: onnx.TensorProto) -> bytes:
+        model = builders.relu_model()
+        model.graph.initializer.append(tensor)
+        return model.SerializeToString()
+
+    good = onnx.helper.make_tensor("k", onnx.TensorProto.FLOAT, [2, 2], [1.0, 2.0, 3.0, 4.0])
+    assert inspect_model(with_initializer(good)).ok
+    short = onnx.TensorProto()
+    short.CopyFrom(good)
+    del short.float_data[-1]
+    wrong_field = onnx.helper.make_tensor("k", onnx.TensorProto.INT64, [2], [1, 2])
+    wrong_field.float_data.extend([1.0, 2.0])
+    ints = onnx.helper.make_tensor("k", onnx.TensorProto.INT8, [3], [1, 2, 3])
+    del ints.int32_data[-1]
+    for tensor in (short, wrong_field, ints):
+        assert codes(inspect_model(with_initializer(tensor))) == ["tensor_size_mismatch"]
+    report = inspect_model(with_initializer(good))
+    assert report.stats["initializer_bytes"] == (4 * 2 + 2 + 4) * 4
+
+
+def test_raw_lengths_come_from_the_wire_format_or_not_at_all() -> None:
+    from model_registry.inspection import initializer_raw_lengths
+
+    data = builders.relu_bytes(8)
+    assert initializer_raw_lengths(data) == [8 * 2 * 4, 2 * 4]
+    # A second graph field is merged by parsers: the scan leaves such a file to the parser.
+    graph = onnx.ModelProto.FromString(data).graph.SerializeToString()
+    assert 128 <= len(graph) < 1 << 14
+    length = bytes([len(graph) & 0x7F | 0x80, len(graph) >> 7])
+    twice = data + b"\x3a" + length + graph  # field 7 (graph), length-delimited
+    assert len(onnx.ModelProto.FromString(twice).graph.initializer) == 4  # merged
+    assert initializer_raw_lengths(twice) is None
+    assert initializer_raw_lengths(b"\xff\xff\xff") is None
+    # Either way the inspection's verdict is the parser's.
+    short = builders.relu_model()
+    short.graph.initializer[0].raw_data = short.graph.initializer[0].raw_data[:-4]
+    assert codes(inspect_model(short.SerializeToString())) == ["tensor_size_mismatch"]

@@ -17,7 +17,7 @@ from onnx import TensorProto
 from sandbox.confine import probe
 from sandbox.errors import SandboxBusy, SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool, missing_protections
-from tests.sandbox import models
+from tests import onnx_models as models
 
 DEADLINE_S = 1.0
 GRACE_S = 0.3
@@ -30,7 +30,8 @@ CONFIG = PoolConfig(
     input_bytes_max=16 << 20,
     input_elements_max=4 << 20,
     output_bytes_max=16 << 20,
-    quarantine_failures=1000,
+    quarantine_callers=1000,
+    throttle_s=0,
     crash_on_input_name="crash_me",
 )
 F32 = np.float32
@@ -169,7 +170,7 @@ def test_health_reports_protections_and_counts(pool: SandboxPool) -> None:
     [
         models.external_initializer,
         models.external_constant,
-        models.external_sparse,
+        models.external_sparse_initializer,
         models.external_in_subgraph,
     ],
 )
@@ -187,6 +188,19 @@ def test_foreign_domains_are_refused(pool: SandboxPool, domain: str) -> None:
     model = models.custom_domain(domain)
     code = _code(lambda: _eval(pool, f"domain-{domain}", model, x=np.zeros(4, F32)))
     assert code == "model_invalid"
+
+
+@pytest.mark.parametrize(
+    ("domain", "op_type"), [("com.microsoft", "Gelu"), ("com.microsoft.nchwc", "ReorderInput")]
+)
+def test_a_local_function_cannot_claim_a_runtime_kernel(
+    pool: SandboxPool, domain: str, op_type: str
+) -> None:
+    model = models.function_claims_domain(domain, op_type)
+    x = np.ones((1, 8, 2, 2), F32)
+    with pytest.raises(SandboxError) as exc:
+        _eval(pool, f"claims-{domain}", model, x=x)
+    assert exc.value.code == "model_invalid" and "reserved" in exc.value.detail
 
 
 def test_unsupported_signatures_are_model_invalid(pool: SandboxPool) -> None:
@@ -283,6 +297,13 @@ def test_output_above_the_cap_is_resource_exhausted(pool: SandboxPool) -> None:
     assert code == "resource_exhausted"
     small = _eval(pool, "large-out", model, x=np.ones(1, F32), rows=np.array([2], np.int64))
     assert small.outputs["y"].shape == (2, 1024)
+    # The cap is exact: 16 MiB passes, one more row (4 KiB) does not.
+    at_cap = np.array([CONFIG.output_bytes_max // 4096], np.int64)
+    assert _eval(pool, "large-out", model, x=np.ones(1, F32), rows=at_cap).outputs["y"].nbytes == (
+        CONFIG.output_bytes_max
+    )
+    over = _code(lambda: _eval(pool, "large-out", model, x=np.ones(1, F32), rows=at_cap + 1))
+    assert over == "resource_exhausted"
 
 
 # --- hostile inputs ----------------------------------------------------------------------
@@ -322,23 +343,59 @@ def test_huge_inputs_are_refused_before_any_copy(pool: SandboxPool) -> None:
 # --- pool policy -------------------------------------------------------------------------
 
 
-def test_repeated_crashes_quarantine_the_model() -> None:
+def test_crashes_throttle_the_caller_and_quarantine_only_after_several_callers() -> None:
     config = PoolConfig(
-        quarantine_failures=2, quarantine_s=60, crash_on_input_name="crash_me", workers_max=2
+        quarantine_callers=2,
+        quarantine_s=60,
+        throttle_s=60,
+        crash_on_input_name="crash_me",
+        workers_max=2,
     )
     model = models.identity([1], name="crash_me")
+    inputs = {"crash_me": np.zeros(1, F32)}
+
+    def call(caller: str, version: str = "v1") -> str:
+        return _code(
+            lambda: pool.evaluate("bytes", lambda: model, inputs, version=version, caller=caller)
+        )
+
     with SandboxPool(config) as pool:
-        for _ in range(2):
-            assert _code(lambda: _eval(pool, "bad", model, crash_me=np.zeros(1, F32))) == (
-                "worker_crashed"
-            )
+        assert call("mallory") == "worker_crashed"
+        # The crasher waits; nobody else does.
         with pytest.raises(SandboxError) as exc:
-            _eval(pool, "bad", model, crash_me=np.zeros(1, F32))
-        assert exc.value.code == "model_quarantined"
-        assert exc.value.status == 503
-        assert "bad" in pool.health()["quarantined"]
+            pool.evaluate("bytes", lambda: model, inputs, version="v1", caller="mallory")
+        assert exc.value.code == "caller_throttled" and exc.value.status == 429
+        assert 59 < exc.value.retry_after_s <= 60  # type: ignore[attr-defined]
+        # The same bytes under another version are a different version: not held.
+        assert call("mallory", version="v2") == "worker_crashed"
+        assert call("alice") == "worker_crashed"  # the second distinct caller of v1
+        with pytest.raises(SandboxError) as exc:
+            pool.evaluate("bytes", lambda: model, inputs, version="v1", caller="bob")
+        assert exc.value.code == "model_quarantined" and exc.value.status == 503
+        assert list(pool.health()["quarantined"]) == ["v1"]
+        assert call("bob", version="v2") == "worker_crashed"
         out = _eval(pool, "good", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
         assert out.outputs["z"].shape == (1, 3)
+
+
+def test_a_deadline_throttles_only_that_caller_and_never_quarantines() -> None:
+    config = PoolConfig(
+        quarantine_callers=1, throttle_s=60, eval_timeout_s=0.3, kill_grace_s=0.1, workers_max=2
+    )
+    model = models.huge_loop()
+    x = {"x": np.ones(1, F32)}
+    with SandboxPool(config) as pool:
+        with pytest.raises(SandboxError) as exc:
+            pool.evaluate("loop", lambda: model, x, version="v1", caller="mallory")
+        assert exc.value.code == "deadline_exceeded"
+        assert exc.value.ran_to_deadline  # type: ignore[attr-defined]
+        with pytest.raises(SandboxError) as exc:
+            pool.evaluate("loop", lambda: model, x, version="v1", caller="mallory")
+        assert exc.value.code == "caller_throttled"
+        with pytest.raises(SandboxError) as exc:
+            pool.evaluate("loop", lambda: model, x, version="v1", caller="alice")
+        assert exc.value.code == "deadline_exceeded"  # alice runs; v1 is not quarantined
+        assert pool.health()["quarantined"] == {}
 
 
 def test_workers_do_not_inherit_the_callers_environment(monkeypatch: pytest.MonkeyPatch) -> None:

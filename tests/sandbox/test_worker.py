@@ -14,7 +14,7 @@ from sandbox import protocol as p
 from sandbox.errors import SandboxError
 from sandbox.runtime import session_options
 from sandbox.worker import WorkerParams, _Canceller, _Runner, _signature
-from tests.sandbox import models
+from tests import onnx_models as models
 
 SLOT_INPUT_BYTES = 1 << 20
 SLOT_OUTPUT_BYTES = 4 << 20
@@ -30,6 +30,7 @@ def runner() -> Iterator[_Runner]:
     params = WorkerParams(
         slot_input_bytes=SLOT_INPUT_BYTES,
         slot_output_bytes=SLOT_OUTPUT_BYTES,
+        output_bytes_max=SLOT_OUTPUT_BYTES,
         model_bytes=0,
         memory_bytes_max=1 << 30,
         cpu_s_max=60,

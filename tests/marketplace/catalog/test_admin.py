@@ -8,8 +8,8 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from marketplace.accounts import services as accounts
+from tests import onnx_models as builders
 from tests.conftest import Org
-from tests.model_registry import builders
 
 
 def _admin(client: FlaskClient, db_session: Any) -> Org:

@@ -8,9 +8,9 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from marketplace.catalog import services
+from tests import onnx_models as builders
 from tests.conftest import Org
 from tests.marketplace.catalog.test_offers import offer_body
-from tests.model_registry import builders
 
 
 def _buy(client: FlaskClient, buyer: Org, offer: dict[str, Any]) -> None:

@@ -18,8 +18,8 @@ from marketplace.catalog.errors import VersionExists
 from marketplace.catalog.models import Listing, ModelVersion
 from marketplace.catalog.views import upload_context
 from model_registry.blobstore import FilesystemBlobStore, content_key
+from tests import onnx_models as builders
 from tests.conftest import Org
-from tests.model_registry import builders
 
 
 def test_a_lost_version_race_leaves_no_blob(
@@ -86,3 +86,27 @@ def test_sweeper_removes_old_unreferenced_blobs_only(
         session.close()
     assert store.exists(referenced)
     assert not stale_part.exists()
+
+
+def test_a_failure_after_the_row_is_built_commits_nothing(
+    app: Flask,
+    vendor: Org,
+    listing: dict[str, Any],
+    upload: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: the response cannot be built (as a bad version string once could not);
+    no row is committed, the blob is removed and the spool is empty."""
+
+    def broken(_row: ModelVersion) -> Any:
+        raise ValueError("cannot present the version")
+
+    monkeypatch.setattr(services, "version_public", broken)
+    store = app.extensions["blob_store"]
+    resp = upload(vendor, listing["id"], builders.relu_bytes(), "1.0.0")
+    assert resp.status_code == 500
+    monkeypatch.undo()
+    assert list(store.list("onnx/")) == []
+    spool_dir = upload_context(app).spool_dir
+    assert not spool_dir.exists() or list(spool_dir.iterdir()) == []
+    assert upload(vendor, listing["id"], builders.relu_bytes(), "1.0.0").status_code == 201

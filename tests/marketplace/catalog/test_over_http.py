@@ -6,10 +6,8 @@ import base64
 import hashlib
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -17,49 +15,10 @@ from click.testing import CliRunner
 
 from marketplace.catalog.cli import models_cli
 from model_registry.blobstore import S3BlobStore, content_key, open_blob_store
+from tests import onnx_models as builders
 from tests.conftest import LiveServer
-from tests.marketplace.catalog.conftest import listing_body
-from tests.model_registry import builders
+from tests.marketplace.live import Vendor
 from tests.model_registry.seaweed import SeaweedS3
-
-
-class Vendor:
-    def __init__(self, server: LiveServer) -> None:
-        self.url = server.url
-        resp = requests.post(
-            f"{self.url}/api/v1/register",
-            json={
-                "email": f"{uuid.uuid4().hex[:10]}@example.test",
-                "password": "Correct-Horse-9-Battery",
-                "organization_name": "HTTP vendor",
-                "organization_roles": ["vendor"],
-            },
-            timeout=30,
-        )
-        assert resp.status_code == 201, resp.text
-        self.client_id = resp.json()["client"]["client_id"]
-        self.client_secret = resp.json()["client"]["client_secret"]
-        token = requests.post(
-            f"{self.url}/oauth/token",
-            data={"grant_type": "client_credentials"},
-            auth=(self.client_id, self.client_secret),
-            timeout=30,
-        ).json()["access_token"]
-        self.auth = {"Authorization": f"Bearer {token}"}
-        created = requests.post(
-            f"{self.url}/api/v1/models", json=listing_body(), headers=self.auth, timeout=30
-        )
-        assert created.status_code == 201, created.text
-        self.model_id = created.json()["id"]
-
-    def upload(self, body: Any, version: str, **headers: str) -> requests.Response:
-        return requests.post(
-            f"{self.url}/api/v1/models/{self.model_id}/versions",
-            params={"version": version},
-            data=body,
-            headers={**self.auth, "Content-Type": "application/octet-stream", **headers},
-            timeout=60,
-        )
 
 
 def _chunks(data: bytes, size: int = 4096) -> Iterator[bytes]:
@@ -190,7 +149,8 @@ def test_concurrent_uploads_of_one_version(
 ) -> None:
     """Racing uploads of the same version with different bytes: one wins, the others get 409,
     and only the winner's bytes stay in the store."""
-    server = live_server(STORAGE_URL=f"file://{tmp_path / 'race-blobs'}")
+    # As many inspection slots as racers: this test is about the version, not the slots.
+    server = live_server(STORAGE_URL=f"file://{tmp_path / 'race-blobs'}", INSPECT_CONCURRENCY_MAX=4)
     vendor = Vendor(server)
     bodies = [builders.relu_bytes(width) for width in (4, 8, 16, 32)]
     results: list[requests.Response] = []

@@ -14,8 +14,8 @@ from sqlmodel import select
 
 from marketplace.catalog.models import ModelVersion
 from model_registry.blobstore import content_key
+from tests import onnx_models as builders
 from tests.conftest import Org
-from tests.model_registry import builders
 
 
 def test_upload_a_version(

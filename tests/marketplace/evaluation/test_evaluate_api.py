@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from marketplace.evaluation.tensors import NPZ_MIME, decode_npz, encode_npz
-from tests.sandbox import models as m
+from tests import onnx_models as m
 
 
 def _url(p):

@@ -5,40 +5,11 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
-import pytest
 
-from marketplace.catalog.models import Offer, terms_sha256
-from tests.sandbox import models as m
+from tests import onnx_models as m
 
 X = {"dtype": "float32", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}
 BODY = {"inputs": {"x": X, "y": X}}
-
-
-@pytest.fixture
-def offer_for(db_session):
-    def _offer(published, **terms):
-        fields = dict(
-            listing_id=published.model_id,
-            name="Standard",
-            kind="per_inference",
-            currency="CNY",
-            price_minor=0,
-            royalty_per_1k_minor=2500,
-            trial_calls=2,
-            trial_days=7,
-            term_days=None,
-            allow_download=False,
-            commercial_use=True,
-            terms_md="Use it well.",
-        )
-        fields.update(terms)
-        offer = Offer(**fields, terms_sha256="")
-        offer.terms_sha256 = terms_sha256(offer)
-        db_session.add(offer)
-        db_session.commit()
-        return offer
-
-    return _offer
 
 
 def _url(p):
@@ -93,19 +64,23 @@ def test_trial_calls_are_counted_once_per_successful_call(
     assert exhausted.json["code"] == "no_entitlement"
 
 
+def _buy_metered(client, buyer, offer):
+    """Buy a per-inference licence (2500 minor units per thousand calls, no price, no trial)."""
+    assert (offer.kind, offer.price_minor, offer.trial_calls) == ("per_inference", 0, 0)
+    purchase = client.post(
+        f"/api/v1/offers/{offer.id}/purchase",
+        json={"accept_terms_sha256": offer.terms_sha256},
+        headers=buyer.headers(**{"Idempotency-Key": uuid.uuid4().hex}),
+    )
+    assert purchase.status_code == 201, purchase.json
+    return purchase.json
+
+
 def test_metered_licence_charges_exactly_and_stops_at_an_empty_wallet(
     client, vendor, buyer, publish, offer_for
 ):
     p = publish(vendor, m.add())
-    offer = offer_for(
-        p, kind="per_inference", price_minor=0, royalty_per_1k_minor=2500, trial_calls=0
-    )
-    purchase = client.post(
-        f"/api/v1/offers/{offer.id}/purchase",
-        json={"accept_terms_sha256": offer.terms_sha256},
-        headers=buyer.headers(**{"Idempotency-Key": "buy-1"}),
-    )
-    assert purchase.status_code == 201, purchase.json
+    _buy_metered(client, buyer, offer_for(p, trial_calls=0))
 
     # An empty wallet cannot cover the next call: 402 before the model runs.
     broke = _evaluate(client, buyer, p)
@@ -130,3 +105,19 @@ def test_owner_is_never_charged(client, vendor, publish, offer_for):
     assert resp.status_code == 200
     assert resp.json["usage"] == {"licence_id": None, "kind": "owner"}
     assert np.isclose(resp.json["outputs"]["z"]["data"][0], 2.0)
+
+
+def test_a_metered_call_that_runs_to_the_deadline_is_recorded_like_a_call(
+    client, vendor, buyer, publish, offer_for, db_session
+):
+    from marketplace.licensing.models import License
+
+    p = publish(vendor, m.huge_loop())
+    purchase = _buy_metered(client, buyer, offer_for(p, trial_calls=0))
+    _top_up(client, buyer, 10_000)
+    body = {"inputs": {"x": {"dtype": "float32", "shape": [1], "data": [0.0]}}}
+    resp = client.post(_url(p), json=body, headers=buyer.headers("sandbox:run"))
+    assert resp.status_code == 504 and resp.json["code"] == "deadline_exceeded"
+    licence = db_session.get(License, purchase["licence_id"])
+    db_session.refresh(licence)
+    assert licence.calls_used == 1

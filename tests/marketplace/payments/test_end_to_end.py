@@ -21,8 +21,8 @@ from marketplace import periodic
 from marketplace.ledger import services as ledger
 from marketplace.metering.services import settle
 from marketplace.payments import reconcile
+from tests import onnx_models as m
 from tests.marketplace.payments.conftest import quick_org, stripe_settings
-from tests.sandbox import models as m
 
 X = {"dtype": "float32", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}
 BUY = "licenses:write"
