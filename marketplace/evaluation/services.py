@@ -258,15 +258,18 @@ class EvaluationService:
             self.targets.put(key, target)
         return target
 
-    def _entitlement(self, organization_id: int, target: Target) -> Entitlement:
-        key = (organization_id, target.listing_id)
-        found = self.entitlements.get(key)
+    def _cached_entitlement(self, organization_id: int, target: Target) -> Entitlement | None:
+        found = self.entitlements.get((organization_id, target.listing_id))
         if (
             found is not None
             and found.version_id == target.version.id
             and (found.expires_at is None or found.expires_at > utcnow())
         ):
             return found
+        return None
+
+    def _entitlement(self, organization_id: int, target: Target) -> Entitlement:
+        key = (organization_id, target.listing_id)
         assert target.version.id is not None
         session = self.database.session()
         try:
@@ -298,8 +301,12 @@ class EvaluationService:
         """
         target = self._target(model_id, version)
         entitlement = None
+        cached = False
         if target.owner_organization_id != organization_id:
-            entitlement = self._entitlement(organization_id, target)
+            entitlement = self._cached_entitlement(organization_id, target)
+            cached = entitlement is not None
+            if entitlement is None:
+                entitlement = self._entitlement(organization_id, target)
         inputs = read_inputs()
         # A call that will be recorded tells the committer it is running, so that a commit
         # about to start may wait a moment for its record; an owner's call records nothing.
@@ -323,9 +330,17 @@ class EvaluationService:
                 try:
                     usage = self.committer.record(entitlement, running)
                 except DomainError:
-                    # Used up, revoked or unpaid: the next call checks afresh before it runs.
+                    # Used up, revoked or unpaid. A cached cover may have been replaced since it
+                    # was cached (a trial used up, then a licence bought): look once afresh and
+                    # count the call against what covers it now, or refuse it.
                     self.entitlements.discard((organization_id, target.listing_id))
-                    raise
+                    if not cached:
+                        raise
+                    fresh = self._entitlement(organization_id, target)
+                    if fresh.license_id == entitlement.license_id:
+                        self.entitlements.discard((organization_id, target.listing_id))
+                        raise
+                    usage = self.committer.record(fresh)
         timing = {
             "queue_ms": round(result.queue_ms, 3),
             "load_ms": round(result.load_ms, 3),

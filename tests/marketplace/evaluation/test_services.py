@@ -92,3 +92,35 @@ def test_a_failed_metered_run_leaves_the_wallet_and_usage_untouched(
     ok = _call(service, buyer, p, {"x": ONES, "y": ONES})
     assert ok.usage["kind"] == "per_inference" and ok.usage["charged_minor"] == 3
     assert _events(db_session, order.licence_id) == 1
+
+
+def test_a_cached_trial_used_up_gives_way_to_the_licence_bought_since(
+    service, db_session, vendor, buyer, publish, offer_for
+):
+    # The node caches the cover it found; a buyer who used up its trial and then bought a
+    # licence must not be refused (after the model ran) because the cache still holds the trial.
+    p = publish(vendor, m.add())
+    offer = offer_for(p, kind="per_inference", trial_calls=1, royalty_per_1k_minor=3000)
+    licensing.start_trial(
+        session=db_session,
+        organization_id=buyer.id,
+        offer_id=offer.id,
+        accept_terms_sha256=offer.terms_sha256,
+        client_id=buyer.client_id,
+    )
+    first = _call(service, buyer, p, {"x": ONES, "y": ONES})
+    assert first.usage["kind"] == "trial" and first.usage["calls_remaining"] == 0
+    fund_wallet(db_session, buyer.id, 10_000)
+    order, _created = licensing.purchase(
+        session=db_session,
+        organization_id=buyer.id,
+        offer_id=offer.id,
+        accept_terms_sha256=offer.terms_sha256,
+        idempotency_key="buy-after-trial",
+        client_id=buyer.client_id,
+        platform_fee_bps=1000,
+    )
+    second = _call(service, buyer, p, {"x": ONES, "y": ONES})
+    assert second.usage["kind"] == "per_inference"
+    assert second.usage["licence_id"] == order.licence_id
+    assert _events(db_session, order.licence_id) == 1
