@@ -23,6 +23,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         instance_relative_config=True,
     )
     settings.check_production_secrets()
+    settings.check_payments()
     app.config["SECRET_KEY"] = settings.secret_key
     app.config["JSON_SORT_KEYS"] = False
     for key, value in (config or {}).items():
@@ -70,12 +71,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     init_catalog(app)
 
-    from marketplace.evaluation.services import LazyPool, pool_config
-    from marketplace.evaluation.views import bp as evaluation_bp
+    from marketplace.evaluation.views import init_app as init_evaluation
 
-    # The sandbox's zygote starts on the first evaluation, not with every app object.
-    app.extensions["sandbox_pool"] = LazyPool(pool_config(settings))
-    app.register_blueprint(evaluation_bp)
+    init_evaluation(app)
 
     from marketplace.ledger.views import init_app as init_ledger
     from marketplace.licensing.views import init_app as init_licensing

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "MARKETPLACE_"
+# Settings read under the payment provider's own variable names, without the prefix, so that an
+# operator's existing Stripe environment works as it is.
+UNPREFIXED = frozenset({"stripe_api_key", "stripe_webhook_secret", "stripe_api_base"})
 DEVELOPMENT_SECRET_KEY = "development-only-secret-key-change-me"
 DEVELOPMENT_ENVS = frozenset({"development", "testing"})
 
@@ -43,6 +46,9 @@ class Settings:
     access_token_ttl_s: int = 3600
     token_failures_max: int = 10  # failed token requests per client before it is slowed down
     token_failures_window_s: int = 60
+    # A verified access token is served from a process's memory for this long: the bound on
+    # how late a revocation or suspension made on another process or node takes effect.
+    token_cache_ttl_s: float = 5.0
 
     # Registration: anyone may call it, and each call costs an argon2 hash (64 MiB, ~0.1 s).
     registrations_per_address_max: int = 10  # per client address within the window
@@ -67,6 +73,9 @@ class Settings:
     inspect_memory_per_model_byte: int = 3  # ...this many bytes per byte of the upload
     upload_spool_dir: str = ""  # empty: instance/spool; uploads are staged here for inspection
     blob_grace_s: int = 3600  # unreferenced blobs younger than this are kept by the sweeper
+    # Verified models kept on local disk by content hash, so a cold start reads no S3.
+    blob_cache_dir: str = ""  # empty: instance/blob-cache
+    blob_cache_bytes_max: int = 4 * 1024**3  # 0 switches the cache off
 
     # Sandbox (evaluation).
     eval_timeout_s: float = 10.0
@@ -74,6 +83,18 @@ class Settings:
     eval_input_bytes_max: int = 64 * 1024 * 1024
     eval_input_elements_max: int = 16 * 1024 * 1024
     eval_output_bytes_max: int = 64 * 1024 * 1024
+    # JSON costs a Python object per value on both sides, so it gets much smaller limits than
+    # npz: larger tensors must travel as application/x-npz.
+    eval_json_body_bytes_max: int = 16 * 1024 * 1024
+    eval_json_input_bytes_max: int = 4 * 1024 * 1024
+    eval_json_output_bytes_max: int = 4 * 1024 * 1024
+    # Evaluations in flight on a node (all server processes together); beyond it 503.
+    eval_concurrency_max: int = 16
+    # How long a process may serve a version/listing/entitlement lookup from its cache: the
+    # bound on how late a revoke or suspension made on another process or node is seen.
+    eval_lookup_cache_ttl_s: float = 2.0
+    # How long a leader of a group commit waits for other running calls' usage records.
+    usage_commit_window_s: float = 0.001
     sandbox_workers_max: int = 4
     sandbox_queue_max: int = 32
     sandbox_memory_budget_bytes: int = 8 * 1024**3
@@ -93,6 +114,25 @@ class Settings:
     login_failures_max: int = 10  # failed logins per address or per e-mail within the window
     login_failures_window_s: int = 300
     sample_bytes_max: int = 1024 * 1024  # largest sample input (npz) a vendor may attach
+    # Payments through Stripe (MARKETPLACE_PAYMENTS=stripe); the first three keep Stripe's names.
+    stripe_api_key: str = dataclasses.field(default="", repr=False)
+    # Comma-separated: several secrets while one is rolled.
+    stripe_webhook_secret: str = dataclasses.field(default="", repr=False)
+    stripe_api_base: str = ""  # empty: Stripe's own API; any Stripe-compatible server otherwise
+    stripe_test_key_allowed: bool = False  # production refuses sk_test_ keys unless this is set
+    stripe_timeout_s: float = 30.0  # one HTTP request to the provider
+    stripe_webhook_tolerance_s: int = 300  # how old a webhook signature may be
+    payments_outbox_interval_s: float = 5.0  # how often each node sends due provider calls
+    payments_outbox_batch_max: int = 50  # provider calls one worker pass claims
+    payments_outbox_attempts_max: int = 10  # tries before a provider call waits for an admin
+    payments_outbox_backoff_s: float = 2.0  # first retry delay; it doubles with every attempt
+    payments_outbox_lease_s: float = 120.0  # a claimed call is another node's after this
+    payments_reconcile_interval_s: float = 300.0  # how often each node polls open payments
+    payments_reconcile_batch_max: int = 200  # open payments one reconciliation pass retrieves
+    top_up_expiry_s: int = 86_400  # an unpaid top-up's payment is canceled after this (0: never)
+    top_ups_open_max: int = 10  # unpaid top-ups one organisation may have at once
+    payout_minimum_minor: int = 1000  # a vendor's payable balance below this is not paid out
+    withdrawal_refunds_max: int = 10  # card payments one withdrawal may be refunded to
 
     def __post_init__(self) -> None:
         if self.env not in {"development", "testing", "production"}:
@@ -108,11 +148,18 @@ class Settings:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if (
-                field.name.endswith(("_max", "_s", "_bps", "_hops"))
+                field.name.endswith(("_max", "_s", "_bps", "_hops", "_minor"))
                 and isinstance(value, int | float)
                 and value < 0
             ):
-                raise ConfigError(f"{ENV_PREFIX}{field.name.upper()} must not be negative")
+                raise ConfigError(f"{env_name(field.name)} must not be negative")
+        if self.payments_outbox_lease_s < 2 * self.stripe_timeout_s:
+            # A lease shorter than a provider call would let a second node send the same call
+            # while the first still waits for its answer.
+            raise ConfigError(
+                f"{env_name('payments_outbox_lease_s')} must be at least twice "
+                f"{env_name('stripe_timeout_s')}"
+            )
 
     @property
     def is_development(self) -> bool:
@@ -134,6 +181,29 @@ class Settings:
                 "MARKETPLACE_PAYMENTS=offline simulates payments and is refused in production; "
                 "configure a real payment gateway (MARKETPLACE_PAYMENTS=stripe)"
             )
+        if (
+            self.payments == "stripe"
+            and self.stripe_api_key.startswith(("sk_test_", "rk_test_"))
+            and not self.stripe_test_key_allowed
+        ):
+            raise ConfigError(
+                "STRIPE_API_KEY is a test-mode key; production takes live money only "
+                "(set MARKETPLACE_STRIPE_TEST_KEY_ALLOWED=1 for a staging run in test mode)"
+            )
+
+    def check_payments(self) -> None:
+        """Refuse a Stripe configuration that could not take or verify a payment."""
+        if self.payments != "stripe":
+            return
+        if not self.stripe_api_key:
+            raise ConfigError("MARKETPLACE_PAYMENTS=stripe needs STRIPE_API_KEY")
+        if not self.webhook_secrets:
+            raise ConfigError("MARKETPLACE_PAYMENTS=stripe needs STRIPE_WEBHOOK_SECRET")
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        """The webhook signing secrets in force (more than one while a secret is rolled)."""
+        return [s.strip() for s in self.stripe_webhook_secret.split(",") if s.strip()]
 
     @classmethod
     def load(
@@ -144,7 +214,7 @@ class Settings:
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
+            raw = environ.get(env_name(field.name))
             if raw is not None:
                 values[field.name] = _coerce(field.name, hints[field.name], raw)
         for key, value in (overrides or {}).items():
@@ -163,19 +233,22 @@ def _coerce(name: str, kind: Any, raw: str) -> Any:
         try:
             return float(raw)
         except ValueError:
-            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a number, not {raw!r}") from None
+            raise ConfigError(f"{env_name(name)} must be a number, not {raw!r}") from None
     if kind is int or kind == "int":
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(
-                f"{ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}"
-            ) from None
+            raise ConfigError(f"{env_name(name)} must be an integer, not {raw!r}") from None
     if kind is bool or kind == "bool":
         return raw.strip().lower() in {"1", "true", "yes", "on"}
     return raw
 
 
+def env_name(field_name: str) -> str:
+    """The environment variable a setting is read from."""
+    return field_name.upper() if field_name in UNPREFIXED else ENV_PREFIX + field_name.upper()
+
+
 def setting_names() -> list[str]:
     """Every environment variable the settings read, for the README check."""
-    return [ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)]
+    return [env_name(f.name) for f in dataclasses.fields(Settings)]

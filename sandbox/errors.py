@@ -42,6 +42,13 @@ class ResourceExhausted(SandboxError):
     default_detail = "The evaluation exceeded the sandbox's memory or size limits."
 
 
+class OutputTooLarge(ResourceExhausted):
+    """The outputs exceed the smaller limit a caller asked for (the model itself stayed within)."""
+
+    code = "output_too_large"
+    default_detail = "The outputs exceed the size limit of this call."
+
+
 class DeadlineExceeded(SandboxError):
     code = "deadline_exceeded"
     default_detail = "The evaluation did not finish before its deadline."
@@ -107,6 +114,7 @@ HTTP_STATUS: dict[str, int] = {
     "model_invalid": 422,
     "input_invalid": 422,
     "resource_exhausted": 422,
+    "output_too_large": 422,
     "deadline_exceeded": 504,
     "worker_crashed": 502,
     "model_quarantined": 503,

@@ -61,6 +61,7 @@ from sandbox.errors import (
     InputInvalid,
     ModelInvalid,
     ModelQuarantined,
+    OutputTooLarge,
     ResourceExhausted,
     SandboxBusy,
     SandboxError,
@@ -417,13 +418,16 @@ class SandboxPool:
         version: str | None = None,
         caller: str = "",
         deadline_s: float | None = None,
+        output_bytes_max: int | None = None,
     ) -> EvalResult:
         """Run the model `model_key` (its bytes) on `inputs` in a confined worker.
 
         `version` names what the caller asked to run (quarantine is per version; default: the
         model key) and `caller` who asks (throttling is per caller and version; callers that
         give none share one). `load_bytes` is called only when no warm worker holds the model.
-        Raises a `SandboxError` subclass on every failure.
+        `output_bytes_max` lowers the output cap for this call (`OutputTooLarge`, checked
+        before any output is copied out of the worker's slot). Raises a `SandboxError`
+        subclass on every failure.
         """
         deadline_s = self.config.eval_timeout_s if deadline_s is None else deadline_s
         if deadline_s <= 0:
@@ -444,7 +448,7 @@ class SandboxPool:
             try:
                 if ordered is None or worker.signature is not signature:
                     ordered = self._validate(worker.signature, inputs)
-                outputs, run_ms = self._run(worker, ordered, deadline_s)
+                outputs, run_ms = self._run(worker, ordered, deadline_s, output_bytes_max)
             except SandboxError as exc:
                 if isinstance(exc, DeadlineExceeded):
                     self._throttle(version, caller)
@@ -855,7 +859,11 @@ class SandboxPool:
         return ordered
 
     def _run(
-        self, worker: _Worker, ordered: list[tuple[int, np.ndarray]], deadline_s: float
+        self,
+        worker: _Worker,
+        ordered: list[tuple[int, np.ndarray]],
+        deadline_s: float,
+        output_bytes_max: int | None = None,
     ) -> tuple[dict[str, np.ndarray], float]:
         key = tuple((value.dtype, value.shape) for _, value in ordered)
         plan = worker.input_plans.get(key)
@@ -905,6 +913,9 @@ class SandboxPool:
         # Runs are single-threaded, so run time approximates the CPU the worker has spent
         # against its lifetime RLIMIT_CPU; _release retires it at half of that.
         worker.cpu_s += run_ns / 1e9
+        if output_bytes_max is not None and sum(v.nbytes for _, v in views) > output_bytes_max:
+            # Refused from the headers alone: the outputs are never copied into this process.
+            raise OutputTooLarge(f"The outputs exceed {output_bytes_max} bytes.")
         return {name: view.copy() for name, view in views}, run_ns / 1e6
 
     @staticmethod

@@ -352,6 +352,25 @@ def external_in_training_info(location: str = SECRET_PATH) -> bytes:
 # --- valid models that turn hostile when they run ------------------------------------------
 
 
+def expand(rows: int, cols: int) -> bytes:
+    """One Expand node: a 4-byte input becomes a [rows, cols] float32 output."""
+    return _bytes(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])],
+        [_vi("x", F, [1])],
+        [_vi("y", F, [rows, cols])],
+        initializers=[_i64("shape", [rows, cols])],
+    )
+
+
+def renamed_outputs(names: list[str]) -> bytes:
+    """x copied to one output per name (vendor-chosen names, however hostile)."""
+    return _bytes(
+        [helper.make_node("Identity", ["x"], [name]) for name in names],
+        [_vi("x", F, [2])],
+        [_vi(name, F, [2]) for name in names],
+    )
+
+
 def constant_of_shape_bomb() -> bytes:
     """A 64 Gi-element tensor whose shape comes from an input."""
     return _bytes(

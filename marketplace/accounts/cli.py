@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
-from marketplace.errors import DomainError
-
 orgs_cli = AppGroup("orgs", help="Organisations.")
 
 
@@ -16,6 +14,7 @@ def verify(organization_id: int) -> None:
     """Mark ORGANIZATION_ID as verified (offers may keep their trials for verified ones)."""
     from marketplace.accounts import services
     from marketplace.db import get_session
+    from marketplace.errors import DomainError
 
     try:
         org = services.verify_organization(session=get_session(), org_id=organization_id)

@@ -33,6 +33,7 @@ from marketplace.accounts.services import revoke_tokens
 from marketplace.db import begin_write, get_session, utcnow
 from marketplace.errors import Forbidden, Unauthorized
 from marketplace.ratelimit import WindowLimiter
+from marketplace.ttlcache import TTLCache
 
 
 def _query_client(client_id: str) -> OAuthClient | None:
@@ -119,6 +120,7 @@ class _Revocation(RevocationEndpoint):
             client_id=token.client_id,
             access_token_hash=token.access_token_hash,
         )
+        forget_token(token.access_token_hash)
 
 
 class _Introspection(IntrospectionEndpoint):
@@ -146,19 +148,42 @@ class _Introspection(IntrospectionEndpoint):
 
 class _BearerValidator(BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> OAuthToken | None:
-        # One query on every API call: the token and whether its organisation may act.
-        row = (
-            get_session()
-            .exec(
-                select(OAuthToken, Organization.suspended)
-                .join(Organization, Organization.id == OAuthToken.organization_id)  # type: ignore[arg-type]
-                .where(OAuthToken.access_token_hash == hash_secret(token_string))
-            )
-            .first()
-        )
+        # A verified token is served from this process's cache for token_cache_ttl_s: no
+        # database round trip on the hot path. Revocation through this process drops it at
+        # once; a revocation or suspension made elsewhere is seen within that bound.
+        digest = hash_secret(token_string)
+        cache: TTLCache[str, OAuthToken] = current_app.extensions["token_cache"]
+        cached = cache.get(digest)
+        if cached is not None:
+            return cached
+        # One query otherwise: the token and whether its organisation may act.
+        session = get_session()
+        row = session.exec(
+            select(OAuthToken, Organization.suspended)
+            .join(Organization, Organization.id == OAuthToken.organization_id)  # type: ignore[arg-type]
+            .where(OAuthToken.access_token_hash == digest)
+        ).first()
+        # End the read at once: the request may run for long (an evaluation) without a
+        # database connection, and its own units of work start afresh.
+        session.commit()
         if row is None or row[1]:
             return None
-        return row[0]
+        token = row[0]
+        if not token.revoked and not token.is_expired():
+            # A copy that belongs to no session: a row would be expired by the next rollback.
+            cache.put(digest, OAuthToken(**token.model_dump()))
+        return token
+
+
+def forget_token(access_token_hash: str) -> None:
+    """Stop serving a token from this process's cache (after a revocation)."""
+    current_app.extensions["token_cache"].discard(access_token_hash)
+
+
+def forget_client_tokens(client_id: str) -> None:
+    """Stop serving any token of ``client_id`` from this process's cache (client revoked)."""
+    cache: TTLCache[str, OAuthToken] = current_app.extensions["token_cache"]
+    cache.discard_where(lambda _digest, token: token.client_id == client_id)
 
 
 class _Protector(ResourceProtector):
@@ -336,10 +361,11 @@ def config_oauth(app: Flask) -> None:
     server.register_endpoint(_Revocation)
     server.register_endpoint(_Introspection)
     app.extensions["oauth_server"] = server
+    app.extensions["token_cache"] = TTLCache(settings.token_cache_ttl_s)
     app.extensions["token_failure_limiter"] = WindowLimiter(
         settings.token_failures_max, settings.token_failures_window_s
     )
     app.register_blueprint(oauth_bp)
 
 
-__all__ = ["config_oauth", "current", "require_oauth"]
+__all__ = ["config_oauth", "current", "forget_client_tokens", "forget_token", "require_oauth"]

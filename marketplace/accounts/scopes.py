@@ -13,6 +13,7 @@ AUDIT_READ = "audit:read"
 ADMIN = "admin"
 # Creating and revoking the organisation's API clients: a credential that outlives any token.
 CLIENTS_MANAGE = "clients:manage"
+PAYOUTS_WRITE = "payouts:write"  # where a vendor's money is sent
 
 ALL_SCOPES = (
     MODELS_READ,
@@ -23,6 +24,7 @@ ALL_SCOPES = (
     AUDIT_READ,
     ADMIN,
     CLIENTS_MANAGE,
+    PAYOUTS_WRITE,
 )
 
 # Scopes a token carries only when its request names them: a token requested without a scope
@@ -36,7 +38,9 @@ ORG_ROLES = ("vendor", "buyer", "auditor", "admin")
 SELF_SERVICE_ROLES = ("vendor", "buyer")
 
 SCOPES_BY_ROLE: dict[str, frozenset[str]] = {
-    "vendor": frozenset({MODELS_READ, MODELS_WRITE, SANDBOX_RUN, LEDGER_READ, CLIENTS_MANAGE}),
+    "vendor": frozenset(
+        {MODELS_READ, MODELS_WRITE, SANDBOX_RUN, LEDGER_READ, CLIENTS_MANAGE, PAYOUTS_WRITE}
+    ),
     "buyer": frozenset({MODELS_READ, SANDBOX_RUN, LICENSES_WRITE, LEDGER_READ, CLIENTS_MANAGE}),
     "auditor": frozenset({MODELS_READ, AUDIT_READ, LEDGER_READ, CLIENTS_MANAGE}),
     "admin": frozenset({MODELS_READ, LEDGER_READ, ADMIN, CLIENTS_MANAGE}),

@@ -506,22 +506,16 @@ def web_session_viewer(*, session: Session, token: str) -> Viewer | None:
     return _viewer(row, user, org)
 
 
-def end_web_session(*, session: Session, session_id: int) -> None:
-    """Log out: the session and every API token minted for its pages stop working now."""
+def end_web_session(*, session: Session, session_id: int) -> list[str]:
+    """Log out: the session and every API token minted for its pages stop working now.
+
+    Returns the revoked tokens' hashes (see :func:`revoke_tokens`).
+    """
     row = session.get(WebSession, session_id)
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
         session.add(row)
-    tokens = session.exec(
-        select(OAuthToken).where(
-            OAuthToken.client_id == f"{PAGE_CLIENT_PREFIX}{session_id}",
-            OAuthToken.revoked == False,  # noqa: E712  (SQL comparison)
-        )
-    ).all()
-    for token in tokens:
-        token.revoked = True
-        session.add(token)
-    session.commit()
+    return revoke_tokens(session=session, client_id=f"{PAGE_CLIENT_PREFIX}{session_id}")
 
 
 def mint_page_token(

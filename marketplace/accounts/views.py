@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, request
 
 from marketplace.accounts import services
-from marketplace.accounts.oauth import current, require_oauth
+from marketplace.accounts.oauth import current, forget_client_tokens, require_oauth
 from marketplace.accounts.schemas import (
     ClientCreate,
     ClientCredentials,
@@ -107,6 +107,7 @@ def revoke_client(org_id: int, client_id: str) -> Any:
         session=session, org_id=org_id, viewer_org_id=current.organization_id
     )
     revoked = services.revoke_client(session=session, org=org, client_id=client_id)
+    forget_client_tokens(client_id)
     return jsonify(revoked.model_dump(mode="json"))
 
 

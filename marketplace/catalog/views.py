@@ -136,11 +136,20 @@ def update_listing(model_id: int) -> Any:
     return _json(detail)
 
 
+def _listing_changed(listing_id: int) -> None:
+    # Caches elsewhere in this process (the evaluate lookup) forget the listing at once; other
+    # processes and nodes see the change within their caches' stated bound.
+    for listener in current_app.extensions.get("listing_listeners", ()):
+        listener(listing_id)
+
+
 def _set_status(model_id: int, status: str) -> Any:
     session = get_session()
     if not _is_admin(session):
         raise Forbidden("Only administrators may suspend or reinstate models.")
-    return _json(services.set_listing_status(session=session, listing_id=model_id, status=status))
+    detail = services.set_listing_status(session=session, listing_id=model_id, status=status)
+    _listing_changed(model_id)
+    return _json(detail)
 
 
 @bp.post("/models/<int:model_id>/suspend")
@@ -296,6 +305,7 @@ def revoke_version(model_id: int, version: str) -> Any:
         organization_id=current.organization_id,
         is_admin=is_admin,
     )
+    _listing_changed(model_id)
     return _json(revoked)
 
 

@@ -1,8 +1,18 @@
-"""Evaluate a model version in the sandbox for an entitled organisation.
+"""Evaluate a model version in the sandbox for an entitled organisation: the use case.
 
-The order is fixed: find the version, check the entitlement (which may refuse with 403 or 402
-before any model runs), run in the sandbox, and only after a successful run record the call
-(trial decrement or metered usage). A failed run is never charged.
+:meth:`EvaluationService.evaluate` is the whole of it, in a fixed order: find the version (404,
+or 403 when revoked or suspended), let its owner through or check the caller's entitlement
+(403 or 402 before any model runs), read the inputs, run in the sandbox with no database
+connection held, and only after a successful run record the call (trial decrement or metered
+usage) in a commit shared with concurrent calls (:mod:`marketplace.evaluation.batching`).
+A failed run is never recorded, so never charged. The view only parses and renders.
+
+The hot path avoids the database where a bounded cache can answer. The version lookup and the
+entitlement found for an organisation are kept for ``eval_lookup_cache_ttl_s`` seconds: a
+revoke or suspension made through this process is seen at once (``forget_listing``), one
+made elsewhere within that bound. Licence revocation, expiry, used-up trials and empty wallets
+need no bound: the recording step re-checks them in its conditional ``UPDATE`` and refuses the
+call (its outputs are discarded), and the cached entitlement is dropped.
 """
 
 from __future__ import annotations
@@ -11,19 +21,27 @@ import atexit
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlmodel import Session
 
+from marketplace.catalog.errors import StorageUnavailable
 from marketplace.catalog.models import Listing, ModelVersion
 from marketplace.catalog.services import get_version_for_evaluation, load_model_bytes
 from marketplace.config import Settings
-from marketplace.errors import DomainError
+from marketplace.db import Database, utcnow
+from marketplace.errors import DomainError, ServiceUnavailable
+from marketplace.evaluation.admission import NodeAdmission, NodeBusy, Slot
+from marketplace.evaluation.batching import GroupCommitter
 from marketplace.licensing import entitlements
 from marketplace.licensing.entitlements import Entitlement
+from marketplace.ttlcache import TTLCache
+from model_registry.blobcache import BlobCache, BlobIntegrityError
 from model_registry.blobstore import BlobStore
-from sandbox.errors import DeadlineExceeded, SandboxError
+from sandbox.errors import DeadlineExceeded, OutputTooLarge, SandboxError
 from sandbox.pool import EvalResult, PoolConfig, SandboxPool
 
 log = logging.getLogger(__name__)
@@ -106,6 +124,37 @@ def authorize(
     return row, listing, entitlement
 
 
+def admit(admission: NodeAdmission) -> Slot:
+    """A slot of the node's evaluation cap; 503 with ``Retry-After`` when all are taken."""
+    try:
+        return admission.acquire()
+    except NodeBusy:
+        raise ServiceUnavailable(
+            "The node is running as many evaluations as it may; retry shortly.",
+            code="evaluation_busy",
+            headers={"Retry-After": "1"},
+        ) from None
+
+
+def model_loader(
+    blob_store: BlobStore, cache: BlobCache | None, version: ModelVersion
+) -> Callable[[], bytes]:
+    """How the sandbox gets a version's bytes on a cold start: the node's cache, else the store."""
+    if cache is None:
+        return lambda: load_model_bytes(blob_store, version)
+
+    def load() -> bytes:
+        try:
+            return cache.read(
+                version.sha256, version.size_bytes, lambda: blob_store.open(version.blob_key)
+            )
+        except BlobIntegrityError as exc:
+            log.error("artifact of version %s: %s", version.id, exc.log_detail)
+            raise StorageUnavailable("The stored artifact does not match its record.") from None
+
+    return load
+
+
 def run(
     *,
     pool: SandboxPool,
@@ -114,25 +163,36 @@ def run(
     caller_org_id: int,
     inputs: Mapping[str, np.ndarray],
     deadline_s: float,
+    json_output_bytes_max: int | None = None,
+    blob_cache: BlobCache | None = None,
     record_deadline_call: Callable[[], object] | None = None,
 ) -> EvalResult:
     """Run ``version`` for the organisation ``caller_org_id``; sandbox failures as problems.
 
-    A run that reached its deadline used the compute a successful call would have, so it is
-    recorded by ``record_deadline_call`` (the caller's usual recording of a call) before the
-    504; a refusal to record it (the trial ran out meanwhile) leaves the 504 as it is.
+    ``json_output_bytes_max`` is the output limit when the caller wants JSON. A run that
+    reached its deadline used the compute a successful call would have, so it is recorded by
+    ``record_deadline_call`` (the caller's usual recording of a call) before the 504; a refusal
+    to record it (the trial ran out meanwhile) leaves the 504 as it is.
     """
     try:
         # The content hash keys the warm cache (two listings with identical bytes share
         # workers); quarantine and throttling go by version and caller.
         return pool.evaluate(
             version.sha256,
-            lambda: load_model_bytes(blob_store, version),
+            model_loader(blob_store, blob_cache, version),
             inputs,
             version=f"version:{version.id}",
             caller=f"org:{caller_org_id}",
             deadline_s=deadline_s,
+            output_bytes_max=json_output_bytes_max,
         )
+    except OutputTooLarge:
+        raise DomainError(
+            f"The outputs exceed the {json_output_bytes_max} bytes a JSON response may carry; "
+            "ask for them with Accept: application/x-npz.",
+            code="json_output_too_large",
+            status=422,
+        ) from None
     except DeadlineExceeded as exc:
         if exc.ran_to_deadline and record_deadline_call is not None:
             try:
@@ -150,3 +210,160 @@ def health(lazy: LazyPool, *, detailed: bool) -> dict[str, Any]:
         # Which models are quarantined is the vendors' business, not the public's.
         body["quarantined"] = len(body.get("quarantined") or {})
     return body
+
+
+@dataclass(frozen=True)
+class Target:
+    """A version found evaluable, with what the call needs of its listing."""
+
+    version: ModelVersion
+    listing_id: int
+    owner_organization_id: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A successful, recorded call: outputs, where the time went, and what it counted."""
+
+    outputs: dict[str, np.ndarray]
+    timing: dict[str, float]
+    usage: dict[str, Any]
+
+
+class EvaluationService:
+    """The evaluate use case with its caches and its group committer; one per app."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        pool: LazyPool,
+        blob_store: BlobStore,
+        settings: Settings,
+        blob_cache: BlobCache | None = None,
+        writer_lock: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> None:
+        self.database = database
+        self.pool = pool
+        self.blob_store = blob_store
+        self.deadline_s = settings.eval_timeout_s
+        self.blob_cache = blob_cache
+        self.targets: TTLCache[tuple[int, str], Target] = TTLCache(settings.eval_lookup_cache_ttl_s)
+        self.entitlements: TTLCache[tuple[int, int], Entitlement] = TTLCache(
+            settings.eval_lookup_cache_ttl_s
+        )
+        self.committer = GroupCommitter(
+            database.session,
+            window_s=settings.usage_commit_window_s,
+            reserve_calls=settings.metering_reserve_calls,
+            writer_lock=writer_lock,
+        )
+
+    def forget_listing(self, listing_id: int) -> None:
+        """Drop what the caches know of a listing (after a revoke, suspension or reinstatement)."""
+        self.targets.discard_where(lambda _key, target: target.listing_id == listing_id)
+        self.entitlements.discard_where(lambda key, _ent: key[1] == listing_id)
+
+    def _target(self, model_id: int, version: str) -> Target:
+        key = (model_id, version)
+        target = self.targets.get(key)
+        if target is None:
+            session = self.database.session()
+            try:
+                row, listing = get_version_for_evaluation(session, model_id, version)
+            finally:
+                session.close()
+            assert listing.id is not None
+            target = Target(row, listing.id, listing.organization_id)
+            self.targets.put(key, target)
+        return target
+
+    def _cached_entitlement(self, organization_id: int, target: Target) -> Entitlement | None:
+        found = self.entitlements.get((organization_id, target.listing_id))
+        if (
+            found is not None
+            and found.version_id == target.version.id
+            and (found.expires_at is None or found.expires_at > utcnow())
+        ):
+            return found
+        return None
+
+    def _entitlement(self, organization_id: int, target: Target) -> Entitlement:
+        key = (organization_id, target.listing_id)
+        assert target.version.id is not None
+        session = self.database.session()
+        try:
+            found = entitlements.check_entitlement(
+                session=session,
+                organization_id=organization_id,
+                listing_id=target.listing_id,
+                version_id=target.version.id,
+            )
+        finally:
+            session.close()
+        self.entitlements.put(key, found)
+        return found
+
+    def evaluate(
+        self,
+        *,
+        organization_id: int,
+        model_id: int,
+        version: str,
+        read_inputs: Callable[[], Mapping[str, np.ndarray]],
+        json_output_bytes_max: int | None = None,
+    ) -> Evaluation:
+        """Look up, admit, run, record: the outputs of one call that has been counted.
+
+        ``read_inputs`` is called after the entitlement check, so a caller without one costs
+        no body parsing. ``json_output_bytes_max`` is the output limit when the caller wants
+        JSON (``json_output_too_large`` beyond it).
+        """
+        target = self._target(model_id, version)
+        entitlement = None
+        cached = False
+        if target.owner_organization_id != organization_id:
+            entitlement = self._cached_entitlement(organization_id, target)
+            cached = entitlement is not None
+            if entitlement is None:
+                entitlement = self._entitlement(organization_id, target)
+        inputs = read_inputs()
+        # A call that will be recorded tells the committer it is running, so that a commit
+        # about to start may wait a moment for its record; an owner's call records nothing.
+        with self.committer.running() if entitlement is not None else nullcontext() as running:
+            result = run(
+                pool=self.pool.get(),
+                blob_store=self.blob_store,
+                version=target.version,
+                caller_org_id=organization_id,
+                inputs=inputs,
+                deadline_s=self.deadline_s,
+                json_output_bytes_max=json_output_bytes_max,
+                blob_cache=self.blob_cache,
+                record_deadline_call=None
+                if entitlement is None
+                else lambda: self.committer.record(entitlement, running),
+            )
+            if entitlement is None:
+                usage: dict[str, Any] = {"licence_id": None, "kind": "owner"}
+            else:
+                try:
+                    usage = self.committer.record(entitlement, running)
+                except DomainError:
+                    # Used up, revoked or unpaid. A cached cover may have been replaced since it
+                    # was cached (a trial used up, then a licence bought): look once afresh and
+                    # count the call against what covers it now, or refuse it.
+                    self.entitlements.discard((organization_id, target.listing_id))
+                    if not cached:
+                        raise
+                    fresh = self._entitlement(organization_id, target)
+                    if fresh.license_id == entitlement.license_id:
+                        self.entitlements.discard((organization_id, target.listing_id))
+                        raise
+                    usage = self.committer.record(fresh)
+        timing = {
+            "queue_ms": round(result.queue_ms, 3),
+            "load_ms": round(result.load_ms, 3),
+            "run_ms": round(result.run_ms, 3),
+        }
+        return Evaluation(result.outputs, timing, usage)

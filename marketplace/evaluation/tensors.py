@@ -1,17 +1,29 @@
 """Tensors on the wire: JSON ``{dtype, shape, data}`` and ``application/x-npz``.
 
 Framework-free so that a Python client can use the same codec. Decoding is defensive: the
-element count is checked against the declared shape and the caps *before* any array is built,
-and npz archives are read without pickle and with a bound on their uncompressed size.
+element count and byte size are checked against the declared shape and the caps *before* any
+array is built, and npz archives are read without pickle, with a bound on their uncompressed
+size, and with every ``.npy`` header checked before its data is touched. Encoding copies no
+tensor: npz members are the arrays' own buffers, written as they are.
+
+npz member names are tensor names made safe to extract (:func:`npz_member_name`): characters
+outside ``[A-Za-z0-9_.-]`` (and a leading dot) are percent-encoded as UTF-8, so a vendor's
+output called ``../../etc/x`` arrives as ``%2E%2E%2F%2E%2E%2Fetc%2Fx.npy``, never as a path.
+Decoding reverses it (``urllib.parse.unquote``).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
+import string
+import struct
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -35,6 +47,7 @@ ALLOWED_DTYPES = frozenset(
         "float64",
     }
 )
+_ALLOWED_NUMPY = frozenset(np.dtype(name) for name in ALLOWED_DTYPES)
 NAME_LENGTH_MAX = 256
 # JSON has no NaN or infinities: they travel as these strings, both ways.
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -97,12 +110,45 @@ def _flatten(data: object, out: list[Any], budget: int) -> None:
         raise TensorDecodeError("data must hold only numbers or booleans")
 
 
-def decode_json_tensors(payload: object, *, elements_max: int) -> dict[str, np.ndarray]:
-    """``{name: {dtype, shape, data}}`` → arrays, with every size checked before allocation."""
+def _numeric_array(
+    data: object, dtype: np.dtype[Any], shape: tuple[int, ...], count: int
+) -> np.ndarray | None:
+    """The common case in C: data that is plain numbers (or booleans) of the declared count.
+
+    None sends the caller to the element-by-element path, which accepts the spelled-out
+    non-finite values and words its errors precisely.
+    """
+    if not isinstance(data, list):
+        return None
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        return None
+    if raw.dtype.kind not in "biuf" or raw.size != count:
+        return None
+    if dtype.kind in "iu" and raw.size:
+        if raw.dtype.kind == "f":
+            return None
+        info = np.iinfo(dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise TensorDecodeError("a tensor has values outside its dtype")
+    return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def decode_json_tensors(
+    payload: object, *, elements_max: int, bytes_max: int | None = None
+) -> dict[str, np.ndarray]:
+    """``{name: {dtype, shape, data}}`` → arrays, with every size checked before allocation.
+
+    ``bytes_max`` bounds the tensors' total bytes (JSON inputs have a smaller limit than npz,
+    since every value costs a Python object on the way in).
+    """
     if not isinstance(payload, Mapping) or not payload:
         raise TensorDecodeError("inputs must be a non-empty object of named tensors")
-    arrays: dict[str, np.ndarray] = {}
+    specs: list[tuple[str, np.dtype[Any], tuple[int, ...], object]] = []
     total = 0
+    total_bytes = 0
+    # Every declared size first: nothing is flattened before the whole request is known to fit.
     for name, spec in payload.items():
         _check_name(name)
         if not isinstance(spec, Mapping) or set(spec) - {"dtype", "shape", "data"}:
@@ -111,12 +157,27 @@ def decode_json_tensors(payload: object, *, elements_max: int) -> dict[str, np.n
         shape = _check_shape(spec.get("shape"), elements_max)
         count = math.prod(shape)
         total += count
+        total_bytes += count * dtype.itemsize
         if total > elements_max:
             raise TensorDecodeError(
                 f"inputs may hold at most {elements_max} elements", "input_too_large"
             )
+        if bytes_max is not None and total_bytes > bytes_max:
+            raise TensorDecodeError(
+                f"JSON inputs may hold at most {bytes_max} tensor bytes; "
+                f"send larger inputs as {NPZ_MIME}",
+                "input_too_large",
+            )
+        specs.append((name, dtype, shape, spec.get("data")))
+    arrays: dict[str, np.ndarray] = {}
+    for name, dtype, shape, data in specs:
+        count = math.prod(shape)
+        fast = _numeric_array(data, dtype, shape, count)
+        if fast is not None:
+            arrays[name] = fast
+            continue
         flat: list[Any] = []
-        _flatten(spec.get("data"), flat, count)
+        _flatten(data, flat, count)
         if len(flat) != count:
             raise TensorDecodeError(
                 f"tensor {name!r} has {len(flat)} values but its shape needs {count}"
@@ -129,15 +190,16 @@ def decode_json_tensors(payload: object, *, elements_max: int) -> dict[str, np.n
 
 
 def _json_value(array: np.ndarray) -> list[Any]:
-    if array.dtype.kind == "f":
+    flat = array.ravel()
+    if array.dtype.kind == "f" and not np.isfinite(flat).all():
         # JSON has no NaN or infinities; send them as strings the decoder of a client can map.
         return [
             v
             if math.isfinite(v)
             else ("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity"))
-            for v in array.astype(np.float64).ravel().tolist()
+            for v in flat.tolist()
         ]
-    return array.ravel().tolist()  # type: ignore[no-any-return]
+    return flat.tolist()  # type: ignore[no-any-return]
 
 
 def encode_json_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -147,8 +209,130 @@ def encode_json_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str,
     }
 
 
+# --- npz ------------------------------------------------------------------------------------
+
+_NAME_SAFE = frozenset(string.ascii_letters + string.digits + "_.-")
+_NPY_HEADER_BYTES_MAX = 10_000  # numpy's own bound on a .npy header
+# What numpy writes for a version 1.0 header: magic, length, the dict literal, padding.
+_NPY_HEADER_RE = re.compile(
+    rb"\x93NUMPY\x01\x00..\{'descr': '(?P<descr>[<>|=][a-z][0-9]{1,2})', "
+    rb"'fortran_order': (?P<fortran>True|False), 'shape': \((?P<shape>[0-9, ]{0,200})\), \} *\n",
+    re.DOTALL,
+)
+_ZIP_LOCAL = struct.Struct("<4sHHHHHLLLHH")
+_ZIP_CENTRAL = struct.Struct("<4sHHHHHHLLLHHHHHLL")
+_ZIP_END = struct.Struct("<4sHHHHLLH")
+_ZIP_LOCAL_SIG = b"PK\x03\x04"
+_ZIP_CENTRAL_SIG = b"PK\x01\x02"
+_ZIP_END_SIG = b"PK\x05\x06"
+_ZIP_DOS_DATE = 0x21  # 1980-01-01: archives do not depend on the clock
+_ZIP32_LIMIT = 1 << 32
+
+
+def npz_member_name(name: str) -> str:
+    """The archive member for tensor ``name``: percent-encoded outside a safe set, plus ``.npy``."""
+    out = []
+    for i, byte in enumerate(name.encode()):
+        char = chr(byte)
+        if char in _NAME_SAFE and not (i == 0 and char == "."):
+            out.append(char)
+        else:
+            out.append(f"%{byte:02X}")
+    return "".join(out) + ".npy"
+
+
+def _tensor_name(member: str) -> str:
+    try:
+        name = unquote(member.removesuffix(".npy"), errors="strict")
+    except UnicodeDecodeError:
+        raise TensorDecodeError("npz member names must be UTF-8") from None
+    return _check_name(name)
+
+
+def _npy_array(data: memoryview, name: str, elements_left: int) -> np.ndarray:
+    """The array in one ``.npy`` member, its header checked before its data is used."""
+    fast = _NPY_HEADER_RE.match(bytes(data[:256]))
+    if fast is not None:
+        # The exact header numpy itself writes, parsed without numpy's literal evaluator
+        # (which costs more than a small model's run).
+        descr, fortran_text, dims, header_end = (
+            fast["descr"].decode(),
+            fast["fortran"],
+            fast["shape"].decode(),
+            fast.end(),
+        )
+        try:
+            dtype = np.dtype(descr)
+        except TypeError:
+            raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
+        shape = tuple(int(d) for d in dims.replace(" ", "").split(",") if d)
+        return _npy_checked(
+            data, name, elements_left, dtype, shape, fortran_text == b"True", header_end
+        )
+    head = io.BytesIO(bytes(data[: _NPY_HEADER_BYTES_MAX + 16]))
+    try:
+        version = np.lib.format.read_magic(head)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+        else:
+            raise ValueError("unsupported .npy version")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
+    return _npy_checked(data, name, elements_left, dtype, shape, fortran, head.tell())
+
+
+def _npy_checked(
+    data: memoryview,
+    name: str,
+    elements_left: int,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    fortran: bool,
+    offset: int,
+) -> np.ndarray:
+    """The member's array once its declared dtype and shape have passed every cap."""
+    if dtype.hasobject or dtype.shape or dtype.newbyteorder("=") not in _ALLOWED_NUMPY:
+        raise TensorDecodeError(f"dtype must be one of {', '.join(sorted(ALLOWED_DTYPES))}")
+    if len(shape) > RANK_MAX:
+        raise TensorDecodeError(f"shape must be a list of at most {RANK_MAX} dimensions")
+    count = math.prod(shape)
+    if count > elements_left:
+        raise TensorDecodeError("inputs hold more elements than allowed", "input_too_large")
+    if len(data) - offset != count * dtype.itemsize:
+        raise TensorDecodeError(f"npz member {name!r} does not hold the data its header declares")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    array = array.reshape(shape, order="F" if fortran else "C")
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    return array
+
+
+def _stored_member(body: memoryview, info: zipfile.ZipInfo) -> memoryview:
+    """A stored member's bytes as a view into the body (no copy), its CRC checked."""
+    at = info.header_offset
+    if at + _ZIP_LOCAL.size > len(body):
+        raise TensorDecodeError("the npz archive is truncated")
+    fields = _ZIP_LOCAL.unpack_from(body, at)
+    if fields[0] != _ZIP_LOCAL_SIG:
+        raise TensorDecodeError("the body is not an npz archive")
+    start = at + _ZIP_LOCAL.size + fields[9] + fields[10]
+    end = start + info.file_size
+    if info.compress_size != info.file_size or end > len(body):
+        raise TensorDecodeError("the npz archive is truncated")
+    data = body[start:end]
+    if zlib.crc32(data) != info.CRC:
+        raise TensorDecodeError("an npz member fails its checksum")
+    return data
+
+
 def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, np.ndarray]:
-    """An ``.npz`` archive → arrays; no pickle, bounded uncompressed size and element count."""
+    """An ``.npz`` archive → arrays; no pickle, bounded size, headers checked before data.
+
+    Stored (uncompressed) members become arrays over the body's own bytes; compressed ones are
+    inflated up to their declared, bounded size.
+    """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
@@ -160,40 +344,99 @@ def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, n
         raise TensorDecodeError(
             f"the npz archive expands past {bytes_max} bytes", "input_too_large"
         )
+    body = memoryview(data)
     arrays: dict[str, np.ndarray] = {}
-    total = 0
+    left = elements_max
     for info in infos:
-        name = _check_name(info.filename.removesuffix(".npy"))
-        try:
-            with archive.open(info) as member:
-                raw = member.read(info.file_size + 1)
-            if len(raw) > info.file_size:
+        name = _tensor_name(info.filename)
+        if name in arrays:
+            raise TensorDecodeError(f"the npz archive holds {name!r} twice")
+        if info.compress_type == zipfile.ZIP_STORED:
+            member = _stored_member(body, info)
+        else:
+            try:
+                with archive.open(info) as stream:
+                    raw = stream.read(info.file_size + 1)
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError):
+                raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
+            except NotImplementedError:
                 raise TensorDecodeError(
-                    "an npz member is larger than its header says", "input_too_large"
+                    f"npz member {name!r} uses an unknown compression"
+                ) from None
+            if len(raw) != info.file_size:
+                raise TensorDecodeError(
+                    "an npz member's size differs from its header", "input_too_large"
                 )
-            array = np.load(io.BytesIO(raw), allow_pickle=False)
-        except TensorDecodeError:
-            raise
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError):
-            raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
-        _check_dtype(str(array.dtype))
-        total += array.size
-        if total > elements_max:
-            raise TensorDecodeError(
-                f"inputs may hold at most {elements_max} elements", "input_too_large"
-            )
+            member = memoryview(raw)
+        array = _npy_array(member, name, left)
+        left -= array.size
         arrays[name] = array
     return arrays
 
 
-def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+def _npy_header(array: np.ndarray) -> bytes:
+    # Rank is at most 8 here, so the version 1.0 header (up to 64 KiB) always suffices.
     buffer = io.BytesIO()
-    # Members are written by name, not through np.savez: it takes the names as keyword
-    # arguments, so a tensor named "file" broke every response and one named "allow_pickle"
-    # vanished into its flag. Names are the registry's safe charset (no "/"), so "NAME.npy" is
-    # always a plain member name.
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+    np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(array))
     return buffer.getvalue()
+
+
+def encode_npz_chunks(
+    arrays: Mapping[str, np.ndarray], chunk_bytes: int = 1 << 20
+) -> Iterator[bytes]:
+    """An ``.npz`` archive of ``arrays`` as chunks of at most ``chunk_bytes`` of tensor data.
+
+    The archive is an uncompressed (stored) zip, which is what ``np.savez`` writes: each member
+    is a ``.npy`` header followed by the array's own buffer, sliced into chunks as it is sent,
+    so the whole archive never exists in memory. Member names come from
+    :func:`npz_member_name`, so no tensor name can become a path.
+    """
+    directory: list[bytes] = []
+    offset = 0
+    for name, array in arrays.items():
+        # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
+        data = array if array.flags.c_contiguous else array.copy(order="C")
+        header = _npy_header(data)
+        flat = data.reshape(-1).view(np.uint8)
+        body = memoryview(flat) if data.nbytes else memoryview(b"")  # type: ignore[arg-type]
+        crc = zlib.crc32(body, zlib.crc32(header))
+        size = len(header) + data.nbytes
+        member = npz_member_name(name).encode()
+        if size >= _ZIP32_LIMIT or offset >= _ZIP32_LIMIT:
+            raise ValueError("npz members above 4 GiB are not written")
+        local = _ZIP_LOCAL.pack(_ZIP_LOCAL_SIG, 20, 0, 0, 0, 0x21, crc, size, size, len(member), 0)
+        directory.append(
+            _ZIP_CENTRAL.pack(
+                _ZIP_CENTRAL_SIG,
+                20,
+                20,
+                0,
+                0,
+                0,
+                0x21,
+                crc,
+                size,
+                size,
+                len(member),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + member
+        )
+        yield local + member + header
+        for start in range(0, data.nbytes, chunk_bytes):
+            yield bytes(body[start : start + chunk_bytes])
+        offset += len(local) + len(member) + size
+    central = b"".join(directory)
+    yield central + _ZIP_END.pack(
+        _ZIP_END_SIG, 0, 0, len(directory), len(directory), len(central), offset, 0
+    )
+
+
+def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """The whole archive as bytes (for clients and tests; responses stream the chunks)."""
+    return b"".join(encode_npz_chunks(arrays))

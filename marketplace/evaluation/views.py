@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
 from marketplace.accounts.oauth import current, require_oauth
@@ -14,15 +16,18 @@ from marketplace.catalog.services import sample_of
 from marketplace.db import get_session
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
+from marketplace.evaluation.admission import NodeAdmission, Slot
+from marketplace.evaluation.batching import NodeWriterLock
 from marketplace.evaluation.tensors import (
     NPZ_MIME,
     TensorDecodeError,
     decode_json_tensors,
     decode_npz,
     encode_json_tensors,
-    encode_npz,
+    encode_npz_chunks,
 )
-from marketplace.licensing import entitlements
+from model_registry.blobcache import BlobCache
+from model_registry.blobstore import FilesystemBlobStore
 
 bp = Blueprint("evaluation", __name__, url_prefix=API_PREFIX)
 
@@ -58,11 +63,13 @@ def _read_inputs() -> dict[str, Any]:
                 bytes_max=settings.eval_input_bytes_max,
             )
         if mimetype == "application/json":
-            body = read_json_object(limit)
+            body = read_json_object(min(limit, settings.eval_json_body_bytes_max))
             if set(body) != {"inputs"}:
                 raise ValidationFailed('The body must be {"inputs": {...}}.', code="input_invalid")
             return decode_json_tensors(
-                body["inputs"], elements_max=settings.eval_input_elements_max
+                body["inputs"],
+                elements_max=settings.eval_input_elements_max,
+                bytes_max=settings.eval_json_input_bytes_max,
             )
     except TensorDecodeError as exc:
         raise ValidationFailed(str(exc), code=exc.code) from None
@@ -89,46 +96,52 @@ def _wants_npz() -> bool:
 )
 @require_oauth(SANDBOX_RUN)
 def evaluate(model_id: int, version: str) -> Any:
+    # The node's slot is held while this call's tensors are in memory: until a JSON body has
+    # been built, or until the last chunk of a streamed npz body has been sent (or the client
+    # has gone and the server closed the stream).
+    slot = services.admit(current_app.extensions["eval_admission"])
+    try:
+        return _evaluate(model_id, version, slot)
+    except BaseException:
+        slot.release()
+        raise
+
+
+def _streamed(chunks: Iterator[bytes], slot: Slot) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        slot.release()
+
+
+def _evaluate(model_id: int, version: str, slot: Slot) -> Response:
     settings = current_app.extensions["settings"]
-    session = get_session()
-    org_id = current.organization_id
-    row, _listing, entitlement = services.authorize(
-        session=session, model_id=model_id, version=version, organization_id=org_id
+    service: services.EvaluationService = current_app.extensions["evaluation"]
+    wants_npz = _wants_npz()
+    result = service.evaluate(
+        organization_id=current.organization_id,
+        model_id=model_id,
+        version=version,
+        read_inputs=_read_inputs,
+        json_output_bytes_max=None if wants_npz else settings.eval_json_output_bytes_max,
     )
-    inputs = _read_inputs()
-    # The database is not needed while the model runs; release the connection meanwhile.
-    session.commit()
-
-    def record_call() -> dict[str, Any]:
-        if entitlement is None:
-            return {"licence_id": None, "kind": "owner"}
-        return entitlements.record_successful_call(
-            session=session, entitlement=entitlement, reserve_calls=settings.metering_reserve_calls
-        )
-
-    result = services.run(
-        pool=current_app.extensions["sandbox_pool"].get(),
-        blob_store=current_app.extensions["blob_store"],
-        version=row,
-        caller_org_id=org_id,
-        inputs=inputs,
-        deadline_s=settings.eval_timeout_s,
-        record_deadline_call=record_call,
-    )
-    usage = record_call()
-    timing = {
-        "queue_ms": round(result.queue_ms, 3),
-        "load_ms": round(result.load_ms, 3),
-        "run_ms": round(result.run_ms, 3),
-    }
-    if _wants_npz():
-        response = Response(encode_npz(result.outputs), mimetype=NPZ_MIME)
-        response.headers["X-Jishi-Timing"] = ",".join(f"{k}={v}" for k, v in timing.items())
-        response.headers["X-Jishi-Usage"] = ",".join(f"{k}={v}" for k, v in usage.items())
+    if wants_npz:
+        body = _streamed(encode_npz_chunks(result.outputs), slot)
+        response = Response(body, mimetype=NPZ_MIME)
+        response.headers["X-Jishi-Timing"] = ",".join(f"{k}={v}" for k, v in result.timing.items())
+        response.headers["X-Jishi-Usage"] = ",".join(f"{k}={v}" for k, v in result.usage.items())
+        # A generator not yet started has no finally to run: release on close as well.
+        response.call_on_close(slot.release)
         return response
-    return jsonify(
-        {"outputs": encode_json_tensors(result.outputs), "timing": timing, "usage": usage}
+    response = jsonify(
+        {
+            "outputs": encode_json_tensors(result.outputs),
+            "timing": result.timing,
+            "usage": result.usage,
+        }
     )
+    slot.release()
+    return response
 
 
 @bp.get("/models/<int:model_id>/versions/<version>/sample")
@@ -174,3 +187,35 @@ def sandbox_health() -> Any:
         with require_oauth.acquire() as token:
             detailed = ADMIN in token.scope.split()
     return jsonify(services.health(current_app.extensions["sandbox_pool"], detailed=detailed))
+
+
+def init_app(app: Flask) -> None:
+    """The sandbox pool (started on first use), the node's evaluation cap and the service."""
+    settings = app.extensions["settings"]
+    # The sandbox's zygote starts on the first evaluation, not with every app object.
+    pool = services.LazyPool(services.pool_config(settings))
+    app.extensions["sandbox_pool"] = pool
+    app.extensions["eval_admission"] = NodeAdmission(
+        Path(app.instance_path) / "run" / "eval-slots", settings.eval_concurrency_max
+    )
+    blob_store = app.extensions["blob_store"]
+    blob_cache = None
+    # A filesystem store is already local: copying its files into a cache would only double them.
+    if settings.blob_cache_bytes_max > 0 and not isinstance(blob_store, FilesystemBlobStore):
+        blob_cache = BlobCache(
+            settings.blob_cache_dir or Path(app.instance_path) / "blob-cache",
+            settings.blob_cache_bytes_max,
+        )
+    service = services.EvaluationService(
+        database=app.extensions["db"],
+        pool=pool,
+        blob_store=blob_store,
+        settings=settings,
+        blob_cache=blob_cache,
+        writer_lock=NodeWriterLock(Path(app.instance_path) / "run" / "sqlite-writer.lock")
+        if app.extensions["db"].is_sqlite
+        else None,
+    )
+    app.extensions["evaluation"] = service
+    app.extensions.setdefault("listing_listeners", []).append(service.forget_listing)
+    app.register_blueprint(bp)

@@ -12,14 +12,16 @@ Contract for the evaluate endpoint, in this order:
    subscription) over a per-inference one over a trial.
 2. Run the model. If the run fails, do nothing: failed calls are never counted or charged.
 3. ``usage = record_successful_call(session=..., entitlement=ent)`` after a successful run and
-   **before** returning the outputs; put ``usage`` in the response as ``usage``. This is the
+   **before** returning the outputs; put ``usage`` in the response as ``usage``
+   (``record_successful_calls`` counts many calls in one transaction, for group commit). This is the
    authoritative, atomic step: a trial call is counted by a conditional ``UPDATE`` (exactly
    once per successful call, never below zero, also under concurrency) and a per-inference
    call consumes one call of the wallet reservation and writes a usage event. If a concurrent
    call used the last trial call or the reservation cannot be renewed, it raises 403/402 like
    step 1; the caller then discards the outputs, so nobody ever receives more results than
    their entitlement or wallet covers. ``usage`` is ``{"licence_id", "kind",
-   "calls_remaining"?, "charged_minor"?}``: ``calls_remaining`` for trials, ``charged_minor``
+   "calls_remaining"?, "seq"?, "charged_minor"?}``: ``calls_remaining`` for trials; ``seq``
+   (the call's number within the licence, as its usage event records it) and ``charged_minor``
    (this call's share of ``floor(N * royalty_per_1k_minor / 1000)``) for per-inference.
 
 ``may_download(...)`` answers the registry's artifact endpoint: True when the organisation
@@ -41,7 +43,7 @@ from sqlmodel import Session, col, select
 
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, ModelVersion, Offer
 from marketplace.db import utcnow
-from marketplace.errors import Forbidden, NotFound, PaymentRequired
+from marketplace.errors import DomainError, Forbidden, NotFound, PaymentRequired
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import InsufficientFunds
 from marketplace.ledger.money import royalty_due
@@ -141,31 +143,11 @@ def check_entitlement(
     )
 
 
-def record_successful_call(
-    *,
-    session: Session,
-    entitlement: Entitlement,
-    reserve_calls: int = metering.DEFAULT_RESERVE_CALLS,
-) -> dict[str, Any]:
-    """Count one successful call against ``entitlement``; the ``usage`` object for the response.
+def _no_longer_covered() -> Forbidden:
+    return Forbidden("The licence or trial no longer covers this call.", code="no_entitlement")
 
-    ``reserve_calls`` is how many calls a per-inference licence reserves from the wallet at a
-    time (the ``metering_reserve_calls`` setting).
-    """
-    ent = entitlement
-    usage: dict[str, Any] = {"licence_id": ent.license_id, "kind": ent.kind}
-    if ent.kind == PER_INFERENCE:
-        used, _ids = metering.record_calls(
-            session=session,
-            license_id=ent.license_id,
-            version_id=ent.version_id,
-            reserve_calls=reserve_calls,
-        )
-        r = ent.royalty_per_1k_minor
-        usage["charged_minor"] = royalty_due(used, r) - royalty_due(used - 1, r)
-        return usage
 
-    now = utcnow()
+def _count_paid_or_trial(session: Session, ent: Entitlement, now: dt.datetime) -> dict[str, Any]:
     active = sa.and_(
         _licenses_t.c.id == ent.license_id,
         _licenses_t.c.revoked_at.is_(None),
@@ -191,16 +173,107 @@ def record_successful_call(
             .values(calls_used=_licenses_t.c.calls_used + 1)
             .returning(_licenses_t.c.calls_remaining)
         )
+    row = session.execute(statement).first()
+    if row is None:
+        raise _no_longer_covered()
+    usage: dict[str, Any] = {"licence_id": ent.license_id, "kind": ent.kind}
+    if ent.kind == TRIAL:
+        usage["calls_remaining"] = row[0]
+    return usage
+
+
+def _metered_usage(ent: Entitlement, seq: int) -> dict[str, Any]:
+    r = ent.royalty_per_1k_minor
+    return {
+        "licence_id": ent.license_id,
+        "kind": ent.kind,
+        "seq": seq,  # the call's number within the licence, as its usage event records it
+        "charged_minor": royalty_due(seq, r) - royalty_due(seq - 1, r),
+    }
+
+
+def _count_metered(
+    session: Session, ents: list[Entitlement], reserve_calls: int
+) -> list[dict[str, Any] | DomainError]:
+    """Count calls of one per-inference licence: all at once, or one by one when funds run out."""
+    license_id = ents[0].license_id
+    try:
+        with session.begin_nested():
+            used, _ids = metering.count_calls(
+                session,
+                license_id=license_id,
+                version_ids=[e.version_id for e in ents],
+                reserve_calls=reserve_calls,
+            )
+        return [_metered_usage(e, used - len(ents) + 1 + i) for i, e in enumerate(ents)]
+    except DomainError as exc:
+        if len(ents) == 1:
+            return [exc]
+    # The wallet covers fewer calls than the batch holds: count as many as it covers, in order.
+    results: list[dict[str, Any] | DomainError] = []
+    for ent in ents:
+        try:
+            with session.begin_nested():
+                used, _ids = metering.count_calls(
+                    session,
+                    license_id=license_id,
+                    version_ids=[ent.version_id],
+                    reserve_calls=reserve_calls,
+                )
+            results.append(_metered_usage(ent, used))
+        except DomainError as exc:
+            results.append(exc)
+    return results
+
+
+def record_successful_calls(
+    session: Session,
+    entitlements: list[Entitlement],
+    *,
+    reserve_calls: int = metering.DEFAULT_RESERVE_CALLS,
+) -> list[dict[str, Any] | DomainError]:
+    """Count many successful calls inside the caller's (writing) transaction; no commit.
+
+    One result per entitlement, in order: the call's ``usage`` object, or the 403/402 error
+    that refuses it (a concurrent call took the last trial call, the wallet ran out, the
+    licence was revoked). A refused call leaves no trace; the others still count. This is
+    what lets concurrent calls share one commit (see ``marketplace.evaluation.batching``).
+    """
+    results: list[dict[str, Any] | DomainError | None] = [None] * len(entitlements)
+    metered: dict[int, list[int]] = {}
+    now = utcnow()
+    for index, ent in enumerate(entitlements):
+        if ent.kind == PER_INFERENCE:
+            metered.setdefault(ent.license_id, []).append(index)
+            continue
+        try:
+            results[index] = _count_paid_or_trial(session, ent, now)
+        except DomainError as exc:
+            results[index] = exc
+    for indexes in metered.values():
+        counted = _count_metered(session, [entitlements[i] for i in indexes], reserve_calls)
+        for index, result in zip(indexes, counted, strict=True):
+            results[index] = result
+    return [r if r is not None else _no_longer_covered() for r in results]
+
+
+def record_successful_call(
+    *,
+    session: Session,
+    entitlement: Entitlement,
+    reserve_calls: int = metering.DEFAULT_RESERVE_CALLS,
+) -> dict[str, Any]:
+    """Count one successful call against ``entitlement`` in a unit of work of its own.
+
+    ``reserve_calls`` is how many calls a per-inference licence reserves from the wallet at a
+    time (the ``metering_reserve_calls`` setting). Returns the ``usage`` object for the response.
+    """
 
     def work(s: Session) -> dict[str, Any]:
-        row = s.execute(statement).first()
-        if row is None:
-            raise Forbidden(
-                "The licence or trial no longer covers this call.", code="no_entitlement"
-            )
-        if ent.kind == TRIAL:
-            usage["calls_remaining"] = row[0]
-        return usage
+        (result,) = record_successful_calls(s, [entitlement], reserve_calls=reserve_calls)
+        if isinstance(result, DomainError):
+            raise result
+        return result
 
     return ledger.run_in_transaction(session, work)
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from marketplace.api import MinorAmount
+from marketplace.payments.schemas import PaymentRefundPublic
 
 
 class AcceptTerms(BaseModel):
@@ -70,6 +71,14 @@ class RefundPublic(BaseModel):
     currency: str
     ledger_transaction_id: int | None
     order: OrderPublic
+    payment_refunds: list[PaymentRefundPublic] = Field(
+        default_factory=list,
+        description="The part sent back to the buyer's payments (provider refunds)",
+    )
+    to_wallet_minor: int = Field(
+        description="The part that stays in the buyer's wallet (simulated money, or more than "
+        "the payments can take back)"
+    )
 
 
 class OrderQuery(BaseModel):

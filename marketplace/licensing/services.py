@@ -39,6 +39,10 @@ from marketplace.licensing.schemas import (
     RefundCreate,
     RefundPublic,
 )
+from marketplace.payments import refunds as payment_refunds
+from marketplace.payments.gateway import PaymentGateway
+from marketplace.payments.models import REFUND_FOR_ORDER
+from marketplace.payments.outbox import OutboxPolicy
 
 
 def _offer_for_sale(session: Session, offer_id: int, organization_id: int) -> tuple[Offer, Listing]:
@@ -457,13 +461,24 @@ def _rechain_subscription(session: Session, organization_id: int, offer_id: int)
 
 
 def refund_order(
-    *, session: Session, order_id: int, request: RefundCreate, idempotency_key: str
+    *,
+    session: Session,
+    order_id: int,
+    request: RefundCreate,
+    idempotency_key: str,
+    gateway: PaymentGateway | None = None,
+    policy: OutboxPolicy | None = None,
+    refunds_max: int = 10,
 ) -> RefundPublic:
     """Refund all or part of an order by a reversing ledger transaction.
 
     Refunds are split with the same largest-remainder rule on the cumulative amount refunded,
     so a full refund in any number of parts returns exactly the original vendor share and fee.
     A full refund revokes the licence. Vendor money already paid out cannot be refunded (409).
+
+    With a gateway that moves real money, the refunded amount then goes back to the buyer's
+    payments (newest first, never beyond what each captured minus its earlier refunds) in the
+    same transaction; whatever they cannot take back stays in the wallet.
     """
     digest = request_hash({"amount_minor": request.amount_minor, "reason": request.reason})
 
@@ -539,11 +554,28 @@ def refund_order(
         )
         s.add(refund)
         s.flush()
+        if gateway is not None and not gateway.simulated:
+            payment_refunds.refund_to_payments(
+                s,
+                organization_id=order.organization_id,
+                currency=order.currency,
+                amount_minor=amount,
+                provider=gateway.name,
+                purpose=REFUND_FOR_ORDER,
+                count_max=refunds_max,
+                order_refund_id=refund.id,
+            )
         return refund
 
     refund = ledger.run_in_transaction(session, work)
-    order = session.get(Order, order_id)
-    assert refund.id is not None and order is not None
+    assert refund.id is not None
+    sent = payment_refunds.refunds_of(session, order_refund_id=refund.id)
+    if gateway is not None and sent:
+        payment_refunds.send_now(session, gateway, policy or OutboxPolicy(), sent)
+        sent = payment_refunds.refunds_of(session, order_refund_id=refund.id)
+    order = session.get(Order, order_id, populate_existing=True)
+    assert order is not None
+    to_payments = payment_refunds.payment_refunds_public(sent, session)
     return RefundPublic(
         id=refund.id,
         order_id=order_id,
@@ -551,4 +583,6 @@ def refund_order(
         currency=refund.currency,
         ledger_transaction_id=refund.ledger_transaction_id,
         order=order_public(order),
+        payment_refunds=to_payments,
+        to_wallet_minor=refund.amount_minor - sum(r.amount_minor for r in sent),
     )

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 
 from marketplace.accounts.oauth import current, require_oauth
-from marketplace.api import API_PREFIX, openapi, parse_json, parse_query
+from marketplace.api import API_PREFIX, idempotency_key, openapi, parse_json, parse_query
 from marketplace.db import get_session
 from marketplace.licensing import services
 from marketplace.licensing.schemas import (
@@ -20,7 +20,7 @@ from marketplace.licensing.schemas import (
     RefundCreate,
     RefundPublic,
 )
-from marketplace.payments.views import idempotency_key
+from marketplace.payments.outbox import OutboxPolicy
 
 bp = Blueprint("licensing", __name__, url_prefix=API_PREFIX)
 
@@ -124,7 +124,8 @@ def list_orders() -> Any:
 
 @bp.post("/orders/<int:order_id>/refund")
 @openapi(
-    "Refund an order in full or in part (header Idempotency-Key); a full refund revokes the licence",
+    "Refund an order in full or in part (header Idempotency-Key); a full refund revokes the "
+    "licence; money paid in through Stripe goes back to the buyer's payments",
     tag="licensing",
     body=RefundCreate,
     response=RefundPublic,
@@ -136,8 +137,15 @@ def list_orders() -> Any:
 def refund(order_id: int) -> Any:
     key = idempotency_key()
     body = parse_json(RefundCreate)
+    settings = current_app.extensions["settings"]
     result = services.refund_order(
-        session=get_session(), order_id=order_id, request=body, idempotency_key=key
+        session=get_session(),
+        order_id=order_id,
+        request=body,
+        idempotency_key=key,
+        gateway=current_app.extensions["payment_gateway"],
+        policy=OutboxPolicy.from_settings(settings),
+        refunds_max=settings.withdrawal_refunds_max,
     )
     return jsonify(result.model_dump(mode="json")), 201
 

@@ -192,6 +192,60 @@ def _count_calls(session: Session, license_id: int, calls: int) -> int | None:
     return None if row is None else int(row[0])
 
 
+def count_calls(
+    session: Session,
+    *,
+    license_id: int,
+    version_ids: list[int],
+    reserve_calls: int = DEFAULT_RESERVE_CALLS,
+) -> tuple[int, list[str]]:
+    """Count one successful call per entry of ``version_ids`` inside the caller's transaction.
+
+    Returns the licence's new ``calls_used`` and the usage events' ids; the calls are ``seq``
+    ``used - n + 1 .. used`` in the order given. The fast path is one conditional ``UPDATE`` and has no effect when it
+    fails; when the reservation is used up the licence is settled and the next block reserved
+    first. Raises :class:`InsufficientFunds` (402) or ``license_inactive`` (403) when the calls
+    cannot be counted; after the slow path has started, the caller must roll back (a
+    savepoint is enough) to undo its partial work.
+    """
+    calls = len(version_ids)
+    if calls <= 0:
+        raise ValueError("calls must be positive")
+    used = _count_calls(session, license_id, calls)
+    if used is None:
+        (lic,) = _lock_licenses(session, [license_id])
+        if lic.kind != PER_INFERENCE or lic.revoked_at is not None:
+            raise Forbidden("The licence is not active.", code="license_inactive")
+        transfers, _due = _settlement_transfers(session, lic)
+        ledger.apply_transfers(session, transfers)
+        _mark_settled(lic)
+        _reserve(session, lic, max(reserve_calls, calls))
+        session.add(lic)
+        session.flush()
+        used = _count_calls(session, license_id, calls)
+        if used is None:
+            raise InsufficientFunds(
+                account_id=_wallet(session, lic),
+                currency=lic.currency,
+                missing_minor=royalty_due(lic.calls_used + calls, lic.royalty_per_1k_minor)
+                - royalty_due(lic.calls_reserved, lic.royalty_per_1k_minor),
+            )
+    now = utcnow()
+    # 128 random bits per event, drawn in one system call for the whole batch.
+    raw = os.urandom(16 * calls).hex()
+    ids = [raw[i : i + 32] for i in range(0, 32 * calls, 32)]
+    bulk.insert_rows(
+        session,
+        _usage_t,
+        ("id", "license_id", "version_id", "seq", "created_at"),
+        [
+            (event_id, license_id, version_id, used - calls + 1 + i, now)
+            for i, (event_id, version_id) in enumerate(zip(ids, version_ids, strict=True))
+        ],
+    )
+    return used, ids
+
+
 def record_calls(
     *,
     session: Session,
@@ -200,7 +254,7 @@ def record_calls(
     calls: int = 1,
     reserve_calls: int = DEFAULT_RESERVE_CALLS,
 ) -> tuple[int, list[str]]:
-    """Count ``calls`` successful calls on a per-inference licence and write their usage events.
+    """Count ``calls`` successful calls on a per-inference licence in a unit of work of its own.
 
     Returns the licence's new ``calls_used`` and the events' ids. When the reservation is used
     up, the same transaction settles the licence and reserves the next block; when the wallet
@@ -210,39 +264,9 @@ def record_calls(
         raise ValueError("calls must be positive")
 
     def work(s: Session) -> tuple[int, list[str]]:
-        used = _count_calls(s, license_id, calls)
-        if used is None:
-            (lic,) = _lock_licenses(s, [license_id])
-            if lic.kind != PER_INFERENCE or lic.revoked_at is not None:
-                raise Forbidden("The licence is not active.", code="license_inactive")
-            transfers, _due = _settlement_transfers(s, lic)
-            ledger.apply_transfers(s, transfers)
-            _mark_settled(lic)
-            _reserve(s, lic, max(reserve_calls, calls))
-            s.add(lic)
-            s.flush()
-            used = _count_calls(s, license_id, calls)
-            if used is None:
-                raise InsufficientFunds(
-                    account_id=_wallet(s, lic),
-                    currency=lic.currency,
-                    missing_minor=royalty_due(lic.calls_used + calls, lic.royalty_per_1k_minor)
-                    - royalty_due(lic.calls_reserved, lic.royalty_per_1k_minor),
-                )
-        now = utcnow()
-        # 128 random bits per event, drawn in one system call for the whole batch.
-        raw = os.urandom(16 * calls).hex()
-        ids = [raw[i : i + 32] for i in range(0, 32 * calls, 32)]
-        bulk.insert_rows(
-            s,
-            _usage_t,
-            ("id", "license_id", "version_id", "seq", "created_at"),
-            [
-                (event_id, license_id, version_id, used - calls + 1 + i, now)
-                for i, event_id in enumerate(ids)
-            ],
+        return count_calls(
+            s, license_id=license_id, version_ids=[version_id] * calls, reserve_calls=reserve_calls
         )
-        return used, ids
 
     return ledger.run_in_transaction(session, work)
 

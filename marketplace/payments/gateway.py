@@ -1,56 +1,269 @@
-"""The payment gateway protocol and the offline gateway of the embedded run."""
+"""The payment gateway protocol, its provider errors, and the offline gateway of the embedded run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import itertools
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from marketplace.errors import DomainError, ServiceUnavailable
 
 INTENT_SUCCEEDED = "succeeded"
-INTENT_PENDING = "pending"
-INTENT_FAILED = "failed"
+INTENT_PENDING = "pending"  # the payer still has to pay (or the provider is still processing)
+INTENT_FAILED = "failed"  # the last attempt to pay failed; the payer may try again
+INTENT_CANCELED = "canceled"  # it can never be paid
+
+REFUND_SUCCEEDED = "succeeded"
+REFUND_PENDING = "pending"
+REFUND_FAILED = "failed"
+
+
+class ProviderUnavailable(ServiceUnavailable):
+    """The provider could not be reached or answered with a transient error: try again later.
+
+    The request may or may not have taken effect; a retry with the same idempotency key settles
+    which.
+    """
+
+    code = "payment_provider_unavailable"
+    title = "Payment provider unavailable"
+
+
+class ProviderRefused(DomainError):
+    """The provider definitively refused the request: nothing happened there."""
+
+    code = "payment_refused"
+    status = 409
+    title = "Refused by the payment provider"
+
+
+class ProviderConflict(DomainError):
+    """The provider reports a state only a person can sort out (an idempotency key clash).
+
+    Nothing is retried or undone automatically after it.
+    """
+
+    code = "payment_provider_conflict"
+    status = 409
+    title = "Payment provider conflict"
 
 
 @dataclass(frozen=True)
 class PaymentIntent:
     """What a gateway says about a payment it was asked to collect."""
 
-    status: str  # succeeded | pending | failed
+    status: str  # succeeded | pending | failed | canceled
     provider_ref: str
     # Handed to the payer's browser when the provider needs the payer to confirm (Stripe).
     client_secret: str | None = None
+    amount_minor: int = 0
+    amount_received_minor: int = 0
+    currency: str = ""
+    failure_code: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderTransfer:
+    """Money sent to a vendor's connected account."""
+
+    provider_ref: str
+    amount_minor: int
+    currency: str
+    destination: str
+    reversed_minor: int = 0
+    group: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderRefund:
+    """Money sent back to a payer's original payment."""
+
+    provider_ref: str
+    status: str  # succeeded | pending | failed
+    amount_minor: int
+    currency: str
+    payment_ref: str
+    failure_code: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 class PaymentGateway(Protocol):
-    """Collects money from payers for wallet top-ups.
+    """Moves money between payers, the platform and vendors through a payment provider.
 
-    ``name`` is recorded on every top-up (``offline``, ``stripe``); ``simulated`` is True when
-    no real money moves, and the flag is stored on every record the gateway produces so that
-    pages and statements can say so.
+    ``name`` is recorded on every money record (``offline``, ``stripe``); ``simulated`` is True
+    when no real money moves, and the flag is stored on every record the gateway produces so
+    that pages and statements can say so.
 
-    ``create_top_up`` asks the provider to collect ``amount_minor`` (integer minor units of
-    ``currency``). ``reference`` is the marketplace's own stable id for the top-up; a gateway
-    must use it as the provider's idempotency key, so that calling again with the same
-    reference after a crash or timeout never collects twice and returns the same intent. The
-    result is ``succeeded`` (the wallet may be credited now), ``pending`` (the provider will
-    confirm later, e.g. by a signed webhook) or ``failed``. Provider errors are raised as
-    :class:`marketplace.errors.ServiceUnavailable`, never as the vendor SDK's exceptions.
+    Every call that changes something at the provider takes an ``idempotency_key`` (``reference``
+    for top-ups), which the gateway must send as the provider's idempotency key: calling again
+    with the same key and the same arguments after a crash or a timeout returns the first
+    result and never moves money twice. Keys are derived from the marketplace's own ids and
+    stored before the first call.
+
+    Amounts are integer minor units; currencies are ISO 4217 codes in upper case. ``metadata``
+    is attached to the provider's object so that its webhooks and lists lead back to our rows.
+
+    Errors: :class:`ProviderUnavailable` (transient: retry with the same key),
+    :class:`ProviderRefused` (definitive: nothing happened), :class:`ProviderConflict` (a person
+    must look); never the vendor SDK's own exceptions.
     """
 
     name: str
     simulated: bool
 
-    def create_top_up(self, *, reference: str, amount_minor: int, currency: str) -> PaymentIntent:
+    def create_top_up(
+        self,
+        *,
+        reference: str,
+        amount_minor: int,
+        currency: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> PaymentIntent:
         """Start collecting a top-up; idempotent per ``reference``."""
         ...
 
+    def get_top_up(self, provider_ref: str) -> PaymentIntent:
+        """The payment's current state at the provider."""
+        ...
+
+    def cancel_top_up(self, *, idempotency_key: str, provider_ref: str) -> PaymentIntent:
+        """Cancel a payment nobody paid; refused when it can no longer be canceled."""
+        ...
+
+    def check_payout_account(self, account_ref: str) -> None:
+        """Raise :class:`ProviderRefused` unless the account exists and can receive transfers."""
+        ...
+
+    def create_transfer(
+        self,
+        *,
+        idempotency_key: str,
+        amount_minor: int,
+        currency: str,
+        destination: str,
+        group: str,
+        metadata: Mapping[str, str],
+    ) -> ProviderTransfer:
+        """Send money from the platform to a vendor's connected account."""
+        ...
+
+    def get_transfer(self, provider_ref: str) -> ProviderTransfer: ...
+
+    def create_refund(
+        self,
+        *,
+        idempotency_key: str,
+        payment_ref: str,
+        amount_minor: int,
+        metadata: Mapping[str, str],
+    ) -> ProviderRefund:
+        """Return part or all of a collected payment to the payer."""
+        ...
+
+    def get_refund(self, provider_ref: str) -> ProviderRefund: ...
+
 
 class OfflineGateway:
-    """Succeeds at once without moving money: the embedded default, marked simulated."""
+    """Succeeds at once without moving money: the embedded default, marked simulated.
+
+    It keeps what it "did" in memory only so that repeated calls with the same key give the
+    same answer within one process, as a real provider's idempotency would.
+    """
 
     name = "offline"
     simulated = True
 
-    def create_top_up(self, *, reference: str, amount_minor: int, currency: str) -> PaymentIntent:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._by_key: dict[str, Any] = {}
+
+    def _once(self, key: str, make: Any) -> Any:
+        with self._lock:
+            if key not in self._by_key:
+                self._by_key[key] = make(next(self._seq))
+            return self._by_key[key]
+
+    def create_top_up(
+        self,
+        *,
+        reference: str,
+        amount_minor: int,
+        currency: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> PaymentIntent:
         if amount_minor <= 0:
             raise ValueError("a top-up must be positive")
-        return PaymentIntent(status=INTENT_SUCCEEDED, provider_ref=f"offline-{reference}")
+        return PaymentIntent(
+            status=INTENT_SUCCEEDED,
+            provider_ref=f"offline-{reference}",
+            amount_minor=amount_minor,
+            amount_received_minor=amount_minor,
+            currency=currency,
+            metadata=dict(metadata or {}),
+        )
+
+    def get_top_up(self, provider_ref: str) -> PaymentIntent:
+        raise ProviderRefused("Simulated payments have no state to fetch.", code="simulated")
+
+    def cancel_top_up(self, *, idempotency_key: str, provider_ref: str) -> PaymentIntent:
+        raise ProviderRefused("Simulated payments succeed at once.", code="simulated")
+
+    def check_payout_account(self, account_ref: str) -> None:
+        return None
+
+    def create_transfer(
+        self,
+        *,
+        idempotency_key: str,
+        amount_minor: int,
+        currency: str,
+        destination: str,
+        group: str,
+        metadata: Mapping[str, str],
+    ) -> ProviderTransfer:
+        if amount_minor <= 0:
+            raise ValueError("a transfer must be positive")
+        return self._once(  # type: ignore[no-any-return]
+            idempotency_key,
+            lambda n: ProviderTransfer(
+                provider_ref=f"offline-tr-{n}",
+                amount_minor=amount_minor,
+                currency=currency,
+                destination=destination,
+                group=group,
+                metadata=dict(metadata),
+            ),
+        )
+
+    def get_transfer(self, provider_ref: str) -> ProviderTransfer:
+        raise ProviderRefused("Simulated transfers have no state to fetch.", code="simulated")
+
+    def create_refund(
+        self,
+        *,
+        idempotency_key: str,
+        payment_ref: str,
+        amount_minor: int,
+        metadata: Mapping[str, str],
+    ) -> ProviderRefund:
+        if amount_minor <= 0:
+            raise ValueError("a refund must be positive")
+        return self._once(  # type: ignore[no-any-return]
+            idempotency_key,
+            lambda n: ProviderRefund(
+                provider_ref=f"offline-re-{n}",
+                status=REFUND_SUCCEEDED,
+                amount_minor=amount_minor,
+                currency="",
+                payment_ref=payment_ref,
+                metadata=dict(metadata),
+            ),
+        )
+
+    def get_refund(self, provider_ref: str) -> ProviderRefund:
+        raise ProviderRefused("Simulated refunds have no state to fetch.", code="simulated")

@@ -1,26 +1,49 @@
-"""Wallet top-ups through a :class:`PaymentGateway`, and wallet balances. No Flask here."""
+"""Wallet top-ups through a :class:`PaymentGateway`, and wallet balances. No Flask here.
+
+A top-up is recorded together with its outbox row; the request then sends that row at once so
+that the payer gets the provider's ``client_secret`` in the answer. The wallet is credited only
+when the provider says the payment succeeded: in that same answer (offline), by a signed webhook,
+or by reconciliation, whichever comes first; the others then change nothing.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from marketplace.db import utcnow
-from marketplace.errors import Conflict, ValidationFailed
+from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
 from marketplace.ledger.models import PAYMENT_CLEARING, WALLET, Currency
 from marketplace.ledger.money import format_minor
+from marketplace.payments import outbox
 from marketplace.payments.gateway import (
+    INTENT_CANCELED,
     INTENT_FAILED,
+    INTENT_PENDING,
     INTENT_SUCCEEDED,
     PaymentGateway,
     PaymentIntent,
+    ProviderRefused,
 )
 from marketplace.payments.models import (
+    OUTBOX_PENDING,
+    OUTBOX_TOP_UP,
+    OUTBOX_TOP_UP_CANCEL,
+    TOP_UP_CANCELED,
     TOP_UP_FAILED,
     TOP_UP_PENDING,
+    TOP_UP_REQUIRES_PAYMENT,
     TOP_UP_SUCCEEDED,
+    PaymentOutbox,
     TopUp,
+    new_reference,
 )
 from marketplace.payments.schemas import (
     PaymentInfo,
@@ -30,22 +53,38 @@ from marketplace.payments.schemas import (
     WalletPublic,
 )
 
+log = logging.getLogger(__name__)
 
-def _public(top_up: TopUp, intent: PaymentIntent | None = None) -> TopUpPublic:
+# States from which the provider may still report a successful payment.
+OPEN_TOP_UP_STATUSES = (TOP_UP_PENDING, TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)
+
+
+def top_up_public(top_up: TopUp, client_secret: str | None = None) -> TopUpPublic:
     assert top_up.id is not None
     return TopUpPublic(
         id=top_up.id,
         status=top_up.status,
         amount_minor=top_up.amount_minor,
         currency=top_up.currency,
+        payment_intent_id=top_up.provider_ref,
+        client_secret=client_secret,
+        failure_code=top_up.failure_code,
+        refunded_minor=top_up.refunded_minor,
         created_at=top_up.created_at,
         completed_at=top_up.completed_at,
         payment=PaymentInfo(
-            provider=top_up.provider,
-            simulated=top_up.simulated,
-            client_secret=intent.client_secret if intent else None,
+            provider=top_up.provider, simulated=top_up.simulated, client_secret=client_secret
         ),
     )
+
+
+def top_up_metadata(top_up: TopUp) -> dict[str, str]:
+    """What the provider's payment carries back to us (in webhooks and lists)."""
+    return {
+        "jishi_top_up_id": str(top_up.id),
+        "jishi_reference": str(top_up.reference),
+        "jishi_organization_id": str(top_up.organization_id),
+    }
 
 
 def create_top_up(
@@ -56,11 +95,13 @@ def create_top_up(
     request: TopUpCreate,
     idempotency_key: str,
     amount_minor_max: int,
-) -> TopUpPublic:
-    """Record a top-up, ask the gateway to collect it, and credit the wallet once it succeeds.
+    policy: outbox.OutboxPolicy | None = None,
+    open_max: int | None = None,
+) -> tuple[TopUpPublic, bool]:
+    """Record a top-up and ask the provider for the payment; the top-up and whether it is new.
 
-    The same idempotency key with the same body returns the same top-up (completing it if a
-    crash interrupted it); with another body it is refused with 409.
+    The same idempotency key with the same body returns the same top-up (sending its provider
+    call if a crash or an outage left it unsent); with another body it is refused with 409.
     """
     if request.amount_minor > amount_minor_max:
         raise ValidationFailed(
@@ -68,18 +109,34 @@ def create_top_up(
         )
     digest = request_hash({"amount_minor": request.amount_minor, "currency": request.currency})
 
-    def record(s: Session) -> TopUp:
+    def record(s: Session) -> tuple[TopUp, bool]:
         found = s.exec(
             select(TopUp).where(
                 TopUp.organization_id == organization_id, TopUp.idempotency_key == idempotency_key
             )
         ).first()
         if (prior := replay(found, digest, "top-up")) is not None:
-            return prior
+            return prior, False
         if s.get(Currency, request.currency) is None:
             raise ValidationFailed(
                 f"Currency {request.currency} is not supported.", code="unknown_currency"
             )
+        if open_max is not None:
+            # Each open top-up is a payment at the provider that reconciliation polls.
+            open_count = s.exec(
+                select(sa.func.count())
+                .select_from(TopUp)
+                .where(
+                    TopUp.organization_id == organization_id,
+                    TopUp.status.in_(OPEN_TOP_UP_STATUSES),  # type: ignore[attr-defined]
+                )
+            ).one()
+            if open_count >= open_max:
+                raise Conflict(
+                    f"Your organisation has {open_count} unpaid top-ups; pay or wait for them "
+                    "to expire first.",
+                    code="too_many_open_top_ups",
+                )
         top_up = TopUp(
             organization_id=organization_id,
             amount_minor=request.amount_minor,
@@ -87,85 +144,221 @@ def create_top_up(
             status=TOP_UP_PENDING,
             provider=gateway.name,
             simulated=gateway.simulated,
+            reference=new_reference(),
             idempotency_key=idempotency_key,
             request_hash=digest,
         )
         s.add(top_up)
         s.flush()
+        assert top_up.id is not None and top_up.reference is not None
+        outbox.enqueue(s, kind=OUTBOX_TOP_UP, subject_id=top_up.id, reference=top_up.reference)
+        return top_up, True
+
+    top_up, created = ledger.run_in_transaction(session, record)
+    assert top_up.id is not None
+    client_secret = None
+    message = outbox.find(session, kind=OUTBOX_TOP_UP, subject_id=top_up.id)
+    if message is not None and message.status == OUTBOX_PENDING:
+        assert message.id is not None
+        sent = outbox.process_now(session, gateway, policy or outbox.OutboxPolicy(), message.id)
+        if sent is not None and isinstance(sent.result, PaymentIntent):
+            client_secret = sent.result.client_secret
+        top_up = _reload(session, top_up.id)
+    if (
+        client_secret is None
+        and top_up.status in (TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)
+        and top_up.provider_ref
+    ):
+        # A repeated request, or another node sent the call first: the payer still needs the
+        # secret to pay. It is never stored.
+        client_secret = gateway.get_top_up(top_up.provider_ref).client_secret
+    return top_up_public(top_up, client_secret), created
+
+
+def _reload(session: Session, top_up_id: int) -> TopUp:
+    found = session.get(TopUp, top_up_id, populate_existing=True)
+    assert found is not None
+    return found
+
+
+def get_top_up(*, session: Session, organization_id: int, top_up_id: int) -> TopUpPublic:
+    """One of the organisation's top-ups; another organisation's id is simply not found."""
+    top_up = session.get(TopUp, top_up_id)
+    if top_up is None or top_up.organization_id != organization_id:
+        raise NotFound("No such top-up.", code="top_up_not_found")
+    return top_up_public(top_up)
+
+
+def lock_top_up(s: Session, top_up_id: int) -> TopUp:
+    return s.exec(
+        select(TopUp)
+        .where(TopUp.id == top_up_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def find_top_up_for(s: Session, intent: PaymentIntent) -> TopUp | None:
+    """Our top-up for a provider payment: by its id, or by the metadata we gave it.
+
+    The metadata path matters when the provider's answer to our create call was lost: the
+    payment exists there, its webhook arrives, and only our row's reference ties it to us.
+    """
+    found = s.exec(select(TopUp).where(TopUp.provider_ref == intent.provider_ref)).first()
+    if found is not None:
+        return found
+    raw_id = intent.metadata.get("jishi_top_up_id", "")
+    if not raw_id.isdigit():
+        return None
+    found = s.get(TopUp, int(raw_id))
+    if found is None or found.reference != intent.metadata.get("jishi_reference"):
+        return None  # another installation's payment on a shared provider account
+    if found.provider_ref not in (None, intent.provider_ref):
+        return None
+    return found
+
+
+def apply_intent(s: Session, top_up_id: int, intent: PaymentIntent) -> TopUp:
+    """Move a top-up along what the provider says about its payment (inside the caller's
+    transaction). Monotonic: a stale or repeated report never undoes a later state."""
+    top_up = lock_top_up(s, top_up_id)
+    if top_up.provider_ref is None:
+        top_up.provider_ref = intent.provider_ref
+    elif top_up.provider_ref != intent.provider_ref:
+        log.error("top-up %s is %s, not %s", top_up.id, top_up.provider_ref, intent.provider_ref)
         return top_up
-
-    top_up = ledger.run_in_transaction(session, record)
-    if top_up.status != TOP_UP_PENDING:
-        return _public(top_up)
-    # The gateway call happens outside any database transaction; the reference makes it
-    # idempotent at the provider, so a retry after a crash collects once.
-    intent = gateway.create_top_up(
-        reference=f"top-up-{top_up.id}", amount_minor=top_up.amount_minor, currency=top_up.currency
-    )
-    top_up_id = top_up.id
-    assert top_up_id is not None
-    if intent.status == INTENT_SUCCEEDED:
-        top_up = complete_top_up(
-            session=session, top_up_id=top_up_id, provider_ref=intent.provider_ref
+    if intent.amount_minor != top_up.amount_minor or intent.currency != top_up.currency:
+        # Never credit an amount we did not ask for; the reconciliation report lists it.
+        log.error(
+            "top-up %s asked %s %s; the provider's payment is %s %s",
+            top_up.id,
+            top_up.amount_minor,
+            top_up.currency,
+            intent.amount_minor,
+            intent.currency,
         )
-    elif intent.status == INTENT_FAILED:
-        top_up = fail_top_up(session=session, top_up_id=top_up_id, provider_ref=intent.provider_ref)
-    return _public(top_up, intent)
-
-
-def complete_top_up(*, session: Session, top_up_id: int, provider_ref: str) -> TopUp:
-    """Credit the wallet for a collected top-up; calling it again changes nothing."""
-
-    def work(s: Session) -> TopUp:
-        top_up = s.exec(select(TopUp).where(TopUp.id == top_up_id).with_for_update()).one()
-        if top_up.status == TOP_UP_SUCCEEDED:
-            return top_up
-        if top_up.status != TOP_UP_PENDING:
-            raise Conflict("The top-up is not pending.", code="top_up_not_pending")
-        clearing = ledger.ensure_account(
-            s, organization_id=None, code=PAYMENT_CLEARING, currency=top_up.currency
-        )
-        wallet = ledger.ensure_account(
-            s, organization_id=top_up.organization_id, code=WALLET, currency=top_up.currency
-        )
-        (tx,) = ledger.apply_transfers(
-            s,
-            [
-                ledger.Transfer(
-                    idempotency_key=f"top-up:{top_up.id}",
-                    kind="top_up",
-                    legs=(
-                        ledger.Leg.debit(clearing, top_up.amount_minor),
-                        ledger.Leg.credit(wallet, top_up.amount_minor),
-                    ),
-                    memo=f"top-up {top_up.id} via {top_up.provider}"
-                    + (" (simulated)" if top_up.simulated else ""),
-                )
-            ],
-        )
-        top_up.status = TOP_UP_SUCCEEDED
-        top_up.provider_ref = provider_ref
-        top_up.ledger_transaction_id = tx.id
-        top_up.completed_at = utcnow()
         s.add(top_up)
         return top_up
+    if top_up.status in (TOP_UP_SUCCEEDED, TOP_UP_CANCELED):
+        pass  # final
+    elif intent.status == INTENT_SUCCEEDED:
+        _credit(s, top_up)
+    elif intent.status == INTENT_CANCELED:
+        top_up.status = TOP_UP_CANCELED
+        top_up.completed_at = utcnow()
+    elif intent.status == INTENT_FAILED:
+        top_up.status = TOP_UP_FAILED
+        top_up.failure_code = (intent.failure_code or "payment_failed")[:64]
+    elif intent.status == INTENT_PENDING and top_up.status == TOP_UP_PENDING:
+        top_up.status = TOP_UP_REQUIRES_PAYMENT
+    s.add(top_up)
+    return top_up
+
+
+def _credit(s: Session, top_up: TopUp) -> None:
+    clearing = ledger.ensure_account(
+        s, organization_id=None, code=PAYMENT_CLEARING, currency=top_up.currency
+    )
+    wallet = ledger.ensure_account(
+        s, organization_id=top_up.organization_id, code=WALLET, currency=top_up.currency
+    )
+    (tx,) = ledger.apply_transfers(
+        s,
+        [
+            ledger.Transfer(
+                idempotency_key=f"top-up:{top_up.id}",
+                kind="top_up",
+                legs=(
+                    ledger.Leg.debit(clearing, top_up.amount_minor),
+                    ledger.Leg.credit(wallet, top_up.amount_minor),
+                ),
+                memo=f"top-up {top_up.id} via {top_up.provider}"
+                + (" (simulated)" if top_up.simulated else f" {top_up.provider_ref}"),
+            )
+        ],
+    )
+    top_up.status = TOP_UP_SUCCEEDED
+    top_up.failure_code = None
+    top_up.ledger_transaction_id = tx.id
+    top_up.completed_at = utcnow()
+
+
+class TopUpCancelHandler:
+    """Outbox rows that cancel an abandoned top-up's payment at the provider."""
+
+    def prepare(
+        self, session: Session, message: PaymentOutbox
+    ) -> Callable[[PaymentGateway], object]:
+        top_up = session.get(TopUp, message.subject_id)
+        assert top_up is not None and top_up.provider_ref is not None
+        key, ref = message.idempotency_key, top_up.provider_ref
+        return lambda gateway: gateway.cancel_top_up(idempotency_key=key, provider_ref=ref)
+
+    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
+        apply_intent(session, message.subject_id, result)
+
+    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
+        # Paid meanwhile (or canceled already): the next reconciliation applies what happened.
+        log.info("top-up %s could not be canceled: %s", message.subject_id, error.code)
+
+
+def expire_top_ups(*, session: Session, provider: str, expiry_s: float, batch_max: int) -> int:
+    """Queue the cancellation of top-ups left unpaid for ``expiry_s``; how many were queued.
+
+    Unpaid payments would otherwise be polled for ever and count against the payer's open
+    top-ups.
+    """
+    cutoff = utcnow() - dt.timedelta(seconds=expiry_s)
+
+    def work(s: Session) -> int:
+        stale = s.exec(
+            select(TopUp)
+            .where(
+                TopUp.provider == provider,
+                TopUp.status.in_((TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)),  # type: ignore[attr-defined]
+                TopUp.provider_ref.is_not(None),  # type: ignore[union-attr]
+                TopUp.created_at < cutoff,
+            )
+            .order_by(TopUp.id)  # type: ignore[arg-type]
+            .limit(batch_max)
+        ).all()
+        queued = 0
+        for top_up in stale:
+            assert top_up.id is not None and top_up.reference is not None
+            if outbox.find(s, kind=OUTBOX_TOP_UP_CANCEL, subject_id=top_up.id) is None:
+                outbox.enqueue(
+                    s, kind=OUTBOX_TOP_UP_CANCEL, subject_id=top_up.id, reference=top_up.reference
+                )
+                queued += 1
+        return queued
 
     return ledger.run_in_transaction(session, work)
 
 
-def fail_top_up(*, session: Session, top_up_id: int, provider_ref: str) -> TopUp:
-    """Mark a top-up the provider refused; nothing reaches the ledger."""
+class TopUpHandler:
+    """Outbox rows that create the provider's payment for a top-up."""
 
-    def work(s: Session) -> TopUp:
-        top_up = s.exec(select(TopUp).where(TopUp.id == top_up_id).with_for_update()).one()
+    def prepare(
+        self, session: Session, message: PaymentOutbox
+    ) -> Callable[[PaymentGateway], object]:
+        top_up = session.get(TopUp, message.subject_id)
+        assert top_up is not None
+        key, amount, currency = message.idempotency_key, top_up.amount_minor, top_up.currency
+        metadata = top_up_metadata(top_up)
+        return lambda gateway: gateway.create_top_up(
+            reference=key, amount_minor=amount, currency=currency, metadata=metadata
+        )
+
+    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
+        apply_intent(session, message.subject_id, result)
+
+    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
+        top_up = lock_top_up(session, message.subject_id)
         if top_up.status == TOP_UP_PENDING:
             top_up.status = TOP_UP_FAILED
-            top_up.provider_ref = provider_ref
+            top_up.failure_code = error.code[:64]
             top_up.completed_at = utcnow()
-            s.add(top_up)
-        return top_up
-
-    return ledger.run_in_transaction(session, work)
+            session.add(top_up)
 
 
 def wallet(*, session: Session, organization_id: int) -> WalletPublic:

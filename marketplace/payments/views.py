@@ -1,4 +1,5 @@
-"""Wallet API: top-ups through the configured payment gateway, and balances."""
+"""Payments API: wallet top-ups and withdrawals, the Stripe webhook, payout accounts, payouts and
+the provider-call outbox for administrators."""
 
 from __future__ import annotations
 
@@ -6,59 +7,105 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 
+from marketplace import periodic
 from marketplace.accounts.oauth import current, require_oauth
-from marketplace.api import API_PREFIX, openapi, parse_json
-from marketplace.config import ConfigError
+from marketplace.api import (
+    API_PREFIX,
+    IDEMPOTENCY_KEY,
+    HeaderParam,
+    idempotency_key,
+    openapi,
+    parse_json,
+    parse_query,
+)
+from marketplace.config import Settings
 from marketplace.db import get_session
-from marketplace.errors import DomainError
-from marketplace.payments import services
+from marketplace.errors import Forbidden, NotFound, PayloadTooLarge
+from marketplace.payments import outbox, payouts, refunds, services, webhooks
 from marketplace.payments.gateway import OfflineGateway, PaymentGateway
-from marketplace.payments.schemas import TopUpCreate, TopUpPublic, WalletPublic
+from marketplace.payments.schemas import (
+    OutboxList,
+    OutboxPublic,
+    OutboxQuery,
+    PayoutAccountPublic,
+    PayoutAccountSet,
+    PayoutList,
+    PayoutQuery,
+    PayoutRunRequest,
+    TopUpCreate,
+    TopUpPublic,
+    WalletPublic,
+    WithdrawalCreate,
+    WithdrawalPublic,
+)
 
 bp = Blueprint("payments", __name__, url_prefix=API_PREFIX)
 
-IDEMPOTENCY_KEY_LENGTH_MAX = 128
-
-
-def idempotency_key() -> str:
-    """The request's ``Idempotency-Key`` header (required, 1 to 128 visible characters)."""
-    key = request.headers.get("Idempotency-Key", "").strip()
-    if not key or len(key) > IDEMPOTENCY_KEY_LENGTH_MAX or not key.isprintable():
-        raise DomainError(
-            f"Send an Idempotency-Key header of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters.",
-            code="idempotency_key_required",
-            status=400,
-        )
-    return key
+OUTBOX_PAGE_MAX = 200
+STRIPE_SIGNATURE = HeaderParam(
+    "Stripe-Signature",
+    "Stripe's signature of the body: `t=TIMESTAMP,v1=HMAC-SHA256` with the endpoint's secret.",
+    True,
+    {"type": "string"},
+)
 
 
 def gateway() -> PaymentGateway:
     return current_app.extensions["payment_gateway"]  # type: ignore[no-any-return]
 
 
+def settings() -> Settings:
+    return current_app.extensions["settings"]  # type: ignore[no-any-return]
+
+
+def policy() -> outbox.OutboxPolicy:
+    return outbox.OutboxPolicy.from_settings(settings())
+
+
 @bp.post("/wallet/top-ups")
 @openapi(
-    "Top up your wallet (header Idempotency-Key); offline payments are simulated",
+    "Top up your wallet (header Idempotency-Key): 201 with the payment's client_secret for the "
+    "payer to confirm; the wallet is credited when the payment succeeds (offline: at once, "
+    "simulated)",
     tag="wallet",
     body=TopUpCreate,
     response=TopUpPublic,
     status=201,
     scope="licenses:write",
-    errors=[400, 409],
+    errors=[400, 409, 503],
+    headers=[IDEMPOTENCY_KEY],
 )
 @require_oauth("licenses:write")
 def create_top_up() -> Any:
     key = idempotency_key()
     body = parse_json(TopUpCreate)
-    result = services.create_top_up(
+    result, created = services.create_top_up(
         session=get_session(),
         gateway=gateway(),
         organization_id=current.organization_id,
         request=body,
         idempotency_key=key,
-        amount_minor_max=current_app.extensions["settings"].top_up_amount_minor_max,
+        amount_minor_max=settings().top_up_amount_minor_max,
+        policy=policy(),
+        open_max=settings().top_ups_open_max,
     )
-    return jsonify(result.model_dump(mode="json")), 201
+    return jsonify(result.model_dump(mode="json")), 201 if created else 200
+
+
+@bp.get("/wallet/top-ups/<int:top_up_id>")
+@openapi(
+    "One of your top-ups and its state",
+    tag="wallet",
+    response=TopUpPublic,
+    scope="any",
+    errors=[404],
+)
+@require_oauth()
+def get_top_up(top_up_id: int) -> Any:
+    result = services.get_top_up(
+        session=get_session(), organization_id=current.organization_id, top_up_id=top_up_id
+    )
+    return jsonify(result.model_dump(mode="json"))
 
 
 @bp.get("/wallet")
@@ -69,10 +116,232 @@ def get_wallet() -> Any:
     return jsonify(result.model_dump(mode="json"))
 
 
+@bp.post("/wallet/withdrawals")
+@openapi(
+    "Take unused wallet money back (header Idempotency-Key): refunded to your payments, newest "
+    "first; 409 beyond what they can take back, 402 beyond the wallet",
+    tag="wallet",
+    body=WithdrawalCreate,
+    response=WithdrawalPublic,
+    status=201,
+    scope="licenses:write",
+    errors=[400, 402, 409],
+    headers=[IDEMPOTENCY_KEY],
+)
+@require_oauth("licenses:write")
+def create_withdrawal() -> Any:
+    key = idempotency_key()
+    body = parse_json(WithdrawalCreate)
+    result, created = refunds.withdraw(
+        session=get_session(),
+        gateway=gateway(),
+        organization_id=current.organization_id,
+        request=body,
+        idempotency_key=key,
+        refunds_max=settings().withdrawal_refunds_max,
+        policy=policy(),
+    )
+    return jsonify(result.model_dump(mode="json")), 201 if created else 200
+
+
+@bp.get("/wallet/withdrawals/<int:withdrawal_id>")
+@openapi(
+    "One of your withdrawals with its refunds",
+    tag="wallet",
+    response=WithdrawalPublic,
+    scope="any",
+    errors=[404],
+)
+@require_oauth()
+def get_withdrawal(withdrawal_id: int) -> Any:
+    result = refunds.get_withdrawal(
+        session=get_session(),
+        organization_id=current.organization_id,
+        withdrawal_id=withdrawal_id,
+    )
+    return jsonify(result.model_dump(mode="json"))
+
+
+@bp.post("/payments/stripe/webhook")
+@openapi(
+    "Stripe's event deliveries: signed (Stripe-Signature, 300 s tolerance), each event applied "
+    "once; 400 on a bad or stale signature",
+    tag="payments",
+    errors=[400, 404, 413],
+    headers=[STRIPE_SIGNATURE],
+)
+def stripe_webhook() -> Any:
+    if settings().payments != "stripe":
+        raise NotFound("Stripe payments are not configured.", code="webhook_unavailable")
+    bytes_max = settings().json_body_bytes_max
+    if request.content_length is not None and request.content_length > bytes_max:
+        raise PayloadTooLarge(f"Webhook bodies are limited to {bytes_max} bytes.")
+    request.max_content_length = bytes_max
+    event = webhooks.verify(
+        request.get_data(cache=False),
+        request.headers.get("Stripe-Signature"),
+        settings().webhook_secrets,
+        settings().stripe_webhook_tolerance_s,
+    )
+    applied = webhooks.apply_event(get_session(), event)
+    return jsonify({"received": True, "event": applied.event_id, "outcome": applied.outcome})
+
+
+@bp.put("/organizations/<int:org_id>/payout-account")
+@openapi(
+    "Link your vendor organisation's connected account (Stripe acct_...) for payouts",
+    tag="payouts",
+    body=PayoutAccountSet,
+    response=PayoutAccountPublic,
+    scope="payouts:write",
+    errors=[404, 409, 503],
+)
+@require_oauth("payouts:write")
+def set_payout_account(org_id: int) -> Any:
+    body = parse_json(PayoutAccountSet)
+    result = payouts.set_payout_account(
+        session=get_session(),
+        gateway=gateway(),
+        organization_id=org_id,
+        viewer_organization_id=current.organization_id,
+        account_ref=body.account_id,
+    )
+    return jsonify(result.model_dump(mode="json"))
+
+
+@bp.get("/organizations/<int:org_id>/payout-account")
+@openapi(
+    "Your organisation's payout account",
+    tag="payouts",
+    response=PayoutAccountPublic,
+    scope="any",
+    errors=[404],
+)
+@require_oauth()
+def get_payout_account(org_id: int) -> Any:
+    row = payouts.get_payout_account(session=get_session(), organization_id=org_id)
+    if row is None or org_id != current.organization_id:
+        raise NotFound("No payout account is linked.", code="payout_account_not_found")
+    return jsonify(
+        PayoutAccountPublic.model_validate(row, from_attributes=True).model_dump(mode="json")
+    )
+
+
+@bp.get("/payouts")
+@openapi(
+    "Your organisation's payouts, newest first (administrators: any vendor's)",
+    tag="payouts",
+    query=PayoutQuery,
+    response=PayoutList,
+    scope="ledger:read",
+)
+@require_oauth("ledger:read")
+def list_payouts() -> Any:
+    query = parse_query(PayoutQuery)
+    org_id = current.organization_id
+    if query.organization_id is not None and query.organization_id != org_id:
+        if "admin" not in current.scopes:
+            raise Forbidden("Only administrators see other vendors' payouts.", code="forbidden")
+        org_id = query.organization_id
+    items = payouts.list_payouts(
+        session=get_session(), organization_id=org_id, limit=settings().page_size_max
+    )
+    return jsonify(PayoutList(items=items).model_dump(mode="json"))
+
+
+@bp.post("/payouts/run")
+@openapi(
+    "Pay every linked vendor's payable balance above the minimum out (administrators)",
+    tag="payouts",
+    body=PayoutRunRequest,
+    response=PayoutList,
+    scope="admin",
+)
+@require_oauth("admin")
+def run_payouts() -> Any:
+    body = parse_json(PayoutRunRequest)
+    items = payouts.pay_out(
+        session=get_session(),
+        gateway=gateway(),
+        policy=policy(),
+        minimum_minor=settings().payout_minimum_minor,
+        organization_id=body.organization_id,
+    )
+    return jsonify(PayoutList(items=items).model_dump(mode="json"))
+
+
+@bp.get("/payments/outbox")
+@openapi(
+    "Provider calls, newest first, e.g. ?status=failed for those waiting for a retry "
+    "(administrators)",
+    tag="payments",
+    query=OutboxQuery,
+    response=OutboxList,
+    scope="admin",
+)
+@require_oauth("admin")
+def list_outbox() -> Any:
+    query = parse_query(OutboxQuery)
+    rows = outbox.listing(get_session(), status=query.status, limit=OUTBOX_PAGE_MAX)
+    items = [OutboxPublic.model_validate(r, from_attributes=True) for r in rows]
+    return jsonify(OutboxList(items=items).model_dump(mode="json"))
+
+
+@bp.post("/payments/outbox/<int:message_id>/retry")
+@openapi(
+    "Send a failed provider call again with its original idempotency key (administrators)",
+    tag="payments",
+    response=OutboxPublic,
+    scope="admin",
+    errors=[404, 409],
+)
+@require_oauth("admin")
+def retry_outbox(message_id: int) -> Any:
+    session = get_session()
+    outbox.retry(session, message_id)
+    outbox.process_now(session, gateway(), policy(), message_id)
+    row = session.get(outbox.PaymentOutbox, message_id, populate_existing=True)
+    return jsonify(OutboxPublic.model_validate(row, from_attributes=True).model_dump(mode="json"))
+
+
+def make_gateway(settings: Settings) -> PaymentGateway:
+    if settings.payments == "stripe":
+        from marketplace.payments.stripe_gateway import StripeGateway
+
+        return StripeGateway(
+            api_key=settings.stripe_api_key,
+            api_base=settings.stripe_api_base,
+            timeout_s=settings.stripe_timeout_s,
+        )
+    return OfflineGateway()
+
+
+def _send_due(app: Flask) -> object:
+    return outbox.process_due(
+        get_session(),
+        app.extensions["payment_gateway"],
+        outbox.OutboxPolicy.from_settings(app.extensions["settings"]),
+        limit=app.extensions["settings"].payments_outbox_batch_max,
+    )
+
+
+def _reconcile(app: Flask) -> object:
+    from marketplace.payments import reconcile
+
+    return reconcile.reconcile(
+        session=get_session(),
+        gateway=app.extensions["payment_gateway"],
+        batch_max=app.extensions["settings"].payments_reconcile_batch_max,
+        top_up_expiry_s=app.extensions["settings"].top_up_expiry_s,
+    )
+
+
 def init_app(app: Flask) -> None:
-    settings = app.extensions["settings"]
-    if settings.payments == "offline":
-        app.extensions["payment_gateway"] = OfflineGateway()
-    elif "payment_gateway" not in app.extensions:
-        raise ConfigError(f"MARKETPLACE_PAYMENTS={settings.payments} has no gateway installed")
+    config: Settings = app.extensions["settings"]
+    app.extensions["payment_gateway"] = make_gateway(config)
     app.register_blueprint(bp)
+    periodic.register(app, "payments.outbox", config.payments_outbox_interval_s, _send_due)
+    if config.payments == "stripe":
+        periodic.register(
+            app, "payments.reconcile", config.payments_reconcile_interval_s, _reconcile
+        )

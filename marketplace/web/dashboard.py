@@ -38,6 +38,7 @@ from marketplace.licensing import services as licensing
 from marketplace.licensing.schemas import OrderQuery
 from marketplace.metering import services as metering
 from marketplace.payments import services as payments
+from marketplace.payments.outbox import OutboxPolicy
 from marketplace.payments.schemas import TopUpCreate
 from marketplace.web import charts, formatting
 from marketplace.web.forms import ListingForm, OfferForm, SampleForm, TopUpForm, UploadForm
@@ -197,20 +198,32 @@ def top_up() -> BaseResponse:
         try:
             amount = formatting.parse_amount(form.amount.data, _exponents()[form.currency.data])
             body = validate(TopUpCreate, {"amount_minor": amount, "currency": form.currency.data})
-            result = payments.create_top_up(
+            settings = current_app.extensions["settings"]
+            result, _created = payments.create_top_up(
                 session=get_session(),
                 gateway=current_app.extensions["payment_gateway"],
                 organization_id=viewer.organization_id,
                 request=body,
                 idempotency_key=f"web:{(form.idempotency_key.data or uuid.uuid4().hex)[:100]}",
-                amount_minor_max=current_app.extensions["settings"].top_up_amount_minor_max,
+                amount_minor_max=settings.top_up_amount_minor_max,
+                policy=OutboxPolicy.from_settings(settings),
+                open_max=settings.top_ups_open_max,
             )
-            note = _(" (simulated: no real money moved)") if result.payment.simulated else ""
-            flash(
-                _("Topped up %(amount)s.", amount=money_text(result.amount_minor, result.currency))
-                + note,
-                "ok",
-            )
+            shown = money_text(result.amount_minor, result.currency)
+            if result.status == "succeeded":
+                note = _(" (simulated: no real money moved)") if result.payment.simulated else ""
+                flash(_("Topped up %(amount)s.", amount=shown) + note, "ok")
+            else:
+                # A card payment completes with the payment provider; the wallet is credited
+                # when the provider confirms it.
+                flash(
+                    _(
+                        "A payment of %(amount)s was started; your wallet is credited when the "
+                        "payment provider confirms it.",
+                        amount=shown,
+                    ),
+                    "ok",
+                )
         except ValueError:
             flash(_("Type an amount such as 100 or 99.50."), "error")
         except DomainError as exc:

@@ -34,6 +34,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from wtforms import SelectChoice
 
 from marketplace.accounts import services as accounts
+from marketplace.accounts.oauth import forget_token
 from marketplace.accounts.schemas import RegisterRequest
 from marketplace.accounts.scopes import LICENSES_WRITE, SANDBOX_RUN
 from marketplace.accounts.services import Viewer
@@ -324,7 +325,9 @@ def register() -> Any:
 def logout() -> BaseResponse:
     viewer = current_viewer()
     if viewer is not None:
-        accounts.end_web_session(session=get_session(), session_id=viewer.session_id)
+        revoked = accounts.end_web_session(session=get_session(), session_id=viewer.session_id)
+        for token_hash in revoked:
+            forget_token(token_hash)
     response = redirect(url_for("web.catalog_page"))
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="Lax", secure=_secure_cookies())
     return response

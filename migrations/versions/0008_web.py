@@ -1,7 +1,7 @@
 """web: browser sessions and version sample inputs
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ import marketplace.db
 
 
 revision: str = '0008'
-down_revision: str | tuple[str, ...] | None = '0005'
+down_revision: str | None = '0007'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import requests
 
-from marketplace.evaluation.services import LazyPool
 from tests import onnx_models as models
 from tests.conftest import LiveServer
 from tests.marketplace.live import Actor, Vendor
@@ -106,10 +105,9 @@ def test_a_rival_with_the_same_bytes_cannot_get_a_version_quarantined(
     server = live_server(SANDBOX_THROTTLE_S=60, SANDBOX_QUARANTINE_CALLERS=2)
     # The pool's test hook makes any model with an input named crash_me segfault its worker:
     # the stand-in for inputs that crash a vendor's kernel.
-    pool_config = dataclasses.replace(
-        server.app.extensions["sandbox_pool"].config, crash_on_input_name="crash_me"
-    )
-    server.app.extensions["sandbox_pool"] = LazyPool(pool_config)
+    lazy = server.app.extensions["sandbox_pool"]
+    assert not lazy.started  # the node starts its sandbox on the first evaluation
+    lazy.config = dataclasses.replace(lazy.config, crash_on_input_name="crash_me")
     model = models.identity([1], name="crash_me")
     victim = Vendor(server, "Victim")
     assert victim.upload(model, "1.0.0").status_code == 201

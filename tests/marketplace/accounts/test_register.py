@@ -30,6 +30,7 @@ def test_register_returns_first_client_once_and_stores_only_hashes(client, db_se
         "licenses:write",
         "ledger:read",
         "clients:manage",  # the first client may manage clients, when its token asks for it
+        "payouts:write",
     }
     user = db_session.exec(select(User).where(User.email == "ada@example.test")).one()
     assert user.password_hash.startswith("$argon2id$")

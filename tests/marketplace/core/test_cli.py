@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from sqlmodel import select
 
@@ -90,3 +91,21 @@ def test_embedded_serve_migrates_loads_demo_data_and_serves(tmp_path: Path):
         proc.terminate()
         output, _ = proc.communicate(timeout=20)
     assert "demo vendor" in output
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["models", "push", "--help"]], ids=["help", "push"])
+def test_cli_start_up_imports_no_model_runtime(argv):
+    # Start-up time is measured by what is imported, not by a clock: listing commands and
+    # client commands must not pull in onnx, onnxruntime, numpy or the database layer.
+    code = (
+        "import sys\n"
+        f"sys.argv = ['jishi', *{argv!r}]\n"
+        "from marketplace.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('onnx', 'onnxruntime', 'numpy', 'minio', 'sqlalchemy', 'alembic')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

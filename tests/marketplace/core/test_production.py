@@ -58,7 +58,7 @@ def test_serve_skips_demo_data_in_production_and_says_why(
 ):
     # The server itself would block the test for ever; only whether it was started is checked.
     started: list[object] = []
-    monkeypatch.setattr("werkzeug.serving.run_simple", lambda *a, **k: started.append(a))
+    monkeypatch.setattr("marketplace.serving.serve", lambda *a, **k: started.append(a))
     result = production_runner.invoke(args=["serve", "--port", "0"])
     assert result.exit_code == 0, result.output
     assert "demo data not loaded: production" in result.output

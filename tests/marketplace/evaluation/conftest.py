@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session
 
-from marketplace.catalog.models import Listing, ModelVersion
+from marketplace.catalog.models import Listing, ModelVersion, Offer, terms_sha256
 from marketplace.evaluation.services import LazyPool
 from model_registry.blobstore import content_key, open_blob_store
 from sandbox.pool import PoolConfig, SandboxPool
@@ -54,6 +54,7 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def app(app, shared_pool):  # type: ignore[no-untyped-def]
     app.extensions["sandbox_pool"] = _SharedLazyPool(shared_pool)
+    app.extensions["evaluation"].pool = app.extensions["sandbox_pool"]
     if "blob_store" not in app.extensions:
         settings = app.extensions["settings"]
         app.extensions["blob_store"] = open_blob_store(
@@ -100,3 +101,30 @@ def publish(app, db_session: Session) -> Callable[..., Published]:
         return Published(listing.id, version, row.id)
 
     return _publish
+
+
+@pytest.fixture
+def offer_for(db_session):
+    def _offer(published, **terms):
+        fields = dict(
+            listing_id=published.model_id,
+            name="Standard",
+            kind="per_inference",
+            currency="CNY",
+            price_minor=0,
+            royalty_per_1k_minor=2500,
+            trial_calls=2,
+            trial_days=7,
+            term_days=None,
+            allow_download=False,
+            commercial_use=True,
+            terms_md="Use it well.",
+        )
+        fields.update(terms)
+        offer = Offer(**fields, terms_sha256="")
+        offer.terms_sha256 = terms_sha256(offer)
+        db_session.add(offer)
+        db_session.commit()
+        return offer
+
+    return _offer

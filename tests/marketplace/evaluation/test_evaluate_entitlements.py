@@ -5,40 +5,11 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
-import pytest
 
-from marketplace.catalog.models import Offer, terms_sha256
 from tests import onnx_models as m
 
 X = {"dtype": "float32", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}
 BODY = {"inputs": {"x": X, "y": X}}
-
-
-@pytest.fixture
-def offer_for(db_session):
-    def _offer(published, **terms):
-        fields = dict(
-            listing_id=published.model_id,
-            name="Standard",
-            kind="per_inference",
-            currency="CNY",
-            price_minor=0,
-            royalty_per_1k_minor=2500,
-            trial_calls=2,
-            trial_days=7,
-            term_days=None,
-            allow_download=False,
-            commercial_use=True,
-            terms_md="Use it well.",
-        )
-        fields.update(terms)
-        offer = Offer(**fields, terms_sha256="")
-        offer.terms_sha256 = terms_sha256(offer)
-        db_session.add(offer)
-        db_session.commit()
-        return offer
-
-    return _offer
 
 
 def _url(p):

@@ -100,7 +100,12 @@ def test_reservation_holds_money_and_402_comes_before_running(db_session):
     # 250 minor units per 1000 calls: a wallet of 10 covers exactly 43 calls (floor(43*.25)=10).
     buyer, _vendor, catalog, license_id = buy_metered(db_session, 250, funds=10)
     usage = call(db_session, buyer, catalog, reserve_calls=20)
-    assert usage == {"licence_id": license_id, "kind": "per_inference", "charged_minor": 0}
+    assert usage == {
+        "licence_id": license_id,
+        "kind": "per_inference",
+        "seq": 1,
+        "charged_minor": 0,
+    }
     lic = licence(db_session, license_id)
     assert lic.calls_reserved == 20 and lic.reservation_id is not None
     assert wallet_available(db_session, buyer) == 5  # due(20) = 5 is held

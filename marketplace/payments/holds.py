@@ -1,0 +1,72 @@
+"""Ledger holds for money on its way out through the provider (payouts, refunds, withdrawals).
+
+Each outgoing amount is a two-leg pending transfer from the payer's account (a vendor's payable,
+a buyer's wallet) to ``payment_clearing``, posted when the provider confirms and voided when it
+refuses, so the money is never spendable twice and never lost. The kinds name the purpose:
+``payout``, ``withdrawal``, ``refund_to_payment``, with ``_settled`` and ``_returned`` for the
+resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sqlmodel import Session
+
+from marketplace.ledger import services as ledger
+from marketplace.ledger.models import PAYMENT_CLEARING
+
+
+def hold(
+    s: Session,
+    *,
+    key: str,
+    kind: str,
+    from_account: int,
+    currency: str,
+    amount_minor: int,
+    memo: str,
+) -> int:
+    """Reserve ``amount_minor`` of ``from_account`` for the provider; the hold's transaction id."""
+    clearing = ledger.ensure_account(
+        s, organization_id=None, code=PAYMENT_CLEARING, currency=currency
+    )
+    (tx,) = ledger.apply_transfers(
+        s,
+        [
+            ledger.Transfer(
+                idempotency_key=key,
+                kind=kind,
+                legs=(
+                    ledger.Leg.debit(from_account, amount_minor),
+                    ledger.Leg.credit(clearing, amount_minor),
+                ),
+                pending=True,
+                memo=memo[:200],
+            )
+        ],
+    )
+    return tx.id
+
+
+def settle(s: Session, *, hold_id: int, kind: str) -> int:
+    """The provider confirmed: post the whole hold."""
+    transfer = ledger.post_hold_transfer(s, f"{kind}:{hold_id}:settled", hold_id, None)
+    (tx,) = ledger.apply_transfers(s, [replace(transfer, kind=f"{kind}_settled")])
+    return tx.id
+
+
+def release(s: Session, *, hold_id: int, kind: str) -> int:
+    """The provider refused: void the hold, the money is the payer's again."""
+    (tx,) = ledger.apply_transfers(
+        s,
+        [
+            ledger.Transfer(
+                idempotency_key=f"{kind}:{hold_id}:returned",
+                kind=f"{kind}_returned",
+                legs=(),
+                resolves_id=hold_id,
+            )
+        ],
+    )
+    return tx.id

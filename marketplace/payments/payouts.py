@@ -1,0 +1,255 @@
+"""Vendor payouts: payable balances sent to vendors' connected accounts as provider transfers.
+
+A payout run takes each vendor's available ``vendor_payable`` balance at or above the minimum,
+holds it (pending transfer to ``payment_clearing``) and writes the transfer's outbox row in the
+same transaction. The transfer carries a ``transfer_group`` naming the payout. When the provider
+confirms, the hold is posted (the payout is ``paid``); when it refuses, the hold is voided (the
+payout is ``failed`` and the money is payable again, for the next run).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlmodel import Session, select
+
+from marketplace.accounts.models import Organization
+from marketplace.db import utcnow
+from marketplace.errors import Conflict, NotFound
+from marketplace.ledger import services as ledger
+from marketplace.ledger.errors import LimitExceeded
+from marketplace.ledger.models import VENDOR_PAYABLE
+from marketplace.payments import holds, outbox
+from marketplace.payments.gateway import PaymentGateway, ProviderRefused, ProviderTransfer
+from marketplace.payments.models import (
+    OUTBOX_TRANSFER,
+    PAYOUT_FAILED,
+    PAYOUT_PAID,
+    PAYOUT_PENDING,
+    PaymentOutbox,
+    Payout,
+    PayoutAccount,
+    new_reference,
+)
+from marketplace.payments.schemas import PayoutAccountPublic, PayoutPublic
+
+log = logging.getLogger(__name__)
+
+PAYOUT_KIND = "payout"
+
+
+def payout_public(payout: Payout) -> PayoutPublic:
+    return PayoutPublic.model_validate(payout, from_attributes=True)
+
+
+def set_payout_account(
+    *,
+    session: Session,
+    gateway: PaymentGateway,
+    organization_id: int,
+    viewer_organization_id: int,
+    account_ref: str,
+) -> PayoutAccountPublic:
+    """Link (or replace) the vendor's connected account after the provider vouches for it."""
+    org = session.get(Organization, organization_id)
+    if org is None or organization_id != viewer_organization_id:
+        raise NotFound("No such organisation.", code="organization_not_found")
+    if not org.has_role("vendor"):
+        raise Conflict("Only vendors are paid out.", code="not_a_vendor")
+    session.commit()  # no transaction stays open while the provider is asked
+    gateway.check_payout_account(account_ref)
+
+    def work(s: Session) -> PayoutAccount:
+        row = s.get(PayoutAccount, organization_id, with_for_update=True)
+        if row is None:
+            row = PayoutAccount(
+                organization_id=organization_id, provider=gateway.name, account_ref=account_ref
+            )
+        else:
+            row.provider = gateway.name
+            row.account_ref = account_ref
+            row.updated_at = utcnow()
+        s.add(row)
+        return row
+
+    row = ledger.run_in_transaction(session, work)
+    return PayoutAccountPublic.model_validate(row, from_attributes=True)
+
+
+def get_payout_account(*, session: Session, organization_id: int) -> PayoutAccount | None:
+    return session.get(PayoutAccount, organization_id)
+
+
+def run_payouts(
+    *,
+    session: Session,
+    gateway: PaymentGateway,
+    minimum_minor: int,
+    organization_id: int | None = None,
+) -> list[Payout]:
+    """Hold every linked vendor's available payable balance (at least ``minimum_minor``) and
+    queue its transfer; the new payouts (their transfers are sent by the outbox)."""
+    accounts = session.exec(select(PayoutAccount).where(PayoutAccount.provider == gateway.name))
+    linked = {a.organization_id: a.account_ref for a in accounts}
+    if organization_id is not None:
+        linked = {k: v for k, v in linked.items() if k == organization_id}
+    candidates = [
+        b
+        for org_id in sorted(linked)
+        for b in ledger.balances(session, organization_id=org_id)
+        if b.code == VENDOR_PAYABLE and b.available >= max(minimum_minor, 1)
+    ]
+    created: list[Payout] = []
+    for balance in candidates:
+        assert balance.organization_id is not None
+        org_id, destination = balance.organization_id, linked[balance.organization_id]
+
+        def work(
+            s: Session, balance: Any = balance, org_id: int = org_id, dest: str = destination
+        ) -> Payout | None:
+            # Read again under the ledger's locks: another node's run may have held it since.
+            (now,) = ledger.balances(s, account_ids=[balance.account_id])
+            if now.available < max(minimum_minor, 1):
+                return None
+            payout = Payout(
+                organization_id=org_id,
+                currency=now.currency,
+                amount_minor=now.available,
+                status=PAYOUT_PENDING,
+                provider=gateway.name,
+                simulated=gateway.simulated,
+                destination=dest,
+                reference=new_reference(),
+            )
+            s.add(payout)
+            s.flush()
+            assert payout.id is not None
+            payout.hold_transaction_id = holds.hold(
+                s,
+                key=f"payout:{payout.id}:hold",
+                kind=PAYOUT_KIND,
+                from_account=balance.account_id,
+                currency=now.currency,
+                amount_minor=now.available,
+                memo=f"payout {payout.id} to {dest}"
+                + (" (simulated)" if gateway.simulated else ""),
+            )
+            s.add(payout)
+            outbox.enqueue(
+                s, kind=OUTBOX_TRANSFER, subject_id=payout.id, reference=payout.reference
+            )
+            return payout
+
+        try:
+            payout = ledger.run_in_transaction(session, work)
+        except LimitExceeded:
+            # A concurrent run on another node held the same money first.
+            continue
+        if payout is not None:
+            created.append(payout)
+    return created
+
+
+def pay_out(
+    *,
+    session: Session,
+    gateway: PaymentGateway,
+    policy: outbox.OutboxPolicy,
+    minimum_minor: int,
+    organization_id: int | None = None,
+) -> list[PayoutPublic]:
+    """Run payouts and send their transfers now; the payouts as they stand afterwards."""
+    created = run_payouts(
+        session=session,
+        gateway=gateway,
+        minimum_minor=minimum_minor,
+        organization_id=organization_id,
+    )
+    out = []
+    for payout in created:
+        assert payout.id is not None
+        message = outbox.find(session, kind=OUTBOX_TRANSFER, subject_id=payout.id)
+        if message is not None and message.id is not None:
+            outbox.process_now(session, gateway, policy, message.id)
+        out.append(payout_public(session.get(Payout, payout.id, populate_existing=True) or payout))
+    return out
+
+
+def list_payouts(*, session: Session, organization_id: int, limit: int) -> list[PayoutPublic]:
+    rows = session.exec(
+        select(Payout)
+        .where(Payout.organization_id == organization_id)
+        .order_by(Payout.id.desc())  # type: ignore[union-attr]
+        .limit(limit)
+    ).all()
+    return [payout_public(p) for p in rows]
+
+
+def payout_metadata(payout: Payout) -> dict[str, str]:
+    return {
+        "jishi_payout_id": str(payout.id),
+        "jishi_reference": payout.reference,
+        "jishi_organization_id": str(payout.organization_id),
+    }
+
+
+def _lock(s: Session, payout_id: int) -> Payout:
+    return s.exec(
+        select(Payout)
+        .where(Payout.id == payout_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+class TransferHandler:
+    """Outbox rows that send a payout's transfer."""
+
+    def prepare(
+        self, session: Session, message: PaymentOutbox
+    ) -> Callable[[PaymentGateway], object]:
+        payout = session.get(Payout, message.subject_id)
+        assert payout is not None
+        key, amount, currency = message.idempotency_key, payout.amount_minor, payout.currency
+        destination, group = payout.destination, payout.transfer_group
+        metadata = payout_metadata(payout)
+        return lambda gateway: gateway.create_transfer(
+            idempotency_key=key,
+            amount_minor=amount,
+            currency=currency,
+            destination=destination,
+            group=group,
+            metadata=metadata,
+        )
+
+    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
+        transfer: ProviderTransfer = result
+        payout = _lock(session, message.subject_id)
+        if payout.status != PAYOUT_PENDING:
+            return
+        if transfer.amount_minor != payout.amount_minor or transfer.currency != payout.currency:
+            # The provider moved what it moved; the reconciliation report shows the difference.
+            log.error("payout %s: the transfer %s differs", payout.id, transfer.provider_ref)
+        assert payout.hold_transaction_id is not None
+        payout.provider_ref = transfer.provider_ref
+        payout.resolve_transaction_id = holds.settle(
+            session, hold_id=payout.hold_transaction_id, kind=PAYOUT_KIND
+        )
+        payout.status = PAYOUT_PAID
+        payout.completed_at = utcnow()
+        session.add(payout)
+
+    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
+        payout = _lock(session, message.subject_id)
+        if payout.status != PAYOUT_PENDING:
+            return
+        assert payout.hold_transaction_id is not None
+        payout.resolve_transaction_id = holds.release(
+            session, hold_id=payout.hold_transaction_id, kind=PAYOUT_KIND
+        )
+        payout.status = PAYOUT_FAILED
+        payout.failure_code = error.code[:64]
+        payout.completed_at = utcnow()
+        session.add(payout)

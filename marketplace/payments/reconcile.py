@@ -1,0 +1,317 @@
+"""Reconciliation: ask the provider about open payments and refunds, and compare both sides.
+
+:func:`reconcile` is the safety net for webhooks that never come: it retrieves open payments
+and pending refunds (least recently checked first, a bounded batch per pass) and applies what
+the provider says through the same monotonic functions the webhooks use.
+
+:func:`report` compares every record of ours with the provider's object, checks the ledger's
+invariants, and lists objects at the provider that carry our metadata but have no record of
+ours (what a lost commit would leave). An empty ``mismatches`` list means both sides agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from marketplace.db import utcnow
+from marketplace.ledger import services as ledger
+from marketplace.payments import refunds, services
+from marketplace.payments.gateway import (
+    INTENT_CANCELED,
+    INTENT_SUCCEEDED,
+    REFUND_FAILED,
+    REFUND_PENDING,
+    REFUND_SUCCEEDED,
+    PaymentGateway,
+    ProviderConflict,
+    ProviderRefused,
+    ProviderUnavailable,
+)
+from marketplace.payments.models import (
+    OUTBOX_FAILED,
+    PAYOUT_FAILED,
+    PAYOUT_PAID,
+    TOP_UP_CANCELED,
+    TOP_UP_SUCCEEDED,
+    PaymentOutbox,
+    PaymentRefund,
+    Payout,
+    TopUp,
+)
+
+log = logging.getLogger(__name__)
+
+_top_ups_t = TopUp.__table__  # type: ignore[attr-defined]
+_refunds_t = PaymentRefund.__table__  # type: ignore[attr-defined]
+
+PROVIDER_OBJECTS_MAX = 100_000  # objects listed per kind by one report
+
+
+@dataclass
+class ReconcileResult:
+    checked: int = 0
+    changed: int = 0
+    unavailable: int = 0
+    expired: int = 0
+
+
+def reconcile(
+    *,
+    session: Session,
+    gateway: PaymentGateway,
+    batch_max: int,
+    top_up_expiry_s: float = 0,
+) -> ReconcileResult:
+    """Bring open top-ups and pending refunds up to the provider's state, and queue the
+    cancellation of top-ups unpaid for ``top_up_expiry_s`` (0: never)."""
+    result = ReconcileResult()
+    if gateway.simulated:
+        return result
+    t = _top_ups_t.c
+    open_top_ups: list[tuple[int, str, str]] = [
+        (row.id, row.provider_ref, row.status)
+        for row in session.execute(
+            sa.select(t.id, t.provider_ref, t.status)
+            .where(
+                t.provider == gateway.name,
+                t.status.in_(services.OPEN_TOP_UP_STATUSES),
+                t.provider_ref.is_not(None),
+            )
+            .order_by(sa.case((t.checked_at.is_(None), 0), else_=1), t.checked_at, t.id)
+            .limit(batch_max)
+        )
+    ]
+    session.commit()
+    for top_up_id, provider_ref, status in open_top_ups:
+        try:
+            intent = gateway.get_top_up(provider_ref)
+        except (ProviderUnavailable, ProviderRefused, ProviderConflict) as exc:
+            log.warning("reconcile: top-up %s: %s", top_up_id, exc)
+            result.unavailable += 1
+            continue
+
+        def work(s: Session, top_up_id: int = top_up_id, intent: Any = intent) -> str:
+            top_up = services.apply_intent(s, top_up_id, intent)
+            top_up.checked_at = utcnow()
+            s.add(top_up)
+            return top_up.status
+
+        result.checked += 1
+        if ledger.run_in_transaction(session, work) != status:
+            result.changed += 1
+    # After the poll, so that a payment made at the last moment is credited, not canceled.
+    if top_up_expiry_s > 0:
+        result.expired = services.expire_top_ups(
+            session=session, provider=gateway.name, expiry_s=top_up_expiry_s, batch_max=batch_max
+        )
+    r = _refunds_t.c
+    pending_refunds: list[tuple[int, str]] = [
+        (row.id, row.provider_ref)
+        for row in session.execute(
+            sa.select(r.id, r.provider_ref)
+            .where(
+                r.provider == gateway.name,
+                r.status == REFUND_PENDING,
+                r.provider_ref.is_not(None),
+            )
+            .order_by(r.id)
+            .limit(batch_max)
+        )
+    ]
+    session.commit()
+    for refund_id, provider_ref in pending_refunds:
+        try:
+            found = gateway.get_refund(provider_ref)
+        except (ProviderUnavailable, ProviderRefused, ProviderConflict) as exc:
+            log.warning("reconcile: refund %s: %s", refund_id, exc)
+            result.unavailable += 1
+            continue
+        result.checked += 1
+
+        def apply(s: Session, refund_id: int = refund_id, found: Any = found) -> str:
+            return refunds.apply_refund(s, refund_id, found).status
+
+        if ledger.run_in_transaction(session, apply) != REFUND_PENDING:
+            result.changed += 1
+    return result
+
+
+@dataclass
+class Report:
+    checked: dict[str, int] = field(default_factory=dict)
+    mismatches: list[str] = field(default_factory=list)
+    in_flight: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.checked.items()))
+        out = [f"checked {counts or 'nothing'}"]
+        out += [f"in flight: {line}" for line in self.in_flight]
+        out += [f"MISMATCH: {line}" for line in self.mismatches]
+        out.append(f"{len(self.mismatches)} mismatches")
+        return out
+
+
+def report(*, session: Session, gateway: PaymentGateway) -> Report:
+    """Compare our records with the provider's objects; every difference is a mismatch line."""
+    rep = Report()
+    rep.mismatches += [f"ledger: {p}" for p in ledger.check_invariants(session)]
+    for message in session.exec(
+        select(PaymentOutbox).where(PaymentOutbox.status == OUTBOX_FAILED)
+    ).all():
+        rep.mismatches.append(
+            f"outbox {message.id} ({message.kind} {message.subject_id}) failed and waits for a "
+            f"retry: {message.last_error}"
+        )
+    if gateway.simulated:
+        return rep
+
+    def ask(what: str, fn: Callable[[str], Any], ref: str) -> Any:
+        try:
+            return fn(ref)
+        except (ProviderUnavailable, ProviderRefused, ProviderConflict) as exc:
+            rep.mismatches.append(f"{what}: the provider could not be asked: {exc}")
+            return None
+
+    top_ups = session.exec(
+        select(TopUp).where(TopUp.provider == gateway.name, TopUp.simulated == sa.false())
+    ).all()
+    rep.checked["top-ups"] = len(top_ups)
+    refunded: dict[int, int] = {}
+    for refund in session.exec(
+        select(PaymentRefund).where(PaymentRefund.provider == gateway.name)
+    ).all():
+        if refund.status != REFUND_FAILED:
+            refunded[refund.top_up_id] = refunded.get(refund.top_up_id, 0) + refund.amount_minor
+    for top_up in top_ups:
+        what = f"top-up {top_up.id}"
+        if refunded.get(top_up.id or 0, 0) != top_up.refunded_minor:
+            rep.mismatches.append(
+                f"{what}: refunded_minor {top_up.refunded_minor} but its refunds add up to "
+                f"{refunded.get(top_up.id or 0, 0)}"
+            )
+        if top_up.provider_ref is None:
+            if top_up.status != TOP_UP_SUCCEEDED and top_up.status != TOP_UP_CANCELED:
+                rep.in_flight.append(f"{what}: {top_up.status}, payment not created yet")
+            continue
+        intent = ask(what, gateway.get_top_up, top_up.provider_ref)
+        if intent is None:
+            continue
+        if (intent.amount_minor, intent.currency) != (top_up.amount_minor, top_up.currency):
+            rep.mismatches.append(
+                f"{what}: {top_up.amount_minor} {top_up.currency} here, "
+                f"{intent.amount_minor} {intent.currency} at the provider"
+            )
+        paid_there = intent.status == INTENT_SUCCEEDED
+        if paid_there != (top_up.status == TOP_UP_SUCCEEDED):
+            rep.mismatches.append(
+                f"{what}: {top_up.status} here, {intent.status} at the provider "
+                f"({intent.provider_ref})"
+            )
+        elif (intent.status == INTENT_CANCELED) != (top_up.status == TOP_UP_CANCELED):
+            rep.mismatches.append(f"{what}: {top_up.status} here, {intent.status} there")
+        if top_up.status == TOP_UP_SUCCEEDED and top_up.ledger_transaction_id is None:
+            rep.mismatches.append(f"{what}: succeeded without a ledger transaction")
+
+    payouts = session.exec(select(Payout).where(Payout.provider == gateway.name)).all()
+    rep.checked["payouts"] = len(payouts)
+    for payout in payouts:
+        what = f"payout {payout.id}"
+        if payout.status == PAYOUT_PAID:
+            assert payout.provider_ref is not None
+            transfer = ask(what, gateway.get_transfer, payout.provider_ref)
+            if transfer is None:
+                continue
+            if (transfer.amount_minor, transfer.currency, transfer.destination) != (
+                payout.amount_minor,
+                payout.currency,
+                payout.destination,
+            ):
+                rep.mismatches.append(
+                    f"{what}: {payout.amount_minor} {payout.currency} to {payout.destination} "
+                    f"here, {transfer.amount_minor} {transfer.currency} to "
+                    f"{transfer.destination} at the provider"
+                )
+            if transfer.reversed_minor:
+                rep.mismatches.append(
+                    f"{what}: {transfer.reversed_minor} reversed at the provider, not here"
+                )
+        elif payout.status != PAYOUT_FAILED:
+            rep.in_flight.append(f"{what}: {payout.status}")
+
+    payment_refunds = session.exec(
+        select(PaymentRefund).where(PaymentRefund.provider == gateway.name)
+    ).all()
+    rep.checked["refunds"] = len(payment_refunds)
+    top_up_refs = {t.id: t.provider_ref for t in top_ups}
+    for refund in payment_refunds:
+        what = f"refund {refund.id}"
+        if refund.provider_ref is None:
+            if refund.status == REFUND_PENDING:
+                rep.in_flight.append(f"{what}: not sent yet")
+            continue
+        found = ask(what, gateway.get_refund, refund.provider_ref)
+        if found is None:
+            continue
+        if found.amount_minor != refund.amount_minor:
+            rep.mismatches.append(
+                f"{what}: {refund.amount_minor} here, {found.amount_minor} at the provider"
+            )
+        if found.payment_ref != top_up_refs.get(refund.top_up_id):
+            rep.mismatches.append(f"{what}: refunds {found.payment_ref} at the provider")
+        if found.status != refund.status:
+            (rep.in_flight if found.status == REFUND_PENDING else rep.mismatches).append(
+                f"{what}: {refund.status} here, {found.status} at the provider"
+            )
+        elif found.status == REFUND_SUCCEEDED and refund.resolve_transaction_id is None:
+            rep.mismatches.append(f"{what}: succeeded without posting its hold")
+
+    _unrecorded(session, gateway, rep)
+    return rep
+
+
+def _unrecorded(session: Session, gateway: PaymentGateway, rep: Report) -> None:
+    """Provider objects that carry our metadata but that no record of ours points to."""
+    list_objects = getattr(gateway, "list_objects", None)
+    if list_objects is None:
+        return
+    oldest = [
+        session.exec(select(sa.func.min(model.created_at))).one()  # type: ignore[attr-defined]
+        for model in (TopUp, Payout, PaymentRefund)
+    ]
+    known = [t for t in oldest if t is not None]
+    if not known:
+        return
+    # A day of slack for clocks; the provider's "created" is its own clock.
+    since = int((min(known) - dt.timedelta(days=1)).timestamp())
+    tables: dict[str, tuple[str, Any]] = {
+        "payment_intents": ("jishi_top_up_id", TopUp),
+        "transfers": ("jishi_payout_id", Payout),
+        "refunds": ("jishi_payment_refund_id", PaymentRefund),
+    }
+    for kind, (id_key, model) in tables.items():
+        try:
+            objects = list_objects(kind, created_gte=since, limit_max=PROVIDER_OBJECTS_MAX)
+        except (ProviderUnavailable, ProviderRefused, ProviderConflict) as exc:
+            rep.mismatches.append(f"{kind}: the provider could not list them: {exc}")
+            continue
+        rep.checked[f"provider {kind}"] = len(objects)
+        for obj in objects:
+            metadata = dict(obj.get("metadata") or {})
+            raw_id = str(metadata.get(id_key, ""))
+            if not raw_id.isdigit():
+                continue
+            row = session.get(model, int(raw_id))
+            if row is None or row.reference != metadata.get("jishi_reference"):
+                continue  # another installation's object on a shared account
+            if row.provider_ref != obj["id"]:
+                rep.mismatches.append(
+                    f"{kind[:-1].replace('_', ' ')} {obj['id']} at the provider belongs to "
+                    f"{model.__tablename__} {raw_id}, which records {row.provider_ref}"
+                )

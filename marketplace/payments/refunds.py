@@ -1,0 +1,417 @@
+"""Money sent back to payers' original payments: withdrawals and the provider side of refunds.
+
+Money that came in through a real provider goes back the way it came; simulated money stays in
+the wallet. An amount is spread over the payer's successful, not yet fully refunded top-ups
+newest first, one provider refund per top-up, so no payment is ever refunded beyond what it
+captured minus what was refunded before (the top-up's ``refunded_minor`` counts every refund
+not known to have failed). Each provider refund holds its amount on the wallet until the
+provider confirms (posted) or refuses (voided, the wallet has it back).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from marketplace.db import utcnow
+from marketplace.errors import Conflict, NotFound, ValidationFailed
+from marketplace.ledger import services as ledger
+from marketplace.ledger.idempotency import replay, request_hash
+from marketplace.ledger.models import WALLET, Currency
+from marketplace.payments import holds, outbox
+from marketplace.payments.gateway import (
+    REFUND_FAILED as PROVIDER_REFUND_FAILED,
+)
+from marketplace.payments.gateway import (
+    REFUND_SUCCEEDED as PROVIDER_REFUND_SUCCEEDED,
+)
+from marketplace.payments.gateway import (
+    PaymentGateway,
+    ProviderRefund,
+    ProviderRefused,
+)
+from marketplace.payments.models import (
+    OUTBOX_REFUND,
+    REFUND_FAILED,
+    REFUND_FOR_ORDER,
+    REFUND_FOR_WITHDRAWAL,
+    REFUND_PENDING,
+    REFUND_SUCCEEDED,
+    TOP_UP_SUCCEEDED,
+    WITHDRAWAL_PARTIAL,
+    PaymentOutbox,
+    PaymentRefund,
+    TopUp,
+    Withdrawal,
+    new_reference,
+)
+from marketplace.payments.schemas import (
+    PaymentRefundPublic,
+    WithdrawalCreate,
+    WithdrawalPublic,
+)
+
+log = logging.getLogger(__name__)
+
+_top_ups_t = TopUp.__table__  # type: ignore[attr-defined]
+_refunds_t = PaymentRefund.__table__  # type: ignore[attr-defined]
+
+_HOLD_KINDS = {REFUND_FOR_WITHDRAWAL: "withdrawal", REFUND_FOR_ORDER: "refund_to_payment"}
+
+
+def refundable_top_ups(
+    s: Session, *, organization_id: int, currency: str, provider: str, count_max: int
+) -> list[TopUp]:
+    """The payer's provider-collected top-ups with money left to refund, newest first, locked."""
+    return list(
+        s.exec(
+            select(TopUp)
+            .where(
+                TopUp.organization_id == organization_id,
+                TopUp.currency == currency,
+                TopUp.provider == provider,
+                TopUp.simulated == sa.false(),
+                TopUp.status == TOP_UP_SUCCEEDED,
+                TopUp.amount_minor > TopUp.refunded_minor,
+            )
+            .order_by(_top_ups_t.c.created_at.desc(), _top_ups_t.c.id.desc())
+            .limit(count_max)
+            .with_for_update()
+        ).all()
+    )
+
+
+def refund_to_payments(
+    s: Session,
+    *,
+    organization_id: int,
+    currency: str,
+    amount_minor: int,
+    provider: str,
+    purpose: str,
+    count_max: int,
+    withdrawal_id: int | None = None,
+    order_refund_id: int | None = None,
+    require_all: bool = False,
+) -> list[PaymentRefund]:
+    """Queue provider refunds for up to ``amount_minor`` (inside the caller's transaction).
+
+    Returns the refunds made; with ``require_all`` anything the payments cannot take back is
+    refused with 409 instead of being left in the wallet.
+    """
+    sources = refundable_top_ups(
+        s,
+        organization_id=organization_id,
+        currency=currency,
+        provider=provider,
+        count_max=count_max,
+    )
+    refundable = sum(t.amount_minor - t.refunded_minor for t in sources)
+    if require_all and amount_minor > refundable:
+        raise Conflict(
+            f"At most {refundable} minor units can go back to your payments in one request.",
+            code="withdrawal_exceeds_refundable",
+            extra={"refundable_minor": refundable},
+        )
+    wallet = ledger.ensure_account(
+        s, organization_id=organization_id, code=WALLET, currency=currency
+    )
+    kind = _HOLD_KINDS[purpose]
+    left = amount_minor
+    made: list[PaymentRefund] = []
+    for top_up in sources:
+        if left == 0:
+            break
+        part = min(left, top_up.amount_minor - top_up.refunded_minor)
+        left -= part
+        refund = PaymentRefund(
+            organization_id=organization_id,
+            top_up_id=top_up.id,  # type: ignore[arg-type]
+            currency=currency,
+            amount_minor=part,
+            purpose=purpose,
+            withdrawal_id=withdrawal_id,
+            order_refund_id=order_refund_id,
+            status=REFUND_PENDING,
+            provider=provider,
+            reference=new_reference(),
+        )
+        s.add(refund)
+        s.flush()
+        assert refund.id is not None
+        refund.hold_transaction_id = holds.hold(
+            s,
+            key=f"payment-refund:{refund.id}:hold",
+            kind=kind,
+            from_account=wallet,
+            currency=currency,
+            amount_minor=part,
+            memo=f"{kind.replace('_', ' ')} {refund.id} to {top_up.provider_ref}",
+        )
+        top_up.refunded_minor += part
+        s.add(top_up)
+        s.add(refund)
+        outbox.enqueue(s, kind=OUTBOX_REFUND, subject_id=refund.id, reference=refund.reference)
+        made.append(refund)
+    return made
+
+
+def withdraw(
+    *,
+    session: Session,
+    gateway: PaymentGateway,
+    organization_id: int,
+    request: WithdrawalCreate,
+    idempotency_key: str,
+    refunds_max: int,
+    policy: outbox.OutboxPolicy,
+) -> tuple[WithdrawalPublic, bool]:
+    """Send unused wallet money back to the buyer's payments, newest first."""
+    digest = request_hash({"amount_minor": request.amount_minor, "currency": request.currency})
+    if gateway.simulated:
+        raise Conflict(
+            "Simulated money cannot be withdrawn; it never left a bank.",
+            code="withdrawal_unavailable",
+        )
+
+    def work(s: Session) -> tuple[Withdrawal, bool]:
+        found = s.exec(
+            select(Withdrawal).where(
+                Withdrawal.organization_id == organization_id,
+                Withdrawal.idempotency_key == idempotency_key,
+            )
+        ).first()
+        if (prior := replay(found, digest, "withdrawal")) is not None:
+            return prior, False
+        if s.get(Currency, request.currency) is None:
+            raise ValidationFailed(
+                f"Currency {request.currency} is not supported.", code="unknown_currency"
+            )
+        withdrawal = Withdrawal(
+            organization_id=organization_id,
+            currency=request.currency,
+            amount_minor=request.amount_minor,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+        )
+        s.add(withdrawal)
+        s.flush()
+        refund_to_payments(
+            s,
+            organization_id=organization_id,
+            currency=request.currency,
+            amount_minor=request.amount_minor,
+            provider=gateway.name,
+            purpose=REFUND_FOR_WITHDRAWAL,
+            count_max=refunds_max,
+            withdrawal_id=withdrawal.id,
+            require_all=True,
+        )
+        return withdrawal, True
+
+    withdrawal, created = ledger.run_in_transaction(session, work)
+    assert withdrawal.id is not None
+    send_now(session, gateway, policy, refunds_of(session, withdrawal_id=withdrawal.id))
+    return withdrawal_public(session, withdrawal.id), created
+
+
+def send_now(
+    session: Session,
+    gateway: PaymentGateway,
+    policy: outbox.OutboxPolicy,
+    refunds: list[PaymentRefund],
+) -> None:
+    """Send the refunds' provider calls at once, so the answer can show their outcome."""
+    for refund in refunds:
+        message = outbox.find(session, kind=OUTBOX_REFUND, subject_id=refund.id)  # type: ignore[arg-type]
+        if message is not None and message.id is not None:
+            outbox.process_now(session, gateway, policy, message.id)
+
+
+def refunds_of(
+    session: Session, *, withdrawal_id: int | None = None, order_refund_id: int | None = None
+) -> list[PaymentRefund]:
+    query = (
+        select(PaymentRefund).order_by(_refunds_t.c.id).execution_options(populate_existing=True)
+    )
+    if withdrawal_id is not None:
+        query = query.where(PaymentRefund.withdrawal_id == withdrawal_id)
+    else:
+        query = query.where(PaymentRefund.order_refund_id == order_refund_id)
+    return list(session.exec(query).all())
+
+
+def payment_refunds_public(
+    refunds: list[PaymentRefund], session: Session
+) -> list[PaymentRefundPublic]:
+    out = []
+    for refund in refunds:
+        top_up = session.get(TopUp, refund.top_up_id)
+        out.append(
+            PaymentRefundPublic(
+                id=refund.id,  # type: ignore[arg-type]
+                top_up_id=refund.top_up_id,
+                payment_intent_id=top_up.provider_ref if top_up else None,
+                amount_minor=refund.amount_minor,
+                currency=refund.currency,
+                status=refund.status,
+                refund_id=refund.provider_ref,
+                failure_code=refund.failure_code,
+            )
+        )
+    return out
+
+
+def withdrawal_public(session: Session, withdrawal_id: int) -> WithdrawalPublic:
+    withdrawal = session.get(Withdrawal, withdrawal_id, populate_existing=True)
+    assert withdrawal is not None
+    return WithdrawalPublic(
+        id=withdrawal_id,
+        status=withdrawal.status,
+        amount_minor=withdrawal.amount_minor,
+        currency=withdrawal.currency,
+        created_at=withdrawal.created_at,
+        completed_at=withdrawal.completed_at,
+        refunds=payment_refunds_public(refunds_of(session, withdrawal_id=withdrawal_id), session),
+    )
+
+
+def get_withdrawal(
+    *, session: Session, organization_id: int, withdrawal_id: int
+) -> WithdrawalPublic:
+    withdrawal = session.get(Withdrawal, withdrawal_id)
+    if withdrawal is None or withdrawal.organization_id != organization_id:
+        raise NotFound("No such withdrawal.", code="withdrawal_not_found")
+    return withdrawal_public(session, withdrawal_id)
+
+
+def find_refund_for(s: Session, result: ProviderRefund) -> PaymentRefund | None:
+    """Our provider refund for the provider's object: by its id, or by the metadata we gave it."""
+    found = s.exec(
+        select(PaymentRefund).where(PaymentRefund.provider_ref == result.provider_ref)
+    ).first()
+    if found is not None:
+        return found
+    raw_id = result.metadata.get("jishi_payment_refund_id", "")
+    if not raw_id.isdigit():
+        return None
+    found = s.get(PaymentRefund, int(raw_id))
+    if found is None or found.reference != result.metadata.get("jishi_reference"):
+        return None
+    if found.provider_ref not in (None, result.provider_ref):
+        return None
+    return found
+
+
+def _lock(s: Session, refund_id: int) -> PaymentRefund:
+    return s.exec(
+        select(PaymentRefund)
+        .where(PaymentRefund.id == refund_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def apply_refund(s: Session, refund_id: int, result: ProviderRefund) -> PaymentRefund:
+    """Move a provider refund along what the provider says (inside the caller's transaction).
+
+    pending -> succeeded posts the hold; pending -> failed voids it and frees the payment's
+    refundable amount again. Final states never move back.
+    """
+    refund = _lock(s, refund_id)
+    if refund.provider_ref is None:
+        refund.provider_ref = result.provider_ref
+    elif refund.provider_ref != result.provider_ref:
+        log.error("refund %s is %s, not %s", refund.id, refund.provider_ref, result.provider_ref)
+        return refund
+    if refund.status != REFUND_PENDING:
+        if refund.status == REFUND_SUCCEEDED and result.status == PROVIDER_REFUND_FAILED:
+            # Rare (a bank returns a refund after confirming it); a person decides what follows.
+            log.error("refund %s failed after it had succeeded", refund.id)
+        s.add(refund)
+        return refund
+    if result.status == PROVIDER_REFUND_SUCCEEDED:
+        _finish(s, refund, REFUND_SUCCEEDED, None)
+    elif result.status == PROVIDER_REFUND_FAILED:
+        _finish(s, refund, REFUND_FAILED, result.failure_code or "refund_failed")
+    s.add(refund)
+    return refund
+
+
+def _finish(s: Session, refund: PaymentRefund, status: str, failure_code: str | None) -> None:
+    assert refund.hold_transaction_id is not None
+    kind = _HOLD_KINDS[refund.purpose]
+    if status == REFUND_SUCCEEDED:
+        refund.resolve_transaction_id = holds.settle(
+            s, hold_id=refund.hold_transaction_id, kind=kind
+        )
+    else:
+        # The top-up before the ledger's balance rows, the order withdrawals lock them in.
+        top_up = s.exec(select(TopUp).where(TopUp.id == refund.top_up_id).with_for_update()).one()
+        refund.resolve_transaction_id = holds.release(
+            s, hold_id=refund.hold_transaction_id, kind=kind
+        )
+        top_up.refunded_minor -= refund.amount_minor
+        s.add(top_up)
+        refund.failure_code = (failure_code or "refund_failed")[:64]
+    refund.status = status
+    refund.completed_at = utcnow()
+    s.add(refund)
+    s.flush()
+    if refund.withdrawal_id is not None:
+        _update_withdrawal(s, refund.withdrawal_id)
+
+
+def _update_withdrawal(s: Session, withdrawal_id: int) -> None:
+    withdrawal = s.exec(
+        select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
+    ).one()
+    statuses = {r.status for r in refunds_of(s, withdrawal_id=withdrawal_id)}
+    if REFUND_PENDING in statuses:
+        return
+    if statuses == {REFUND_SUCCEEDED}:
+        withdrawal.status = REFUND_SUCCEEDED
+    elif statuses == {REFUND_FAILED}:
+        withdrawal.status = REFUND_FAILED
+    else:
+        withdrawal.status = WITHDRAWAL_PARTIAL
+    withdrawal.completed_at = utcnow()
+    s.add(withdrawal)
+
+
+def refund_metadata(refund: PaymentRefund) -> dict[str, str]:
+    return {
+        "jishi_payment_refund_id": str(refund.id),
+        "jishi_reference": refund.reference,
+        "jishi_organization_id": str(refund.organization_id),
+        "jishi_purpose": refund.purpose,
+    }
+
+
+class RefundHandler:
+    """Outbox rows that ask the provider to refund part of a payment."""
+
+    def prepare(
+        self, session: Session, message: PaymentOutbox
+    ) -> Callable[[PaymentGateway], object]:
+        refund = session.get(PaymentRefund, message.subject_id)
+        assert refund is not None
+        top_up = session.get(TopUp, refund.top_up_id)
+        assert top_up is not None and top_up.provider_ref is not None
+        key, payment_ref, amount = message.idempotency_key, top_up.provider_ref, refund.amount_minor
+        metadata = refund_metadata(refund)
+        return lambda gateway: gateway.create_refund(
+            idempotency_key=key, payment_ref=payment_ref, amount_minor=amount, metadata=metadata
+        )
+
+    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
+        apply_refund(session, message.subject_id, result)
+
+    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
+        refund = _lock(session, message.subject_id)
+        if refund.status == REFUND_PENDING:
+            _finish(session, refund, REFUND_FAILED, error.code)

@@ -1,0 +1,140 @@
+"""Stripe webhooks: signature check, then each event applied once, in any order.
+
+The signature is Stripe's documented scheme (``Stripe-Signature: t=...,v1=...``, HMAC-SHA256 of
+``t.body``), checked with the SDK against every configured secret, so that a secret can be
+rolled without losing events. An event id is recorded in the same transaction as its effect, so
+a repeated delivery changes nothing. Effects are monotonic state moves (see
+:func:`marketplace.payments.services.apply_intent`), so late and out-of-order deliveries
+converge on the provider's latest state; a delivery that never comes is made up for by
+reconciliation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+from sqlmodel import Session
+
+from marketplace.errors import DomainError
+from marketplace.ledger import services as ledger
+from marketplace.payments.gateway import ProviderConflict
+from marketplace.payments.models import StripeEvent
+
+log = logging.getLogger(__name__)
+
+_INTENT_EVENTS = {
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+    "payment_intent.processing",
+    "payment_intent.requires_action",
+}
+_REFUND_EVENTS = {"refund.created", "refund.updated", "refund.failed"}
+
+
+class SignatureInvalid(DomainError):
+    code = "signature_invalid"
+    status = 400
+    title = "Webhook signature invalid"
+
+
+class SignatureStale(DomainError):
+    code = "signature_stale"
+    status = 400
+    title = "Webhook signature too old"
+
+
+def verify(payload: bytes, header: str | None, secrets: list[str], tolerance_s: int) -> Any:
+    """The event in ``payload`` if one of ``secrets`` signed it within ``tolerance_s``."""
+    if not secrets:
+        raise SignatureInvalid("No webhook secret is configured.")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SignatureInvalid("The body is not UTF-8.") from None
+    for secret in secrets:
+        try:
+            # Tolerance is checked below in both directions; the SDK only checks the past.
+            stripe.WebhookSignature.verify_header(text, header, secret, tolerance=None)
+            break
+        except stripe.SignatureVerificationError:
+            continue
+    else:
+        raise SignatureInvalid("The Stripe-Signature header does not match the body.")
+    timestamp = int(_header_timestamp(header or ""))
+    if abs(time.time() - timestamp) > tolerance_s:
+        raise SignatureStale(f"The signature is more than {tolerance_s} s from now.")
+    try:
+        event = json.loads(text)
+    except ValueError:
+        raise SignatureInvalid("The signed body is not JSON.") from None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+        raise SignatureInvalid("The signed body is not an event.")
+    return event
+
+
+def _header_timestamp(header: str) -> str:
+    for part in header.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() == "t":
+            return value.strip()
+    raise SignatureInvalid("The Stripe-Signature header has no timestamp.")
+
+
+@dataclass(frozen=True)
+class Applied:
+    event_id: str
+    outcome: str  # applied | ignored | unmatched | duplicate
+
+
+def apply_event(session: Session, event: dict[str, Any]) -> Applied:
+    """Apply a verified event once; a repeat of an applied event id changes nothing."""
+    from marketplace.payments import refunds, services
+    from marketplace.payments.stripe_gateway import intent_from_stripe, refund_from_stripe
+
+    event_id = str(event["id"])[:255]
+    event_type = str(event.get("type", ""))[:100]
+    obj = (event.get("data") or {}).get("object") or {}
+    object_id = obj.get("id") if isinstance(obj, dict) else None
+
+    def work(s: Session) -> str:
+        if s.get(StripeEvent, event_id) is not None:
+            return "duplicate"
+        outcome = "ignored"
+        try:
+            if event_type in _INTENT_EVENTS:
+                intent = intent_from_stripe(obj)
+                top_up = services.find_top_up_for(s, intent)
+                outcome = "unmatched"
+                if top_up is not None and top_up.id is not None:
+                    services.apply_intent(s, top_up.id, intent)
+                    outcome = "applied"
+            elif event_type in _REFUND_EVENTS:
+                result = refund_from_stripe(obj)
+                refund = refunds.find_refund_for(s, result)
+                outcome = "unmatched"
+                if refund is not None and refund.id is not None:
+                    refunds.apply_refund(s, refund.id, result)
+                    outcome = "applied"
+        except (KeyError, TypeError, ValueError, ProviderConflict) as exc:
+            # A signed event we cannot read is Stripe's or a compatible server's oddity, not a
+            # reason to have it redelivered for days; keep its id and say so in the log.
+            log.error("webhook event %s (%s) could not be applied: %r", event_id, event_type, exc)
+            outcome = "unreadable"
+        s.add(
+            StripeEvent(
+                id=event_id,
+                type=event_type,
+                object_id=str(object_id)[:255] if object_id else None,
+                outcome=outcome,
+            )
+        )
+        s.flush()  # a twin delivery racing this one fails here and is retried as a duplicate
+        return outcome
+
+    return Applied(event_id, ledger.run_in_transaction(session, work))

@@ -1,0 +1,201 @@
+"""Serving a node: gunicorn with threaded workers, one periodic runner per node, clean exits.
+
+``jishi serve`` (``marketplace.cli``) migrates and loads demo data, then calls :func:`serve`:
+gunicorn's ``gthread`` workers, each process with its own app, sandbox pool and caches, all
+threads of a process sharing them. :func:`serve_dev` is Werkzeug's development server with the
+reloader, for ``jishi serve --dev``.
+
+What is per node and what is shared: each node has its own processes, sandbox pools, token
+and lookup caches, evaluation slots (:mod:`marketplace.evaluation.admission`) and periodic
+runner; nodes share the database and the object store. The periodic runner runs in exactly
+one server process of a node: every process tries to take a lock file in the instance folder
+(``run/periodic.lock``), the holder runs :class:`marketplace.periodic.Runner`, and when it
+exits (or dies) another process takes over within :data:`PERIODIC_TAKEOVER_S`.
+
+Shutdown (SIGTERM or SIGINT to the master): gunicorn stops accepting, lets in-flight requests
+finish (up to ``graceful_timeout``: the evaluation deadline plus a margin), and each worker
+then stops its periodic runner, kills its sandbox workers and zygote and closes its database
+connections before it exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from marketplace import periodic
+
+log = logging.getLogger(__name__)
+
+PERIODIC_TAKEOVER_S = 2.0
+
+
+def default_processes() -> int:
+    """One server process per core."""
+    return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """Threads per process: enough to keep a core's sandbox workers busy while others wait."""
+    return 8
+
+
+class PeriodicHolder:
+    """Runs the node's one :class:`periodic.Runner` while this process holds the node's lock."""
+
+    def __init__(self, app: Flask, lock_path: Path, takeover_s: float = PERIODIC_TAKEOVER_S):
+        self.app = app
+        self.lock_path = lock_path
+        self.takeover_s = takeover_s
+        self.runner: periodic.Runner | None = None
+        self._fd = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="periodic-holder", daemon=True)
+            self._thread.start()
+
+    def _try_lock(self) -> bool:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self._try_lock():
+                log.info("this process runs the node's periodic tasks")
+                self.runner = periodic.Runner(self.app)
+                self.runner.start()
+                return
+            self._stop.wait(self.takeover_s)
+
+    def stop(self) -> None:
+        """Stop the runner (letting a running task finish) and hand the lock on."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the lock for another process
+            self._fd = -1
+
+
+def start_node_process(app: Flask) -> None:
+    """What each server process does once its app exists: start its sandbox, join the race
+    for the periodic runner."""
+    holder = PeriodicHolder(app, Path(app.instance_path) / "run" / "periodic.lock")
+    app.extensions["periodic_holder"] = holder
+    holder.start()
+    pool = app.extensions.get("sandbox_pool")
+    if pool is not None:
+        # The zygote imports onnxruntime (about a second): start it now, in the background,
+        # so that no caller's first evaluation waits for it.
+        threading.Thread(
+            target=_start_pool, args=(pool,), name="sandbox-start", daemon=True
+        ).start()
+
+
+def _start_pool(pool: Any) -> None:
+    try:
+        pool.get()
+    except Exception:
+        log.exception("the sandbox did not start; the first evaluation will try again")
+
+
+def stop_node_process(app: Flask) -> None:
+    """Release everything this process holds: runner, sandbox, database connections."""
+    holder: PeriodicHolder | None = app.extensions.get("periodic_holder")
+    if holder is not None:
+        holder.stop()
+    pool = app.extensions.get("sandbox_pool")
+    if pool is not None:
+        pool.close()
+    database = app.extensions.get("db")
+    if database is not None:
+        database.engine.dispose()
+
+
+def serve(
+    app_factory: Callable[[], Flask],
+    *,
+    host: str,
+    port: int,
+    processes: int,
+    threads: int,
+    graceful_timeout_s: float,
+    access_log: bool = False,
+) -> None:
+    """Run gunicorn until it is told to stop; returns after a clean shutdown."""
+    from gunicorn.app.base import BaseApplication
+
+    class NodeApplication(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options: dict[str, Any] = {
+                "bind": f"{host}:{port}",
+                "workers": processes,
+                "threads": threads,
+                "worker_class": "gthread",
+                "graceful_timeout": math.ceil(graceful_timeout_s),
+                # The heartbeat: a worker silent for this long is killed and replaced.
+                "timeout": max(30, math.ceil(graceful_timeout_s)),
+                "keepalive": 5,
+                "accesslog": "-" if access_log else None,
+                "errorlog": "-",
+                "loglevel": "warning",
+                "post_worker_init": lambda worker: start_node_process(worker.wsgi),
+                "worker_exit": lambda _server, worker: _worker_exit(worker),
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return app_factory()
+
+    NodeApplication().run()
+
+
+def _worker_exit(worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        stop_node_process(app)
+
+
+def serve_dev(app: Flask, *, host: str, port: int, debugger: bool) -> None:
+    """Werkzeug's development server with the reloader (``jishi serve --dev``)."""
+    from werkzeug.serving import is_running_from_reloader, run_simple
+
+    if is_running_from_reloader():
+        start_node_process(app)
+    try:
+        run_simple(
+            host,
+            port,
+            app,
+            threaded=True,
+            use_reloader=True,
+            use_debugger=debugger,
+            reloader_type="stat",
+        )
+    finally:
+        if is_running_from_reloader():
+            stop_node_process(app)

@@ -1,0 +1,126 @@
+"""Verified artifacts on local disk, by content hash: the node's cache in front of the store.
+
+A model is fetched from the blob store once per node, not once per server process, worker
+restart or cold start: the first reader streams it into ``root/.incoming``, hashing as it
+goes, and only bytes whose SHA-256 and size match what the caller expects are renamed into
+``root/ab/cdef...``. Readers after that read the local file. The cache holds at most
+``bytes_max`` bytes; when a fill would pass it, the least recently used files (by modification
+time, which every hit refreshes) are deleted first. Several processes may share one root:
+files appear by atomic rename, and deleting a file another process is reading is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from model_registry.errors import BlobStoreError
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_CHUNK_BYTES = 1 << 20
+
+
+class BlobIntegrityError(BlobStoreError):
+    """The store returned bytes that do not match the artifact's recorded hash or size."""
+
+    code = "blob_integrity_error"
+    default_detail = "The stored artifact does not match its record."
+
+
+class BlobCache:
+    """Local copies of verified blobs under ``root``, at most ``bytes_max`` bytes in all."""
+
+    def __init__(self, root: str | os.PathLike[str], bytes_max: int) -> None:
+        self.root = Path(root)
+        self.bytes_max = bytes_max
+        self._incoming = self.root / ".incoming"
+
+    def _path(self, sha256: str) -> Path:
+        if not _SHA256_RE.fullmatch(sha256):
+            raise ValueError("a cache key is a lower-case hex SHA-256")
+        return self.root / sha256[:2] / sha256[2:]
+
+    def read(self, sha256: str, size: int, fetch: Callable[[], BinaryIO]) -> bytes:
+        """The blob's bytes, from the cache, or fetched, verified and kept."""
+        path = self._path(sha256)
+        try:
+            with open(path, "rb") as cached:
+                data = cached.read(size + 1)
+            if len(data) == size:
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # most recently used
+                return data
+            path.unlink(missing_ok=True)  # truncated or replaced by hand: fetch again
+        except FileNotFoundError:
+            pass
+        return self._fill(sha256, size, fetch, path)
+
+    def _fill(self, sha256: str, size: int, fetch: Callable[[], BinaryIO], path: Path) -> bytes:
+        digest = hashlib.sha256()
+        chunks: list[bytes] = []
+        got = 0
+        keep = 0 < size <= self.bytes_max
+        if keep:
+            self._incoming.mkdir(parents=True, exist_ok=True)
+        # Closed (and removed unless renamed into place) in the finally clause below.
+        out = tempfile.NamedTemporaryFile(dir=self._incoming, delete=False) if keep else None  # noqa: SIM115
+        try:
+            with fetch() as body:
+                while chunk := body.read(min(_CHUNK_BYTES, size + 1 - got)):
+                    got += len(chunk)
+                    if got > size:
+                        break
+                    digest.update(chunk)
+                    chunks.append(chunk)
+                    if out is not None:
+                        out.write(chunk)
+            if got != size or digest.hexdigest() != sha256:
+                raise BlobIntegrityError(
+                    log_detail=f"blob {sha256} came back with {got} bytes and another hash"
+                )
+            if out is not None:
+                out.close()
+                self._make_room(size)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(out.name, path)
+                out = None
+        finally:
+            if out is not None:
+                out.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(out.name)
+        return b"".join(chunks)
+
+    def _make_room(self, incoming: int) -> None:
+        """Delete least recently used files until ``incoming`` more bytes fit."""
+        files = []
+        total = 0
+        for directory in self.root.iterdir():
+            if directory.name == self._incoming.name or not directory.is_dir():
+                continue
+            for entry in os.scandir(directory):
+                with contextlib.suppress(FileNotFoundError):
+                    stat = entry.stat()
+                    files.append((stat.st_mtime, stat.st_size, entry.path))
+                    total += stat.st_size
+        files.sort()
+        for _mtime, file_size, file_path in files:
+            if total + incoming <= self.bytes_max:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(file_path)
+            total -= file_size
+
+    def size_bytes(self) -> int:
+        """Bytes the cache holds now."""
+        return sum(
+            entry.stat().st_size
+            for directory in self.root.glob("[0-9a-f][0-9a-f]")
+            for entry in os.scandir(directory)
+        )

@@ -1,0 +1,1 @@
+"""Network peers the tests cannot install: a stateful Stripe-compatible server."""

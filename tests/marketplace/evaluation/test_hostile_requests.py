@@ -1,0 +1,197 @@
+"""Attacks on evaluate over HTTP against a live node (``jishi serve`` in a child process).
+
+Output amplification (a 4-byte input, a 64 MiB output), an npz header declaring 2**40
+elements, and vendor-chosen output names that try to become paths in the npz archive.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from marketplace.evaluation.tensors import NPZ_MIME, decode_npz
+from tests import onnx_models as m
+from tests.conftest import ScratchDatabases
+from tests.marketplace.serving.node import Client, Node, start_node, store_version
+
+MiB = 1024 * 1024
+JSON_X = {"inputs": {"x": {"dtype": "float32", "shape": [1], "data": [1.5]}}}
+
+
+@pytest.fixture(scope="module")
+def node(
+    db_backend: str, scratch_databases: ScratchDatabases, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Node, str]]:
+    url, _engine = scratch_databases.create(db_backend)
+    served = start_node(tmp_path_factory.mktemp("node"), url, EVAL_TIMEOUT_S=30)
+    yield served, url
+    served.stop()
+
+
+def _npz_x(value: float = 1.5) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.array([value], np.float32))
+    return buffer.getvalue()
+
+
+def test_concurrent_maximum_outputs_keep_the_server_small_and_responsive(node):
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    model_id = vendor.publish(m.expand(4096, 4096))  # 64 MiB of float32, the output cap
+    path = f"/api/v1/models/{model_id}/versions/1.0.0/evaluate"
+
+    first = vendor.post(path, json=JSON_X)  # starts the sandbox and warms a worker
+    assert first.status_code == 422, first.text[:300]
+    assert first.json()["code"] == "json_output_too_large"
+    assert NPZ_MIME in first.json()["detail"]
+    baseline = served.rss_bytes()
+    peak = [baseline]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak.append(served.rss_bytes())
+            time.sleep(0.02)
+
+    def call(kind: str) -> tuple[int, str, int]:
+        http = requests.Session()
+        http.headers.update(vendor.http.headers)
+        if kind == "json":
+            resp = http.post(served.url + path, json=JSON_X, timeout=120)
+            return resp.status_code, resp.json().get("code", ""), len(resp.content)
+        resp = http.post(
+            served.url + path,
+            data=_npz_x(),
+            headers={"Content-Type": NPZ_MIME, "Accept": NPZ_MIME},
+            timeout=120,
+            stream=True,
+        )
+        size = sum(len(chunk) for chunk in resp.iter_content(1 << 20))
+        return resp.status_code, resp.headers.get("Content-Type", ""), size
+
+    catalog_s: list[float] = []
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for kind in ("json", "npz"):
+            with ThreadPoolExecutor(3) as pool:
+                calls = [pool.submit(call, kind) for _ in range(3)]
+                while not all(c.done() for c in calls):
+                    started = time.monotonic()
+                    assert requests.get(f"{served.url}/api/v1/models", timeout=30).ok
+                    catalog_s.append(time.monotonic() - started)
+                results = [c.result() for c in calls]
+            if kind == "json":
+                assert all(r[:2] == (422, "json_output_too_large") for r in results), results
+            else:
+                assert all(r[0] == 200 and r[1] == NPZ_MIME for r in results), results
+                assert all(r[2] > 64 * MiB for r in results)
+    finally:
+        done.set()
+        sampler.join()
+    growth = max(peak) - baseline
+    assert growth < 256 * MiB, f"the server grew by {growth / MiB:.0f} MiB"
+    assert catalog_s and max(catalog_s) < 1.0, catalog_s
+
+    # And the streamed archive is a correct one.
+    resp = vendor.post(
+        path, data=_npz_x(2.0), headers={"Content-Type": NPZ_MIME, "Accept": NPZ_MIME}
+    )
+    y = decode_npz(resp.content, elements_max=1 << 24, bytes_max=65 * MiB)["y"]
+    assert y.shape == (4096, 4096) and y.dtype == np.float32 and bool((y == 2.0).all())
+
+
+def test_json_inputs_over_their_limit_are_refused_before_decoding(node):
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    model_id = vendor.publish(m.identity(["N"]))
+    path = f"/api/v1/models/{model_id}/versions/1.0.0/evaluate"
+    count = 4 * MiB // 4 + 1  # one float32 past the JSON input limit
+    resp = vendor.post(
+        path, json={"inputs": {"x": {"dtype": "float32", "shape": [count], "data": []}}}
+    )
+    assert resp.status_code == 422
+    assert resp.json()["code"] == "input_too_large"
+    assert NPZ_MIME in resp.json()["detail"]
+
+
+def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    buffer = io.BytesIO()
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("member", "code"),
+    [
+        (_npy_header((1 << 20, 1 << 20)) + b"\0" * 16, "input_too_large"),
+        (_npy_header((1 << 40,)) + b"\0" * 4, "input_too_large"),
+        (_npy_header((2,)) + b"\0" * 4, "input_invalid"),  # less data than declared
+        (_npy_header((1,), descr="|O") + b"\0" * 8, "input_invalid"),
+        (_npy_header((1,), descr="<U8") + b"\0" * 32, "input_invalid"),
+    ],
+    ids=["2**40-elements-2d", "2**40-elements", "short-data", "object", "unicode"],
+)
+def test_npz_headers_are_checked_before_any_allocation(node, member, code):
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    model_id = vendor.publish(m.identity(["N"]))
+    body = io.BytesIO()
+    with zipfile.ZipFile(body, "w") as archive:
+        archive.writestr("x.npy", member)
+    resp = vendor.post(
+        f"/api/v1/models/{model_id}/versions/1.0.0/evaluate",
+        data=body.getvalue(),
+        headers={"Content-Type": NPZ_MIME},
+    )
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["code"] == code
+
+
+HOSTILE_NAMES = ["../../../../tmp/x", "/etc/cron.d/x", "file", ".hidden", "名字", "a%2Fb"]
+
+
+def test_vendor_output_names_never_become_paths_in_npz(node, tmp_path: Path):
+    served, url = node
+    vendor = Client(served.url, ["vendor"])
+    # Stored directly: uploads may refuse such names now, but older versions hold them.
+    model_id = store_version(
+        url,
+        Path(served.env["MARKETPLACE_STORAGE_URL"].removeprefix("file://")),
+        vendor.id,
+        m.renamed_outputs(HOSTILE_NAMES),
+    )
+    x = np.array([1.0, 2.0], np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x)
+    resp = vendor.post(
+        f"/api/v1/models/{model_id}/versions/1.0.0/evaluate",
+        data=buffer.getvalue(),
+        headers={"Content-Type": NPZ_MIME, "Accept": NPZ_MIME},
+    )
+    assert resp.status_code == 200, resp.text
+    members = zipfile.ZipFile(io.BytesIO(resp.content)).namelist()
+    assert len(members) == len(HOSTILE_NAMES)
+    for member in members:
+        assert "/" not in member and "\\" not in member and not member.startswith(".")
+    # Extracting the archive stays inside the target folder.
+    target = tmp_path / "extracted"
+    zipfile.ZipFile(io.BytesIO(resp.content)).extractall(target)
+    assert sorted(p.name for p in target.iterdir()) == sorted(members)
+    # The codec gives the names back exactly.
+    outputs = decode_npz(resp.content, elements_max=100, bytes_max=10_000)
+    assert sorted(outputs) == sorted(HOSTILE_NAMES)
+    for value in outputs.values():
+        np.testing.assert_array_equal(value, x)
+    # numpy's own reader works too (np.savez(file=...) once broke every npz caller).
+    assert len(np.load(io.BytesIO(resp.content)).files) == len(HOSTILE_NAMES)

@@ -1,0 +1,126 @@
+"""The evaluate use case without HTTP: owner bypass, entitlement, run, record; failures uncharged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from marketplace.errors import DomainError
+from marketplace.evaluation.services import EvaluationService
+from marketplace.licensing import services as licensing
+from marketplace.licensing.models import License
+from marketplace.metering.models import UsageEvent
+from tests import onnx_models as m
+from tests.marketplace.licensing.builders import fund_wallet, wallet_available
+
+ONES = np.ones((1, 3), np.float32)
+
+
+@pytest.fixture
+def service(app) -> EvaluationService:
+    return app.extensions["evaluation"]
+
+
+def _call(service, org, p, inputs):
+    return service.evaluate(
+        organization_id=org.id, model_id=p.model_id, version=p.version, read_inputs=lambda: inputs
+    )
+
+
+def _events(db_session, license_id):
+    return db_session.execute(
+        sa.select(sa.func.count()).where(UsageEvent.license_id == license_id)
+    ).scalar_one()
+
+
+def test_owner_calls_run_and_count_nothing(service, vendor, publish):
+    p = publish(vendor, m.add())
+    result = _call(service, vendor, p, {"x": ONES, "y": ONES})
+    assert result.usage == {"licence_id": None, "kind": "owner"}
+    np.testing.assert_array_equal(result.outputs["z"], ONES * 2)
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "code"),
+    [
+        (m.add, {"x": ONES}, "input_invalid"),  # refused by the sandbox, before any run
+        (m.type_error, {"x": np.ones(4, np.float32)}, "model_invalid"),  # fails to load
+        (m.expand_bomb, {"x": np.ones(1, np.float32)}, "resource_exhausted"),  # fails to run
+    ],
+    ids=["bad-input", "bad-model", "exhausted"],
+)
+def test_a_failed_run_is_never_charged(
+    service, db_session, vendor, buyer, publish, offer_for, model, inputs, code
+):
+    p = publish(vendor, model())
+    trial_offer = offer_for(p, kind="per_inference", trial_calls=2)
+    trial = licensing.start_trial(
+        session=db_session,
+        organization_id=buyer.id,
+        offer_id=trial_offer.id,
+        accept_terms_sha256=trial_offer.terms_sha256,
+        client_id=buyer.client_id,
+    )
+    with pytest.raises(DomainError) as failed:
+        _call(service, buyer, p, inputs)
+    assert failed.value.code == code
+    db_session.expire_all()
+    lic = db_session.get(License, trial.id)
+    assert (lic.calls_remaining, lic.calls_used) == (2, 0)
+
+
+def test_a_failed_metered_run_leaves_the_wallet_and_usage_untouched(
+    service, db_session, vendor, buyer, publish, offer_for
+):
+    p = publish(vendor, m.add())
+    offer = offer_for(p, kind="per_inference", trial_calls=0, royalty_per_1k_minor=3000)
+    fund_wallet(db_session, buyer.id, 10_000)
+    order, _created = licensing.purchase(
+        session=db_session,
+        organization_id=buyer.id,
+        offer_id=offer.id,
+        accept_terms_sha256=offer.terms_sha256,
+        idempotency_key="buy-1",
+        client_id=buyer.client_id,
+        platform_fee_bps=1000,
+    )
+    with pytest.raises(DomainError):
+        _call(service, buyer, p, {"x": ONES})
+    assert _events(db_session, order.licence_id) == 0
+    assert wallet_available(db_session, buyer.id) == 10_000
+    ok = _call(service, buyer, p, {"x": ONES, "y": ONES})
+    assert ok.usage["kind"] == "per_inference" and ok.usage["charged_minor"] == 3
+    assert _events(db_session, order.licence_id) == 1
+
+
+def test_a_cached_trial_used_up_gives_way_to_the_licence_bought_since(
+    service, db_session, vendor, buyer, publish, offer_for
+):
+    # The node caches the cover it found; a buyer who used up its trial and then bought a
+    # licence must not be refused (after the model ran) because the cache still holds the trial.
+    p = publish(vendor, m.add())
+    offer = offer_for(p, kind="per_inference", trial_calls=1, royalty_per_1k_minor=3000)
+    licensing.start_trial(
+        session=db_session,
+        organization_id=buyer.id,
+        offer_id=offer.id,
+        accept_terms_sha256=offer.terms_sha256,
+        client_id=buyer.client_id,
+    )
+    first = _call(service, buyer, p, {"x": ONES, "y": ONES})
+    assert first.usage["kind"] == "trial" and first.usage["calls_remaining"] == 0
+    fund_wallet(db_session, buyer.id, 10_000)
+    order, _created = licensing.purchase(
+        session=db_session,
+        organization_id=buyer.id,
+        offer_id=offer.id,
+        accept_terms_sha256=offer.terms_sha256,
+        idempotency_key="buy-after-trial",
+        client_id=buyer.client_id,
+        platform_fee_bps=1000,
+    )
+    second = _call(service, buyer, p, {"x": ONES, "y": ONES})
+    assert second.usage["kind"] == "per_inference"
+    assert second.usage["licence_id"] == order.licence_id
+    assert _events(db_session, order.licence_id) == 1
