@@ -1,0 +1,1 @@
+"""The audit journal: hash-chained records, a Merkle tree, signed checkpoints, exports."""

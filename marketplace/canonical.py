@@ -1,0 +1,93 @@
+"""Canonical JSON (RFC 8785, JCS) for the project's data: the bytes that get hashed and signed.
+
+The project's data is JSON without fractions: objects with string keys, arrays, strings,
+integers, booleans and null. For that subset JCS is:
+
+* no insignificant whitespace; object members sorted by their keys' UTF-16 code units;
+* strings as ECMAScript's ``JSON.stringify`` writes them: ``"`` and ``\\`` escaped, the control
+  characters below U+0020 as ``\\b \\t \\n \\f \\r`` or ``\\u00XX`` (lowercase hex), everything
+  else as itself in UTF-8;
+* integers in plain decimal.
+
+Refused with :class:`CanonicalJsonError` (a ``ValueError``): floats (money and counts are
+integers here, and a float's decimal form is where JCS implementations disagree), integers
+outside IEEE 754's exact range (|n| > 2**53 - 1, which a JCS reader would round), keys that are
+not strings, strings holding lone surrogates (not Unicode, so not encodable), and any other type.
+
+Python's ``json`` module already writes that subset exactly as JCS does, except for the order
+of keys beyond the Basic Multilingual Plane (code points versus UTF-16 code units), so the
+common case runs in its C encoder and only objects with such keys are sorted here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+INTEGER_ABS_MAX = 2**53 - 1
+
+# The standard library's non-ASCII string encoder (its C version): JSON.stringify's escapes.
+_encode_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+class CanonicalJsonError(ValueError):
+    """The value cannot be written as canonical JSON; the message says where and why."""
+
+
+def canonical_json(value: Any) -> bytes:
+    """The RFC 8785 canonical UTF-8 bytes of ``value`` (see the module docstring for the subset)."""
+    if _check(value, "$"):
+        text = _slow(value)
+    else:
+        text = json.dumps(
+            value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+        )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CanonicalJsonError("a string holds a lone surrogate, which is not Unicode") from None
+
+
+def _utf16_key(key: str) -> bytes:
+    return key.encode("utf-16-be", "surrogatepass")
+
+
+def _check(value: Any, where: str) -> bool:
+    """Refuse what canonical JSON cannot hold; True when some key lies beyond the BMP."""
+    if value is None or value is True or value is False or isinstance(value, str):
+        return False
+    if isinstance(value, int):
+        if type(value) is not int:  # an IntEnum or other subclass may not print as a number
+            raise CanonicalJsonError(f"{where}: {type(value).__name__} is not a plain integer")
+        if not -INTEGER_ABS_MAX <= value <= INTEGER_ABS_MAX:
+            raise CanonicalJsonError(f"{where}: integer {value} is beyond 2**53 - 1")
+        return False
+    if isinstance(value, float):
+        raise CanonicalJsonError(f"{where}: floats are not allowed (use integer minor units)")
+    if isinstance(value, dict):
+        astral = False
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CanonicalJsonError(f"{where}: object keys must be strings, not {key!r}")
+            if not astral and any(ord(c) > 0xFFFF for c in key):
+                astral = True
+            astral = _check(item, f"{where}.{key}") or astral
+        return astral
+    if isinstance(value, list | tuple):
+        astral = False
+        for index, item in enumerate(value):
+            astral = _check(item, f"{where}[{index}]") or astral
+        return astral
+    raise CanonicalJsonError(f"{where}: {type(value).__name__} is not JSON")
+
+
+def _slow(value: Any) -> str:
+    """The encoder for objects whose key order differs between code points and UTF-16."""
+    if isinstance(value, dict):
+        members = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
+        return "{" + ",".join(_encode_string(k) + ":" + _slow(v) for k, v in members) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_slow(v) for v in value) + "]"
+    if isinstance(value, str):
+        return _encode_string(value)  # type: ignore[no-any-return]
+    return json.dumps(value)
