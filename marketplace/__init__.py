@@ -83,6 +83,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_licensing(app)
     init_ledger(app)
 
+    from marketplace.audit.views import init_app as init_audit
+
+    init_audit(app)
+
     from marketplace.web import init_app as init_web
 
     init_web(app)

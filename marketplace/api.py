@@ -170,7 +170,7 @@ def openapi(
     query: type[BaseModel] | None = None,
     response: type[BaseModel] | None = None,
     status: int = 200,
-    scope: str | None = None,
+    scope: str | tuple[str, ...] | None = None,
     errors: Iterable[int] = (),
     body_media_type: str = JSON_MIME,
     body_media_types: Sequence[str] = (),
@@ -300,8 +300,10 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 "responses": {},
             }
             if meta["scope"]:
-                # scope="any": any valid token of the right organisation will do.
-                op["security"] = [{"oauth2": [] if meta["scope"] == "any" else [meta["scope"]]}]
+                # scope="any": any valid token of the right organisation will do; a tuple of
+                # scopes: any one of them will.
+                scopes = meta["scope"] if isinstance(meta["scope"], tuple) else (meta["scope"],)
+                op["security"] = [{"oauth2": [] if s == "any" else [s]} for s in scopes]
             content: dict[str, Any] = {}
             if meta["body"] is not None:
                 content[JSON_MIME] = {"schema": _schema_ref(meta["body"], schemas)}

@@ -137,6 +137,7 @@ def serve(
 
 def _commands() -> list[click.Command]:
     from marketplace.accounts.cli import orgs_cli
+    from marketplace.audit.cli import audit_cli
     from marketplace.catalog.cli import models_cli
     from marketplace.ledger.cli import ledger_cli
     from marketplace.payments.cli import payments_cli, payouts_cli
@@ -151,6 +152,7 @@ def _commands() -> list[click.Command]:
         models_cli,
         payments_cli,
         payouts_cli,
+        audit_cli,
     ]
 
 
@@ -177,6 +179,10 @@ def _create_app() -> Flask:
 
 
 def main() -> None:
+    from marketplace.audit.journal import Actor, set_actor
+
+    # What an operator's command changes is recorded in the journal as done from the CLI.
+    set_actor(Actor(via="cli"))
     group = _JishiGroup(create_app=_create_app, add_version_option=False, load_dotenv=False)
     for command in _commands():
         group.add_command(command)

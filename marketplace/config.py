@@ -134,6 +134,15 @@ class Settings:
     payout_minimum_minor: int = 1000  # a vendor's payable balance below this is not paid out
     withdrawal_refunds_max: int = 10  # card payments one withdrawal may be refunded to
 
+    # Audit journal.
+    audit_origin: str = ""  # empty: the host name and "/jishi"; names the log and its key
+    audit_key_path: str = ""  # empty: generated under the instance folder (development only)
+    audit_sequence_interval_s: float = 1.0  # how often each node sequences committed records
+    audit_checkpoint_interval_records: int = 1000  # a checkpoint after this many new records
+    audit_checkpoint_interval_s: int = 60  # or after this long with new records
+    audit_records_page_max: int = 1000  # records in one page of GET /audit/records
+    audit_exports_max: int = 4  # concurrent exports per node; more get 503
+
     def __post_init__(self) -> None:
         if self.env not in {"development", "testing", "production"}:
             raise ConfigError(

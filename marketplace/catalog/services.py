@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from marketplace.accounts.models import Organization
+from marketplace.audit import events as audit_events
 from marketplace.catalog.errors import (
     ContentDigestMismatch,
     DownloadNotAllowed,
@@ -316,6 +317,7 @@ def set_listing_status(*, session: Session, listing_id: int, status: str) -> Lis
     row.status = status
     row.updated_at = utcnow()
     session.add(row)
+    audit_events.listing_status_changed(session, row)
     session.commit()
     return listing_detail(session, row)
 
@@ -521,6 +523,7 @@ def _record_version(
         # flushed row), so an error never leaves a committed row behind a 4xx or 5xx.
         session.flush()
         published = version_public(row)
+        audit_events.version_published(session, row, listing)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -590,6 +593,7 @@ def revoke_version(
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.add(row)
+        audit_events.version_revoked(session, row, listing)
         session.commit()
     return version_public(row)
 
@@ -700,6 +704,7 @@ def create_offer(
     row = Offer(listing_id=listing_id, terms_sha256="", **request.model_dump())
     row.terms_sha256 = terms_sha256(row)
     session.add(row)
+    audit_events.offer_created(session, row)
     session.commit()
     return offer_public(row)
 
@@ -728,6 +733,7 @@ def retire_offer(
         raise OfferRetired("The offer is already retired.")
     row.retired_at = utcnow()
     session.add(row)
+    audit_events.offer_retired(session, row)
     session.commit()
     return offer_public(row)
 

@@ -27,11 +27,17 @@ def settle(batch_licenses: int) -> None:
 
 @ledger_cli.command("check")
 def check() -> None:
-    """Replay the journal against the cached balances; exit 1 on any difference."""
+    """Replay the ledger against the cached balances, and find every ledger transaction's
+    record in the audit journal; exit 1 on any difference."""
+    from marketplace.audit.services import ledger_transactions_without_record
     from marketplace.db import get_session
     from marketplace.ledger.services import check_invariants
 
-    problems = check_invariants(get_session())
+    session = get_session()
+    problems = check_invariants(session)
+    unrecorded = ledger_transactions_without_record(session)
+    if unrecorded:
+        problems.append(f"ledger transactions without an audit journal record: {unrecorded}")
     for problem in problems:
         click.echo(problem, err=True)
     if problems:

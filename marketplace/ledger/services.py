@@ -195,6 +195,12 @@ def register_transaction_hook(hook: TransactionHook) -> None:
         _transaction_hooks.append(hook)
 
 
+def unregister_transaction_hook(hook: TransactionHook) -> None:
+    """Stop running ``hook`` (a no-op when it is not registered)."""
+    if hook in _transaction_hooks:
+        _transaction_hooks.remove(hook)
+
+
 # --- Accounts ---------------------------------------------------------------------------------
 
 _LIMIT_FLAGS: dict[str, tuple[bool, bool]] = {

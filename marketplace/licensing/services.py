@@ -9,6 +9,7 @@ from sqlmodel import Session, col, select
 
 from marketplace.accounts.errors import OrganizationNotVerified
 from marketplace.accounts.models import Organization
+from marketplace.audit import events as audit_events
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
 from marketplace.db import epoch_hour, hour_start, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
@@ -72,15 +73,15 @@ def _accept(
     session: Session, organization_id: int, offer: Offer, purpose: str, client_id: str
 ) -> None:
     assert offer.id is not None
-    session.add(
-        TermsAcceptance(
-            organization_id=organization_id,
-            offer_id=offer.id,
-            terms_sha256=offer.terms_sha256,
-            purpose=purpose,
-            client_id=client_id,
-        )
+    acceptance = TermsAcceptance(
+        organization_id=organization_id,
+        offer_id=offer.id,
+        terms_sha256=offer.terms_sha256,
+        purpose=purpose,
+        client_id=client_id,
     )
+    session.add(acceptance)
+    audit_events.terms_accepted(session, acceptance)
 
 
 def license_status(lic: License, now: dt.datetime | None = None) -> str:
@@ -182,6 +183,7 @@ def start_trial(
         s.add(Trial(organization_id=organization_id, offer_id=offer_id, license_id=lic.id))
         _accept(s, organization_id, offer, "trial", client_id)
         s.flush()  # the unique (organisation, offer) constraint settles a race of two requests
+        audit_events.trial_started(s, lic)
         return lic
 
     return license_public(ledger.run_in_transaction(session, work))
@@ -308,6 +310,7 @@ def purchase(
         s.add(order)
         _accept(s, organization_id, offer, "purchase", client_id)
         s.flush()
+        audit_events.license_granted(s, lic, order)
         return order, True
 
     order, created = ledger.run_in_transaction(session, work)
@@ -565,6 +568,7 @@ def refund_order(
                 count_max=refunds_max,
                 order_refund_id=refund.id,
             )
+        audit_events.refund_issued(s, refund, order)
         return refund
 
     refund = ledger.run_in_transaction(session, work)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from marketplace.audit import events as audit_events
 from marketplace.db import epoch_hour, hour_start, utcnow
 from marketplace.errors import Forbidden
 from marketplace.ledger import bulk
@@ -113,6 +114,7 @@ def _settlement_transfers(session: Session, lic: License) -> tuple[list[ledger.T
                 f"of licence {lic.id}",
             )
         )
+        audit_events.usage_settled(session, lic, amount_minor=due)
     return transfers, due
 
 

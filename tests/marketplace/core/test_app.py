@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from marketplace import create_app, migrate
+from marketplace.audit.keys import write_private_key
+from marketplace.audit.notes import Signer
 from marketplace.config import DEVELOPMENT_SECRET_KEY, ConfigError, Settings, setting_names
 from marketplace.migrate import SchemaNotCurrent
 
@@ -49,6 +51,8 @@ def test_production_refuses_development_secret(tmp_path):
 
 def test_production_refuses_an_unmigrated_database(tmp_path, db_backend, scratch_databases):
     url, engine = scratch_databases.create(db_backend, migrated=False)
+    key_path = tmp_path / "audit.key"
+    write_private_key(key_path, Signer.generate("jishi.example/log"))
     config = {
         "ENV": "production",
         "INSTANCE_PATH": str(tmp_path),
@@ -57,6 +61,8 @@ def test_production_refuses_an_unmigrated_database(tmp_path, db_backend, scratch
         "PAYMENTS": "stripe",  # production refuses offline (simulated) payments
         "STRIPE_API_KEY": "sk_live_not_used_here",
         "STRIPE_WEBHOOK_SECRET": "whsec_not_used_here",
+        "AUDIT_KEY_PATH": str(key_path),
+        "AUDIT_ORIGIN": "jishi.example/log",
     }
     with pytest.raises(SchemaNotCurrent, match="jishi db upgrade"):
         create_app(config)

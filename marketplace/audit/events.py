@@ -1,0 +1,194 @@
+"""The journal record of each change that moves money or rights, in one place.
+
+Each domain calls one of these inside the transaction of its change (ledger transactions are
+recorded by the ledger hook in :mod:`marketplace.audit.journal`). They read the rows the
+change wrote, flushing first where an id is still unknown, and record ids, terms hashes and
+amounts; never secrets. The kinds and subjects here are what auditors read, so keep them
+stable: add fields, never rename them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlmodel import Session
+
+from marketplace.audit.journal import Money, append, format_at
+
+
+def _id(session: Session, row: Any) -> int:
+    if row.id is None:
+        session.flush()
+    return int(row.id)
+
+
+def _at(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else format_at(moment)
+
+
+# --- Catalog ----------------------------------------------------------------------------------
+
+
+def offer_created(session: Session, offer: Any) -> None:
+    append(
+        session,
+        kind="offer.created",
+        subject={
+            "offer_id": _id(session, offer),
+            "listing_id": offer.listing_id,
+            "offer_kind": offer.kind,
+            "terms_sha256": offer.terms_sha256,
+            "trial_calls": offer.trial_calls,
+            "trial_days": offer.trial_days,
+            "term_days": offer.term_days,
+            "allow_download": offer.allow_download,
+            "commercial_use": offer.commercial_use,
+        },
+        money=Money(
+            offer.currency,
+            offer.price_minor,
+            extra={"royalty_per_1k_minor": offer.royalty_per_1k_minor},
+        ),
+    )
+
+
+def offer_retired(session: Session, offer: Any) -> None:
+    append(
+        session,
+        kind="offer.retired",
+        subject={"offer_id": offer.id, "listing_id": offer.listing_id},
+        at=offer.retired_at,
+    )
+
+
+def version_published(session: Session, version: Any, listing: Any) -> None:
+    append(
+        session,
+        kind="version.published",
+        subject={
+            "version_id": _id(session, version),
+            "listing_id": listing.id,
+            "vendor_organization_id": listing.organization_id,
+            "version": version.version,
+            "sha256": version.sha256,
+            "size_bytes": version.size_bytes,
+        },
+    )
+
+
+def version_revoked(session: Session, version: Any, listing: Any) -> None:
+    append(
+        session,
+        kind="version.revoked",
+        subject={
+            "version_id": version.id,
+            "listing_id": listing.id,
+            "vendor_organization_id": listing.organization_id,
+            "version": version.version,
+            "sha256": version.sha256,
+        },
+        at=version.revoked_at,
+    )
+
+
+def listing_status_changed(session: Session, listing: Any) -> None:
+    """``listing.suspended`` or ``listing.reinstated`` (listing.active)."""
+    kind = "listing.suspended" if listing.status == "suspended" else "listing.reinstated"
+    append(
+        session,
+        kind=kind,
+        subject={
+            "listing_id": listing.id,
+            "vendor_organization_id": listing.organization_id,
+            "status": listing.status,
+        },
+    )
+
+
+# --- Licensing ----------------------------------------------------------------------------------
+
+
+def terms_accepted(session: Session, acceptance: Any) -> None:
+    append(
+        session,
+        kind="terms.accepted",
+        subject={
+            "terms_acceptance_id": _id(session, acceptance),
+            "organization_id": acceptance.organization_id,
+            "offer_id": acceptance.offer_id,
+            "terms_sha256": acceptance.terms_sha256,
+            "purpose": acceptance.purpose,
+            "client_id": acceptance.client_id,
+        },
+        at=acceptance.accepted_at,
+    )
+
+
+def _license_subject(session: Session, lic: Any) -> dict[str, Any]:
+    return {
+        "license_id": _id(session, lic),
+        "license_kind": lic.kind,
+        "organization_id": lic.organization_id,
+        "vendor_organization_id": lic.vendor_organization_id,
+        "offer_id": lic.offer_id,
+        "listing_id": lic.listing_id,
+        "expires_at": _at(lic.expires_at),
+    }
+
+
+def trial_started(session: Session, lic: Any) -> None:
+    subject = _license_subject(session, lic)
+    subject["calls_remaining"] = lic.calls_remaining
+    append(session, kind="trial.started", subject=subject, at=lic.created_at)
+
+
+def license_granted(session: Session, lic: Any, order: Any) -> None:
+    subject = _license_subject(session, lic)
+    subject["order_id"] = _id(session, order)
+    subject["ledger_transaction_id"] = order.ledger_transaction_id
+    subject["platform_fee_bps"] = order.platform_fee_bps
+    append(
+        session,
+        kind="license.granted",
+        subject=subject,
+        money=Money(order.currency, order.amount_minor),
+        at=order.created_at,
+    )
+
+
+def refund_issued(session: Session, refund: Any, order: Any) -> None:
+    append(
+        session,
+        kind="refund.issued",
+        subject={
+            "refund_id": _id(session, refund),
+            "order_id": order.id,
+            "organization_id": order.organization_id,
+            "vendor_organization_id": order.vendor_organization_id,
+            "ledger_transaction_id": refund.ledger_transaction_id,
+            "order_status": order.status,
+            "reason": refund.reason,
+        },
+        money=Money(refund.currency, refund.amount_minor),
+    )
+
+
+# --- Metering -----------------------------------------------------------------------------------
+
+
+def usage_settled(session: Session, lic: Any, *, amount_minor: int) -> None:
+    """Calls ``calls_settled + 1 .. calls_used`` of a metered licence were charged."""
+    append(
+        session,
+        kind="usage.settled",
+        subject={
+            "license_id": lic.id,
+            "organization_id": lic.organization_id,
+            "vendor_organization_id": lic.vendor_organization_id,
+            "calls_from": lic.calls_settled + 1,
+            "calls_to": lic.calls_used,
+            "royalty_per_1k_minor": lic.royalty_per_1k_minor,
+        },
+        money=Money(lic.currency, amount_minor),
+    )

@@ -1,0 +1,237 @@
+"""Exports of a range of the journal, streamed: JSONL for verifiers, CSV for spreadsheets.
+
+**JSONL.** Every line but the last is one record's exact bytes, so ``SHA-256(0x00 ‖ line)`` is
+its leaf hash. The last line is the manifest (canonical JSON)::
+
+    {"jishi_audit_manifest": 1, "origin", "from_seq": m, "to_size": n,
+     "checkpoint": <the signed note of the tree at n>,
+     "prefix": [hex, ...],          # the compact range of the tree at m (largest first)
+     "cover_level": L, "cover": [hex, ...],
+     "consistency": {"from_size": m, "from_root", "proof": [hex, ...]} | null,
+     "from_checkpoint": <the stored signed note at m> | null}
+
+``cover`` holds the perfect nodes, at most ``2**L`` leaves each, that cover ``[m, n)`` left to
+right (at most :data:`COVER_NODES_MAX` of them, so ``L`` is 0, one hash per record, for exports
+of up to that many records). ``prefix`` followed by ``cover`` folds into the checkpoint's root,
+which authenticates every cover hash before a record is read; the records then rebuild each
+cover hash, so a verifier names the first record that is not the log's, and a spliced or
+altered export is caught even where the hash chain cannot tell. From seq 0, the records alone
+fold into the checkpoint's root. ``consistency`` is the RFC 9162 proof from the tree at ``m``
+to the tree at ``n``, which ties this export to an earlier one ending at ``m``.
+
+**CSV** carries the same fields per record, the record's SHA-256 and its leaf hash, and no
+manifest (use JSONL to verify).
+
+The API and ``jishi audit export`` produce the same bytes for the same range.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from marketplace.audit import merkle, services
+from marketplace.audit.errors import RangeInvalid
+from marketplace.audit.keys import AuditKeyStore
+from marketplace.audit.models import AuditRecord
+from marketplace.canonical import canonical_json
+
+MANIFEST_KEY = "jishi_audit_manifest"
+MANIFEST_VERSION = 1
+COVER_NODES_MAX = 1024
+CHUNK_ROWS = 5000
+FORMATS = ("jsonl", "csv")
+CSV_COLUMNS = (
+    "seq",
+    "at",
+    "kind",
+    "actor_organization_id",
+    "actor_client_id",
+    "actor_via",
+    "subject",
+    "currency",
+    "amount_minor",
+    "money",
+    "prev",
+    "sha256",
+    "leaf_hash",
+)
+MEDIA_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
+
+_records_t = AuditRecord.__table__  # type: ignore[attr-defined]
+
+
+def iter_cover_nodes(start: int, end: int, level_max: int) -> Iterator[merkle.Node]:
+    """The aligned perfect nodes of at most ``2**level_max`` leaves covering ``[start, end)``,
+    left to right."""
+    while start < end:
+        level = level_max if start == 0 else min(level_max, (start & -start).bit_length() - 1)
+        while (1 << level) > end - start:
+            level -= 1
+        yield (level, start >> level)
+        start += 1 << level
+
+
+def cover_level(start: int, end: int, nodes_max: int = COVER_NODES_MAX) -> int:
+    """The lowest level whose cover of ``[start, end)`` has at most ``nodes_max`` nodes."""
+    level = 0
+    while sum(1 for _ in itertools.islice(iter_cover_nodes(start, end, level), nodes_max + 1)) > (
+        nodes_max
+    ):
+        level += 1
+    return level
+
+
+@dataclass(frozen=True)
+class Export:
+    """A validated export: its range, format and manifest, ready to stream."""
+
+    from_seq: int
+    to_size: int
+    format: str
+    manifest: dict[str, Any]
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+    @property
+    def filename(self) -> str:
+        return f"jishi-audit-{self.from_seq}-{self.to_size}.{self.format}"
+
+    def chunks(self, session: Session) -> Iterator[bytes]:
+        """The export's bytes in chunks of records (reads only sequenced, immutable rows)."""
+        if self.format == "csv":
+            yield _csv_line(CSV_COLUMNS)
+        position = self.from_seq
+        while position < self.to_size:
+            rows = session.execute(
+                sa.select(_records_t.c.record)
+                .where(_records_t.c.seq >= position, _records_t.c.seq < self.to_size)
+                .order_by(_records_t.c.seq)
+                .limit(CHUNK_ROWS)
+            ).scalars()
+            records = [bytes(raw) for raw in rows]
+            session.rollback()  # hold no snapshot or lock between chunks
+            if not records:
+                raise RuntimeError(f"the journal has no record {position} below its head")
+            position += len(records)
+            if self.format == "jsonl":
+                yield b"\n".join(records) + b"\n"
+            else:
+                yield _csv_rows(records)
+        if self.format == "jsonl":
+            yield canonical_json(self.manifest) + b"\n"
+
+
+def prepare_export(
+    session: Session,
+    keys: AuditKeyStore,
+    *,
+    from_seq: int | None,
+    to_size: int | None,
+    fmt: str,
+    nodes_max: int = COVER_NODES_MAX,
+) -> Export:
+    """Check the range (422 when negative, reversed or past the tree) and build the manifest."""
+    if fmt not in FORMATS:
+        raise RangeInvalid(f"format must be one of {', '.join(FORMATS)}.", code="format_invalid")
+    size = services.tree_size(session)
+    start = 0 if from_seq is None else from_seq
+    end = size if to_size is None else to_size
+    services.check_range(start=start, end=end, size=size, start_name="from_seq", end_name="to_size")
+    manifest = build_manifest(session, keys, start, end, nodes_max)
+    session.rollback()
+    return Export(from_seq=start, to_size=end, format=fmt, manifest=manifest)
+
+
+def build_manifest(
+    session: Session, keys: AuditKeyStore, start: int, end: int, nodes_max: int = COVER_NODES_MAX
+) -> dict[str, Any]:
+    """The JSONL export's last line for records ``[start, end)``."""
+    checkpoint = services.checkpoint_at(session, keys, end)
+    level = cover_level(start, end, nodes_max)
+    prefix = merkle.compact_nodes(start)
+    cover = list(iter_cover_nodes(start, end, level))
+    reader = services.DatabaseNodes(session)
+    found = reader.nodes(prefix + cover)
+    consistency = None
+    if 0 < start < end:
+        consistency = {
+            "from_size": start,
+            "from_root": merkle.fold([found[n] for n in prefix]).hex(),
+            "proof": [p.hex() for p in merkle.consistency_proof(reader, start, end)],
+        }
+    earlier = services.stored_checkpoint(session, start) if start else None
+    return {
+        MANIFEST_KEY: MANIFEST_VERSION,
+        "origin": keys.origin,
+        "from_seq": start,
+        "to_size": end,
+        "checkpoint": checkpoint.note,
+        "prefix": [found[n].hex() for n in prefix],
+        "cover_level": level,
+        "cover": [found[n].hex() for n in cover],
+        "consistency": consistency,
+        "from_checkpoint": None if earlier is None else earlier.note,
+    }
+
+
+def _csv_line(values: tuple[Any, ...] | list[Any]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(values)
+    return out.getvalue().encode("utf-8")
+
+
+def _cell(text: str) -> str:
+    # A spreadsheet runs a cell that starts with one of these as a formula; none of ours should.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _csv_rows(records: list[bytes]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    for data in records:
+        record = json.loads(data)
+        actor = record.get("actor") or {}
+        money = record.get("money")
+        writer.writerow(
+            (
+                record["seq"],
+                record["at"],
+                _cell(record["kind"]),
+                "" if actor.get("organization_id") is None else actor["organization_id"],
+                _cell(actor.get("client_id") or ""),
+                _cell(actor.get("via") or ""),
+                canonical_json(record.get("subject") or {}).decode(),
+                "" if money is None else money.get("currency", ""),
+                "" if money is None else money.get("amount_minor", ""),
+                "" if money is None else canonical_json(money).decode(),
+                record["prev"],
+                hashlib.sha256(data).hexdigest(),
+                merkle.leaf_hash(data).hex(),
+            )
+        )
+    return out.getvalue().encode("utf-8")
+
+
+def write_export(
+    export: Export, session: Session, out: Any, progress: Callable[[int], None] | None = None
+) -> int:
+    """Write the export's bytes to a binary file; the number of bytes written."""
+    written = 0
+    for chunk in export.chunks(session):
+        out.write(chunk)
+        written += len(chunk)
+        if progress is not None:
+            progress(written)
+    return written

@@ -1,0 +1,581 @@
+"""Offline verification of a JSONL journal export: no database, no network, bounded memory.
+
+Usage: ``python -m marketplace.audit.verify EXPORT --public-key KEY`` (or ``jishi audit verify``),
+where KEY is a verifier-key string (``name+hash+base64``, as ``GET /api/v1/audit/public-keys``
+lists it) or a file holding one or more of them.
+
+What is checked, in order (see :mod:`marketplace.audit.export` for the format):
+
+1. the last line is the manifest (otherwise the export was truncated);
+2. its checkpoint is a signed note from a trusted key named after the origin, for the size the
+   manifest claims;
+3. the manifest's prefix and cover hashes fold into the checkpoint's root, the consistency
+   proof from the export's first size verifies, and so does any earlier checkpoint given;
+4. every record line, streamed: valid canonical JSON, the expected ``seq`` (deleted, inserted,
+   duplicated and reordered lines are named), a ``prev`` equal to the SHA-256 of the line
+   before (64 zeros at seq 0), and leaves that rebuild every cover hash;
+5. the number of records is the checkpoint's size minus the first seq.
+
+The first failure ends the run with its ``seq`` and reason. Memory holds the manifest (at most
+:data:`~marketplace.audit.export.COVER_NODES_MAX` hashes) and O(log n) hashes, whatever the
+export's size. Exit status: 0 verified, 1 not verified, 2 unusable arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from marketplace.audit import merkle
+from marketplace.audit.export import MANIFEST_KEY, MANIFEST_VERSION, iter_cover_nodes
+from marketplace.audit.notes import NoteError, VerifierKey, open_note, parse_verifier_keys
+from marketplace.audit.tlog import Checkpoint
+from marketplace.canonical import CanonicalJsonError, canonical_json
+
+MANIFEST_BYTES_MAX = 4 * 1024 * 1024
+ZERO_HASH_HEX = "0" * 64
+PROGRESS_EVERY_BYTES = 4 * 1024 * 1024
+
+Progress = Callable[[int, int], None]
+
+
+class VerificationFailed(Exception):
+    """The export does not verify; ``seq`` is the first bad record when one can be named."""
+
+    def __init__(self, reason: str, seq: int | None = None, where: str = "") -> None:
+        self.reason = reason
+        self.seq = seq
+        self.where = where
+        prefix = f"seq {seq}" if seq is not None else (where or "export")
+        super().__init__(f"{prefix}: {reason}")
+
+
+@dataclass(frozen=True)
+class Summary:
+    origin: str
+    from_seq: int
+    to_size: int
+    root: bytes
+    signed_by: str
+
+    @property
+    def records(self) -> int:
+        return self.to_size - self.from_seq
+
+    def line(self) -> str:
+        span = (
+            f"records {self.from_seq}..{self.to_size - 1} ({self.records:,})"
+            if self.records
+            else "no records"
+        )
+        return (
+            f"verified: {span} of {self.origin}; checkpoint size {self.to_size} root "
+            f"{base64.b64encode(self.root).decode()} signed by {self.signed_by}"
+        )
+
+
+def _refuse_number(text: str) -> Any:
+    raise ValueError(f"non-integer number {text}")
+
+
+def _loads(data: bytes) -> Any:
+    return json.loads(data, parse_float=_refuse_number, parse_constant=_refuse_number)
+
+
+def _hex_hash(value: Any, what: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 64:
+        raise VerificationFailed(f"{what} is not a 64-digit hex hash", where="manifest")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise VerificationFailed(f"{what} is not a 64-digit hex hash", where="manifest") from None
+
+
+def _hashes(value: Any, what: str) -> list[bytes]:
+    if not isinstance(value, list):
+        raise VerificationFailed(f"{what} is not a list of hashes", where="manifest")
+    return [_hex_hash(v, what) for v in value]
+
+
+def _int(manifest: dict[str, Any], name: str) -> int:
+    value = manifest.get(name)
+    if type(value) is not int or value < 0:
+        raise VerificationFailed(f"{name} is not a non-negative integer", where="manifest")
+    return value
+
+
+# --- Reading the file ------------------------------------------------------------------------------
+
+
+def _read_manifest(handle: BinaryIO, file_size: int) -> tuple[int, bytes]:
+    """The byte offset where the last line starts, and that line (without its newline)."""
+    if file_size == 0:
+        raise VerificationFailed("the file is empty", where="export")
+    tail_size = min(file_size, MANIFEST_BYTES_MAX + 1)
+    handle.seek(file_size - tail_size)
+    tail = handle.read(tail_size)
+    if not tail.endswith(b"\n"):
+        raise VerificationFailed("it does not end with a complete line (truncated)", where="export")
+    start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+    if start == 0 and tail_size < file_size:
+        raise VerificationFailed("its last line is too long to be a manifest", where="export")
+    return file_size - tail_size + start, tail[start:-1]
+
+
+def _truncated(last_line: bytes) -> VerificationFailed:
+    """The failure for an export whose last line is not a manifest."""
+    try:
+        record = _loads(last_line)
+        seq = record["seq"] if isinstance(record, dict) else None
+    except (ValueError, KeyError):
+        seq = None
+    if type(seq) is int:
+        return VerificationFailed(
+            f"missing: the export ends after seq {seq} without its manifest (truncated)",
+            seq=seq + 1,
+        )
+    return VerificationFailed("its last line is not a manifest (truncated)", where="export")
+
+
+# --- The manifest and its checkpoint ---------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    origin: str
+    from_seq: int
+    to_size: int
+    root: bytes
+    signed_by: str
+    cover: list[tuple[int, int, bytes]]  # (level, index, hash), left to right
+
+
+def _open_checkpoint(
+    note: Any, verifiers: Sequence[VerifierKey], where: str
+) -> tuple[Checkpoint, VerifierKey]:
+    if not isinstance(note, str):
+        raise VerificationFailed("there is no signed checkpoint", where=where)
+    try:
+        opened = open_note(note, verifiers)
+        checkpoint = Checkpoint.parse(opened.text)
+    except NoteError as exc:
+        reasons = {
+            "unknown_key": f"not signed by any trusted key ({exc})",
+            "bad_signature": f"its signature does not verify: altered or replaced ({exc})",
+        }
+        raise VerificationFailed(reasons.get(exc.code, str(exc)), where=where) from None
+    key = opened.verified_by[0]
+    if key.name != checkpoint.origin:
+        raise VerificationFailed(
+            f"signed by {key.name}, which is not the key of its origin {checkpoint.origin}",
+            where=where,
+        )
+    return checkpoint, key
+
+
+def _plan(
+    manifest: dict[str, Any], verifiers: Sequence[VerifierKey], previous: str | None
+) -> _Plan:
+    if manifest.get(MANIFEST_KEY) != MANIFEST_VERSION:
+        raise VerificationFailed("unknown manifest version", where="manifest")
+    start, end, level = (_int(manifest, k) for k in ("from_seq", "to_size", "cover_level"))
+    if start > end:
+        raise VerificationFailed("from_seq is after to_size", where="manifest")
+    if level > 63:
+        raise VerificationFailed("cover_level is out of range", where="manifest")
+    checkpoint, key = _open_checkpoint(manifest.get("checkpoint"), verifiers, "checkpoint")
+    if checkpoint.origin != manifest.get("origin"):
+        raise VerificationFailed(
+            f"it is for origin {checkpoint.origin}, the export for {manifest.get('origin')}",
+            where="checkpoint",
+        )
+    if checkpoint.size != end:
+        raise VerificationFailed(
+            f"it is for size {checkpoint.size}, but the export ends at size {end} (replaced "
+            "checkpoint)",
+            where="checkpoint",
+        )
+    prefix = _hashes(manifest.get("prefix"), "a prefix hash")
+    cover_hashes = _hashes(manifest.get("cover"), "a cover hash")
+    # A hostile manifest may claim any range: take no more nodes than it holds hashes for.
+    nodes = list(itertools.islice(iter_cover_nodes(start, end, level), len(cover_hashes) + 1))
+    if len(prefix) != start.bit_count() or len(cover_hashes) != len(nodes):
+        raise VerificationFailed(
+            "its prefix or cover has the wrong number of hashes", where="manifest"
+        )
+    tree = merkle.CompactRange(start, prefix)
+    first_root = tree.root()
+    for (node_level, _index), digest in zip(nodes, cover_hashes, strict=True):
+        tree.append_node(node_level, digest)
+    if tree.root() != checkpoint.root:
+        raise VerificationFailed(
+            "its tree hashes do not lead to the checkpoint's root (altered manifest, spliced "
+            "export or replaced checkpoint)",
+            where="manifest",
+        )
+    consistency = manifest.get("consistency")
+    if 0 < start < end:
+        if not isinstance(consistency, dict) or consistency.get("from_size") != start:
+            raise VerificationFailed("the consistency proof is missing", where="manifest")
+        if _hex_hash(consistency.get("from_root"), "from_root") != first_root:
+            raise VerificationFailed(
+                "the consistency proof starts from another root", where="manifest"
+            )
+        try:
+            merkle.verify_consistency(
+                start,
+                end,
+                first_root,
+                checkpoint.root,
+                _hashes(consistency.get("proof"), "a consistency proof hash"),
+            )
+        except merkle.ProofError as exc:
+            raise VerificationFailed(
+                f"the consistency proof fails: {exc}", where="manifest"
+            ) from None
+    elif consistency is not None:
+        raise VerificationFailed("a consistency proof where none belongs", where="manifest")
+    earlier_note = manifest.get("from_checkpoint")
+    for note, where in ((earlier_note, "from_checkpoint"), (previous, "previous checkpoint")):
+        if note is None:
+            continue
+        earlier, _ = _open_checkpoint(note, verifiers, where)
+        if earlier.origin != checkpoint.origin:
+            raise VerificationFailed("it is from another log", where=where)
+        if earlier.size == start:
+            expected = first_root
+        elif earlier.size == end:
+            expected = checkpoint.root
+        else:
+            raise VerificationFailed(
+                f"it is for size {earlier.size}; this export starts at {start} and ends at {end}",
+                where=where,
+            )
+        if earlier.root != expected:
+            raise VerificationFailed(
+                f"the log at size {earlier.size} has another root now: the history was "
+                "rewritten (a fork)",
+                where=where,
+            )
+    return _Plan(
+        origin=checkpoint.origin,
+        from_seq=start,
+        to_size=end,
+        root=checkpoint.root,
+        signed_by=key.encode().rsplit("+", 1)[0],
+        cover=[(lvl, idx, h) for (lvl, idx), h in zip(nodes, cover_hashes, strict=True)],
+    )
+
+
+# --- The records -----------------------------------------------------------------------------------
+
+
+class _Lines:
+    """The record lines with one line of lookahead, stopping at the manifest."""
+
+    def __init__(self, handle: BinaryIO, end: int, progress: Progress | None, total: int) -> None:
+        self._handle = handle
+        self._end = end
+        self._pos = 0
+        self._peeked: bytes | None = None
+        self._progress = progress
+        self._total = total
+        self._reported = 0
+
+    def next(self) -> bytes | None:
+        if self._peeked is not None:
+            line, self._peeked = self._peeked, None
+            return line
+        return self._read()
+
+    def peek(self) -> bytes | None:
+        if self._peeked is None:
+            self._peeked = self._read()
+        return self._peeked
+
+    def _read(self) -> bytes | None:
+        if self._pos >= self._end:
+            return None
+        line = self._handle.readline()
+        self._pos += len(line)
+        if self._progress is not None and self._pos - self._reported >= PROGRESS_EVERY_BYTES:
+            self._reported = self._pos
+            self._progress(self._pos, self._total)
+        return line[:-1]
+
+
+def _record_seq(line: bytes | None) -> int | None:
+    if line is None:
+        return None
+    try:
+        record = _loads(line)
+    except ValueError:
+        return None
+    seq = record.get("seq") if isinstance(record, dict) else None
+    return seq if type(seq) is int else None
+
+
+def _out_of_place(expected: int, found: int, lines: _Lines) -> VerificationFailed:
+    after = _record_seq(lines.peek())
+    if found == expected + 1 and after == expected:
+        reason = f"out of order: seq {expected} and seq {found} are swapped (reordered)"
+    elif found > expected:
+        reason = f"missing: the line in its place holds seq {found} (deleted or reordered)"
+    else:
+        reason = f"the line in its place holds seq {found} again (inserted or duplicated)"
+    return VerificationFailed(reason, seq=expected)
+
+
+def _parse_record(line: bytes, expected: int) -> dict[str, Any]:
+    try:
+        record = _loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationFailed("not valid JSON (altered)", seq=expected) from None
+    if not isinstance(record, dict) or type(record.get("seq")) is not int:
+        raise VerificationFailed("not a journal record (altered)", seq=expected)
+    return record
+
+
+def _check_canonical(record: dict[str, Any], line: bytes, seq: int) -> None:
+    encoded = json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    if encoded.encode("utf-8") == line:
+        return
+    try:  # keys beyond the BMP sort by UTF-16 in JCS; only the full encoder knows
+        if canonical_json(record) == line:
+            return
+    except CanonicalJsonError:
+        pass
+    raise VerificationFailed("not canonical JSON (altered)", seq=seq)
+
+
+def _verify_records(plan: _Plan, lines: _Lines) -> None:
+    prev_hex = ZERO_HASH_HEX if plan.from_seq == 0 else None
+    expected = plan.from_seq
+    cover = iter(plan.cover)
+    chunk: tuple[int, int, bytes] | None = None
+    chunk_start = chunk_end = 0
+    chunk_tree = merkle.CompactRange()
+    chain_break: int | None = None  # the first record in this chunk whose prev did not match
+    next_also_broke = False
+    while (line := lines.next()) is not None:
+        if expected >= plan.to_size:
+            raise VerificationFailed(
+                f"the export holds more records than its checkpoint covers ({plan.to_size}): "
+                "records were inserted",
+                seq=expected,
+            )
+        record = _parse_record(line, expected)
+        if record["seq"] != expected:
+            raise _out_of_place(expected, record["seq"], lines)
+        _check_canonical(record, line, expected)
+        if chunk is None:
+            chunk = next(cover)
+            chunk_start, chunk_end = expected, expected + (1 << chunk[0])
+            chunk_tree = merkle.CompactRange()
+        linked = prev_hex is None or record.get("prev") == prev_hex
+        prev_hex = hashlib.sha256(line).hexdigest()
+        leaf = merkle.leaf_hash(line)
+        if chunk[0] == 0:
+            # One cover hash per record: each record is checked on its own, exactly.
+            if leaf != chunk[2]:
+                raise VerificationFailed(
+                    "altered: its hash is not the log's leaf (edited, or from another log)",
+                    seq=expected,
+                )
+            if not linked:
+                raise VerificationFailed(
+                    "the log's own chain is broken: prev is not the hash of the record before",
+                    seq=expected,
+                )
+            chunk = None
+        else:
+            if not linked and chain_break is None:
+                chain_break = expected
+            elif chain_break is not None and expected == chain_break + 1:
+                next_also_broke = not linked
+            chunk_tree.append_leaf(leaf)
+            if expected + 1 == chunk_end:
+                if chunk_tree.root() != chunk[2]:
+                    raise _blame(
+                        chunk_start, chunk_end, chain_break, next_also_broke, lines, prev_hex
+                    )
+                if chain_break is not None:
+                    raise VerificationFailed(
+                        "the log's own chain is broken: prev is not the hash of the record before",
+                        seq=chain_break,
+                    )
+                chunk = None
+        expected += 1
+    if chain_break is not None:
+        raise _blame(chunk_start, chunk_end, chain_break, next_also_broke, lines, prev_hex or "")
+    if expected < plan.to_size:
+        raise VerificationFailed(
+            f"missing: the export ends after seq {expected - 1} but its checkpoint covers "
+            f"{plan.to_size} records (truncated)",
+            seq=expected,
+        )
+
+
+def _next_prev(lines: _Lines) -> Any:
+    after = lines.peek()
+    if after is None:
+        return None
+    try:
+        record = _loads(after)
+    except ValueError:
+        return None
+    return record.get("prev") if isinstance(record, dict) else None
+
+
+def _blame(
+    start: int,
+    end: int,
+    chain_break: int | None,
+    next_also_broke: bool,
+    lines: _Lines,
+    last_hex: str,
+) -> VerificationFailed:
+    """Name the record that made a chunk of records differ from the log's cover hash.
+
+    A single edited record breaks the link after it; if the edit was to its own ``prev``, the
+    link before it breaks too. The chunk before this one verified, so a break at the chunk's
+    first record is that record's.
+    """
+    if chain_break is not None:
+        if chain_break == end - 1 and chain_break != start:
+            next_also_broke = _next_prev(lines) != last_hex
+        if chain_break == start or next_also_broke:
+            return VerificationFailed(
+                "altered: its prev does not match the record before it (edited, or from "
+                "another log)",
+                seq=chain_break,
+            )
+        return VerificationFailed(
+            "altered: its hash does not match the next record's prev", seq=chain_break - 1
+        )
+    if _next_prev(lines) not in (None, last_hex):
+        return VerificationFailed(
+            "altered: its hash does not match the next record's prev", seq=end - 1
+        )
+    return VerificationFailed(
+        f"records {start}..{end - 1} are not the log's, though they chain (a record was "
+        "altered and the chain rebuilt)",
+        seq=start,
+    )
+
+
+# --- Entry points ----------------------------------------------------------------------------------
+
+
+def verify_export(
+    path: str | os.PathLike[str],
+    verifiers: Sequence[VerifierKey],
+    *,
+    previous: str | None = None,
+    progress: Progress | None = None,
+) -> Summary:
+    """Verify the JSONL export at ``path``; a summary, or :class:`VerificationFailed`."""
+    with open(path, "rb") as handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        offset, last = _read_manifest(handle, file_size)
+        try:
+            manifest = _loads(last)
+        except (ValueError, UnicodeDecodeError):
+            manifest = None
+        if not isinstance(manifest, dict) or MANIFEST_KEY not in manifest:
+            raise _truncated(last)
+        plan = _plan(manifest, verifiers, previous)
+        handle.seek(0)
+        _verify_records(plan, _Lines(handle, offset, progress, file_size))
+        if progress is not None:
+            progress(file_size, file_size)
+    return Summary(plan.origin, plan.from_seq, plan.to_size, plan.root, plan.signed_by)
+
+
+def load_verifier_keys(argument: str) -> list[VerifierKey]:
+    """Keys from a verifier-key string, or from a file holding one or more of them."""
+    candidate = Path(argument)
+    if "+" not in argument or candidate.is_file():
+        try:
+            return parse_verifier_keys(candidate.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise NoteError("no_verifier_key", f"cannot read {argument}: {exc.strerror}") from None
+    return [VerifierKey.parse(argument)]
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal's standard error; silent elsewhere."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        width = 30
+        filled = int(width * done / total)
+        rate = done / max(time.monotonic() - self.started, 1e-9) / 1e6
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * done / total:5.1f}% "
+            f"{done / 1e6:,.0f}/{total / 1e6:,.0f} MB {rate:,.0f} MB/s"
+        )
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m marketplace.audit.verify``: exit 0 verified, 1 not verified, 2 bad arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m marketplace.audit.verify",
+        description="Verify a Jishi journal export (JSONL) offline against a public key.",
+    )
+    parser.add_argument("export", help="the JSONL export file")
+    parser.add_argument(
+        "--public-key",
+        required=True,
+        help="a verifier key (name+hash+base64) or a file with one per line",
+    )
+    parser.add_argument(
+        "--previous",
+        help="a checkpoint you trusted before (a signed note file) at the export's first or "
+        "last size: the export must be consistent with it",
+    )
+    args = parser.parse_args(argv)
+    return run(args.export, args.public_key, args.previous)
+
+
+def run(export: str, public_key: str, previous: str | None) -> int:
+    """Verify and print the outcome: one line on standard output, or the failure on stderr."""
+    try:
+        keys = load_verifier_keys(public_key)
+        previous_note = Path(previous).read_text(encoding="utf-8") if previous else None
+    except (NoteError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not Path(export).is_file():
+        print(f"error: {export} is not a file", file=sys.stderr)
+        return 2
+    try:
+        summary = verify_export(export, keys, previous=previous_note, progress=ProgressBar())
+    except VerificationFailed as exc:
+        print(f"NOT VERIFIED: {exc}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

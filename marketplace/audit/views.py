@@ -1,0 +1,332 @@
+"""Auditor API: checkpoints, public keys, records, proofs, exports, platform ledger views.
+
+Every route reads, and answers tokens with ``audit:read`` or ``admin``; the one write (an
+on-demand checkpoint) is for administrators. Ranges are checked before a byte is streamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+from pathlib import Path
+from typing import Any
+
+from authlib.integrations.flask_oauth2.signals import token_authenticated
+from flask import Blueprint, Flask, Response, current_app, jsonify
+
+from marketplace import periodic
+from marketplace.accounts.oauth import require_oauth
+from marketplace.accounts.scopes import ADMIN, AUDIT_READ
+from marketplace.api import API_PREFIX, openapi, parse_query
+from marketplace.audit import export, journal, platform, services
+from marketplace.audit.errors import CheckpointNotFound, ExportsBusy
+from marketplace.audit.keys import AuditKeyStore, default_origin, open_key_store
+from marketplace.audit.notes import NoteError, check_key_name
+from marketplace.audit.schemas import (
+    CheckpointCreated,
+    CheckpointQuery,
+    ConsistencyProof,
+    ConsistencyQuery,
+    ExportQuery,
+    InclusionProof,
+    InclusionQuery,
+    LedgerQuery,
+    PlatformLedger,
+    PublicKeyItem,
+    PublicKeyList,
+    RecordItem,
+    RecordPage,
+    RecordsQuery,
+    RevenueQuery,
+    RevenueReport,
+    TreeStatus,
+)
+from marketplace.config import ConfigError
+from marketplace.db import as_utc, get_database, get_session
+
+bp = Blueprint("audit", __name__, url_prefix=API_PREFIX)
+
+READERS = (AUDIT_READ, ADMIN)
+NOTE_MIME = "text/plain; charset=utf-8"
+EXPORT_RETRY_AFTER_S = 10
+
+
+def keys() -> AuditKeyStore:
+    return current_app.extensions["audit_keys"]  # type: ignore[no-any-return]
+
+
+def _json(model: Any) -> Response:
+    return jsonify(model.model_dump(mode="json", by_alias=True))
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else as_utc(value).astimezone(dt.UTC)
+
+
+@bp.get("/audit/tree")
+@openapi("The journal's sequenced size, root and latest checkpoint", tag="audit",
+         response=TreeStatus, scope=READERS)  # fmt: skip
+@require_oauth(list(READERS))
+def tree() -> Any:
+    session = get_session()
+    head = journal.read_head(session)
+    assert head is not None
+    try:
+        latest: services.CheckpointView | None = services.latest_checkpoint(session)
+    except CheckpointNotFound:
+        latest = None
+    return _json(
+        TreeStatus(
+            origin=keys().origin,
+            size=head.size,
+            root_hash=head.root().hex(),
+            pending=journal.pending_count(session),
+            latest_checkpoint_size=None if latest is None else latest.size,
+            latest_checkpoint_at=None if latest is None else latest.created_at,
+        )
+    )
+
+
+def _note(view: services.CheckpointView) -> Response:
+    response = Response(view.note, mimetype="text/plain")
+    response.headers["Content-Type"] = NOTE_MIME
+    response.headers["X-Jishi-Tree-Size"] = str(view.size)
+    return response
+
+
+@bp.get("/audit/checkpoints/latest")
+@openapi("The latest signed checkpoint (C2SP signed note, text/plain)", tag="audit",
+         scope=READERS, errors=[404])  # fmt: skip
+@require_oauth(list(READERS))
+def latest_checkpoint() -> Any:
+    return _note(services.latest_checkpoint(get_session()))
+
+
+@bp.get("/audit/checkpoints")
+@openapi("The signed checkpoint of the tree at any size up to the sequenced one (text/plain)",
+         tag="audit", query=CheckpointQuery, scope=READERS)  # fmt: skip
+@require_oauth(list(READERS))
+def checkpoint_at_size() -> Any:
+    query = parse_query(CheckpointQuery)
+    return _note(services.checkpoint_at(get_session(), keys(), query.size))
+
+
+@bp.post("/audit/checkpoints")
+@openapi("Sequence committed records and sign a checkpoint now (administrator)", tag="audit",
+         response=CheckpointCreated, status=201, scope=ADMIN)  # fmt: skip
+@require_oauth(ADMIN)
+def create_checkpoint() -> Any:
+    session = get_session()
+    journal.sequence(session)
+    view = services.create_checkpoint(session, keys())
+    body = CheckpointCreated(
+        size=view.size, root_hash=view.root.hex(), note=view.note, created_at=view.created_at
+    )
+    return _json(body), 201
+
+
+@bp.get("/audit/public-keys")
+@openapi("Every key the journal has signed with, in the signed-note verifier-key format",
+         tag="audit", response=PublicKeyList, scope=READERS)  # fmt: skip
+@require_oauth(list(READERS))
+def public_keys() -> Any:
+    store = keys()
+    items = [
+        PublicKeyItem.model_validate(dataclasses.asdict(k))
+        for k in store.public_keys(get_session())
+    ]
+    return _json(PublicKeyList(origin=store.origin, items=items))
+
+
+@bp.get("/audit/records")
+@openapi("Sequenced records from_seq..to_seq (inclusive), one page", tag="audit",
+         query=RecordsQuery, response=RecordPage, scope=READERS)  # fmt: skip
+@require_oauth(list(READERS))
+def records() -> Any:
+    query = parse_query(RecordsQuery)
+    limit = min(query.page_size, current_app.extensions["settings"].audit_records_page_max)
+    size, items = services.records(
+        get_session(), from_seq=query.from_seq, to_seq=query.to_seq, limit=limit
+    )
+    last = items[-1].seq if items else None
+    end = size - 1 if query.to_seq is None else query.to_seq
+    return _json(
+        RecordPage(
+            tree_size=size,
+            items=[RecordItem.model_validate(dataclasses.asdict(i)) for i in items],
+            next_from_seq=None if last is None or last >= end else last + 1,
+        )
+    )
+
+
+@bp.get("/audit/proofs/inclusion")
+@openapi("RFC 9162 inclusion proof of record seq in the tree of size", tag="audit",
+         query=InclusionQuery, response=InclusionProof, scope=READERS)  # fmt: skip
+@require_oauth(list(READERS))
+def inclusion_proof() -> Any:
+    query = parse_query(InclusionQuery)
+    proof = services.inclusion(get_session(), seq=query.seq, size=query.size)
+    return _json(InclusionProof.model_validate(proof))
+
+
+@bp.get("/audit/proofs/consistency")
+@openapi("RFC 9162 consistency proof from the tree of size `from` to the tree of size `to`",
+         tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS)  # fmt: skip
+@require_oauth(list(READERS))
+def consistency_proof() -> Any:
+    query = parse_query(ConsistencyQuery)
+    proof = services.consistency(get_session(), first=query.from_, second=query.to)
+    return _json(
+        ConsistencyProof(
+            from_=proof["from"],
+            to=proof["to"],
+            from_root=proof["from_root"],
+            to_root=proof["to_root"],
+            proof=proof["proof"],
+        )
+    )
+
+
+@bp.get("/audit/export")
+@openapi("Export records [from_seq, to_size) as JSONL (with a signed manifest) or CSV, streamed",
+         tag="audit", query=ExportQuery, scope=READERS, errors=[503])  # fmt: skip
+@require_oauth(list(READERS))
+def export_records() -> Any:
+    query = parse_query(ExportQuery)
+    slots: threading.BoundedSemaphore = current_app.extensions["audit_export_slots"]
+    if not slots.acquire(blocking=False):
+        raise ExportsBusy(
+            "Too many exports are running on this node; retry shortly.",
+            headers={"Retry-After": str(EXPORT_RETRY_AFTER_S)},
+        )
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            slots.release()
+
+    try:
+        prepared = export.prepare_export(
+            get_session(), keys(), from_seq=query.from_seq, to_size=query.to_size, fmt=query.format
+        )
+    except BaseException:
+        release()
+        raise
+    database = get_database()
+
+    def generate() -> Any:
+        # The request's session ends with the request; the stream reads with its own.
+        session = database.session()
+        try:
+            yield from prepared.chunks(session)
+        finally:
+            session.close()
+
+    response = Response(generate(), mimetype=prepared.media_type)
+    response.headers["Content-Type"] = prepared.media_type
+    response.headers["Content-Disposition"] = f'attachment; filename="{prepared.filename}"'
+    response.headers["X-Jishi-From-Seq"] = str(prepared.from_seq)
+    response.headers["X-Jishi-To-Size"] = str(prepared.to_size)
+    response.call_on_close(release)
+    return response
+
+
+@bp.get("/audit/ledger/transactions")
+@openapi("Every organisation's ledger transactions and entries, filtered, with totals per "
+         "account code", tag="audit", query=LedgerQuery, response=PlatformLedger,
+         scope=READERS)  # fmt: skip
+@require_oauth(list(READERS))
+def ledger_transactions() -> Any:
+    query = parse_query(LedgerQuery)
+    result = platform.ledger_transactions(
+        session=get_session(),
+        organization_id=query.organization_id,
+        kind=query.kind,
+        currency=query.currency,
+        start=_utc(query.from_),
+        end=_utc(query.to),
+        after_id=query.after_id,
+        limit=min(query.page_size, current_app.extensions["settings"].page_size_max),
+    )
+    return _json(result)
+
+
+@bp.get("/audit/revenue")
+@openapi("Platform fee revenue per currency and period", tag="audit", query=RevenueQuery,
+         response=RevenueReport, scope=READERS)  # fmt: skip
+@require_oauth(list(READERS))
+def revenue() -> Any:
+    query = parse_query(RevenueQuery)
+    report = platform.platform_revenue(
+        session=get_session(),
+        currency=query.currency,
+        period=query.period,
+        start=_utc(query.from_),
+        end=_utc(query.to),
+    )
+    return _json(report)
+
+
+# --- Wiring ------------------------------------------------------------------------------------
+
+
+def _actor_from_token(_sender: Any, token: Any = None, **_extra: Any) -> None:
+    if token is not None:
+        journal.set_actor(
+            journal.Actor(
+                organization_id=token.organization_id, client_id=token.client_id, via="api"
+            )
+        )
+
+
+def periodic_run(app: Flask) -> None:
+    """Sequence committed records; checkpoint every N records or T seconds (on every node)."""
+    settings = app.extensions["settings"]
+    session = app.extensions["db"].session()
+    try:
+        journal.sequence(session, wait=False)
+        if services.checkpoint_due(
+            session,
+            interval_records=settings.audit_checkpoint_interval_records,
+            interval_s=settings.audit_checkpoint_interval_s,
+        ):
+            services.create_checkpoint(session, app.extensions["audit_keys"])
+    finally:
+        session.close()
+
+
+def init_app(app: Flask) -> None:
+    """The key store, the ledger hook, the actor of each request, the API and periodic work."""
+    settings = app.extensions["settings"]
+    origin = settings.audit_origin or default_origin()
+    try:
+        check_key_name(origin)
+    except NoteError:
+        raise ConfigError(
+            f"MARKETPLACE_AUDIT_ORIGIN {origin!r} must be non-empty, without spaces or '+'"
+        ) from None
+    app.extensions["audit_keys"] = open_key_store(
+        key_path=settings.audit_key_path,
+        origin=origin,
+        instance_path=Path(app.instance_path),
+        development=settings.is_development,
+    )
+    app.extensions["audit_export_slots"] = threading.BoundedSemaphore(
+        max(1, settings.audit_exports_max)
+    )
+    journal.install()
+    token_authenticated.connect(_actor_from_token, weak=False)
+
+    @app.before_request
+    def _anonymous_request_actor() -> None:
+        # A request acts for nobody until its token is verified (threads are reused).
+        journal.set_actor(journal.Actor(via="api"))
+
+    @app.teardown_request
+    def _forget_request_actor(_exc: BaseException | None) -> None:
+        journal.set_actor(journal.SYSTEM)
+
+    periodic.register(app, "audit.sequence", settings.audit_sequence_interval_s, periodic_run)
+    app.register_blueprint(bp)
