@@ -82,10 +82,14 @@ def iter_cover_nodes(start: int, end: int, level_max: int) -> Iterator[merkle.No
 
 
 def cover_level(start: int, end: int, nodes_max: int = COVER_NODES_MAX) -> int:
-    """The lowest level whose cover of ``[start, end)`` has at most ``nodes_max`` nodes."""
+    """The lowest level whose cover of ``[start, end)`` has at most ``nodes_max`` nodes, or, if
+    none has (the ragged ends of an unaligned range take up to 2·log2 of its length), the level
+    above which raising it changes nothing."""
+    top = max(0, (end - start).bit_length())
     level = 0
-    while sum(1 for _ in itertools.islice(iter_cover_nodes(start, end, level), nodes_max + 1)) > (
-        nodes_max
+    while level < top and (
+        sum(1 for _ in itertools.islice(iter_cover_nodes(start, end, level), nodes_max + 1))
+        > nodes_max
     ):
         level += 1
     return level

@@ -529,7 +529,7 @@ class ProgressBar:
         rate = done / max(time.monotonic() - self.started, 1e-9) / 1e6
         self.stream.write(
             f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * done / total:5.1f}% "
-            f"{done / 1e6:,.0f}/{total / 1e6:,.0f} MB {rate:,.0f} MB/s"
+            f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB {rate:,.0f} MB/s"
         )
         if done >= total:
             self.stream.write("\n")

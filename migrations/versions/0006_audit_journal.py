@@ -77,9 +77,10 @@ def upgrade() -> None:
     # ### end Alembic commands ###
 
     # The sequencer's single state row: an empty tree, and 64 zeros as the "previous" hash.
+    empty_blob = "X''" if op.get_bind().dialect.name == "sqlite" else "''::bytea"
     op.execute(
         "INSERT INTO audit_head (id, size, last_sha256, compact, updated_at) "
-        "VALUES (1, 0, '" + "0" * 64 + "', " + ("''" if op.get_bind().dialect.name == "sqlite" else "''::bytea") + ", CURRENT_TIMESTAMP)"
+        f"VALUES (1, 0, '{'0' * 64}', {empty_blob}, CURRENT_TIMESTAMP)"
     )
     # Records, tree nodes and checkpoints are append-only, as ledger entries are (0003 defines
     # the PostgreSQL trigger function).
