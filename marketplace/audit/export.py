@@ -20,7 +20,9 @@ fold into the checkpoint's root. ``consistency`` is the RFC 9162 proof from the 
 to the tree at ``n``, which ties this export to an earlier one ending at ``m``.
 
 **CSV** carries the same fields per record, the record's SHA-256 and its leaf hash, and no
-manifest (use JSONL to verify).
+manifest (use JSONL to verify). Free text (memos, reasons) only ever sits inside the ``subject``
+and ``money`` cells, which are canonical JSON objects: no cell a spreadsheet would run as a
+formula starts with user text.
 
 The API and ``jishi audit export`` produce the same bytes for the same range.
 """
@@ -196,11 +198,6 @@ def _csv_line(values: tuple[Any, ...] | list[Any]) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def _cell(text: str) -> str:
-    # A spreadsheet runs a cell that starts with one of these as a formula; none of ours should.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def _csv_rows(records: list[bytes]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
@@ -212,10 +209,10 @@ def _csv_rows(records: list[bytes]) -> bytes:
             (
                 record["seq"],
                 record["at"],
-                _cell(record["kind"]),
+                record["kind"],
                 "" if actor.get("organization_id") is None else actor["organization_id"],
-                _cell(actor.get("client_id") or ""),
-                _cell(actor.get("via") or ""),
+                actor.get("client_id") or "",
+                actor.get("via") or "",
                 canonical_json(record.get("subject") or {}).decode(),
                 "" if money is None else money.get("currency", ""),
                 "" if money is None else money.get("amount_minor", ""),
