@@ -97,7 +97,7 @@ def _note(view: services.CheckpointView) -> Response:
 
 @bp.get("/audit/checkpoints/latest")
 @openapi("The latest signed checkpoint (C2SP signed note, text/plain)", tag="audit",
-         scope=READERS, errors=[404])  # fmt: skip
+         scope=READERS, errors=[404], response_media_types=("text/plain",))  # fmt: skip
 @require_oauth(list(READERS))
 def latest_checkpoint() -> Any:
     return _note(services.latest_checkpoint(get_session()))
@@ -105,7 +105,8 @@ def latest_checkpoint() -> Any:
 
 @bp.get("/audit/checkpoints")
 @openapi("The signed checkpoint of the tree at any size up to the sequenced one (text/plain)",
-         tag="audit", query=CheckpointQuery, scope=READERS)  # fmt: skip
+         tag="audit", query=CheckpointQuery, scope=READERS,
+         response_media_types=("text/plain",))  # fmt: skip
 @require_oauth(list(READERS))
 def checkpoint_at_size() -> Any:
     query = parse_query(CheckpointQuery)
@@ -190,7 +191,8 @@ def consistency_proof() -> Any:
 
 @bp.get("/audit/export")
 @openapi("Export records [from_seq, to_size) as JSONL (with a signed manifest) or CSV, streamed",
-         tag="audit", query=ExportQuery, scope=READERS, errors=[503])  # fmt: skip
+         tag="audit", query=ExportQuery, scope=READERS, errors=[503],
+         response_media_types=("application/jsonl", "text/csv"))  # fmt: skip
 @require_oauth(list(READERS))
 def export_records() -> Any:
     query = parse_query(ExportQuery)
