@@ -36,7 +36,14 @@ class CanonicalJsonError(ValueError):
 
 def canonical_json(value: Any) -> bytes:
     """The RFC 8785 canonical UTF-8 bytes of ``value`` (see the module docstring for the subset)."""
-    if _check(value, "$"):
+    try:
+        astral = _check(value)
+    except _Refused as exc:
+        where = "$" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in reversed(exc.path)
+        )
+        raise CanonicalJsonError(f"{where}: {exc.reason}") from None
+    if astral:
         text = _slow(value)
     else:
         text = json.dumps(
@@ -52,33 +59,72 @@ def _utf16_key(key: str) -> bytes:
     return key.encode("utf-16-be", "surrogatepass")
 
 
-def _check(value: Any, where: str) -> bool:
-    """Refuse what canonical JSON cannot hold; True when some key lies beyond the BMP."""
-    if value is None or value is True or value is False or isinstance(value, str):
-        return False
-    if isinstance(value, int):
+class _Refused(Exception):
+    """A value outside the subset; ``path`` is filled in, innermost first, as it unwinds."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.path: list[str | int] = []
+
+
+def _refuse_scalar(value: Any) -> None:
+    """Raise for a scalar that is not in the subset (plain str, bool and None are)."""
+    if isinstance(value, int) and not isinstance(value, bool):
         if type(value) is not int:  # an IntEnum or other subclass may not print as a number
-            raise CanonicalJsonError(f"{where}: {type(value).__name__} is not a plain integer")
+            raise _Refused(f"{type(value).__name__} is not a plain integer")
         if not -INTEGER_ABS_MAX <= value <= INTEGER_ABS_MAX:
-            raise CanonicalJsonError(f"{where}: integer {value} is beyond 2**53 - 1")
-        return False
+            raise _Refused(f"integer {value} is beyond 2**53 - 1")
+        return
     if isinstance(value, float):
-        raise CanonicalJsonError(f"{where}: floats are not allowed (use integer minor units)")
-    if isinstance(value, dict):
+        raise _Refused("floats are not allowed (use integer minor units)")
+    raise _Refused(f"{type(value).__name__} is not JSON")
+
+
+def _check(value: Any) -> bool:
+    """Refuse what canonical JSON cannot hold; True when some key lies beyond the BMP.
+
+    The hot path (this runs for every journal record) tests exact types and builds no error
+    text; the path to a refused value is collected only when one is found.
+    """
+    kind = type(value)
+    if kind is dict:
         astral = False
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise CanonicalJsonError(f"{where}: object keys must be strings, not {key!r}")
-            if not astral and any(ord(c) > 0xFFFF for c in key):
+            if type(key) is not str:
+                raise _Refused(f"object keys must be strings, not {key!r}")
+            if not key.isascii() and not astral and any(ord(c) > 0xFFFF for c in key):
                 astral = True
-            astral = _check(item, f"{where}.{key}") or astral
+            item_kind = type(item)
+            if item_kind is str or item is None or item_kind is bool:
+                continue
+            if item_kind is int and -INTEGER_ABS_MAX <= item <= INTEGER_ABS_MAX:
+                continue
+            try:
+                astral = _check(item) or astral
+            except _Refused as exc:
+                exc.path.append(key)
+                raise
         return astral
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         astral = False
         for index, item in enumerate(value):
-            astral = _check(item, f"{where}[{index}]") or astral
+            item_kind = type(item)
+            if item_kind is str or item is None or item_kind is bool:
+                continue
+            if item_kind is int and -INTEGER_ABS_MAX <= item <= INTEGER_ABS_MAX:
+                continue
+            try:
+                astral = _check(item) or astral
+            except _Refused as exc:
+                exc.path.append(index)
+                raise
         return astral
-    raise CanonicalJsonError(f"{where}: {type(value).__name__} is not JSON")
+    if kind is str or value is None or kind is bool:
+        return False
+    if kind is int and -INTEGER_ABS_MAX <= value <= INTEGER_ABS_MAX:
+        return False
+    _refuse_scalar(value)
+    return False
 
 
 def _slow(value: Any) -> str:

@@ -143,7 +143,8 @@ def generate_key_command(out: Path, origin: str | None) -> None:
     "--previous",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
-    help="A checkpoint (signed note file) you trusted before, at the export's first or last size.",
+    help="A checkpoint you trusted before (a signed note file, or the earlier export holding "
+    "it) at this export's first or last size.",
 )
 def verify_command(export_file: str, public_key: str, previous: str | None) -> None:
     """Verify a JSONL export offline: no database, no network. Exit 0 verified, 1 not, 2 usage."""

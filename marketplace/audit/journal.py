@@ -142,12 +142,19 @@ def format_at(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _check_subject(subject: Mapping[str, Any], where: str = "subject") -> None:
-    for key, value in subject.items():
-        if _SECRET_WORDS.search(key):
-            raise ValueError(f"{where}.{key}: journal records never hold secrets or tokens")
-        if isinstance(value, Mapping):
-            _check_subject(value, f"{where}.{key}")
+def _check_keys(value: Any, where: str) -> None:
+    """Refuse keys that name secrets, and ``seq``/``prev`` below the top level (the offline
+    verifier reads a record's own ``seq`` and ``prev`` as their only occurrence)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if _SECRET_WORDS.search(key):
+                raise ValueError(f"{where}.{key}: journal records never hold secrets or tokens")
+            if key in ("seq", "prev"):
+                raise ValueError(f"{where}.{key}: 'seq' and 'prev' are the record's own fields")
+            _check_keys(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_keys(item, f"{where}[{index}]")
 
 
 def record_body(
@@ -161,7 +168,6 @@ def record_body(
     """The canonical JSON of a record without its ``seq`` and ``prev`` (what is queued)."""
     if len(kind) > KIND_CHARS_MAX or not _KIND.fullmatch(kind):
         raise ValueError(f"{kind!r} is not a record kind (such as 'offer.created')")
-    _check_subject(subject)
     body = {
         "kind": kind,
         "at": format_at(at or utcnow()),
@@ -169,6 +175,8 @@ def record_body(
         "subject": dict(subject),
         "money": None if money is None else money.as_record(),
     }
+    _check_keys(body["subject"], "subject")
+    _check_keys(body["money"], "money")
     return canonical_json(body).decode("utf-8")
 
 

@@ -14,7 +14,7 @@ import pytest
 from marketplace.audit import export, journal, services
 from marketplace.audit.journal import Money
 from marketplace.audit.notes import Signer, sign_note
-from marketplace.audit.verify import VerificationFailed, verify_export
+from marketplace.audit.verify import VerificationFailed, load_checkpoint, verify_export
 
 RECORDS = 40
 
@@ -108,7 +108,9 @@ def test_a_later_range_verifies_against_a_later_checkpoint(filled, keys, write_e
     assert manifest["from_seq"] == 17 and manifest["to_size"] == RECORDS + 9
     assert manifest["consistency"]["from_size"] == 17 and manifest["consistency"]["proof"]
     assert (manifest["cover_level"] > 0) == (nodes_max == 3)
-    # The earlier checkpoint the auditor kept ties the two exports together.
+    # The earlier checkpoint the auditor kept ties the two exports together; the earlier
+    # export itself will do as well.
+    assert load_checkpoint(str(first)) == earlier_note
     summary = verify_export(later, [keys.verifier()], previous=earlier_note)
     assert (summary.from_seq, summary.to_size) == (17, RECORDS + 9)
     # A "previous" checkpoint that the log's history does not contain is a fork.
