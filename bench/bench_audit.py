@@ -41,7 +41,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from marketplace import migrate
+from bench.scratch import DEFAULT_PG, scratch_database
 from marketplace.audit import export, journal
 from marketplace.audit.keys import AuditKeyStore
 from marketplace.audit.verify import verify_export
@@ -350,7 +350,7 @@ def bench_export_verify(url: str, records: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--pg", default=DEFAULT_PG)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sequence-interval-s", type=float, default=1.0)
@@ -359,25 +359,16 @@ def main() -> None:
     parser.add_argument("--skip-export", action="store_true")
     args = parser.parse_args()
 
-    name = f"jishi_bench_audit_{os.getpid()}"
-    admin = sa.create_engine(args.pg, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = args.pg.rsplit("/", 1)[0] + "/" + name
-    try:
-        engine = make_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
-        print(f"PostgreSQL scratch database {name}; {os.cpu_count()} CPUs; load {os.getloadavg()}")
+    with scratch_database(args.pg, "jishi_bench_audit") as url:
+        print(
+            f"PostgreSQL scratch database {url.rsplit('/', 1)[1]}; {os.cpu_count()} CPUs; "
+            f"load {os.getloadavg()}"
+        )
         if not args.skip_ledger:
             bench_ledger(url, args.seconds, args.rounds, args.sequence_interval_s)
         if not args.skip_export:
             bench_export_verify(url, args.records)
         print(f"load at the end {os.getloadavg()}")
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from marketplace import migrate
+from bench.scratch import DEFAULT_PG, scratch_database
 from marketplace.db import make_engine
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import PAYMENT_CLEARING, PLATFORM_REVENUE, VENDOR_PAYABLE, WALLET
@@ -291,7 +291,7 @@ def bench_usage(url: str, seconds: float, batch: int, reserve_calls: int) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--pg", default=DEFAULT_PG)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument(
         "--batches", default="100,1000", help="transfers per transaction, comma-separated"
@@ -300,24 +300,13 @@ def main() -> None:
     parser.add_argument("--reserve-calls", type=int, default=10_000)
     args = parser.parse_args()
 
-    name = f"jishi_bench_{os.getpid()}"
-    admin = sa.create_engine(args.pg, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = args.pg.rsplit("/", 1)[0] + "/" + name
-    try:
-        engine = make_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
+    with scratch_database(args.pg, "jishi_bench") as url:
         print(
-            f"PostgreSQL scratch database {name}; {os.cpu_count()} CPUs; {args.seconds} s per cell"
+            f"PostgreSQL scratch database {url.rsplit('/', 1)[1]}; {os.cpu_count()} CPUs; "
+            f"{args.seconds} s per cell"
         )
         bench_ledger(url, args.seconds, [int(b) for b in args.batches.split(",")])
         bench_usage(url, args.seconds, args.usage_batch, args.reserve_calls)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 if __name__ == "__main__":

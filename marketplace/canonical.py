@@ -88,12 +88,19 @@ def _check(value: Any) -> bool:
     """
     kind = type(value)
     if kind is dict:
+        members: Any = value.items()
+    elif kind is list or kind is tuple:
+        members = enumerate(value)
+    else:
+        members = None
+    if members is not None:
         astral = False
-        for key, item in value.items():
-            if type(key) is not str:
-                raise _Refused(f"object keys must be strings, not {key!r}")
-            if not key.isascii() and not astral and any(ord(c) > 0xFFFF for c in key):
-                astral = True
+        for key, item in members:
+            if kind is dict:
+                if type(key) is not str:
+                    raise _Refused(f"object keys must be strings, not {key!r}")
+                if not key.isascii() and not astral and any(ord(c) > 0xFFFF for c in key):
+                    astral = True
             item_kind = type(item)
             if item_kind is str or item is None or item_kind is bool:
                 continue
@@ -103,20 +110,6 @@ def _check(value: Any) -> bool:
                 astral = _check(item) or astral
             except _Refused as exc:
                 exc.path.append(key)
-                raise
-        return astral
-    if kind is list or kind is tuple:
-        astral = False
-        for index, item in enumerate(value):
-            item_kind = type(item)
-            if item_kind is str or item is None or item_kind is bool:
-                continue
-            if item_kind is int and -INTEGER_ABS_MAX <= item <= INTEGER_ABS_MAX:
-                continue
-            try:
-                astral = _check(item) or astral
-            except _Refused as exc:
-                exc.path.append(index)
                 raise
         return astral
     if kind is str or value is None or kind is bool:

@@ -77,6 +77,17 @@ def _check_int(name: str, value: int) -> None:
         raise RangeInvalid(f"{name} must not be negative.", code="range_negative")
 
 
+def _check_within(name: str, value: int, tree: int, *, inclusive: bool = False) -> None:
+    """422 ``range_beyond_tree`` when ``value`` (a size or an end, or with ``inclusive`` a last
+    seq) is past the sequenced tree."""
+    if value > (tree - 1 if inclusive else tree):
+        raise RangeInvalid(
+            f"{name} ({value}) is past the journal, which has {tree} sequenced records.",
+            code="range_beyond_tree",
+            extra={"tree_size": tree},
+        )
+
+
 def check_range(
     *, start: int, end: int, size: int, start_name: str, end_name: str, inclusive: bool = False
 ) -> None:
@@ -87,13 +98,7 @@ def check_range(
         raise RangeInvalid(
             f"{start_name} ({start}) is after {end_name} ({end}).", code="range_reversed"
         )
-    limit = size - 1 if inclusive else size
-    if end > limit:
-        raise RangeInvalid(
-            f"{end_name} ({end}) is past the journal, which has {size} sequenced records.",
-            code="range_beyond_tree",
-            extra={"tree_size": size},
-        )
+    _check_within(end_name, end, size, inclusive=inclusive)
 
 
 # --- Records --------------------------------------------------------------------------------------
@@ -115,12 +120,7 @@ def records(
     if to_seq is None:
         _check_int("from_seq", from_seq)
         if size == 0 or from_seq >= size:
-            if from_seq > size:
-                raise RangeInvalid(
-                    f"from_seq ({from_seq}) is past the journal, which has {size} records.",
-                    code="range_beyond_tree",
-                    extra={"tree_size": size},
-                )
+            _check_within("from_seq", from_seq, size)
             return size, []
         to_seq = size - 1
     check_range(
@@ -164,12 +164,7 @@ def inclusion(session: Session, *, seq: int, size: int | None) -> dict[str, Any]
     size = tree if size is None else size
     _check_int("seq", seq)
     _check_int("size", size)
-    if size > tree:
-        raise RangeInvalid(
-            f"size ({size}) is past the journal, which has {tree} sequenced records.",
-            code="range_beyond_tree",
-            extra={"tree_size": tree},
-        )
+    _check_within("size", size, tree)
     if seq >= size:
         raise RangeInvalid(f"seq ({seq}) is not below size ({size}).", code="range_reversed")
     reader = DatabaseNodes(session)
@@ -191,12 +186,7 @@ def consistency(session: Session, *, first: int, second: int | None) -> dict[str
     _check_int("to", second)
     if first > second:
         raise RangeInvalid(f"from ({first}) is after to ({second}).", code="range_reversed")
-    if second > tree:
-        raise RangeInvalid(
-            f"to ({second}) is past the journal, which has {tree} sequenced records.",
-            code="range_beyond_tree",
-            extra={"tree_size": tree},
-        )
+    _check_within("to", second, tree)
     if first == 0:
         raise RangeInvalid(
             "There is no consistency proof from the empty tree; every tree extends it.",
@@ -253,12 +243,7 @@ def checkpoint_at(session: Session, keys: AuditKeyStore, size: int) -> Checkpoin
     """
     tree = tree_size(session)
     _check_int("size", size)
-    if size > tree:
-        raise RangeInvalid(
-            f"size ({size}) is past the journal, which has {tree} sequenced records.",
-            code="range_beyond_tree",
-            extra={"tree_size": tree},
-        )
+    _check_within("size", size, tree)
     stored = stored_checkpoint(session, size)
     if stored is not None:
         return stored

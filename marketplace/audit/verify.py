@@ -365,6 +365,14 @@ def _altered(line: bytes, seq: int) -> VerificationFailed:
     )
 
 
+def _broken_chain(seq: int) -> VerificationFailed:
+    # Authentic records (their leaves are the log's) whose links do not hold: the log itself
+    # wrote a broken chain.
+    return VerificationFailed(
+        "the log's own chain is broken: prev is not the hash of the record before", seq=seq
+    )
+
+
 def _verify_records(plan: _Plan, lines: _Lines) -> None:
     prev_hex = ZERO_HASH_HEX if plan.from_seq == 0 else None
     expected = plan.from_seq
@@ -415,10 +423,7 @@ def _verify_records(plan: _Plan, lines: _Lines) -> None:
             if leaf != chunk[2]:
                 raise _altered(line, expected)
             if not linked:
-                raise VerificationFailed(
-                    "the log's own chain is broken: prev is not the hash of the record before",
-                    seq=expected,
-                )
+                raise _broken_chain(expected)
             chunk = None
         else:
             if not linked and chain_break is None:
@@ -438,10 +443,7 @@ def _verify_records(plan: _Plan, lines: _Lines) -> None:
                         chunk_start, chunk_end, chain_break, next_also_broke, lines, prev_hex
                     )
                 if chain_break is not None:
-                    raise VerificationFailed(
-                        "the log's own chain is broken: prev is not the hash of the record before",
-                        seq=chain_break,
-                    )
+                    raise _broken_chain(chain_break)
                 chunk = None
         expected += 1
     if chain_break is not None:
