@@ -79,7 +79,9 @@ class Actor:
 
     organization_id: int | None = None
     client_id: str | None = None
-    via: str = "system"  # "api" (a request), "cli" (an operator's command), "system" (a timer)
+    # "api" (a request with a token), "web" (a page with a session), "cli" (an operator's
+    # command), "system" (work nobody asked for, such as settlement on a timer).
+    via: str = "system"
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -359,6 +361,14 @@ def sequence(session: Session, *, batch_max: int = SEQUENCE_BATCH_MAX, wait: boo
     with ``wait=True`` it waits its turn, so that on return everything committed before the
     call is sequenced.
     """
+    # A read first: with nothing queued, no write transaction is opened (on SQLite that would
+    # take the database's write lock every interval for nothing).
+    if session.in_transaction():
+        session.commit()
+    queued = session.execute(sa.select(_pending_t.c.id).limit(1)).first()
+    session.commit()
+    if queued is None:
+        return 0
     total = 0
     while True:
         done = ledger.run_in_transaction(session, lambda s: _sequence_batch(s, batch_max, wait))
