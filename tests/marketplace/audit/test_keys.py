@@ -10,7 +10,7 @@ import pytest
 
 from marketplace import create_app
 from marketplace.audit import journal, services
-from marketplace.audit.keys import AuditKeyStore, write_private_key
+from marketplace.audit.keys import AuditKeyStore, open_key_store, write_private_key
 from marketplace.audit.notes import NoteError, Signer, VerifierKey, open_note
 from marketplace.audit.views import periodic_run
 from marketplace.config import ConfigError
@@ -30,32 +30,43 @@ def test_the_embedded_default_generates_a_private_key_in_the_instance_folder(app
     assert again.verifier() == store.verifier()
 
 
-def _production(tmp_path, **extra):
-    return {
-        "ENV": "production",
-        "INSTANCE_PATH": str(tmp_path / "instance"),
-        "SECRET_KEY": "s" * 40,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'none.sqlite3'}",
-        "AUDIT_ORIGIN": "jishi.example/log",
-        **extra,
-    }
-
-
 def test_production_refuses_to_start_without_its_signing_key(tmp_path):
+    # What create_app calls (a production app cannot start here until a real payment gateway
+    # exists, so the refusal is tested where it is made).
+    def production(key_path: str):
+        return open_key_store(
+            key_path=key_path,
+            origin="jishi.example/log",
+            instance_path=tmp_path / "instance",
+            development=False,
+        )
+
     with pytest.raises(ConfigError, match="MARKETPLACE_AUDIT_KEY_PATH is unset"):
-        create_app(_production(tmp_path))
+        production("")
     with pytest.raises(ConfigError, match="no journal signing key"):
-        create_app(_production(tmp_path, AUDIT_KEY_PATH=str(tmp_path / "missing.key")))
+        production(str(tmp_path / "missing.key"))
+    assert not (tmp_path / "missing.key").exists()  # production never makes one up
     wrong = tmp_path / "wrong.key"
     write_private_key(wrong, Signer.generate("other.example/log"))
     with pytest.raises(ConfigError, match="rotate the key"):
-        create_app(_production(tmp_path, AUDIT_KEY_PATH=str(wrong)))
+        production(str(wrong))
     broken = tmp_path / "broken.key"
     broken.write_text("PRIVATE+KEY+jishi.example/log+00000000+AAAA\n")
     with pytest.raises(ConfigError, match=r"broken\.key"):
-        create_app(_production(tmp_path, AUDIT_KEY_PATH=str(broken)))
+        production(str(broken))
+    good = tmp_path / "good.key"
+    write_private_key(good, signer := Signer.generate("jishi.example/log"))
+    assert production(str(good)).verifier() == signer.verifier()
+    # The origin names the key, so it must be a valid key name: checked by the app factory.
     with pytest.raises(ConfigError, match="MARKETPLACE_AUDIT_ORIGIN"):
-        create_app({**_production(tmp_path), "ENV": "testing", "AUDIT_ORIGIN": "has space"})
+        create_app(
+            {
+                "ENV": "testing",
+                "INSTANCE_PATH": str(tmp_path / "instance"),
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'none.sqlite3'}",
+                "AUDIT_ORIGIN": "has space",
+            }
+        )
 
 
 def test_rotation_keeps_old_public_keys_published_and_old_notes_verifying(app, db_session, runner):
