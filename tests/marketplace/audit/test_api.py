@@ -414,3 +414,97 @@ def test_the_actor_of_a_request_does_not_leak_into_later_work(client, buyer, db_
     last = records(db_session)[-1]
     assert last["kind"] == "test.event"
     assert last["actor"] == {"organization_id": None, "client_id": None, "via": "system"}
+
+
+@pytest.mark.slow
+def test_from_a_running_marketplace_an_auditor_exports_and_verifies_offline(live_server, tmp_path):
+    """Over real HTTP, with the node's periodic work running as `jishi serve` runs it."""
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from marketplace import periodic
+    from marketplace.accounts import services as accounts
+
+    live = live_server(AUDIT_SEQUENCE_INTERVAL_S=0.1, AUDIT_CHECKPOINT_INTERVAL_S=0)
+    runner = periodic.Runner(live.app, tick_s=0.05)
+    runner.start()
+    try:
+        session = live.app.extensions["db"].session()
+        _user, _org, creds = accounts.create_platform_user(
+            session=session, email="auditor@example.test", password="Auditor-Pass-2026",
+            role="auditor",
+        )  # fmt: skip
+        session.close()
+        buyer = requests.post(
+            f"{live.url}/api/v1/register",
+            json={
+                "email": "b@example.test",
+                "password": "Correct-Horse-9-Battery",
+                "organization_name": "Buyer",
+                "organization_roles": ["buyer"],
+            },
+            timeout=30,
+        ).json()
+        token = requests.post(
+            f"{live.url}/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "licenses:write"},
+            auth=(buyer["client"]["client_id"], buyer["client"]["client_secret"]),
+            timeout=30,
+        ).json()["access_token"]
+        for key in ("a", "b", "c"):
+            top_up = requests.post(
+                f"{live.url}/api/v1/wallet/top-ups",
+                json={"amount_minor": 1000, "currency": "CNY"},
+                headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key},
+                timeout=30,
+            )
+            assert top_up.status_code in (200, 201), top_up.text
+
+        # The auditor has only its client id and secret.
+        auditor = requests.Session()
+        auditor.headers["Authorization"] = (
+            "Bearer "
+            + requests.post(
+                f"{live.url}/oauth/token",
+                data={"grant_type": "client_credentials", "scope": "audit:read"},
+                auth=(creds.client_id, creds.client_secret),
+                timeout=30,
+            ).json()["access_token"]
+        )
+        deadline = time.monotonic() + 30
+        while True:  # the node sequences and checkpoints on its own
+            latest = auditor.get(f"{live.url}/api/v1/audit/checkpoints/latest", timeout=30)
+            if latest.status_code == 200 and latest.text.split("\n")[1] == "3":
+                break
+            assert time.monotonic() < deadline, latest.text
+            time.sleep(0.1)
+        key = auditor.get(f"{live.url}/api/v1/audit/public-keys", timeout=30).json()
+        verifier_key = key["items"][-1]["verifier_key"]
+        export_path = tmp_path / "journal.jsonl"
+        with auditor.get(
+            f"{live.url}/api/v1/audit/export?to_size=3", stream=True, timeout=30
+        ) as resp:
+            assert resp.status_code == 200
+            with open(export_path, "wb") as out:
+                for chunk in resp.iter_content(65536):
+                    out.write(chunk)
+    finally:
+        runner.stop()
+    done = subprocess.run(
+        [sys.executable, "-m", "marketplace.audit.verify", str(export_path),
+         "--public-key", verifier_key],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("verified: records 0..2 (3) of ")
+    lines = export_path.read_bytes().splitlines(keepends=True)
+    export_path.write_bytes(b"".join([lines[1], lines[0], *lines[2:]]))
+    done = subprocess.run(
+        [sys.executable, "-m", "marketplace.audit.verify", str(export_path),
+         "--public-key", verifier_key],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "seq 0: out of order" in done.stderr
