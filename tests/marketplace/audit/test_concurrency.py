@@ -100,6 +100,7 @@ def test_concurrent_writers_sequencers_and_checkpoints_make_one_chain(
     assert len(sizes) >= 1 and max(sizes) == len(rows)
     assert ledger.check_invariants(check) == []
     check.close()
+    engine.dispose()  # give the run's other tests their connections back
 
 
 def test_checkpoints_made_at_once_on_several_nodes_store_one_note(fresh_database, tmp_path: Path):
@@ -120,3 +121,4 @@ def test_checkpoints_made_at_once_on_several_nodes_store_one_note(fresh_database
     assert len(set(notes)) == 1
     assert setup.execute(sa.select(sa.func.count()).select_from(AuditCheckpoint)).scalar_one() == 1
     setup.close()
+    engine.dispose()
