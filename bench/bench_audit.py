@@ -5,13 +5,17 @@ Run: .venv/bin/python -m bench.bench_audit [--seconds 3] [--rounds 2] [--records
 
 Creates a scratch PostgreSQL database next to the given one, migrates it, and prints:
 
-  * ledger throughput, journal off versus on, in interleaved rounds of the same run:
-    ``post_transaction`` (one transfer per database transaction, the API's path) from 1 and 8
-    writer processes, on spread accounts (each writer its own) and on one hot wallet. "On"
-    runs the journal as production does: every transaction appends its record, and one
-    sequencer process (the periodic task) sequences every ``--sequence-interval-s``. The ratio
-    on/off is the journal's cost (goal >= 0.8). After each "on" cell, the backlog left for the
-    sequencer and the time it took to clear it are printed (the bound on a record's wait);
+  * ledger throughput, journal off versus on, two ways in the same run: cells of ``--seconds``
+    alternating off/on over ``--rounds`` rounds (median), and, steadier on a shared machine,
+    every writer alternating blocks of 10 transactions off and on (so both modes meet the
+    same load). ``post_transaction`` (one transfer per database transaction, the API's path)
+    from 1 and 8 writer processes, on spread accounts (each writer its own) and on one hot
+    wallet. "On" runs the journal as production does: every transaction appends its record,
+    and one sequencer process (the periodic task) sequences every ``--sequence-interval-s``.
+    The ratio on/off is the journal's cost (goal >= 0.8). After each coarse "on" cell, the
+    backlog left for the sequencer and the time it took to clear it are printed (the bound
+    on a record's wait for its seq). ``--async-commit`` repeats both with
+    ``synchronous_commit=off``;
   * the sequencer's own rate (records/s) while it fills the journal to ``--records``;
   * export of all records to a JSONL file and to CSV (rows/s, peak RSS of the exporting
     process), beside a baseline in the same run: reading the same rows with no formatting;
@@ -21,6 +25,33 @@ Creates a scratch PostgreSQL database next to the given one, migrates it, and pr
 Writers, the sequencer, the exporter and the verifier are separate processes (no shared GIL),
 so peak RSS is each process's own (``ru_maxrss``), with its resident size after imports given
 for comparison. PostgreSQL runs on the same machine with durable commits.
+
+A run on the 2-core host while other jobs shared it (load average 4 to 7; earlier runs at
+load 9 to 14 gave ratios from 0.6 to 1.0 in single cells, which is why the interleaved
+measurement is there):
+
+    ledger transactions/s (durable commits), journal off vs on (3 interleaved rounds, median)
+    accounts writers       off        on  on/off   sequencer backlog
+      spread       1       152       124    0.82   54 left, cleared in 32 ms; ...
+      spread       8        55        56    1.01   33 left, cleared in 50 ms; ...
+         hot       1       108       136    1.25   45 left, cleared in 21 ms; ...
+         hot       8        86        81    0.95   53 left, cleared in 16 ms; ...
+    ... in alternating blocks of 10 transactions within each writer, 12.0 s per cell
+      spread       1       118       108    0.92
+      spread       8       118       103    0.87
+         hot       1        81        76    0.94
+         hot       8        68        68    0.99
+    filled the journal to 1,000,000 records: ... sequencer 12,600 records/s
+       baseline: read rows: 1,000,000 rows in 6.67 s =   149,952 rows/s; peak RSS 122.1 MiB
+              export JSONL: 1,000,000 rows in 3.41 s =   293,111 rows/s; peak RSS 132.0 MiB
+                            (after imports 111.1 MiB); 617 MiB written
+                export CSV: 1,000,000 rows in 35.73 s =   27,989 rows/s; peak RSS 136.4 MiB
+     baseline: leaf hashes: 1,000,000 rows in 1.37 s =   731,919 rows/s; peak RSS 111.8 MiB
+            verify offline: 1,000,000 rows in 4.97 s =   201,408 rows/s; peak RSS 118.5 MiB
+                            (after imports 111.1 MiB)
+
+The JSONL export reads with binary results, which is why it beats the baseline's plain
+SQLAlchemy read of the same rows.
 """
 
 from __future__ import annotations
@@ -95,15 +126,23 @@ def _setup_accounts(url: str, writers: int) -> dict[str, Any]:
     return ids
 
 
+def _engine(url: str, async_commit: bool) -> Any:
+    if not async_commit:
+        return make_engine(url)
+    # Commits that do not wait for the WAL flush: the cost of the journal's own work shows
+    # without the disk's (and a shared machine's) flush latency around it.
+    return sa.create_engine(url, connect_args={"options": "-c synchronous_commit=off"})
+
+
 def _writer(
-    url: str, ids: dict[str, Any], hot: bool, on: bool, worker: int, start_at: float,
-    seconds: float, out: Any,
+    url: str, ids: dict[str, Any], hot: bool, on: bool, async_commit: bool, worker: int,
+    start_at: float, seconds: float, out: Any,
 ) -> None:  # fmt: skip
     if on:
         journal.install()
     else:
         journal.uninstall()
-    engine = make_engine(url)
+    engine = _engine(url, async_commit)
     session = Session(engine, expire_on_commit=False)
     legs = (
         (Leg.debit(ids["hot"], 1), Leg.credit(ids["revenue"], 1))
@@ -125,6 +164,89 @@ def _writer(
     engine.dispose()
 
 
+AB_BLOCK = 10  # transactions per block in the interleaved measurement
+
+
+def _ab_writer(
+    url: str, ids: dict[str, Any], hot: bool, async_commit: bool, worker: int, start_at: float,
+    seconds: float, out: Any,
+) -> None:  # fmt: skip
+    """Alternate blocks of transactions with the journal off and on, timing each mode."""
+    engine = _engine(url, async_commit)
+    session = Session(engine, expire_on_commit=False)
+    legs = (
+        (Leg.debit(ids["hot"], 1), Leg.credit(ids["revenue"], 1))
+        if hot
+        else (Leg.debit(ids["wallets"][worker], 1), Leg.credit(ids["sinks"][worker], 1))
+    )
+    prefix = uuid.uuid4().hex[:12]
+    spent = [0.0, 0.0]
+    done = [0, 0]
+    n = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    deadline = start_at + seconds
+    block = worker % 2  # half the writers start with the journal on
+    while time.time() < deadline:
+        if block % 2:
+            journal.install()
+        else:
+            journal.uninstall()
+        started = time.perf_counter()
+        for _ in range(AB_BLOCK):
+            ledger.post_transaction(
+                session, idempotency_key=f"{prefix}-{n}", kind="bench", legs=legs
+            )
+            n += 1
+        spent[block % 2] += time.perf_counter() - started
+        done[block % 2] += AB_BLOCK
+        block += 1
+    out.put((done, spent))
+    session.close()
+    engine.dispose()
+
+
+def bench_ledger_ab(url: str, seconds: float, interval_s: float, async_commit: bool) -> None:
+    """Off and on in alternating blocks inside every writer: both modes meet the same load."""
+    ids = _setup_accounts(url, 8)
+    commits = "synchronous_commit=off" if async_commit else "durable commits"
+    print(
+        f"\nledger transactions/s ({commits}), journal off and on in alternating blocks of "
+        f"{AB_BLOCK} transactions within each writer, {seconds} s per cell"
+    )
+    print(f"{'accounts':>8} {'writers':>7} {'off':>9} {'on':>9} {'on/off':>7}")
+    ctx = mp.get_context("fork")
+    for hot in (False, True):
+        for writers in (1, 8):
+            out = ctx.Queue()
+            stop = ctx.Event()
+            sequencer = ctx.Process(target=_sequencer, args=(url, interval_s, stop))
+            sequencer.start()
+            start_at = time.time() + 0.5
+            procs = [
+                ctx.Process(
+                    target=_ab_writer,
+                    args=(url, ids, hot, async_commit, w, start_at, seconds, out),
+                )
+                for w in range(writers)
+            ]
+            for p in procs:
+                p.start()
+            results = [out.get(timeout=seconds + 120) for _ in procs]
+            for p in procs:
+                p.join()
+            stop.set()
+            sequencer.join()
+            # Per writer, transactions per second of its own time in each mode, summed.
+            off = sum(d[0] / t[0] for d, t in results if t[0])
+            on = sum(d[1] / t[1] for d, t in results if t[1])
+            print(
+                f"{'hot' if hot else 'spread':>8} {writers:>7} {off:>9,.0f} {on:>9,.0f} "
+                f"{on / off:>7.2f}",
+                flush=True,
+            )
+
+
 def _sequencer(url: str, interval_s: float, stop: Any) -> None:
     engine = make_engine(url)
     session = Session(engine, expire_on_commit=False)
@@ -137,7 +259,7 @@ def _sequencer(url: str, interval_s: float, stop: Any) -> None:
 
 def _ledger_cell(
     url: str, ids: dict[str, Any], writers: int, hot: bool, on: bool, seconds: float,
-    interval_s: float,
+    interval_s: float, async_commit: bool,
 ) -> tuple[float, int, float]:  # fmt: skip
     """Transactions/s; with the journal on, also the backlog left and the time to clear it."""
     ctx = mp.get_context("fork")
@@ -148,7 +270,9 @@ def _ledger_cell(
         sequencer.start()
     start_at = time.time() + 0.5
     procs = [
-        ctx.Process(target=_writer, args=(url, ids, hot, on, w, start_at, seconds, out))
+        ctx.Process(
+            target=_writer, args=(url, ids, hot, on, async_commit, w, start_at, seconds, out)
+        )
         for w in range(writers)
     ]
     for p in procs:
@@ -172,17 +296,27 @@ def _ledger_cell(
     return rate, backlog, clear_s
 
 
-def bench_ledger(url: str, seconds: float, rounds: int, interval_s: float) -> None:
+def bench_ledger(
+    url: str, seconds: float, rounds: int, interval_s: float, async_commit: bool
+) -> None:
     ids = _setup_accounts(url, 8)
-    print(f"\nledger transactions/s, journal off vs on ({rounds} interleaved rounds, median)")
+    commits = "synchronous_commit=off" if async_commit else "durable commits"
+    print(
+        f"\nledger transactions/s ({commits}), journal off vs on "
+        f"({rounds} interleaved rounds, median)"
+    )
     print(f"{'accounts':>8} {'writers':>7} {'off':>9} {'on':>9} {'on/off':>7}   sequencer backlog")
     for hot in (False, True):
         for writers in (1, 8):
             offs, ons, notes = [], [], []
             for _ in range(rounds):
-                offs.append(_ledger_cell(url, ids, writers, hot, False, seconds, interval_s)[0])
+                offs.append(
+                    _ledger_cell(url, ids, writers, hot, False, seconds, interval_s, async_commit)[
+                        0
+                    ]
+                )
                 rate, backlog, clear_s = _ledger_cell(
-                    url, ids, writers, hot, True, seconds, interval_s
+                    url, ids, writers, hot, True, seconds, interval_s, async_commit
                 )
                 ons.append(rate)
                 notes.append(f"{backlog} left, cleared in {clear_s * 1000:.0f} ms")
@@ -356,6 +490,11 @@ def main() -> None:
     parser.add_argument("--sequence-interval-s", type=float, default=1.0)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--skip-ledger", action="store_true")
+    parser.add_argument(
+        "--async-commit",
+        action="store_true",
+        help="also measure the ledger with synchronous_commit=off (the journal's CPU cost alone)",
+    )
     parser.add_argument("--skip-export", action="store_true")
     args = parser.parse_args()
 
@@ -365,7 +504,9 @@ def main() -> None:
             f"load {os.getloadavg()}"
         )
         if not args.skip_ledger:
-            bench_ledger(url, args.seconds, args.rounds, args.sequence_interval_s)
+            for async_commit in (False, True) if args.async_commit else (False,):
+                bench_ledger(url, args.seconds, args.rounds, args.sequence_interval_s, async_commit)
+                bench_ledger_ab(url, args.seconds * 3, args.sequence_interval_s, async_commit)
         if not args.skip_export:
             bench_export_verify(url, args.records)
         print(f"load at the end {os.getloadavg()}")
