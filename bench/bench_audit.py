@@ -72,14 +72,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from bench.bench_ledger import _legs, _setup_accounts
 from bench.scratch import DEFAULT_PG, scratch_database
 from marketplace.audit import export, journal
 from marketplace.audit.keys import AuditKeyStore
 from marketplace.audit.verify import verify_export
 from marketplace.db import make_engine
 from marketplace.ledger import services as ledger
-from marketplace.ledger.models import PLATFORM_REVENUE, WALLET
-from marketplace.ledger.services import Leg
 
 FUNDS = 10**15
 ORIGIN = "bench.jishi.test/journal"
@@ -96,34 +95,6 @@ def _peak_mib() -> float:
 
 
 # --- Ledger throughput, journal off and on ---------------------------------------------------------
-
-
-def _setup_accounts(url: str, writers: int) -> dict[str, Any]:
-    from tests.marketplace.licensing.builders import fund_wallet, make_organization
-
-    engine = make_engine(url)
-    s = Session(engine, expire_on_commit=False)
-    hot = make_organization(s, "buyer")
-    buyers = [make_organization(s, "buyer") for _ in range(writers)]
-    sinks = [make_organization(s, "buyer") for _ in range(writers)]
-
-    def accounts(x: Session) -> dict[str, Any]:
-        def acct(org: int | None, code: str) -> int:
-            return ledger.ensure_account(x, organization_id=org, code=code, currency="CNY")
-
-        return {
-            "hot": acct(hot, WALLET),
-            "revenue": acct(None, PLATFORM_REVENUE),
-            "wallets": [acct(b, WALLET) for b in buyers],
-            "sinks": [acct(b, WALLET) for b in sinks],
-        }
-
-    ids = ledger.run_in_transaction(s, accounts)
-    for org in (hot, *buyers):
-        fund_wallet(s, org, FUNDS)
-    s.close()
-    engine.dispose()
-    return ids
 
 
 def _engine(url: str, async_commit: bool) -> Any:
@@ -144,11 +115,7 @@ def _writer(
         journal.uninstall()
     engine = _engine(url, async_commit)
     session = Session(engine, expire_on_commit=False)
-    legs = (
-        (Leg.debit(ids["hot"], 1), Leg.credit(ids["revenue"], 1))
-        if hot
-        else (Leg.debit(ids["wallets"][worker], 1), Leg.credit(ids["sinks"][worker], 1))
-    )
+    legs = _legs(ids, worker, hot, three=False)
     prefix = uuid.uuid4().hex[:12]
     done = 0
     while time.time() < start_at:
@@ -174,11 +141,7 @@ def _ab_writer(
     """Alternate blocks of transactions with the journal off and on, timing each mode."""
     engine = _engine(url, async_commit)
     session = Session(engine, expire_on_commit=False)
-    legs = (
-        (Leg.debit(ids["hot"], 1), Leg.credit(ids["revenue"], 1))
-        if hot
-        else (Leg.debit(ids["wallets"][worker], 1), Leg.credit(ids["sinks"][worker], 1))
-    )
+    legs = _legs(ids, worker, hot, three=False)
     prefix = uuid.uuid4().hex[:12]
     spent = [0.0, 0.0]
     done = [0, 0]

@@ -138,6 +138,16 @@ def _read_manifest(handle: BinaryIO, file_size: int) -> tuple[int, bytes]:
     return file_size - tail_size + start, tail[start:-1]
 
 
+def _last_line(handle: BinaryIO, file_size: int) -> tuple[int, bytes, dict[str, Any] | None]:
+    """Where the last line starts, the line, and the JSON object it holds (None if none)."""
+    offset, last = _read_manifest(handle, file_size)
+    try:
+        parsed = _loads(last)
+    except (ValueError, UnicodeDecodeError):
+        parsed = None
+    return offset, last, parsed if isinstance(parsed, dict) else None
+
+
 def _truncated(last_line: bytes) -> VerificationFailed:
     """The failure for an export whose last line is not a manifest."""
     try:
@@ -518,12 +528,8 @@ def verify_export(
     """Verify the JSONL export at ``path``; a summary, or :class:`VerificationFailed`."""
     with open(path, "rb") as handle:
         file_size = os.fstat(handle.fileno()).st_size
-        offset, last = _read_manifest(handle, file_size)
-        try:
-            manifest = _loads(last)
-        except (ValueError, UnicodeDecodeError):
-            manifest = None
-        if not isinstance(manifest, dict) or MANIFEST_KEY not in manifest:
+        offset, last, manifest = _last_line(handle, file_size)
+        if manifest is None or MANIFEST_KEY not in manifest:
             raise _truncated(last)
         plan = _plan(manifest, verifiers, previous)
         handle.seek(0)
@@ -547,13 +553,8 @@ def load_verifier_keys(argument: str) -> list[VerifierKey]:
 def load_checkpoint(path: str) -> str:
     """A signed checkpoint from a note file, or from an earlier export's manifest."""
     with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        _offset, last = _read_manifest(handle, size)
-    try:
-        manifest = _loads(last)
-    except (ValueError, UnicodeDecodeError):
-        manifest = None
-    if isinstance(manifest, dict) and isinstance(manifest.get("checkpoint"), str):
+        _offset, _last, manifest = _last_line(handle, os.fstat(handle.fileno()).st_size)
+    if manifest is not None and isinstance(manifest.get("checkpoint"), str):
         return str(manifest["checkpoint"])
     return Path(path).read_text(encoding="utf-8")
 
