@@ -15,9 +15,9 @@ from marketplace.audit.notes import VerifierKey, open_note
 from marketplace.audit.tlog import Checkpoint
 from marketplace.audit.verify import VerificationFailed, verify_export
 from marketplace.canonical import canonical_json
+from tests import onnx_models as builders
 from tests.conftest import Org
 from tests.marketplace.audit.conftest import records
-from tests.model_registry import builders
 
 OCTET = {"Content-Type": "application/octet-stream"}
 AUDIT_GETS = [
