@@ -192,3 +192,30 @@ def usage_settled(session: Session, lic: Any, *, amount_minor: int) -> None:
         },
         money=Money(lic.currency, amount_minor),
     )
+
+
+# --- Payments -----------------------------------------------------------------------------------
+
+_PAYOUT_KINDS = {"pending": "payout.started", "paid": "payout.paid", "failed": "payout.failed"}
+
+
+def payout_changed(session: Session, payout: Any) -> None:
+    """``payout.started`` (the vendor's money is held), ``payout.paid`` or ``payout.failed``."""
+    append(
+        session,
+        kind=_PAYOUT_KINDS.get(payout.status, "payout.updated"),
+        subject={
+            "payout_id": _id(session, payout),
+            "organization_id": payout.organization_id,
+            "status": payout.status,
+            "provider": payout.provider,
+            "simulated": payout.simulated,
+            "destination": payout.destination,
+            "reference": payout.reference,
+            "provider_ref": payout.provider_ref,
+            "hold_transaction_id": payout.hold_transaction_id,
+            "resolve_transaction_id": payout.resolve_transaction_id,
+            "failure_code": payout.failure_code,
+        },
+        money=Money(payout.currency, payout.amount_minor),
+    )

@@ -16,6 +16,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from marketplace.accounts.models import Organization
+from marketplace.audit import events as audit_events
 from marketplace.db import utcnow
 from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
@@ -140,6 +141,7 @@ def run_payouts(
             outbox.enqueue(
                 s, kind=OUTBOX_TRANSFER, subject_id=payout.id, reference=payout.reference
             )
+            audit_events.payout_changed(s, payout)
             return payout
 
         try:
@@ -240,6 +242,7 @@ class TransferHandler:
         payout.status = PAYOUT_PAID
         payout.completed_at = utcnow()
         session.add(payout)
+        audit_events.payout_changed(session, payout)
 
     def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
         payout = _lock(session, message.subject_id)
@@ -253,3 +256,4 @@ class TransferHandler:
         payout.failure_code = error.code[:64]
         payout.completed_at = utcnow()
         session.add(payout)
+        audit_events.payout_changed(session, payout)

@@ -175,3 +175,53 @@ def test_ledger_check_finds_a_transaction_without_its_record(app, db_session, ru
     result = runner.invoke(args=["ledger", "check"])
     assert result.exit_code == 1
     assert f"without an audit journal record: [{tx_id}]" in result.output
+
+
+def test_a_payout_is_recorded_when_held_and_when_paid(app, db_session):
+    from marketplace.licensing import services as licensing
+    from marketplace.payments import payouts
+    from marketplace.payments.gateway import OfflineGateway
+    from marketplace.payments.outbox import OutboxPolicy
+    from tests.marketplace.licensing.builders import fund_wallet
+
+    gateway = OfflineGateway()
+    buyer = make_organization(db_session)
+    vendor = make_organization(db_session, "vendor")
+    fund_wallet(db_session, buyer, 5_000)
+    catalog = make_offer(db_session, vendor, price_minor=2_000)
+    licensing.purchase(
+        session=db_session,
+        organization_id=buyer,
+        offer_id=catalog.offer_id,
+        accept_terms_sha256=catalog.terms_sha256,
+        idempotency_key="buy",
+        client_id="c",
+        platform_fee_bps=1000,
+    )
+    payouts.set_payout_account(
+        session=db_session,
+        gateway=gateway,
+        organization_id=vendor,
+        viewer_organization_id=vendor,
+        account_ref="acct_vendor",
+    )
+    (paid,) = payouts.pay_out(
+        session=db_session, gateway=gateway, policy=OutboxPolicy(), minimum_minor=1
+    )
+    assert paid.status == "paid"
+    got = [r for r in records(db_session) if r["kind"].startswith("payout.")]
+    assert [r["kind"] for r in got] == ["payout.started", "payout.paid"]
+    for record in got:
+        assert record["subject"]["payout_id"] == paid.id
+        assert record["subject"]["organization_id"] == vendor
+        assert record["subject"]["destination"] == "acct_vendor"
+        assert record["money"] == {"currency": "CNY", "amount_minor": 1_800}
+    assert got[1]["subject"]["resolve_transaction_id"] is not None
+    # The hold and its settlement are ledger transactions with records of their own.
+    ledger_kinds = [
+        r["subject"]["transaction_kind"]
+        for r in records(db_session)
+        if r["kind"] == "ledger.transaction"
+    ]
+    assert ledger_kinds.count("payout") >= 1
+    assert services.ledger_transactions_without_record(db_session) == []
