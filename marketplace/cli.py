@@ -179,7 +179,7 @@ def _create_app() -> Flask:
 
 
 def main() -> None:
-    from marketplace.audit.journal import Actor, set_actor
+    from marketplace.audit.actor import Actor, set_actor
 
     # What an operator's command changes is recorded in the journal as done from the CLI.
     set_actor(Actor(via="cli"))

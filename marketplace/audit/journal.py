@@ -31,13 +31,11 @@ No record holds a secret: subject keys naming secrets, passwords or tokens are r
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextvars import ContextVar, Token
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +43,14 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from marketplace.audit import merkle
+from marketplace.audit.actor import (
+    SYSTEM,
+    Actor,
+    acting_as,
+    current_actor,
+    reset_actor,
+    set_actor,
+)
 from marketplace.audit.models import (
     HEAD_ID,
     KIND_CHARS_MAX,
@@ -58,6 +64,22 @@ from marketplace.db import utcnow
 from marketplace.ledger import bulk
 from marketplace.ledger import services as ledger
 
+__all__ = [  # the actor lives in its own light module; it is part of this API too
+    "SYSTEM",
+    "Actor",
+    "Entry",
+    "Money",
+    "acting_as",
+    "append",
+    "append_many",
+    "current_actor",
+    "install",
+    "reset_actor",
+    "sequence",
+    "set_actor",
+    "uninstall",
+]
+
 SEQUENCE_BATCH_MAX = 5000  # records per sequencer transaction
 
 _pending_t = AuditPending.__table__  # type: ignore[attr-defined]
@@ -70,53 +92,6 @@ _insert_pending = sa.insert(_pending_t)
 _KIND = re.compile(r"[a-z][a-z_]*(\.[a-z][a-z_]*)+")
 # Subject keys that would name a secret: refused outright, so none can slip into a record.
 _SECRET_WORDS = re.compile(r"secret|password|passwd|token|private|credential", re.IGNORECASE)
-
-
-# --- The actor --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who asked for a change: an organisation and its API client, and by which way in."""
-
-    organization_id: int | None = None
-    client_id: str | None = None
-    # "api" (a request with a token), "web" (a page with a session), "cli" (an operator's
-    # command), "system" (work nobody asked for, such as settlement on a timer).
-    via: str = "system"
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "organization_id": self.organization_id,
-            "client_id": self.client_id,
-            "via": self.via,
-        }
-
-
-SYSTEM = Actor()
-_actor: ContextVar[Actor] = ContextVar("audit_actor", default=SYSTEM)
-
-
-def current_actor() -> Actor:
-    return _actor.get()
-
-
-def set_actor(actor: Actor) -> Token[Actor]:
-    """Make ``actor`` the author of what this context appends (until reset)."""
-    return _actor.set(actor)
-
-
-def reset_actor(token: Token[Actor]) -> None:
-    _actor.reset(token)
-
-
-@contextlib.contextmanager
-def acting_as(actor: Actor) -> Iterator[Actor]:
-    token = set_actor(actor)
-    try:
-        yield actor
-    finally:
-        reset_actor(token)
 
 
 # --- Appending --------------------------------------------------------------------------------

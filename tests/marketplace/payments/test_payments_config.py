@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from marketplace import create_app, periodic
+from marketplace.audit.keys import write_private_key
+from marketplace.audit.notes import Signer
 from marketplace.config import ConfigError, Settings, setting_names
 from marketplace.payments.outbox import OutboxPolicy
 from marketplace.payments.payouts import pay_out
@@ -45,6 +47,9 @@ def test_bad_payment_settings_are_refused(env, named):
 
 
 def _production(tmp_path, url, **extra):
+    key_path = tmp_path / "audit.key"  # production signs its journal with the operator's key
+    if not key_path.exists():
+        write_private_key(key_path, Signer.generate("jishi.example/log"))
     return {
         "ENV": "production",
         "SECRET_KEY": "s" * 40,
@@ -52,6 +57,8 @@ def _production(tmp_path, url, **extra):
         "DATABASE_URL": url,
         "PAYMENTS": "stripe",
         "STRIPE_WEBHOOK_SECRET": "whsec_x",
+        "AUDIT_KEY_PATH": str(key_path),
+        "AUDIT_ORIGIN": "jishi.example/log",
         **extra,
     }
 
