@@ -39,6 +39,7 @@ from marketplace.accounts.schemas import RegisterRequest
 from marketplace.accounts.scopes import LICENSES_WRITE, SANDBOX_RUN
 from marketplace.accounts.services import Viewer
 from marketplace.api import validate
+from marketplace.audit.actor import Actor, set_actor
 from marketplace.catalog import services as catalog
 from marketplace.catalog.errors import ListingNotFound
 from marketplace.catalog.markdown import render_model_card
@@ -87,6 +88,15 @@ def _load_viewer() -> None:
         return
     token = request.cookies.get(SESSION_COOKIE, "")
     g.viewer = accounts.web_session_viewer(session=get_session(), token=token) if token else None
+    if g.viewer is not None:
+        # What a page changes is recorded in the audit journal as done by its organisation.
+        set_actor(
+            Actor(
+                organization_id=g.viewer.organization_id,
+                client_id=f"{accounts.PAGE_CLIENT_PREFIX}{g.viewer.session_id}",
+                via="web",
+            )
+        )
     if request.method not in SAFE_METHODS:
         # Bound the body before the CSRF check parses the form: only an upload may be large.
         settings = current_app.extensions["settings"]

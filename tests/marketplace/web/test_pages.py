@@ -14,6 +14,7 @@ from marketplace.accounts.models import OAuthToken, WebSession
 from marketplace.catalog.models import Listing
 from marketplace.ledger import services as ledger
 from marketplace.licensing.models import License, Order, TermsAcceptance
+from tests.marketplace.audit.conftest import records as journal_records
 from tests.marketplace.licensing.builders import fund_wallet, make_offer, wallet_available
 from tests.marketplace.web.conftest import PASSWORD, csrf_of, log_in
 
@@ -367,6 +368,11 @@ def test_trial_and_purchase_from_the_model_page(app, person, db_session):
     assert trial.kind == "trial" and trial.calls_remaining == 3
     acceptance = db_session.exec(select(TermsAcceptance)).all()[-1]
     assert acceptance.client_id.startswith("web-session:")
+    # The audit journal records the page's organisation and session as the actor.
+    (started,) = [r for r in journal_records(db_session) if r["kind"] == "trial.started"]
+    assert started["actor"] == {
+        "organization_id": buyer.org.id, "client_id": acceptance.client_id, "via": "web",
+    }  # fmt: skip
     poor = buyer.post(
         f"{page}/offers/{catalog.offer_id}/purchase",
         {**accept, f"{prefix}-idempotency_key": "k1"},
