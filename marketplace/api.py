@@ -63,7 +63,6 @@ def idempotency_key() -> str:
         raise DomainError(
             f"Send an Idempotency-Key header of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters.",
             code="idempotency_key_required",
-            status=400,
         )
     return key
 
@@ -135,7 +134,6 @@ def parse_json(model: type[M]) -> M:
         raise DomainError(
             "Send a JSON object with Content-Type: application/json.",
             code="unsupported_media_type",
-            status=415,
         )
     return validate(model, read_json_object(current_app.extensions["settings"].json_body_bytes_max))
 

@@ -2,7 +2,7 @@
 
 Every failure the sandbox reports is a `SandboxError` with a stable `code`. `detail` is safe to
 show to a client; `log_detail` may carry raw onnxruntime or kernel text and is for server logs
-only. `HTTP_STATUS` maps each code to the status the web layer answers with.
+only. The errors carry no HTTP: the web layer maps each code to its status.
 """
 
 from __future__ import annotations
@@ -20,11 +20,6 @@ class SandboxError(Exception):
         self.detail = detail or self.default_detail
         self.log_detail = log_detail
         super().__init__(self.detail)
-
-    @property
-    def status(self) -> int:
-        """The HTTP status the web layer should answer with."""
-        return HTTP_STATUS.get(self.code, 500)
 
 
 class ModelInvalid(SandboxError):
@@ -106,22 +101,6 @@ class SandboxBusy(_RetryLater):
     code = "sandbox_busy"
     default_detail = "The sandbox is busy; retry later."
 
-
-# resource_exhausted is 422: the model or its inputs ask for more than the limits allow, which is
-# a property of the request, not a server fault. Quarantine and saturation are temporary, so 503
-# (with Retry-After from `retry_after_s`); a throttled caller is told to slow down (429).
-HTTP_STATUS: dict[str, int] = {
-    "model_invalid": 422,
-    "input_invalid": 422,
-    "resource_exhausted": 422,
-    "output_too_large": 422,
-    "deadline_exceeded": 504,
-    "worker_crashed": 502,
-    "model_quarantined": 503,
-    "caller_throttled": 429,
-    "sandbox_unavailable": 503,
-    "sandbox_busy": 503,
-}
 
 _BY_CODE: dict[str, type[SandboxError]] = {
     cls.code: cls

@@ -9,14 +9,11 @@ class RangeInvalid(ValidationFailed):
     """A seq or size range that is negative, reversed or past the sequenced tree (422)."""
 
     code = "range_invalid"
-    title = "The range is not valid"
 
 
 class CheckpointNotFound(NotFound):
     code = "checkpoint_not_found"
-    title = "No such checkpoint"
 
 
 class ExportsBusy(ServiceUnavailable):
     code = "exports_busy"
-    title = "Too many exports at once"

@@ -677,7 +677,7 @@ def get_version_for_evaluation(
     if listing.status != LISTING_ACTIVE:
         raise ListingSuspended("This model is suspended.")
     if row.revoked_at is not None:
-        raise VersionRevoked("This version has been revoked.", status=403)
+        raise VersionRevoked("This version has been revoked.")
     return row, listing
 
 

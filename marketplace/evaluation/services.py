@@ -33,7 +33,7 @@ from marketplace.catalog.models import Listing, ModelVersion
 from marketplace.catalog.services import get_version_for_evaluation, load_model_bytes
 from marketplace.config import Settings
 from marketplace.db import Database, utcnow
-from marketplace.errors import DomainError, ServiceUnavailable
+from marketplace.errors import DomainError, ServiceUnavailable, library_problem
 from marketplace.evaluation.admission import NodeAdmission, NodeBusy, Slot
 from marketplace.evaluation.batching import GroupCommitter
 from marketplace.licensing import entitlements
@@ -90,19 +90,6 @@ class LazyPool:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
-
-
-def sandbox_problem(exc: SandboxError) -> DomainError:
-    """The sandbox's taxonomy as a client-visible problem; raw detail stays in the log."""
-    if exc.log_detail:
-        log.warning("sandbox %s: %s", exc.code, exc.log_detail)
-    headers = {}
-    retry_after = getattr(exc, "retry_after_s", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(retry_after)))
-    problem = DomainError(exc.detail, code=exc.code, status=exc.status, headers=headers)
-    problem.title = exc.code.replace("_", " ").capitalize()
-    return problem
 
 
 def authorize(
@@ -191,7 +178,6 @@ def run(
             f"The outputs exceed the {json_output_bytes_max} bytes a JSON response may carry; "
             "ask for them with Accept: application/x-npz.",
             code="json_output_too_large",
-            status=422,
         ) from None
     except DeadlineExceeded as exc:
         if exc.ran_to_deadline and record_deadline_call is not None:
@@ -199,9 +185,9 @@ def run(
                 record_deadline_call()
             except DomainError as refused:
                 log.info("deadline call of version %s not recorded: %s", version.id, refused.code)
-        raise sandbox_problem(exc) from None
+        raise library_problem(exc) from None
     except SandboxError as exc:
-        raise sandbox_problem(exc) from None
+        raise library_problem(exc) from None
 
 
 def health(lazy: LazyPool, *, detailed: bool) -> dict[str, Any]:

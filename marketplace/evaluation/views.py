@@ -73,9 +73,7 @@ def _read_inputs() -> dict[str, Any]:
             )
     except TensorDecodeError as exc:
         raise ValidationFailed(str(exc), code=exc.code) from None
-    raise DomainError(
-        f"Send application/json or {NPZ_MIME}.", code="unsupported_media_type", status=415
-    )
+    raise DomainError(f"Send application/json or {NPZ_MIME}.", code="unsupported_media_type")
 
 
 def _wants_npz() -> bool:

@@ -27,15 +27,12 @@ class LimitExceeded(Conflict):
 
 class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
-    title = "Idempotency key reused"
 
 
 class InvalidTransaction(DomainError):
     """The transaction is malformed: unbalanced, mixed currencies, bad amounts or accounts."""
 
     code = "invalid_transaction"
-    status = 422
-    title = "Invalid ledger transaction"
 
 
 class PendingResolved(Conflict):

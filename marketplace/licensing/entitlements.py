@@ -3,10 +3,10 @@
 Contract for the evaluate endpoint, in this order:
 
 1. ``ent = check_entitlement(session=..., organization_id=..., listing_id=..., version_id=...)``
-   before the model runs. It reads only. It raises :class:`~marketplace.errors.Forbidden`
-   (403, code ``no_entitlement``, ``version_revoked`` or ``listing_suspended``) when no active,
+   before the model runs. It reads only. It raises a :class:`~marketplace.errors.DomainError`
+   coded ``no_entitlement``, ``version_revoked`` or ``listing_suspended`` when no active,
    unexpired, unrevoked licence or trial covers the version, and
-   :class:`~marketplace.errors.PaymentRequired` (402, code ``insufficient_funds``, with
+   :class:`~marketplace.errors.PaymentRequired` (code ``insufficient_funds``, with
    ``missing_minor`` and ``currency``) when the only cover is a per-inference licence whose
    buyer's wallet cannot pay for the next call. Prefers a paid-up licence (perpetual,
    subscription) over a per-inference one over a trial.
@@ -41,6 +41,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from marketplace.catalog.errors import ListingSuspended, VersionRevoked
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, ModelVersion, Offer
 from marketplace.db import utcnow
 from marketplace.errors import DomainError, Forbidden, NotFound, PaymentRequired
@@ -97,10 +98,10 @@ def _check_version(session: Session, listing_id: int, version_id: int) -> None:
     if version is None or version.listing_id != listing_id:
         raise NotFound("No such model version.", code="version_not_found")
     if version.revoked_at is not None:
-        raise Forbidden("The vendor revoked this version.", code="version_revoked")
+        raise VersionRevoked("The vendor revoked this version.")
     listing = session.get(Listing, listing_id)
     if listing is None or listing.status != LISTING_ACTIVE:
-        raise Forbidden("The listing is suspended.", code="listing_suspended")
+        raise ListingSuspended("The listing is suspended.")
 
 
 def check_entitlement(

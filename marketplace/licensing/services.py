@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 from marketplace.accounts.errors import OrganizationNotVerified
 from marketplace.accounts.models import Organization
 from marketplace.audit import events as audit_events
+from marketplace.catalog.errors import ListingSuspended
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
 from marketplace.db import epoch_hour, hour_start, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
@@ -54,7 +55,7 @@ def _offer_for_sale(session: Session, offer_id: int, organization_id: int) -> tu
     if offer.retired_at is not None:
         raise Conflict("The offer is retired.", code="offer_retired")
     if listing.status != LISTING_ACTIVE:
-        raise Conflict("The listing is suspended.", code="listing_suspended")
+        raise ListingSuspended("The listing is suspended.")
     if listing.organization_id == organization_id:
         raise Conflict("An organisation cannot license its own offer.", code="own_offer")
     return offer, listing

@@ -28,15 +28,12 @@ class ProviderUnavailable(ServiceUnavailable):
     """
 
     code = "payment_provider_unavailable"
-    title = "Payment provider unavailable"
 
 
 class ProviderRefused(DomainError):
     """The provider definitively refused the request: nothing happened there."""
 
     code = "payment_refused"
-    status = 409
-    title = "Refused by the payment provider"
 
 
 class ProviderConflict(DomainError):
@@ -46,8 +43,6 @@ class ProviderConflict(DomainError):
     """
 
     code = "payment_provider_conflict"
-    status = 409
-    title = "Payment provider conflict"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from marketplace.accounts.models import Organization
 from marketplace.audit import events as audit_events
 from marketplace.db import utcnow
-from marketplace.errors import Conflict, NotFound
+from marketplace.errors import Forbidden, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import LimitExceeded
 from marketplace.ledger.models import VENDOR_PAYABLE
@@ -58,7 +58,7 @@ def set_payout_account(
     if org is None or organization_id != viewer_organization_id:
         raise NotFound("No such organisation.", code="organization_not_found")
     if not org.has_role("vendor"):
-        raise Conflict("Only vendors are paid out.", code="not_a_vendor")
+        raise Forbidden("Only vendors are paid out.", code="not_a_vendor")
     session.commit()  # no transaction stays open while the provider is asked
     gateway.check_payout_account(account_ref)
 

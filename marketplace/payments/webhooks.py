@@ -39,14 +39,10 @@ _REFUND_EVENTS = {"refund.created", "refund.updated", "refund.failed"}
 
 class SignatureInvalid(DomainError):
     code = "signature_invalid"
-    status = 400
-    title = "Webhook signature invalid"
 
 
 class SignatureStale(DomainError):
     code = "signature_stale"
-    status = 400
-    title = "Webhook signature too old"
 
 
 def verify(payload: bytes, header: str | None, secrets: list[str], tolerance_s: int) -> Any:

@@ -364,14 +364,14 @@ def test_crashes_throttle_the_caller_and_quarantine_only_after_several_callers()
         # The crasher waits; nobody else does.
         with pytest.raises(SandboxError) as exc:
             pool.evaluate("bytes", lambda: model, inputs, version="v1", caller="mallory")
-        assert exc.value.code == "caller_throttled" and exc.value.status == 429
+        assert exc.value.code == "caller_throttled"
         assert 59 < exc.value.retry_after_s <= 60  # type: ignore[attr-defined]
         # The same bytes under another version are a different version: not held.
         assert call("mallory", version="v2") == "worker_crashed"
         assert call("alice") == "worker_crashed"  # the second distinct caller of v1
         with pytest.raises(SandboxError) as exc:
             pool.evaluate("bytes", lambda: model, inputs, version="v1", caller="bob")
-        assert exc.value.code == "model_quarantined" and exc.value.status == 503
+        assert exc.value.code == "model_quarantined"
         assert list(pool.health()["quarantined"]) == ["v1"]
         assert call("bob", version="v2") == "worker_crashed"
         out = _eval(pool, "good", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
@@ -473,7 +473,6 @@ def test_a_full_queue_answers_busy_with_retry_after() -> None:
             _eval(pool, "other", BENIGN, x=np.zeros((1, 3), F32), y=np.zeros((1, 3), F32))
         thread.join()
     assert exc.value.code == "sandbox_busy"
-    assert exc.value.status == 503
     assert isinstance(exc.value, SandboxBusy) and exc.value.retry_after_s > 0
 
 

@@ -244,7 +244,7 @@ def test_model_missing_version_missing_and_revoked(client, vendor, publish, db_s
     db_session.add(row)
     db_session.commit()
     resp = client.post(_url(p), json=body, headers=headers)
-    assert resp.status_code == 403
+    assert resp.status_code == 410
     assert resp.json["code"] == "version_revoked"
 
 

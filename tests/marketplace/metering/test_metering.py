@@ -228,6 +228,7 @@ def test_cli_settle(db_session, runner, app):
 def test_trial_and_entitlement_rules(db_session):
     from marketplace.catalog.models import ModelVersion
     from marketplace.db import utcnow
+    from marketplace.catalog.errors import VersionRevoked
     from marketplace.errors import Forbidden
     from marketplace.licensing.services import start_trial
 
@@ -282,6 +283,6 @@ def test_trial_and_entitlement_rules(db_session):
     db_session.add(version)
     db_session.commit()
     assert not entitlements.may_download(**kw)
-    with pytest.raises(Forbidden) as exc:
+    with pytest.raises(VersionRevoked) as exc:
         check()
     assert exc.value.code == "version_revoked"
