@@ -226,9 +226,9 @@ def test_cli_settle(db_session, runner, app):
 
 
 def test_trial_and_entitlement_rules(db_session):
+    from marketplace.catalog.errors import VersionRevoked
     from marketplace.catalog.models import ModelVersion
     from marketplace.db import utcnow
-    from marketplace.catalog.errors import VersionRevoked
     from marketplace.errors import Forbidden
     from marketplace.licensing.services import start_trial
 
