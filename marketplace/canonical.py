@@ -21,6 +21,7 @@ common case runs in its C encoder and only objects with such keys are sorted her
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -53,6 +54,17 @@ def canonical_json(value: Any) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         raise CanonicalJsonError("a string holds a lone surrogate, which is not Unicode") from None
+
+
+def canonical_sha256(value: Any) -> str:
+    """Hex SHA-256 of :func:`canonical_json`: the one digest of a record's content.
+
+    Offer terms, ledger transfers and idempotent requests are identified by it. For their values
+    (ASCII keys, integers below 2**53, any Unicode text) it is the digest that
+    ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` gave before
+    this helper, so digests stored earlier still match.
+    """
+    return hashlib.sha256(canonical_json(value)).hexdigest()
 
 
 def _utf16_key(key: str) -> bytes:

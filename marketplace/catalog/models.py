@@ -8,13 +8,12 @@ SQLite and PostgreSQL without a JSON operator that differs between the two.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from marketplace.canonical import canonical_json, canonical_sha256
 from marketplace.db import UTCDateTime, utcnow
 
 LISTING_ACTIVE = "active"
@@ -144,14 +143,19 @@ def canonical_terms(offer: Any) -> bytes:
     null), keys sorted, no insignificant whitespace (separators ``,`` and ``:``), non-ASCII
     characters written as themselves, encoded as UTF-8. Integers are JSON integers, flags are
     ``true``/``false``; ``terms_md`` is hashed exactly as stored (no newline normalisation).
-    Works on an ``Offer`` row or any object with the same attributes.
+    Works on an ``Offer`` row or any object with the same attributes. This is RFC 8785 for
+    these values (ASCII keys, integers below 2**53), so :func:`canonical_json` writes it.
     """
+    return canonical_json(_terms_record(offer))
+
+
+def _terms_record(offer: Any) -> dict[str, Any]:
     record: dict[str, Any] = {"v": TERMS_FORMAT_VERSION}
     for name in TERMS_FIELDS:
         record[name] = getattr(offer, name)
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return record
 
 
 def terms_sha256(offer: Any) -> str:
     """Hex SHA-256 of :func:`canonical_terms`."""
-    return hashlib.sha256(canonical_terms(offer)).hexdigest()
+    return canonical_sha256(_terms_record(offer))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Protocol, TypeVar
 
+from marketplace.canonical import canonical_sha256
 from marketplace.ledger.errors import IdempotencyKeyReused
 
 
@@ -18,8 +17,7 @@ K = TypeVar("K", bound=_Keyed)
 
 def request_hash(payload: dict[str, Any]) -> str:
     """SHA-256 of a request's canonical JSON: the same key must come with the same request."""
-    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(raw.encode()).hexdigest()
+    return canonical_sha256(payload)
 
 
 def replay(found: K | None, digest: str, noun: str) -> K | None:

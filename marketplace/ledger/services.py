@@ -24,8 +24,6 @@ legs). Entries and transactions are never changed; corrections are reversing tra
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import random
 import sqlite3
@@ -39,6 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session, select
 
+from marketplace.canonical import canonical_sha256
 from marketplace.db import as_utc, begin_write, utcnow
 from marketplace.ledger import bulk
 from marketplace.ledger.errors import (
@@ -130,8 +129,7 @@ class Transfer:
             "resolves_id": self.resolves_id,
             "reverses_id": self.reverses_id,
         }
-        raw = json.dumps(canonical, separators=(",", ":"), sort_keys=True)
-        return hashlib.sha256(raw.encode()).hexdigest()
+        return canonical_sha256(canonical)
 
 
 @dataclass(frozen=True)
