@@ -62,6 +62,8 @@ _DTYPES: tuple[tuple[str, np.dtype[Any]], ...] = (
 DTYPE_BY_CODE: dict[int, np.dtype[Any]] = {code: dt for code, (_, dt) in enumerate(_DTYPES, 1)}
 CODE_BY_DTYPE: dict[np.dtype[Any], int] = {dt: code for code, dt in DTYPE_BY_CODE.items()}
 DTYPE_BY_ORT_TYPE: dict[str, np.dtype[Any]] = {f"tensor({name})": dt for name, dt in _DTYPES}
+# The one allow-list of element types, by numpy name, for every layer that takes tensors in.
+DTYPE_NAMES: frozenset[str] = frozenset(dt.name for _, dt in _DTYPES)
 
 
 @dataclass(frozen=True)

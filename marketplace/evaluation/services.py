@@ -149,14 +149,16 @@ def run(
     version: ModelVersion,
     caller_org_id: int,
     inputs: Mapping[str, np.ndarray],
-    deadline_s: float,
+    deadline_s: float | None = None,
     json_output_bytes_max: int | None = None,
     blob_cache: BlobCache | None = None,
     record_deadline_call: Callable[[], object] | None = None,
 ) -> EvalResult:
     """Run ``version`` for the organisation ``caller_org_id``; sandbox failures as problems.
 
-    ``json_output_bytes_max`` is the output limit when the caller wants JSON. A run that
+    ``deadline_s`` defaults to the pool's ``eval_timeout_s``, the one place the evaluation
+    deadline is read from the settings. ``json_output_bytes_max`` is the output limit when the
+    caller wants JSON. A run that
     reached its deadline used the compute a successful call would have, so it is recorded by
     ``record_deadline_call`` (the caller's usual recording of a call) before the 504; a refusal
     to record it (the trial ran out meanwhile) leaves the 504 as it is.
@@ -232,7 +234,6 @@ class EvaluationService:
         self.database = database
         self.pool = pool
         self.blob_store = blob_store
-        self.deadline_s = settings.eval_timeout_s
         self.blob_cache = blob_cache
         self.targets: TTLCache[tuple[int, str], Target] = TTLCache(settings.eval_lookup_cache_ttl_s)
         self.entitlements: TTLCache[tuple[int, int], Entitlement] = TTLCache(
@@ -323,7 +324,6 @@ class EvaluationService:
                 version=target.version,
                 caller_org_id=organization_id,
                 inputs=inputs,
-                deadline_s=self.deadline_s,
                 json_output_bytes_max=json_output_bytes_max,
                 blob_cache=self.blob_cache,
                 record_deadline_call=None

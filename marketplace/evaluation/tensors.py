@@ -27,31 +27,18 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from sandbox.protocol import CODE_BY_DTYPE, DTYPE_NAMES, RANK_MAX
+
 NPZ_MIME = "application/x-npz"
 
-# Only plain numeric and boolean tensors cross the API; object and string dtypes would let a
-# caller smuggle Python objects or unbounded text.
-ALLOWED_DTYPES = frozenset(
-    {
-        "bool",
-        "int8",
-        "uint8",
-        "int16",
-        "uint16",
-        "int32",
-        "uint32",
-        "int64",
-        "uint64",
-        "float16",
-        "float32",
-        "float64",
-    }
-)
-_ALLOWED_NUMPY = frozenset(np.dtype(name) for name in ALLOWED_DTYPES)
+# Only the tensors the sandbox carries cross the API (its one allow-list, plain numeric and
+# boolean dtypes: object and string dtypes would let a caller smuggle Python objects or unbounded
+# text), and no more dimensions than its wire format holds.
+ALLOWED_DTYPES = DTYPE_NAMES
+_ALLOWED_NUMPY = frozenset(CODE_BY_DTYPE)
 NAME_LENGTH_MAX = 256
 # JSON has no NaN or infinities: they travel as these strings, both ways.
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-RANK_MAX = 16
 
 
 class TensorDecodeError(ValueError):
