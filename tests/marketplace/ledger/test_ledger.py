@@ -25,6 +25,7 @@ from marketplace.ledger.models import (
     WALLET,
 )
 from marketplace.ledger.services import Leg
+from marketplace.ledger.services import transfers as ledger_transfers
 from tests.marketplace.licensing.builders import fund_wallet, make_organization
 
 
@@ -250,7 +251,7 @@ def test_amount_check_constraint(db_session, accounts):
 
 def test_transaction_hook_runs_inside_the_unit_of_work(db_session, accounts, monkeypatch):
     seen = []
-    monkeypatch.setattr(ledger, "_transaction_hooks", [])
+    monkeypatch.setattr(ledger_transfers, "_transaction_hooks", [])
 
     def hook(session, transactions):
         seen.extend(t.kind for t in transactions)

@@ -9,6 +9,7 @@ from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import InsufficientFunds
 from marketplace.ledger.models import PLATFORM_REVENUE, VENDOR_PAYABLE
 from marketplace.ledger.money import split_fee
+from marketplace.ledger.services import transfers as ledger_transfers
 from marketplace.licensing import entitlements
 from marketplace.licensing.models import License
 from marketplace.licensing.services import purchase
@@ -172,13 +173,13 @@ def test_settlement_crash_half_way_loses_and_doubles_nothing(db_session, monkeyp
         if len(batches) == 2:
             raise RuntimeError("power cut")
 
-    monkeypatch.setattr(ledger, "_transaction_hooks", [crash])
+    monkeypatch.setattr(ledger_transfers, "_transaction_hooks", [crash])
     with pytest.raises(RuntimeError):
         metering.settle(session=db_session, batch_licenses=2, license_ids=[x[3] for x in licences])
     settled = [licence(db_session, x[3]).calls_settled for x in licences]
     assert settled == [385, 385, 308, 308]  # the first batch committed, the second rolled back
 
-    monkeypatch.setattr(ledger, "_transaction_hooks", [])
+    monkeypatch.setattr(ledger_transfers, "_transaction_hooks", [])
     metering.settle(session=db_session, batch_licenses=2)
     metering.settle(session=db_session)  # rerunning finds nothing left
     total_fee = 0

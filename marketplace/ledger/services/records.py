@@ -1,0 +1,106 @@
+"""The ledger's value objects (what callers pass and get back, never ORM rows) and its tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from marketplace.canonical import canonical_sha256
+from marketplace.ledger.models import (
+    CREDIT,
+    DEBIT,
+    LedgerAccount,
+    LedgerBalance,
+    LedgerEntry,
+    LedgerTransaction,
+)
+
+accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
+balances_t = LedgerBalance.__table__  # type: ignore[attr-defined]
+transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
+entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One side of a transfer: ``amount`` minor units debited or credited to an account."""
+
+    account_id: int
+    side: str
+    amount: int
+
+    @classmethod
+    def debit(cls, account_id: int, amount: int) -> Leg:
+        return cls(account_id, DEBIT, amount)
+
+    @classmethod
+    def credit(cls, account_id: int, amount: int) -> Leg:
+        return cls(account_id, CREDIT, amount)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A request to the ledger. Its idempotency key is its identity."""
+
+    idempotency_key: str
+    kind: str
+    legs: tuple[Leg, ...]
+    pending: bool = False
+    resolves_id: int | None = None  # post (legs) or void (no legs) this pending transaction
+    reverses_id: int | None = None
+    memo: str = ""
+
+    def request_hash(self) -> str:
+        canonical = {
+            "kind": self.kind,
+            "legs": sorted([leg.account_id, leg.side, leg.amount] for leg in self.legs),
+            "pending": self.pending,
+            "resolves_id": self.resolves_id,
+            "reverses_id": self.reverses_id,
+        }
+        return canonical_sha256(canonical)
+
+
+@dataclass(frozen=True)
+class PostedTransaction:
+    """A stored ledger transaction as callers see it (never an ORM row)."""
+
+    id: int
+    idempotency_key: str
+    kind: str
+    currency: str
+    pending: bool
+    resolves_id: int | None
+    reverses_id: int | None
+    memo: str
+    created_at: dt.datetime
+    legs: tuple[Leg, ...]
+    replayed: bool = False  # True when the key had been used before and nothing was written
+
+    def amount_on(self, account_id: int, side: str) -> int:
+        return sum(
+            leg.amount for leg in self.legs if leg.account_id == account_id and leg.side == side
+        )
+
+
+@dataclass(frozen=True)
+class AccountBalance:
+    account_id: int
+    organization_id: int | None
+    code: str
+    currency: str
+    debits_posted: int
+    credits_posted: int
+    debits_pending: int
+    credits_pending: int
+    version: int
+
+    @property
+    def posted(self) -> int:
+        """Credit-normal balance: what the account holds for its owner."""
+        return self.credits_posted - self.debits_posted
+
+    @property
+    def available(self) -> int:
+        """What can still be debited from a credit-normal account (pending debits are held)."""
+        return self.credits_posted - self.debits_posted - self.debits_pending
