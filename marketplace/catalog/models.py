@@ -74,6 +74,10 @@ class ModelVersion(SQLModel, table=True):
     revoked_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     created_at: dt.datetime = _now_field()
 
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
 
 class Offer(SQLModel, table=True):
     """Licence terms and a price for a listing; immutable once created, retired not edited."""
@@ -98,6 +102,10 @@ class Offer(SQLModel, table=True):
     terms_sha256: str = Field(max_length=64, index=True)
     retired_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     created_at: dt.datetime = _now_field()
+
+    @property
+    def active(self) -> bool:
+        return self.retired_at is None
 
 
 class VersionSample(SQLModel, table=True):

@@ -14,6 +14,7 @@ from flask import Flask
 from sqlmodel import select
 
 from marketplace.catalog import services
+from marketplace.catalog.services import versions
 from marketplace.catalog.errors import VersionExists
 from marketplace.catalog.models import Listing, ModelVersion
 from marketplace.catalog.views import upload_context
@@ -101,7 +102,7 @@ def test_a_failure_after_the_row_is_built_commits_nothing(
     def broken(_row: ModelVersion) -> Any:
         raise ValueError("cannot present the version")
 
-    monkeypatch.setattr(services, "version_public", broken)
+    monkeypatch.setattr(versions, "version_public", broken)
     store = app.extensions["blob_store"]
     resp = upload(vendor, listing["id"], builders.relu_bytes(), "1.0.0")
     assert resp.status_code == 500
