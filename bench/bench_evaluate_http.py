@@ -139,9 +139,10 @@ class Node:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the server did not start")
             try:
-                requests.get(f"{self.url}/api/v1/openapi.json", timeout=1)
+                requests.get(f"{self.url}/api/v1/openapi.json", timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or listening while its workers still boot.
                 time.sleep(0.2)
 
     def org(self, roles: list[str]) -> requests.Session:
