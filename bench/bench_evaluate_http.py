@@ -46,6 +46,8 @@ import requests
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from bench.bench_sandbox import CONSTANT_FOLDING_BYTES_MAX, interleaved_us, p
 from sandbox.pool import PoolConfig, SandboxPool
@@ -147,6 +149,9 @@ class Node:
 
     def org(self, roles: list[str]) -> requests.Session:
         http = requests.Session()
+        # As any client would: a busy embedded database answers 503 with Retry-After.
+        retry = Retry(total=8, status_forcelist=[503], allowed_methods=None, backoff_factor=0.2)
+        http.mount("http://", HTTPAdapter(max_retries=retry))
         reg = http.post(
             f"{self.url}/api/v1/register",
             json={
