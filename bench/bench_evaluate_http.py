@@ -139,6 +139,7 @@ class Node:
         deadline = time.monotonic() + 60
         while True:
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
                 raise SystemExit("the server did not start")
             try:
                 requests.get(f"{self.url}/api/v1/openapi.json", timeout=5)
