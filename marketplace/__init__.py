@@ -67,11 +67,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     config_oauth(app)
     init_accounts(app)
 
-    from marketplace.catalog.views import init_app as init_catalog
+    from marketplace.catalog import init_app as init_catalog
+    from marketplace.licensing.entitlements import may_download
 
-    init_catalog(app)
+    init_catalog(app, download_policy=may_download)
 
-    from marketplace.evaluation.views import init_app as init_evaluation
+    from marketplace.evaluation import init_app as init_evaluation
 
     init_evaluation(app)
 

@@ -160,8 +160,7 @@ def push(
 @click.option("--grace-s", type=int, default=None, help="Default: MARKETPLACE_BLOB_GRACE_S.")
 def sweep_blobs(grace_s: int | None) -> None:
     """Delete artifacts no version references and abandoned partial uploads."""
-    from marketplace.catalog import services
-    from marketplace.catalog.views import upload_context
+    from marketplace.catalog import services, upload_context
     from marketplace.db import get_session
     from model_registry.upload import sweep_spool
 

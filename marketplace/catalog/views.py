@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request
+from flask import Blueprint, Response, current_app, jsonify, redirect, request
 from sqlmodel import Session
 
 from marketplace.accounts.models import Organization
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, MODELS_READ, MODELS_WRITE
 from marketplace.api import API_PREFIX, openapi, parse_json, parse_query
-from marketplace.catalog import services
+from marketplace.catalog import services, upload_context
 from marketplace.catalog.errors import (
     InvalidContentDigest,
     ModelTooLarge,
@@ -40,9 +39,7 @@ from marketplace.catalog.schemas import (
 from marketplace.db import get_session
 from marketplace.errors import Forbidden, Unauthorized
 from marketplace.evaluation.tensors import NPZ_MIME
-from model_registry.blobstore import CHUNK_BYTES, open_blob_store
-from model_registry.confined import Inspector
-from model_registry.inspection import InspectionPolicy
+from model_registry.blobstore import CHUNK_BYTES
 
 bp = Blueprint("catalog", __name__, url_prefix=API_PREFIX)
 
@@ -181,16 +178,6 @@ def reinstate_listing(model_id: int) -> Any:
 # --- versions ------------------------------------------------------------------------------
 
 
-def upload_context(app: Flask) -> services.UploadContext:
-    settings = app.extensions["settings"]
-    return services.UploadContext(
-        store=app.extensions["blob_store"],
-        inspect=app.extensions["model_inspector"],
-        spool_dir=Path(settings.upload_spool_dir or Path(app.instance_path) / "spool"),
-        size_max=settings.model_bytes_max,
-    )
-
-
 def _declared_sha256(header: str | None) -> str | None:
     """The SHA-256 (hex) from an RFC 9530 ``Content-Digest: sha-256=:BASE64:`` header.
 
@@ -319,14 +306,12 @@ def revoke_version(model_id: int, version: str) -> Any:
 )
 @require_oauth(MODELS_READ)
 def download_artifact(model_id: int, version: str) -> Any:
-    settings = current_app.extensions["settings"]
     artifact = services.open_artifact(
         session=get_session(),
-        store=current_app.extensions["blob_store"],
+        access=current_app.extensions["artifact_access"],
         listing_id=model_id,
         version=version,
         organization_id=current.organization_id,
-        url_ttl_s=settings.artifact_url_ttl_s,
     )
     if artifact.url is not None:
         response = redirect(artifact.url, code=302)
@@ -436,29 +421,3 @@ def retire_offer(model_id: int, offer_id: int) -> Any:
 
 
 # --- wiring --------------------------------------------------------------------------------
-
-
-def inspection_policy(settings: Any) -> InspectionPolicy:
-    extra = tuple(d.strip() for d in settings.inspect_extra_domains.split(",") if d.strip())
-    return InspectionPolicy(
-        node_count_max=settings.inspect_node_count_max,
-        subgraph_depth_max=settings.inspect_subgraph_depth_max,
-        initializer_bytes_max=settings.inspect_initializer_bytes_max,
-        allowed_domains=(*InspectionPolicy().allowed_domains, *extra),
-    )
-
-
-def init_app(app: Flask) -> None:
-    """Build the blob store and the confined inspector; register the blueprint."""
-    settings = app.extensions["settings"]
-    app.extensions["blob_store"] = open_blob_store(
-        settings.storage_url, default_root=Path(app.instance_path) / "blobs"
-    )
-    app.extensions["model_inspector"] = Inspector(
-        inspection_policy(settings),
-        wall_s_max=settings.inspect_timeout_s,
-        concurrency_max=settings.inspect_concurrency_max,
-        memory_base_bytes=settings.inspect_memory_base_bytes,
-        memory_per_model_byte=settings.inspect_memory_per_model_byte,
-    )
-    app.register_blueprint(bp)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
 from marketplace.accounts.oauth import current, require_oauth
@@ -16,8 +15,7 @@ from marketplace.catalog.services import sample_of
 from marketplace.db import get_session
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
-from marketplace.evaluation.admission import NodeAdmission, Slot
-from marketplace.evaluation.batching import NodeWriterLock
+from marketplace.evaluation.admission import Slot
 from marketplace.evaluation.tensors import (
     NPZ_MIME,
     TensorDecodeError,
@@ -26,8 +24,6 @@ from marketplace.evaluation.tensors import (
     encode_json_tensors,
     encode_npz_chunks,
 )
-from model_registry.blobcache import BlobCache
-from model_registry.blobstore import FilesystemBlobStore
 
 bp = Blueprint("evaluation", __name__, url_prefix=API_PREFIX)
 
@@ -185,35 +181,3 @@ def sandbox_health() -> Any:
         with require_oauth.acquire() as token:
             detailed = ADMIN in token.scope.split()
     return jsonify(services.health(current_app.extensions["sandbox_pool"], detailed=detailed))
-
-
-def init_app(app: Flask) -> None:
-    """The sandbox pool (started on first use), the node's evaluation cap and the service."""
-    settings = app.extensions["settings"]
-    # The sandbox's zygote starts on the first evaluation, not with every app object.
-    pool = services.LazyPool(services.pool_config(settings))
-    app.extensions["sandbox_pool"] = pool
-    app.extensions["eval_admission"] = NodeAdmission(
-        Path(app.instance_path) / "run" / "eval-slots", settings.eval_concurrency_max
-    )
-    blob_store = app.extensions["blob_store"]
-    blob_cache = None
-    # A filesystem store is already local: copying its files into a cache would only double them.
-    if settings.blob_cache_bytes_max > 0 and not isinstance(blob_store, FilesystemBlobStore):
-        blob_cache = BlobCache(
-            settings.blob_cache_dir or Path(app.instance_path) / "blob-cache",
-            settings.blob_cache_bytes_max,
-        )
-    service = services.EvaluationService(
-        database=app.extensions["db"],
-        pool=pool,
-        blob_store=blob_store,
-        settings=settings,
-        blob_cache=blob_cache,
-        writer_lock=NodeWriterLock(Path(app.instance_path) / "run" / "sqlite-writer.lock")
-        if app.extensions["db"].is_sqlite
-        else None,
-    )
-    app.extensions["evaluation"] = service
-    app.extensions.setdefault("listing_listeners", []).append(service.forget_listing)
-    app.register_blueprint(bp)

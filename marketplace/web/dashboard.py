@@ -27,8 +27,8 @@ from wtforms import SelectChoice
 from marketplace.accounts.scopes import LEDGER_READ, LICENSES_WRITE, MODELS_WRITE
 from marketplace.api import validate
 from marketplace.catalog import services as catalog
+from marketplace.catalog import upload_context
 from marketplace.catalog.schemas import ListingCreate, OfferCreate
-from marketplace.catalog.views import upload_context
 from marketplace.db import get_session, utcnow
 from marketplace.errors import DomainError, ValidationFailed
 from marketplace.ledger import services as ledger

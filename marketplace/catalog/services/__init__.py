@@ -40,6 +40,8 @@ from marketplace.catalog.services.presenters import (
 )
 from marketplace.catalog.services.versions import (
     Artifact,
+    ArtifactAccess,
+    DownloadPolicy,
     UploadContext,
     attach_sample,
     ensure_version_free,
@@ -55,11 +57,14 @@ from marketplace.catalog.services.versions import (
     sample_of,
     samples_of,
     sweep_blobs,
+    vendor_only,
 )
 
 __all__ = [
     "SORTS",
     "Artifact",
+    "ArtifactAccess",
+    "DownloadPolicy",
     "UploadContext",
     "all_listings",
     "attach_sample",
@@ -92,5 +97,6 @@ __all__ = [
     "sweep_blobs",
     "update_listing",
     "vendor_listings",
+    "vendor_only",
     "version_public",
 ]

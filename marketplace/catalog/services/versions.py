@@ -6,7 +6,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -297,6 +297,33 @@ def revoke_version(
     return version_public(row)
 
 
+class DownloadPolicy(Protocol):
+    """Whether an organisation other than the vendor may download a version's artifact.
+
+    The app injects licensing's rule; the catalog itself knows nothing of licences.
+    """
+
+    def __call__(
+        self, *, session: Session, organization_id: int, listing_id: int, version_id: int
+    ) -> bool: ...
+
+
+def vendor_only(
+    *, session: Session, organization_id: int, listing_id: int, version_id: int
+) -> bool:
+    """The policy of a catalog without licensing: only the vendor downloads its artifacts."""
+    return False
+
+
+@dataclass(frozen=True)
+class ArtifactAccess:
+    """How artifacts are handed out: the store, presigned URLs' lifetime, who else may download."""
+
+    store: BlobStore
+    url_ttl_s: int
+    may_download: DownloadPolicy = vendor_only
+
+
 @dataclass(frozen=True)
 class Artifact:
     """Where an artifact can be fetched: a presigned URL, or a stream to send."""
@@ -310,11 +337,10 @@ class Artifact:
 def open_artifact(
     *,
     session: Session,
-    store: BlobStore,
+    access: ArtifactAccess,
     listing_id: int,
     version: str,
     organization_id: int,
-    url_ttl_s: int,
 ) -> Artifact:
     """The artifact for the vendor, or a licensee whose offer allows download."""
     listing = get_visible_listing(
@@ -325,35 +351,23 @@ def open_artifact(
         raise VersionNotFound("No such version.")
     if row.revoked_at is not None:
         raise VersionRevoked("This version has been revoked and cannot be downloaded.")
-    if listing.organization_id != organization_id and not _licensed_download(
-        session, organization_id, listing_id, row.id or 0
+    if listing.organization_id != organization_id and not access.may_download(
+        session=session,
+        organization_id=organization_id,
+        listing_id=listing_id,
+        version_id=row.id or 0,
     ):
         raise DownloadNotAllowed("Your licences do not allow downloading this model.")
     filename = f"{listing.slug}-{row.version}.onnx"
     try:
-        url = store.presigned_url(row.blob_key, url_ttl_s)
-        stream = None if url is not None else store.open(row.blob_key)
+        url = access.store.presigned_url(row.blob_key, access.url_ttl_s)
+        stream = None if url is not None else access.store.open(row.blob_key)
     except BlobStoreError as exc:
         log.error("artifact %s: %s %s", row.blob_key, exc.code, exc.log_detail)
         raise StorageUnavailable("The model store is unavailable; retry later.") from None
     finally:
         session.rollback()
     return Artifact(url=url, stream=stream, filename=filename, size=row.size_bytes)
-
-
-def _licensed_download(
-    session: Session, organization_id: int, listing_id: int, version_id: int
-) -> bool:
-    try:
-        from marketplace.licensing.entitlements import may_download
-    except ImportError:  # the licensing package is optional for the registry alone
-        return False
-    return may_download(
-        session=session,
-        organization_id=organization_id,
-        listing_id=listing_id,
-        version_id=version_id,
-    )
 
 
 # --- for the evaluator -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable
 from typing import Any
@@ -101,3 +102,10 @@ def stored_state(app: Flask, store: BlobStore) -> Callable[[], tuple[list[str], 
         return keys + [f"spool:{n}" for n in spooled], count
 
     return snapshot
+
+
+def set_model_bytes_max(app: Flask, size_max: int) -> None:
+    """Change the live app's upload limit: the setting and the upload context built from it."""
+    app.extensions["settings"].model_bytes_max = size_max
+    context = app.extensions["upload_context"]
+    app.extensions["upload_context"] = dataclasses.replace(context, size_max=size_max)

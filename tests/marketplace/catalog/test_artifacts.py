@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -65,6 +66,17 @@ def test_owner_and_licensee_download_others_do_not(
     assert allowed.status_code == 200 and allowed.data == data
     assert client.get(url, headers=stranger.headers()).json["code"] == "download_not_allowed"
     assert client.get(url).status_code == 401
+
+    # Who may download is the policy the app injects (licensing's); without it, vendors only.
+    app = client.application
+    licensing_access = app.extensions["artifact_access"]
+    assert licensing_access.may_download is not services.vendor_only
+    app.extensions["artifact_access"] = replace(licensing_access, may_download=services.vendor_only)
+    try:
+        assert client.get(url, headers=buyer.headers()).json["code"] == "download_not_allowed"
+        assert client.get(url, headers=vendor.headers()).status_code == 200
+    finally:
+        app.extensions["artifact_access"] = licensing_access
     missing = client.get(url.replace("1.0.0", "9.9.9"), headers=vendor.headers())
     assert missing.status_code == 404 and missing.json["code"] == "version_not_found"
 

@@ -13,11 +13,10 @@ import pytest
 from flask import Flask
 from sqlmodel import select
 
-from marketplace.catalog import services
-from marketplace.catalog.services import versions
+from marketplace.catalog import services, upload_context
 from marketplace.catalog.errors import VersionExists
 from marketplace.catalog.models import Listing, ModelVersion
-from marketplace.catalog.views import upload_context
+from marketplace.catalog.services import versions
 from model_registry.blobstore import FilesystemBlobStore, content_key
 from tests import onnx_models as builders
 from tests.conftest import Org

@@ -17,6 +17,7 @@ from marketplace.catalog.cli import models_cli
 from model_registry.blobstore import S3BlobStore, content_key, open_blob_store
 from tests import onnx_models as builders
 from tests.conftest import LiveServer
+from tests.marketplace.catalog.conftest import set_model_bytes_max
 from tests.marketplace.live import Vendor
 from tests.model_registry.seaweed import SeaweedS3
 
@@ -100,7 +101,7 @@ def test_declared_digest_streams_into_s3_and_commits_only_accepted_models(
 ) -> None:
     server, store = s3_server
     vendor = Vendor(server)
-    server.app.extensions["settings"].model_bytes_max = 64 * 1024 * 1024
+    set_model_bytes_max(server.app, 64 * 1024 * 1024)
     # Several S3 parts each, so the multipart upload is in flight while the body arrives.
     data = builders.relu_bytes(1024 * 1024)  # 8 MiB of weights
     noise = os.urandom(20 * 1024 * 1024)

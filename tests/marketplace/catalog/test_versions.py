@@ -16,6 +16,7 @@ from marketplace.catalog.models import ModelVersion
 from model_registry.blobstore import content_key
 from tests import onnx_models as builders
 from tests.conftest import Org
+from tests.marketplace.catalog.conftest import set_model_bytes_max
 
 
 def test_upload_a_version(
@@ -137,7 +138,7 @@ def test_body_over_the_limit(
     declared: bool,
 ) -> None:
     # `vendor` has built the app already, so the limit is lowered on its live settings.
-    vendor.client.application.extensions["settings"].model_bytes_max = 4096
+    set_model_bytes_max(vendor.client.application, 4096)
     before = stored_state()
     data = builders.relu_bytes(1024)  # a valid model of ~ 8 KiB
     assert len(data) > 4096

@@ -109,3 +109,19 @@ def test_cli_start_up_imports_no_model_runtime(argv):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_the_command_line_modules_import_no_views():
+    # The command line builds on services and the app's extensions; the views are the web's.
+    code = (
+        "import sys, importlib\n"
+        "for name in ('marketplace.cli', 'marketplace.accounts.cli', 'marketplace.audit.cli',\n"
+        "             'marketplace.catalog.cli', 'marketplace.ledger.cli',\n"
+        "             'marketplace.payments.cli'):\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.endswith('.views') or '.web' in m))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
