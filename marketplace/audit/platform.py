@@ -28,15 +28,11 @@ from marketplace.ledger.models import (
     CREDIT,
     DEBIT,
     PLATFORM_REVENUE,
-    LedgerAccount,
-    LedgerEntry,
-    LedgerTransaction,
 )
 from marketplace.ledger.money import format_minor
-
-_accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
-_entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
-_transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
+from marketplace.ledger.services.records import accounts_t as _accounts_t
+from marketplace.ledger.services.records import entries_t as _entries_t
+from marketplace.ledger.services.records import transactions_t as _transactions_t
 
 
 def _transaction_filter(

@@ -31,13 +31,12 @@ from marketplace.audit.models import (
 from marketplace.audit.tlog import Checkpoint
 from marketplace.db import as_utc, utcnow
 from marketplace.ledger import services as ledger
-from marketplace.ledger.models import LedgerTransaction
+from marketplace.ledger.services.records import transactions_t as _transactions_t
 
 _records_t = AuditRecord.__table__  # type: ignore[attr-defined]
 _nodes_t = AuditTreeNode.__table__  # type: ignore[attr-defined]
 _checkpoints_t = AuditCheckpoint.__table__  # type: ignore[attr-defined]
 _pending_t = AuditPending.__table__  # type: ignore[attr-defined]
-_transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
 
 NODE_QUERY_CHUNK = 500  # (level, idx) pairs per query
 

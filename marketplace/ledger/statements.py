@@ -9,12 +9,11 @@ from sqlmodel import Session
 
 from marketplace.db import as_utc, epoch_hour, hour_start
 from marketplace.ledger import services as ledger
-from marketplace.ledger.models import CREDIT, LedgerAccount, LedgerEntry, LedgerTransaction
+from marketplace.ledger.models import CREDIT
 from marketplace.ledger.schemas import AccountPublic, EntryPublic, Statement
-
-_accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
-_entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
-_transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
+from marketplace.ledger.services.records import accounts_t as _accounts_t
+from marketplace.ledger.services.records import entries_t as _entries_t
+from marketplace.ledger.services.records import transactions_t as _transactions_t
 
 
 def statement(

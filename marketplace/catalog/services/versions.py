@@ -50,6 +50,7 @@ from marketplace.catalog.services.listings import (
 )
 from marketplace.catalog.services.presenters import version_public
 from marketplace.db import utcnow
+from marketplace.errors import library_problem
 from marketplace.evaluation.tensors import TensorDecodeError, decode_npz
 from model_registry.blobstore import (
     CONTENT_PREFIX,
@@ -181,8 +182,7 @@ def publish_version(
     except SandboxError as exc:
         raise _inspection_problem(exc) from None
     except BlobStoreError as exc:
-        log.error("blob store %s: %s", exc.code, exc.log_detail)
-        raise StorageUnavailable("The model store is unavailable; retry later.") from None
+        raise library_problem(exc) from None
     try:
         return _record_version(session, listing, version, spool, ingested, context)
     finally:
@@ -363,8 +363,7 @@ def open_artifact(
         url = access.store.presigned_url(row.blob_key, access.url_ttl_s)
         stream = None if url is not None else access.store.open(row.blob_key)
     except BlobStoreError as exc:
-        log.error("artifact %s: %s %s", row.blob_key, exc.code, exc.log_detail)
-        raise StorageUnavailable("The model store is unavailable; retry later.") from None
+        raise library_problem(exc) from None
     finally:
         session.rollback()
     return Artifact(url=url, stream=stream, filename=filename, size=row.size_bytes)
