@@ -1,8 +1,9 @@
 """The pages' blueprint: the logged-in viewer, CSRF, security headers, and the reading pages
 (catalog, model page) with login, registration and preferences.
 
-The dashboards are in :mod:`marketplace.web.dashboard` and the administrator's page in
-:mod:`marketplace.web.admin`; they add their routes to the same blueprint.
+The dashboards are in :mod:`marketplace.web.dashboard`, the administrator's page in
+:mod:`marketplace.web.admin` and the auditor's in :mod:`marketplace.web.audit`; they add their
+routes to the same blueprint.
 """
 
 from __future__ import annotations
@@ -212,7 +213,6 @@ def _template_helpers() -> dict[str, Any]:
         "lang": str(get_locale() or "en"),
         "logout_form": EmptyForm(),
         "current_zone": str(get_timezone()),
-        "has_endpoint": lambda name: name in current_app.view_functions,
         "example_shape": example_shape,
     }
 
@@ -563,4 +563,5 @@ def purchase(model_id: int, offer_id: int) -> BaseResponse:
 
 
 from marketplace.web import admin as _admin  # noqa: E402,F401  (adds its routes to bp)
+from marketplace.web import audit as _audit  # noqa: E402,F401
 from marketplace.web import dashboard as _dashboard  # noqa: E402,F401
