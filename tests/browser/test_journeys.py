@@ -234,6 +234,35 @@ def test_admin_suspends_and_the_buyers_model_page_says_so(site, new_page):
     admin.get_by_text(f"“{MODEL}” is active again.").wait_for()
 
 
+def test_a_vendor_is_paid_out_by_an_administrator(site, new_page):
+    vendor = new_page()
+    log_in(vendor, site, VENDOR)
+    payouts = vendor.locator("#payouts")
+    assert "¥90.00" in payouts.locator(".big").inner_text() and "No payouts yet." in (
+        payouts.inner_text()
+    )
+    vendor.get_by_label(re.compile("^Connected account for payouts")).fill("acct_1WeldVision")
+    vendor.get_by_role("button", name="Save payout account").click()
+    vendor.get_by_text("Payouts go to acct_1WeldVision from now on.").wait_for()
+
+    admin = new_page()
+    log_in(admin, site, ADMIN)
+    admin.goto(f"{site.url}/admin#payouts")
+    admin.get_by_role("button", name="Run payouts now").click()
+    admin.get_by_text("Payout run: 1 payouts.").wait_for()
+    admin.get_by_text(re.compile(r"Payout \d+: ¥90\.00 to organisation \d+, paid\.")).wait_for()
+    assert "No failed calls." in admin.locator("#payments").inner_text()
+    check_page(admin)
+    shoot(admin, "admin-payouts")
+
+    vendor.reload()
+    row = vendor.locator("#payouts tbody tr").first
+    assert "¥90.00" in row.inner_text() and "paid" in row.inner_text()
+    assert "¥0.00" in vendor.locator("#payouts .big").inner_text()
+    check_page(vendor)
+    shoot(vendor, "dashboard-vendor-payouts")
+
+
 def _offline(command: list[str], cwd: Any) -> subprocess.CompletedProcess[str]:
     """Run a ``jishi`` command line with no database or network to reach, as on an auditor's
     own machine."""
