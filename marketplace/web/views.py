@@ -138,7 +138,14 @@ def login_required(view: F) -> F:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if current_viewer() is None:
-            return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
+            # A form's target may answer only POST: after logging in, come back to the page
+            # the form was on instead (``_safe_next`` keeps it on this site).
+            if request.method == "GET":
+                back = request.full_path.rstrip("?")
+            else:
+                referrer = urlsplit(request.referrer or "")
+                back = referrer.path + (f"?{referrer.query}" if referrer.query else "")
+            return redirect(url_for("web.login", next=back or None))
         return view(*args, **kwargs)
 
     return wrapped  # type: ignore[return-value]
