@@ -44,8 +44,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         )
 
     from marketplace import api, db, errors
+    from marketplace.accounts import init_app as init_accounts
     from marketplace.accounts.oauth import config_oauth
-    from marketplace.accounts.views import init_app as init_accounts
 
     database_url = settings.database_url or db.default_sqlite_url(Path(app.instance_path))
     db.init_app(
@@ -76,15 +76,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     init_evaluation(app)
 
-    from marketplace.ledger.views import init_app as init_ledger
-    from marketplace.licensing.views import init_app as init_licensing
-    from marketplace.payments.views import init_app as init_payments
+    from marketplace.ledger import init_app as init_ledger
+    from marketplace.licensing import init_app as init_licensing
+    from marketplace.payments import init_app as init_payments
 
     init_payments(app)
     init_licensing(app)
     init_ledger(app)
 
-    from marketplace.audit.views import init_app as init_audit
+    from marketplace.audit import init_app as init_audit
 
     init_audit(app)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from marketplace.accounts import services
 from marketplace.accounts.oauth import current, forget_client_tokens, require_oauth
@@ -21,7 +21,6 @@ from marketplace.accounts.scopes import ADMIN, CLIENTS_MANAGE
 from marketplace.api import API_PREFIX, openapi, parse_json
 from marketplace.db import get_session
 from marketplace.errors import Forbidden
-from marketplace.ratelimit import WindowLimiter
 
 bp = Blueprint("accounts", __name__, url_prefix=API_PREFIX)
 
@@ -144,15 +143,3 @@ def whoami() -> Any:
         expires_at=token.get_expires_at(),
     )
     return jsonify(body.model_dump(mode="json"))
-
-
-def init_app(app: Flask) -> None:
-    """Build registration's per-address limiter and hashing slots; register the blueprint."""
-    settings = app.extensions["settings"]
-    app.extensions["registration_limiter"] = WindowLimiter(
-        settings.registrations_per_address_max, settings.registrations_window_s
-    )
-    app.extensions["password_hashing"] = services.HashingSlots(
-        settings.password_hash_concurrency_max, settings.password_hash_wait_s
-    )
-    app.register_blueprint(bp)

@@ -9,20 +9,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import threading
-from pathlib import Path
 from typing import Any
 
-from authlib.integrations.flask_oauth2.signals import token_authenticated
-from flask import Blueprint, Flask, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
-from marketplace import periodic
 from marketplace.accounts.oauth import require_oauth
 from marketplace.accounts.scopes import ADMIN, AUDIT_READ
 from marketplace.api import API_PREFIX, openapi, parse_query
 from marketplace.audit import export, journal, platform, services
 from marketplace.audit.errors import CheckpointNotFound, ExportsBusy
-from marketplace.audit.keys import AuditKeyStore, default_origin, open_key_store
-from marketplace.audit.notes import NoteError, check_key_name
+from marketplace.audit.keys import AuditKeyStore
 from marketplace.audit.schemas import (
     CheckpointCreated,
     CheckpointQuery,
@@ -42,7 +38,6 @@ from marketplace.audit.schemas import (
     RevenueReport,
     TreeStatus,
 )
-from marketplace.config import ConfigError
 from marketplace.db import as_utc, get_database, get_session
 
 bp = Blueprint("audit", __name__, url_prefix=API_PREFIX)
@@ -275,66 +270,3 @@ def revenue() -> Any:
         end=_utc(query.to),
     )
     return _json(report)
-
-
-# --- Wiring ------------------------------------------------------------------------------------
-
-
-def _actor_from_token(_sender: Any, token: Any = None, **_extra: Any) -> None:
-    if token is not None:
-        journal.set_actor(
-            journal.Actor(
-                organization_id=token.organization_id, client_id=token.client_id, via="api"
-            )
-        )
-
-
-def periodic_run(app: Flask) -> None:
-    """Sequence committed records; checkpoint every N records or T seconds (on every node)."""
-    settings = app.extensions["settings"]
-    session = app.extensions["db"].session()
-    try:
-        journal.sequence(session, wait=False)
-        if services.checkpoint_due(
-            session,
-            interval_records=settings.audit_checkpoint_interval_records,
-            interval_s=settings.audit_checkpoint_interval_s,
-        ):
-            services.create_checkpoint(session, app.extensions["audit_keys"])
-    finally:
-        session.close()
-
-
-def init_app(app: Flask) -> None:
-    """The key store, the ledger hook, the actor of each request, the API and periodic work."""
-    settings = app.extensions["settings"]
-    origin = settings.audit_origin or default_origin()
-    try:
-        check_key_name(origin)
-    except NoteError:
-        raise ConfigError(
-            f"MARKETPLACE_AUDIT_ORIGIN {origin!r} must be non-empty, without spaces or '+'"
-        ) from None
-    app.extensions["audit_keys"] = open_key_store(
-        key_path=settings.audit_key_path,
-        origin=origin,
-        instance_path=Path(app.instance_path),
-        development=settings.is_development,
-    )
-    app.extensions["audit_export_slots"] = threading.BoundedSemaphore(
-        max(1, settings.audit_exports_max)
-    )
-    journal.install()
-    token_authenticated.connect(_actor_from_token, weak=False)
-
-    @app.before_request
-    def _anonymous_request_actor() -> None:
-        # A request acts for nobody until its token is verified (threads are reused).
-        journal.set_actor(journal.Actor(via="api"))
-
-    @app.teardown_request
-    def _forget_request_actor(_exc: BaseException | None) -> None:
-        journal.set_actor(journal.SYSTEM)
-
-    periodic.register(app, "audit.sequence", settings.audit_sequence_interval_s, periodic_run)
-    app.register_blueprint(bp)

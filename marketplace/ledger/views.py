@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.api import API_PREFIX, openapi, parse_query
@@ -40,7 +40,3 @@ def get_statement() -> Any:
         entries_max=current_app.extensions["settings"].statement_entries_max,
     )
     return jsonify(result.model_dump(mode="json", by_alias=True))
-
-
-def init_app(app: Flask) -> None:
-    app.register_blueprint(bp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.api import API_PREFIX, idempotency_key, openapi, parse_json, parse_query
@@ -148,7 +148,3 @@ def refund(order_id: int) -> Any:
         refunds_max=settings.withdrawal_refunds_max,
     )
     return jsonify(result.model_dump(mode="json")), 201
-
-
-def init_app(app: Flask) -> None:
-    app.register_blueprint(bp)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
-from marketplace import periodic
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.api import (
     API_PREFIX,
@@ -22,7 +21,7 @@ from marketplace.config import Settings
 from marketplace.db import get_session
 from marketplace.errors import Forbidden, NotFound, PayloadTooLarge
 from marketplace.payments import outbox, payouts, refunds, services, webhooks
-from marketplace.payments.gateway import OfflineGateway, PaymentGateway
+from marketplace.payments.gateway import PaymentGateway
 from marketplace.payments.schemas import (
     OutboxList,
     OutboxPublic,
@@ -302,46 +301,3 @@ def retry_outbox(message_id: int) -> Any:
     outbox.process_now(session, gateway(), policy(), message_id)
     row = session.get(outbox.PaymentOutbox, message_id, populate_existing=True)
     return jsonify(OutboxPublic.model_validate(row, from_attributes=True).model_dump(mode="json"))
-
-
-def make_gateway(settings: Settings) -> PaymentGateway:
-    if settings.payments == "stripe":
-        from marketplace.payments.stripe_gateway import StripeGateway
-
-        return StripeGateway(
-            api_key=settings.stripe_api_key,
-            api_base=settings.stripe_api_base,
-            timeout_s=settings.stripe_timeout_s,
-        )
-    return OfflineGateway()
-
-
-def _send_due(app: Flask) -> object:
-    return outbox.process_due(
-        get_session(),
-        app.extensions["payment_gateway"],
-        outbox.OutboxPolicy.from_settings(app.extensions["settings"]),
-        limit=app.extensions["settings"].payments_outbox_batch_max,
-    )
-
-
-def _reconcile(app: Flask) -> object:
-    from marketplace.payments import reconcile
-
-    return reconcile.reconcile(
-        session=get_session(),
-        gateway=app.extensions["payment_gateway"],
-        batch_max=app.extensions["settings"].payments_reconcile_batch_max,
-        top_up_expiry_s=app.extensions["settings"].top_up_expiry_s,
-    )
-
-
-def init_app(app: Flask) -> None:
-    config: Settings = app.extensions["settings"]
-    app.extensions["payment_gateway"] = make_gateway(config)
-    app.register_blueprint(bp)
-    periodic.register(app, "payments.outbox", config.payments_outbox_interval_s, _send_due)
-    if config.payments == "stripe":
-        periodic.register(
-            app, "payments.reconcile", config.payments_reconcile_interval_s, _reconcile
-        )

@@ -9,10 +9,9 @@ import stat
 import pytest
 
 from marketplace import create_app
-from marketplace.audit import journal, services
+from marketplace.audit import journal, periodic_run, services
 from marketplace.audit.keys import AuditKeyStore, open_key_store, write_private_key
 from marketplace.audit.notes import NoteError, Signer, VerifierKey, open_note
-from marketplace.audit.views import periodic_run
 from marketplace.config import ConfigError
 from marketplace.db import utcnow
 from tests.marketplace.audit.conftest import records
