@@ -157,16 +157,8 @@ def ledger_transactions(
     ]
     return PlatformLedger(
         items=[
-            LedgerTransactionItem(
-                id=row["id"],
-                kind=row["kind"],
-                currency=row["currency"],
-                pending=row["pending"],
-                resolves_id=row["resolves_id"],
-                reverses_id=row["reverses_id"],
-                memo=row["memo"],
-                created_at=as_utc(row["created_at"]),
-                entries=entries[row["id"]],
+            LedgerTransactionItem.model_validate(
+                {**row, "created_at": as_utc(row["created_at"]), "entries": entries[row["id"]]}
             )
             for row in page
         ],

@@ -105,10 +105,15 @@ def test_cli_start_up_imports_no_model_runtime(argv):
         "heavy = ('onnx', 'onnxruntime', 'numpy', 'minio', 'sqlalchemy', 'alembic')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
     )
+    assert _last_line_printed(code) == "[]"
+
+
+def _last_line_printed(code: str) -> str:
+    """What a fresh interpreter running ``code`` printed last (imports start from nothing)."""
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    return out.stdout.strip().splitlines()[-1]
 
 
 def test_the_command_line_modules_import_no_views():
@@ -121,7 +126,4 @@ def test_the_command_line_modules_import_no_views():
         "    importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m.endswith('.views') or '.web' in m))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    assert _last_line_printed(code) == "[]"
