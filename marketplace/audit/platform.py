@@ -102,26 +102,16 @@ def ledger_transactions(
                 _entries_t.c.transaction_id,
                 _entries_t.c.account_id,
                 _entries_t.c.side,
-                _entries_t.c.amount,
+                _entries_t.c.amount.label("amount_minor"),
                 _entries_t.c.pending,
                 _accounts_t.c.organization_id,
-                _accounts_t.c.code,
+                _accounts_t.c.code.label("account_code"),
             )
             .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
             .where(_entries_t.c.transaction_id.in_(ids))
             .order_by(_entries_t.c.id)
         ).mappings():
-            entries[entry["transaction_id"]].append(
-                LedgerEntryItem(
-                    id=entry["id"],
-                    account_id=entry["account_id"],
-                    organization_id=entry["organization_id"],
-                    account_code=entry["code"],
-                    side=entry["side"],
-                    amount_minor=entry["amount"],
-                    pending=entry["pending"],
-                )
-            )
+            entries[entry["transaction_id"]].append(LedgerEntryItem.model_validate(dict(entry)))
     totals_query = (
         sa.select(
             _accounts_t.c.code,

@@ -36,8 +36,9 @@ def statement(
             _entries_t,
             _transactions_t.c.kind,
             _transactions_t.c.memo,
-            _accounts_t.c.code,
+            _accounts_t.c.code.label("account_code"),
             _accounts_t.c.currency,
+            _entries_t.c.amount.label("amount_minor"),
         )
         .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
         .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
@@ -69,19 +70,7 @@ def statement(
             for b in accounts
         ],
         entries=[
-            EntryPublic(
-                id=row["id"],
-                transaction_id=row["transaction_id"],
-                kind=row["kind"],
-                account_id=row["account_id"],
-                account_code=row["code"],
-                currency=row["currency"],
-                side=row["side"],
-                amount_minor=row["amount"],
-                pending=row["pending"],
-                memo=row["memo"],
-                created_at=as_utc(row["created_at"]),
-            )
+            EntryPublic.model_validate({**row, "created_at": as_utc(row["created_at"])})
             for row in rows[:entries_max]
         ],
         truncated=len(rows) > entries_max,
