@@ -93,9 +93,9 @@ def test_revocations_and_suspensions_reach_every_process_within_the_bound(tmp_pa
         # A version revoked by its vendor.
         warm(targets[0])
         assert vendor.post(f"/api/v1/models/{models[0]}/versions/1.0.0/revoke").status_code == 200
-        last_ok, statuses = _until_refused(targets[0], buyer.token, 403)
+        last_ok, statuses = _until_refused(targets[0], buyer.token, 410)
         assert last_ok <= BOUND_S + 0.2, (last_ok, statuses)
-        assert statuses[-1] == 403
+        assert statuses[-1] == 410
 
         # A listing suspended by an administrator.
         warm(targets[1])
