@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -18,6 +18,7 @@ from marketplace.errors import (
     PayloadTooLarge,
     RoutingIntegerOutOfRange,
     ValidationFailed,
+    problem_title,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,6 +39,7 @@ class HeaderParam:
     description: str
     required: bool
     schema: dict[str, Any]
+    example: str
 
 
 IDEMPOTENCY_KEY = HeaderParam(
@@ -46,6 +48,7 @@ IDEMPOTENCY_KEY = HeaderParam(
     "result and changes nothing, the same key with another body is refused (409).",
     True,
     {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_LENGTH_MAX},
+    "7d3f0c1e-order-2026-0001",
 )
 CONTENT_DIGEST = HeaderParam(
     "Content-Digest",
@@ -53,7 +56,37 @@ CONTENT_DIGEST = HeaderParam(
     "storage while it arrives and refused (422) if it does not match.",
     False,
     {"type": "string", "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$"},
+    "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
 )
+ACCEPT_NPZ = HeaderParam(
+    "Accept",
+    f"`{NPZ_MIME}` for the outputs as an npz archive (streamed; timing and usage then travel "
+    "in the `X-Jishi-Timing` and `X-Jishi-Usage` headers); JSON otherwise.",
+    False,
+    {"type": "string", "enum": [JSON_MIME, NPZ_MIME]},
+    JSON_MIME,
+)
+
+# The codes each status stands for when an operation names no codes of its own: the problems
+# that the shared parsing, authentication and storage layers raise on every route.
+DEFAULT_ERROR_CODES: dict[int, tuple[str, ...]] = {
+    400: ("bad_request",),
+    401: ("missing_token", "invalid_token"),
+    402: ("insufficient_funds",),
+    403: ("insufficient_scope", "forbidden"),
+    404: ("not_found",),
+    405: ("method_not_allowed",),
+    409: ("conflict",),
+    410: ("version_revoked",),
+    411: ("length_required",),
+    413: ("payload_too_large",),
+    415: ("unsupported_media_type",),
+    422: ("validation_failed", "malformed_json", "body_not_object", "integer_out_of_range"),
+    429: ("too_many_requests",),
+    502: ("worker_crashed",),
+    503: ("service_unavailable", "database_busy"),
+    504: ("deadline_exceeded",),
+}
 
 
 def idempotency_key() -> str:
@@ -176,13 +209,21 @@ def openapi(
     body_media_types: Sequence[str] = (),
     response_media_types: Sequence[str] = (JSON_MIME,),
     headers: Sequence[HeaderParam] = (),
+    error_codes: Mapping[int, Sequence[str]] | None = None,
+    example: Any = None,
+    examples: Mapping[str, Any] | None = None,
 ) -> Callable[[F], F]:
     """Attach the operation's description; the spec is built from these and the URL map.
 
     ``body`` is the JSON body's model; ``body_media_types`` lists further media types the body
     may have (such as npz), ``response_media_types`` those the success response may have
     (chosen by ``Accept``), ``headers`` the request headers the operation reads.
+    ``error_codes`` names the problem codes of a status where they differ from
+    :data:`DEFAULT_ERROR_CODES`; ``example`` is a JSON body a client may send as it is, and
+    ``examples`` gives path and query parameters their example values (integer path
+    parameters default to 1, the first id of a fresh database's demo data).
     """
+    codes = {int(k): tuple(v) for k, v in (error_codes or {}).items()}
 
     def decorate(view: F) -> F:
         view.__openapi__ = {  # type: ignore[attr-defined]
@@ -193,7 +234,12 @@ def openapi(
             "response": response,
             "status": status,
             "scope": scope,
-            "errors": sorted(set(errors) | ({401, 403} if scope else set()) | {422}),
+            "errors": sorted(
+                set(errors) | set(codes) | ({401, 403} if scope else set()) | {422}
+            ),
+            "error_codes": codes,
+            "example": example,
+            "examples": dict(examples or {}),
             "body_media_type": body_media_type,
             "body_media_types": tuple(body_media_types),
             "response_media_types": tuple(response_media_types),
@@ -218,7 +264,7 @@ _BINARY = {"type": "string", "format": "binary"}
 def _path_schema(converter: object) -> dict[str, Any]:
     """The JSON schema of a path parameter, from the Flask converter that parses it."""
     if isinstance(converter, NumberConverter) and converter.num_convert is int:
-        schema: dict[str, Any] = {"type": "integer", "format": "int64"}
+        schema: dict[str, Any] = {"type": "integer", "format": "int32"}
         if not converter.signed:
             schema["minimum"] = 0
         if converter.max is not None:
@@ -265,22 +311,30 @@ def build_spec(app: Flask) -> dict[str, Any]:
         if meta is None:
             continue
         path = paths.setdefault(_openapi_path(rule.rule), {})
-        params = [
-            {
-                "name": arg,
-                "in": "path",
-                "required": True,
-                "schema": _path_schema(rule._converters[arg]),  # type: ignore[attr-defined]
-            }
-            for arg in sorted(rule.arguments)
-        ]
+        examples = meta["examples"]
+        params = []
+        for arg in sorted(rule.arguments):
+            schema = _path_schema(rule._converters[arg])  # type: ignore[attr-defined]
+            param = {"name": arg, "in": "path", "required": True, "schema": schema}
+            if arg in examples:
+                param["example"] = examples[arg]
+            elif schema["type"] == "integer":
+                param["example"] = 1
+            params.append(param)
         if meta["query"] is not None:
             query_schema = meta["query"].model_json_schema()
             required = set(query_schema.get("required", ()))
             for name, prop in query_schema.get("properties", {}).items():
-                params.append(
-                    {"name": name, "in": "query", "required": name in required, "schema": prop}
-                )
+                param = {"name": name, "in": "query", "required": name in required, "schema": prop}
+                if prop.get("description"):
+                    param["description"] = prop["description"]
+                if name in examples:
+                    param["example"] = examples[name]
+                elif prop.get("examples"):
+                    param["example"] = prop["examples"][0]
+                elif prop.get("default") is not None:
+                    param["example"] = prop["default"]
+                params.append(param)
         for header in meta["headers"]:
             params.append(
                 {
@@ -289,6 +343,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
                     "required": header.required,
                     "description": header.description,
                     "schema": header.schema,
+                    "example": header.example,
                 }
             )
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
@@ -307,10 +362,15 @@ def build_spec(app: Flask) -> dict[str, Any]:
             content: dict[str, Any] = {}
             if meta["body"] is not None:
                 content[JSON_MIME] = {"schema": _schema_ref(meta["body"], schemas)}
+                if meta["example"] is not None:
+                    content[JSON_MIME]["example"] = meta["example"]
             elif meta["body_media_type"] != JSON_MIME:
                 content[meta["body_media_type"]] = {"schema": _BINARY}
             for media_type in meta["body_media_types"]:
                 content.setdefault(media_type, {"schema": _BINARY})
+            for media_type, entry in content.items():
+                if media_type in _BINARY_EXAMPLES:
+                    entry["schema"] = {**_BINARY, "description": _BINARY_EXAMPLES[media_type]}
             if content:
                 op["requestBody"] = {"required": True, "content": content}
             ok: dict[str, Any] = {"description": "Success"}
@@ -328,28 +388,34 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 }
             op["responses"][str(meta["status"])] = ok
             for status in meta["errors"]:
-                op["responses"][str(status)] = {
-                    "description": "Problem",
-                    "content": {
-                        "application/problem+json": {
-                            "schema": {"$ref": "#/components/schemas/Problem"}
-                        }
-                    },
-                }
+                op["responses"][str(status)] = _problem_response(
+                    status, meta["error_codes"].get(status) or DEFAULT_ERROR_CODES.get(status, ())
+                )
             path[method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Jishi (算法集市) API", "version": "1"},
+        "info": {
+            "title": "Jishi (算法集市) API",
+            "version": "1",
+            "description": "Amounts are integers in minor units (fen for CNY) with a formatted "
+            "`display` beside them. Errors are RFC 9457 problem documents whose `code` is "
+            "stable; the OAuth2 endpoints answer in RFC 6749's `{error, error_description}`.",
+        },
+        "servers": [{"url": "/"}],
         "paths": paths,
         "components": {
             "schemas": schemas,
             "securitySchemes": {
                 "oauth2": {
                     "type": "oauth2",
+                    "description": "Client credentials (client_secret_basic or client_secret_post) "
+                    "at the token URL; revoke at /oauth/revoke (RFC 7009), introspect at "
+                    "/oauth/introspect (RFC 7662), metadata at "
+                    "/.well-known/oauth-authorization-server (RFC 8414).",
                     "flows": {
                         "clientCredentials": {
                             "tokenUrl": "/oauth/token",
-                            "scopes": {s: s for s in sorted(_all_scopes())},
+                            "scopes": _scope_descriptions(),
                         }
                     },
                 }
@@ -358,10 +424,36 @@ def build_spec(app: Flask) -> dict[str, Any]:
     }
 
 
-def _all_scopes() -> set[str]:
-    from marketplace.accounts.scopes import ALL_SCOPES
+_BINARY_EXAMPLES = {
+    OCTET_STREAM: "The raw bytes of an ONNX model (`curl --data-binary @model.onnx`).",
+    NPZ_MIME: "A NumPy `.npz` archive with one array per input name (`numpy.savez`).",
+}
 
-    return set(ALL_SCOPES)
+
+def _problem_response(status: int, codes: Sequence[str]) -> dict[str, Any]:
+    schema: dict[str, Any] = {"$ref": "#/components/schemas/Problem"}
+    media: dict[str, Any] = {"schema": schema}
+    if codes:
+        media["schema"] = {
+            "allOf": [schema, {"properties": {"code": {"enum": list(codes)}}}],
+        }
+        media["example"] = {
+            "type": f"/problems/{codes[0]}",
+            "title": problem_title(codes[0]),
+            "status": status,
+            "detail": "…",
+            "code": codes[0],
+        }
+    return {
+        "description": "Problem: " + ", ".join(f"`{c}`" for c in codes) if codes else "Problem",
+        "content": {"application/problem+json": media},
+    }
+
+
+def _scope_descriptions() -> dict[str, str]:
+    from marketplace.accounts.scopes import ALL_SCOPES, SCOPE_DESCRIPTIONS
+
+    return {s: SCOPE_DESCRIPTIONS.get(s, s) for s in sorted(ALL_SCOPES)}
 
 
 meta_bp = Blueprint("api_meta", __name__, url_prefix=API_PREFIX)

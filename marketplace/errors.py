@@ -117,17 +117,33 @@ class DatabaseBusy(ServiceUnavailable):
     title = "The database is busy"
 
 
+def _subclasses(cls: type[DomainError]) -> list[type[DomainError]]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_subclasses(sub))
+    return out
+
+
+def problem_title(code: str) -> str:
+    """The one title of ``code``: the title of the error class that owns the code, else the
+    code in words; the same for every route and every raise site."""
+    for cls in _subclasses(DomainError):
+        if cls.__dict__.get("code") == code and "title" in cls.__dict__:
+            return str(cls.title)
+    return code.replace("_", " ").capitalize()
+
+
 def problem_response(
     status: int,
     code: str,
     detail: str,
-    title: str | None = None,
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
     body: dict[str, Any] = {
         "type": f"/problems/{code}",
-        "title": title or code.replace("_", " ").capitalize(),
+        "title": problem_title(code),
         "status": status,
         "detail": detail,
         "code": code,
@@ -165,7 +181,7 @@ def init_app(app: Flask) -> None:
             return Response(
                 exc.detail, status=exc.status, mimetype="text/plain", headers=exc.headers
             )
-        return problem_response(exc.status, exc.code, exc.detail, exc.title, exc.extra, exc.headers)
+        return problem_response(exc.status, exc.code, exc.detail, exc.extra, exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response | BaseResponse:
@@ -180,7 +196,6 @@ def init_app(app: Flask) -> None:
             status,
             getattr(exc, "problem_code", None) or _HTTP_CODES.get(status, "http_error"),
             exc.description or exc.name,
-            exc.name,
             headers=headers,
         )
 
@@ -204,5 +219,5 @@ def init_app(app: Flask) -> None:
         if not _wants_problem():
             return Response("Internal server error", status=500, mimetype="text/plain")
         return problem_response(
-            500, "internal_error", "The server could not complete the request.", "Internal error"
+            500, "internal_error", "The server could not complete the request."
         )

@@ -47,6 +47,7 @@ STRIPE_SIGNATURE = HeaderParam(
     "Stripe's signature of the body: `t=TIMESTAMP,v1=HMAC-SHA256` with the endpoint's secret.",
     True,
     {"type": "string"},
+    "t=1767225600,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
 )
 
 
