@@ -58,14 +58,6 @@ CONTENT_DIGEST = HeaderParam(
     {"type": "string", "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$"},
     "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
 )
-ACCEPT_NPZ = HeaderParam(
-    "Accept",
-    f"`{NPZ_MIME}` for the outputs as an npz archive (streamed; timing and usage then travel "
-    "in the `X-Jishi-Timing` and `X-Jishi-Usage` headers); JSON otherwise.",
-    False,
-    {"type": "string", "enum": [JSON_MIME, NPZ_MIME]},
-    JSON_MIME,
-)
 
 # The codes each status stands for when an operation names no codes of its own: the problems
 # that the shared parsing, authentication and storage layers raise on every route.
@@ -212,6 +204,7 @@ def openapi(
     error_codes: Mapping[int, Sequence[str]] | None = None,
     example: Any = None,
     examples: Mapping[str, Any] | None = None,
+    description: str = "",
 ) -> Callable[[F], F]:
     """Attach the operation's description; the spec is built from these and the URL map.
 
@@ -234,12 +227,11 @@ def openapi(
             "response": response,
             "status": status,
             "scope": scope,
-            "errors": sorted(
-                set(errors) | set(codes) | ({401, 403} if scope else set()) | {422}
-            ),
+            "errors": sorted(set(errors) | set(codes) | ({401, 403} if scope else set()) | {422}),
             "error_codes": codes,
             "example": example,
             "examples": dict(examples or {}),
+            "description": description,
             "body_media_type": body_media_type,
             "body_media_types": tuple(body_media_types),
             "response_media_types": tuple(response_media_types),
@@ -350,6 +342,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
             op: dict[str, Any] = {
                 "operationId": f"{rule.endpoint}.{method.lower()}",
                 "summary": meta["summary"],
+                **({"description": meta["description"]} if meta["description"] else {}),
                 "tags": [meta["tag"]],
                 "parameters": params,
                 "responses": {},

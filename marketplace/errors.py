@@ -218,6 +218,4 @@ def init_app(app: Flask) -> None:
         log.exception("unhandled error on %s %s", request.method, request.path)
         if not _wants_problem():
             return Response("Internal server error", status=500, mimetype="text/plain")
-        return problem_response(
-            500, "internal_error", "The server could not complete the request."
-        )
+        return problem_response(500, "internal_error", "The server could not complete the request.")

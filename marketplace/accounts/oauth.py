@@ -294,8 +294,10 @@ _OAUTH_DESCRIPTIONS = {
 
 
 def _readable(description: object) -> bool:
-    return isinstance(description, str) and bool(description) and not any(
-        mark in description for mark in "[]{}'\""
+    return (
+        isinstance(description, str)
+        and bool(description)
+        and not any(mark in description for mark in "[]{}'\"")
     )
 
 

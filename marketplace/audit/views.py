@@ -97,7 +97,7 @@ def _note(view: services.CheckpointView) -> Response:
 
 @bp.get("/audit/checkpoints/latest")
 @openapi("The latest signed checkpoint (C2SP signed note, text/plain)", tag="audit",
-         scope=READERS, errors=[404], response_media_types=("text/plain",))  # fmt: skip
+         scope=READERS, errors=[404], response_media_types=("text/plain",), error_codes={404: ["checkpoint_not_found"]})  # fmt: skip
 @require_oauth(list(READERS))
 def latest_checkpoint() -> Any:
     return _note(services.latest_checkpoint(get_session()))
@@ -106,7 +106,7 @@ def latest_checkpoint() -> Any:
 @bp.get("/audit/checkpoints")
 @openapi("The signed checkpoint of the tree at any size up to the sequenced one (text/plain)",
          tag="audit", query=CheckpointQuery, scope=READERS,
-         response_media_types=("text/plain",))  # fmt: skip
+         response_media_types=("text/plain",), examples={"size": 1})  # fmt: skip
 @require_oauth(list(READERS))
 def checkpoint_at_size() -> Any:
     query = parse_query(CheckpointQuery)
@@ -142,7 +142,7 @@ def public_keys() -> Any:
 
 @bp.get("/audit/records")
 @openapi("Sequenced records from_seq..to_seq (inclusive), one page", tag="audit",
-         query=RecordsQuery, response=RecordPage, scope=READERS)  # fmt: skip
+         query=RecordsQuery, response=RecordPage, scope=READERS, examples={"to_seq": 9})  # fmt: skip
 @require_oauth(list(READERS))
 def records() -> Any:
     query = parse_query(RecordsQuery)
@@ -163,7 +163,7 @@ def records() -> Any:
 
 @bp.get("/audit/proofs/inclusion")
 @openapi("RFC 9162 inclusion proof of record seq in the tree of size", tag="audit",
-         query=InclusionQuery, response=InclusionProof, scope=READERS)  # fmt: skip
+         query=InclusionQuery, response=InclusionProof, scope=READERS, examples={"seq": 0, "size": 1})  # fmt: skip
 @require_oauth(list(READERS))
 def inclusion_proof() -> Any:
     query = parse_query(InclusionQuery)
@@ -173,7 +173,7 @@ def inclusion_proof() -> Any:
 
 @bp.get("/audit/proofs/consistency")
 @openapi("RFC 9162 consistency proof from the tree of size `from` to the tree of size `to`",
-         tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS)  # fmt: skip
+         tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS, examples={"from": 1})  # fmt: skip
 @require_oauth(list(READERS))
 def consistency_proof() -> Any:
     query = parse_query(ConsistencyQuery)
@@ -192,7 +192,7 @@ def consistency_proof() -> Any:
 @bp.get("/audit/export")
 @openapi("Export records [from_seq, to_size) as JSONL (with a signed manifest) or CSV, streamed",
          tag="audit", query=ExportQuery, scope=READERS, errors=[503],
-         response_media_types=("application/jsonl", "text/csv"))  # fmt: skip
+         response_media_types=("application/jsonl", "text/csv"), examples={"from_seq": 0, "to_size": 1})  # fmt: skip
 @require_oauth(list(READERS))
 def export_records() -> Any:
     query = parse_query(ExportQuery)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
-from marketplace.api import API_PREFIX, openapi, read_json_object
+from marketplace.api import API_PREFIX, JSON_MIME, openapi, read_json_object
 from marketplace.catalog.services import sample_of
 from marketplace.db import get_session
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
@@ -93,6 +93,38 @@ def _wants_npz() -> bool:
     response=EvaluateResponse,
     scope=SANDBOX_RUN,
     errors=[402, 404, 413, 415, 429, 502, 503, 504],
+    body_media_types=[NPZ_MIME],
+    response_media_types=[JSON_MIME, NPZ_MIME],
+    description="The body is JSON tensors or an npz archive (`Content-Type: application/x-npz`, "
+    "one array per input name). `Accept: application/x-npz` returns the outputs as an npz "
+    "archive, streamed; timing and usage then travel in the `X-Jishi-Timing` and "
+    "`X-Jishi-Usage` headers. The version may be `latest`: the newest version not revoked.",
+    error_codes={
+        402: ["insufficient_funds"],
+        403: [
+            "no_entitlement",
+            "license_inactive",
+            "listing_suspended",
+            "version_revoked",
+            "insufficient_scope",
+        ],
+        404: ["model_not_found", "version_not_found"],
+        413: ["payload_too_large"],
+        415: ["unsupported_media_type"],
+        422: [
+            "input_invalid",
+            "malformed_json",
+            "model_invalid",
+            "output_too_large",
+            "json_output_too_large",
+        ],
+        429: ["evaluation_busy", "caller_throttled"],
+        502: ["worker_crashed"],
+        503: ["sandbox_unavailable", "sandbox_busy", "model_quarantined", "resource_exhausted"],
+        504: ["deadline_exceeded"],
+    },
+    examples={"version": "latest"},
+    example={"inputs": {"readings": {"dtype": "float32", "shape": [1, 16], "data": [0.5] * 16}}},
 )
 @require_oauth(SANDBOX_RUN)
 def evaluate(model_id: int, version: str) -> Any:
@@ -151,6 +183,8 @@ def _evaluate(model_id: int, version: str, slot: Slot) -> Response:
     scope=SANDBOX_RUN,
     errors=[402, 404],
     response_media_types=(NPZ_MIME,),
+    error_codes={404: ["model_not_found", "version_not_found", "sample_not_found"]},
+    examples={"version": "latest"},
 )
 @require_oauth(SANDBOX_RUN)
 def get_sample(model_id: int, version: str) -> Any:

@@ -27,6 +27,7 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     query=StatementQuery,
     response=Statement,
     scope="ledger:read",
+    examples={"currency": "CNY"},
 )
 @require_oauth("ledger:read")
 def get_statement() -> Any:
