@@ -570,10 +570,32 @@ def list_versions(
     return [version_public(r) for r in rows]
 
 
+LATEST = "latest"
+
+
+def resolve_version(*, session: Session, listing_id: int, version: str) -> str:
+    """``version``, or for the alias ``latest`` the newest version that is not revoked.
+
+    Versions are semantic version numbers, so the alias can never name a real version.
+    """
+    if version != LATEST:
+        return version
+    newest = session.exec(
+        select(ModelVersion.version)
+        .where(ModelVersion.listing_id == listing_id, col(ModelVersion.revoked_at).is_(None))
+        .order_by(col(ModelVersion.created_at).desc(), col(ModelVersion.id).desc())
+        .limit(1)
+    ).first()
+    if newest is None:
+        raise VersionNotFound("The model has no version that is not revoked.")
+    return newest
+
+
 def get_version(
     *, session: Session, listing_id: int, version: str, viewer_org_id: int | None
 ) -> ModelVersion:
     get_visible_listing(session=session, listing_id=listing_id, viewer_org_id=viewer_org_id)
+    version = resolve_version(session=session, listing_id=listing_id, version=version)
     row = _find_version(session, listing_id, version)
     if row is None:
         raise VersionNotFound("No such version.")
@@ -621,6 +643,7 @@ def open_artifact(
     listing = get_visible_listing(
         session=session, listing_id=listing_id, viewer_org_id=organization_id
     )
+    version = resolve_version(session=session, listing_id=listing_id, version=version)
     row = _find_version(session, listing_id, version)
     if row is None:
         raise VersionNotFound("No such version.")
@@ -665,6 +688,8 @@ def get_version_for_evaluation(
 ) -> tuple[ModelVersion, Listing]:
     """The version to evaluate and its listing; 404 if missing, 403 if suspended or revoked."""
     # One query on the evaluate hot path; the second only to tell which 404 it is.
+    if version == LATEST:
+        version = resolve_version(session=session, listing_id=model_id, version=version)
     found = session.exec(
         select(ModelVersion, Listing)
         .join(Listing, col(Listing.id) == col(ModelVersion.listing_id))

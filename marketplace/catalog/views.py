@@ -301,6 +301,8 @@ def upload_version(model_id: int) -> Any:
         context=context,
         declared_sha256=_declared_sha256(request.headers.get("Content-Digest")),
     )
+    # The alias ``latest`` now names this version: the lookups cached in this process forget it.
+    _listing_changed(model_id)
     response, status = _json(published, 201)
     version_path = quote(published.version, safe="")
     response.headers["Location"] = f"{API_PREFIX}/models/{model_id}/versions/{version_path}"

@@ -42,10 +42,29 @@ class EvaluateRequest(BaseModel):
     inputs: dict[str, TensorJSON]
 
 
+class EvaluateUsage(BaseModel):
+    """What this call counted, in the names of the licence's own counters (``/licenses/{id}``)."""
+
+    licence_id: int | None = Field(description="None when the vendor runs its own model")
+    kind: str = Field(description="owner, trial, per_inference, perpetual or subscription")
+    calls_remaining: int | None = Field(default=None, description="Trials: calls left")
+    calls_used: int | None = Field(
+        default=None, description="Per inference: this call's number within the licence"
+    )
+    accrued_minor: int | None = Field(
+        default=None,
+        description="Per inference: royalties owed for calls 1..calls_used; charged to the "
+        "wallet (settled) when usage is settled, not per call",
+    )
+    call_accrued_minor: int | None = Field(
+        default=None, description="Per inference: this call's share of accrued_minor"
+    )
+
+
 class EvaluateResponse(BaseModel):
     outputs: dict[str, TensorJSON]
     timing: dict[str, float]
-    usage: dict[str, Any]
+    usage: EvaluateUsage
 
 
 def _read_inputs() -> dict[str, Any]:

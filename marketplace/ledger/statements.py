@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -15,6 +16,16 @@ from marketplace.ledger.schemas import AccountPublic, EntryPublic, Statement
 _accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
 _entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
 _transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
+
+
+def _entry_status(
+    pending: bool, resolved_by: int | None
+) -> Literal["posted", "pending", "released"]:
+    # Entries are append-only, so a hold's entries keep pending=True in the table; whether the
+    # hold still reserves money is told by the transaction that resolved it.
+    if not pending:
+        return "posted"
+    return "pending" if resolved_by is None else "released"
 
 
 def statement(
@@ -32,6 +43,7 @@ def statement(
     see another's rows through this path.
     """
     accounts = ledger.balances(session, organization_id=organization_id, currency=currency)
+    resolver = _transactions_t.alias("resolver")
     query = (
         sa.select(
             _entries_t,
@@ -39,9 +51,11 @@ def statement(
             _transactions_t.c.memo,
             _accounts_t.c.code,
             _accounts_t.c.currency,
+            resolver.c.id.label("resolved_by"),
         )
         .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
         .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
+        .outerjoin(resolver, resolver.c.resolves_id == _transactions_t.c.id)
         .where(_accounts_t.c.organization_id == organization_id)
     )
     if currency is not None:
@@ -79,7 +93,8 @@ def statement(
                 currency=row["currency"],
                 side=row["side"],
                 amount_minor=row["amount"],
-                pending=row["pending"],
+                pending=row["pending"] and row["resolved_by"] is None,
+                status=_entry_status(row["pending"], row["resolved_by"]),
                 memo=row["memo"],
                 created_at=as_utc(row["created_at"]),
             )

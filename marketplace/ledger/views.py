@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
 
+from marketplace import periodic
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.api import API_PREFIX, openapi, parse_query
 from marketplace.db import as_utc, get_session
@@ -43,5 +44,15 @@ def get_statement() -> Any:
     return jsonify(result.model_dump(mode="json", by_alias=True))
 
 
+def settle_usage(app: Flask) -> None:
+    """Charge every metered licence's unsettled calls (the periodic ``jishi ledger settle``)."""
+    from marketplace.metering.services import settle
+
+    settle(session=get_session())
+
+
 def init_app(app: Flask) -> None:
+    """The statement API, and usage settlement on every node's schedule."""
     app.register_blueprint(bp)
+    settings = app.extensions["settings"]
+    periodic.register(app, "metering.settle", settings.metering_settle_interval_s, settle_usage)

@@ -83,7 +83,7 @@ def test_top_up_trial_purchase_metered_use_settle(client, app, buyer, vendor, db
     # 4. Metered use: 250 calls. Reservations of 100 calls are settled each time they run out.
     usages = simulate_calls(250)
     assert {u["kind"] for u in usages} == {"per_inference"}
-    assert sum(u["charged_minor"] for u in usages) == 250 * 1_234 // 1000 == 308
+    assert sum(u["call_accrued_minor"] for u in usages) == 250 * 1_234 // 1000 == 308
     # Settled so far: calls 1..200 -> floor(200 * 1.234) = 246; calls 201..300 are reserved:
     # floor(300 * 1.234) - 246 = 370 - 246 = 124 held.
     assert balances(client, buyer) == {"wallet": (1_500 - 246, 124)}
@@ -93,8 +93,9 @@ def test_top_up_trial_purchase_metered_use_settle(client, app, buyer, vendor, db
         "calls_settled": 200,
         "calls_unsettled": 50,
         "royalty_per_1k_minor": 1_234,
-        "charged_minor": 246,
         "accrued_minor": 308,
+        "settled_minor": 246,
+        "unsettled_minor": 62,
     }
 
     # 5. Settle: exactly floor(250 * 1234 / 1000) = 308 in total; the hold is released.
