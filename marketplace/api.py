@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json as stdlib_json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, has_request_context, request
+from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.routing import IntegerConverter, Map
 from werkzeug.routing.converters import NumberConverter
 
+from marketplace.amounts import add_display_schemas, with_displays
 from marketplace.errors import (
     DomainError,
     IntegerOutOfRange,
@@ -385,6 +388,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
                     status, meta["error_codes"].get(status) or DEFAULT_ERROR_CODES.get(status, ())
                 )
             path[method.lower()] = op
+    add_display_schemas(schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -455,7 +459,34 @@ meta_bp = Blueprint("api_meta", __name__, url_prefix=API_PREFIX)
 @meta_bp.get("/openapi.json")
 @openapi("This OpenAPI 3.1 document", tag="meta")
 def openapi_json() -> Any:
-    return jsonify(build_spec(current_app))
+    # Serialised without the API's JSON provider: the document's examples are request bodies,
+    # which must not gain the display fields that responses carry.
+    body = stdlib_json.dumps(build_spec(current_app), ensure_ascii=False, sort_keys=True)
+    return current_app.response_class(body, mimetype=JSON_MIME)
+
+
+class ApiJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, and under ``/api`` every integer amount ``X_minor`` gains ``X_display``."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if has_request_context() and request.path.startswith("/api"):
+            obj = with_displays(obj, _exponent_of)
+        return super().dumps(obj, **kwargs)
+
+
+def _exponent_of(currency: str) -> int | None:
+    # Currencies change only with migrations: the table is read once per process, and again
+    # only for a code it did not hold.
+    known: dict[str, int] = current_app.extensions.setdefault("currency_exponents", {})
+    if currency not in known:
+        from marketplace.ledger.services import currency_exponents
+
+        session = current_app.extensions["db"].session()
+        try:
+            known.update(currency_exponents(session))
+        finally:
+            session.close()
+    return known.get(currency)
 
 
 # The API's reference page: Swagger UI from the swagger-ui-bundle package, served by the app so
@@ -520,7 +551,9 @@ def _spec_url() -> str:
 
 
 def init_app(app: Flask) -> None:
-    """Bound ``<int:...>`` path parameters (before any route is added); serve the spec."""
+    """Bound ``<int:...>`` path parameters (before any route is added); display amounts; serve
+    the spec."""
     app.url_map.converters["int"] = IdConverter
+    app.json = ApiJSONProvider(app)
     app.register_blueprint(meta_bp)
     app.register_blueprint(docs_bp)
