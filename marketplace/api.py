@@ -208,6 +208,7 @@ def openapi(
     example: Any = None,
     examples: Mapping[str, Any] | None = None,
     description: str = "",
+    also_success: Mapping[int, Sequence[str]] | None = None,
 ) -> Callable[[F], F]:
     """Attach the operation's description; the spec is built from these and the URL map.
 
@@ -218,6 +219,7 @@ def openapi(
     :data:`DEFAULT_ERROR_CODES`; ``example`` is a JSON body a client may send as it is, and
     ``examples`` gives path and query parameters their example values (integer path
     parameters default to 1, the first id of a fresh database's demo data).
+    ``also_success`` lists further success statuses with their media types.
     """
     codes = {int(k): tuple(v) for k, v in (error_codes or {}).items()}
 
@@ -235,6 +237,7 @@ def openapi(
             "example": example,
             "examples": dict(examples or {}),
             "description": description,
+            "also_success": {int(k): tuple(v) for k, v in (also_success or {}).items()},
             "body_media_type": body_media_type,
             "body_media_types": tuple(body_media_types),
             "response_media_types": tuple(response_media_types),
@@ -245,15 +248,25 @@ def openapi(
     return decorate
 
 
-def _schema_ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+def _schema_ref(
+    model: type[BaseModel], schemas: dict[str, Any], *, response: bool = False
+) -> dict[str, str]:
+    # A response is described as it is serialised (aliases such as ``from``, computed fields);
+    # a request as it is validated. Pydantic names the two forms apart where they differ.
+    mode = "serialization" if response else "validation"
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
     for name, sub in schema.pop("$defs", {}).items():
         schemas[name] = sub
     schemas[model.__name__] = schema
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-_BINARY = {"type": "string", "format": "binary"}
+def _raw(media_type: str) -> dict[str, Any]:
+    # OpenAPI 3.1 describes a body that is not JSON by its media type, not by a JSON type.
+    schema: dict[str, Any] = {"contentMediaType": media_type}
+    if media_type in _BINARY_EXAMPLES:
+        schema["description"] = _BINARY_EXAMPLES[media_type]
+    return schema
 
 
 def _path_schema(converter: object) -> dict[str, Any]:
@@ -361,12 +374,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 if meta["example"] is not None:
                     content[JSON_MIME]["example"] = meta["example"]
             elif meta["body_media_type"] != JSON_MIME:
-                content[meta["body_media_type"]] = {"schema": _BINARY}
+                content[meta["body_media_type"]] = {"schema": _raw(meta["body_media_type"])}
             for media_type in meta["body_media_types"]:
-                content.setdefault(media_type, {"schema": _BINARY})
-            for media_type, entry in content.items():
-                if media_type in _BINARY_EXAMPLES:
-                    entry["schema"] = {**_BINARY, "description": _BINARY_EXAMPLES[media_type]}
+                content.setdefault(media_type, {"schema": _raw(media_type)})
             if content:
                 op["requestBody"] = {"required": True, "content": content}
             ok: dict[str, Any] = {"description": "Success"}
@@ -374,15 +384,18 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 ok["content"] = {}
                 for media_type in meta["response_media_types"]:
                     ok["content"][media_type] = (
-                        {"schema": _schema_ref(meta["response"], schemas)}
+                        {"schema": _schema_ref(meta["response"], schemas, response=True)}
                         if media_type == JSON_MIME
-                        else {"schema": _BINARY}
+                        else {"schema": _raw(media_type)}
                     )
             elif meta["response_media_types"] != (JSON_MIME,):
-                ok["content"] = {
-                    m: {"schema": {"type": "string"}} for m in meta["response_media_types"]
-                }
+                ok["content"] = {m: {"schema": _raw(m)} for m in meta["response_media_types"]}
             op["responses"][str(meta["status"])] = ok
+            for status, media_types in meta["also_success"].items():
+                op["responses"][str(status)] = {
+                    "description": "Success",
+                    "content": {m: {"schema": _raw(m)} for m in media_types},
+                }
             for status in meta["errors"]:
                 op["responses"][str(status)] = _problem_response(
                     status, meta["error_codes"].get(status) or DEFAULT_ERROR_CODES.get(status, ())

@@ -114,6 +114,7 @@ def list_clients(org_id: int) -> Any:
     scope=CLIENTS_MANAGE,
     errors=[404, 409],
     error_codes={404: ["organization_not_found", "client_not_found"], 409: ["last_manager_client"]},
+    examples={"client_id": "jc_Example0ClientId0000000"},
 )
 @require_oauth(CLIENTS_MANAGE)
 def revoke_client(org_id: int, client_id: str) -> Any:

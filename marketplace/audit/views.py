@@ -173,7 +173,7 @@ def inclusion_proof() -> Any:
 
 @bp.get("/audit/proofs/consistency")
 @openapi("RFC 9162 consistency proof from the tree of size `from` to the tree of size `to`",
-         tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS, examples={"from": 1})  # fmt: skip
+         tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS, examples={"from": 1, "to": 2})  # fmt: skip
 @require_oauth(list(READERS))
 def consistency_proof() -> Any:
     query = parse_query(ConsistencyQuery)
@@ -238,7 +238,7 @@ def export_records() -> Any:
 @bp.get("/audit/ledger/transactions")
 @openapi("Every organisation's ledger transactions and entries, filtered, with totals per "
          "account code", tag="audit", query=LedgerQuery, response=PlatformLedger,
-         scope=READERS)  # fmt: skip
+         scope=READERS, examples={"organization_id": 2, "kind": "purchase", "currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
 @require_oauth(list(READERS))
 def ledger_transactions() -> Any:
     query = parse_query(LedgerQuery)
@@ -257,7 +257,7 @@ def ledger_transactions() -> Any:
 
 @bp.get("/audit/revenue")
 @openapi("Platform fee revenue per currency and period", tag="audit", query=RevenueQuery,
-         response=RevenueReport, scope=READERS)  # fmt: skip
+         response=RevenueReport, scope=READERS, examples={"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
 @require_oauth(list(READERS))
 def revenue() -> Any:
     query = parse_query(RevenueQuery)

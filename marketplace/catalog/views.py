@@ -383,6 +383,7 @@ def revoke_version(model_id: int, version: str) -> Any:
         503: ["storage_unavailable"],
     },
     examples={"version": "latest"},
+    also_success={200: [OCTET_STREAM]},
 )
 @require_oauth(MODELS_READ)
 def download_artifact(model_id: int, version: str) -> Any:

@@ -203,7 +203,7 @@ def _evaluate(model_id: int, version: str, slot: Slot) -> Response:
     errors=[402, 404],
     response_media_types=(NPZ_MIME,),
     error_codes={404: ["model_not_found", "version_not_found", "sample_not_found"]},
-    examples={"version": "latest"},
+    examples={"version": "1.0.0"},
 )
 @require_oauth(SANDBOX_RUN)
 def get_sample(model_id: int, version: str) -> Any:
