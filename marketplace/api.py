@@ -253,8 +253,10 @@ def _schema_ref(
 ) -> dict[str, str]:
     # A response is described as it is serialised (aliases such as ``from``, computed fields);
     # a request as it is validated. Pydantic names the two forms apart where they differ.
-    mode = "serialization" if response else "validation"
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+    schema = model.model_json_schema(
+        ref_template="#/components/schemas/{model}",
+        mode="serialization" if response else "validation",
+    )
     for name, sub in schema.pop("$defs", {}).items():
         schemas[name] = sub
     schemas[model.__name__] = schema
