@@ -75,7 +75,7 @@ from marketplace.catalog.schemas import (
     VendorPublic,
     VersionPublic,
 )
-from marketplace.db import utcnow
+from marketplace.db import begin_write, utcnow
 from marketplace.errors import Conflict
 from marketplace.evaluation.tensors import TensorDecodeError, decode_npz
 from marketplace.ledger.models import Currency
@@ -228,6 +228,7 @@ def create_listing(
     *, session: Session, organization_id: int, request: ListingCreate
 ) -> ListingPublic:
     """A new active listing owned by the vendor ``organization_id``."""
+    begin_write(session)
     _require_vendor(session, organization_id)
     base = _slug_base(request.name)
     for attempt in range(5):
@@ -291,6 +292,7 @@ def update_listing(
     *, session: Session, listing_id: int, organization_id: int, request: ListingUpdate
 ) -> ListingDetail:
     """Change the listing's descriptive fields (owner only)."""
+    begin_write(session)
     row = get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
     changes = request.model_dump(exclude_unset=True)
     for field in ("name", "summary", "task"):
@@ -311,6 +313,7 @@ def update_listing(
 
 def set_listing_status(*, session: Session, listing_id: int, status: str) -> ListingDetail:
     """Suspend or reinstate a listing (administrators)."""
+    begin_write(session)
     if status not in (LISTING_ACTIVE, LISTING_SUSPENDED):
         raise ValueError(status)
     row = _get_listing(session, listing_id)
@@ -606,6 +609,7 @@ def revoke_version(
     *, session: Session, listing_id: int, version: str, organization_id: int, is_admin: bool
 ) -> VersionPublic:
     """Revoke a version (its vendor or an administrator): no more trials, runs or downloads."""
+    begin_write(session)
     listing = _get_listing(session, listing_id)
     if listing.organization_id != organization_id and not is_admin:
         raise ListingNotFound("No such model.")
@@ -722,6 +726,7 @@ def create_offer(
     *, session: Session, listing_id: int, organization_id: int, request: OfferCreate
 ) -> OfferPublic:
     """A new immutable offer; its ``terms_sha256`` is what buyers accept."""
+    begin_write(session)
     get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
     if session.get(Currency, request.currency) is None:
         # The ledger could not post a sale or royalty in it: refuse the offer, not the sale.
@@ -750,6 +755,7 @@ def retire_offer(
     *, session: Session, listing_id: int, offer_id: int, organization_id: int
 ) -> OfferPublic:
     """Retire an offer: no new trials or purchases; existing licences keep their terms."""
+    begin_write(session)
     get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
     row = session.get(Offer, offer_id)
     if row is None or row.listing_id != listing_id:
@@ -892,6 +898,7 @@ def attach_sample(
     elements_max: int,
 ) -> SamplePublic:
     """Attach (or replace) the version's sample input: an npz matching its signature (owner)."""
+    begin_write(session)
     get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
     row = _find_version(session, listing_id, version)
     if row is None or row.id is None:
