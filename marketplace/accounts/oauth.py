@@ -197,6 +197,10 @@ class _Protector(ResourceProtector):
         headers = dict(error.get_headers())
         if error.error == "insufficient_scope":
             needed = g.get("jishi_required_scopes") or []
+            # RFC 6750 §3: the challenge names the error and the scope that would do.
+            headers["WWW-Authenticate"] = (
+                f'Bearer error="insufficient_scope", scope="{" ".join(needed)}"'
+            )
             raise Forbidden(
                 f"This operation needs a token with the {' or '.join(needed)} scope; "
                 "request one with scope=... at /oauth/token."
