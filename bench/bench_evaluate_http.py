@@ -46,6 +46,8 @@ import requests
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from bench.bench_sandbox import CONSTANT_FOLDING_BYTES_MAX, interleaved_us, p
 from sandbox.pool import PoolConfig, SandboxPool
@@ -137,15 +139,20 @@ class Node:
         deadline = time.monotonic() + 60
         while True:
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
                 raise SystemExit("the server did not start")
             try:
-                requests.get(f"{self.url}/api/v1/openapi.json", timeout=1)
+                requests.get(f"{self.url}/api/v1/openapi.json", timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or listening while its workers still boot.
                 time.sleep(0.2)
 
     def org(self, roles: list[str]) -> requests.Session:
         http = requests.Session()
+        # As any client would: a busy embedded database answers 503 with Retry-After.
+        retry = Retry(total=8, status_forcelist=[503], allowed_methods=None, backoff_factor=0.2)
+        http.mount("http://", HTTPAdapter(max_retries=retry))
         reg = http.post(
             f"{self.url}/api/v1/register",
             json={
