@@ -62,6 +62,11 @@ CONTENT_DIGEST = HeaderParam(
     "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
 )
 
+PATH_PARAMETER_DESCRIPTIONS = {
+    "version": "A version number such as `1.0.0`; where a version is read or evaluated, also "
+    "`latest`: the listing's newest version that is not revoked.",
+}
+
 # The codes each status stands for when an operation names no codes of its own: the problems
 # that the shared parsing, authentication and storage layers raise on every route.
 DEFAULT_ERROR_CODES: dict[int, tuple[str, ...]] = {
@@ -209,6 +214,7 @@ def openapi(
     examples: Mapping[str, Any] | None = None,
     description: str = "",
     also_success: Mapping[int, Sequence[str]] | None = None,
+    response_headers: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Attach the operation's description; the spec is built from these and the URL map.
 
@@ -219,7 +225,8 @@ def openapi(
     :data:`DEFAULT_ERROR_CODES`; ``example`` is a JSON body a client may send as it is, and
     ``examples`` gives path and query parameters their example values (integer path
     parameters default to 1, the first id of a fresh database's demo data).
-    ``also_success`` lists further success statuses with their media types.
+    ``also_success`` lists further success statuses with their media types;
+    ``response_headers`` names the headers of the success response with their meaning.
     """
     codes = {int(k): tuple(v) for k, v in (error_codes or {}).items()}
 
@@ -238,6 +245,7 @@ def openapi(
             "examples": dict(examples or {}),
             "description": description,
             "also_success": {int(k): tuple(v) for k, v in (also_success or {}).items()},
+            "response_headers": dict(response_headers or {}),
             "body_media_type": body_media_type,
             "body_media_types": tuple(body_media_types),
             "response_media_types": tuple(response_media_types),
@@ -326,6 +334,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
         for arg in sorted(rule.arguments):
             schema = _path_schema(rule._converters[arg])  # type: ignore[attr-defined]
             param = {"name": arg, "in": "path", "required": True, "schema": schema}
+            if arg in PATH_PARAMETER_DESCRIPTIONS:
+                param["description"] = PATH_PARAMETER_DESCRIPTIONS[arg]
             if arg in examples:
                 param["example"] = examples[arg]
             elif schema["type"] == "integer":
@@ -392,6 +402,11 @@ def build_spec(app: Flask) -> dict[str, Any]:
                     )
             elif meta["response_media_types"] != (JSON_MIME,):
                 ok["content"] = {m: {"schema": _raw(m)} for m in meta["response_media_types"]}
+            if meta["response_headers"]:
+                ok["headers"] = {
+                    name: {"description": text, "schema": {"type": "string"}}
+                    for name, text in meta["response_headers"].items()
+                }
             op["responses"][str(meta["status"])] = ok
             for status, media_types in meta["also_success"].items():
                 op["responses"][str(status)] = {

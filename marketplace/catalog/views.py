@@ -268,6 +268,7 @@ def _declared_sha256(header: str | None) -> str | None:
         422: ["invalid_version", "model_rejected"],
         503: ["inspection_busy", "inspection_unavailable", "storage_unavailable"],
     },
+    response_headers={"Location": "The new version's URL"},
 )
 @require_oauth(MODELS_WRITE)
 def upload_version(model_id: int) -> Any:

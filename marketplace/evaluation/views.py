@@ -144,6 +144,10 @@ def _wants_npz() -> bool:
     },
     examples={"version": "latest"},
     example={"inputs": {"readings": {"dtype": "float32", "shape": [1, 16], "data": [0.5] * 16}}},
+    response_headers={
+        "X-Jishi-Timing": "With npz outputs: the timing object as name=value pairs",
+        "X-Jishi-Usage": "With npz outputs: the usage object as name=value pairs",
+    },
 )
 @require_oauth(SANDBOX_RUN)
 def evaluate(model_id: int, version: str) -> Any:
