@@ -120,3 +120,25 @@ def test_amount_properties_have_a_display_beside_them(client):
     offer = schemas["OfferPublic"]["properties"]
     assert offer["price_display"]["type"] == "string"
     assert offer["royalty_per_1k_display"]["type"] == "string"
+
+
+def test_every_documented_problem_code_is_one_the_code_raises(client):
+    import re
+    from pathlib import Path
+
+    import marketplace
+    from marketplace.errors import _HTTP_CODES
+
+    roots = [Path(marketplace.__file__).parent, Path(marketplace.__file__).parents[1] / "sandbox"]
+    raised = set(_HTTP_CODES.values())
+    for root in roots:
+        for source in root.rglob("*.py"):
+            raised |= set(re.findall(r'code ?= ?"([a-z_]+)"', source.read_text(encoding="utf-8")))
+    spec = client.get("/api/v1/openapi.json").json
+    documented = set()
+    for _method, _path, op in _operations(spec):
+        for status, response in op["responses"].items():
+            if int(status) >= 400:
+                schema = response["content"]["application/problem+json"]["schema"]
+                documented |= set(schema["allOf"][1]["properties"]["code"]["enum"])
+    assert documented - raised == set()
