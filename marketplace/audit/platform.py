@@ -23,7 +23,6 @@ from marketplace.audit.schemas import (
     RevenueReport,
 )
 from marketplace.db import as_utc
-from marketplace.ledger import services as ledger
 from marketplace.ledger.models import (
     CREDIT,
     DEBIT,
@@ -32,7 +31,6 @@ from marketplace.ledger.models import (
     LedgerEntry,
     LedgerTransaction,
 )
-from marketplace.ledger.money import format_minor
 
 _accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
 _entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
@@ -227,29 +225,27 @@ def platform_revenue(
         query = query.where(_entries_t.c.created_at >= start)
     if end is not None:
         query = query.where(_entries_t.c.created_at < end)
-    exponents = ledger.currency_exponents(session)
     items = []
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for label, cur, credits, debits in session.execute(query):
-        items.append(_period(str(label), cur, int(credits), int(debits), exponents[cur]))
+        items.append(_period(str(label), cur, int(credits), int(debits)))
         totals[cur][0] += int(credits)
         totals[cur][1] += int(debits)
     return RevenueReport(
         period=period,
         items=items,
         totals=[
-            _period("total", cur, credits, debits, exponents[cur])
+            _period("total", cur, credits, debits)
             for cur, (credits, debits) in sorted(totals.items())
         ],
     )
 
 
-def _period(label: str, currency: str, fees: int, refunded: int, exponent: int) -> RevenuePeriod:
+def _period(label: str, currency: str, fees: int, refunded: int) -> RevenuePeriod:
     return RevenuePeriod(
         period=label,
         currency=currency,
         fees_minor=fees,
         refunded_minor=refunded,
         net_minor=fees - refunded,
-        display=format_minor(fees - refunded, currency, exponent),
     )

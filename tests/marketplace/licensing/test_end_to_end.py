@@ -105,5 +105,5 @@ def test_top_up_trial_purchase_metered_use_settle(client, app, buyer, vendor, db
     # Vendor: 450 from the sale + 90 % of 308 (277.2 -> 277).
     assert balances(client, vendor) == {"vendor_payable": (450 + 277, 0)}
     wallet = client.get("/api/v1/wallet", headers=buyer.headers()).json["balances"][0]
-    assert wallet["available_minor"] == 1_192 and wallet["display"] == "11.92 CNY"
+    assert wallet["available_minor"] == 1_192 and wallet["available_display"] == "¥11.92"
     assert ledger.check_invariants(db_session) == []
