@@ -56,7 +56,7 @@ IDEMPOTENCY_KEY = HeaderParam(
 CONTENT_DIGEST = HeaderParam(
     "Content-Digest",
     "RFC 9530 digest of the body (`sha-256=:BASE64:`); when present, the body is written to "
-    "storage while it arrives and refused (422) if it does not match.",
+    "storage while it arrives and refused (400 `digest_mismatch`) if it does not match.",
     False,
     {"type": "string", "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$"},
     "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
@@ -424,8 +424,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
         "info": {
             "title": "Jishi (算法集市) API",
             "version": "1",
-            "description": "Amounts are integers in minor units (fen for CNY) with a formatted "
-            "`display` beside them. Errors are RFC 9457 problem documents whose `code` is "
+            "description": "Amounts `X_minor` are integers in minor units (fen for CNY) with a "
+            "formatted `X_display` beside them. Errors are RFC 9457 problem documents whose `code` is "
             "stable; the OAuth2 endpoints answer in RFC 6749's `{error, error_description}`.",
         },
         "servers": [{"url": "/"}],
