@@ -25,6 +25,9 @@ HOME_SYMBOLS = {
     "KRW": "₩",
 }
 
+# Journal records are signed bytes (their RFC 8785 form is hashed into the audit chain): a
+# field added to one would make it a different record, so they are passed through as they are.
+SIGNED_KEYS = frozenset({"record"})
 MINOR_SUFFIX = "_minor"
 DISPLAY_SUFFIX = "_display"
 API_LOCALE = "en"
@@ -43,7 +46,8 @@ def with_displays(value: Any, exponent_of: Callable[[str], int | None]) -> Any:
     """``value`` (decoded JSON) with ``X_display`` beside every integer ``X_minor`` whose
     currency is known: the ``currency`` of the object or of the nearest object around it.
 
-    Lists whose first item is not an object (tensor data) are passed through unread.
+    Lists whose first item is not an object (tensor data) are passed through unread, and so
+    are journal records (:data:`SIGNED_KEYS`).
     """
     return _walk(value, None, exponent_of)
 
@@ -61,7 +65,7 @@ def _walk(value: Any, currency: str | None, exponent_of: Callable[[str], int | N
     exponent = exponent_of(currency) if currency else None
     out: dict[str, Any] = {}
     for key, item in value.items():
-        out[key] = _walk(item, currency, exponent_of)
+        out[key] = item if key in SIGNED_KEYS else _walk(item, currency, exponent_of)
         if (
             exponent is not None
             and currency

@@ -25,6 +25,7 @@ def test_displays_follow_the_nearest_currency_and_leave_tensors_alone():
         "usage": {"accrued_minor": 25},
         "outputs": {"y": {"dtype": "float32", "shape": [1, 4], "data": data}},
         "other": {"currency": "XXX", "amount_minor": 5},
+        "record": {"money": {"currency": "CNY", "amount_minor": 7}},
     }
     shown = with_displays(body, exponents.get)
     assert shown["price_display"] == "¥10.00"
@@ -32,11 +33,13 @@ def test_displays_follow_the_nearest_currency_and_leave_tensors_alone():
     assert "flag_display" not in shown
     assert "amount_display" not in shown["other"]  # an unknown currency is not guessed
     assert shown["outputs"]["y"]["data"] is data
+    assert shown["record"] == {"money": {"currency": "CNY", "amount_minor": 7}}  # signed bytes
 
 
 def test_api_responses_carry_displays_and_problem_documents_too(app, runner, client):
     assert runner.invoke(args=["demo-data"]).exit_code == 0
-    offers = client.get("/api/v1/models/1/offers").json["items"]
+    listing_id = json.loads(credentials_path(app).read_text())["listing_id"]
+    offers = client.get(f"/api/v1/models/{listing_id}/offers").json["items"]
     perpetual = next(o for o in offers if o["kind"] == "perpetual")
     assert (perpetual["price_minor"], perpetual["price_display"]) == (1_280_000, "¥12,800.00")
     buyer = json.loads(credentials_path(app).read_text())["buyer"]

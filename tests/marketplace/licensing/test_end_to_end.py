@@ -96,6 +96,10 @@ def test_top_up_trial_purchase_metered_use_settle(client, app, buyer, vendor, db
         "accrued_minor": 308,
         "settled_minor": 246,
         "unsettled_minor": 62,
+        "royalty_per_1k_display": "¥12.34",
+        "accrued_display": "¥3.08",
+        "settled_display": "¥2.46",
+        "unsettled_display": "¥0.62",
     }
 
     # 5. Settle: exactly floor(250 * 1234 / 1000) = 308 in total; the hold is released.
