@@ -196,6 +196,12 @@ def consistency_proof() -> Any:
 @require_oauth(list(READERS))
 def export_records() -> Any:
     query = parse_query(ExportQuery)
+    return export_response(from_seq=query.from_seq, to_size=query.to_size, fmt=query.format)
+
+
+def export_response(*, from_seq: int | None, to_size: int | None, fmt: str) -> Response:
+    """The export of records ``[from_seq, to_size)`` streamed as a download, within this node's
+    export slots (503 when they are all busy); the API and the audit page both answer with it."""
     slots: threading.BoundedSemaphore = current_app.extensions["audit_export_slots"]
     if not slots.acquire(blocking=False):
         raise ExportsBusy(
@@ -211,7 +217,7 @@ def export_records() -> Any:
 
     try:
         prepared = export.prepare_export(
-            get_session(), keys(), from_seq=query.from_seq, to_size=query.to_size, fmt=query.format
+            get_session(), keys(), from_seq=from_seq, to_size=to_size, fmt=fmt
         )
     except BaseException:
         release()

@@ -1,4 +1,5 @@
-"""The administrator's page: listings to suspend or reinstate, refunds, sandbox health."""
+"""The administrator's page: listings to suspend or reinstate, organisations to verify, refunds,
+payout runs and failed payment-provider calls to retry, sandbox health."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ from marketplace.evaluation import services as evaluation
 from marketplace.licensing import services as licensing
 from marketplace.licensing.models import Order
 from marketplace.licensing.schemas import RefundCreate
+from marketplace.payments import outbox, payouts
+from marketplace.payments.models import OUTBOX_FAILED, PAYOUT_FAILED
 from marketplace.web import formatting
-from marketplace.web.forms import EmptyForm, RefundForm
+from marketplace.web.dashboard import payout_status_text
+from marketplace.web.forms import EmptyForm, PayoutRunForm, RefundForm
 from marketplace.web.views import _exponents, bp, error_text, login_required, money_text
 
 ADMIN_PAGE_SIZE = 25
+FAILED_CALLS_SHOWN = 25
 
 
 def require_admin() -> Viewer:
@@ -71,6 +76,8 @@ def admin_page() -> Any:
         organizations=organizations,
         organizations_total=organizations_total,
         verified_filter=request.args.get("verified", "no"),
+        payout_run_form=PayoutRunForm(),
+        failed_calls=outbox.listing(get_session(), status=OUTBOX_FAILED, limit=FAILED_CALLS_SHOWN),
     )
 
 
@@ -151,6 +158,70 @@ def admin_refund() -> BaseResponse:
     except DomainError as exc:
         flash(error_text(exc), "error")
     return back
+
+
+def _payments() -> tuple[Any, outbox.OutboxPolicy]:
+    settings = current_app.extensions["settings"]
+    return current_app.extensions["payment_gateway"], outbox.OutboxPolicy.from_settings(settings)
+
+
+@bp.post("/admin/payouts/run")
+@login_required
+def admin_run_payouts() -> BaseResponse:
+    require_admin()
+    form = PayoutRunForm()
+    back = redirect(url_for("web.admin_page") + "#payouts")
+    if not form.validate_on_submit():
+        flash(_("Type an organisation number, or leave it empty for every vendor."), "error")
+        return back
+    gateway, policy = _payments()
+    try:
+        done = payouts.pay_out(
+            session=get_session(),
+            gateway=gateway,
+            policy=policy,
+            minimum_minor=current_app.extensions["settings"].payout_minimum_minor,
+            organization_id=form.organization_id.data,
+        )
+    except DomainError as exc:
+        flash(error_text(exc), "error")
+        return back
+    status = payout_status_text()
+    flash(_("Payout run: %(n)d payouts.", n=len(done)), "ok")
+    for p in done:
+        flash(
+            _(
+                "Payout %(id)s: %(amount)s to organisation %(org)s, %(status)s.",
+                id=p.id,
+                amount=money_text(p.amount_minor, p.currency),
+                org=p.organization_id,
+                status=status.get(p.status, p.status),
+            ),
+            "error" if p.status == PAYOUT_FAILED else "ok",
+        )
+    return back
+
+
+@bp.post("/admin/payments/outbox/<int:message_id>/retry")
+@login_required
+def admin_retry_call(message_id: int) -> BaseResponse:
+    require_admin()
+    gateway, policy = _payments()
+    session = get_session()
+    try:
+        outbox.retry(session, message_id)
+        sent = outbox.process_now(session, gateway, policy, message_id)
+        flash(
+            _(
+                "Provider call %(id)s sent again: %(outcome)s.",
+                id=message_id,
+                outcome=_(sent.outcome) if sent else _("queued"),
+            ),
+            "ok",
+        )
+    except DomainError as exc:
+        flash(error_text(exc), "error")
+    return redirect(url_for("web.admin_page") + "#payments")
 
 
 @bp.post("/admin/sandbox/check")

@@ -24,7 +24,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import SelectChoice
 
-from marketplace.accounts.scopes import LEDGER_READ, LICENSES_WRITE, MODELS_WRITE
+from marketplace.accounts.scopes import LEDGER_READ, LICENSES_WRITE, MODELS_WRITE, PAYOUTS_WRITE
 from marketplace.api import validate
 from marketplace.catalog import services as catalog
 from marketplace.catalog.schemas import ListingCreate, OfferCreate
@@ -37,11 +37,20 @@ from marketplace.ledger.statements import credits_by_hour, statement
 from marketplace.licensing import services as licensing
 from marketplace.licensing.schemas import OrderQuery
 from marketplace.metering import services as metering
+from marketplace.payments import payouts
 from marketplace.payments import services as payments
+from marketplace.payments.models import PAYOUT_FAILED, PAYOUT_PAID, PAYOUT_PENDING
 from marketplace.payments.outbox import OutboxPolicy
-from marketplace.payments.schemas import TopUpCreate
+from marketplace.payments.schemas import PayoutAccountSet, TopUpCreate
 from marketplace.web import charts, formatting
-from marketplace.web.forms import ListingForm, OfferForm, SampleForm, TopUpForm, UploadForm
+from marketplace.web.forms import (
+    ListingForm,
+    OfferForm,
+    PayoutAccountForm,
+    SampleForm,
+    TopUpForm,
+    UploadForm,
+)
 from marketplace.web.views import (
     EmptyForm,
     _exponents,
@@ -57,6 +66,7 @@ from marketplace.web.views import (
 CHART_DAYS = 30
 STATEMENT_DAYS = 90
 ORDERS_SHOWN = 20
+PAYOUTS_SHOWN = 20
 
 
 def _currency_choices() -> list[SelectChoice]:
@@ -71,6 +81,7 @@ def dashboard() -> Any:
     context: dict[str, Any] = {}
     if viewer.has_role("vendor"):
         context.update(_vendor_context(viewer.organization_id))
+        context["payout_account_form"] = PayoutAccountForm() if viewer.may(PAYOUTS_WRITE) else None
     if viewer.has_role("buyer"):
         context.update(_buyer_context(viewer.organization_id))
     return render_template("dashboard.html", **context)
@@ -103,6 +114,15 @@ def _money_series(title: str, currency: str, points: list[tuple[dt.datetime, int
         values=values,
         value_text=lambda v: money_text(v, currency),
     )
+
+
+def payout_status_text() -> dict[str, str]:
+    """What a payout's status means to the vendor (the money of a pending one is held)."""
+    return {
+        PAYOUT_PENDING: _("held: being paid"),
+        PAYOUT_PAID: _("paid"),
+        PAYOUT_FAILED: _("failed: payable again"),
+    }
 
 
 def _vendor_context(organization_id: int) -> dict[str, Any]:
@@ -152,6 +172,13 @@ def _vendor_context(organization_id: int) -> dict[str, Any]:
         "charts": [(s, charts.bar_chart(s)) for s in series],
         "payable": balances,
         "sales": _orders(organization_id, "vendor"),
+        "payouts": payouts.list_payouts(
+            session=session, organization_id=organization_id, limit=PAYOUTS_SHOWN
+        ),
+        "payout_account": payouts.get_payout_account(
+            session=session, organization_id=organization_id
+        ),
+        "payout_status": payout_status_text(),
     }
 
 
@@ -287,6 +314,29 @@ def statement_csv() -> Response:
 
 
 # --- vendor actions --------------------------------------------------------------------------
+
+
+@bp.post("/dashboard/payout-account")
+@login_required
+def set_payout_account() -> BaseResponse:
+    viewer = requires(PAYOUTS_WRITE)
+    form = PayoutAccountForm()
+    if form.validate_on_submit():
+        try:
+            body = validate(PayoutAccountSet, {"account_id": form.account_ref.data.strip()})
+            linked = payouts.set_payout_account(
+                session=get_session(),
+                gateway=current_app.extensions["payment_gateway"],
+                organization_id=viewer.organization_id,
+                viewer_organization_id=viewer.organization_id,
+                account_ref=body.account_id,
+            )
+            flash(_("Payouts go to %(account)s from now on.", account=linked.account_ref), "ok")
+        except DomainError as exc:
+            flash(error_text(exc), "error")
+    else:
+        flash(_("Type the connected account's id."), "error")
+    return redirect(url_for("web.dashboard") + "#payouts")
 
 
 def _owned(model_id: int) -> Any:

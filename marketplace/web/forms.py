@@ -140,3 +140,35 @@ class PreferencesForm(FlaskForm):
         _l("Language"), choices=[SelectChoice("zh", "中文"), SelectChoice("en", "English")]
     )
     timezone = SelectField(_l("Time zone"), choices=[])
+
+
+class AuditExportForm(FlaskForm):
+    from_seq = IntegerField(
+        _l("From record (seq, inclusive; empty: 0)"),
+        validators=[Optional(), NumberRange(min=0, max=2**62)],
+    )
+    to_size = IntegerField(
+        _l("To tree size (exclusive; empty: the whole sequenced journal)"),
+        validators=[Optional(), NumberRange(min=0, max=2**62)],
+    )
+    format = SelectField(
+        _l("Format"),
+        choices=[
+            SelectChoice("jsonl", _l("JSONL with the signed manifest (verifiable)")),
+            SelectChoice("csv", _l("CSV for spreadsheets (not verifiable)")),
+        ],
+    )
+
+
+class PayoutAccountForm(FlaskForm):
+    account_ref = StringField(
+        _l("Connected account for payouts (e.g. acct_…)"),
+        validators=[DataRequired(), Length(max=255)],
+    )
+
+
+class PayoutRunForm(FlaskForm):
+    organization_id = IntegerField(
+        _l("Only this vendor (organisation number; empty: every vendor)"),
+        validators=[Optional(), NumberRange(min=1, max=2**31 - 1)],
+    )

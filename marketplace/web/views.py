@@ -1,8 +1,9 @@
 """The pages' blueprint: the logged-in viewer, CSRF, security headers, and the reading pages
 (catalog, model page) with login, registration and preferences.
 
-The dashboards are in :mod:`marketplace.web.dashboard` and the administrator's page in
-:mod:`marketplace.web.admin`; they add their routes to the same blueprint.
+The dashboards are in :mod:`marketplace.web.dashboard`, the administrator's page in
+:mod:`marketplace.web.admin` and the auditor's in :mod:`marketplace.web.audit`; they add their
+routes to the same blueprint.
 """
 
 from __future__ import annotations
@@ -137,7 +138,14 @@ def login_required(view: F) -> F:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if current_viewer() is None:
-            return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
+            # A form's target may answer only POST: after logging in, come back to the page
+            # the form was on instead (``_safe_next`` keeps it on this site).
+            if request.method == "GET":
+                back = request.full_path.rstrip("?")
+            else:
+                referrer = urlsplit(request.referrer or "")
+                back = referrer.path + (f"?{referrer.query}" if referrer.query else "")
+            return redirect(url_for("web.login", next=back or None))
         return view(*args, **kwargs)
 
     return wrapped  # type: ignore[return-value]
@@ -212,7 +220,6 @@ def _template_helpers() -> dict[str, Any]:
         "lang": str(get_locale() or "en"),
         "logout_form": EmptyForm(),
         "current_zone": str(get_timezone()),
-        "has_endpoint": lambda name: name in current_app.view_functions,
         "example_shape": example_shape,
     }
 
@@ -563,4 +570,5 @@ def purchase(model_id: int, offer_id: int) -> BaseResponse:
 
 
 from marketplace.web import admin as _admin  # noqa: E402,F401  (adds its routes to bp)
+from marketplace.web import audit as _audit  # noqa: E402,F401
 from marketplace.web import dashboard as _dashboard  # noqa: E402,F401

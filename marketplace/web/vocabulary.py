@@ -1,4 +1,5 @@
-"""Words the pages translate from stored values (licence kinds, statuses, ledger kinds).
+"""Words the pages translate from stored values (licence kinds, statuses, ledger kinds,
+payment-provider calls).
 
 Listed here so that message extraction finds them; templates translate the stored value with
 ``_(value)`` and show it unchanged when a new value has no translation yet.
@@ -32,4 +33,16 @@ STORED_VALUES = (
     _l("reservation_release"),
     _l("wallet"),
     _l("vendor_payable"),
+    _l("platform_revenue"),
+    _l("royalty_accrual"),
+    _l("payment_clearing"),
+    _l("payout"),
+    # payment-provider calls (their kinds) and what sending one came to
+    _l("transfer"),
+    _l("top_up_cancel"),
+    _l("done"),
+    _l("refused"),
+    _l("retry"),
+    _l("failed"),
+    _l("already_recorded"),
 )

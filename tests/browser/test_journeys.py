@@ -1,16 +1,23 @@
 """Journeys through the pages in a real browser: a vendor publishes, a buyer finds, trials, runs,
-tops up and buys, an administrator suspends. Each step builds on the one before (one live
+tops up and buys, an administrator suspends, an auditor exports and verifies offline. Each step builds on the one before (one live
 marketplace per module), every page is checked for contrast and labels and photographed."""
 
 from __future__ import annotations
 
 import io
+import os
 import re
+import shlex
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 
+from marketplace.audit import journal
+from marketplace.audit import services as audit
+from marketplace.db import get_session
 from marketplace.demo import defect_scorer_model
 from tests.browser.a11y import check_page
 from tests.browser.conftest import PASSWORD, Site, shoot
@@ -18,6 +25,7 @@ from tests.browser.conftest import PASSWORD, Site, shoot
 VENDOR = "vendor@journey.test"
 BUYER = "buyer@journey.test"
 ADMIN = "admin@journey.test"
+AUDITOR = "auditor@journey.test"
 MODEL = "Weld defect scorer 焊缝缺陷评分"
 
 
@@ -224,6 +232,114 @@ def test_admin_suspends_and_the_buyers_model_page_says_so(site, new_page):
     row = admin.locator("tr", has_text=MODEL)
     row.get_by_role("button", name=re.compile("^Reinstate")).click()
     admin.get_by_text(f"“{MODEL}” is active again.").wait_for()
+
+
+def test_a_vendor_is_paid_out_by_an_administrator(site, new_page):
+    vendor = new_page()
+    log_in(vendor, site, VENDOR)
+    payouts = vendor.locator("#payouts")
+    assert "¥90.00" in payouts.locator(".big").inner_text() and "No payouts yet." in (
+        payouts.inner_text()
+    )
+    vendor.get_by_label(re.compile("^Connected account for payouts")).fill("acct_1WeldVision")
+    vendor.get_by_role("button", name="Save payout account").click()
+    vendor.get_by_text("Payouts go to acct_1WeldVision from now on.").wait_for()
+
+    admin = new_page()
+    log_in(admin, site, ADMIN)
+    admin.goto(f"{site.url}/admin#payouts")
+    admin.get_by_role("button", name="Run payouts now").click()
+    admin.get_by_text("Payout run: 1 payouts.").wait_for()
+    admin.get_by_text(re.compile(r"Payout \d+: ¥90\.00 to organisation \d+, paid\.")).wait_for()
+    assert "No failed calls." in admin.locator("#payments").inner_text()
+    check_page(admin)
+    shoot(admin, "admin-payouts")
+
+    vendor.reload()
+    row = vendor.locator("#payouts tbody tr").first
+    assert "¥90.00" in row.inner_text() and "paid" in row.inner_text()
+    assert "¥0.00" in vendor.locator("#payouts .big").inner_text()
+    check_page(vendor)
+    shoot(vendor, "dashboard-vendor-payouts")
+
+
+def _offline(command: list[str], cwd: Any) -> subprocess.CompletedProcess[str]:
+    """Run a ``jishi`` command line with no database or network to reach, as on an auditor's
+    own machine."""
+    env = {
+        **os.environ,
+        "MARKETPLACE_DATABASE_URL": "postgresql+psycopg://nobody@192.0.2.1:1/none",
+        "MARKETPLACE_ENV": "production",
+    }
+    assert command[0] == "jishi"
+    jishi = "import sys; from marketplace.cli import main; sys.argv[0] = 'jishi'; main()"
+    return subprocess.run(
+        [sys.executable, "-c", jishi, *command[1:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_an_auditor_sees_the_checkpoint_exports_and_verifies_the_file_offline(
+    site, new_page, tmp_path
+):
+    with site.app.app_context():
+        # What each node's periodic task does every minute.
+        session = get_session()
+        journal.sequence(session)
+        checkpoint = audit.create_checkpoint(session, site.app.extensions["audit_keys"])
+    assert checkpoint.size > 10  # the journeys above left their records
+    site.platform_user("auditor", AUDITOR)
+    page = new_page()
+    log_in(page, site, AUDITOR)
+    page.get_by_role("link", name="Audit", exact=True).click()
+    page.wait_for_url("**/audit")
+    assert page.locator("#checkpoint-note").inner_text().strip() == checkpoint.note.strip()
+    assert page.locator("#checkpoint-size").inner_text() == f"{checkpoint.size:,}"
+    assert page.locator("#checkpoint-root").inner_text() == checkpoint.root.hex()
+    key = page.locator("tr.current-key .verifier-key").inner_text()
+    assert "fees" in page.locator("#totals").inner_text().lower()
+    check_page(page)
+    shoot(page, "audit")
+
+    page.get_by_label("Format").select_option("jsonl")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export").click()
+    name = download.value.suggested_filename
+    assert name == f"jishi-audit-0-{checkpoint.size}.jsonl"
+    download.value.save_as(tmp_path / name)
+    # The command the page shows, run as shown on the file as downloaded.
+    command = shlex.split(page.locator("#verify-command").inner_text())
+    assert command[:3] == ["jishi", "audit", "verify"] and command[3] == name
+    assert command[4:] == ["--public-key", key]
+    verified = _offline(command, tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.startswith("verified") and f"{checkpoint.size}" in verified.stdout
+
+    data = (tmp_path / name).read_bytes()
+    spot = data.index(b'"amount_minor":10000')
+    (tmp_path / name).write_bytes(data[:spot] + b'"amount_minor":90000' + data[spot + 20 :])
+    tampered = _offline(command, tmp_path)
+    assert tampered.returncode == 1
+    assert "NOT VERIFIED" in tampered.stderr and "seq" in tampered.stderr
+
+    page.goto(f"{site.url}/audit?lang=zh")
+    assert "最新签名检查点" in page.content()
+    check_page(page)
+    shoot(page, "audit-zh")
+
+
+def test_the_audit_page_refuses_vendors_and_buyers(site, new_page):
+    for email in (VENDOR, BUYER):
+        page = new_page()
+        log_in(page, site, email)
+        assert page.get_by_role("link", name="Audit", exact=True).count() == 0
+        response = page.goto(f"{site.url}/audit")
+        assert response.status == 403
+        assert "Only auditors and administrators may open this page." in page.content()
 
 
 def test_reading_pages_work_without_javascript(site, new_page):

@@ -607,3 +607,18 @@ def test_admin_verifies_an_organisation_from_the_page(app, client, person, platf
     assert f"<td>{buyer.org.id}</td>" in verified
     missing = admin.post("/admin/organizations/999999/verify", token_from="/admin")
     assert missing.status_code == 302  # reported on the page, nothing changed
+
+
+def test_a_form_posted_after_the_session_ended_comes_back_to_its_page(app):
+    # The form's target answers only POST: logging in must not lead back to it (405), but to
+    # the page the form was on.
+    browser = app.test_client()
+    token = csrf_of(browser.get("/login").get_data(as_text=True))
+    form = {"from_seq": "0", "csrf_token": token}
+    resp = browser.post(
+        "/audit/export", data=form, headers={"Referer": "http://localhost/audit?tab=export"}
+    )
+    assert resp.status_code == 302
+    assert resp.headers["Location"].endswith("/login?next=/audit?tab%3Dexport")
+    resp = browser.post("/audit/export", data=form)
+    assert resp.headers["Location"].endswith("/login")
