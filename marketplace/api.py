@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import json as stdlib_json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, has_request_context, request
+from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.routing import IntegerConverter, Map
 from werkzeug.routing.converters import NumberConverter
 
+from marketplace.amounts import add_display_schemas, with_displays
 from marketplace.errors import (
     DomainError,
     IntegerOutOfRange,
@@ -18,6 +21,7 @@ from marketplace.errors import (
     PayloadTooLarge,
     RoutingIntegerOutOfRange,
     ValidationFailed,
+    problem_title,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,6 +42,7 @@ class HeaderParam:
     description: str
     required: bool
     schema: dict[str, Any]
+    example: str
 
 
 IDEMPOTENCY_KEY = HeaderParam(
@@ -46,14 +51,42 @@ IDEMPOTENCY_KEY = HeaderParam(
     "result and changes nothing, the same key with another body is refused (409).",
     True,
     {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_LENGTH_MAX},
+    "7d3f0c1e-order-2026-0001",
 )
 CONTENT_DIGEST = HeaderParam(
     "Content-Digest",
     "RFC 9530 digest of the body (`sha-256=:BASE64:`); when present, the body is written to "
-    "storage while it arrives and refused (422) if it does not match.",
+    "storage while it arrives and refused (400 `digest_mismatch`) if it does not match.",
     False,
     {"type": "string", "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$"},
+    "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
 )
+
+PATH_PARAMETER_DESCRIPTIONS = {
+    "version": "A version number such as `1.0.0`; where a version is read or evaluated, also "
+    "`latest`: the listing's newest version that is not revoked.",
+}
+
+# The codes each status stands for when an operation names no codes of its own: the problems
+# that the shared parsing, authentication and storage layers raise on every route.
+DEFAULT_ERROR_CODES: dict[int, tuple[str, ...]] = {
+    400: ("bad_request",),
+    401: ("missing_token", "invalid_token"),
+    402: ("insufficient_funds",),
+    403: ("insufficient_scope", "forbidden"),
+    404: ("not_found",),
+    405: ("method_not_allowed",),
+    409: ("conflict",),
+    410: ("version_revoked",),
+    411: ("length_required",),
+    413: ("payload_too_large",),
+    415: ("unsupported_media_type",),
+    422: ("validation_failed", "malformed_json", "body_not_object", "integer_out_of_range"),
+    429: ("too_many_requests",),
+    502: ("worker_crashed",),
+    503: ("service_unavailable", "database_busy"),
+    504: ("deadline_exceeded",),
+}
 
 
 def idempotency_key() -> str:
@@ -174,13 +207,26 @@ def openapi(
     body_media_types: Sequence[str] = (),
     response_media_types: Sequence[str] = (JSON_MIME,),
     headers: Sequence[HeaderParam] = (),
+    error_codes: Mapping[int, Sequence[str]] | None = None,
+    example: Any = None,
+    examples: Mapping[str, Any] | None = None,
+    description: str = "",
+    also_success: Mapping[int, Sequence[str]] | None = None,
+    response_headers: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Attach the operation's description; the spec is built from these and the URL map.
 
     ``body`` is the JSON body's model; ``body_media_types`` lists further media types the body
     may have (such as npz), ``response_media_types`` those the success response may have
     (chosen by ``Accept``), ``headers`` the request headers the operation reads.
+    ``error_codes`` names the problem codes of a status where they differ from
+    :data:`DEFAULT_ERROR_CODES`; ``example`` is a JSON body a client may send as it is, and
+    ``examples`` gives path and query parameters their example values (integer path
+    parameters default to 1, the first id of a fresh database's demo data).
+    ``also_success`` lists further success statuses with their media types;
+    ``response_headers`` names the headers of the success response with their meaning.
     """
+    codes = {int(k): tuple(v) for k, v in (error_codes or {}).items()}
 
     def decorate(view: F) -> F:
         view.__openapi__ = {  # type: ignore[attr-defined]
@@ -191,7 +237,13 @@ def openapi(
             "response": response,
             "status": status,
             "scope": scope,
-            "errors": sorted(set(errors) | ({401, 403} if scope else set()) | {422}),
+            "errors": sorted(set(errors) | set(codes) | ({401, 403} if scope else set()) | {422}),
+            "error_codes": codes,
+            "example": example,
+            "examples": dict(examples or {}),
+            "description": description,
+            "also_success": {int(k): tuple(v) for k, v in (also_success or {}).items()},
+            "response_headers": dict(response_headers or {}),
             "body_media_type": body_media_type,
             "body_media_types": tuple(body_media_types),
             "response_media_types": tuple(response_media_types),
@@ -202,21 +254,33 @@ def openapi(
     return decorate
 
 
-def _schema_ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+def _schema_ref(
+    model: type[BaseModel], schemas: dict[str, Any], *, response: bool = False
+) -> dict[str, str]:
+    # A response is described as it is serialised (aliases such as ``from``, computed fields);
+    # a request as it is validated. Pydantic names the two forms apart where they differ.
+    schema = model.model_json_schema(
+        ref_template="#/components/schemas/{model}",
+        mode="serialization" if response else "validation",
+    )
     for name, sub in schema.pop("$defs", {}).items():
         schemas[name] = sub
     schemas[model.__name__] = schema
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-_BINARY = {"type": "string", "format": "binary"}
+def _raw(media_type: str) -> dict[str, Any]:
+    # OpenAPI 3.1 describes a body that is not JSON by its media type, not by a JSON type.
+    schema: dict[str, Any] = {"contentMediaType": media_type}
+    if media_type in _BINARY_EXAMPLES:
+        schema["description"] = _BINARY_EXAMPLES[media_type]
+    return schema
 
 
 def _path_schema(converter: object) -> dict[str, Any]:
     """The JSON schema of a path parameter, from the Flask converter that parses it."""
     if isinstance(converter, NumberConverter) and converter.num_convert is int:
-        schema: dict[str, Any] = {"type": "integer", "format": "int64"}
+        schema: dict[str, Any] = {"type": "integer", "format": "int32"}
         if not converter.signed:
             schema["minimum"] = 0
         if converter.max is not None:
@@ -263,22 +327,32 @@ def build_spec(app: Flask) -> dict[str, Any]:
         if meta is None:
             continue
         path = paths.setdefault(_openapi_path(rule.rule), {})
-        params = [
-            {
-                "name": arg,
-                "in": "path",
-                "required": True,
-                "schema": _path_schema(rule._converters[arg]),  # type: ignore[attr-defined]
-            }
-            for arg in sorted(rule.arguments)
-        ]
+        examples = meta["examples"]
+        params = []
+        for arg in sorted(rule.arguments):
+            schema = _path_schema(rule._converters[arg])  # type: ignore[attr-defined]
+            param = {"name": arg, "in": "path", "required": True, "schema": schema}
+            if arg in PATH_PARAMETER_DESCRIPTIONS:
+                param["description"] = PATH_PARAMETER_DESCRIPTIONS[arg]
+            if arg in examples:
+                param["example"] = examples[arg]
+            elif schema["type"] == "integer":
+                param["example"] = 1
+            params.append(param)
         if meta["query"] is not None:
             query_schema = meta["query"].model_json_schema()
             required = set(query_schema.get("required", ()))
             for name, prop in query_schema.get("properties", {}).items():
-                params.append(
-                    {"name": name, "in": "query", "required": name in required, "schema": prop}
-                )
+                param = {"name": name, "in": "query", "required": name in required, "schema": prop}
+                if prop.get("description"):
+                    param["description"] = prop["description"]
+                if name in examples:
+                    param["example"] = examples[name]
+                elif prop.get("examples"):
+                    param["example"] = prop["examples"][0]
+                elif prop.get("default") is not None:
+                    param["example"] = prop["default"]
+                params.append(param)
         for header in meta["headers"]:
             params.append(
                 {
@@ -287,12 +361,14 @@ def build_spec(app: Flask) -> dict[str, Any]:
                     "required": header.required,
                     "description": header.description,
                     "schema": header.schema,
+                    "example": header.example,
                 }
             )
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op: dict[str, Any] = {
                 "operationId": f"{rule.endpoint}.{method.lower()}",
                 "summary": meta["summary"],
+                **({"description": meta["description"]} if meta["description"] else {}),
                 "tags": [meta["tag"]],
                 "parameters": params,
                 "responses": {},
@@ -305,10 +381,12 @@ def build_spec(app: Flask) -> dict[str, Any]:
             content: dict[str, Any] = {}
             if meta["body"] is not None:
                 content[JSON_MIME] = {"schema": _schema_ref(meta["body"], schemas)}
+                if meta["example"] is not None:
+                    content[JSON_MIME]["example"] = meta["example"]
             elif meta["body_media_type"] != JSON_MIME:
-                content[meta["body_media_type"]] = {"schema": _BINARY}
+                content[meta["body_media_type"]] = {"schema": _raw(meta["body_media_type"])}
             for media_type in meta["body_media_types"]:
-                content.setdefault(media_type, {"schema": _BINARY})
+                content.setdefault(media_type, {"schema": _raw(media_type)})
             if content:
                 op["requestBody"] = {"required": True, "content": content}
             ok: dict[str, Any] = {"description": "Success"}
@@ -316,38 +394,53 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 ok["content"] = {}
                 for media_type in meta["response_media_types"]:
                     ok["content"][media_type] = (
-                        {"schema": _schema_ref(meta["response"], schemas)}
+                        {"schema": _schema_ref(meta["response"], schemas, response=True)}
                         if media_type == JSON_MIME
-                        else {"schema": _BINARY}
+                        else {"schema": _raw(media_type)}
                     )
             elif meta["response_media_types"] != (JSON_MIME,):
-                ok["content"] = {
-                    m: {"schema": {"type": "string"}} for m in meta["response_media_types"]
+                ok["content"] = {m: {"schema": _raw(m)} for m in meta["response_media_types"]}
+            if meta["response_headers"]:
+                ok["headers"] = {
+                    name: {"description": text, "schema": {"type": "string"}}
+                    for name, text in meta["response_headers"].items()
                 }
             op["responses"][str(meta["status"])] = ok
-            for status in meta["errors"]:
+            for status, media_types in meta["also_success"].items():
                 op["responses"][str(status)] = {
-                    "description": "Problem",
-                    "content": {
-                        "application/problem+json": {
-                            "schema": {"$ref": "#/components/schemas/Problem"}
-                        }
-                    },
+                    "description": "Success",
+                    "content": {m: {"schema": _raw(m)} for m in media_types},
                 }
+            for status in meta["errors"]:
+                op["responses"][str(status)] = _problem_response(
+                    status, meta["error_codes"].get(status) or DEFAULT_ERROR_CODES.get(status, ())
+                )
             path[method.lower()] = op
+    add_display_schemas(schemas)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Jishi (算法集市) API", "version": "1"},
+        "info": {
+            "title": "Jishi (算法集市) API",
+            "version": "1",
+            "description": "Amounts `X_minor` are integers in minor units (fen for CNY) with a "
+            "formatted `X_display` beside them. Errors are RFC 9457 problem documents whose `code` is "
+            "stable; the OAuth2 endpoints answer in RFC 6749's `{error, error_description}`.",
+        },
+        "servers": [{"url": "/"}],
         "paths": paths,
         "components": {
             "schemas": schemas,
             "securitySchemes": {
                 "oauth2": {
                     "type": "oauth2",
+                    "description": "Client credentials (client_secret_basic or client_secret_post) "
+                    "at the token URL; revoke at /oauth/revoke (RFC 7009), introspect at "
+                    "/oauth/introspect (RFC 7662), metadata at "
+                    "/.well-known/oauth-authorization-server (RFC 8414).",
                     "flows": {
                         "clientCredentials": {
                             "tokenUrl": "/oauth/token",
-                            "scopes": {s: s for s in sorted(_all_scopes())},
+                            "scopes": _scope_descriptions(),
                         }
                     },
                 }
@@ -356,10 +449,36 @@ def build_spec(app: Flask) -> dict[str, Any]:
     }
 
 
-def _all_scopes() -> set[str]:
-    from marketplace.accounts.scopes import ALL_SCOPES
+_BINARY_EXAMPLES = {
+    OCTET_STREAM: "The raw bytes of an ONNX model (`curl --data-binary @model.onnx`).",
+    NPZ_MIME: "A NumPy `.npz` archive with one array per input name (`numpy.savez`).",
+}
 
-    return set(ALL_SCOPES)
+
+def _problem_response(status: int, codes: Sequence[str]) -> dict[str, Any]:
+    schema: dict[str, Any] = {"$ref": "#/components/schemas/Problem"}
+    media: dict[str, Any] = {"schema": schema}
+    if codes:
+        media["schema"] = {
+            "allOf": [schema, {"properties": {"code": {"enum": list(codes)}}}],
+        }
+        media["example"] = {
+            "type": f"/problems/{codes[0]}",
+            "title": problem_title(codes[0]),
+            "status": status,
+            "detail": "…",
+            "code": codes[0],
+        }
+    return {
+        "description": "Problem: " + ", ".join(f"`{c}`" for c in codes) if codes else "Problem",
+        "content": {"application/problem+json": media},
+    }
+
+
+def _scope_descriptions() -> dict[str, str]:
+    from marketplace.accounts.scopes import ALL_SCOPES, SCOPE_DESCRIPTIONS
+
+    return {s: SCOPE_DESCRIPTIONS.get(s, s) for s in sorted(ALL_SCOPES)}
 
 
 meta_bp = Blueprint("api_meta", __name__, url_prefix=API_PREFIX)
@@ -368,7 +487,34 @@ meta_bp = Blueprint("api_meta", __name__, url_prefix=API_PREFIX)
 @meta_bp.get("/openapi.json")
 @openapi("This OpenAPI 3.1 document", tag="meta")
 def openapi_json() -> Any:
-    return jsonify(build_spec(current_app))
+    # Serialised without the API's JSON provider: the document's examples are request bodies,
+    # which must not gain the display fields that responses carry.
+    body = stdlib_json.dumps(build_spec(current_app), ensure_ascii=False, sort_keys=True)
+    return current_app.response_class(body, mimetype=JSON_MIME)
+
+
+class ApiJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, and under ``/api`` every integer amount ``X_minor`` gains ``X_display``."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if has_request_context() and request.path.startswith("/api"):
+            obj = with_displays(obj, _exponent_of)
+        return super().dumps(obj, **kwargs)
+
+
+def _exponent_of(currency: str) -> int | None:
+    # Currencies change only with migrations: the table is read once per process, and again
+    # only for a code it did not hold.
+    known: dict[str, int] = current_app.extensions.setdefault("currency_exponents", {})
+    if currency not in known:
+        from marketplace.ledger.services import currency_exponents
+
+        session = current_app.extensions["db"].session()
+        try:
+            known.update(currency_exponents(session))
+        finally:
+            session.close()
+    return known.get(currency)
 
 
 # The API's reference page: Swagger UI from the swagger-ui-bundle package, served by the app so
@@ -433,7 +579,9 @@ def _spec_url() -> str:
 
 
 def init_app(app: Flask) -> None:
-    """Bound ``<int:...>`` path parameters (before any route is added); serve the spec."""
+    """Bound ``<int:...>`` path parameters (before any route is added); display amounts; serve
+    the spec."""
     app.url_map.converters["int"] = IdConverter
+    app.json = ApiJSONProvider(app)
     app.register_blueprint(meta_bp)
     app.register_blueprint(docs_bp)

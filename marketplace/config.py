@@ -106,6 +106,9 @@ class Settings:
     platform_fee_bps: int = 1000  # 10 % of every sale and royalty goes to the platform
     top_up_amount_minor_max: int = 100_000_000  # largest single wallet top-up
     metering_reserve_calls: int = 1000  # calls a metered licence reserves (and settles) at once
+    # How often each node settles every licence's unsettled calls, so that an idle licence's
+    # usage is charged within this bound (0: only at reservation boundaries and by the CLI).
+    metering_settle_interval_s: float = 300.0
     statement_entries_max: int = 1000  # entries in one statement response
 
     # Pages for people.

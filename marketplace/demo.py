@@ -6,8 +6,11 @@ validation, inspection and ledger code as real traffic.
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,24 @@ from marketplace.db import get_session
 DEMO_PASSWORD = "demo-Password-2026"
 DEMO_VENDOR = "vendor@demo.jishi.test"
 DEMO_BUYER = "buyer@demo.jishi.test"
+CREDENTIALS_FILE = "demo-credentials.json"
+
+
+def credentials_path(app: Flask) -> Path:
+    """Where the demo clients' credentials are kept: the instance folder, readable by its owner."""
+    return Path(app.instance_path) / CREDENTIALS_FILE
+
+
+def _write_credentials(path: Path, content: dict[str, Any]) -> None:
+    # Created with mode 0600 from the start (not chmod-ed after), and replaced atomically.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(content, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    os.chmod(temp, 0o600)
+    os.replace(temp, path)
 
 
 def defect_scorer_model() -> bytes:
@@ -65,6 +86,7 @@ class _Api:
     def __init__(self, client: FlaskClient) -> None:
         self.client = client
         self.token = ""
+        self.organization_id = 0
 
     def call(self, method: str, path: str, *, expect: int, **kwargs: Any) -> Any:
         headers = dict(kwargs.pop("headers", {}))
@@ -90,6 +112,7 @@ class _Api:
             },
         )
         creds = body["client"]
+        self.organization_id = body["organization_id"]
         self.token = self.call(
             "POST",
             "/oauth/token",
@@ -124,9 +147,16 @@ def load_demo_data(app: Flask) -> Iterator[str]:
     refusal = demo_data_refusal(app.extensions["settings"])
     if refusal:
         raise DemoDataRefused(refusal)
+    path = credentials_path(app)
     with app.app_context():
         if get_session().exec(select(User).where(User.email == DEMO_VENDOR)).first() is not None:
-            yield "demo data present"
+            if path.exists():
+                yield f"demo data present; API client credentials in {path}"
+            else:
+                yield (
+                    f"demo data present; its credentials file {path} is gone (secrets are "
+                    "stored hashed): create a client with `jishi orgs` or log in as the demo user"
+                )
             return
     vendor = _Api(app.test_client())
     vendor_creds = vendor.register(DEMO_VENDOR, "Demo Vision Lab 演示视觉实验室", ["vendor"])
@@ -164,7 +194,7 @@ def load_demo_data(app: Flask) -> Iterator[str]:
             "terms_md": "¥5.00 per 1,000 successful inferences. Evaluation only in the sandbox.",
         },
     )
-    vendor.call(
+    perpetual = vendor.call(
         "POST",
         f"/api/v1/models/{listing['id']}/offers",
         expect=201,
@@ -196,4 +226,27 @@ def load_demo_data(app: Flask) -> Iterator[str]:
         json={"accept_terms_sha256": metered["terms_sha256"]},
     )
     yield f"demo buyer {DEMO_BUYER}: client_id {buyer_creds['client_id']} client_secret {buyer_creds['client_secret']}"
+    _write_credentials(
+        path,
+        {
+            "vendor": {
+                "email": DEMO_VENDOR,
+                "password": DEMO_PASSWORD,
+                "organization_id": vendor.organization_id,
+                "client_id": vendor_creds["client_id"],
+                "client_secret": vendor_creds["client_secret"],
+            },
+            "buyer": {
+                "email": DEMO_BUYER,
+                "password": DEMO_PASSWORD,
+                "organization_id": buyer.organization_id,
+                "client_id": buyer_creds["client_id"],
+                "client_secret": buyer_creds["client_secret"],
+            },
+            "listing_id": listing["id"],
+            "version": "1.0.0",
+            "offers": {"per_inference": metered["id"], "perpetual": perpetual["id"]},
+        },
+    )
+    yield f"demo API client credentials written to {path}"
     yield f"demo listing /api/v1/models/{listing['id']} with a trial of offer {metered['id']} and ¥500.00 in the buyer's wallet (simulated)"

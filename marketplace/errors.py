@@ -285,17 +285,21 @@ def library_problem(exc: SandboxError | RegistryError) -> DomainError:
     return DomainError("The model store is unavailable; retry later.", code="storage_unavailable")
 
 
+def problem_title(code: str) -> str:
+    """The one title of ``code`` (from :data:`ERROR_TABLE`), the same for every route and raise."""
+    return error_kind(code).title
+
+
 def problem_response(
     status: int,
     code: str,
     detail: str,
-    title: str | None = None,
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
     body: dict[str, Any] = {
         "type": f"/problems/{code}",
-        "title": title or code.replace("_", " ").capitalize(),
+        "title": problem_title(code),
         "status": status,
         "detail": detail,
         "code": code,
@@ -333,7 +337,7 @@ def init_app(app: Flask) -> None:
             return Response(
                 exc.detail, status=exc.status, mimetype="text/plain", headers=exc.headers
             )
-        return problem_response(exc.status, exc.code, exc.detail, exc.title, exc.extra, exc.headers)
+        return problem_response(exc.status, exc.code, exc.detail, exc.extra, exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response | BaseResponse:
@@ -345,9 +349,7 @@ def init_app(app: Flask) -> None:
             headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # type: ignore[attr-defined]
         # Werkzeug's own descriptions are generic and carry no host detail.
         code = getattr(exc, "problem_code", None) or _HTTP_CODES.get(status, "http_error")
-        return problem_response(
-            status, code, exc.description or exc.name, error_kind(code).title, headers=headers
-        )
+        return problem_response(status, code, exc.description or exc.name, headers=headers)
 
     @app.errorhandler(DBAPIError)
     def _database_error(exc: DBAPIError) -> Response:
@@ -368,6 +370,4 @@ def init_app(app: Flask) -> None:
         log.exception("unhandled error on %s %s", request.method, request.path)
         if not _wants_problem():
             return Response("Internal server error", status=500, mimetype="text/plain")
-        return problem_response(
-            500, "internal_error", "The server could not complete the request.", "Internal error"
-        )
+        return problem_response(500, "internal_error", "The server could not complete the request.")

@@ -23,7 +23,7 @@ from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
-from flask import Blueprint, Flask, Response, current_app, json, request
+from flask import Blueprint, Flask, Response, current_app, g, json, request
 from sqlmodel import select
 from werkzeug.datastructures import Authorization
 
@@ -187,14 +187,28 @@ def forget_client_tokens(client_id: str) -> None:
 
 
 class _Protector(ResourceProtector):
+    def acquire_token(self, scopes: Any = None, **kwargs: Any) -> Any:
+        # Kept for the error response, which names the scope the operation needs.
+        g.jishi_required_scopes = [scopes] if isinstance(scopes, str) else list(scopes or [])
+        return super().acquire_token(scopes, **kwargs)
+
     def raise_error_response(self, error: OAuth2Error) -> None:
         # Inside /api every error is problem+json; keep RFC 6750's WWW-Authenticate header.
         headers = dict(error.get_headers())
         if error.error == "insufficient_scope":
+            needed = g.get("jishi_required_scopes") or []
+            # RFC 6750 §3: the challenge names the error and the scope that would do.
+            headers["WWW-Authenticate"] = (
+                f'Bearer error="insufficient_scope", scope="{" ".join(needed)}"'
+            )
             raise Forbidden(
-                "The token lacks the scope this operation needs.",
+                f"This operation needs a token with the {' or '.join(needed)} scope; "
+                "request one with scope=... at /oauth/token."
+                if needed
+                else "The token lacks the scope this operation needs.",
                 code="insufficient_scope",
                 headers=headers,
+                extra={"required_scopes": needed},
             )
         if error.error == "missing_authorization":
             headers = {"WWW-Authenticate": 'Bearer realm="jishi"'}
@@ -266,6 +280,47 @@ def _oauth_error(
 
 
 oauth_bp = Blueprint("oauth", __name__)
+
+# RFC 6749 §5.2 errors in words a client's developer can act on. Authlib leaves some errors
+# without a description and writes others from Python values (a list's repr); those are
+# replaced, its plain sentences kept.
+_OAUTH_DESCRIPTIONS = {
+    "invalid_request": "The request is missing a parameter or repeats one; send "
+    "application/x-www-form-urlencoded fields as RFC 6749 describes.",
+    "invalid_client": "Client authentication failed: send the client id and secret with HTTP "
+    "Basic (client_secret_basic) or as client_id and client_secret form fields "
+    "(client_secret_post).",
+    "unauthorized_client": "This client may not use this grant type.",
+    "unsupported_grant_type": "Only grant_type=client_credentials is supported.",
+    "invalid_scope": "A requested scope is unknown or not allowed for this client.",
+    "unsupported_token_type": "Only access tokens can be revoked or introspected here.",
+}
+
+
+def _readable(description: object) -> bool:
+    return (
+        isinstance(description, str)
+        and bool(description)
+        and not any(mark in description for mark in "[]{}'\"")
+    )
+
+
+@oauth_bp.after_request
+def _readable_oauth_error(response: Response) -> Response:
+    if response.status_code < 400 or response.mimetype != "application/json":
+        return response
+    try:
+        body = json.loads(response.get_data())
+    except ValueError:
+        return response
+    if not isinstance(body, dict) or "error" not in body:
+        return response
+    if not _readable(body.get("error_description")):
+        body["error_description"] = _OAUTH_DESCRIPTIONS.get(
+            str(body["error"]), "The request was refused."
+        )
+        response.set_data(json.dumps(body))
+    return response
 
 
 def _server() -> AuthorizationServer:

@@ -27,6 +27,18 @@ ALL_SCOPES = (
     PAYOUTS_WRITE,
 )
 
+SCOPE_DESCRIPTIONS = {
+    MODELS_READ: "Read listings and download licensed artifacts",
+    MODELS_WRITE: "Create listings, upload versions, publish offers (vendors)",
+    SANDBOX_RUN: "Evaluate versions in the sandbox (trials and licences)",
+    LICENSES_WRITE: "Start trials and buy offers (buyers)",
+    LEDGER_READ: "Read the organisation's wallet, orders and statements",
+    AUDIT_READ: "Read and export the audit journal (auditors)",
+    ADMIN: "Platform administration: suspensions, refunds, payouts",
+    CLIENTS_MANAGE: "Create and revoke the organisation's API clients (only when requested)",
+    PAYOUTS_WRITE: "Set where a vendor's payouts are sent",
+}
+
 # Scopes a token carries only when its request names them: a token requested without a scope
 # gets every other scope of its client, so the everyday token that leaks from a log or a CI job
 # cannot mint permanent clients.

@@ -33,6 +33,17 @@ bp = Blueprint("accounts", __name__, url_prefix=API_PREFIX)
     response=RegisterResponse,
     status=201,
     errors=[409, 429, 503],
+    error_codes={
+        409: ["email_taken"],
+        429: ["too_many_registrations"],
+        503: ["registration_busy"],
+    },
+    example={
+        "email": "newcomer@example.test",
+        "password": "Correct-Horse-9-Battery",
+        "organization_name": "Example Labs",
+        "organization_roles": ["buyer"],
+    },
 )
 def register() -> Any:
     body = parse_json(RegisterRequest)
@@ -54,6 +65,8 @@ def register() -> Any:
     status=201,
     scope=CLIENTS_MANAGE,
     errors=[404],
+    error_codes={404: ["organization_not_found"], 422: ["validation_failed", "scope_not_allowed"]},
+    example={"name": "CI pipeline", "scopes": ["models:read"]},
 )
 @require_oauth(CLIENTS_MANAGE)
 def create_client(org_id: int) -> Any:
@@ -80,6 +93,7 @@ def create_client(org_id: int) -> Any:
     response=ClientList,
     scope="any",
     errors=[404],
+    error_codes={404: ["organization_not_found"]},
 )
 @require_oauth()
 def list_clients(org_id: int) -> Any:
@@ -98,6 +112,8 @@ def list_clients(org_id: int) -> Any:
     response=ClientCredentials,
     scope=CLIENTS_MANAGE,
     errors=[404, 409],
+    error_codes={404: ["organization_not_found", "client_not_found"], 409: ["last_manager_client"]},
+    examples={"client_id": "jc_Example0ClientId0000000"},
 )
 @require_oauth(CLIENTS_MANAGE)
 def revoke_client(org_id: int, client_id: str) -> Any:
@@ -117,6 +133,8 @@ def revoke_client(org_id: int, client_id: str) -> Any:
     response=OrganizationPublic,
     scope=ADMIN,
     errors=[404],
+    error_codes={404: ["organization_not_found"]},
+    examples={"org_id": 2},
 )
 @require_oauth(ADMIN)
 def verify_organization(org_id: int) -> Any:

@@ -23,13 +23,11 @@ from marketplace.audit.schemas import (
     RevenueReport,
 )
 from marketplace.db import as_utc
-from marketplace.ledger import services as ledger
 from marketplace.ledger.models import (
     CREDIT,
     DEBIT,
     PLATFORM_REVENUE,
 )
-from marketplace.ledger.money import format_minor
 from marketplace.ledger.services.records import accounts_t as _accounts_t
 from marketplace.ledger.services.records import entries_t as _entries_t
 from marketplace.ledger.services.records import transactions_t as _transactions_t
@@ -205,29 +203,27 @@ def platform_revenue(
         query = query.where(_entries_t.c.created_at >= start)
     if end is not None:
         query = query.where(_entries_t.c.created_at < end)
-    exponents = ledger.currency_exponents(session)
     items = []
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for label, cur, credits, debits in session.execute(query):
-        items.append(_period(str(label), cur, int(credits), int(debits), exponents[cur]))
+        items.append(_period(str(label), cur, int(credits), int(debits)))
         totals[cur][0] += int(credits)
         totals[cur][1] += int(debits)
     return RevenueReport(
         period=period,
         items=items,
         totals=[
-            _period("total", cur, credits, debits, exponents[cur])
+            _period("total", cur, credits, debits)
             for cur, (credits, debits) in sorted(totals.items())
         ],
     )
 
 
-def _period(label: str, currency: str, fees: int, refunded: int, exponent: int) -> RevenuePeriod:
+def _period(label: str, currency: str, fees: int, refunded: int) -> RevenuePeriod:
     return RevenuePeriod(
         period=label,
         currency=currency,
         fees_minor=fees,
         refunded_minor=refunded,
         net_minor=fees - refunded,
-        display=format_minor(fees - refunded, currency, exponent),
     )

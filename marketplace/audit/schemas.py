@@ -165,7 +165,6 @@ class RevenuePeriod(BaseModel):
     fees_minor: int = Field(description="Platform fees credited")
     refunded_minor: int = Field(description="Platform fees given back (refunds)")
     net_minor: int
-    display: str
 
 
 class RevenueReport(BaseModel):

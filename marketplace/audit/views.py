@@ -92,7 +92,7 @@ def _note(view: services.CheckpointView) -> Response:
 
 @bp.get("/audit/checkpoints/latest")
 @openapi("The latest signed checkpoint (C2SP signed note, text/plain)", tag="audit",
-         scope=READERS, errors=[404], response_media_types=("text/plain",))  # fmt: skip
+         scope=READERS, errors=[404], response_media_types=("text/plain",), error_codes={404: ["checkpoint_not_found"]})  # fmt: skip
 @require_oauth(list(READERS))
 def latest_checkpoint() -> Any:
     return _note(services.latest_checkpoint(get_session()))
@@ -101,7 +101,7 @@ def latest_checkpoint() -> Any:
 @bp.get("/audit/checkpoints")
 @openapi("The signed checkpoint of the tree at any size up to the sequenced one (text/plain)",
          tag="audit", query=CheckpointQuery, scope=READERS,
-         response_media_types=("text/plain",))  # fmt: skip
+         response_media_types=("text/plain",), examples={"size": 1})  # fmt: skip
 @require_oauth(list(READERS))
 def checkpoint_at_size() -> Any:
     query = parse_query(CheckpointQuery)
@@ -137,7 +137,7 @@ def public_keys() -> Any:
 
 @bp.get("/audit/records")
 @openapi("Sequenced records from_seq..to_seq (inclusive), one page", tag="audit",
-         query=RecordsQuery, response=RecordPage, scope=READERS)  # fmt: skip
+         query=RecordsQuery, response=RecordPage, scope=READERS, examples={"to_seq": 9})  # fmt: skip
 @require_oauth(list(READERS))
 def records() -> Any:
     query = parse_query(RecordsQuery)
@@ -158,7 +158,7 @@ def records() -> Any:
 
 @bp.get("/audit/proofs/inclusion")
 @openapi("RFC 9162 inclusion proof of record seq in the tree of size", tag="audit",
-         query=InclusionQuery, response=InclusionProof, scope=READERS)  # fmt: skip
+         query=InclusionQuery, response=InclusionProof, scope=READERS, examples={"seq": 0, "size": 1})  # fmt: skip
 @require_oauth(list(READERS))
 def inclusion_proof() -> Any:
     query = parse_query(InclusionQuery)
@@ -168,7 +168,7 @@ def inclusion_proof() -> Any:
 
 @bp.get("/audit/proofs/consistency")
 @openapi("RFC 9162 consistency proof from the tree of size `from` to the tree of size `to`",
-         tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS)  # fmt: skip
+         tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS, examples={"from": 1, "to": 2})  # fmt: skip
 @require_oauth(list(READERS))
 def consistency_proof() -> Any:
     query = parse_query(ConsistencyQuery)
@@ -187,7 +187,7 @@ def consistency_proof() -> Any:
 @bp.get("/audit/export")
 @openapi("Export records [from_seq, to_size) as JSONL (with a signed manifest) or CSV, streamed",
          tag="audit", query=ExportQuery, scope=READERS, errors=[503],
-         response_media_types=("application/jsonl", "text/csv"))  # fmt: skip
+         response_media_types=("application/jsonl", "text/csv"), examples={"from_seq": 0, "to_size": 1})  # fmt: skip
 @require_oauth(list(READERS))
 def export_records() -> Any:
     query = parse_query(ExportQuery)
@@ -239,7 +239,7 @@ def export_response(*, from_seq: int | None, to_size: int | None, fmt: str) -> R
 @bp.get("/audit/ledger/transactions")
 @openapi("Every organisation's ledger transactions and entries, filtered, with totals per "
          "account code", tag="audit", query=LedgerQuery, response=PlatformLedger,
-         scope=READERS)  # fmt: skip
+         scope=READERS, examples={"organization_id": 2, "kind": "purchase", "currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
 @require_oauth(list(READERS))
 def ledger_transactions() -> Any:
     query = parse_query(LedgerQuery)
@@ -258,7 +258,7 @@ def ledger_transactions() -> Any:
 
 @bp.get("/audit/revenue")
 @openapi("Platform fee revenue per currency and period", tag="audit", query=RevenueQuery,
-         response=RevenueReport, scope=READERS)  # fmt: skip
+         response=RevenueReport, scope=READERS, examples={"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
 @require_oauth(list(READERS))
 def revenue() -> Any:
     query = parse_query(RevenueQuery)

@@ -8,12 +8,13 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request
+from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from marketplace.accounts.models import Organization
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, MODELS_READ, MODELS_WRITE
-from marketplace.api import API_PREFIX, openapi, parse_json, parse_query
+from marketplace.api import API_PREFIX, CONTENT_DIGEST, openapi, parse_json, parse_query
 from marketplace.catalog import services, upload_context
 from marketplace.catalog.errors import (
     InvalidContentDigest,
@@ -46,6 +47,15 @@ bp = Blueprint("catalog", __name__, url_prefix=API_PREFIX)
 OCTET_STREAM = "application/octet-stream"
 
 
+class VersionUploadQuery(BaseModel):
+    """The upload's query string; ``services.parse_version`` checks the version itself."""
+
+    version: str = Field(
+        description="The new version's number, semantic versioning (versions are immutable)",
+        examples=["1.1.0"],
+    )
+
+
 def _viewer_org_id() -> int | None:
     """The organisation of the request's token, or None for an anonymous read."""
     try:
@@ -74,6 +84,17 @@ def _json(model: Any, status: int = 200) -> tuple[Response, int]:
     response=ListingPublic,
     status=201,
     scope=MODELS_WRITE,
+    error_codes={
+        403: ["not_a_vendor", "insufficient_scope"],
+        422: ["validation_failed", "malformed_json"],
+    },
+    example={
+        "name": "Rail crack detector 钢轨裂纹检测",
+        "summary": "Finds cracks in rail images from track inspection cars.",
+        "description_md": "# Rail crack detector\n\nInput: float32 `[batch, 16]`.",
+        "task": "anomaly-detection",
+        "tags": ["transport", "rail"],
+    },
 )
 @require_oauth(MODELS_WRITE)
 def create_listing() -> Any:
@@ -86,7 +107,13 @@ def create_listing() -> Any:
 
 
 @bp.get("/models")
-@openapi("Search the catalog", tag="catalog", query=ListingQuery, response=ListingPage)
+@openapi(
+    "Search the catalog",
+    tag="catalog",
+    query=ListingQuery,
+    response=ListingPage,
+    examples={"q": "weld", "task": "anomaly-detection", "tag": "manufacturing", "vendor": 1},
+)
 @require_oauth(optional=True)
 def search_listings() -> Any:
     page = services.search_listings(
@@ -104,6 +131,7 @@ def search_listings() -> Any:
     tag="catalog",
     response=ListingDetail,
     errors=[404],
+    error_codes={404: ["model_not_found"]},
 )
 @require_oauth(optional=True)
 def get_listing(model_id: int) -> Any:
@@ -121,6 +149,8 @@ def get_listing(model_id: int) -> Any:
     response=ListingDetail,
     scope=MODELS_WRITE,
     errors=[404],
+    error_codes={404: ["model_not_found"]},
+    example={"summary": "Ultrasonic weld inspection: defect probability from 16 readings."},
 )
 @require_oauth(MODELS_WRITE)
 def update_listing(model_id: int) -> Any:
@@ -156,6 +186,7 @@ def _set_status(model_id: int, status: str) -> Any:
     response=ListingDetail,
     scope=ADMIN,
     errors=[404],
+    error_codes={404: ["model_not_found"]},
 )
 @require_oauth(ADMIN)
 def suspend_listing(model_id: int) -> Any:
@@ -169,6 +200,7 @@ def suspend_listing(model_id: int) -> Any:
     response=ListingDetail,
     scope=ADMIN,
     errors=[404],
+    error_codes={404: ["model_not_found"]},
 )
 @require_oauth(ADMIN)
 def reinstate_listing(model_id: int) -> Any:
@@ -212,6 +244,18 @@ def _declared_sha256(header: str | None) -> str | None:
     scope=MODELS_WRITE,
     errors=[404, 409, 411, 413, 415, 503],
     body_media_type=OCTET_STREAM,
+    query=VersionUploadQuery,
+    headers=[CONTENT_DIGEST],
+    error_codes={
+        400: ["invalid_digest", "digest_mismatch"],
+        404: ["model_not_found"],
+        409: ["version_exists"],
+        413: ["model_too_large"],
+        415: ["unsupported_media_type"],
+        422: ["invalid_version", "model_rejected"],
+        503: ["inspection_busy", "inspection_unavailable", "storage_unavailable"],
+    },
+    response_headers={"Location": "The new version's URL"},
 )
 @require_oauth(MODELS_WRITE)
 def upload_version(model_id: int) -> Any:
@@ -245,6 +289,8 @@ def upload_version(model_id: int) -> Any:
         context=context,
         declared_sha256=_declared_sha256(request.headers.get("Content-Digest")),
     )
+    # The alias ``latest`` now names this version: the lookups cached in this process forget it.
+    _listing_changed(model_id)
     response, status = _json(published, 201)
     version_path = quote(published.version, safe="")
     response.headers["Location"] = f"{API_PREFIX}/models/{model_id}/versions/{version_path}"
@@ -252,7 +298,13 @@ def upload_version(model_id: int) -> Any:
 
 
 @bp.get("/models/<int:model_id>/versions")
-@openapi("A model's versions", tag="catalog", response=VersionList, errors=[404])
+@openapi(
+    "A model's versions",
+    tag="catalog",
+    response=VersionList,
+    errors=[404],
+    error_codes={404: ["model_not_found"]},
+)
 @require_oauth(optional=True)
 def list_versions(model_id: int) -> Any:
     items = services.list_versions(
@@ -262,7 +314,14 @@ def list_versions(model_id: int) -> Any:
 
 
 @bp.get("/models/<int:model_id>/versions/<version>")
-@openapi("One version of a model", tag="catalog", response=VersionPublic, errors=[404])
+@openapi(
+    "One version of a model",
+    tag="catalog",
+    response=VersionPublic,
+    errors=[404],
+    error_codes={404: ["model_not_found", "version_not_found"]},
+    examples={"version": "latest"},
+)
 @require_oauth(optional=True)
 def get_version(model_id: int, version: str) -> Any:
     row = services.get_version(
@@ -278,6 +337,8 @@ def get_version(model_id: int, version: str) -> Any:
     response=VersionPublic,
     scope="any",
     errors=[404],
+    error_codes={403: ["insufficient_scope"], 404: ["model_not_found", "version_not_found"]},
+    examples={"version": "1.0.0"},
 )
 @require_oauth()
 def revoke_version(model_id: int, version: str) -> Any:
@@ -303,6 +364,14 @@ def revoke_version(model_id: int, version: str) -> Any:
     status=302,
     scope=MODELS_READ,
     errors=[404, 410, 503],
+    error_codes={
+        403: ["download_not_allowed", "insufficient_scope"],
+        404: ["model_not_found", "version_not_found"],
+        410: ["version_revoked"],
+        503: ["storage_unavailable"],
+    },
+    examples={"version": "latest"},
+    also_success={200: [OCTET_STREAM]},
 )
 @require_oauth(MODELS_READ)
 def download_artifact(model_id: int, version: str) -> Any:
@@ -341,6 +410,13 @@ def _chunks(stream: BinaryIO | None) -> Iterator[bytes]:
     scope=MODELS_WRITE,
     errors=[404, 413, 415],
     body_media_type=NPZ_MIME,
+    error_codes={
+        404: ["model_not_found", "version_not_found"],
+        413: ["sample_too_large"],
+        415: ["unsupported_media_type"],
+        422: ["sample_invalid"],
+    },
+    examples={"version": "1.0.0"},
 )
 @require_oauth(MODELS_WRITE)
 def put_sample(model_id: int, version: str) -> Any:
@@ -375,6 +451,19 @@ def put_sample(model_id: int, version: str) -> Any:
     status=201,
     scope=MODELS_WRITE,
     errors=[404],
+    error_codes={404: ["model_not_found"], 422: ["validation_failed", "unknown_currency"]},
+    example={
+        "name": "Pay per inference 按次计费",
+        "kind": "per_inference",
+        "currency": "CNY",
+        "price_minor": 0,
+        "royalty_per_1k_minor": 500,
+        "trial_calls": 100,
+        "trial_days": 14,
+        "allow_download": False,
+        "commercial_use": True,
+        "terms_md": "¥5.00 per 1,000 successful inferences.",
+    },
 )
 @require_oauth(MODELS_WRITE)
 def create_offer(model_id: int) -> Any:
@@ -389,7 +478,7 @@ def create_offer(model_id: int) -> Any:
 
 @bp.get("/models/<int:model_id>/offers")
 @openapi("A model's active offers (its vendor also sees retired ones)", tag="catalog",
-         response=OfferList, errors=[404])  # fmt: skip
+         response=OfferList, errors=[404], error_codes={404: ["model_not_found"]})  # fmt: skip
 @require_oauth(optional=True)
 def list_offers(model_id: int) -> Any:
     items = services.list_offers(
@@ -408,6 +497,8 @@ def list_offers(model_id: int) -> Any:
     response=OfferPublic,
     scope=MODELS_WRITE,
     errors=[404, 409],
+    error_codes={404: ["model_not_found", "offer_not_found"], 409: ["offer_retired"]},
+    examples={"offer_id": 2},
 )
 @require_oauth(MODELS_WRITE)
 def retire_offer(model_id: int, offer_id: int) -> Any:

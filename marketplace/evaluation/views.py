@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from marketplace.accounts.oauth import current, require_oauth
 from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
-from marketplace.api import API_PREFIX, openapi, read_json_object
+from marketplace.api import API_PREFIX, JSON_MIME, openapi, read_json_object
 from marketplace.catalog.services import sample_of
 from marketplace.db import get_session
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
@@ -38,10 +38,29 @@ class EvaluateRequest(BaseModel):
     inputs: dict[str, TensorJSON]
 
 
+class EvaluateUsage(BaseModel):
+    """What this call counted, in the names of the licence's own counters (``/licenses/{id}``)."""
+
+    licence_id: int | None = Field(description="None when the vendor runs its own model")
+    kind: str = Field(description="owner, trial, per_inference, perpetual or subscription")
+    calls_remaining: int | None = Field(default=None, description="Trials: calls left")
+    calls_used: int | None = Field(
+        default=None, description="Per inference: this call's number within the licence"
+    )
+    accrued_minor: int | None = Field(
+        default=None,
+        description="Per inference: royalties owed for calls 1..calls_used; charged to the "
+        "wallet (settled) when usage is settled, not per call",
+    )
+    call_accrued_minor: int | None = Field(
+        default=None, description="Per inference: this call's share of accrued_minor"
+    )
+
+
 class EvaluateResponse(BaseModel):
     outputs: dict[str, TensorJSON]
     timing: dict[str, float]
-    usage: dict[str, Any]
+    usage: EvaluateUsage
 
 
 def _read_inputs() -> dict[str, Any]:
@@ -87,6 +106,42 @@ def _wants_npz() -> bool:
     response=EvaluateResponse,
     scope=SANDBOX_RUN,
     errors=[402, 404, 413, 415, 429, 502, 503, 504],
+    body_media_types=[NPZ_MIME],
+    response_media_types=[JSON_MIME, NPZ_MIME],
+    description="The body is JSON tensors or an npz archive (`Content-Type: application/x-npz`, "
+    "one array per input name). `Accept: application/x-npz` returns the outputs as an npz "
+    "archive, streamed; timing and usage then travel in the `X-Jishi-Timing` and "
+    "`X-Jishi-Usage` headers. The version may be `latest`: the newest version not revoked.",
+    error_codes={
+        402: ["insufficient_funds"],
+        403: [
+            "no_entitlement",
+            "license_inactive",
+            "listing_suspended",
+            "version_revoked",
+            "insufficient_scope",
+        ],
+        404: ["model_not_found", "version_not_found"],
+        413: ["payload_too_large"],
+        415: ["unsupported_media_type"],
+        422: [
+            "input_invalid",
+            "malformed_json",
+            "model_invalid",
+            "output_too_large",
+            "json_output_too_large",
+        ],
+        429: ["evaluation_busy", "caller_throttled"],
+        502: ["worker_crashed"],
+        503: ["sandbox_unavailable", "sandbox_busy", "model_quarantined", "resource_exhausted"],
+        504: ["deadline_exceeded"],
+    },
+    examples={"version": "latest"},
+    example={"inputs": {"readings": {"dtype": "float32", "shape": [1, 16], "data": [0.5] * 16}}},
+    response_headers={
+        "X-Jishi-Timing": "With npz outputs: the timing object as name=value pairs",
+        "X-Jishi-Usage": "With npz outputs: the usage object as name=value pairs",
+    },
 )
 @require_oauth(SANDBOX_RUN)
 def evaluate(model_id: int, version: str) -> Any:
@@ -145,6 +200,8 @@ def _evaluate(model_id: int, version: str, slot: Slot) -> Response:
     scope=SANDBOX_RUN,
     errors=[402, 404],
     response_media_types=(NPZ_MIME,),
+    error_codes={404: ["model_not_found", "version_not_found", "sample_not_found"]},
+    examples={"version": "1.0.0"},
 )
 @require_oauth(SANDBOX_RUN)
 def get_sample(model_id: int, version: str) -> Any:

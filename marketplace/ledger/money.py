@@ -84,13 +84,3 @@ def calls_affordable(total_minor: int, royalty_per_1k_minor: int) -> int:
         raise ValueError("free royalties make every call count affordable")
     # floor(n * r / 1000) <= m  <=>  n * r < 1000 * (m + 1)
     return (1000 * (total_minor + 1) - 1) // royalty_per_1k_minor
-
-
-def format_minor(amount_minor: int, currency: str, exponent: int) -> str:
-    """Display form such as ``12.34 CNY`` or ``500 JPY`` (display only; never parsed back)."""
-    sign = "-" if amount_minor < 0 else ""
-    value = abs(amount_minor)
-    if exponent == 0:
-        return f"{sign}{value} {currency}"
-    unit = 10**exponent
-    return f"{sign}{value // unit}.{value % unit:0{exponent}d} {currency}"

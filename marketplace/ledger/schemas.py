@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +36,12 @@ class EntryPublic(BaseModel):
     currency: str
     side: str
     amount_minor: int
-    pending: bool
+    pending: bool = Field(description="True while the entry is an unresolved hold")
+    status: Literal["posted", "pending", "released"] = Field(
+        description="posted: moved the balance; pending: a hold still reserving money; "
+        "released: a hold that has been resolved (a settled reservation: what it reserved is "
+        "charged by its own posted entries)"
+    )
     memo: str
     created_at: dt.datetime
 

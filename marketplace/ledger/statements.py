@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -14,6 +15,16 @@ from marketplace.ledger.schemas import AccountPublic, EntryPublic, Statement
 from marketplace.ledger.services.records import accounts_t as _accounts_t
 from marketplace.ledger.services.records import entries_t as _entries_t
 from marketplace.ledger.services.records import transactions_t as _transactions_t
+
+
+def _entry_status(
+    pending: bool, resolved_by: int | None
+) -> Literal["posted", "pending", "released"]:
+    # Entries are append-only, so a hold's entries keep pending=True in the table; whether the
+    # hold still reserves money is told by the transaction that resolved it.
+    if not pending:
+        return "posted"
+    return "pending" if resolved_by is None else "released"
 
 
 def statement(
@@ -31,17 +42,19 @@ def statement(
     see another's rows through this path.
     """
     accounts = ledger.balances(session, organization_id=organization_id, currency=currency)
+    resolver = _transactions_t.alias("resolver")
     query = (
         sa.select(
             _entries_t,
             _transactions_t.c.kind,
             _transactions_t.c.memo,
-            _accounts_t.c.code.label("account_code"),
+            _accounts_t.c.code,
             _accounts_t.c.currency,
-            _entries_t.c.amount.label("amount_minor"),
+            resolver.c.id.label("resolved_by"),
         )
         .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
         .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
+        .outerjoin(resolver, resolver.c.resolves_id == _transactions_t.c.id)
         .where(_accounts_t.c.organization_id == organization_id)
     )
     if currency is not None:
@@ -70,7 +83,20 @@ def statement(
             for b in accounts
         ],
         entries=[
-            EntryPublic.model_validate({**row, "created_at": as_utc(row["created_at"])})
+            EntryPublic(
+                id=row["id"],
+                transaction_id=row["transaction_id"],
+                kind=row["kind"],
+                account_id=row["account_id"],
+                account_code=row["code"],
+                currency=row["currency"],
+                side=row["side"],
+                amount_minor=row["amount"],
+                pending=row["pending"] and row["resolved_by"] is None,
+                status=_entry_status(row["pending"], row["resolved_by"]),
+                memo=row["memo"],
+                created_at=as_utc(row["created_at"]),
+            )
             for row in rows[:entries_max]
         ],
         truncated=len(rows) > entries_max,

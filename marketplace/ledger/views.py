@@ -27,6 +27,7 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     query=StatementQuery,
     response=Statement,
     scope="ledger:read",
+    examples={"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"},
 )
 @require_oauth("ledger:read")
 def get_statement() -> Any:

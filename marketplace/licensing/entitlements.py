@@ -20,9 +20,12 @@ Contract for the evaluate endpoint, in this order:
    call used the last trial call or the reservation cannot be renewed, it raises 403/402 like
    step 1; the caller then discards the outputs, so nobody ever receives more results than
    their entitlement or wallet covers. ``usage`` is ``{"licence_id", "kind",
-   "calls_remaining"?, "seq"?, "charged_minor"?}``: ``calls_remaining`` for trials; ``seq``
-   (the call's number within the licence, as its usage event records it) and ``charged_minor``
-   (this call's share of ``floor(N * royalty_per_1k_minor / 1000)``) for per-inference.
+   "calls_remaining"?, "calls_used"?, "accrued_minor"?, "call_accrued_minor"?}``:
+   ``calls_remaining`` for trials; for per-inference, ``calls_used`` (this call's number within
+   the licence, as its usage event records it), ``accrued_minor`` (royalties owed for calls
+   1..calls_used, ``floor(N * royalty_per_1k_minor / 1000)``) and ``call_accrued_minor`` (this
+   call's share of it). The names are the licence's own (``GET /licenses/{id}``): accrued is
+   owed, settled is charged to the wallet, which happens at settlement, not per call.
 
 ``may_download(...)`` answers the registry's artifact endpoint: True when the organisation
 holds an active, non-trial licence from an offer with ``allow_download`` for the listing and
@@ -188,8 +191,10 @@ def _metered_usage(ent: Entitlement, seq: int) -> dict[str, Any]:
     return {
         "licence_id": ent.license_id,
         "kind": ent.kind,
-        "seq": seq,  # the call's number within the licence, as its usage event records it
-        "charged_minor": royalty_due(seq, r) - royalty_due(seq - 1, r),
+        # The call's number within the licence, as its usage event records it.
+        "calls_used": seq,
+        "accrued_minor": royalty_due(seq, r),
+        "call_accrued_minor": royalty_due(seq, r) - royalty_due(seq - 1, r),
     }
 
 

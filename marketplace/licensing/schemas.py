@@ -18,12 +18,17 @@ class AcceptTerms(BaseModel):
 
 
 class LicenseUsage(BaseModel):
-    calls_used: int
-    calls_settled: int
-    calls_unsettled: int
+    """A licence's counters. Accrued: owed for every call so far. Settled: charged to the wallet
+    (posted in the ledger). Unsettled: accrued but not yet charged; settlement runs when a
+    reservation is used up, on the server's schedule and with ``jishi ledger settle``."""
+
+    calls_used: int = Field(description="Successful calls so far")
+    calls_settled: int = Field(description="Calls charged to the wallet")
+    calls_unsettled: int = Field(description="Calls not yet charged")
     royalty_per_1k_minor: int
-    charged_minor: int = Field(description="Royalties settled so far")
     accrued_minor: int = Field(description="Royalties owed for every call so far")
+    settled_minor: int = Field(description="Royalties charged to the wallet so far")
+    unsettled_minor: int = Field(description="Royalties owed and not yet charged")
 
 
 class LicensePublic(BaseModel):

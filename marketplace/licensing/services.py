@@ -114,8 +114,9 @@ def license_public(lic: License) -> LicensePublic:
             calls_settled=lic.calls_settled,
             calls_unsettled=lic.calls_used - lic.calls_settled,
             royalty_per_1k_minor=r,
-            charged_minor=royalty_due(lic.calls_settled, r),
             accrued_minor=royalty_due(lic.calls_used, r),
+            settled_minor=royalty_due(lic.calls_settled, r),
+            unsettled_minor=royalty_due(lic.calls_used, r) - royalty_due(lic.calls_settled, r),
         ),
     )
 

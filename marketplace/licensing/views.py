@@ -7,7 +7,14 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from marketplace.accounts.oauth import current, require_oauth
-from marketplace.api import API_PREFIX, idempotency_key, openapi, parse_json, parse_query
+from marketplace.api import (
+    API_PREFIX,
+    IDEMPOTENCY_KEY,
+    idempotency_key,
+    openapi,
+    parse_json,
+    parse_query,
+)
 from marketplace.db import get_session
 from marketplace.licensing import services
 from marketplace.licensing.schemas import (
@@ -34,6 +41,15 @@ bp = Blueprint("licensing", __name__, url_prefix=API_PREFIX)
     status=201,
     scope="licenses:write",
     errors=[404, 409],
+    error_codes={
+        403: ["organization_not_verified", "insufficient_scope"],
+        404: ["offer_not_found"],
+        409: ["trial_taken", "offer_retired", "terms_mismatch", "no_trial", "own_offer"],
+    },
+    examples={"offer_id": 2},
+    example={
+        "accept_terms_sha256": "9f2c5d0c8e4b7a1f3e6d2b9c0a7f4e1d8c5b2a9f6e3d0c7b4a1f8e5d2c9b6a30"
+    },
 )
 @require_oauth("licenses:write")
 def start_trial(offer_id: int) -> Any:
@@ -57,6 +73,23 @@ def start_trial(offer_id: int) -> Any:
     status=201,
     scope="licenses:write",
     errors=[400, 402, 404, 409],
+    headers=[IDEMPOTENCY_KEY],
+    error_codes={
+        400: ["idempotency_key_required"],
+        402: ["insufficient_funds"],
+        404: ["offer_not_found"],
+        409: [
+            "already_licensed",
+            "offer_retired",
+            "terms_mismatch",
+            "own_offer",
+            "idempotency_key_reused",
+        ],
+    },
+    examples={"offer_id": 2},
+    example={
+        "accept_terms_sha256": "9f2c5d0c8e4b7a1f3e6d2b9c0a7f4e1d8c5b2a9f6e3d0c7b4a1f8e5d2c9b6a30"
+    },
 )
 @require_oauth("licenses:write")
 def purchase(offer_id: int) -> Any:
@@ -94,6 +127,7 @@ def list_licenses() -> Any:
     response=LicensePublic,
     scope="any",
     errors=[404],
+    error_codes={404: ["license_not_found"]},
 )
 @require_oauth()
 def get_license(license_id: int) -> Any:
@@ -110,6 +144,7 @@ def get_license(license_id: int) -> Any:
     query=OrderQuery,
     response=OrderPage,
     scope="ledger:read",
+    examples={"role": "buyer"},
 )
 @require_oauth("ledger:read")
 def list_orders() -> Any:
@@ -132,6 +167,13 @@ def list_orders() -> Any:
     status=201,
     scope="admin",
     errors=[400, 404, 409],
+    headers=[IDEMPOTENCY_KEY],
+    error_codes={
+        400: ["idempotency_key_required"],
+        404: ["order_not_found"],
+        409: ["refund_exceeds_order", "idempotency_key_reused"],
+    },
+    example={"amount_minor": 100_000, "reason": "Delivered a week late"},
 )
 @require_oauth("admin")
 def refund(order_id: int) -> Any:

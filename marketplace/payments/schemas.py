@@ -48,7 +48,6 @@ class WalletBalance(BaseModel):
     balance_minor: int = Field(description="Posted balance")
     held_minor: int = Field(description="Reserved by holds (metered usage in flight)")
     available_minor: int = Field(description="What purchases and usage may spend now")
-    display: str
 
 
 class WalletPublic(BaseModel):

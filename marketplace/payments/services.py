@@ -21,7 +21,6 @@ from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
 from marketplace.ledger.models import PAYMENT_CLEARING, WALLET, Currency
-from marketplace.ledger.money import format_minor
 from marketplace.payments import outbox
 from marketplace.payments.gateway import (
     INTENT_CANCELED,
@@ -376,7 +375,6 @@ def wallet(*, session: Session, organization_id: int) -> WalletPublic:
                 balance_minor=b.posted,
                 held_minor=b.debits_pending,
                 available_minor=b.available,
-                display=format_minor(b.available, b.currency, exponents[b.currency]),
             )
             for b in rows
         ],

@@ -46,6 +46,7 @@ STRIPE_SIGNATURE = HeaderParam(
     "Stripe's signature of the body: `t=TIMESTAMP,v1=HMAC-SHA256` with the endpoint's secret.",
     True,
     {"type": "string"},
+    "t=1767225600,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
 )
 
 
@@ -73,6 +74,13 @@ def policy() -> outbox.OutboxPolicy:
     scope="licenses:write",
     errors=[400, 409, 503],
     headers=[IDEMPOTENCY_KEY],
+    error_codes={
+        400: ["idempotency_key_required"],
+        409: ["idempotency_key_reused", "too_many_open_top_ups"],
+        422: ["validation_failed", "top_up_too_large", "unknown_currency"],
+        503: ["payment_provider_unavailable"],
+    },
+    example={"amount_minor": 2_000_000, "currency": "CNY"},
 )
 @require_oauth("licenses:write")
 def create_top_up() -> Any:
@@ -98,6 +106,7 @@ def create_top_up() -> Any:
     response=TopUpPublic,
     scope="any",
     errors=[404],
+    error_codes={404: ["top_up_not_found"]},
 )
 @require_oauth()
 def get_top_up(top_up_id: int) -> Any:
@@ -126,6 +135,12 @@ def get_wallet() -> Any:
     scope="licenses:write",
     errors=[400, 402, 409],
     headers=[IDEMPOTENCY_KEY],
+    error_codes={
+        400: ["idempotency_key_required"],
+        402: ["insufficient_funds"],
+        409: ["idempotency_key_reused", "withdrawal_exceeds_refundable", "withdrawal_unavailable"],
+    },
+    example={"amount_minor": 100, "currency": "CNY"},
 )
 @require_oauth("licenses:write")
 def create_withdrawal() -> Any:
@@ -150,6 +165,7 @@ def create_withdrawal() -> Any:
     response=WithdrawalPublic,
     scope="any",
     errors=[404],
+    error_codes={404: ["withdrawal_not_found"]},
 )
 @require_oauth()
 def get_withdrawal(withdrawal_id: int) -> Any:
@@ -168,6 +184,8 @@ def get_withdrawal(withdrawal_id: int) -> Any:
     tag="payments",
     errors=[400, 404, 413],
     headers=[STRIPE_SIGNATURE],
+    error_codes={400: ["signature_invalid", "signature_stale"], 404: ["webhook_unavailable"]},
+    example={"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": {}}},
 )
 def stripe_webhook() -> Any:
     if settings().payments != "stripe":
@@ -194,6 +212,12 @@ def stripe_webhook() -> Any:
     response=PayoutAccountPublic,
     scope="payouts:write",
     errors=[404, 409, 503],
+    error_codes={
+        404: ["organization_not_found"],
+        409: ["payout_account_inactive", "payout_account_unknown"],
+        503: ["payment_provider_unavailable"],
+    },
+    example={"account_id": "acct_1DemoVendor"},
 )
 @require_oauth("payouts:write")
 def set_payout_account(org_id: int) -> Any:
@@ -215,6 +239,7 @@ def set_payout_account(org_id: int) -> Any:
     response=PayoutAccountPublic,
     scope="any",
     errors=[404],
+    error_codes={404: ["payout_account_not_found"]},
 )
 @require_oauth()
 def get_payout_account(org_id: int) -> Any:
@@ -233,6 +258,7 @@ def get_payout_account(org_id: int) -> Any:
     query=PayoutQuery,
     response=PayoutList,
     scope="ledger:read",
+    examples={"organization_id": 1},
 )
 @require_oauth("ledger:read")
 def list_payouts() -> Any:
@@ -255,6 +281,7 @@ def list_payouts() -> Any:
     body=PayoutRunRequest,
     response=PayoutList,
     scope="admin",
+    example={"organization_id": 1},
 )
 @require_oauth("admin")
 def run_payouts() -> Any:
@@ -277,6 +304,7 @@ def run_payouts() -> Any:
     query=OutboxQuery,
     response=OutboxList,
     scope="admin",
+    examples={"status": "failed"},
 )
 @require_oauth("admin")
 def list_outbox() -> Any:
@@ -293,6 +321,7 @@ def list_outbox() -> Any:
     response=OutboxPublic,
     scope="admin",
     errors=[404, 409],
+    error_codes={404: ["outbox_not_found"], 409: ["outbox_not_failed"]},
 )
 @require_oauth("admin")
 def retry_outbox(message_id: int) -> Any:

@@ -13,31 +13,12 @@ import zoneinfo
 from decimal import Decimal, InvalidOperation
 
 from babel.dates import format_datetime as babel_format_datetime
-from babel.numbers import format_decimal, get_currency_symbol
 
-# The symbol people in the currency's own country write. Babel's standard symbols depend on
-# the viewer's locale (CN¥ to an English reader, JP¥ to a Chinese one); a marketplace shows the
-# price as its vendor wrote it, and the code stays in the element's title for the ambiguous.
-HOME_SYMBOLS = {
-    "CNY": "¥",
-    "JPY": "¥",
-    "USD": "$",
-    "EUR": "€",
-    "GBP": "£",
-    "HKD": "HK$",
-    "KRW": "₩",
-}
+from marketplace.amounts import money
+
+__all__ = ["local_date", "local_time", "money", "parse_amount", "zone"]
 
 _AMOUNT = re.compile(r"^\s*(\d{1,15})(?:[.](\d{1,6}))?\s*$")
-
-
-def money(amount_minor: int, currency: str, exponent: int, locale: str) -> str:
-    """``amount_minor`` of ``currency`` as text, e.g. ``¥1,234.50`` or ``-$3.00``."""
-    value = Decimal(abs(int(amount_minor))).scaleb(-exponent)
-    pattern = "#,##0" + ("." + "0" * exponent if exponent > 0 else "")
-    digits = format_decimal(value, format=pattern, locale=locale)
-    symbol = HOME_SYMBOLS.get(currency) or get_currency_symbol(currency, locale=locale)
-    return f"{'-' if amount_minor < 0 else ''}{symbol}{digits}"
 
 
 def parse_amount(text: str, exponent: int) -> int:

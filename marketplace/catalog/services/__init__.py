@@ -39,6 +39,7 @@ from marketplace.catalog.services.presenters import (
     version_public,
 )
 from marketplace.catalog.services.versions import (
+    LATEST,
     Artifact,
     ArtifactAccess,
     DownloadPolicy,
@@ -53,6 +54,7 @@ from marketplace.catalog.services.versions import (
     open_artifact,
     parse_version,
     publish_version,
+    resolve_version,
     revoke_version,
     sample_of,
     samples_of,
@@ -61,6 +63,7 @@ from marketplace.catalog.services.versions import (
 )
 
 __all__ = [
+    "LATEST",
     "SORTS",
     "Artifact",
     "ArtifactAccess",
@@ -88,6 +91,7 @@ __all__ = [
     "open_artifact",
     "parse_version",
     "publish_version",
+    "resolve_version",
     "retire_offer",
     "revoke_version",
     "sample_of",

@@ -35,7 +35,7 @@ from marketplace.catalog.schemas import (
     VendorPublic,
 )
 from marketplace.catalog.services.presenters import listing_detail, listing_public
-from marketplace.db import utcnow
+from marketplace.db import begin_write, utcnow
 from marketplace.errors import Conflict
 
 SORTS: dict[str, Any] = {
@@ -67,6 +67,7 @@ def create_listing(
     *, session: Session, organization_id: int, request: ListingCreate
 ) -> ListingPublic:
     """A new active listing owned by the vendor ``organization_id``."""
+    begin_write(session)
     _require_vendor(session, organization_id)
     base = _slug_base(request.name)
     for attempt in range(5):
@@ -130,6 +131,7 @@ def update_listing(
     *, session: Session, listing_id: int, organization_id: int, request: ListingUpdate
 ) -> ListingDetail:
     """Change the listing's descriptive fields (owner only)."""
+    begin_write(session)
     row = get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
     changes = request.model_dump(exclude_unset=True)
     for field in ("name", "summary", "task"):
@@ -150,6 +152,7 @@ def update_listing(
 
 def set_listing_status(*, session: Session, listing_id: int, status: str) -> ListingDetail:
     """Suspend or reinstate a listing (administrators)."""
+    begin_write(session)
     if status not in (LISTING_ACTIVE, LISTING_SUSPENDED):
         raise ValueError(status)
     row = _get_listing(session, listing_id)

@@ -25,7 +25,7 @@ from marketplace.catalog.schemas import (
 )
 from marketplace.catalog.services.listings import get_owned_listing, get_visible_listing
 from marketplace.catalog.services.presenters import listing_detail, offer_public
-from marketplace.db import utcnow
+from marketplace.db import begin_write, utcnow
 from marketplace.ledger.models import Currency
 
 
@@ -33,6 +33,7 @@ def create_offer(
     *, session: Session, listing_id: int, organization_id: int, request: OfferCreate
 ) -> OfferPublic:
     """A new immutable offer; its ``terms_sha256`` is what buyers accept."""
+    begin_write(session)
     get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
     if session.get(Currency, request.currency) is None:
         # The ledger could not post a sale or royalty in it: refuse the offer, not the sale.
@@ -61,6 +62,7 @@ def retire_offer(
     *, session: Session, listing_id: int, offer_id: int, organization_id: int
 ) -> OfferPublic:
     """Retire an offer: no new trials or purchases; existing licences keep their terms."""
+    begin_write(session)
     get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
     row = session.get(Offer, offer_id)
     if row is None or row.listing_id != listing_id:

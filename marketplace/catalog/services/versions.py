@@ -49,7 +49,7 @@ from marketplace.catalog.services.listings import (
     get_visible_listing,
 )
 from marketplace.catalog.services.presenters import version_public
-from marketplace.db import utcnow
+from marketplace.db import begin_write, utcnow
 from marketplace.errors import library_problem
 from marketplace.evaluation.tensors import TensorDecodeError, decode_npz
 from model_registry.blobstore import (
@@ -269,10 +269,32 @@ def list_versions(
     return [version_public(r) for r in rows]
 
 
+LATEST = "latest"
+
+
+def resolve_version(*, session: Session, listing_id: int, version: str) -> str:
+    """``version``, or for the alias ``latest`` the newest version that is not revoked.
+
+    Versions are semantic version numbers, so the alias can never name a real version.
+    """
+    if version != LATEST:
+        return version
+    newest = session.exec(
+        select(ModelVersion.version)
+        .where(ModelVersion.listing_id == listing_id, col(ModelVersion.revoked_at).is_(None))
+        .order_by(col(ModelVersion.created_at).desc(), col(ModelVersion.id).desc())
+        .limit(1)
+    ).first()
+    if newest is None:
+        raise VersionNotFound("The model has no version that is not revoked.")
+    return newest
+
+
 def get_version(
     *, session: Session, listing_id: int, version: str, viewer_org_id: int | None
 ) -> ModelVersion:
     get_visible_listing(session=session, listing_id=listing_id, viewer_org_id=viewer_org_id)
+    version = resolve_version(session=session, listing_id=listing_id, version=version)
     row = _find_version(session, listing_id, version)
     if row is None:
         raise VersionNotFound("No such version.")
@@ -283,6 +305,7 @@ def revoke_version(
     *, session: Session, listing_id: int, version: str, organization_id: int, is_admin: bool
 ) -> VersionPublic:
     """Revoke a version (its vendor or an administrator): no more trials, runs or downloads."""
+    begin_write(session)
     listing = _get_listing(session, listing_id)
     if listing.organization_id != organization_id and not is_admin:
         raise ListingNotFound("No such model.")
@@ -346,6 +369,7 @@ def open_artifact(
     listing = get_visible_listing(
         session=session, listing_id=listing_id, viewer_org_id=organization_id
     )
+    version = resolve_version(session=session, listing_id=listing_id, version=version)
     row = _find_version(session, listing_id, version)
     if row is None:
         raise VersionNotFound("No such version.")
@@ -377,6 +401,8 @@ def get_version_for_evaluation(
 ) -> tuple[ModelVersion, Listing]:
     """The version to evaluate and its listing; 404 if missing, 403 if suspended or revoked."""
     # One query on the evaluate hot path; the second only to tell which 404 it is.
+    if version == LATEST:
+        version = resolve_version(session=session, listing_id=model_id, version=version)
     found = session.exec(
         select(ModelVersion, Listing)
         .join(Listing, col(Listing.id) == col(ModelVersion.listing_id))
@@ -443,6 +469,7 @@ def attach_sample(
     elements_max: int,
 ) -> SamplePublic:
     """Attach (or replace) the version's sample input: an npz matching its signature (owner)."""
+    begin_write(session)
     get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
     row = _find_version(session, listing_id, version)
     if row is None or row.id is None:

@@ -152,7 +152,7 @@
         if (usage.calls_remaining !== undefined && usage.calls_remaining !== null) {
           nodes.push(el("p", t("remaining") + ": " + usage.calls_remaining, "remaining"));
         }
-        if (usage.charged_minor !== undefined) nodes.push(el("p", t("charged") + ": " + usage.charged_minor, "charged"));
+        if (usage.call_accrued_minor !== undefined) nodes.push(el("p", t("charged") + ": " + usage.call_accrued_minor, "charged"));
         show(nodes);
       });
     }).catch(function (error) {

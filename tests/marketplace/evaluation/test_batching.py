@@ -96,8 +96,8 @@ def test_concurrent_metered_calls_never_outrun_the_wallet_in_one_batch(committer
     results = _race(group, ent, 16)
     served = [r for r in results if isinstance(r, dict)]
     assert len(served) == 7
-    assert sorted(r["seq"] for r in served) == list(range(1, 8))
-    assert all(r["charged_minor"] == 1 for r in served)
+    assert sorted(r["calls_used"] for r in served) == list(range(1, 8))
+    assert all(r["call_accrued_minor"] == 1 for r in served)
     assert sorted(r for r in results if isinstance(r, str)) == ["insufficient_funds"] * 9
     events = setup.exec(select(UsageEvent).where(UsageEvent.license_id == license_id)).all()
     assert len(events) == 7

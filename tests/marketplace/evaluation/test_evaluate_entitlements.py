@@ -93,7 +93,7 @@ def test_metered_licence_charges_exactly_and_stops_at_an_empty_wallet(
         resp = _evaluate(client, buyer, p)
         assert resp.status_code == 200, resp.json
         assert resp.json["usage"]["kind"] == "per_inference"
-        charged += resp.json["usage"]["charged_minor"]
+        charged += resp.json["usage"]["call_accrued_minor"]
     # 3 calls at 2500 minor units per thousand: floor(3 * 2500 / 1000) = 7.
     assert charged == 7
 

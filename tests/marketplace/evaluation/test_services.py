@@ -90,7 +90,7 @@ def test_a_failed_metered_run_leaves_the_wallet_and_usage_untouched(
     assert _events(db_session, order.licence_id) == 0
     assert wallet_available(db_session, buyer.id) == 10_000
     ok = _call(service, buyer, p, {"x": ONES, "y": ONES})
-    assert ok.usage["kind"] == "per_inference" and ok.usage["charged_minor"] == 3
+    assert ok.usage["kind"] == "per_inference" and ok.usage["call_accrued_minor"] == 3
     assert _events(db_session, order.licence_id) == 1
 
 

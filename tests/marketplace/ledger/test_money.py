@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from marketplace.ledger.money import (
     allocate,
     calls_affordable,
-    format_minor,
     royalty_due,
     split_fee,
 )
@@ -79,9 +78,3 @@ def test_batched_royalties_equal_the_floor_of_the_total(batches, royalty):
 def test_calls_affordable_is_the_largest_covered_count(total, royalty):
     n = calls_affordable(total, royalty)
     assert royalty_due(n, royalty) <= total < royalty_due(n + 1, royalty)
-
-
-def test_display():
-    assert format_minor(12_345, "CNY", 2) == "123.45 CNY"
-    assert format_minor(-5, "USD", 2) == "-0.05 USD"
-    assert format_minor(500, "JPY", 0) == "500 JPY"

@@ -53,7 +53,9 @@ def test_top_up_is_idempotent_and_simulated(client, buyer, db_session):
             "balance_minor": 5_000,
             "held_minor": 0,
             "available_minor": 5_000,
-            "display": "50.00 CNY",
+            "balance_display": "¥50.00",
+            "held_display": "¥0.00",
+            "available_display": "¥50.00",
         }
     ]
     assert ledger.check_invariants(db_session) == []

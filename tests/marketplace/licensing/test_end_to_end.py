@@ -83,7 +83,7 @@ def test_top_up_trial_purchase_metered_use_settle(client, app, buyer, vendor, db
     # 4. Metered use: 250 calls. Reservations of 100 calls are settled each time they run out.
     usages = simulate_calls(250)
     assert {u["kind"] for u in usages} == {"per_inference"}
-    assert sum(u["charged_minor"] for u in usages) == 250 * 1_234 // 1000 == 308
+    assert sum(u["call_accrued_minor"] for u in usages) == 250 * 1_234 // 1000 == 308
     # Settled so far: calls 1..200 -> floor(200 * 1.234) = 246; calls 201..300 are reserved:
     # floor(300 * 1.234) - 246 = 370 - 246 = 124 held.
     assert balances(client, buyer) == {"wallet": (1_500 - 246, 124)}
@@ -93,8 +93,13 @@ def test_top_up_trial_purchase_metered_use_settle(client, app, buyer, vendor, db
         "calls_settled": 200,
         "calls_unsettled": 50,
         "royalty_per_1k_minor": 1_234,
-        "charged_minor": 246,
         "accrued_minor": 308,
+        "settled_minor": 246,
+        "unsettled_minor": 62,
+        "royalty_per_1k_display": "¥12.34",
+        "accrued_display": "¥3.08",
+        "settled_display": "¥2.46",
+        "unsettled_display": "¥0.62",
     }
 
     # 5. Settle: exactly floor(250 * 1234 / 1000) = 308 in total; the hold is released.
@@ -104,5 +109,5 @@ def test_top_up_trial_purchase_metered_use_settle(client, app, buyer, vendor, db
     # Vendor: 450 from the sale + 90 % of 308 (277.2 -> 277).
     assert balances(client, vendor) == {"vendor_payable": (450 + 277, 0)}
     wallet = client.get("/api/v1/wallet", headers=buyer.headers()).json["balances"][0]
-    assert wallet["available_minor"] == 1_192 and wallet["display"] == "11.92 CNY"
+    assert wallet["available_minor"] == 1_192 and wallet["available_display"] == "¥11.92"
     assert ledger.check_invariants(db_session) == []

@@ -75,7 +75,7 @@ def test_n_calls_cost_exactly_the_floor(db_session, royalty, calls, reserve):
     charged = 0
     for _ in range(calls // 50):
         usage = call(db_session, buyer, catalog, reserve)
-        charged += usage["charged_minor"]
+        charged += usage["call_accrued_minor"]
         metering.record_calls(
             session=db_session,
             license_id=license_id,
@@ -104,8 +104,9 @@ def test_reservation_holds_money_and_402_comes_before_running(db_session):
     assert usage == {
         "licence_id": license_id,
         "kind": "per_inference",
-        "seq": 1,
-        "charged_minor": 0,
+        "calls_used": 1,
+        "accrued_minor": 0,
+        "call_accrued_minor": 0,
     }
     lic = licence(db_session, license_id)
     assert lic.calls_reserved == 20 and lic.reservation_id is not None

@@ -209,7 +209,7 @@ def test_kill_9_mid_load_loses_no_acknowledged_call(db_backend, tmp_path, fresh_
     try:
         # Every metered 200 has exactly one usage event with its number; at most the calls in
         # flight at the kill (one per client) were recorded without an answer.
-        seqs = [u["seq"] for u in acknowledged["metered"]]
+        seqs = [u["calls_used"] for u in acknowledged["metered"]]
         assert len(set(seqs)) == len(seqs)
         with engine.connect() as conn:
             stored = [
@@ -254,6 +254,6 @@ def test_kill_9_mid_load_loses_no_acknowledged_call(db_backend, tmp_path, fresh_
             timeout=30,
         )
         assert after.status_code == 200, after.text[:300]
-        assert after.json()["usage"]["seq"] == len(stored) + 1
+        assert after.json()["usage"]["calls_used"] == len(stored) + 1
     finally:
         restarted.stop()
