@@ -51,6 +51,30 @@ def test_owner_evaluates_with_npz_both_ways(client, vendor, publish):
     np.testing.assert_allclose(out["y"], x @ m.MATMUL_W, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("accept", "mimetype"),
+    [
+        (NPZ_MIME, NPZ_MIME),
+        ("application/json", "application/json"),
+        ("*/*", "application/json"),
+        (f"application/json;q=0.5, {NPZ_MIME}", NPZ_MIME),
+        (f"{NPZ_MIME};q=0.1, application/json", "application/json"),
+        ("text/html", "application/json"),
+    ],
+)
+def test_the_answer_follows_the_accept_header(client, vendor, publish, accept, mimetype):
+    p = publish(vendor, m.matmul())
+    x = np.ones((1, 4), dtype=np.float32)
+    resp = client.post(
+        _url(p),
+        data=encode_npz({"x": x}),
+        content_type=NPZ_MIME,
+        headers=vendor.headers("sandbox:run", Accept=accept),
+    )
+    assert resp.status_code == 200
+    assert resp.mimetype == mimetype
+
+
 def test_non_finite_values_round_trip_through_json(client, vendor, publish):
     p = publish(vendor, m.add())
     body = {
