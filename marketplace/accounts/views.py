@@ -65,7 +65,7 @@ def register() -> Any:
     status=201,
     scope=CLIENTS_MANAGE,
     errors=[404],
-    error_codes={404: ["organization_not_found"], 422: ["validation_failed", "scope_not_allowed"]},
+    error_codes={404: ["organization_not_found"], 403: ["scope_not_allowed", "insufficient_scope"]},
     example={"name": "CI pipeline", "scopes": ["models:read"]},
 )
 @require_oauth(CLIENTS_MANAGE)

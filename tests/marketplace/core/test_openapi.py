@@ -142,3 +142,20 @@ def test_every_documented_problem_code_is_one_the_code_raises(client):
                 schema = response["content"]["application/problem+json"]["schema"]
                 documented |= set(schema["allOf"][1]["properties"]["code"]["enum"])
     assert documented - raised == set()
+
+
+def test_every_documented_problem_code_sits_under_the_status_the_error_table_gives(client):
+    from marketplace.errors import ERROR_CODE_TO_HTTP_STATUS
+
+    spec = client.get("/api/v1/openapi.json").json
+    misplaced = []
+    for method, path, op in _operations(spec):
+        for status, response in op["responses"].items():
+            if int(status) < 400:
+                continue
+            schema = response["content"]["application/problem+json"]["schema"]
+            for code in schema["allOf"][1]["properties"]["code"]["enum"]:
+                table_status = ERROR_CODE_TO_HTTP_STATUS.get(code)
+                if table_status is not None and table_status != int(status):
+                    misplaced.append(f"{method} {path}: {code} under {status}, not {table_status}")
+    assert misplaced == []
