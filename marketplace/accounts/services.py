@@ -157,6 +157,19 @@ def admit_registration(*, limiter: WindowLimiter, address: str) -> None:
         )
 
 
+def _add_owner_and_client(
+    session: Session, user: User, org: Organization, client_name: str
+) -> tuple[OAuthClient, str]:
+    """Add a new user as the owner of a new organisation, with its first client (all the
+    scopes the organisation's roles allow); the client and its secret."""
+    session.add(user)
+    session.add(org)
+    session.flush()
+    assert user.id is not None and org.id is not None
+    session.add(Membership(user_id=user.id, organization_id=org.id, role="owner"))
+    return _add_client(session, org, client_name, org.allowed_scopes, created_by_user_id=user.id)
+
+
 def register(
     *, session: Session, request: RegisterRequest, hashing: HashingSlots
 ) -> RegisterResponse:
@@ -178,19 +191,13 @@ def register(
         org = Organization(
             name=request.organization_name, roles=join_scope(request.organization_roles)
         )
-        session.add(user)
-        session.add(org)
-        session.flush()
-        assert user.id is not None and org.id is not None
-        session.add(Membership(user_id=user.id, organization_id=org.id, role="owner"))
-        client, secret = _add_client(
-            session, org, "Default client", org.allowed_scopes, created_by_user_id=user.id
-        )
+        client, secret = _add_owner_and_client(session, user, org, "Default client")
         session.commit()
     except IntegrityError:
         # Two registrations racing for one address: the unique index decides.
         session.rollback()
         raise Conflict("An account with this e-mail address exists.", code="email_taken") from None
+    assert user.id is not None and org.id is not None
     return RegisterResponse(
         user_id=user.id, organization_id=org.id, client=_credentials(client, secret)
     )
@@ -206,14 +213,7 @@ def create_platform_user(
         raise Conflict("An account with this e-mail address exists.", code="email_taken")
     user = User(email=email, password_hash=hash_password(password), platform_role=role)
     org = Organization(name=f"Platform {role}: {email}", roles=role)
-    session.add(user)
-    session.add(org)
-    session.flush()
-    assert user.id is not None and org.id is not None
-    session.add(Membership(user_id=user.id, organization_id=org.id, role="owner"))
-    client, secret = _add_client(
-        session, org, f"{role} client", org.allowed_scopes, created_by_user_id=user.id
-    )
+    client, secret = _add_owner_and_client(session, user, org, f"{role} client")
     session.commit()
     return user, org, _credentials(client, secret)
 
