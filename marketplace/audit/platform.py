@@ -31,6 +31,7 @@ from marketplace.ledger.models import (
 from marketplace.ledger.services.records import accounts_t as _accounts_t
 from marketplace.ledger.services.records import entries_t as _entries_t
 from marketplace.ledger.services.records import transactions_t as _transactions_t
+from marketplace.ledger.services.records import where_entries_in
 
 
 def _transaction_filter(
@@ -197,12 +198,7 @@ def platform_revenue(
         .group_by(bucket, _accounts_t.c.currency)
         .order_by(bucket, _accounts_t.c.currency)
     )
-    if currency is not None:
-        query = query.where(_accounts_t.c.currency == currency)
-    if start is not None:
-        query = query.where(_entries_t.c.created_at >= start)
-    if end is not None:
-        query = query.where(_entries_t.c.created_at < end)
+    query = where_entries_in(query, currency=currency, start=start, end=end)
     items = []
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for label, cur, credits, debits in session.execute(query):

@@ -15,6 +15,7 @@ from marketplace.ledger.schemas import AccountPublic, EntryPublic, Statement
 from marketplace.ledger.services.records import accounts_t as _accounts_t
 from marketplace.ledger.services.records import entries_t as _entries_t
 from marketplace.ledger.services.records import transactions_t as _transactions_t
+from marketplace.ledger.services.records import where_entries_in
 
 
 def _entry_status(
@@ -57,12 +58,7 @@ def statement(
         .outerjoin(resolver, resolver.c.resolves_id == _transactions_t.c.id)
         .where(_accounts_t.c.organization_id == organization_id)
     )
-    if currency is not None:
-        query = query.where(_accounts_t.c.currency == currency)
-    if start is not None:
-        query = query.where(_entries_t.c.created_at >= start)
-    if end is not None:
-        query = query.where(_entries_t.c.created_at < end)
+    query = where_entries_in(query, currency=currency, start=start, end=end)
     rows = session.execute(query.order_by(_entries_t.c.id).limit(entries_max + 1)).mappings().all()
     return Statement(
         organization_id=organization_id,

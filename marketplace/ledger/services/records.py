@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from marketplace.canonical import canonical_sha256
 from marketplace.ledger.models import (
     CREDIT,
@@ -19,6 +21,20 @@ accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
 balances_t = LedgerBalance.__table__  # type: ignore[attr-defined]
 transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
 entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
+
+
+def where_entries_in(
+    query: sa.Select, *, currency: str | None, start: dt.datetime | None, end: dt.datetime | None
+) -> sa.Select:
+    """``query`` (over entries joined to their accounts) kept to one currency and to entries
+    made in ``[start, end)``; each bound is optional."""
+    if currency is not None:
+        query = query.where(accounts_t.c.currency == currency)
+    if start is not None:
+        query = query.where(entries_t.c.created_at >= start)
+    if end is not None:
+        query = query.where(entries_t.c.created_at < end)
+    return query
 
 
 @dataclass(frozen=True)
