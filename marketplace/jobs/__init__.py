@@ -1,0 +1,1 @@
+"""Evaluation jobs: metrics scored chunk by chunk, and signed reports of their results."""
