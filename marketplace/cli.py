@@ -139,6 +139,7 @@ def _commands() -> list[click.Command]:
     from marketplace.accounts.cli import orgs_cli
     from marketplace.audit.cli import audit_cli
     from marketplace.catalog.cli import models_cli
+    from marketplace.jobs.reports_cli import reports_cli
     from marketplace.ledger.cli import ledger_cli
     from marketplace.payments.cli import payments_cli, payouts_cli
 
@@ -153,6 +154,7 @@ def _commands() -> list[click.Command]:
         payments_cli,
         payouts_cli,
         audit_cli,
+        reports_cli,
     ]
 
 

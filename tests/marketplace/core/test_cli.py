@@ -93,7 +93,11 @@ def test_embedded_serve_migrates_loads_demo_data_and_serves(tmp_path: Path):
     assert "demo vendor" in output
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["models", "push", "--help"]], ids=["help", "push"])
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["models", "push", "--help"], ["reports", "verify", "--help"]],
+    ids=["help", "push", "verify-report"],
+)
 def test_cli_start_up_imports_no_model_runtime(argv):
     # Start-up time is measured by what is imported, not by a clock: listing commands and
     # client commands must not pull in onnx, onnxruntime, numpy or the database layer.
@@ -122,7 +126,7 @@ def test_the_command_line_modules_import_no_views():
         "import sys, importlib\n"
         "for name in ('marketplace.cli', 'marketplace.accounts.cli', 'marketplace.audit.cli',\n"
         "             'marketplace.catalog.cli', 'marketplace.ledger.cli',\n"
-        "             'marketplace.payments.cli'):\n"
+        "             'marketplace.payments.cli', 'marketplace.jobs.reports_cli'):\n"
         "    importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m.endswith('.views') or '.web' in m))\n"
     )
