@@ -23,7 +23,12 @@ from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import LimitExceeded
 from marketplace.ledger.models import VENDOR_PAYABLE
 from marketplace.payments import holds, outbox
-from marketplace.payments.gateway import PaymentGateway, ProviderRefused, ProviderTransfer
+from marketplace.payments.gateway import (
+    PaymentGateway,
+    ProviderRefused,
+    ProviderTransfer,
+    TransferRequest,
+)
 from marketplace.payments.models import (
     OUTBOX_TRANSFER,
     PAYOUT_FAILED,
@@ -214,17 +219,15 @@ class TransferHandler:
     ) -> Callable[[PaymentGateway], object]:
         payout = session.get(Payout, message.subject_id)
         assert payout is not None
-        key, amount, currency = message.idempotency_key, payout.amount_minor, payout.currency
-        destination, group = payout.destination, payout.transfer_group
-        metadata = payout_metadata(payout)
-        return lambda gateway: gateway.create_transfer(
-            idempotency_key=key,
-            amount_minor=amount,
-            currency=currency,
-            destination=destination,
-            group=group,
-            metadata=metadata,
+        request = TransferRequest(
+            idempotency_key=message.idempotency_key,
+            amount_minor=payout.amount_minor,
+            currency=payout.currency,
+            destination=payout.destination,
+            group=payout.transfer_group,
+            metadata=payout_metadata(payout),
         )
+        return lambda gateway: gateway.create_transfer(request)
 
     def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
         transfer: ProviderTransfer = result

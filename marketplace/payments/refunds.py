@@ -33,6 +33,7 @@ from marketplace.payments.gateway import (
     PaymentGateway,
     ProviderRefund,
     ProviderRefused,
+    RefundRequest,
 )
 from marketplace.payments.models import (
     OUTBOX_REFUND,
@@ -402,11 +403,13 @@ class RefundHandler:
         assert refund is not None
         top_up = session.get(TopUp, refund.top_up_id)
         assert top_up is not None and top_up.provider_ref is not None
-        key, payment_ref, amount = message.idempotency_key, top_up.provider_ref, refund.amount_minor
-        metadata = refund_metadata(refund)
-        return lambda gateway: gateway.create_refund(
-            idempotency_key=key, payment_ref=payment_ref, amount_minor=amount, metadata=metadata
+        request = RefundRequest(
+            idempotency_key=message.idempotency_key,
+            payment_ref=top_up.provider_ref,
+            amount_minor=refund.amount_minor,
+            metadata=refund_metadata(refund),
         )
+        return lambda gateway: gateway.create_refund(request)
 
     def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
         apply_refund(session, message.subject_id, result)

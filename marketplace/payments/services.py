@@ -30,6 +30,7 @@ from marketplace.payments.gateway import (
     PaymentGateway,
     PaymentIntent,
     ProviderRefused,
+    TopUpRequest,
 )
 from marketplace.payments.models import (
     OUTBOX_PENDING,
@@ -342,11 +343,13 @@ class TopUpHandler:
     ) -> Callable[[PaymentGateway], object]:
         top_up = session.get(TopUp, message.subject_id)
         assert top_up is not None
-        key, amount, currency = message.idempotency_key, top_up.amount_minor, top_up.currency
-        metadata = top_up_metadata(top_up)
-        return lambda gateway: gateway.create_top_up(
-            reference=key, amount_minor=amount, currency=currency, metadata=metadata
+        request = TopUpRequest(
+            reference=message.idempotency_key,
+            amount_minor=top_up.amount_minor,
+            currency=top_up.currency,
+            metadata=top_up_metadata(top_up),
         )
+        return lambda gateway: gateway.create_top_up(request)
 
     def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
         apply_intent(session, message.subject_id, result)
