@@ -10,14 +10,16 @@ import datetime as dt
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.ext.compiler
 from flask import Flask, current_app, g
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
+
+T = TypeVar("T", bound=SQLModel)
 
 
 def utcnow() -> dt.datetime:
@@ -99,6 +101,15 @@ def begin_write(session: Session) -> None:
         session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
     else:
         session.connection()
+
+
+def lock_row(session: Session, model: type[T], ident: object) -> T:
+    """``model``'s row ``ident``, read afresh under a row lock (``FOR UPDATE``; on SQLite the
+    unit of work's write lock serves). The caller knows the row exists: a missing one raises."""
+    row = session.get(model, ident, with_for_update=True, populate_existing=True)
+    if row is None:
+        raise LookupError(f"no {model.__name__} row {ident!r}")
+    return row
 
 
 # SQLite's "database is locked"/"database table is locked"; PostgreSQL's lock_not_available

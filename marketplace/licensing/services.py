@@ -488,12 +488,7 @@ def refund_order(
     digest = request_hash({"amount_minor": request.amount_minor, "reason": request.reason})
 
     def work(s: Session) -> Refund:
-        order = s.exec(
-            select(Order)
-            .where(Order.id == order_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).first()
+        order = s.get(Order, order_id, with_for_update=True, populate_existing=True)
         if order is None:
             raise NotFound("No such order.", code="order_not_found")
         found = s.exec(

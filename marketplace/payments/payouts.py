@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from marketplace.accounts.models import Organization
 from marketplace.audit import events as audit_events
-from marketplace.db import utcnow
+from marketplace.db import lock_row, utcnow
 from marketplace.errors import Forbidden, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import LimitExceeded
@@ -202,15 +202,6 @@ def payout_metadata(payout: Payout) -> dict[str, str]:
     }
 
 
-def _lock(s: Session, payout_id: int) -> Payout:
-    return s.exec(
-        select(Payout)
-        .where(Payout.id == payout_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-
-
 class TransferHandler:
     """Outbox rows that send a payout's transfer."""
 
@@ -231,7 +222,7 @@ class TransferHandler:
 
     def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
         transfer: ProviderTransfer = result
-        payout = _lock(session, message.subject_id)
+        payout = lock_row(session, Payout, message.subject_id)
         if payout.status != PAYOUT_PENDING:
             return
         if transfer.amount_minor != payout.amount_minor or transfer.currency != payout.currency:
@@ -248,7 +239,7 @@ class TransferHandler:
         audit_events.payout_changed(session, payout)
 
     def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
-        payout = _lock(session, message.subject_id)
+        payout = lock_row(session, Payout, message.subject_id)
         if payout.status != PAYOUT_PENDING:
             return
         assert payout.hold_transaction_id is not None

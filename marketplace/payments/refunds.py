@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import utcnow
+from marketplace.db import lock_row, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
@@ -308,22 +308,13 @@ def find_refund_for(s: Session, result: ProviderRefund) -> PaymentRefund | None:
     return found
 
 
-def _lock(s: Session, refund_id: int) -> PaymentRefund:
-    return s.exec(
-        select(PaymentRefund)
-        .where(PaymentRefund.id == refund_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-
-
 def apply_refund(s: Session, refund_id: int, result: ProviderRefund) -> PaymentRefund:
     """Move a provider refund along what the provider says (inside the caller's transaction).
 
     pending -> succeeded posts the hold; pending -> failed voids it and frees the payment's
     refundable amount again. Final states never move back.
     """
-    refund = _lock(s, refund_id)
+    refund = lock_row(s, PaymentRefund, refund_id)
     if refund.provider_ref is None:
         refund.provider_ref = result.provider_ref
     elif refund.provider_ref != result.provider_ref:
@@ -352,7 +343,7 @@ def _finish(s: Session, refund: PaymentRefund, status: str, failure_code: str | 
         )
     else:
         # The top-up before the ledger's balance rows, the order withdrawals lock them in.
-        top_up = s.exec(select(TopUp).where(TopUp.id == refund.top_up_id).with_for_update()).one()
+        top_up = lock_row(s, TopUp, refund.top_up_id)
         refund.resolve_transaction_id = holds.release(
             s, hold_id=refund.hold_transaction_id, kind=kind
         )
@@ -368,9 +359,7 @@ def _finish(s: Session, refund: PaymentRefund, status: str, failure_code: str | 
 
 
 def _update_withdrawal(s: Session, withdrawal_id: int) -> None:
-    withdrawal = s.exec(
-        select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
-    ).one()
+    withdrawal = lock_row(s, Withdrawal, withdrawal_id)
     statuses = {r.status for r in refunds_of(s, withdrawal_id=withdrawal_id)}
     if REFUND_PENDING in statuses:
         return
@@ -415,6 +404,6 @@ class RefundHandler:
         apply_refund(session, message.subject_id, result)
 
     def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
-        refund = _lock(session, message.subject_id)
+        refund = lock_row(session, PaymentRefund, message.subject_id)
         if refund.status == REFUND_PENDING:
             _finish(session, refund, REFUND_FAILED, error.code)

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import utcnow
+from marketplace.db import lock_row, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
@@ -189,15 +189,6 @@ def get_top_up(*, session: Session, organization_id: int, top_up_id: int) -> Top
     return top_up_public(top_up)
 
 
-def lock_top_up(s: Session, top_up_id: int) -> TopUp:
-    return s.exec(
-        select(TopUp)
-        .where(TopUp.id == top_up_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-
-
 def find_top_up_for(s: Session, intent: PaymentIntent) -> TopUp | None:
     """Our top-up for a provider payment: by its id, or by the metadata we gave it.
 
@@ -221,7 +212,7 @@ def find_top_up_for(s: Session, intent: PaymentIntent) -> TopUp | None:
 def apply_intent(s: Session, top_up_id: int, intent: PaymentIntent) -> TopUp:
     """Move a top-up along what the provider says about its payment (inside the caller's
     transaction). Monotonic: a stale or repeated report never undoes a later state."""
-    top_up = lock_top_up(s, top_up_id)
+    top_up = lock_row(s, TopUp, top_up_id)
     if top_up.provider_ref is None:
         top_up.provider_ref = intent.provider_ref
     elif top_up.provider_ref != intent.provider_ref:
@@ -355,7 +346,7 @@ class TopUpHandler:
         apply_intent(session, message.subject_id, result)
 
     def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
-        top_up = lock_top_up(session, message.subject_id)
+        top_up = lock_row(session, TopUp, message.subject_id)
         if top_up.status == TOP_UP_PENDING:
             top_up.status = TOP_UP_FAILED
             top_up.failure_code = error.code[:64]
