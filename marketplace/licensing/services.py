@@ -61,6 +61,16 @@ def _offer_for_sale(session: Session, offer_id: int, organization_id: int) -> tu
     return offer, listing
 
 
+def _lock_purchases(session: Session, organization_id: int) -> None:
+    """Take the lock that puts an organisation's purchases one after another (FOR NO KEY
+    UPDATE of its row: rows that merely reference the organisation are not blocked)."""
+    session.exec(
+        select(Organization.id)
+        .where(Organization.id == organization_id)
+        .with_for_update(key_share=True)
+    ).one()
+
+
 def _check_terms(offer: Offer, accept_terms_sha256: str) -> None:
     if accept_terms_sha256 != offer.terms_sha256:
         raise Conflict(
@@ -214,13 +224,8 @@ def purchase(
     def work(s: Session) -> tuple[Order, bool]:
         # One purchase per buyer at a time: a twin request with the same key waits here for
         # the first to commit and then finds its order, instead of racing it into checks such
-        # as "already licensed" that the first one's licence would fail. (FOR NO KEY UPDATE:
-        # rows that merely reference the organisation are not blocked.)
-        s.exec(
-            select(Organization.id)
-            .where(Organization.id == organization_id)
-            .with_for_update(key_share=True)
-        ).one()
+        # as "already licensed" that the first one's licence would fail.
+        _lock_purchases(s, organization_id)
         found = s.exec(
             select(Order).where(
                 Order.organization_id == organization_id, Order.idempotency_key == idempotency_key
@@ -440,12 +445,8 @@ def _rechain_subscription(session: Session, organization_id: int, offer_id: int)
     if offer is None or not offer.term_days:
         return
     term = dt.timedelta(days=offer.term_days)
-    # The lock purchases take: a renewal bought meanwhile chains onto the recomputed terms.
-    session.exec(
-        select(Organization.id)
-        .where(Organization.id == organization_id)
-        .with_for_update(key_share=True)
-    ).one()
+    # A renewal bought meanwhile waits, then chains onto the recomputed terms.
+    _lock_purchases(session, organization_id)
     standing = session.exec(
         select(License)
         .where(
