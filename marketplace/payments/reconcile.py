@@ -89,33 +89,17 @@ def reconcile(
         )
     ]
     session.commit()
-    for top_up_id, provider_ref, status in open_top_ups:
-        try:
-            intent = gateway.get_top_up(provider_ref)
-        except (ProviderUnavailable, ProviderRefused, ProviderConflict) as exc:
-            log.warning("reconcile: top-up %s: %s", top_up_id, exc)
-            result.unavailable += 1
-            continue
-
-        def work(s: Session, top_up_id: int = top_up_id, intent: Any = intent) -> str:
-            top_up = services.apply_intent(s, top_up_id, intent)
-            top_up.checked_at = utcnow()
-            s.add(top_up)
-            return top_up.status
-
-        result.checked += 1
-        if ledger.run_in_transaction(session, work) != status:
-            result.changed += 1
+    _update(session, result, "top-up", open_top_ups, gateway.get_top_up, _apply_intent)
     # After the poll, so that a payment made at the last moment is credited, not canceled.
     if top_up_expiry_s > 0:
         result.expired = services.expire_top_ups(
             session=session, provider=gateway.name, expiry_s=top_up_expiry_s, batch_max=batch_max
         )
     r = _refunds_t.c
-    pending_refunds: list[tuple[int, str]] = [
-        (row.id, row.provider_ref)
+    pending_refunds: list[tuple[int, str, str]] = [
+        (row.id, row.provider_ref, row.status)
         for row in session.execute(
-            sa.select(r.id, r.provider_ref)
+            sa.select(r.id, r.provider_ref, r.status)
             .where(
                 r.provider == gateway.name,
                 r.status == REFUND_PENDING,
@@ -126,21 +110,45 @@ def reconcile(
         )
     ]
     session.commit()
-    for refund_id, provider_ref in pending_refunds:
+    _update(session, result, "refund", pending_refunds, gateway.get_refund, _apply_refund)
+    return result
+
+
+def _update(
+    session: Session,
+    result: ReconcileResult,
+    what: str,
+    rows: list[tuple[int, str, str]],
+    ask: Callable[[str], Any],
+    apply: Callable[[Session, int, Any], str],
+) -> None:
+    """Ask the provider about each ``(id, provider_ref, status)`` row and apply its answer, one
+    transaction a row; a row the provider could not be asked about waits for the next pass."""
+    for row_id, provider_ref, status in rows:
         try:
-            found = gateway.get_refund(provider_ref)
+            reported = ask(provider_ref)
         except (ProviderUnavailable, ProviderRefused, ProviderConflict) as exc:
-            log.warning("reconcile: refund %s: %s", refund_id, exc)
+            log.warning("reconcile: %s %s: %s", what, row_id, exc)
             result.unavailable += 1
             continue
         result.checked += 1
 
-        def apply(s: Session, refund_id: int = refund_id, found: Any = found) -> str:
-            return refunds.apply_refund(s, refund_id, found).status
+        def work(s: Session, row_id: int = row_id, reported: Any = reported) -> str:
+            return apply(s, row_id, reported)
 
-        if ledger.run_in_transaction(session, apply) != REFUND_PENDING:
+        if ledger.run_in_transaction(session, work) != status:
             result.changed += 1
-    return result
+
+
+def _apply_intent(s: Session, top_up_id: int, intent: Any) -> str:
+    top_up = services.apply_intent(s, top_up_id, intent)
+    top_up.checked_at = utcnow()
+    s.add(top_up)
+    return top_up.status
+
+
+def _apply_refund(s: Session, refund_id: int, found: Any) -> str:
+    return refunds.apply_refund(s, refund_id, found).status
 
 
 @dataclass
