@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, has_request_context, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.routing import IntegerConverter, Map
 from werkzeug.routing.converters import NumberConverter
 
@@ -113,6 +113,16 @@ ID_MIN, ID_MAX = -(2**31), 2**31 - 1
 # sums of many amounts stay exact in a BIGINT.
 MINOR_MAX = 10**15
 MinorAmount = Annotated[int, Field(strict=True, ge=0, le=MINOR_MAX)]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case")]
+
+
+class RequestModel(BaseModel):
+    """A request body or query string: a field it does not know is refused, never ignored.
+
+    A field with an alias (``from``, a Python keyword) may also be sent by its own name.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class IdConverter(IntegerConverter):
