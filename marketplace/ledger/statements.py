@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 from typing import Literal
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from marketplace.db import as_utc, epoch_hour, hour_start
+from marketplace.db import epoch_hour, hour_start
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import CREDIT
 from marketplace.ledger.schemas import AccountPublic, EntryPublic, Statement
@@ -46,10 +47,16 @@ def statement(
     resolver = _transactions_t.alias("resolver")
     query = (
         sa.select(
-            _entries_t,
+            _entries_t.c.id,
+            _entries_t.c.transaction_id,
+            _entries_t.c.account_id,
+            _entries_t.c.side,
+            _entries_t.c.amount.label("amount_minor"),
+            _entries_t.c.pending,
+            _entries_t.c.created_at,
             _transactions_t.c.kind,
             _transactions_t.c.memo,
-            _accounts_t.c.code,
+            _accounts_t.c.code.label("account_code"),
             _accounts_t.c.currency,
             resolver.c.id.label("resolved_by"),
         )
@@ -66,32 +73,16 @@ def statement(
         from_=start,
         to=end,
         accounts=[
-            AccountPublic(
-                account_id=b.account_id,
-                code=b.code,
-                currency=b.currency,
-                debits_posted=b.debits_posted,
-                credits_posted=b.credits_posted,
-                debits_pending=b.debits_pending,
-                credits_pending=b.credits_pending,
-                balance_minor=b.posted,
-            )
+            AccountPublic.model_validate({**asdict(b), "balance_minor": b.posted})
             for b in accounts
         ],
         entries=[
-            EntryPublic(
-                id=row["id"],
-                transaction_id=row["transaction_id"],
-                kind=row["kind"],
-                account_id=row["account_id"],
-                account_code=row["code"],
-                currency=row["currency"],
-                side=row["side"],
-                amount_minor=row["amount"],
-                pending=row["pending"] and row["resolved_by"] is None,
-                status=_entry_status(row["pending"], row["resolved_by"]),
-                memo=row["memo"],
-                created_at=as_utc(row["created_at"]),
+            EntryPublic.model_validate(
+                {
+                    **row,
+                    "pending": row["pending"] and row["resolved_by"] is None,
+                    "status": _entry_status(row["pending"], row["resolved_by"]),
+                }
             )
             for row in rows[:entries_max]
         ],

@@ -20,7 +20,13 @@ from marketplace.ledger.models import (
     Currency,
 )
 from marketplace.ledger.money import Split
-from marketplace.ledger.services.records import AccountBalance, Leg, accounts_t, balances_t
+from marketplace.ledger.services.records import (
+    AccountBalance,
+    Leg,
+    accounts_t,
+    balances_t,
+    record_from_row,
+)
 
 _LIMIT_FLAGS: dict[str, tuple[bool, bool]] = {
     # code: (debits_must_not_exceed_credits, credits_must_not_exceed_debits)
@@ -148,14 +154,4 @@ def balances(
 
 
 def _balance_of(row: Any) -> AccountBalance:
-    return AccountBalance(
-        account_id=row["account_id"],
-        organization_id=row["organization_id"],
-        code=row["code"],
-        currency=row["currency"],
-        debits_posted=row["debits_posted"],
-        credits_posted=row["credits_posted"],
-        debits_pending=row["debits_pending"],
-        credits_pending=row["credits_pending"],
-        version=row["version"],
-    )
+    return record_from_row(AccountBalance, row)
