@@ -89,7 +89,7 @@ class InclusionProof(BaseModel):
 
 
 class ConsistencyProof(BaseModel):
-    from_: int = Field(serialization_alias="from")
+    from_: int = Field(alias="from")
     to: int
     from_root: str
     to_root: str

@@ -173,15 +173,7 @@ def inclusion_proof() -> Any:
 def consistency_proof() -> Any:
     query = parse_query(ConsistencyQuery)
     proof = services.consistency(get_session(), first=query.from_, second=query.to)
-    return _json(
-        ConsistencyProof(
-            from_=proof["from"],
-            to=proof["to"],
-            from_root=proof["from_root"],
-            to_root=proof["to_root"],
-            proof=proof["proof"],
-        )
-    )
+    return _json(ConsistencyProof.model_validate(proof))
 
 
 @bp.get("/audit/export")

@@ -73,8 +73,7 @@ def statement(
         from_=start,
         to=end,
         accounts=[
-            AccountPublic.model_validate({**asdict(b), "balance_minor": b.posted})
-            for b in accounts
+            AccountPublic.model_validate({**asdict(b), "balance_minor": b.posted}) for b in accounts
         ],
         entries=[
             EntryPublic.model_validate(

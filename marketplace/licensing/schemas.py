@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from marketplace.api import MinorAmount, RequestModel
 from marketplace.payments.schemas import PaymentRefundPublic
@@ -53,7 +53,7 @@ class OrderPublic(BaseModel):
     amount_minor: int
     refunded_minor: int
     currency: str
-    licence_id: int | None
+    licence_id: int | None = Field(validation_alias=AliasChoices("licence_id", "license_id"))
     ledger_transaction_id: int | None
     created_at: dt.datetime
 

@@ -107,43 +107,23 @@ def license_status(lic: License, now: dt.datetime | None = None) -> str:
 
 
 def license_public(lic: License) -> LicensePublic:
-    assert lic.id is not None
     r = lic.royalty_per_1k_minor
-    return LicensePublic(
-        id=lic.id,
-        kind=lic.kind,
-        status=license_status(lic),
-        offer_id=lic.offer_id,
-        listing_id=lic.listing_id,
-        currency=lic.currency,
-        created_at=lic.created_at,
-        expires_at=lic.expires_at,
-        calls_remaining=lic.calls_remaining,
-        usage=LicenseUsage(
-            calls_used=lic.calls_used,
-            calls_settled=lic.calls_settled,
-            calls_unsettled=lic.calls_used - lic.calls_settled,
-            royalty_per_1k_minor=r,
-            accrued_minor=royalty_due(lic.calls_used, r),
-            settled_minor=royalty_due(lic.calls_settled, r),
-            unsettled_minor=royalty_due(lic.calls_used, r) - royalty_due(lic.calls_settled, r),
-        ),
+    usage = LicenseUsage(
+        calls_used=lic.calls_used,
+        calls_settled=lic.calls_settled,
+        calls_unsettled=lic.calls_used - lic.calls_settled,
+        royalty_per_1k_minor=r,
+        accrued_minor=royalty_due(lic.calls_used, r),
+        settled_minor=royalty_due(lic.calls_settled, r),
+        unsettled_minor=royalty_due(lic.calls_used, r) - royalty_due(lic.calls_settled, r),
+    )
+    return LicensePublic.model_validate(
+        {**lic.model_dump(), "status": license_status(lic), "usage": usage}
     )
 
 
 def order_public(order: Order) -> OrderPublic:
-    assert order.id is not None
-    return OrderPublic(
-        id=order.id,
-        status=order.status,
-        offer_id=order.offer_id,
-        amount_minor=order.amount_minor,
-        refunded_minor=order.refunded_minor,
-        currency=order.currency,
-        licence_id=order.license_id,
-        ledger_transaction_id=order.ledger_transaction_id,
-        created_at=order.created_at,
-    )
+    return OrderPublic.model_validate(order, from_attributes=True)
 
 
 # --- Trials -----------------------------------------------------------------------------------
@@ -397,13 +377,14 @@ def list_orders(
         .limit(page_size)
     ).all()
     items = [
-        OrderListItem(
-            **order_public(order).model_dump(),
-            role="buyer" if order.organization_id == organization_id else "vendor",
-            listing_id=listing_id or 0,
-            listing_name=listing_name,
-            buyer_organization_id=order.organization_id,
-            vendor_organization_id=order.vendor_organization_id,
+        OrderListItem.model_validate(
+            {
+                **order.model_dump(),
+                "role": "buyer" if order.organization_id == organization_id else "vendor",
+                "listing_id": listing_id or 0,
+                "listing_name": listing_name,
+                "buyer_organization_id": order.organization_id,
+            }
         )
         for order, listing_id, listing_name in rows
     ]
@@ -577,14 +558,11 @@ def refund_order(
         sent = payment_refunds.refunds_of(session, order_refund_id=refund.id)
     order = session.get(Order, order_id, populate_existing=True)
     assert order is not None
-    to_payments = payment_refunds.payment_refunds_public(sent, session)
-    return RefundPublic(
-        id=refund.id,
-        order_id=order_id,
-        amount_minor=refund.amount_minor,
-        currency=refund.currency,
-        ledger_transaction_id=refund.ledger_transaction_id,
-        order=order_public(order),
-        payment_refunds=to_payments,
-        to_wallet_minor=refund.amount_minor - sum(r.amount_minor for r in sent),
+    return RefundPublic.model_validate(
+        {
+            **refund.model_dump(),
+            "order": order_public(order),
+            "payment_refunds": payment_refunds.payment_refunds_public(sent, session),
+            "to_wallet_minor": refund.amount_minor - sum(r.amount_minor for r in sent),
+        }
     )

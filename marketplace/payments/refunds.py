@@ -252,16 +252,10 @@ def payment_refunds_public(
     out = []
     for refund in refunds:
         top_up = session.get(TopUp, refund.top_up_id)
+        payment_intent_id = top_up.provider_ref if top_up else None
         out.append(
-            PaymentRefundPublic(
-                id=refund.id,  # type: ignore[arg-type]
-                top_up_id=refund.top_up_id,
-                payment_intent_id=top_up.provider_ref if top_up else None,
-                amount_minor=refund.amount_minor,
-                currency=refund.currency,
-                status=refund.status,
-                refund_id=refund.provider_ref,
-                failure_code=refund.failure_code,
+            PaymentRefundPublic.model_validate(
+                {**refund.model_dump(), "payment_intent_id": payment_intent_id}
             )
         )
     return out
@@ -270,15 +264,8 @@ def payment_refunds_public(
 def withdrawal_public(session: Session, withdrawal_id: int) -> WithdrawalPublic:
     withdrawal = session.get(Withdrawal, withdrawal_id, populate_existing=True)
     assert withdrawal is not None
-    return WithdrawalPublic(
-        id=withdrawal_id,
-        status=withdrawal.status,
-        amount_minor=withdrawal.amount_minor,
-        currency=withdrawal.currency,
-        created_at=withdrawal.created_at,
-        completed_at=withdrawal.completed_at,
-        refunds=payment_refunds_public(refunds_of(session, withdrawal_id=withdrawal_id), session),
-    )
+    refunds = payment_refunds_public(refunds_of(session, withdrawal_id=withdrawal_id), session)
+    return WithdrawalPublic.model_validate({**withdrawal.model_dump(), "refunds": refunds})
 
 
 def get_withdrawal(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import AliasChoices, BaseModel, Field, StrictInt
 
 from marketplace.api import CurrencyCode, MinorAmount, RequestModel
 
@@ -33,7 +33,10 @@ class TopUpPublic(BaseModel):
     )
     amount_minor: int
     currency: str
-    payment_intent_id: str | None = Field(description="The provider's payment (Stripe pi_...)")
+    payment_intent_id: str | None = Field(
+        validation_alias=AliasChoices("payment_intent_id", "provider_ref"),
+        description="The provider's payment (Stripe pi_...)",
+    )
     client_secret: str | None = Field(
         description="For the payer's browser to confirm the payment; only in POST answers"
     )
@@ -68,7 +71,10 @@ class PaymentRefundPublic(BaseModel):
     amount_minor: int
     currency: str
     status: str = Field(description="pending | succeeded | failed (the wallet has it back)")
-    refund_id: str | None = Field(description="The provider's refund (Stripe re_...)")
+    refund_id: str | None = Field(
+        validation_alias=AliasChoices("refund_id", "provider_ref"),
+        description="The provider's refund (Stripe re_...)",
+    )
     failure_code: str | None
 
 

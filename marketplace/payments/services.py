@@ -60,22 +60,9 @@ OPEN_TOP_UP_STATUSES = (TOP_UP_PENDING, TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)
 
 
 def top_up_public(top_up: TopUp, client_secret: str | None = None) -> TopUpPublic:
-    assert top_up.id is not None
-    return TopUpPublic(
-        id=top_up.id,
-        status=top_up.status,
-        amount_minor=top_up.amount_minor,
-        currency=top_up.currency,
-        payment_intent_id=top_up.provider_ref,
-        client_secret=client_secret,
-        failure_code=top_up.failure_code,
-        refunded_minor=top_up.refunded_minor,
-        created_at=top_up.created_at,
-        completed_at=top_up.completed_at,
-        payment=PaymentInfo(
-            provider=top_up.provider, simulated=top_up.simulated, client_secret=client_secret
-        ),
-    )
+    """The top-up as the payer sees it; ``client_secret`` only in the answer that creates it."""
+    row = {**top_up.model_dump(), "client_secret": client_secret}
+    return TopUpPublic.model_validate({**row, "payment": PaymentInfo.model_validate(row)})
 
 
 def top_up_metadata(top_up: TopUp) -> dict[str, str]:
