@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app
 
-from marketplace.accounts.oauth import current, require_oauth
-from marketplace.api import API_PREFIX, openapi, parse_query
+from marketplace.accounts.oauth import current
+from marketplace.api import API_PREFIX, parse_query
 from marketplace.db import as_utc, get_session
 from marketplace.ledger.schemas import Statement, StatementQuery
 from marketplace.ledger.statements import statement
+from marketplace.operation import operation
 
 bp = Blueprint("ledger", __name__, url_prefix=API_PREFIX)
 
@@ -21,7 +21,7 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 
 @bp.get("/ledger/statement")
-@openapi(
+@operation(
     "Your organisation's ledger entries (from <= time < to) and balances",
     tag="ledger",
     query=StatementQuery,
@@ -29,10 +29,9 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     scope="ledger:read",
     examples={"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"},
 )
-@require_oauth("ledger:read")
-def get_statement() -> Any:
+def get_statement() -> Statement:
     query = parse_query(StatementQuery)
-    result = statement(
+    return statement(
         session=get_session(),
         organization_id=current.organization_id,
         currency=query.currency,
@@ -40,4 +39,3 @@ def get_statement() -> Any:
         end=_utc(query.to),
         entries_max=current_app.extensions["settings"].statement_entries_max,
     )
-    return jsonify(result.model_dump(mode="json", by_alias=True))
