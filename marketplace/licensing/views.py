@@ -15,7 +15,7 @@ from marketplace.api import (
     parse_query,
 )
 from marketplace.db import get_session
-from marketplace.licensing import services
+from marketplace.licensing import licensing_service, services
 from marketplace.licensing.schemas import (
     AcceptTerms,
     LicenseList,
@@ -27,7 +27,6 @@ from marketplace.licensing.schemas import (
     RefundPublic,
 )
 from marketplace.operation import operation
-from marketplace.payments.outbox import OutboxPolicy
 
 bp = Blueprint("licensing", __name__, url_prefix=API_PREFIX)
 
@@ -91,14 +90,13 @@ def start_trial(offer_id: int) -> LicensePublic:
 def purchase(offer_id: int) -> Any:
     key = idempotency_key()
     body = parse_json(AcceptTerms)
-    order, created = services.purchase(
+    order, created = licensing_service(current_app).purchase(
         session=get_session(),
         organization_id=current.organization_id,
         offer_id=offer_id,
         accept_terms_sha256=body.accept_terms_sha256,
         idempotency_key=key,
         client_id=current.token.client_id,
-        platform_fee_bps=current_app.extensions["settings"].platform_fee_bps,
     )
     return order, 201 if created else 200
 
@@ -139,11 +137,10 @@ def get_license(license_id: int) -> LicensePublic:
     examples={"role": "buyer"},
 )
 def list_orders() -> OrderPage:
-    return services.list_orders(
+    return licensing_service(current_app).list_orders(
         session=get_session(),
         organization_id=current.organization_id,
         query=parse_query(OrderQuery),
-        page_size_max=current_app.extensions["settings"].page_size_max,
     )
 
 
@@ -168,13 +165,6 @@ def list_orders() -> OrderPage:
 def refund(order_id: int) -> RefundPublic:
     key = idempotency_key()
     body = parse_json(RefundCreate)
-    settings = current_app.extensions["settings"]
-    return services.refund_order(
-        session=get_session(),
-        order_id=order_id,
-        request=body,
-        idempotency_key=key,
-        gateway=current_app.extensions["payment_gateway"],
-        policy=OutboxPolicy.from_settings(settings),
-        refunds_max=settings.withdrawal_refunds_max,
+    return licensing_service(current_app).refund_order(
+        session=get_session(), order_id=order_id, request=body, idempotency_key=key
     )

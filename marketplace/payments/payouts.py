@@ -159,31 +159,6 @@ def run_payouts(
     return created
 
 
-def pay_out(
-    *,
-    session: Session,
-    gateway: PaymentGateway,
-    policy: outbox.OutboxPolicy,
-    minimum_minor: int,
-    organization_id: int | None = None,
-) -> list[PayoutPublic]:
-    """Run payouts and send their transfers now; the payouts as they stand afterwards."""
-    created = run_payouts(
-        session=session,
-        gateway=gateway,
-        minimum_minor=minimum_minor,
-        organization_id=organization_id,
-    )
-    out = []
-    for payout in created:
-        assert payout.id is not None
-        message = outbox.find(session, kind=OUTBOX_TRANSFER, subject_id=payout.id)
-        if message is not None and message.id is not None:
-            outbox.process_now(session, gateway, policy, message.id)
-        out.append(payout_public(session.get(Payout, payout.id, populate_existing=True) or payout))
-    return out
-
-
 def list_payouts(*, session: Session, organization_id: int, limit: int) -> list[PayoutPublic]:
     rows = session.exec(
         select(Payout)

@@ -18,10 +18,9 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from marketplace.db import lock_row, utcnow
-from marketplace.errors import Conflict, NotFound, ValidationFailed
+from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
-from marketplace.ledger.idempotency import replay, request_hash
-from marketplace.ledger.models import WALLET, Currency
+from marketplace.ledger.models import WALLET
 from marketplace.payments import holds, outbox
 from marketplace.payments.gateway import (
     REFUND_FAILED as PROVIDER_REFUND_FAILED,
@@ -52,7 +51,6 @@ from marketplace.payments.models import (
 )
 from marketplace.payments.schemas import (
     PaymentRefundPublic,
-    WithdrawalCreate,
     WithdrawalPublic,
 )
 
@@ -159,65 +157,6 @@ def refund_to_payments(
         outbox.enqueue(s, kind=OUTBOX_REFUND, subject_id=refund.id, reference=refund.reference)
         made.append(refund)
     return made
-
-
-def withdraw(
-    *,
-    session: Session,
-    gateway: PaymentGateway,
-    organization_id: int,
-    request: WithdrawalCreate,
-    idempotency_key: str,
-    refunds_max: int,
-    policy: outbox.OutboxPolicy,
-) -> tuple[WithdrawalPublic, bool]:
-    """Send unused wallet money back to the buyer's payments, newest first."""
-    digest = request_hash({"amount_minor": request.amount_minor, "currency": request.currency})
-    if gateway.simulated:
-        raise Conflict(
-            "Simulated money cannot be withdrawn; it never left a bank.",
-            code="withdrawal_unavailable",
-        )
-
-    def work(s: Session) -> tuple[Withdrawal, bool]:
-        found = s.exec(
-            select(Withdrawal).where(
-                Withdrawal.organization_id == organization_id,
-                Withdrawal.idempotency_key == idempotency_key,
-            )
-        ).first()
-        if (prior := replay(found, digest, "withdrawal")) is not None:
-            return prior, False
-        if s.get(Currency, request.currency) is None:
-            raise ValidationFailed(
-                f"Currency {request.currency} is not supported.", code="unknown_currency"
-            )
-        withdrawal = Withdrawal(
-            organization_id=organization_id,
-            currency=request.currency,
-            amount_minor=request.amount_minor,
-            idempotency_key=idempotency_key,
-            request_hash=digest,
-        )
-        s.add(withdrawal)
-        s.flush()
-        refund_to_payments(
-            s,
-            organization_id=organization_id,
-            currency=request.currency,
-            amount_minor=request.amount_minor,
-            provider=gateway.name,
-            purpose=REFUND_FOR_WITHDRAWAL,
-            count_max=refunds_max,
-            withdrawal_id=withdrawal.id,
-            require_all=True,
-        )
-        return withdrawal, True
-
-    withdrawal, created = ledger.run_in_transaction(session, work)
-    assert withdrawal.id is not None
-    send_now(session, gateway, policy, refunds_of(session, withdrawal_id=withdrawal.id))
-    return withdrawal_public(session, withdrawal.id), created
 
 
 def send_now(

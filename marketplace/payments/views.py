@@ -20,8 +20,7 @@ from marketplace.config import Settings
 from marketplace.db import get_session
 from marketplace.errors import Forbidden, NotFound, PayloadTooLarge
 from marketplace.operation import operation
-from marketplace.payments import outbox, payouts, refunds, services, webhooks
-from marketplace.payments.gateway import PaymentGateway
+from marketplace.payments import outbox, payments_service, payouts, refunds, services
 from marketplace.payments.schemas import (
     OutboxList,
     OutboxPublic,
@@ -37,6 +36,7 @@ from marketplace.payments.schemas import (
     WithdrawalCreate,
     WithdrawalPublic,
 )
+from marketplace.payments.services import PaymentsService
 
 bp = Blueprint("payments", __name__, url_prefix=API_PREFIX)
 
@@ -50,16 +50,8 @@ STRIPE_SIGNATURE = HeaderParam(
 )
 
 
-def gateway() -> PaymentGateway:
-    return current_app.extensions["payment_gateway"]  # type: ignore[no-any-return]
-
-
-def settings() -> Settings:
-    return current_app.extensions["settings"]  # type: ignore[no-any-return]
-
-
-def policy() -> outbox.OutboxPolicy:
-    return outbox.OutboxPolicy.from_settings(settings())
+def payments() -> PaymentsService:
+    return payments_service(current_app)
 
 
 @bp.post("/wallet/top-ups")
@@ -87,15 +79,11 @@ def policy() -> outbox.OutboxPolicy:
 def create_top_up() -> Any:
     key = idempotency_key()
     body = parse_json(TopUpCreate)
-    result, created = services.create_top_up(
+    result, created = payments().create_top_up(
         session=get_session(),
-        gateway=gateway(),
         organization_id=current.organization_id,
         request=body,
         idempotency_key=key,
-        amount_minor_max=settings().top_up_amount_minor_max,
-        policy=policy(),
-        open_max=settings().top_ups_open_max,
     )
     return result, 201 if created else 200
 
@@ -142,14 +130,11 @@ def get_wallet() -> WalletPublic:
 def create_withdrawal() -> Any:
     key = idempotency_key()
     body = parse_json(WithdrawalCreate)
-    result, created = refunds.withdraw(
+    result, created = payments().withdraw(
         session=get_session(),
-        gateway=gateway(),
         organization_id=current.organization_id,
         request=body,
         idempotency_key=key,
-        refunds_max=settings().withdrawal_refunds_max,
-        policy=policy(),
     )
     return result, 201 if created else 200
 
@@ -178,19 +163,16 @@ def get_withdrawal(withdrawal_id: int) -> WithdrawalPublic:
     example={"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": {}}},
 )
 def stripe_webhook() -> Any:
-    if settings().payments != "stripe":
+    settings: Settings = current_app.extensions["settings"]
+    if settings.payments != "stripe":
         raise NotFound("Stripe payments are not configured.", code="webhook_unavailable")
-    bytes_max = settings().json_body_bytes_max
+    bytes_max = settings.json_body_bytes_max
     if request.content_length is not None and request.content_length > bytes_max:
         raise PayloadTooLarge(f"Webhook bodies are limited to {bytes_max} bytes.")
     request.max_content_length = bytes_max
-    event = webhooks.verify(
-        request.get_data(cache=False),
-        request.headers.get("Stripe-Signature"),
-        settings().webhook_secrets,
-        settings().stripe_webhook_tolerance_s,
+    applied = payments().apply_webhook(
+        get_session(), request.get_data(cache=False), request.headers.get("Stripe-Signature")
     )
-    applied = webhooks.apply_event(get_session(), event)
     return jsonify({"received": True, "event": applied.event_id, "outcome": applied.outcome})
 
 
@@ -211,9 +193,8 @@ def stripe_webhook() -> Any:
 )
 def set_payout_account(org_id: int) -> PayoutAccountPublic:
     body = parse_json(PayoutAccountSet)
-    return payouts.set_payout_account(
+    return payments().set_payout_account(
         session=get_session(),
-        gateway=gateway(),
         organization_id=org_id,
         viewer_organization_id=current.organization_id,
         account_ref=body.account_id,
@@ -251,9 +232,7 @@ def list_payouts() -> PayoutList:
         if "admin" not in current.scopes:
             raise Forbidden("Only administrators see other vendors' payouts.", code="forbidden")
         org_id = query.organization_id
-    items = payouts.list_payouts(
-        session=get_session(), organization_id=org_id, limit=settings().page_size_max
-    )
+    items = payments().list_payouts(session=get_session(), organization_id=org_id)
     return PayoutList(items=items)
 
 
@@ -268,13 +247,7 @@ def list_payouts() -> PayoutList:
 )
 def run_payouts() -> PayoutList:
     body = parse_json(PayoutRunRequest)
-    items = payouts.pay_out(
-        session=get_session(),
-        gateway=gateway(),
-        policy=policy(),
-        minimum_minor=settings().payout_minimum_minor,
-        organization_id=body.organization_id,
-    )
+    items = payments().pay_out(session=get_session(), organization_id=body.organization_id)
     return PayoutList(items=items)
 
 
@@ -304,7 +277,6 @@ def list_outbox() -> OutboxList:
 )
 def retry_outbox(message_id: int) -> OutboxPublic:
     session = get_session()
-    outbox.retry(session, message_id)
-    outbox.process_now(session, gateway(), policy(), message_id)
+    payments().retry_call(session, message_id)
     row = session.get(outbox.PaymentOutbox, message_id, populate_existing=True)
     return OutboxPublic.model_validate(row, from_attributes=True)

@@ -23,7 +23,6 @@ from sqlmodel import Session
 
 from marketplace.errors import DomainError
 from marketplace.ledger import services as ledger
-from marketplace.payments import refunds, services
 from marketplace.payments.gateway import ProviderConflict
 from marketplace.payments.models import StripeEvent
 from marketplace.payments.stripe_gateway import intent_from_stripe, refund_from_stripe
@@ -49,12 +48,16 @@ class _Tracked:
     apply: Callable[[Session, int, Any], object]
 
 
-_TOP_UPS = _Tracked(intent_from_stripe, services.find_top_up_for, services.apply_intent)
-_PAYMENT_REFUNDS = _Tracked(refund_from_stripe, refunds.find_refund_for, refunds.apply_refund)
-_TRACKED_BY_EVENT = {
-    **dict.fromkeys(_INTENT_EVENTS, _TOP_UPS),
-    **dict.fromkeys(_REFUND_EVENTS, _PAYMENT_REFUNDS),
-}
+def _tracked_by_event() -> dict[str, _Tracked]:
+    # Imported here: the payments service, in the services module, receives the webhooks.
+    from marketplace.payments import refunds, services
+
+    top_ups = _Tracked(intent_from_stripe, services.find_top_up_for, services.apply_intent)
+    payment_refunds = _Tracked(refund_from_stripe, refunds.find_refund_for, refunds.apply_refund)
+    return {
+        **dict.fromkeys(_INTENT_EVENTS, top_ups),
+        **dict.fromkeys(_REFUND_EVENTS, payment_refunds),
+    }
 
 
 class SignatureInvalid(DomainError):
@@ -110,7 +113,7 @@ class Applied:
 
 def apply_event(session: Session, event: dict[str, Any]) -> Applied:
     """Apply a verified event once; a repeat of an applied event id changes nothing."""
-    tracked = _TRACKED_BY_EVENT.get(str(event.get("type", "")))
+    tracked = _tracked_by_event().get(str(event.get("type", "")))
     event_id = str(event["id"])[:255]
     event_type = str(event.get("type", ""))[:100]
     obj = (event.get("data") or {}).get("object") or {}

@@ -19,10 +19,10 @@ from marketplace.catalog.models import LISTING_ACTIVE, LISTING_STATUSES, LISTING
 from marketplace.db import get_session
 from marketplace.errors import DomainError, Forbidden
 from marketplace.evaluation import services as evaluation
-from marketplace.licensing import services as licensing
+from marketplace.licensing import licensing_service
 from marketplace.licensing.models import Order
 from marketplace.licensing.schemas import RefundCreate
-from marketplace.payments import outbox, payouts
+from marketplace.payments import outbox, payments_service
 from marketplace.payments.models import OUTBOX_FAILED, PAYOUT_FAILED
 from marketplace.web import formatting
 from marketplace.web.dashboard import payout_status_text
@@ -139,7 +139,7 @@ def admin_refund() -> BaseResponse:
             currency = order.currency if order is not None else "CNY"
             amount = formatting.parse_amount(form.amount.data, _exponents().get(currency, 2))
         body = validate(RefundCreate, {"amount_minor": amount, "reason": form.reason.data or ""})
-        refund = licensing.refund_order(
+        refund = licensing_service(current_app).refund_order(
             session=session,
             order_id=form.order_id.data,
             request=body,
@@ -160,11 +160,6 @@ def admin_refund() -> BaseResponse:
     return back
 
 
-def _payments() -> tuple[Any, outbox.OutboxPolicy]:
-    settings = current_app.extensions["settings"]
-    return current_app.extensions["payment_gateway"], outbox.OutboxPolicy.from_settings(settings)
-
-
 @bp.post("/admin/payouts/run")
 @login_required
 def admin_run_payouts() -> BaseResponse:
@@ -174,14 +169,9 @@ def admin_run_payouts() -> BaseResponse:
     if not form.validate_on_submit():
         flash(_("Type an organisation number, or leave it empty for every vendor."), "error")
         return back
-    gateway, policy = _payments()
     try:
-        done = payouts.pay_out(
-            session=get_session(),
-            gateway=gateway,
-            policy=policy,
-            minimum_minor=current_app.extensions["settings"].payout_minimum_minor,
-            organization_id=form.organization_id.data,
+        done = payments_service(current_app).pay_out(
+            session=get_session(), organization_id=form.organization_id.data
         )
     except DomainError as exc:
         flash(error_text(exc), "error")
@@ -206,11 +196,8 @@ def admin_run_payouts() -> BaseResponse:
 @login_required
 def admin_retry_call(message_id: int) -> BaseResponse:
     require_admin()
-    gateway, policy = _payments()
-    session = get_session()
     try:
-        outbox.retry(session, message_id)
-        sent = outbox.process_now(session, gateway, policy, message_id)
+        sent = payments_service(current_app).retry_call(get_session(), message_id)
         flash(
             _(
                 "Provider call %(id)s sent again: %(outcome)s.",

@@ -34,13 +34,13 @@ from marketplace.errors import DomainError, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import VENDOR_PAYABLE
 from marketplace.ledger.statements import credits_by_hour, statement
+from marketplace.licensing import licensing_service
 from marketplace.licensing import services as licensing
 from marketplace.licensing.schemas import OrderQuery
 from marketplace.metering import services as metering
-from marketplace.payments import payouts
+from marketplace.payments import payments_service, payouts
 from marketplace.payments import services as payments
 from marketplace.payments.models import PAYOUT_FAILED, PAYOUT_PAID, PAYOUT_PENDING
-from marketplace.payments.outbox import OutboxPolicy
 from marketplace.payments.schemas import PayoutAccountSet, TopUpCreate
 from marketplace.web import charts, formatting
 from marketplace.web.forms import (
@@ -88,11 +88,10 @@ def dashboard() -> Any:
 
 
 def _orders(organization_id: int, role: str) -> list[Any]:
-    page = licensing.list_orders(
+    page = licensing_service(current_app).list_orders(
         session=get_session(),
         organization_id=organization_id,
         query=OrderQuery(role=role, page_size=ORDERS_SHOWN),  # type: ignore[arg-type]
-        page_size_max=ORDERS_SHOWN,
     )
     return page.items
 
@@ -225,16 +224,11 @@ def top_up() -> BaseResponse:
         try:
             amount = formatting.parse_amount(form.amount.data, _exponents()[form.currency.data])
             body = validate(TopUpCreate, {"amount_minor": amount, "currency": form.currency.data})
-            settings = current_app.extensions["settings"]
-            result, _created = payments.create_top_up(
+            result, _created = payments_service(current_app).create_top_up(
                 session=get_session(),
-                gateway=current_app.extensions["payment_gateway"],
                 organization_id=viewer.organization_id,
                 request=body,
                 idempotency_key=f"web:{(form.idempotency_key.data or uuid.uuid4().hex)[:100]}",
-                amount_minor_max=settings.top_up_amount_minor_max,
-                policy=OutboxPolicy.from_settings(settings),
-                open_max=settings.top_ups_open_max,
             )
             shown = money_text(result.amount_minor, result.currency)
             if result.status == "succeeded":
@@ -324,9 +318,8 @@ def set_payout_account() -> BaseResponse:
     if form.validate_on_submit():
         try:
             body = validate(PayoutAccountSet, {"account_id": form.account_ref.data.strip()})
-            linked = payouts.set_payout_account(
+            linked = payments_service(current_app).set_payout_account(
                 session=get_session(),
-                gateway=current_app.extensions["payment_gateway"],
                 organization_id=viewer.organization_id,
                 viewer_organization_id=viewer.organization_id,
                 account_ref=body.account_id,

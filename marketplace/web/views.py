@@ -48,6 +48,7 @@ from marketplace.catalog.schemas import ListingQuery
 from marketplace.db import get_session
 from marketplace.errors import DomainError, Forbidden, ValidationFailed
 from marketplace.ledger import services as ledger
+from marketplace.licensing import licensing_service
 from marketplace.licensing import services as licensing
 from marketplace.licensing.schemas import AcceptTerms
 from marketplace.ratelimit import WindowLimiter
@@ -537,14 +538,13 @@ def purchase(model_id: int, offer_id: int) -> BaseResponse:
     if accepted is not None:
         key = (form.idempotency_key.data or "").strip()[:128] or uuid.uuid4().hex
         try:
-            order, _created = licensing.purchase(
+            order, _created = licensing_service(current_app).purchase(
                 session=get_session(),
                 organization_id=viewer.organization_id,
                 offer_id=offer_id,
                 accept_terms_sha256=accepted.accept_terms_sha256,
                 idempotency_key=f"web:{key}",
                 client_id=_acceptance_client(viewer),
-                platform_fee_bps=current_app.extensions["settings"].platform_fee_bps,
             )
             flash(
                 _(
