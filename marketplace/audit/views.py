@@ -7,7 +7,6 @@ on-demand checkpoint) is for administrators. Ranges are checked before a byte is
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import threading
 from typing import Any
 
@@ -18,6 +17,7 @@ from marketplace.api import API_PREFIX, parse_query
 from marketplace.audit import export, journal, platform, services
 from marketplace.audit.errors import CheckpointNotFound, ExportsBusy
 from marketplace.audit.keys import AuditKeyStore
+from marketplace.audit.pages import AuditPages
 from marketplace.audit.schemas import (
     CheckpointCreated,
     CheckpointQuery,
@@ -30,14 +30,13 @@ from marketplace.audit.schemas import (
     PlatformLedger,
     PublicKeyItem,
     PublicKeyList,
-    RecordItem,
     RecordPage,
     RecordsQuery,
     RevenueQuery,
     RevenueReport,
     TreeStatus,
 )
-from marketplace.db import as_utc, get_database, get_session
+from marketplace.db import get_database, get_session, to_utc
 from marketplace.operation import operation
 
 bp = Blueprint("audit", __name__, url_prefix=API_PREFIX)
@@ -51,8 +50,8 @@ def keys() -> AuditKeyStore:
     return current_app.extensions["audit_keys"]  # type: ignore[no-any-return]
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else as_utc(value).astimezone(dt.UTC)
+def pages() -> AuditPages:
+    return current_app.extensions["audit_pages"]  # type: ignore[no-any-return]
 
 
 @bp.get("/audit/tree")
@@ -128,16 +127,8 @@ def public_keys() -> PublicKeyList:
           query=RecordsQuery, response=RecordPage, scope=READERS, examples={"to_seq": 9})  # fmt: skip
 def records() -> RecordPage:
     query = parse_query(RecordsQuery)
-    limit = min(query.page_size, current_app.extensions["settings"].audit_records_page_max)
-    size, items = services.records(
-        get_session(), from_seq=query.from_seq, to_seq=query.to_seq, limit=limit
-    )
-    last = items[-1].seq if items else None
-    end = size - 1 if query.to_seq is None else query.to_seq
-    return RecordPage(
-        tree_size=size,
-        items=[RecordItem.model_validate(dataclasses.asdict(i)) for i in items],
-        next_from_seq=None if last is None or last >= end else last + 1,
+    return pages().records(
+        get_session(), from_seq=query.from_seq, to_seq=query.to_seq, page_size=query.page_size
     )
 
 
@@ -215,18 +206,7 @@ def export_response(*, from_seq: int | None, to_size: int | None, fmt: str) -> R
           "account code", tag="audit", query=LedgerQuery, response=PlatformLedger,
           scope=READERS, examples={"organization_id": 2, "kind": "purchase", "currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
 def ledger_transactions() -> PlatformLedger:
-    query = parse_query(LedgerQuery)
-    result = platform.ledger_transactions(
-        session=get_session(),
-        organization_id=query.organization_id,
-        kind=query.kind,
-        currency=query.currency,
-        start=_utc(query.from_),
-        end=_utc(query.to),
-        after_id=query.after_id,
-        limit=min(query.page_size, current_app.extensions["settings"].page_size_max),
-    )
-    return result
+    return pages().ledger_transactions(get_session(), parse_query(LedgerQuery))
 
 
 @bp.get("/audit/revenue")
@@ -234,11 +214,10 @@ def ledger_transactions() -> PlatformLedger:
           response=RevenueReport, scope=READERS, examples={"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
 def revenue() -> RevenueReport:
     query = parse_query(RevenueQuery)
-    report = platform.platform_revenue(
+    return platform.platform_revenue(
         session=get_session(),
         currency=query.currency,
         period=query.period,
-        start=_utc(query.from_),
-        end=_utc(query.to),
+        start=to_utc(query.from_),
+        end=to_utc(query.to),
     )
-    return report

@@ -15,7 +15,7 @@ from marketplace.accounts.models import Organization
 from marketplace.accounts.oauth import current
 from marketplace.accounts.scopes import ADMIN, MODELS_READ, MODELS_WRITE
 from marketplace.api import API_PREFIX, CONTENT_DIGEST, parse_json, parse_query
-from marketplace.catalog import services, upload_context
+from marketplace.catalog import catalog_service, services, upload_context
 from marketplace.catalog.errors import (
     InvalidContentDigest,
     ModelTooLarge,
@@ -108,11 +108,8 @@ def create_listing() -> ListingPublic:
     examples={"q": "weld", "task": "anomaly-detection", "tag": "manufacturing", "vendor": 1},
 )
 def search_listings() -> ListingPage:
-    return services.search_listings(
-        session=get_session(),
-        query=parse_query(ListingQuery),
-        page_size_max=current_app.extensions["settings"].page_size_max,
-        viewer_org_id=_viewer_org_id(),
+    return catalog_service(current_app).search_listings(
+        session=get_session(), query=parse_query(ListingQuery), viewer_org_id=_viewer_org_id()
     )
 
 
@@ -400,21 +397,19 @@ def _chunks(stream: BinaryIO | None) -> Iterator[bytes]:
     examples={"version": "1.0.0"},
 )
 def put_sample(model_id: int, version: str) -> SamplePublic:
-    settings = current_app.extensions["settings"]
+    catalog = catalog_service(current_app)
     if request.mimetype != NPZ_MIME:
         raise UnsupportedMediaType(f"Send the sample as {NPZ_MIME}.")
-    limit = settings.sample_bytes_max
+    limit = catalog.sample_bytes_max
     if request.content_length is not None and request.content_length > limit:
         raise SampleTooLarge(f"Sample inputs are limited to {limit} bytes.")
     request.max_content_length = limit
-    return services.attach_sample(
+    return catalog.attach_sample(
         session=get_session(),
         listing_id=model_id,
         version=version,
         organization_id=current.organization_id,
         data=request.get_data(cache=False),
-        bytes_max=limit,
-        elements_max=settings.eval_input_elements_max,
     )
 
 

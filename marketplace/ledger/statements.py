@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import sqlalchemy as sa
@@ -29,64 +29,76 @@ def _entry_status(
     return "pending" if resolved_by is None else "released"
 
 
-def statement(
-    *,
-    session: Session,
-    organization_id: int,
-    currency: str | None,
-    start: dt.datetime | None,
-    end: dt.datetime | None,
-    entries_max: int,
-) -> Statement:
-    """Balances and entries (oldest first, ``start <= created_at < end``) of the org's accounts.
+@dataclass(frozen=True)
+class StatementService:
+    """Organisations' statements, of at most ``entries_max`` entries each; built once by
+    ``init_app`` so that the API and the pages never hand the bound over."""
 
-    Only accounts whose ``organization_id`` is the caller's are read, so no organisation can
-    see another's rows through this path.
-    """
-    accounts = ledger.balances(session, organization_id=organization_id, currency=currency)
-    resolver = _transactions_t.alias("resolver")
-    query = (
-        sa.select(
-            _entries_t.c.id,
-            _entries_t.c.transaction_id,
-            _entries_t.c.account_id,
-            _entries_t.c.side,
-            _entries_t.c.amount.label("amount_minor"),
-            _entries_t.c.pending,
-            _entries_t.c.created_at,
-            _transactions_t.c.kind,
-            _transactions_t.c.memo,
-            _accounts_t.c.code.label("account_code"),
-            _accounts_t.c.currency,
-            resolver.c.id.label("resolved_by"),
-        )
-        .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
-        .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
-        .outerjoin(resolver, resolver.c.resolves_id == _transactions_t.c.id)
-        .where(_accounts_t.c.organization_id == organization_id)
-    )
-    query = where_entries_in(query, currency=currency, start=start, end=end)
-    rows = session.execute(query.order_by(_entries_t.c.id).limit(entries_max + 1)).mappings().all()
-    return Statement(
-        organization_id=organization_id,
-        currency=currency,
-        from_=start,
-        to=end,
-        accounts=[
-            AccountPublic.model_validate({**asdict(b), "balance_minor": b.posted}) for b in accounts
-        ],
-        entries=[
-            EntryPublic.model_validate(
-                {
-                    **row,
-                    "pending": row["pending"] and row["resolved_by"] is None,
-                    "status": _entry_status(row["pending"], row["resolved_by"]),
-                }
+    entries_max: int
+
+    def statement(
+        self,
+        *,
+        session: Session,
+        organization_id: int,
+        currency: str | None,
+        start: dt.datetime | None,
+        end: dt.datetime | None,
+    ) -> Statement:
+        """Balances and entries (oldest first, ``start <= created_at < end``) of the org's accounts.
+
+        Only accounts whose ``organization_id`` is the caller's are read, so no organisation can
+        see another's rows through this path. At most ``entries_max`` entries; ``truncated`` says
+        whether more matched.
+        """
+        entries_max = self.entries_max
+        accounts = ledger.balances(session, organization_id=organization_id, currency=currency)
+        resolver = _transactions_t.alias("resolver")
+        query = (
+            sa.select(
+                _entries_t.c.id,
+                _entries_t.c.transaction_id,
+                _entries_t.c.account_id,
+                _entries_t.c.side,
+                _entries_t.c.amount.label("amount_minor"),
+                _entries_t.c.pending,
+                _entries_t.c.created_at,
+                _transactions_t.c.kind,
+                _transactions_t.c.memo,
+                _accounts_t.c.code.label("account_code"),
+                _accounts_t.c.currency,
+                resolver.c.id.label("resolved_by"),
             )
-            for row in rows[:entries_max]
-        ],
-        truncated=len(rows) > entries_max,
-    )
+            .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
+            .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
+            .outerjoin(resolver, resolver.c.resolves_id == _transactions_t.c.id)
+            .where(_accounts_t.c.organization_id == organization_id)
+        )
+        query = where_entries_in(query, currency=currency, start=start, end=end)
+        rows = (
+            session.execute(query.order_by(_entries_t.c.id).limit(entries_max + 1)).mappings().all()
+        )
+        return Statement(
+            organization_id=organization_id,
+            currency=currency,
+            from_=start,
+            to=end,
+            accounts=[
+                AccountPublic.model_validate({**asdict(b), "balance_minor": b.posted})
+                for b in accounts
+            ],
+            entries=[
+                EntryPublic.model_validate(
+                    {
+                        **row,
+                        "pending": row["pending"] and row["resolved_by"] is None,
+                        "status": _entry_status(row["pending"], row["resolved_by"]),
+                    }
+                )
+                for row in rows[:entries_max]
+            ],
+            truncated=len(rows) > entries_max,
+        )
 
 
 def credits_by_hour(

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from flask import Blueprint, current_app
 
 from marketplace.accounts.oauth import current
 from marketplace.api import API_PREFIX, parse_query
-from marketplace.db import as_utc, get_session
+from marketplace.db import get_session, to_utc
+from marketplace.ledger import statement_service
 from marketplace.ledger.schemas import Statement, StatementQuery
-from marketplace.ledger.statements import statement
 from marketplace.operation import operation
 
 bp = Blueprint("ledger", __name__, url_prefix=API_PREFIX)
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else as_utc(value).astimezone(dt.UTC)
 
 
 @bp.get("/ledger/statement")
@@ -31,11 +25,10 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 )
 def get_statement() -> Statement:
     query = parse_query(StatementQuery)
-    return statement(
+    return statement_service(current_app).statement(
         session=get_session(),
         organization_id=current.organization_id,
         currency=query.currency,
-        start=_utc(query.from_),
-        end=_utc(query.to),
-        entries_max=current_app.extensions["settings"].statement_entries_max,
+        start=to_utc(query.from_),
+        end=to_utc(query.to),
     )

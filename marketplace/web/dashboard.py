@@ -26,14 +26,15 @@ from wtforms import SelectChoice
 
 from marketplace.accounts.scopes import LEDGER_READ, LICENSES_WRITE, MODELS_WRITE, PAYOUTS_WRITE
 from marketplace.api import validate
+from marketplace.catalog import catalog_service, upload_context
 from marketplace.catalog import services as catalog
-from marketplace.catalog import upload_context
 from marketplace.catalog.schemas import ListingCreate, OfferCreate
 from marketplace.db import get_session, utcnow
 from marketplace.errors import DomainError, ValidationFailed
 from marketplace.ledger import services as ledger
+from marketplace.ledger import statement_service
 from marketplace.ledger.models import VENDOR_PAYABLE
-from marketplace.ledger.statements import credits_by_hour, statement
+from marketplace.ledger.statements import credits_by_hour
 from marketplace.licensing import licensing_service
 from marketplace.licensing import services as licensing
 from marketplace.licensing.schemas import OrderQuery
@@ -183,19 +184,17 @@ def _vendor_context(organization_id: int) -> dict[str, Any]:
 
 def _buyer_context(organization_id: int) -> dict[str, Any]:
     session = get_session()
-    settings = current_app.extensions["settings"]
     form = TopUpForm()
     form.currency.choices = _currency_choices()
     form.currency.data = form.currency.data or "CNY"
     form.idempotency_key.data = uuid.uuid4().hex
     since = utcnow() - dt.timedelta(days=STATEMENT_DAYS)
-    entries = statement(
+    entries = statement_service(current_app).statement(
         session=session,
         organization_id=organization_id,
         currency=None,
         start=since,
         end=None,
-        entries_max=settings.statement_entries_max,
     )
     return {
         "licences": licensing.list_licenses(session=session, organization_id=organization_id),
@@ -263,7 +262,6 @@ def _csv_safe(text: str) -> str:
 @login_required
 def statement_csv() -> Response:
     viewer = requires(LEDGER_READ)
-    settings = current_app.extensions["settings"]
 
     def day(name: str) -> dt.datetime | None:
         raw = request.args.get(name)
@@ -276,13 +274,12 @@ def statement_csv() -> Response:
         except ValueError:
             raise ValidationFailed(_("Dates are YYYY-MM-DD."), code="invalid_date") from None
 
-    result = statement(
+    result = statement_service(current_app).statement(
         session=get_session(),
         organization_id=viewer.organization_id,
         currency=request.args.get("currency") or None,
         start=day("from"),
         end=day("to"),
-        entries_max=settings.statement_entries_max,
     )
     exponents = _exponents()
     out = io.StringIO()
@@ -397,7 +394,7 @@ def manage_listing(model_id: int) -> Any:
         sample_form=SampleForm(),
         offer_form=_offer_form(),
         retire_form=EmptyForm(),
-        upload_bytes_max=current_app.extensions["settings"].model_bytes_max,
+        upload_bytes_max=upload_context(current_app).size_max,
     )
 
 
@@ -444,20 +441,18 @@ def upload_version(model_id: int) -> Any:
 @login_required
 def attach_sample(model_id: int, version: str) -> BaseResponse:
     viewer, _listing = _owned(model_id)
-    settings = current_app.extensions["settings"]
+    samples = catalog_service(current_app)
     form = SampleForm()
     try:
         if not form.validate_on_submit():
             raise ValidationFailed(_("Choose an .npz file."))
-        data = form.sample.data.stream.read(settings.sample_bytes_max + 1)
-        catalog.attach_sample(
+        data = form.sample.data.stream.read(samples.sample_bytes_max + 1)
+        samples.attach_sample(
             session=get_session(),
             listing_id=model_id,
             version=version,
             organization_id=viewer.organization_id,
             data=data,
-            bytes_max=settings.sample_bytes_max,
-            elements_max=settings.eval_input_elements_max,
         )
         flash(_("Sample input attached to %(v)s.", v=version), "ok")
     except DomainError as exc:

@@ -41,6 +41,7 @@ from marketplace.accounts.scopes import LICENSES_WRITE, SANDBOX_RUN
 from marketplace.accounts.services import Viewer
 from marketplace.api import validate
 from marketplace.audit.actor import Actor, set_actor
+from marketplace.catalog import catalog_service
 from marketplace.catalog import services as catalog
 from marketplace.catalog.errors import ListingNotFound
 from marketplace.catalog.markdown import render_model_card
@@ -414,11 +415,8 @@ def catalog_page() -> Any:
     except ValidationFailed:
         query = ListingQuery(page_size=CATALOG_PAGE_SIZE)
         args = {}
-    page = catalog.search_listings(
-        session=session,
-        query=query,
-        page_size_max=current_app.extensions["settings"].page_size_max,
-        viewer_org_id=viewer_org,
+    page = catalog_service(current_app).search_listings(
+        session=session, query=query, viewer_org_id=viewer_org
     )
     summaries = catalog.offer_summaries(session=session, listing_ids=[i.id for i in page.items])
     facets = catalog.facets(session=session, viewer_org_id=viewer_org)
