@@ -36,13 +36,15 @@ IDEMPOTENCY_KEY_LENGTH_MAX = 128
 
 @dataclass(frozen=True)
 class HeaderParam:
-    """A request header an operation reads, as the OpenAPI document describes it."""
+    """A request header an operation reads, as the OpenAPI document describes it, with the
+    problem codes reading it may answer."""
 
     name: str
     description: str
     required: bool
     schema: dict[str, Any]
     example: str
+    errors: tuple[str, ...] = ()
 
 
 IDEMPOTENCY_KEY = HeaderParam(
@@ -52,6 +54,7 @@ IDEMPOTENCY_KEY = HeaderParam(
     True,
     {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_LENGTH_MAX},
     "7d3f0c1e-order-2026-0001",
+    ("idempotency_key_required", "idempotency_key_reused"),
 )
 CONTENT_DIGEST = HeaderParam(
     "Content-Digest",
@@ -60,6 +63,7 @@ CONTENT_DIGEST = HeaderParam(
     False,
     {"type": "string", "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$"},
     "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
+    ("invalid_digest", "digest_mismatch"),
 )
 
 PATH_PARAMETER_DESCRIPTIONS = {

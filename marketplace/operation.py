@@ -10,7 +10,8 @@ A view declares once what it needs and what it may answer, and returns a public 
 
 ``scope`` both guards the view and documents it. ``errors`` names problem codes only: the
 status each is documented under comes from :data:`marketplace.errors.ERROR_TABLE`, as it does
-when one is raised. A model returned is answered as JSON with the operation's ``status``; a
+when one is raised. The codes a request header may answer come with the header, and a scoped
+operation that lists refusals of its own (403) lists ``insufficient_scope`` with them. A model returned is answered as JSON with the operation's ``status``; a
 ``(model, status)`` pair with that status; a ``Response`` the view built is answered as it is.
 """
 
@@ -28,6 +29,8 @@ from marketplace.api import openapi
 from marketplace.errors import ERROR_TABLE
 
 P = ParamSpec("P")
+FORBIDDEN = 403
+SCOPE_MISSING = "insufficient_scope"
 
 
 def operation(
@@ -44,9 +47,12 @@ def operation(
     None: no token, or one read when sent with ``optional_token``), describe it in the OpenAPI
     document with ``summary``, ``errors`` and ``spec`` (see :func:`marketplace.api.openapi`),
     and render what it returns."""
+    codes = [*errors, *(code for header in spec.get("headers", ()) for code in header.errors)]
     error_codes: dict[int, list[str]] = {}
-    for code in errors:
+    for code in codes:
         error_codes.setdefault(ERROR_TABLE[code].status, []).append(code)
+    if scope is not None and FORBIDDEN in error_codes and SCOPE_MISSING not in codes:
+        error_codes[FORBIDDEN].append(SCOPE_MISSING)
 
     def decorate(view: Callable[P, Any]) -> Callable[P, Any]:
         @functools.wraps(view)

@@ -65,7 +65,7 @@ def _own_organization(org_id: int) -> Organization:
     response=ClientCredentials,
     status=201,
     scope=CLIENTS_MANAGE,
-    errors=["organization_not_found", "scope_not_allowed", "insufficient_scope"],
+    errors=["organization_not_found", "scope_not_allowed"],
     example={"name": "CI pipeline", "scopes": ["models:read"]},
 )
 def create_client(org_id: int) -> ClientCredentials:

@@ -81,7 +81,7 @@ def _is_admin(session: Session) -> bool:
     response=ListingPublic,
     status=201,
     scope=MODELS_WRITE,
-    errors=["not_a_vendor", "insufficient_scope", "validation_failed", "malformed_json"],
+    errors=["not_a_vendor", "validation_failed", "malformed_json"],
     example={
         "name": "Rail crack detector 钢轨裂纹检测",
         "summary": "Finds cracks in rail images from track inspection cars.",
@@ -225,8 +225,6 @@ def _declared_sha256(header: str | None) -> str | None:
     query=VersionUploadQuery,
     headers=[CONTENT_DIGEST],
     errors=[
-        "invalid_digest",
-        "digest_mismatch",
         "model_not_found",
         "version_exists",
         "length_required",
@@ -343,7 +341,6 @@ def revoke_version(model_id: int, version: str) -> VersionPublic:
     scope=MODELS_READ,
     errors=[
         "download_not_allowed",
-        "insufficient_scope",
         "model_not_found",
         "version_not_found",
         "version_revoked",

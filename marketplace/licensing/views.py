@@ -43,7 +43,6 @@ TERMS_SHA256_EXAMPLE = "9f2c5d0c8e4b7a1f3e6d2b9c0a7f4e1d8c5b2a9f6e3d0c7b4a1f8e5d
     scope="licenses:write",
     errors=[
         "organization_not_verified",
-        "insufficient_scope",
         "offer_not_found",
         "trial_taken",
         "offer_retired",
@@ -75,14 +74,12 @@ def start_trial(offer_id: int) -> LicensePublic:
     scope="licenses:write",
     headers=[IDEMPOTENCY_KEY],
     errors=[
-        "idempotency_key_required",
         "insufficient_funds",
         "offer_not_found",
         "already_licensed",
         "offer_retired",
         "terms_mismatch",
         "own_offer",
-        "idempotency_key_reused",
     ],
     examples={"offer_id": 2},
     example={"accept_terms_sha256": TERMS_SHA256_EXAMPLE},
@@ -155,10 +152,8 @@ def list_orders() -> OrderPage:
     scope="admin",
     headers=[IDEMPOTENCY_KEY],
     errors=[
-        "idempotency_key_required",
         "order_not_found",
         "refund_exceeds_order",
-        "idempotency_key_reused",
     ],
     example={"amount_minor": 100_000, "reason": "Delivered a week late"},
 )

@@ -66,8 +66,6 @@ def payments() -> PaymentsService:
     scope="licenses:write",
     headers=[IDEMPOTENCY_KEY],
     errors=[
-        "idempotency_key_required",
-        "idempotency_key_reused",
         "too_many_open_top_ups",
         "validation_failed",
         "top_up_too_large",
@@ -119,9 +117,7 @@ def get_wallet() -> WalletPublic:
     scope="licenses:write",
     headers=[IDEMPOTENCY_KEY],
     errors=[
-        "idempotency_key_required",
         "insufficient_funds",
-        "idempotency_key_reused",
         "withdrawal_exceeds_refundable",
         "withdrawal_unavailable",
     ],
