@@ -117,6 +117,18 @@ def lock_row(session: Session, model: type[T], ident: object) -> T:
     return row
 
 
+def get_owned(
+    session: Session, model: type[T], ident: object, organization_id: int, missing: Exception
+) -> T:
+    """``model``'s row ``ident`` if it belongs to ``organization_id``, else ``missing`` is raised:
+    another organisation's row is not found, as a row that does not exist, so that ids tell an
+    outsider nothing."""
+    row = session.get(model, ident)
+    if row is None or getattr(row, "organization_id", None) != organization_id:
+        raise missing
+    return row
+
+
 # SQLite's "database is locked"/"database table is locked"; PostgreSQL's lock_not_available
 # (lock_timeout expired), serialization_failure and deadlock_detected.
 _LOCK_SQLSTATES = frozenset({"55P03", "40001", "40P01"})

@@ -18,7 +18,7 @@ from marketplace.accounts.models import Organization
 from marketplace.audit import events as audit_events
 from marketplace.catalog.errors import ListingSuspended
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
-from marketplace.db import epoch_hour, hour_start, utcnow
+from marketplace.db import epoch_hour, get_owned, hour_start, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
@@ -232,10 +232,8 @@ def suspended_for_licensee(
 
 def get_license(*, session: Session, organization_id: int, license_id: int) -> LicensePublic:
     """One of the organisation's licences; another organisation's id is simply not found."""
-    lic = session.get(License, license_id)
-    if lic is None or lic.organization_id != organization_id:
-        raise NotFound("No such licence.", code="license_not_found")
-    return license_public(lic)
+    missing = NotFound("No such licence.", code="license_not_found")
+    return license_public(get_owned(session, License, license_id, organization_id, missing))
 
 
 # --- Orders ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import lock_row, utcnow
+from marketplace.db import get_owned, lock_row, utcnow
 from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import WALLET
@@ -210,9 +210,8 @@ def withdrawal_public(session: Session, withdrawal_id: int) -> WithdrawalPublic:
 def get_withdrawal(
     *, session: Session, organization_id: int, withdrawal_id: int
 ) -> WithdrawalPublic:
-    withdrawal = session.get(Withdrawal, withdrawal_id)
-    if withdrawal is None or withdrawal.organization_id != organization_id:
-        raise NotFound("No such withdrawal.", code="withdrawal_not_found")
+    missing = NotFound("No such withdrawal.", code="withdrawal_not_found")
+    get_owned(session, Withdrawal, withdrawal_id, organization_id, missing)
     return withdrawal_public(session, withdrawal_id)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import lock_row, utcnow
+from marketplace.db import get_owned, lock_row, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
@@ -98,10 +98,8 @@ def _reload(session: Session, top_up_id: int) -> TopUp:
 
 def get_top_up(*, session: Session, organization_id: int, top_up_id: int) -> TopUpPublic:
     """One of the organisation's top-ups; another organisation's id is simply not found."""
-    top_up = session.get(TopUp, top_up_id)
-    if top_up is None or top_up.organization_id != organization_id:
-        raise NotFound("No such top-up.", code="top_up_not_found")
-    return top_up_public(top_up)
+    missing = NotFound("No such top-up.", code="top_up_not_found")
+    return top_up_public(get_owned(session, TopUp, top_up_id, organization_id, missing))
 
 
 def find_top_up_for(s: Session, intent: PaymentIntent) -> TopUp | None:

@@ -17,10 +17,11 @@ from marketplace.api import (
     parse_query,
 )
 from marketplace.config import Settings
-from marketplace.db import get_session
+from marketplace.db import get_owned, get_session
 from marketplace.errors import Forbidden, NotFound, PayloadTooLarge
 from marketplace.operation import operation
-from marketplace.payments import outbox, payments_service, payouts, refunds, services
+from marketplace.payments import outbox, payments_service, refunds, services
+from marketplace.payments.models import PayoutAccount
 from marketplace.payments.schemas import (
     OutboxList,
     OutboxPublic,
@@ -206,9 +207,8 @@ def set_payout_account(org_id: int) -> PayoutAccountPublic:
     errors=["payout_account_not_found"],
 )
 def get_payout_account(org_id: int) -> PayoutAccountPublic:
-    row = payouts.get_payout_account(session=get_session(), organization_id=org_id)
-    if row is None or org_id != current.organization_id:
-        raise NotFound("No payout account is linked.", code="payout_account_not_found")
+    missing = NotFound("No payout account is linked.", code="payout_account_not_found")
+    row = get_owned(get_session(), PayoutAccount, org_id, current.organization_id, missing)
     return PayoutAccountPublic.model_validate(row, from_attributes=True)
 
 
