@@ -108,6 +108,11 @@ def begin_write(session: Session) -> None:
         session.connection()
 
 
+def table(model: type[SQLModel]) -> sa.Table:
+    """The Core table of a SQLModel table class (which type checkers do not see on it)."""
+    return model.__table__  # type: ignore[attr-defined,no-any-return]
+
+
 def lock_row(session: Session, model: type[T], ident: object) -> T:
     """``model``'s row ``ident``, read afresh under a row lock (``FOR UPDATE``; on SQLite the
     unit of work's write lock serves). The caller knows the row exists: a missing one raises."""

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from marketplace.audit.models import AuditKey
+from marketplace.audit.models import keys_t as _keys_t
 from marketplace.audit.notes import NoteError, Signer, VerifierKey, sign_note
 from marketplace.config import ConfigError
 from marketplace.db import utcnow
@@ -36,8 +36,6 @@ from marketplace.files import replaced_atomically
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY_FILE = "audit-ed25519.key"
-
-_keys_t = AuditKey.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

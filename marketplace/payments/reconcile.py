@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import utcnow
+from marketplace.db import table, utcnow
 from marketplace.ledger import services as ledger
 from marketplace.payments import refunds, services
 from marketplace.payments.gateway import (
@@ -48,8 +48,8 @@ from marketplace.payments.models import (
 
 log = logging.getLogger(__name__)
 
-_top_ups_t = TopUp.__table__  # type: ignore[attr-defined]
-_refunds_t = PaymentRefund.__table__  # type: ignore[attr-defined]
+_top_ups_t = table(TopUp)
+_refunds_t = table(PaymentRefund)
 
 PROVIDER_OBJECTS_MAX = 100_000  # objects listed per kind by one report
 

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import get_owned, lock_row, utcnow
+from marketplace.db import get_owned, lock_row, table, utcnow
 from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import WALLET
@@ -56,8 +56,8 @@ from marketplace.payments.schemas import (
 
 log = logging.getLogger(__name__)
 
-_top_ups_t = TopUp.__table__  # type: ignore[attr-defined]
-_refunds_t = PaymentRefund.__table__  # type: ignore[attr-defined]
+_top_ups_t = table(TopUp)
+_refunds_t = table(PaymentRefund)
 
 _HOLD_KINDS = {REFUND_FOR_WITHDRAWAL: "withdrawal", REFUND_FOR_ORDER: "refund_to_payment"}
 

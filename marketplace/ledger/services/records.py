@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter
 
 from marketplace.canonical import canonical_sha256
+from marketplace.db import table
 from marketplace.ledger.models import (
     CREDIT,
     DEBIT,
@@ -20,10 +21,10 @@ from marketplace.ledger.models import (
     LedgerTransaction,
 )
 
-accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
-balances_t = LedgerBalance.__table__  # type: ignore[attr-defined]
-transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
-entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
+accounts_t = table(LedgerAccount)
+balances_t = table(LedgerBalance)
+transactions_t = table(LedgerTransaction)
+entries_t = table(LedgerEntry)
 
 R = TypeVar("R")
 _adapters: dict[type[Any], TypeAdapter[Any]] = {}
