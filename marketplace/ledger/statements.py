@@ -13,10 +13,10 @@ from marketplace.db import epoch_hour, hour_start
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import CREDIT
 from marketplace.ledger.schemas import AccountPublic, EntryPublic, Statement
+from marketplace.ledger.services.records import ENTRY_COLUMNS, where_entries_in
 from marketplace.ledger.services.records import accounts_t as _accounts_t
 from marketplace.ledger.services.records import entries_t as _entries_t
 from marketplace.ledger.services.records import transactions_t as _transactions_t
-from marketplace.ledger.services.records import where_entries_in
 
 
 def _entry_status(
@@ -56,12 +56,7 @@ class StatementService:
         resolver = _transactions_t.alias("resolver")
         query = (
             sa.select(
-                _entries_t.c.id,
-                _entries_t.c.transaction_id,
-                _entries_t.c.account_id,
-                _entries_t.c.side,
-                _entries_t.c.amount.label("amount_minor"),
-                _entries_t.c.pending,
+                *ENTRY_COLUMNS,
                 _entries_t.c.created_at,
                 _transactions_t.c.kind,
                 _transactions_t.c.memo,

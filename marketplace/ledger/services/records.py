@@ -26,6 +26,16 @@ balances_t = table(LedgerBalance)
 transactions_t = table(LedgerTransaction)
 entries_t = table(LedgerEntry)
 
+# An entry as the statement and the platform ledger show it, amounts in the API's names.
+ENTRY_COLUMNS = (
+    entries_t.c.id,
+    entries_t.c.transaction_id,
+    entries_t.c.account_id,
+    entries_t.c.side,
+    entries_t.c.amount.label("amount_minor"),
+    entries_t.c.pending,
+)
+
 R = TypeVar("R")
 _adapters: dict[type[Any], TypeAdapter[Any]] = {}
 
