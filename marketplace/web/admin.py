@@ -27,7 +27,14 @@ from marketplace.payments.models import OUTBOX_FAILED, PAYOUT_FAILED
 from marketplace.web import formatting
 from marketplace.web.dashboard import payout_status_text
 from marketplace.web.forms import EmptyForm, PayoutRunForm, RefundForm
-from marketplace.web.views import _exponents, bp, error_text, login_required, money_text
+from marketplace.web.views import (
+    _exponents,
+    bp,
+    error_text,
+    login_required,
+    money_text,
+    refusal_flashed,
+)
 
 ADMIN_PAGE_SIZE = 25
 FAILED_CALLS_SHOWN = 25
@@ -83,7 +90,7 @@ def admin_page() -> Any:
 
 def _set_status(model_id: int, status: str) -> BaseResponse:
     require_admin()
-    try:
+    with refusal_flashed():
         detail = catalog.set_listing_status(
             session=get_session(), listing_id=model_id, status=status
         )
@@ -93,8 +100,6 @@ def _set_status(model_id: int, status: str) -> BaseResponse:
             else _("“%(name)s” is active again.")
         )
         flash(message % {"name": detail.name}, "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.admin_page") + "#listings")
 
 
@@ -114,11 +119,9 @@ def admin_reinstate(model_id: int) -> BaseResponse:
 @login_required
 def admin_verify(org_id: int) -> BaseResponse:
     require_admin()
-    try:
+    with refusal_flashed():
         org = accounts.verify_organization(session=get_session(), org_id=org_id)
         flash(_("“%(name)s” is verified.") % {"name": org.name}, "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.admin_page") + "#organizations")
 
 
@@ -196,7 +199,7 @@ def admin_run_payouts() -> BaseResponse:
 @login_required
 def admin_retry_call(message_id: int) -> BaseResponse:
     require_admin()
-    try:
+    with refusal_flashed():
         sent = payments_service(current_app).retry_call(get_session(), message_id)
         flash(
             _(
@@ -206,8 +209,6 @@ def admin_retry_call(message_id: int) -> BaseResponse:
             ),
             "ok",
         )
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.admin_page") + "#payments")
 
 

@@ -60,6 +60,7 @@ from marketplace.web.views import (
     error_text,
     login_required,
     money_text,
+    refusal_flashed,
     requires,
     viewer_zone,
 )
@@ -313,7 +314,7 @@ def set_payout_account() -> BaseResponse:
     viewer = requires(PAYOUTS_WRITE)
     form = PayoutAccountForm()
     if form.validate_on_submit():
-        try:
+        with refusal_flashed():
             body = validate(PayoutAccountSet, {"account_id": form.account_ref.data.strip()})
             linked = payments_service(current_app).set_payout_account(
                 session=get_session(),
@@ -322,8 +323,6 @@ def set_payout_account() -> BaseResponse:
                 account_ref=body.account_id,
             )
             flash(_("Payouts go to %(account)s from now on.", account=linked.account_ref), "ok")
-        except DomainError as exc:
-            flash(error_text(exc), "error")
     else:
         flash(_("Type the connected account's id."), "error")
     return redirect(url_for("web.dashboard") + "#payouts")
@@ -443,7 +442,7 @@ def attach_sample(model_id: int, version: str) -> BaseResponse:
     viewer, _listing = _owned(model_id)
     samples = catalog_service(current_app)
     form = SampleForm()
-    try:
+    with refusal_flashed():
         if not form.validate_on_submit():
             raise ValidationFailed(_("Choose an .npz file."))
         data = form.sample.data.stream.read(samples.sample_bytes_max + 1)
@@ -455,8 +454,6 @@ def attach_sample(model_id: int, version: str) -> BaseResponse:
             data=data,
         )
         flash(_("Sample input attached to %(v)s.", v=version), "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.manage_listing", model_id=model_id) + "#versions")
 
 
@@ -465,7 +462,7 @@ def attach_sample(model_id: int, version: str) -> BaseResponse:
 def create_offer(model_id: int) -> BaseResponse:
     viewer, _listing = _owned(model_id)
     form = _offer_form()
-    try:
+    with refusal_flashed():
         if not form.validate_on_submit():
             raise ValidationFailed(
                 "; ".join(f"{form[k].label.text}: {' '.join(v)}" for k, v in form.errors.items())
@@ -500,8 +497,6 @@ def create_offer(model_id: int) -> BaseResponse:
             request=body,
         )
         flash(_("Offer “%(name)s” published.", name=offer.name), "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.manage_listing", model_id=model_id) + "#offers")
 
 
@@ -509,7 +504,7 @@ def create_offer(model_id: int) -> BaseResponse:
 @login_required
 def retire_offer(model_id: int, offer_id: int) -> BaseResponse:
     viewer, _listing = _owned(model_id)
-    try:
+    with refusal_flashed():
         catalog.retire_offer(
             session=get_session(),
             listing_id=model_id,
@@ -517,6 +512,4 @@ def retire_offer(model_id: int, offer_id: int) -> BaseResponse:
             organization_id=viewer.organization_id,
         )
         flash(_("Offer retired; existing licences keep their terms."), "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.manage_listing", model_id=model_id) + "#offers")

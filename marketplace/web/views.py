@@ -8,10 +8,11 @@ routes to the same blueprint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -180,6 +181,15 @@ def error_text(exc: DomainError) -> str:
     if fields:
         return "; ".join(f"{e['field']}: {e['message']}" for e in fields)
     return exc.detail
+
+
+@contextlib.contextmanager
+def refusal_flashed() -> Iterator[None]:
+    """Run a page's action; a refusal is shown on the next page instead of an error page."""
+    try:
+        yield
+    except DomainError as exc:
+        flash(error_text(exc), "error")
 
 
 # --- formatting for templates ------------------------------------------------------------------
@@ -514,7 +524,7 @@ def start_trial(model_id: int, offer_id: int) -> BaseResponse:
     viewer = requires(LICENSES_WRITE)
     _form, accepted = _accepted(offer_id)
     if accepted is not None:
-        try:
+        with refusal_flashed():
             lic = licensing.start_trial(
                 session=get_session(),
                 organization_id=viewer.organization_id,
@@ -523,8 +533,6 @@ def start_trial(model_id: int, offer_id: int) -> BaseResponse:
                 client_id=_acceptance_client(viewer),
             )
             flash(_("Your trial has started: %(n)s calls.", n=lic.calls_remaining or "∞"), "ok")
-        except DomainError as exc:
-            flash(error_text(exc), "error")
     return redirect(url_for("web.model_page", model_id=model_id) + "#try-it")
 
 
