@@ -9,7 +9,7 @@ import secrets
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from marketplace.db import UTCDateTime, utcnow
+from marketplace.db import UTCDateTime, table, utcnow
 
 # Top-ups: pending (recorded; the provider's payment is being created) -> requires_payment (the
 # payer must pay) -> succeeded (the wallet is credited). A declined attempt makes it failed, from
@@ -205,3 +205,9 @@ class PaymentRefund(ProviderTransferColumns, table=True):
     withdrawal_id: int | None = Field(default=None, foreign_key="withdrawals.id", index=True)
     order_refund_id: int | None = Field(default=None, foreign_key="refunds.id", index=True)
     status: str = Field(default=REFUND_PENDING, max_length=16)
+
+
+# Core handles of the tables, for statements that read columns rather than rows.
+top_ups_t = table(TopUp)
+payment_refunds_t = table(PaymentRefund)
+outbox_t = table(PaymentOutbox)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import lock_row, table, utcnow
+from marketplace.db import lock_row, utcnow
 from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.payments.gateway import (
@@ -46,11 +46,11 @@ from marketplace.payments.models import (
     OUTBOX_PENDING,
     PaymentOutbox,
 )
+from marketplace.payments.models import outbox_t as _t
 
 log = logging.getLogger(__name__)
 
 BACKOFF_CAP_S = 3600.0
-_t = table(PaymentOutbox)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import table, utcnow
+from marketplace.db import utcnow
 from marketplace.ledger import services as ledger
 from marketplace.payments import refunds, services
 from marketplace.payments.gateway import (
@@ -44,12 +44,12 @@ from marketplace.payments.models import (
     PaymentRefund,
     Payout,
     TopUp,
+    payment_refunds_t,
+    top_ups_t,
 )
 
 log = logging.getLogger(__name__)
 
-_top_ups_t = table(TopUp)
-_refunds_t = table(PaymentRefund)
 
 PROVIDER_OBJECTS_MAX = 100_000  # objects listed per kind by one report
 
@@ -74,56 +74,63 @@ def reconcile(
     result = ReconcileResult()
     if gateway.simulated:
         return result
-    t = _top_ups_t.c
-    open_top_ups: list[tuple[int, str, str]] = [
-        (row.id, row.provider_ref, row.status)
-        for row in session.execute(
-            sa.select(t.id, t.provider_ref, t.status)
-            .where(
-                t.provider == gateway.name,
-                t.status.in_(services.OPEN_TOP_UP_STATUSES),
-                t.provider_ref.is_not(None),
-            )
-            .order_by(sa.case((t.checked_at.is_(None), 0), else_=1), t.checked_at, t.id)
-            .limit(batch_max)
-        )
-    ]
-    session.commit()
-    _update(session, result, "top-up", open_top_ups, gateway.get_top_up, _apply_intent)
+    t = top_ups_t.c
+    _update(
+        session,
+        result,
+        top_ups_t,
+        t.status.in_(services.OPEN_TOP_UP_STATUSES),
+        # The least recently asked first, so that every open payment gets its turn.
+        order_by=(sa.case((t.checked_at.is_(None), 0), else_=1), t.checked_at, t.id),
+        provider=gateway.name,
+        limit=batch_max,
+        ask=gateway.get_top_up,
+        apply=_apply_intent,
+    )
     # After the poll, so that a payment made at the last moment is credited, not canceled.
     if top_up_expiry_s > 0:
         result.expired = services.expire_top_ups(
             session=session, provider=gateway.name, expiry_s=top_up_expiry_s, batch_max=batch_max
         )
-    r = _refunds_t.c
-    pending_refunds: list[tuple[int, str, str]] = [
-        (row.id, row.provider_ref, row.status)
-        for row in session.execute(
-            sa.select(r.id, r.provider_ref, r.status)
-            .where(
-                r.provider == gateway.name,
-                r.status == REFUND_PENDING,
-                r.provider_ref.is_not(None),
-            )
-            .order_by(r.id)
-            .limit(batch_max)
-        )
-    ]
-    session.commit()
-    _update(session, result, "refund", pending_refunds, gateway.get_refund, _apply_refund)
+    r = payment_refunds_t.c
+    _update(
+        session,
+        result,
+        payment_refunds_t,
+        r.status == REFUND_PENDING,
+        order_by=(r.id,),
+        provider=gateway.name,
+        limit=batch_max,
+        ask=gateway.get_refund,
+        apply=_apply_refund,
+    )
     return result
 
 
 def _update(
     session: Session,
     result: ReconcileResult,
-    what: str,
-    rows: list[tuple[int, str, str]],
+    rows_t: sa.Table,
+    open_state: Any,
+    *,
+    order_by: tuple[Any, ...],
+    provider: str,
+    limit: int,
     ask: Callable[[str], Any],
     apply: Callable[[Session, int, Any], str],
 ) -> None:
-    """Ask the provider about each ``(id, provider_ref, status)`` row and apply its answer, one
-    transaction a row; a row the provider could not be asked about waits for the next pass."""
+    """Ask the provider about up to ``limit`` of its rows in ``rows_t`` that are in
+    ``open_state`` and apply each answer in a transaction of its own; a row the provider could
+    not be asked about waits for the next pass."""
+    c = rows_t.c
+    rows = session.execute(
+        sa.select(c.id, c.provider_ref, c.status)
+        .where(c.provider == provider, open_state, c.provider_ref.is_not(None))
+        .order_by(*order_by)
+        .limit(limit)
+    ).all()
+    session.commit()
+    what = rows_t.name
     for row_id, provider_ref, status in rows:
         try:
             reported = ask(provider_ref)

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import get_owned, lock_row, table, utcnow
+from marketplace.db import get_owned, lock_row, utcnow
 from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import WALLET
@@ -48,6 +48,8 @@ from marketplace.payments.models import (
     TopUp,
     Withdrawal,
     new_reference,
+    payment_refunds_t,
+    top_ups_t,
 )
 from marketplace.payments.schemas import (
     PaymentRefundPublic,
@@ -56,8 +58,6 @@ from marketplace.payments.schemas import (
 
 log = logging.getLogger(__name__)
 
-_top_ups_t = table(TopUp)
-_refunds_t = table(PaymentRefund)
 
 _HOLD_KINDS = {REFUND_FOR_WITHDRAWAL: "withdrawal", REFUND_FOR_ORDER: "refund_to_payment"}
 
@@ -77,7 +77,7 @@ def refundable_top_ups(
                 TopUp.status == TOP_UP_SUCCEEDED,
                 TopUp.amount_minor > TopUp.refunded_minor,
             )
-            .order_by(_top_ups_t.c.created_at.desc(), _top_ups_t.c.id.desc())
+            .order_by(top_ups_t.c.created_at.desc(), top_ups_t.c.id.desc())
             .limit(count_max)
             .with_for_update()
         ).all()
@@ -176,7 +176,9 @@ def refunds_of(
     session: Session, *, withdrawal_id: int | None = None, order_refund_id: int | None = None
 ) -> list[PaymentRefund]:
     query = (
-        select(PaymentRefund).order_by(_refunds_t.c.id).execution_options(populate_existing=True)
+        select(PaymentRefund)
+        .order_by(payment_refunds_t.c.id)
+        .execution_options(populate_existing=True)
     )
     if withdrawal_id is not None:
         query = query.where(PaymentRefund.withdrawal_id == withdrawal_id)
