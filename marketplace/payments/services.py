@@ -22,7 +22,7 @@ from marketplace.db import get_owned, lock_row, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
-from marketplace.ledger.models import PAYMENT_CLEARING, WALLET, Currency
+from marketplace.ledger.models import PAYMENT_CLEARING, WALLET
 from marketplace.payments import outbox, payouts, refunds, webhooks
 from marketplace.payments import reconcile as reconciliation
 from marketplace.payments.gateway import (
@@ -359,10 +359,7 @@ class PaymentsService:
             ).first()
             if (prior := replay(found, digest, "top-up")) is not None:
                 return prior, False
-            if s.get(Currency, request.currency) is None:
-                raise ValidationFailed(
-                    f"Currency {request.currency} is not supported.", code="unknown_currency"
-                )
+            ledger.require_currency(s, request.currency)
             if open_max is not None:
                 # Each open top-up is a payment at the provider that reconciliation polls.
                 open_count = s.exec(
@@ -452,10 +449,7 @@ class PaymentsService:
             ).first()
             if (prior := replay(found, digest, "withdrawal")) is not None:
                 return prior, False
-            if s.get(Currency, request.currency) is None:
-                raise ValidationFailed(
-                    f"Currency {request.currency} is not supported.", code="unknown_currency"
-                )
+            ledger.require_currency(s, request.currency)
             withdrawal = Withdrawal(
                 organization_id=organization_id,
                 currency=request.currency,

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from marketplace.db import utcnow
-from marketplace.ledger.errors import InvalidTransaction
+from marketplace.ledger.errors import InvalidTransaction, UnknownCurrency
 from marketplace.ledger.models import (
     ACCOUNT_CODES,
     PAYMENT_CLEARING,
@@ -37,6 +37,12 @@ _LIMIT_FLAGS: dict[str, tuple[bool, bool]] = {
     # Money arrives from payment providers as debits here; more cannot leave than came in.
     PAYMENT_CLEARING: (False, True),
 }
+
+
+def require_currency(session: Session, currency: str) -> None:
+    """Refuse a request in a currency the ledger does not hold (422 ``unknown_currency``)."""
+    if session.get(Currency, currency) is None:
+        raise UnknownCurrency(f"Currency {currency} is not supported.")
 
 
 def account_key(organization_id: int | None, code: str, currency: str) -> str:
