@@ -172,8 +172,12 @@ def bench_ledger(url: str, seconds: float, batches: list[int]) -> None:
 
 def _usage_setup(url: str, writers: int) -> list[tuple[int, int, int]]:
     """One metered licence per writer: (buyer, license_id, version_id)."""
-    from marketplace.licensing.services import purchase
-    from tests.marketplace.licensing.builders import fund_wallet, make_offer, make_organization
+    from tests.marketplace.licensing.builders import (
+        fund_wallet,
+        licensing_service,
+        make_offer,
+        make_organization,
+    )
 
     engine = make_engine(url)
     s = Session(engine, expire_on_commit=False)
@@ -185,14 +189,13 @@ def _usage_setup(url: str, writers: int) -> list[tuple[int, int, int]]:
             s, vendor, kind="per_inference", price_minor=0, royalty_per_1k_minor=37
         )
         fund_wallet(s, buyer, FUNDS)
-        order, _ = purchase(
+        order, _ = licensing_service().purchase(
             session=s,
             organization_id=buyer,
             offer_id=catalog.offer_id,
             accept_terms_sha256=catalog.terms_sha256,
             idempotency_key="bench",
             client_id="bench",
-            platform_fee_bps=1000,
         )
         assert order.licence_id is not None
         out.append((buyer, order.licence_id, catalog.version_id))

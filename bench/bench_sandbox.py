@@ -184,7 +184,7 @@ def main() -> None:
             f"cold first call (conv): {(time.perf_counter() - started) * 1000:.1f} ms "
             f"(load {cold.load_ms:.1f} ms, run {cold.run_ms:.2f} ms)"
         )
-        worker = next(w for w in pool._workers.values() if w.key == "conv-cold")
+        worker = next(w for w in pool._cache.workers() if w.key == "conv-cold")
         signal.pidfd_send_signal(worker.pidfd, signal.SIGKILL)
         time.sleep(0.05)
         started = time.perf_counter()

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, has_request_context, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.routing import IntegerConverter, Map
 from werkzeug.routing.converters import NumberConverter
 
@@ -36,13 +36,15 @@ IDEMPOTENCY_KEY_LENGTH_MAX = 128
 
 @dataclass(frozen=True)
 class HeaderParam:
-    """A request header an operation reads, as the OpenAPI document describes it."""
+    """A request header an operation reads, as the OpenAPI document describes it, with the
+    problem codes reading it may answer."""
 
     name: str
     description: str
     required: bool
     schema: dict[str, Any]
     example: str
+    errors: tuple[str, ...] = ()
 
 
 IDEMPOTENCY_KEY = HeaderParam(
@@ -52,6 +54,7 @@ IDEMPOTENCY_KEY = HeaderParam(
     True,
     {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_LENGTH_MAX},
     "7d3f0c1e-order-2026-0001",
+    ("idempotency_key_required", "idempotency_key_reused"),
 )
 CONTENT_DIGEST = HeaderParam(
     "Content-Digest",
@@ -60,6 +63,7 @@ CONTENT_DIGEST = HeaderParam(
     False,
     {"type": "string", "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$"},
     "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
+    ("invalid_digest", "digest_mismatch"),
 )
 
 PATH_PARAMETER_DESCRIPTIONS = {
@@ -113,6 +117,16 @@ ID_MIN, ID_MAX = -(2**31), 2**31 - 1
 # sums of many amounts stay exact in a BIGINT.
 MINOR_MAX = 10**15
 MinorAmount = Annotated[int, Field(strict=True, ge=0, le=MINOR_MAX)]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case")]
+
+
+class RequestModel(BaseModel):
+    """A request body or query string: a field it does not know is refused, never ignored.
+
+    A field with an alias (``from``, a Python keyword) may also be sent by its own name.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class IdConverter(IntegerConverter):

@@ -10,14 +10,16 @@ import datetime as dt
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.ext.compiler
 from flask import Flask, current_app, g
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
+
+T = TypeVar("T", bound=SQLModel)
 
 
 def utcnow() -> dt.datetime:
@@ -28,6 +30,11 @@ def utcnow() -> dt.datetime:
 def as_utc(value: dt.datetime) -> dt.datetime:
     """SQLite returns naive datetimes; every stored time is UTC, so say so."""
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def to_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A time from a request (naive: UTC; aware: any zone) as UTC; None stays None."""
+    return None if value is None else as_utc(value).astimezone(dt.UTC)
 
 
 def default_sqlite_url(instance_dir: Path) -> str:
@@ -99,6 +106,32 @@ def begin_write(session: Session) -> None:
         session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
     else:
         session.connection()
+
+
+def table(model: type[SQLModel]) -> sa.Table:
+    """The Core table of a SQLModel table class (which type checkers do not see on it)."""
+    return model.__table__  # type: ignore[attr-defined,no-any-return]
+
+
+def lock_row(session: Session, model: type[T], ident: object) -> T:
+    """``model``'s row ``ident``, read afresh under a row lock (``FOR UPDATE``; on SQLite the
+    unit of work's write lock serves). The caller knows the row exists: a missing one raises."""
+    row = session.get(model, ident, with_for_update=True, populate_existing=True)
+    if row is None:
+        raise LookupError(f"no {model.__name__} row {ident!r}")
+    return row
+
+
+def get_owned(
+    session: Session, model: type[T], ident: object, organization_id: int, missing: Exception
+) -> T:
+    """``model``'s row ``ident`` if it belongs to ``organization_id``, else ``missing`` is raised:
+    another organisation's row is not found, as a row that does not exist, so that ids tell an
+    outsider nothing."""
+    row = session.get(model, ident)
+    if row is None or getattr(row, "organization_id", None) != organization_id:
+        raise missing
+    return row
 
 
 # SQLite's "database is locked"/"database table is locked"; PostgreSQL's lock_not_available

@@ -7,7 +7,6 @@ validation, inspection and ledger code as real traffic.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from sqlmodel import select
 from marketplace.accounts.models import User
 from marketplace.config import Settings
 from marketplace.db import get_session
+from marketplace.files import replaced_atomically
 
 DEMO_PASSWORD = "demo-Password-2026"
 DEMO_VENDOR = "vendor@demo.jishi.test"
@@ -38,15 +38,8 @@ def credentials_path(app: Flask) -> Path:
 
 
 def _write_credentials(path: Path, content: dict[str, Any]) -> None:
-    # Created with mode 0600 from the start (not chmod-ed after), and replaced atomically.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(content, out, indent=2, ensure_ascii=False)
-        out.write("\n")
-    os.chmod(temp, 0o600)
-    os.replace(temp, path)
+    with replaced_atomically(path, mode=0o600) as out:
+        out.write((json.dumps(content, indent=2, ensure_ascii=False) + "\n").encode())
 
 
 def defect_scorer_model() -> bytes:

@@ -11,8 +11,9 @@ asked to terminate (RunOptions.terminate, checked between nodes); if it has not 
 `kill_grace_s` it is SIGKILLed and replaced lazily.
 
 The pool is cut along its seams: `sandbox.admission` (how many run and wait),
-`sandbox.quarantine` (who pays for a bad call), `sandbox.channel` (one worker's process, pipes
-and slot, and one call over them); the pool keeps the warm worker cache and the orchestration.
+`sandbox.quarantine` (who pays for a bad call), `sandbox.cache` (the warm workers and their
+eviction), `sandbox.channel` (one worker's process, pipes and slot, and one call over them); the
+pool keeps the zygote, the models' signatures and load refusals, and the orchestration.
 
 Who pays for a bad call: every call names its `version` (the catalog entry it runs) and its
 `caller`. A call that runs to its deadline, or whose worker crashes, throttles that caller on
@@ -54,6 +55,7 @@ import numpy as np
 
 from sandbox import protocol as p
 from sandbox.admission import Admission
+from sandbox.cache import WorkerCache
 from sandbox.channel import Worker, Zygote, error_from, memfd
 from sandbox.confine import GiB, MiB, Protections
 from sandbox.errors import (
@@ -177,8 +179,13 @@ class SandboxPool:
             quarantine_window_s=self.config.quarantine_window_s,
             quarantine_callers=self.config.quarantine_callers,
         )
-        self._workers: dict[int, Worker] = {}
-        self._next_wid = 1
+        self._cache = WorkerCache(
+            self._cond,
+            workers_max=self.config.workers_max,
+            workers_per_model_max=self.config.workers_per_model_max,
+            memory_budget_bytes=self.config.memory_budget_bytes,
+            worker_cpu_s_max=self.config.worker_cpu_s_max,
+        )
         self._signatures: collections.OrderedDict[str, p.Signature] = collections.OrderedDict()
         # Models whose bytes a worker refused to load: refused again without a new worker.
         self._load_refusals: dict[str, tuple[float, str]] = {}
@@ -242,7 +249,7 @@ class SandboxPool:
                     self._quarantine.record_crash(version, caller)
                 raise
             finally:
-                self._release(worker)
+                self._cache.give_back(worker)
         finally:
             self._admission.leave()
         return EvalResult(outputs, queue_ms, load_ms, run_ms, cold=load_ms > 0)
@@ -261,13 +268,13 @@ class SandboxPool:
             return {
                 "available": zygote is not None and zygote.alive and not self._admission.closed,
                 "protections": protections,
-                "workers": len(self._workers),
+                "workers": len(self._cache.workers()),
                 "workers_busy": self._admission.busy,
                 "workers_max": self.config.workers_max,
                 "workers_busy_max": self.config.busy_max,
                 "queue_depth": self._admission.waiting,
                 "queue_max": self.config.queue_max,
-                "memory_bytes": sum(w.memory_bytes for w in self._workers.values()),
+                "memory_bytes": self._cache.memory_bytes,
                 "memory_budget_bytes": self.config.memory_budget_bytes,
                 "quarantined": quarantined,
             }
@@ -276,11 +283,7 @@ class SandboxPool:
         """Kill every worker and the zygote."""
         with self._cond:
             self._admission.closed = True
-            workers = list(self._workers.values())
-            self._workers.clear()
-            self._cond.notify_all()
-        for worker in workers:
-            worker.close()
+        self._cache.close()
         with self._zygote_lock:
             if self._zygote is not None:
                 self._zygote.close()
@@ -296,75 +299,23 @@ class SandboxPool:
 
     def _acquire(self, key: str, load_bytes: Callable[[], bytes]) -> tuple[Worker, float]:
         """A ready worker for `key` (marked busy) and the load time paid (0 when warm)."""
-        with self._cond:
-            while True:
-                if self._admission.closed:
-                    raise SandboxUnavailable(log_detail="pool closed")
-                mine = [w for w in self._workers.values() if w.key == key and not w.dead]
-                idle = [w for w in mine if not w.busy and w.ready]
-                while idle:
-                    worker = max(idle, key=lambda w: w.last_used)
-                    idle.remove(worker)
-                    if p.wait_readable(worker.response, 0.0):
-                        # An idle worker has nothing to say: readable means it died (EOF).
-                        self._workers.pop(worker.wid, None)
-                        mine.remove(worker)
-                        worker.close()
-                        continue
-                    worker.busy = True
-                    return worker, 0.0
-                if len(mine) < self.config.workers_per_model_max and self._make_room():
-                    worker = Worker(self._next_wid, key)
-                    self._next_wid += 1
-                    self._workers[worker.wid] = worker
-                    break
-                self._cond.wait(0.05)
+        worker, warm = self._cache.take(key)
+        if warm:
+            return worker, 0.0
         started = time.monotonic()
         try:
             self._start_worker(worker, load_bytes)
         except ModelInvalid as exc:
             with self._cond:
-                self._workers.pop(worker.wid, None)
                 if len(self._load_refusals) >= 4096:
                     self._load_refusals.clear()
                 self._load_refusals[key] = (time.monotonic() + _LOAD_REFUSAL_S, exc.detail)
-                self._cond.notify_all()
-            worker.close()
+            self._cache.discard(worker)
             raise
         except BaseException:
-            with self._cond:
-                self._workers.pop(worker.wid, None)
-                self._cond.notify_all()
-            worker.close()
+            self._cache.discard(worker)
             raise
         return worker, (time.monotonic() - started) * 1000.0
-
-    def _make_room(self) -> bool:
-        """Evict idle workers (least recently used first) until one more fits; under the lock."""
-        live = [w for w in self._workers.values() if not w.dead]
-        idle = sorted((w for w in live if not w.busy), key=lambda w: w.last_used)
-        memory = sum(w.memory_bytes for w in live)
-        while idle and (
-            len(live) >= self.config.workers_max or memory > self.config.memory_budget_bytes
-        ):
-            victim = idle.pop(0)
-            live.remove(victim)
-            memory -= victim.memory_bytes
-            self._workers.pop(victim.wid, None)
-            victim.close()
-        return len(live) < self.config.workers_max
-
-    def _release(self, worker: Worker) -> None:
-        with self._cond:
-            worker.busy = False
-            worker.last_used = time.monotonic()
-            if worker.dead or worker.cpu_s > self.config.worker_cpu_s_max / 2:
-                # Dead, or close to its lifetime CPU limit: replace it on the next call.
-                self._workers.pop(worker.wid, None)
-                worker.close()
-                if worker.zygote is not None:
-                    worker.zygote.forget(worker.wid)
-            self._cond.notify_all()
 
     def _zygote_for_spawn(self) -> Zygote:
         with self._zygote_lock:
@@ -484,9 +435,7 @@ class SandboxPool:
 
     def _probe(self) -> None:
         """Fork a worker without a model; its READY message records the protections."""
-        with self._cond:
-            worker = Worker(self._next_wid, "")
-            self._next_wid += 1
+        worker = self._cache.new_worker("")
         try:
             self._spawn(worker, None)
         finally:

@@ -6,9 +6,10 @@ import datetime as dt
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from marketplace.accounts.scopes import ALL_SCOPES, split_scope
+from marketplace.api import RequestModel
 
 # A pragmatic address check: one @, no spaces, a dot in the domain. Deliverability is proven by
 # mail, not by a regular expression.
@@ -19,11 +20,7 @@ _COMMON_PASSWORDS = frozenset(
 )
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
-
-
-class RegisterRequest(Strict):
+class RegisterRequest(RequestModel):
     email: str = Field(max_length=254)
     password: str = Field(min_length=PASSWORD_LENGTH_MIN, max_length=256)
     organization_name: str = Field(min_length=1, max_length=200)
@@ -99,7 +96,7 @@ class RegisterResponse(BaseModel):
     client: ClientCredentials
 
 
-class ClientCreate(Strict):
+class ClientCreate(RequestModel):
     name: str = Field(default="API client", min_length=1, max_length=100)
     scopes: list[Literal[ALL_SCOPES]] | None = Field(default=None, max_length=len(ALL_SCOPES))  # type: ignore[valid-type]
 

@@ -47,6 +47,7 @@ def init_app(app: Flask) -> None:
     from marketplace.audit import journal
     from marketplace.audit.keys import default_origin, open_key_store
     from marketplace.audit.notes import NoteError, check_key_name
+    from marketplace.audit.pages import AuditPages
     from marketplace.audit.views import bp
     from marketplace.config import ConfigError
 
@@ -64,6 +65,7 @@ def init_app(app: Flask) -> None:
         instance_path=Path(app.instance_path),
         development=settings.is_development,
     )
+    app.extensions["audit_pages"] = AuditPages.from_settings(settings)
     app.extensions["audit_export_slots"] = threading.BoundedSemaphore(
         max(1, settings.audit_exports_max)
     )

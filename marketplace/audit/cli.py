@@ -36,6 +36,7 @@ def export_command(
     from marketplace.audit.verify import ProgressBar
     from marketplace.db import get_session
     from marketplace.errors import DomainError
+    from marketplace.files import replaced_atomically
 
     session = get_session()
     if sequence:
@@ -50,21 +51,13 @@ def export_command(
         )
     except DomainError as exc:
         raise click.ClickException(f"{exc.code}: {exc.detail}") from None
-    # Written beside the target and renamed at the end: a failed export leaves no partial file.
-    partial = out.with_name(f".{out.name}.partial")
     bar = ProgressBar()
     expected = max(1, (prepared.to_size - prepared.from_seq) * 300)
-    try:
-        with open(partial, "wb") as handle:
-            written = export.write_export(
-                prepared, session, handle, lambda n: bar(min(n, expected - 1), expected)
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    # A failed export leaves no partial file, and an earlier export at ``out`` as it was.
+    with replaced_atomically(out) as handle:
+        written = export.write_export(
+            prepared, session, handle, lambda n: bar(min(n, expected - 1), expected)
+        )
     bar(expected, expected)
     click.echo(
         f"exported records {prepared.from_seq}..{prepared.to_size - 1} "

@@ -62,34 +62,25 @@ def offer_retired(session: Session, offer: Any) -> None:
     )
 
 
+def _version_subject(session: Session, version: Any, listing: Any) -> dict[str, Any]:
+    return {
+        "version_id": _id(session, version),
+        "listing_id": listing.id,
+        "vendor_organization_id": listing.organization_id,
+        "version": version.version,
+        "sha256": version.sha256,
+    }
+
+
 def version_published(session: Session, version: Any, listing: Any) -> None:
-    append(
-        session,
-        kind="version.published",
-        subject={
-            "version_id": _id(session, version),
-            "listing_id": listing.id,
-            "vendor_organization_id": listing.organization_id,
-            "version": version.version,
-            "sha256": version.sha256,
-            "size_bytes": version.size_bytes,
-        },
-    )
+    subject = _version_subject(session, version, listing)
+    subject["size_bytes"] = version.size_bytes
+    append(session, kind="version.published", subject=subject)
 
 
 def version_revoked(session: Session, version: Any, listing: Any) -> None:
-    append(
-        session,
-        kind="version.revoked",
-        subject={
-            "version_id": version.id,
-            "listing_id": listing.id,
-            "vendor_organization_id": listing.organization_id,
-            "version": version.version,
-            "sha256": version.sha256,
-        },
-        at=version.revoked_at,
-    )
+    subject = _version_subject(session, version, listing)
+    append(session, kind="version.revoked", subject=subject, at=version.revoked_at)
 
 
 def listing_status_changed(session: Session, listing: Any) -> None:

@@ -43,7 +43,7 @@ from sqlmodel import Session
 from marketplace.audit import merkle, services
 from marketplace.audit.errors import RangeInvalid
 from marketplace.audit.keys import AuditKeyStore
-from marketplace.audit.models import AuditRecord
+from marketplace.audit.models import records_t as _records_t
 from marketplace.canonical import canonical_json
 from marketplace.ledger import bulk
 
@@ -74,7 +74,6 @@ MEDIA_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
 # this pattern matches once, at the record's own seq and prev, with "subject" after them.
 SEQ_PREV = re.compile(rb'"prev":"([0-9a-f]{64})","seq":(0|[1-9][0-9]{0,18}),"subject":')
 
-_records_t = AuditRecord.__table__  # type: ignore[attr-defined]
 _PAGE_SQL = "SELECT record FROM audit_records WHERE seq >= %s AND seq < %s ORDER BY seq LIMIT %s"
 
 

@@ -51,14 +51,11 @@ from marketplace.audit.actor import (
     reset_actor,
     set_actor,
 )
-from marketplace.audit.models import (
-    HEAD_ID,
-    KIND_CHARS_MAX,
-    AuditHead,
-    AuditPending,
-    AuditRecord,
-    AuditTreeNode,
-)
+from marketplace.audit.models import HEAD_ID, KIND_CHARS_MAX
+from marketplace.audit.models import head_t as _head_t
+from marketplace.audit.models import nodes_t as _nodes_t
+from marketplace.audit.models import pending_t as _pending_t
+from marketplace.audit.models import records_t as _records_t
 from marketplace.canonical import canonical_json
 from marketplace.db import utcnow
 from marketplace.ledger import bulk
@@ -82,10 +79,6 @@ __all__ = [  # the actor lives in its own light module; it is part of this API t
 
 SEQUENCE_BATCH_MAX = 5000  # records per sequencer transaction
 
-_pending_t = AuditPending.__table__  # type: ignore[attr-defined]
-_records_t = AuditRecord.__table__  # type: ignore[attr-defined]
-_nodes_t = AuditTreeNode.__table__  # type: ignore[attr-defined]
-_head_t = AuditHead.__table__  # type: ignore[attr-defined]
 _PENDING_COLUMNS = ("kind", "ledger_transaction_id", "body")
 _insert_pending = sa.insert(_pending_t)
 

@@ -27,16 +27,15 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from marketplace.audit.models import AuditKey
+from marketplace.audit.models import keys_t as _keys_t
 from marketplace.audit.notes import NoteError, Signer, VerifierKey, sign_note
 from marketplace.config import ConfigError
 from marketplace.db import utcnow
+from marketplace.files import replaced_atomically
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY_FILE = "audit-ed25519.key"
-
-_keys_t = AuditKey.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -54,18 +53,8 @@ class PublishedKey:
 
 def write_private_key(path: Path, signer: Signer) -> None:
     """Write the key file atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(signer.encode() + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path, mode=0o600) as out:
+        out.write((signer.encode() + "\n").encode())
 
 
 class AuditKeyStore:

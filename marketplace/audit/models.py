@@ -14,7 +14,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from marketplace.db import UTCDateTime, utcnow
+from marketplace.db import UTCDateTime, table, utcnow
 from marketplace.ledger.models import BigId
 
 KIND_CHARS_MAX = 48
@@ -102,3 +102,12 @@ class AuditKey(SQLModel, table=True):
     public_key: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
     valid_from: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     valid_to: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+# Core handles of the tables, for the journal's bulk statements.
+records_t = table(AuditRecord)
+nodes_t = table(AuditTreeNode)
+pending_t = table(AuditPending)
+head_t = table(AuditHead)
+checkpoints_t = table(AuditCheckpoint)
+keys_t = table(AuditKey)

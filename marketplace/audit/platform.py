@@ -28,10 +28,10 @@ from marketplace.ledger.models import (
     DEBIT,
     PLATFORM_REVENUE,
 )
+from marketplace.ledger.services.records import ENTRY_COLUMNS, where_entries_in
 from marketplace.ledger.services.records import accounts_t as _accounts_t
 from marketplace.ledger.services.records import entries_t as _entries_t
 from marketplace.ledger.services.records import transactions_t as _transactions_t
-from marketplace.ledger.services.records import where_entries_in
 
 
 def _transaction_filter(
@@ -97,12 +97,7 @@ def ledger_transactions(
     if ids:
         for entry in session.execute(
             sa.select(
-                _entries_t.c.id,
-                _entries_t.c.transaction_id,
-                _entries_t.c.account_id,
-                _entries_t.c.side,
-                _entries_t.c.amount.label("amount_minor"),
-                _entries_t.c.pending,
+                *ENTRY_COLUMNS,
                 _accounts_t.c.organization_id,
                 _accounts_t.c.code.label("account_code"),
             )

@@ -5,54 +5,51 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
+from marketplace.api import CurrencyCode, RequestModel
 
 # --- Queries -------------------------------------------------------------------------------------
 
 
-class RecordsQuery(Strict):
+class RecordsQuery(RequestModel):
     from_seq: int = Field(default=0, description="First seq (inclusive)")
     to_seq: int | None = Field(default=None, description="Last seq (inclusive); default: the last")
     page_size: int = Field(default=100, ge=1)
 
 
-class CheckpointQuery(Strict):
+class CheckpointQuery(RequestModel):
     size: int = Field(description="Tree size; any size up to the sequenced tree")
 
 
-class InclusionQuery(Strict):
+class InclusionQuery(RequestModel):
     seq: int
     size: int | None = Field(default=None, description="Tree size; default: the sequenced tree")
 
 
-class ConsistencyQuery(Strict):
+class ConsistencyQuery(RequestModel):
     from_: int = Field(alias="from", description="The earlier tree size (at least 1)")
     to: int | None = Field(default=None, description="The later size; default: the tree's")
 
 
-class ExportQuery(Strict):
+class ExportQuery(RequestModel):
     from_seq: int | None = Field(default=None, description="First record; default 0")
     to_size: int | None = Field(default=None, description="Tree size to end at; default: all")
     format: Literal["jsonl", "csv"] = "jsonl"
 
 
-class LedgerQuery(Strict):
+class LedgerQuery(RequestModel):
     organization_id: int | None = Field(default=None, ge=1, le=2**62)
     kind: str | None = Field(default=None, max_length=32)
-    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode | None = None
     from_: dt.datetime | None = Field(default=None, alias="from")
     to: dt.datetime | None = None
     after_id: int = Field(default=0, ge=0, le=2**62, description="Transactions after this id")
     page_size: int = Field(default=50, ge=1)
 
 
-class RevenueQuery(Strict):
-    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+class RevenueQuery(RequestModel):
+    currency: CurrencyCode | None = None
     period: Literal["day", "month", "year"] = "month"
     from_: dt.datetime | None = Field(default=None, alias="from")
     to: dt.datetime | None = None
@@ -92,7 +89,7 @@ class InclusionProof(BaseModel):
 
 
 class ConsistencyProof(BaseModel):
-    from_: int = Field(serialization_alias="from")
+    from_: int = Field(alias="from")
     to: int
     from_root: str
     to_root: str

@@ -21,22 +21,15 @@ from sqlmodel import Session
 from marketplace.audit import journal, merkle
 from marketplace.audit.errors import CheckpointNotFound, RangeInvalid
 from marketplace.audit.keys import AuditKeyStore
-from marketplace.audit.models import (
-    ZERO_HASH_HEX,
-    AuditCheckpoint,
-    AuditPending,
-    AuditRecord,
-    AuditTreeNode,
-)
+from marketplace.audit.models import ZERO_HASH_HEX
+from marketplace.audit.models import checkpoints_t as _checkpoints_t
+from marketplace.audit.models import nodes_t as _nodes_t
+from marketplace.audit.models import pending_t as _pending_t
+from marketplace.audit.models import records_t as _records_t
 from marketplace.audit.tlog import Checkpoint
 from marketplace.db import as_utc, utcnow
 from marketplace.ledger import services as ledger
 from marketplace.ledger.services.records import transactions_t as _transactions_t
-
-_records_t = AuditRecord.__table__  # type: ignore[attr-defined]
-_nodes_t = AuditTreeNode.__table__  # type: ignore[attr-defined]
-_checkpoints_t = AuditCheckpoint.__table__  # type: ignore[attr-defined]
-_pending_t = AuditPending.__table__  # type: ignore[attr-defined]
 
 NODE_QUERY_CHUNK = 500  # (level, idx) pairs per query
 

@@ -7,18 +7,17 @@ on-demand checkpoint) is for administrators. Ranges are checked before a byte is
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import threading
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app
 
-from marketplace.accounts.oauth import require_oauth
 from marketplace.accounts.scopes import ADMIN, AUDIT_READ
-from marketplace.api import API_PREFIX, openapi, parse_query
+from marketplace.api import API_PREFIX, parse_query
 from marketplace.audit import export, journal, platform, services
 from marketplace.audit.errors import CheckpointNotFound, ExportsBusy
 from marketplace.audit.keys import AuditKeyStore
+from marketplace.audit.pages import AuditPages
 from marketplace.audit.schemas import (
     CheckpointCreated,
     CheckpointQuery,
@@ -31,14 +30,14 @@ from marketplace.audit.schemas import (
     PlatformLedger,
     PublicKeyItem,
     PublicKeyList,
-    RecordItem,
     RecordPage,
     RecordsQuery,
     RevenueQuery,
     RevenueReport,
     TreeStatus,
 )
-from marketplace.db import as_utc, get_database, get_session
+from marketplace.db import get_database, get_session, to_utc
+from marketplace.operation import operation
 
 bp = Blueprint("audit", __name__, url_prefix=API_PREFIX)
 
@@ -51,19 +50,14 @@ def keys() -> AuditKeyStore:
     return current_app.extensions["audit_keys"]  # type: ignore[no-any-return]
 
 
-def _json(model: Any) -> Response:
-    return jsonify(model.model_dump(mode="json", by_alias=True))
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else as_utc(value).astimezone(dt.UTC)
+def pages() -> AuditPages:
+    return current_app.extensions["audit_pages"]  # type: ignore[no-any-return]
 
 
 @bp.get("/audit/tree")
-@openapi("The journal's sequenced size, root and latest checkpoint", tag="audit",
-         response=TreeStatus, scope=READERS)  # fmt: skip
-@require_oauth(list(READERS))
-def tree() -> Any:
+@operation("The journal's sequenced size, root and latest checkpoint", tag="audit",
+          response=TreeStatus, scope=READERS)  # fmt: skip
+def tree() -> TreeStatus:
     session = get_session()
     head = journal.read_head(session)
     assert head is not None
@@ -71,15 +65,13 @@ def tree() -> Any:
         latest: services.CheckpointView | None = services.latest_checkpoint(session)
     except CheckpointNotFound:
         latest = None
-    return _json(
-        TreeStatus(
-            origin=keys().origin,
-            size=head.size,
-            root_hash=head.root().hex(),
-            pending=journal.pending_count(session),
-            latest_checkpoint_size=None if latest is None else latest.size,
-            latest_checkpoint_at=None if latest is None else latest.created_at,
-        )
+    return TreeStatus(
+        origin=keys().origin,
+        size=head.size,
+        root_hash=head.root().hex(),
+        pending=journal.pending_count(session),
+        latest_checkpoint_size=None if latest is None else latest.size,
+        latest_checkpoint_at=None if latest is None else latest.created_at,
     )
 
 
@@ -91,105 +83,78 @@ def _note(view: services.CheckpointView) -> Response:
 
 
 @bp.get("/audit/checkpoints/latest")
-@openapi("The latest signed checkpoint (C2SP signed note, text/plain)", tag="audit",
-         scope=READERS, errors=[404], response_media_types=("text/plain",), error_codes={404: ["checkpoint_not_found"]})  # fmt: skip
-@require_oauth(list(READERS))
-def latest_checkpoint() -> Any:
+@operation("The latest signed checkpoint (C2SP signed note, text/plain)", tag="audit",
+          scope=READERS, errors=["checkpoint_not_found"], response_media_types=("text/plain",))  # fmt: skip
+def latest_checkpoint() -> Response:
     return _note(services.latest_checkpoint(get_session()))
 
 
 @bp.get("/audit/checkpoints")
-@openapi("The signed checkpoint of the tree at any size up to the sequenced one (text/plain)",
-         tag="audit", query=CheckpointQuery, scope=READERS,
-         response_media_types=("text/plain",), examples={"size": 1})  # fmt: skip
-@require_oauth(list(READERS))
-def checkpoint_at_size() -> Any:
+@operation("The signed checkpoint of the tree at any size up to the sequenced one (text/plain)",
+          tag="audit", query=CheckpointQuery, scope=READERS,
+          response_media_types=("text/plain",), examples={"size": 1})  # fmt: skip
+def checkpoint_at_size() -> Response:
     query = parse_query(CheckpointQuery)
     return _note(services.checkpoint_at(get_session(), keys(), query.size))
 
 
 @bp.post("/audit/checkpoints")
-@openapi("Sequence committed records and sign a checkpoint now (administrator)", tag="audit",
-         response=CheckpointCreated, status=201, scope=ADMIN)  # fmt: skip
-@require_oauth(ADMIN)
-def create_checkpoint() -> Any:
+@operation("Sequence committed records and sign a checkpoint now (administrator)", tag="audit",
+          response=CheckpointCreated, status=201, scope=ADMIN)  # fmt: skip
+def create_checkpoint() -> CheckpointCreated:
     session = get_session()
     journal.sequence(session)
     view = services.create_checkpoint(session, keys())
-    body = CheckpointCreated(
+    return CheckpointCreated(
         size=view.size, root_hash=view.root.hex(), note=view.note, created_at=view.created_at
     )
-    return _json(body), 201
 
 
 @bp.get("/audit/public-keys")
-@openapi("Every key the journal has signed with, in the signed-note verifier-key format",
-         tag="audit", response=PublicKeyList, scope=READERS)  # fmt: skip
-@require_oauth(list(READERS))
-def public_keys() -> Any:
+@operation("Every key the journal has signed with, in the signed-note verifier-key format",
+          tag="audit", response=PublicKeyList, scope=READERS)  # fmt: skip
+def public_keys() -> PublicKeyList:
     store = keys()
     items = [
         PublicKeyItem.model_validate(dataclasses.asdict(k))
         for k in store.public_keys(get_session())
     ]
-    return _json(PublicKeyList(origin=store.origin, items=items))
+    return PublicKeyList(origin=store.origin, items=items)
 
 
 @bp.get("/audit/records")
-@openapi("Sequenced records from_seq..to_seq (inclusive), one page", tag="audit",
-         query=RecordsQuery, response=RecordPage, scope=READERS, examples={"to_seq": 9})  # fmt: skip
-@require_oauth(list(READERS))
-def records() -> Any:
+@operation("Sequenced records from_seq..to_seq (inclusive), one page", tag="audit",
+          query=RecordsQuery, response=RecordPage, scope=READERS, examples={"to_seq": 9})  # fmt: skip
+def records() -> RecordPage:
     query = parse_query(RecordsQuery)
-    limit = min(query.page_size, current_app.extensions["settings"].audit_records_page_max)
-    size, items = services.records(
-        get_session(), from_seq=query.from_seq, to_seq=query.to_seq, limit=limit
-    )
-    last = items[-1].seq if items else None
-    end = size - 1 if query.to_seq is None else query.to_seq
-    return _json(
-        RecordPage(
-            tree_size=size,
-            items=[RecordItem.model_validate(dataclasses.asdict(i)) for i in items],
-            next_from_seq=None if last is None or last >= end else last + 1,
-        )
+    return pages().records(
+        get_session(), from_seq=query.from_seq, to_seq=query.to_seq, page_size=query.page_size
     )
 
 
 @bp.get("/audit/proofs/inclusion")
-@openapi("RFC 9162 inclusion proof of record seq in the tree of size", tag="audit",
-         query=InclusionQuery, response=InclusionProof, scope=READERS, examples={"seq": 0, "size": 1})  # fmt: skip
-@require_oauth(list(READERS))
-def inclusion_proof() -> Any:
+@operation("RFC 9162 inclusion proof of record seq in the tree of size", tag="audit",
+          query=InclusionQuery, response=InclusionProof, scope=READERS, examples={"seq": 0, "size": 1})  # fmt: skip
+def inclusion_proof() -> InclusionProof:
     query = parse_query(InclusionQuery)
     proof = services.inclusion(get_session(), seq=query.seq, size=query.size)
-    return _json(InclusionProof.model_validate(proof))
+    return InclusionProof.model_validate(proof)
 
 
 @bp.get("/audit/proofs/consistency")
-@openapi("RFC 9162 consistency proof from the tree of size `from` to the tree of size `to`",
-         tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS, examples={"from": 1, "to": 2})  # fmt: skip
-@require_oauth(list(READERS))
-def consistency_proof() -> Any:
+@operation("RFC 9162 consistency proof from the tree of size `from` to the tree of size `to`",
+          tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS, examples={"from": 1, "to": 2})  # fmt: skip
+def consistency_proof() -> ConsistencyProof:
     query = parse_query(ConsistencyQuery)
     proof = services.consistency(get_session(), first=query.from_, second=query.to)
-    return _json(
-        ConsistencyProof(
-            from_=proof["from"],
-            to=proof["to"],
-            from_root=proof["from_root"],
-            to_root=proof["to_root"],
-            proof=proof["proof"],
-        )
-    )
+    return ConsistencyProof.model_validate(proof)
 
 
 @bp.get("/audit/export")
-@openapi("Export records [from_seq, to_size) as JSONL (with a signed manifest) or CSV, streamed",
-         tag="audit", query=ExportQuery, scope=READERS, errors=[503],
-         response_media_types=("application/jsonl", "text/csv"), examples={"from_seq": 0, "to_size": 1})  # fmt: skip
-@require_oauth(list(READERS))
-def export_records() -> Any:
+@operation("Export records [from_seq, to_size) as JSONL (with a signed manifest) or CSV, streamed",
+          tag="audit", query=ExportQuery, scope=READERS, errors=["exports_busy"],
+          response_media_types=("application/jsonl", "text/csv"), examples={"from_seq": 0, "to_size": 1})  # fmt: skip
+def export_records() -> Response:
     query = parse_query(ExportQuery)
     return export_response(from_seq=query.from_seq, to_size=query.to_size, fmt=query.format)
 
@@ -237,36 +202,22 @@ def export_response(*, from_seq: int | None, to_size: int | None, fmt: str) -> R
 
 
 @bp.get("/audit/ledger/transactions")
-@openapi("Every organisation's ledger transactions and entries, filtered, with totals per "
-         "account code", tag="audit", query=LedgerQuery, response=PlatformLedger,
-         scope=READERS, examples={"organization_id": 2, "kind": "purchase", "currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
-@require_oauth(list(READERS))
-def ledger_transactions() -> Any:
-    query = parse_query(LedgerQuery)
-    result = platform.ledger_transactions(
-        session=get_session(),
-        organization_id=query.organization_id,
-        kind=query.kind,
-        currency=query.currency,
-        start=_utc(query.from_),
-        end=_utc(query.to),
-        after_id=query.after_id,
-        limit=min(query.page_size, current_app.extensions["settings"].page_size_max),
-    )
-    return _json(result)
+@operation("Every organisation's ledger transactions and entries, filtered, with totals per "
+          "account code", tag="audit", query=LedgerQuery, response=PlatformLedger,
+          scope=READERS, examples={"organization_id": 2, "kind": "purchase", "currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
+def ledger_transactions() -> PlatformLedger:
+    return pages().ledger_transactions(get_session(), parse_query(LedgerQuery))
 
 
 @bp.get("/audit/revenue")
-@openapi("Platform fee revenue per currency and period", tag="audit", query=RevenueQuery,
-         response=RevenueReport, scope=READERS, examples={"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
-@require_oauth(list(READERS))
-def revenue() -> Any:
+@operation("Platform fee revenue per currency and period", tag="audit", query=RevenueQuery,
+          response=RevenueReport, scope=READERS, examples={"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
+def revenue() -> RevenueReport:
     query = parse_query(RevenueQuery)
-    report = platform.platform_revenue(
+    return platform.platform_revenue(
         session=get_session(),
         currency=query.currency,
         period=query.period,
-        start=_utc(query.from_),
-        end=_utc(query.to),
+        start=to_utc(query.from_),
+        end=to_utc(query.to),
     )
-    return _json(report)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
-    from marketplace.catalog.services import DownloadPolicy, UploadContext
+    from marketplace.catalog.services import CatalogService, DownloadPolicy, UploadContext
     from model_registry.inspection import InspectionPolicy
 
 
@@ -58,7 +58,14 @@ def init_app(app: Flask, *, download_policy: DownloadPolicy | None = None) -> No
         url_ttl_s=settings.artifact_url_ttl_s,
         may_download=download_policy or services.vendor_only,
     )
+    app.extensions["catalog"] = services.CatalogService.from_settings(settings)
     app.register_blueprint(bp)
+
+
+def catalog_service(app: Flask) -> CatalogService:
+    """The catalog use cases bounded by the settings (built once by :func:`init_app`)."""
+    service: CatalogService = app.extensions["catalog"]
+    return service
 
 
 def upload_context(app: Flask) -> UploadContext:

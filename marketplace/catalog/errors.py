@@ -35,10 +35,6 @@ class OfferRetired(Conflict):
     code = "offer_retired"
 
 
-class UnknownCurrency(ValidationFailed):
-    code = "unknown_currency"
-
-
 class InvalidVersion(ValidationFailed):
     code = "invalid_version"
 

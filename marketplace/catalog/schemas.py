@@ -6,9 +6,9 @@ import datetime as dt
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from marketplace.api import MinorAmount
+from marketplace.api import CurrencyCode, MinorAmount, RequestModel
 
 # Semantic Versioning 2.0.0, the official pattern (no leading zeros, optional pre-release and
 # build metadata). Patterns here are used with fullmatch: with re.match, "$" also matches before
@@ -26,10 +26,6 @@ DESCRIPTION_CHARS_MAX = 64 * 1024
 TAGS_MAX = 20
 
 OfferKind = Literal["per_inference", "perpetual", "subscription"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _tags(value: list[str]) -> list[str]:
@@ -57,7 +53,7 @@ def _task(value: str) -> str:
     return value
 
 
-class ListingCreate(Strict):
+class ListingCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200)
     summary: str = Field(default="", max_length=500)
     description_md: str = Field(default="", max_length=DESCRIPTION_CHARS_MAX)
@@ -81,7 +77,7 @@ class ListingCreate(Strict):
         return _tags(value)
 
 
-class ListingUpdate(Strict):
+class ListingUpdate(RequestModel):
     """A partial update; absent fields keep their value."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
@@ -131,10 +127,10 @@ class VersionList(BaseModel):
     items: list[VersionPublic]
 
 
-class OfferCreate(Strict):
+class OfferCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200)
     kind: OfferKind
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode
     price_minor: MinorAmount
     royalty_per_1k_minor: MinorAmount = 0
     trial_calls: int = Field(default=0, ge=0, le=1_000_000, strict=True)
@@ -219,7 +215,7 @@ class ListingPage(BaseModel):
 SortKey = Literal["newest", "oldest", "name", "updated"]
 
 
-class ListingQuery(Strict):
+class ListingQuery(RequestModel):
     q: str | None = Field(default=None, max_length=200)
     task: str | None = Field(default=None, max_length=64)
     tag: str | None = Field(default=None, max_length=32)

@@ -12,10 +12,10 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from marketplace.accounts.models import Organization
-from marketplace.accounts.oauth import current, require_oauth
+from marketplace.accounts.oauth import current
 from marketplace.accounts.scopes import ADMIN, MODELS_READ, MODELS_WRITE
-from marketplace.api import API_PREFIX, CONTENT_DIGEST, openapi, parse_json, parse_query
-from marketplace.catalog import services, upload_context
+from marketplace.api import API_PREFIX, CONTENT_DIGEST, parse_json, parse_query
+from marketplace.catalog import catalog_service, services, upload_context
 from marketplace.catalog.errors import (
     InvalidContentDigest,
     ModelTooLarge,
@@ -40,6 +40,7 @@ from marketplace.catalog.schemas import (
 from marketplace.db import get_session
 from marketplace.errors import Forbidden, Unauthorized
 from marketplace.evaluation.tensors import NPZ_MIME
+from marketplace.operation import operation
 from model_registry.blobstore import CHUNK_BYTES
 
 bp = Blueprint("catalog", __name__, url_prefix=API_PREFIX)
@@ -69,25 +70,18 @@ def _is_admin(session: Session) -> bool:
     return org is not None and org.has_role("admin") and ADMIN in current.scopes
 
 
-def _json(model: Any, status: int = 200) -> tuple[Response, int]:
-    return jsonify(model.model_dump(mode="json")), status
-
-
 # --- listings ------------------------------------------------------------------------------
 
 
 @bp.post("/models")
-@openapi(
+@operation(
     "Create a model listing (vendor)",
     tag="catalog",
     body=ListingCreate,
     response=ListingPublic,
     status=201,
     scope=MODELS_WRITE,
-    error_codes={
-        403: ["not_a_vendor", "insufficient_scope"],
-        422: ["validation_failed", "malformed_json"],
-    },
+    errors=["not_a_vendor", "validation_failed", "malformed_json"],
     example={
         "name": "Rail crack detector 钢轨裂纹检测",
         "summary": "Finds cracks in rail images from track inspection cars.",
@@ -96,71 +90,60 @@ def _json(model: Any, status: int = 200) -> tuple[Response, int]:
         "tags": ["transport", "rail"],
     },
 )
-@require_oauth(MODELS_WRITE)
-def create_listing() -> Any:
-    listing = services.create_listing(
+def create_listing() -> ListingPublic:
+    return services.create_listing(
         session=get_session(),
         organization_id=current.organization_id,
         request=parse_json(ListingCreate),
     )
-    return _json(listing, 201)
 
 
 @bp.get("/models")
-@openapi(
+@operation(
     "Search the catalog",
     tag="catalog",
     query=ListingQuery,
     response=ListingPage,
+    optional_token=True,
     examples={"q": "weld", "task": "anomaly-detection", "tag": "manufacturing", "vendor": 1},
 )
-@require_oauth(optional=True)
-def search_listings() -> Any:
-    page = services.search_listings(
-        session=get_session(),
-        query=parse_query(ListingQuery),
-        page_size_max=current_app.extensions["settings"].page_size_max,
-        viewer_org_id=_viewer_org_id(),
+def search_listings() -> ListingPage:
+    return catalog_service(current_app).search_listings(
+        session=get_session(), query=parse_query(ListingQuery), viewer_org_id=_viewer_org_id()
     )
-    return _json(page)
 
 
 @bp.get("/models/<int:model_id>")
-@openapi(
+@operation(
     "A model listing with its versions and active offers",
     tag="catalog",
     response=ListingDetail,
-    errors=[404],
-    error_codes={404: ["model_not_found"]},
+    optional_token=True,
+    errors=["model_not_found"],
 )
-@require_oauth(optional=True)
-def get_listing(model_id: int) -> Any:
-    detail = services.get_listing_detail(
+def get_listing(model_id: int) -> ListingDetail:
+    return services.get_listing_detail(
         session=get_session(), listing_id=model_id, viewer_org_id=_viewer_org_id()
     )
-    return _json(detail)
 
 
 @bp.patch("/models/<int:model_id>")
-@openapi(
+@operation(
     "Change a listing's description (owner)",
     tag="catalog",
     body=ListingUpdate,
     response=ListingDetail,
     scope=MODELS_WRITE,
-    errors=[404],
-    error_codes={404: ["model_not_found"]},
+    errors=["model_not_found"],
     example={"summary": "Ultrasonic weld inspection: defect probability from 16 readings."},
 )
-@require_oauth(MODELS_WRITE)
-def update_listing(model_id: int) -> Any:
-    detail = services.update_listing(
+def update_listing(model_id: int) -> ListingDetail:
+    return services.update_listing(
         session=get_session(),
         listing_id=model_id,
         organization_id=current.organization_id,
         request=parse_json(ListingUpdate),
     )
-    return _json(detail)
 
 
 def _listing_changed(listing_id: int) -> None:
@@ -170,40 +153,36 @@ def _listing_changed(listing_id: int) -> None:
         listener(listing_id)
 
 
-def _set_status(model_id: int, status: str) -> Any:
+def _set_status(model_id: int, status: str) -> ListingDetail:
     session = get_session()
     if not _is_admin(session):
         raise Forbidden("Only administrators may suspend or reinstate models.")
     detail = services.set_listing_status(session=session, listing_id=model_id, status=status)
     _listing_changed(model_id)
-    return _json(detail)
+    return detail
 
 
 @bp.post("/models/<int:model_id>/suspend")
-@openapi(
+@operation(
     "Suspend a listing (administrator)",
     tag="catalog",
     response=ListingDetail,
     scope=ADMIN,
-    errors=[404],
-    error_codes={404: ["model_not_found"]},
+    errors=["model_not_found"],
 )
-@require_oauth(ADMIN)
-def suspend_listing(model_id: int) -> Any:
+def suspend_listing(model_id: int) -> ListingDetail:
     return _set_status(model_id, LISTING_SUSPENDED)
 
 
 @bp.post("/models/<int:model_id>/reinstate")
-@openapi(
+@operation(
     "Reinstate a suspended listing (administrator)",
     tag="catalog",
     response=ListingDetail,
     scope=ADMIN,
-    errors=[404],
-    error_codes={404: ["model_not_found"]},
+    errors=["model_not_found"],
 )
-@require_oauth(ADMIN)
-def reinstate_listing(model_id: int) -> Any:
+def reinstate_listing(model_id: int) -> ListingDetail:
     return _set_status(model_id, LISTING_ACTIVE)
 
 
@@ -236,28 +215,29 @@ def _declared_sha256(header: str | None) -> str | None:
 
 
 @bp.post("/models/<int:model_id>/versions")
-@openapi(
+@operation(
     "Upload a new version: the raw ONNX bytes, streamed (owner)",
     tag="catalog",
     response=VersionPublic,
     status=201,
     scope=MODELS_WRITE,
-    errors=[404, 409, 411, 413, 415, 503],
     body_media_type=OCTET_STREAM,
     query=VersionUploadQuery,
     headers=[CONTENT_DIGEST],
-    error_codes={
-        400: ["invalid_digest", "digest_mismatch"],
-        404: ["model_not_found"],
-        409: ["version_exists"],
-        413: ["model_too_large"],
-        415: ["unsupported_media_type"],
-        422: ["invalid_version", "model_rejected"],
-        503: ["inspection_busy", "inspection_unavailable", "storage_unavailable"],
-    },
+    errors=[
+        "model_not_found",
+        "version_exists",
+        "length_required",
+        "model_too_large",
+        "unsupported_media_type",
+        "invalid_version",
+        "model_rejected",
+        "inspection_busy",
+        "inspection_unavailable",
+        "storage_unavailable",
+    ],
     response_headers={"Location": "The new version's URL"},
 )
-@require_oauth(MODELS_WRITE)
 def upload_version(model_id: int) -> Any:
     session = get_session()
     context = upload_context(current_app)
@@ -291,57 +271,53 @@ def upload_version(model_id: int) -> Any:
     )
     # The alias ``latest`` now names this version: the lookups cached in this process forget it.
     _listing_changed(model_id)
-    response, status = _json(published, 201)
+    response = jsonify(published.model_dump(mode="json"))
     version_path = quote(published.version, safe="")
     response.headers["Location"] = f"{API_PREFIX}/models/{model_id}/versions/{version_path}"
-    return response, status
+    return response, 201
 
 
 @bp.get("/models/<int:model_id>/versions")
-@openapi(
+@operation(
     "A model's versions",
     tag="catalog",
     response=VersionList,
-    errors=[404],
-    error_codes={404: ["model_not_found"]},
+    optional_token=True,
+    errors=["model_not_found"],
 )
-@require_oauth(optional=True)
-def list_versions(model_id: int) -> Any:
+def list_versions(model_id: int) -> VersionList:
     items = services.list_versions(
         session=get_session(), listing_id=model_id, viewer_org_id=_viewer_org_id()
     )
-    return _json(VersionList(items=items))
+    return VersionList(items=items)
 
 
 @bp.get("/models/<int:model_id>/versions/<version>")
-@openapi(
+@operation(
     "One version of a model",
     tag="catalog",
     response=VersionPublic,
-    errors=[404],
-    error_codes={404: ["model_not_found", "version_not_found"]},
+    optional_token=True,
+    errors=["model_not_found", "version_not_found"],
     examples={"version": "latest"},
 )
-@require_oauth(optional=True)
-def get_version(model_id: int, version: str) -> Any:
+def get_version(model_id: int, version: str) -> VersionPublic:
     row = services.get_version(
         session=get_session(), listing_id=model_id, version=version, viewer_org_id=_viewer_org_id()
     )
-    return _json(services.version_public(row))
+    return services.version_public(row)
 
 
 @bp.post("/models/<int:model_id>/versions/<version>/revoke")
-@openapi(
+@operation(
     "Revoke a version: no more trials, inference or downloads (owner or administrator)",
     tag="catalog",
     response=VersionPublic,
     scope="any",
-    errors=[404],
-    error_codes={403: ["insufficient_scope"], 404: ["model_not_found", "version_not_found"]},
+    errors=["insufficient_scope", "model_not_found", "version_not_found"],
     examples={"version": "1.0.0"},
 )
-@require_oauth()
-def revoke_version(model_id: int, version: str) -> Any:
+def revoke_version(model_id: int, version: str) -> VersionPublic:
     session = get_session()
     is_admin = _is_admin(session)
     if not is_admin and MODELS_WRITE not in current.scopes:
@@ -354,26 +330,25 @@ def revoke_version(model_id: int, version: str) -> Any:
         is_admin=is_admin,
     )
     _listing_changed(model_id)
-    return _json(revoked)
+    return revoked
 
 
 @bp.get("/models/<int:model_id>/versions/<version>/artifact")
-@openapi(
+@operation(
     "Download the ONNX artifact: 302 to a short-lived URL, or the bytes (owner or licensee)",
     tag="catalog",
     status=302,
     scope=MODELS_READ,
-    errors=[404, 410, 503],
-    error_codes={
-        403: ["download_not_allowed", "insufficient_scope"],
-        404: ["model_not_found", "version_not_found"],
-        410: ["version_revoked"],
-        503: ["storage_unavailable"],
-    },
+    errors=[
+        "download_not_allowed",
+        "model_not_found",
+        "version_not_found",
+        "version_revoked",
+        "storage_unavailable",
+    ],
     examples={"version": "latest"},
     also_success={200: [OCTET_STREAM]},
 )
-@require_oauth(MODELS_READ)
 def download_artifact(model_id: int, version: str) -> Any:
     artifact = services.open_artifact(
         session=get_session(),
@@ -403,55 +378,50 @@ def _chunks(stream: BinaryIO | None) -> Iterator[bytes]:
 
 
 @bp.put("/models/<int:model_id>/versions/<version>/sample")
-@openapi(
+@operation(
     "Attach a sample input to a version: an npz matching its input signature (owner)",
     tag="catalog",
     response=SamplePublic,
     scope=MODELS_WRITE,
-    errors=[404, 413, 415],
     body_media_type=NPZ_MIME,
-    error_codes={
-        404: ["model_not_found", "version_not_found"],
-        413: ["sample_too_large"],
-        415: ["unsupported_media_type"],
-        422: ["sample_invalid"],
-    },
+    errors=[
+        "model_not_found",
+        "version_not_found",
+        "sample_too_large",
+        "unsupported_media_type",
+        "sample_invalid",
+    ],
     examples={"version": "1.0.0"},
 )
-@require_oauth(MODELS_WRITE)
-def put_sample(model_id: int, version: str) -> Any:
-    settings = current_app.extensions["settings"]
+def put_sample(model_id: int, version: str) -> SamplePublic:
+    catalog = catalog_service(current_app)
     if request.mimetype != NPZ_MIME:
         raise UnsupportedMediaType(f"Send the sample as {NPZ_MIME}.")
-    limit = settings.sample_bytes_max
+    limit = catalog.sample_bytes_max
     if request.content_length is not None and request.content_length > limit:
         raise SampleTooLarge(f"Sample inputs are limited to {limit} bytes.")
     request.max_content_length = limit
-    sample = services.attach_sample(
+    return catalog.attach_sample(
         session=get_session(),
         listing_id=model_id,
         version=version,
         organization_id=current.organization_id,
         data=request.get_data(cache=False),
-        bytes_max=limit,
-        elements_max=settings.eval_input_elements_max,
     )
-    return _json(sample)
 
 
 # --- offers --------------------------------------------------------------------------------
 
 
 @bp.post("/models/<int:model_id>/offers")
-@openapi(
+@operation(
     "Publish an offer (immutable licence terms and a price) for a model (owner)",
     tag="catalog",
     body=OfferCreate,
     response=OfferPublic,
     status=201,
     scope=MODELS_WRITE,
-    errors=[404],
-    error_codes={404: ["model_not_found"], 422: ["validation_failed", "unknown_currency"]},
+    errors=["model_not_found", "validation_failed", "unknown_currency"],
     example={
         "name": "Pay per inference 按次计费",
         "kind": "per_inference",
@@ -465,50 +435,49 @@ def put_sample(model_id: int, version: str) -> Any:
         "terms_md": "¥5.00 per 1,000 successful inferences.",
     },
 )
-@require_oauth(MODELS_WRITE)
-def create_offer(model_id: int) -> Any:
-    offer = services.create_offer(
+def create_offer(model_id: int) -> OfferPublic:
+    return services.create_offer(
         session=get_session(),
         listing_id=model_id,
         organization_id=current.organization_id,
         request=parse_json(OfferCreate),
     )
-    return _json(offer, 201)
 
 
 @bp.get("/models/<int:model_id>/offers")
-@openapi("A model's active offers (its vendor also sees retired ones)", tag="catalog",
-         response=OfferList, errors=[404], error_codes={404: ["model_not_found"]})  # fmt: skip
-@require_oauth(optional=True)
-def list_offers(model_id: int) -> Any:
+@operation(
+    "A model's active offers (its vendor also sees retired ones)",
+    tag="catalog",
+    response=OfferList,
+    optional_token=True,
+    errors=["model_not_found"],
+)
+def list_offers(model_id: int) -> OfferList:
     items = services.list_offers(
         session=get_session(),
         listing_id=model_id,
         viewer_org_id=_viewer_org_id(),
         include_retired=True,
     )
-    return _json(OfferList(items=items))
+    return OfferList(items=items)
 
 
 @bp.post("/models/<int:model_id>/offers/<int:offer_id>/retire")
-@openapi(
+@operation(
     "Retire an offer: no new trials or purchases (owner)",
     tag="catalog",
     response=OfferPublic,
     scope=MODELS_WRITE,
-    errors=[404, 409],
-    error_codes={404: ["model_not_found", "offer_not_found"], 409: ["offer_retired"]},
+    errors=["model_not_found", "offer_not_found", "offer_retired"],
     examples={"offer_id": 2},
 )
-@require_oauth(MODELS_WRITE)
-def retire_offer(model_id: int, offer_id: int) -> Any:
-    offer = services.retire_offer(
+def retire_offer(model_id: int, offer_id: int) -> OfferPublic:
+    return services.retire_offer(
         session=get_session(),
         listing_id=model_id,
         offer_id=offer_id,
         organization_id=current.organization_id,
     )
-    return _json(offer)
 
 
 # --- wiring --------------------------------------------------------------------------------

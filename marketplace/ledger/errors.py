@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marketplace.errors import Conflict, DomainError, PaymentRequired
+from marketplace.errors import Conflict, DomainError, PaymentRequired, ValidationFailed
 
 
 class InsufficientFunds(PaymentRequired):
@@ -33,6 +33,12 @@ class InvalidTransaction(DomainError):
     """The transaction is malformed: unbalanced, mixed currencies, bad amounts or accounts."""
 
     code = "invalid_transaction"
+
+
+class UnknownCurrency(ValidationFailed):
+    """The ledger has no such currency: it could post nothing in it."""
+
+    code = "unknown_currency"
 
 
 class PendingResolved(Conflict):

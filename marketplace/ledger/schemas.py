@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from marketplace.api import CurrencyCode, RequestModel
 
 
-class StatementQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+class StatementQuery(RequestModel):
+    currency: CurrencyCode | None = None
     from_: dt.datetime | None = Field(default=None, alias="from")
     to: dt.datetime | None = None
 

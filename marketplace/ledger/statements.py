@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from marketplace.db import as_utc, epoch_hour, hour_start
+from marketplace.db import epoch_hour, hour_start
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import CREDIT
 from marketplace.ledger.schemas import AccountPublic, EntryPublic, Statement
+from marketplace.ledger.services.records import ENTRY_COLUMNS, where_entries_in
 from marketplace.ledger.services.records import accounts_t as _accounts_t
 from marketplace.ledger.services.records import entries_t as _entries_t
 from marketplace.ledger.services.records import transactions_t as _transactions_t
-from marketplace.ledger.services.records import where_entries_in
 
 
 def _entry_status(
@@ -28,75 +29,71 @@ def _entry_status(
     return "pending" if resolved_by is None else "released"
 
 
-def statement(
-    *,
-    session: Session,
-    organization_id: int,
-    currency: str | None,
-    start: dt.datetime | None,
-    end: dt.datetime | None,
-    entries_max: int,
-) -> Statement:
-    """Balances and entries (oldest first, ``start <= created_at < end``) of the org's accounts.
+@dataclass(frozen=True)
+class StatementService:
+    """Organisations' statements, of at most ``entries_max`` entries each; built once by
+    ``init_app`` so that the API and the pages never hand the bound over."""
 
-    Only accounts whose ``organization_id`` is the caller's are read, so no organisation can
-    see another's rows through this path.
-    """
-    accounts = ledger.balances(session, organization_id=organization_id, currency=currency)
-    resolver = _transactions_t.alias("resolver")
-    query = (
-        sa.select(
-            _entries_t,
-            _transactions_t.c.kind,
-            _transactions_t.c.memo,
-            _accounts_t.c.code,
-            _accounts_t.c.currency,
-            resolver.c.id.label("resolved_by"),
+    entries_max: int
+
+    def statement(
+        self,
+        *,
+        session: Session,
+        organization_id: int,
+        currency: str | None,
+        start: dt.datetime | None,
+        end: dt.datetime | None,
+    ) -> Statement:
+        """Balances and entries (oldest first, ``start <= created_at < end``) of the org's accounts.
+
+        Only accounts whose ``organization_id`` is the caller's are read, so no organisation can
+        see another's rows through this path. At most ``entries_max`` entries; ``truncated`` says
+        whether more matched.
+        """
+        entries_max = self.entries_max
+        accounts = ledger.balances(session, organization_id=organization_id, currency=currency)
+        resolver = _transactions_t.alias("resolver")
+        query = (
+            sa.select(
+                *ENTRY_COLUMNS,
+                _entries_t.c.created_at,
+                _transactions_t.c.kind,
+                _transactions_t.c.memo,
+                _accounts_t.c.code.label("account_code"),
+                _accounts_t.c.currency,
+                resolver.c.id.label("resolved_by"),
+            )
+            .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
+            .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
+            .outerjoin(resolver, resolver.c.resolves_id == _transactions_t.c.id)
+            .where(_accounts_t.c.organization_id == organization_id)
         )
-        .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
-        .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
-        .outerjoin(resolver, resolver.c.resolves_id == _transactions_t.c.id)
-        .where(_accounts_t.c.organization_id == organization_id)
-    )
-    query = where_entries_in(query, currency=currency, start=start, end=end)
-    rows = session.execute(query.order_by(_entries_t.c.id).limit(entries_max + 1)).mappings().all()
-    return Statement(
-        organization_id=organization_id,
-        currency=currency,
-        from_=start,
-        to=end,
-        accounts=[
-            AccountPublic(
-                account_id=b.account_id,
-                code=b.code,
-                currency=b.currency,
-                debits_posted=b.debits_posted,
-                credits_posted=b.credits_posted,
-                debits_pending=b.debits_pending,
-                credits_pending=b.credits_pending,
-                balance_minor=b.posted,
-            )
-            for b in accounts
-        ],
-        entries=[
-            EntryPublic(
-                id=row["id"],
-                transaction_id=row["transaction_id"],
-                kind=row["kind"],
-                account_id=row["account_id"],
-                account_code=row["code"],
-                currency=row["currency"],
-                side=row["side"],
-                amount_minor=row["amount"],
-                pending=row["pending"] and row["resolved_by"] is None,
-                status=_entry_status(row["pending"], row["resolved_by"]),
-                memo=row["memo"],
-                created_at=as_utc(row["created_at"]),
-            )
-            for row in rows[:entries_max]
-        ],
-        truncated=len(rows) > entries_max,
-    )
+        query = where_entries_in(query, currency=currency, start=start, end=end)
+        rows = (
+            session.execute(query.order_by(_entries_t.c.id).limit(entries_max + 1)).mappings().all()
+        )
+        return Statement(
+            organization_id=organization_id,
+            currency=currency,
+            from_=start,
+            to=end,
+            accounts=[
+                AccountPublic.model_validate({**asdict(b), "balance_minor": b.posted})
+                for b in accounts
+            ],
+            entries=[
+                EntryPublic.model_validate(
+                    {
+                        **row,
+                        "pending": row["pending"] and row["resolved_by"] is None,
+                        "status": _entry_status(row["pending"], row["resolved_by"]),
+                    }
+                )
+                for row in rows[:entries_max]
+            ],
+            truncated=len(rows) > entries_max,
+        )
 
 
 def credits_by_hour(

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
+from flask import Blueprint, current_app
 
-from flask import Blueprint, current_app, jsonify
-
-from marketplace.accounts.oauth import current, require_oauth
-from marketplace.api import API_PREFIX, openapi, parse_query
-from marketplace.db import as_utc, get_session
+from marketplace.accounts.oauth import current
+from marketplace.api import API_PREFIX, parse_query
+from marketplace.db import get_session, to_utc
+from marketplace.ledger import statement_service
 from marketplace.ledger.schemas import Statement, StatementQuery
-from marketplace.ledger.statements import statement
+from marketplace.operation import operation
 
 bp = Blueprint("ledger", __name__, url_prefix=API_PREFIX)
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else as_utc(value).astimezone(dt.UTC)
-
-
 @bp.get("/ledger/statement")
-@openapi(
+@operation(
     "Your organisation's ledger entries (from <= time < to) and balances",
     tag="ledger",
     query=StatementQuery,
@@ -29,15 +23,12 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     scope="ledger:read",
     examples={"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"},
 )
-@require_oauth("ledger:read")
-def get_statement() -> Any:
+def get_statement() -> Statement:
     query = parse_query(StatementQuery)
-    result = statement(
+    return statement_service(current_app).statement(
         session=get_session(),
         organization_id=current.organization_id,
         currency=query.currency,
-        start=_utc(query.from_),
-        end=_utc(query.to),
-        entries_max=current_app.extensions["settings"].statement_entries_max,
+        start=to_utc(query.from_),
+        end=to_utc(query.to),
     )
-    return jsonify(result.model_dump(mode="json", by_alias=True))

@@ -46,7 +46,7 @@ from sqlmodel import Session, col, select
 
 from marketplace.catalog.errors import ListingSuspended, VersionRevoked
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, ModelVersion, Offer
-from marketplace.db import utcnow
+from marketplace.db import table, utcnow
 from marketplace.errors import DomainError, Forbidden, NotFound, PaymentRequired
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import InsufficientFunds
@@ -63,7 +63,7 @@ from marketplace.metering import services as metering
 # Which licence pays for a call when several cover it: paid-up first, the trial last.
 _PREFERENCE = {PERPETUAL: 0, SUBSCRIPTION: 1, PER_INFERENCE: 2, TRIAL: 3}
 
-_licenses_t = License.__table__  # type: ignore[attr-defined]
+_licenses_t = table(License)
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, Field
 
-from marketplace.api import MinorAmount
+from marketplace.api import MinorAmount, RequestModel
 from marketplace.payments.schemas import PaymentRefundPublic
 
 
-class AcceptTerms(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AcceptTerms(RequestModel):
     accept_terms_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -55,14 +53,12 @@ class OrderPublic(BaseModel):
     amount_minor: int
     refunded_minor: int
     currency: str
-    licence_id: int | None
+    licence_id: int | None = Field(validation_alias=AliasChoices("licence_id", "license_id"))
     ledger_transaction_id: int | None
     created_at: dt.datetime
 
 
-class RefundCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RefundCreate(RequestModel):
     amount_minor: MinorAmount | None = Field(
         default=None, gt=0, description="Default: all that is left"
     )
@@ -86,9 +82,7 @@ class RefundPublic(BaseModel):
     )
 
 
-class OrderQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OrderQuery(RequestModel):
     role: Literal["buyer", "vendor"] | None = Field(
         default=None, description="buyer: your purchases; vendor: your sales; absent: both"
     )

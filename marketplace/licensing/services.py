@@ -1,8 +1,14 @@
-"""Trials, purchases, licences and refunds. No Flask here; each function owns its unit of work."""
+"""Trials, purchases, licences and refunds. No Flask here; each function owns its unit of work.
+
+What needs the platform's terms (the fee, page bounds, the payment provider) is a method of
+:class:`LicensingService`, which ``init_app`` builds; the rest are plain functions.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -12,7 +18,7 @@ from marketplace.accounts.models import Organization
 from marketplace.audit import events as audit_events
 from marketplace.catalog.errors import ListingSuspended
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
-from marketplace.db import epoch_hour, hour_start, utcnow
+from marketplace.db import epoch_hour, get_owned, hour_start, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
@@ -42,9 +48,10 @@ from marketplace.licensing.schemas import (
     RefundPublic,
 )
 from marketplace.payments import refunds as payment_refunds
-from marketplace.payments.gateway import PaymentGateway
-from marketplace.payments.models import REFUND_FOR_ORDER
-from marketplace.payments.outbox import OutboxPolicy
+
+if TYPE_CHECKING:
+    from marketplace.config import Settings
+    from marketplace.payments.services import PaymentsService
 
 
 def _offer_for_sale(session: Session, offer_id: int, organization_id: int) -> tuple[Offer, Listing]:
@@ -59,6 +66,16 @@ def _offer_for_sale(session: Session, offer_id: int, organization_id: int) -> tu
     if listing.organization_id == organization_id:
         raise Conflict("An organisation cannot license its own offer.", code="own_offer")
     return offer, listing
+
+
+def _lock_purchases(session: Session, organization_id: int) -> None:
+    """Take the lock that puts an organisation's purchases one after another (FOR NO KEY
+    UPDATE of its row: rows that merely reference the organisation are not blocked)."""
+    session.exec(
+        select(Organization.id)
+        .where(Organization.id == organization_id)
+        .with_for_update(key_share=True)
+    ).one()
 
 
 def _check_terms(offer: Offer, accept_terms_sha256: str) -> None:
@@ -97,43 +114,23 @@ def license_status(lic: License, now: dt.datetime | None = None) -> str:
 
 
 def license_public(lic: License) -> LicensePublic:
-    assert lic.id is not None
     r = lic.royalty_per_1k_minor
-    return LicensePublic(
-        id=lic.id,
-        kind=lic.kind,
-        status=license_status(lic),
-        offer_id=lic.offer_id,
-        listing_id=lic.listing_id,
-        currency=lic.currency,
-        created_at=lic.created_at,
-        expires_at=lic.expires_at,
-        calls_remaining=lic.calls_remaining,
-        usage=LicenseUsage(
-            calls_used=lic.calls_used,
-            calls_settled=lic.calls_settled,
-            calls_unsettled=lic.calls_used - lic.calls_settled,
-            royalty_per_1k_minor=r,
-            accrued_minor=royalty_due(lic.calls_used, r),
-            settled_minor=royalty_due(lic.calls_settled, r),
-            unsettled_minor=royalty_due(lic.calls_used, r) - royalty_due(lic.calls_settled, r),
-        ),
+    usage = LicenseUsage(
+        calls_used=lic.calls_used,
+        calls_settled=lic.calls_settled,
+        calls_unsettled=lic.calls_used - lic.calls_settled,
+        royalty_per_1k_minor=r,
+        accrued_minor=royalty_due(lic.calls_used, r),
+        settled_minor=royalty_due(lic.calls_settled, r),
+        unsettled_minor=royalty_due(lic.calls_used, r) - royalty_due(lic.calls_settled, r),
+    )
+    return LicensePublic.model_validate(
+        {**lic.model_dump(), "status": license_status(lic), "usage": usage}
     )
 
 
 def order_public(order: Order) -> OrderPublic:
-    assert order.id is not None
-    return OrderPublic(
-        id=order.id,
-        status=order.status,
-        offer_id=order.offer_id,
-        amount_minor=order.amount_minor,
-        refunded_minor=order.refunded_minor,
-        currency=order.currency,
-        licence_id=order.license_id,
-        ledger_transaction_id=order.ledger_transaction_id,
-        created_at=order.created_at,
-    )
+    return OrderPublic.model_validate(order, from_attributes=True)
 
 
 # --- Trials -----------------------------------------------------------------------------------
@@ -194,131 +191,6 @@ def start_trial(
 # --- Purchases --------------------------------------------------------------------------------
 
 
-def purchase(
-    *,
-    session: Session,
-    organization_id: int,
-    offer_id: int,
-    accept_terms_sha256: str,
-    idempotency_key: str,
-    client_id: str,
-    platform_fee_bps: int,
-) -> tuple[OrderPublic, bool]:
-    """Buy an offer: one ledger transaction moves the price from the buyer's wallet to the
-    vendor's payable and the platform's revenue, and the licence is issued with the order.
-
-    Returns the order and whether it was created now (False: the key was seen before).
-    """
-    digest = request_hash({"offer_id": offer_id, "accept_terms_sha256": accept_terms_sha256})
-
-    def work(s: Session) -> tuple[Order, bool]:
-        # One purchase per buyer at a time: a twin request with the same key waits here for
-        # the first to commit and then finds its order, instead of racing it into checks such
-        # as "already licensed" that the first one's licence would fail. (FOR NO KEY UPDATE:
-        # rows that merely reference the organisation are not blocked.)
-        s.exec(
-            select(Organization.id)
-            .where(Organization.id == organization_id)
-            .with_for_update(key_share=True)
-        ).one()
-        found = s.exec(
-            select(Order).where(
-                Order.organization_id == organization_id, Order.idempotency_key == idempotency_key
-            )
-        ).first()
-        if (prior := replay(found, digest, "purchase")) is not None:
-            return prior, False
-        offer, listing = _offer_for_sale(s, offer_id, organization_id)
-        _check_terms(offer, accept_terms_sha256)
-        now = utcnow()
-        expires_at = None
-        if offer.kind in (PERPETUAL, PER_INFERENCE):
-            held = s.exec(
-                select(License.id).where(
-                    License.organization_id == organization_id,
-                    License.offer_id == offer_id,
-                    License.kind == offer.kind,
-                    License.revoked_at.is_(None),  # type: ignore[union-attr]
-                )
-            ).first()
-            if held is not None:
-                raise Conflict(
-                    "Your organisation already holds this licence.", code="already_licensed"
-                )
-        elif offer.kind == SUBSCRIPTION:
-            if not offer.term_days or offer.term_days <= 0:
-                raise ValidationFailed("The subscription has no term.", code="offer_invalid")
-            # A renewal bought before the current term ends extends it.
-            latest = s.exec(
-                select(sa.func.max(License.expires_at)).where(
-                    License.organization_id == organization_id,
-                    License.offer_id == offer_id,
-                    License.revoked_at.is_(None),  # type: ignore[union-attr]
-                )
-            ).one()
-            start = max(now, latest) if latest is not None else now
-            expires_at = start + dt.timedelta(days=offer.term_days)
-        else:
-            raise ValidationFailed(f"Unknown offer kind {offer.kind!r}.", code="offer_invalid")
-
-        transaction_id = None
-        if offer.price_minor > 0:
-            legs = ledger.sale_legs(
-                s,
-                buyer_organization_id=organization_id,
-                vendor_organization_id=listing.organization_id,
-                currency=offer.currency,
-                split=split_fee(offer.price_minor, platform_fee_bps),
-            )
-            (tx,) = ledger.apply_transfers(
-                s,
-                [
-                    ledger.Transfer(
-                        idempotency_key=f"order:{organization_id}:{idempotency_key}",
-                        kind="purchase",
-                        legs=legs,
-                        memo=f"offer {offer_id}",
-                    )
-                ],
-            )
-            transaction_id = tx.id
-        lic = License(
-            organization_id=organization_id,
-            offer_id=offer_id,
-            listing_id=listing.id,  # type: ignore[arg-type]
-            vendor_organization_id=listing.organization_id,
-            kind=offer.kind,
-            currency=offer.currency,
-            royalty_per_1k_minor=offer.royalty_per_1k_minor if offer.kind == PER_INFERENCE else 0,
-            platform_fee_bps=platform_fee_bps,
-            expires_at=expires_at,
-            created_at=now,
-        )
-        s.add(lic)
-        s.flush()
-        order = Order(
-            organization_id=organization_id,
-            offer_id=offer_id,
-            vendor_organization_id=listing.organization_id,
-            amount_minor=offer.price_minor,
-            currency=offer.currency,
-            platform_fee_bps=platform_fee_bps,
-            idempotency_key=idempotency_key,
-            request_hash=digest,
-            ledger_transaction_id=transaction_id,
-            license_id=lic.id,
-            created_at=now,
-        )
-        s.add(order)
-        _accept(s, organization_id, offer, "purchase", client_id)
-        s.flush()
-        audit_events.license_granted(s, lic, order)
-        return order, True
-
-    order, created = ledger.run_in_transaction(session, work)
-    return order_public(order), created
-
-
 # --- Licences ---------------------------------------------------------------------------------
 
 
@@ -360,49 +232,11 @@ def suspended_for_licensee(
 
 def get_license(*, session: Session, organization_id: int, license_id: int) -> LicensePublic:
     """One of the organisation's licences; another organisation's id is simply not found."""
-    lic = session.get(License, license_id)
-    if lic is None or lic.organization_id != organization_id:
-        raise NotFound("No such licence.", code="license_not_found")
-    return license_public(lic)
+    missing = NotFound("No such licence.", code="license_not_found")
+    return license_public(get_owned(session, License, license_id, organization_id, missing))
 
 
 # --- Orders ---------------------------------------------------------------------------------
-
-
-def list_orders(
-    *, session: Session, organization_id: int, query: OrderQuery, page_size_max: int
-) -> OrderPage:
-    """The organisation's purchases (``role=buyer``), sales (``vendor``) or both, newest first.
-
-    Only orders the organisation is a party to are read: its own purchases, and sales of its
-    own offers.
-    """
-    page_size = min(query.page_size, page_size_max)
-    bought = col(Order.organization_id) == organization_id
-    sold = col(Order.vendor_organization_id) == organization_id
-    where = {"buyer": bought, "vendor": sold, None: sa.or_(bought, sold)}[query.role]
-    total = session.exec(select(sa.func.count()).select_from(Order).where(where)).one()
-    rows = session.exec(
-        select(Order, Listing.id, Listing.name)
-        .join(Offer, col(Offer.id) == col(Order.offer_id))
-        .join(Listing, col(Listing.id) == col(Offer.listing_id))
-        .where(where)
-        .order_by(col(Order.created_at).desc(), col(Order.id).desc())
-        .offset((query.page - 1) * page_size)
-        .limit(page_size)
-    ).all()
-    items = [
-        OrderListItem(
-            **order_public(order).model_dump(),
-            role="buyer" if order.organization_id == organization_id else "vendor",
-            listing_id=listing_id or 0,
-            listing_name=listing_name,
-            buyer_organization_id=order.organization_id,
-            vendor_organization_id=order.vendor_organization_id,
-        )
-        for order, listing_id, listing_name in rows
-    ]
-    return OrderPage(items=items, total=int(total), page=query.page, page_size=page_size)
 
 
 def sales_by_hour(
@@ -440,12 +274,8 @@ def _rechain_subscription(session: Session, organization_id: int, offer_id: int)
     if offer is None or not offer.term_days:
         return
     term = dt.timedelta(days=offer.term_days)
-    # The lock purchases take: a renewal bought meanwhile chains onto the recomputed terms.
-    session.exec(
-        select(Organization.id)
-        .where(Organization.id == organization_id)
-        .with_for_update(key_share=True)
-    ).one()
+    # A renewal bought meanwhile waits, then chains onto the recomputed terms.
+    _lock_purchases(session, organization_id)
     standing = session.exec(
         select(License)
         .where(
@@ -465,130 +295,295 @@ def _rechain_subscription(session: Session, organization_id: int, offer_id: int)
         previous_end = lic.expires_at
 
 
-def refund_order(
-    *,
-    session: Session,
-    order_id: int,
-    request: RefundCreate,
-    idempotency_key: str,
-    gateway: PaymentGateway | None = None,
-    policy: OutboxPolicy | None = None,
-    refunds_max: int = 10,
-) -> RefundPublic:
-    """Refund all or part of an order by a reversing ledger transaction.
+@dataclass(frozen=True)
+class LicensingService:
+    """Purchases, order lists and refunds on the platform's terms, built once by ``init_app``.
 
-    Refunds are split with the same largest-remainder rule on the cumulative amount refunded,
-    so a full refund in any number of parts returns exactly the original vendor share and fee.
-    A full refund revokes the licence. Vendor money already paid out cannot be refunded (409).
-
-    With a gateway that moves real money, the refunded amount then goes back to the buyer's
-    payments (newest first, never beyond what each captured minus its earlier refunds) in the
-    same transaction; whatever they cannot take back stays in the wallet.
+    ``platform_fee_bps`` is the platform's share of a sale; ``page_size_max`` bounds a page of
+    orders; ``payments`` sends refunded money back to the buyer's payments (without it, all of
+    it stays in the wallet). The API and the pages call it without handing settings over.
     """
-    digest = request_hash({"amount_minor": request.amount_minor, "reason": request.reason})
 
-    def work(s: Session) -> Refund:
-        order = s.exec(
-            select(Order)
-            .where(Order.id == order_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).first()
-        if order is None:
-            raise NotFound("No such order.", code="order_not_found")
-        found = s.exec(
-            select(Refund).where(
-                Refund.order_id == order_id, Refund.idempotency_key == idempotency_key
-            )
-        ).first()
-        if (prior := replay(found, digest, "refund")) is not None:
-            return prior
-        left = order.amount_minor - order.refunded_minor
-        amount = left if request.amount_minor is None else request.amount_minor
-        if amount <= 0 or amount > left:
-            raise Conflict(
-                f"At most {left} minor units of this order can be refunded.",
-                code="refund_exceeds_order",
-            )
-        legs = ledger.sale_legs(
-            s,
-            buyer_organization_id=order.organization_id,
-            vendor_organization_id=order.vendor_organization_id,
-            currency=order.currency,
-            # Split the running refunded total so that the parts of a full refund in several
-            # steps add up to exactly the original vendor share and fee.
-            split=split_increment(
-                order.refunded_minor, order.refunded_minor + amount, order.platform_fee_bps
-            ),
-            refund=True,
+    platform_fee_bps: int
+    page_size_max: int
+    payments: PaymentsService | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, payments: PaymentsService | None
+    ) -> LicensingService:
+        return cls(
+            platform_fee_bps=settings.platform_fee_bps,
+            page_size_max=settings.page_size_max,
+            payments=payments,
         )
-        (tx,) = ledger.apply_transfers(
-            s,
-            [
-                ledger.Transfer(
-                    idempotency_key=f"refund:{order_id}:{idempotency_key}",
-                    kind="refund",
-                    legs=legs,
-                    reverses_id=order.ledger_transaction_id,
-                    memo=(request.reason or f"refund of order {order_id}")[:200],
+
+    def purchase(
+        self,
+        *,
+        session: Session,
+        organization_id: int,
+        offer_id: int,
+        accept_terms_sha256: str,
+        idempotency_key: str,
+        client_id: str,
+    ) -> tuple[OrderPublic, bool]:
+        """Buy an offer: one ledger transaction moves the price from the buyer's wallet to the
+        vendor's payable and the platform's revenue, and the licence is issued with the order.
+
+        Returns the order and whether it was created now (False: the key was seen before).
+        """
+        digest = request_hash({"offer_id": offer_id, "accept_terms_sha256": accept_terms_sha256})
+        platform_fee_bps = self.platform_fee_bps
+
+        def work(s: Session) -> tuple[Order, bool]:
+            # One purchase per buyer at a time: a twin request with the same key waits here for
+            # the first to commit and then finds its order, instead of racing it into checks such
+            # as "already licensed" that the first one's licence would fail.
+            _lock_purchases(s, organization_id)
+            found = s.exec(
+                select(Order).where(
+                    Order.organization_id == organization_id,
+                    Order.idempotency_key == idempotency_key,
                 )
-            ],
-        )
-        order.refunded_minor += amount
-        order.status = (
-            ORDER_REFUNDED
-            if order.refunded_minor == order.amount_minor
-            else ORDER_PARTIALLY_REFUNDED
-        )
-        s.add(order)
-        if order.status == ORDER_REFUNDED and order.license_id is not None:
-            lic = s.get(License, order.license_id)
-            if lic is not None and lic.revoked_at is None:
-                lic.revoked_at = utcnow()
-                s.add(lic)
-                if lic.kind == SUBSCRIPTION:
-                    _rechain_subscription(s, lic.organization_id, lic.offer_id)
-        refund = Refund(
-            order_id=order_id,
-            amount_minor=amount,
-            currency=order.currency,
-            reason=request.reason,
-            idempotency_key=idempotency_key,
-            request_hash=digest,
-            ledger_transaction_id=tx.id,
-        )
-        s.add(refund)
-        s.flush()
-        if gateway is not None and not gateway.simulated:
-            payment_refunds.refund_to_payments(
-                s,
-                organization_id=order.organization_id,
-                currency=order.currency,
-                amount_minor=amount,
-                provider=gateway.name,
-                purpose=REFUND_FOR_ORDER,
-                count_max=refunds_max,
-                order_refund_id=refund.id,
-            )
-        audit_events.refund_issued(s, refund, order)
-        return refund
+            ).first()
+            if (prior := replay(found, digest, "purchase")) is not None:
+                return prior, False
+            offer, listing = _offer_for_sale(s, offer_id, organization_id)
+            _check_terms(offer, accept_terms_sha256)
+            now = utcnow()
+            expires_at = None
+            if offer.kind in (PERPETUAL, PER_INFERENCE):
+                held = s.exec(
+                    select(License.id).where(
+                        License.organization_id == organization_id,
+                        License.offer_id == offer_id,
+                        License.kind == offer.kind,
+                        License.revoked_at.is_(None),  # type: ignore[union-attr]
+                    )
+                ).first()
+                if held is not None:
+                    raise Conflict(
+                        "Your organisation already holds this licence.", code="already_licensed"
+                    )
+            elif offer.kind == SUBSCRIPTION:
+                if not offer.term_days or offer.term_days <= 0:
+                    raise ValidationFailed("The subscription has no term.", code="offer_invalid")
+                # A renewal bought before the current term ends extends it.
+                latest = s.exec(
+                    select(sa.func.max(License.expires_at)).where(
+                        License.organization_id == organization_id,
+                        License.offer_id == offer_id,
+                        License.revoked_at.is_(None),  # type: ignore[union-attr]
+                    )
+                ).one()
+                start = max(now, latest) if latest is not None else now
+                expires_at = start + dt.timedelta(days=offer.term_days)
+            else:
+                raise ValidationFailed(f"Unknown offer kind {offer.kind!r}.", code="offer_invalid")
 
-    refund = ledger.run_in_transaction(session, work)
-    assert refund.id is not None
-    sent = payment_refunds.refunds_of(session, order_refund_id=refund.id)
-    if gateway is not None and sent:
-        payment_refunds.send_now(session, gateway, policy or OutboxPolicy(), sent)
+            transaction_id = None
+            if offer.price_minor > 0:
+                legs = ledger.sale_legs(
+                    s,
+                    buyer_organization_id=organization_id,
+                    vendor_organization_id=listing.organization_id,
+                    currency=offer.currency,
+                    split=split_fee(offer.price_minor, platform_fee_bps),
+                )
+                (tx,) = ledger.apply_transfers(
+                    s,
+                    [
+                        ledger.Transfer(
+                            idempotency_key=f"order:{organization_id}:{idempotency_key}",
+                            kind="purchase",
+                            legs=legs,
+                            memo=f"offer {offer_id}",
+                        )
+                    ],
+                )
+                transaction_id = tx.id
+            lic = License(
+                organization_id=organization_id,
+                offer_id=offer_id,
+                listing_id=listing.id,  # type: ignore[arg-type]
+                vendor_organization_id=listing.organization_id,
+                kind=offer.kind,
+                currency=offer.currency,
+                royalty_per_1k_minor=offer.royalty_per_1k_minor
+                if offer.kind == PER_INFERENCE
+                else 0,
+                platform_fee_bps=platform_fee_bps,
+                expires_at=expires_at,
+                created_at=now,
+            )
+            s.add(lic)
+            s.flush()
+            order = Order(
+                organization_id=organization_id,
+                offer_id=offer_id,
+                vendor_organization_id=listing.organization_id,
+                amount_minor=offer.price_minor,
+                currency=offer.currency,
+                platform_fee_bps=platform_fee_bps,
+                idempotency_key=idempotency_key,
+                request_hash=digest,
+                ledger_transaction_id=transaction_id,
+                license_id=lic.id,
+                created_at=now,
+            )
+            s.add(order)
+            _accept(s, organization_id, offer, "purchase", client_id)
+            s.flush()
+            audit_events.license_granted(s, lic, order)
+            return order, True
+
+        order, created = ledger.run_in_transaction(session, work)
+        return order_public(order), created
+
+    def list_orders(
+        self, *, session: Session, organization_id: int, query: OrderQuery
+    ) -> OrderPage:
+        """The organisation's purchases (``role=buyer``), sales (``vendor``) or both, newest first.
+
+        Only orders the organisation is a party to are read: its own purchases, and sales of its
+        own offers.
+        """
+        page_size = min(query.page_size, self.page_size_max)
+        bought = col(Order.organization_id) == organization_id
+        sold = col(Order.vendor_organization_id) == organization_id
+        where = {"buyer": bought, "vendor": sold, None: sa.or_(bought, sold)}[query.role]
+        total = session.exec(select(sa.func.count()).select_from(Order).where(where)).one()
+        rows = session.exec(
+            select(Order, Listing.id, Listing.name)
+            .join(Offer, col(Offer.id) == col(Order.offer_id))
+            .join(Listing, col(Listing.id) == col(Offer.listing_id))
+            .where(where)
+            .order_by(col(Order.created_at).desc(), col(Order.id).desc())
+            .offset((query.page - 1) * page_size)
+            .limit(page_size)
+        ).all()
+        items = [
+            OrderListItem.model_validate(
+                {
+                    **order.model_dump(),
+                    "role": "buyer" if order.organization_id == organization_id else "vendor",
+                    "listing_id": listing_id or 0,
+                    "listing_name": listing_name,
+                    "buyer_organization_id": order.organization_id,
+                }
+            )
+            for order, listing_id, listing_name in rows
+        ]
+        return OrderPage(items=items, total=int(total), page=query.page, page_size=page_size)
+
+    def refund_order(
+        self, *, session: Session, order_id: int, request: RefundCreate, idempotency_key: str
+    ) -> RefundPublic:
+        """Refund all or part of an order by a reversing ledger transaction.
+
+        Refunds are split with the same largest-remainder rule on the cumulative amount refunded,
+        so a full refund in any number of parts returns exactly the original vendor share and fee.
+        A full refund revokes the licence. Vendor money already paid out cannot be refunded (409).
+
+        With a gateway that moves real money, the refunded amount then goes back to the buyer's
+        payments (newest first, never beyond what each captured minus its earlier refunds) in the
+        same transaction; whatever they cannot take back stays in the wallet.
+        """
+        digest = request_hash({"amount_minor": request.amount_minor, "reason": request.reason})
+
+        def work(s: Session) -> Refund:
+            order = s.get(Order, order_id, with_for_update=True, populate_existing=True)
+            if order is None:
+                raise NotFound("No such order.", code="order_not_found")
+            found = s.exec(
+                select(Refund).where(
+                    Refund.order_id == order_id, Refund.idempotency_key == idempotency_key
+                )
+            ).first()
+            if (prior := replay(found, digest, "refund")) is not None:
+                return prior
+            left = order.amount_minor - order.refunded_minor
+            amount = left if request.amount_minor is None else request.amount_minor
+            if amount <= 0 or amount > left:
+                raise Conflict(
+                    f"At most {left} minor units of this order can be refunded.",
+                    code="refund_exceeds_order",
+                )
+            legs = ledger.sale_legs(
+                s,
+                buyer_organization_id=order.organization_id,
+                vendor_organization_id=order.vendor_organization_id,
+                currency=order.currency,
+                # Split the running refunded total so that the parts of a full refund in several
+                # steps add up to exactly the original vendor share and fee.
+                split=split_increment(
+                    order.refunded_minor, order.refunded_minor + amount, order.platform_fee_bps
+                ),
+                refund=True,
+            )
+            (tx,) = ledger.apply_transfers(
+                s,
+                [
+                    ledger.Transfer(
+                        idempotency_key=f"refund:{order_id}:{idempotency_key}",
+                        kind="refund",
+                        legs=legs,
+                        reverses_id=order.ledger_transaction_id,
+                        memo=(request.reason or f"refund of order {order_id}")[:200],
+                    )
+                ],
+            )
+            order.refunded_minor += amount
+            order.status = (
+                ORDER_REFUNDED
+                if order.refunded_minor == order.amount_minor
+                else ORDER_PARTIALLY_REFUNDED
+            )
+            s.add(order)
+            if order.status == ORDER_REFUNDED and order.license_id is not None:
+                lic = s.get(License, order.license_id)
+                if lic is not None and lic.revoked_at is None:
+                    lic.revoked_at = utcnow()
+                    s.add(lic)
+                    if lic.kind == SUBSCRIPTION:
+                        _rechain_subscription(s, lic.organization_id, lic.offer_id)
+            refund = Refund(
+                order_id=order_id,
+                amount_minor=amount,
+                currency=order.currency,
+                reason=request.reason,
+                idempotency_key=idempotency_key,
+                request_hash=digest,
+                ledger_transaction_id=tx.id,
+            )
+            s.add(refund)
+            s.flush()
+            if self.payments is not None:
+                assert refund.id is not None
+                self.payments.refund_order_to_payments(
+                    s,
+                    organization_id=order.organization_id,
+                    currency=order.currency,
+                    amount_minor=amount,
+                    refund_id=refund.id,
+                )
+            audit_events.refund_issued(s, refund, order)
+            return refund
+
+        refund = ledger.run_in_transaction(session, work)
+        assert refund.id is not None
         sent = payment_refunds.refunds_of(session, order_refund_id=refund.id)
-    order = session.get(Order, order_id, populate_existing=True)
-    assert order is not None
-    to_payments = payment_refunds.payment_refunds_public(sent, session)
-    return RefundPublic(
-        id=refund.id,
-        order_id=order_id,
-        amount_minor=refund.amount_minor,
-        currency=refund.currency,
-        ledger_transaction_id=refund.ledger_transaction_id,
-        order=order_public(order),
-        payment_refunds=to_payments,
-        to_wallet_minor=refund.amount_minor - sum(r.amount_minor for r in sent),
-    )
+        if self.payments is not None and sent:
+            self.payments.send_refunds(session, sent)
+            sent = payment_refunds.refunds_of(session, order_refund_id=refund.id)
+        order = session.get(Order, order_id, populate_existing=True)
+        assert order is not None
+        return RefundPublic.model_validate(
+            {
+                **refund.model_dump(),
+                "order": order_public(order),
+                "payment_refunds": payment_refunds.payment_refunds_public(sent, session),
+                "to_wallet_minor": refund.amount_minor - sum(r.amount_minor for r in sent),
+            }
+        )

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app
 
-from marketplace.accounts.oauth import current, require_oauth
+from marketplace.accounts.oauth import current
 from marketplace.api import (
     API_PREFIX,
     IDEMPOTENCY_KEY,
     idempotency_key,
-    openapi,
     parse_json,
     parse_query,
 )
 from marketplace.db import get_session
-from marketplace.licensing import services
+from marketplace.licensing import licensing_service, services
 from marketplace.licensing.schemas import (
     AcceptTerms,
     LicenseList,
@@ -27,118 +26,106 @@ from marketplace.licensing.schemas import (
     RefundCreate,
     RefundPublic,
 )
-from marketplace.payments.outbox import OutboxPolicy
+from marketplace.operation import operation
 
 bp = Blueprint("licensing", __name__, url_prefix=API_PREFIX)
 
+TERMS_SHA256_EXAMPLE = "9f2c5d0c8e4b7a1f3e6d2b9c0a7f4e1d8c5b2a9f6e3d0c7b4a1f8e5d2c9b6a30"
+
 
 @bp.post("/offers/<int:offer_id>/trial")
-@openapi(
+@operation(
     "Start the offer's trial, accepting its terms by their SHA-256",
     tag="licensing",
     body=AcceptTerms,
     response=LicensePublic,
     status=201,
     scope="licenses:write",
-    errors=[404, 409],
-    error_codes={
-        403: ["organization_not_verified", "insufficient_scope"],
-        404: ["offer_not_found"],
-        409: ["trial_taken", "offer_retired", "terms_mismatch", "no_trial", "own_offer"],
-    },
+    errors=[
+        "organization_not_verified",
+        "offer_not_found",
+        "trial_taken",
+        "offer_retired",
+        "terms_mismatch",
+        "no_trial",
+        "own_offer",
+    ],
     examples={"offer_id": 2},
-    example={
-        "accept_terms_sha256": "9f2c5d0c8e4b7a1f3e6d2b9c0a7f4e1d8c5b2a9f6e3d0c7b4a1f8e5d2c9b6a30"
-    },
+    example={"accept_terms_sha256": TERMS_SHA256_EXAMPLE},
 )
-@require_oauth("licenses:write")
-def start_trial(offer_id: int) -> Any:
+def start_trial(offer_id: int) -> LicensePublic:
     body = parse_json(AcceptTerms)
-    result = services.start_trial(
+    return services.start_trial(
         session=get_session(),
         organization_id=current.organization_id,
         offer_id=offer_id,
         accept_terms_sha256=body.accept_terms_sha256,
         client_id=current.token.client_id,
     )
-    return jsonify(result.model_dump(mode="json")), 201
 
 
 @bp.post("/offers/<int:offer_id>/purchase")
-@openapi(
+@operation(
     "Buy the offer from your wallet (header Idempotency-Key); 402 when it cannot cover the price",
     tag="licensing",
     body=AcceptTerms,
     response=OrderPublic,
     status=201,
     scope="licenses:write",
-    errors=[400, 402, 404, 409],
     headers=[IDEMPOTENCY_KEY],
-    error_codes={
-        400: ["idempotency_key_required"],
-        402: ["insufficient_funds"],
-        404: ["offer_not_found"],
-        409: [
-            "already_licensed",
-            "offer_retired",
-            "terms_mismatch",
-            "own_offer",
-            "idempotency_key_reused",
-        ],
-    },
+    errors=[
+        "insufficient_funds",
+        "offer_not_found",
+        "already_licensed",
+        "offer_retired",
+        "terms_mismatch",
+        "own_offer",
+    ],
     examples={"offer_id": 2},
-    example={
-        "accept_terms_sha256": "9f2c5d0c8e4b7a1f3e6d2b9c0a7f4e1d8c5b2a9f6e3d0c7b4a1f8e5d2c9b6a30"
-    },
+    example={"accept_terms_sha256": TERMS_SHA256_EXAMPLE},
 )
-@require_oauth("licenses:write")
 def purchase(offer_id: int) -> Any:
     key = idempotency_key()
     body = parse_json(AcceptTerms)
-    order, created = services.purchase(
+    order, created = licensing_service(current_app).purchase(
         session=get_session(),
         organization_id=current.organization_id,
         offer_id=offer_id,
         accept_terms_sha256=body.accept_terms_sha256,
         idempotency_key=key,
         client_id=current.token.client_id,
-        platform_fee_bps=current_app.extensions["settings"].platform_fee_bps,
     )
-    return jsonify(order.model_dump(mode="json")), 201 if created else 200
+    return order, 201 if created else 200
 
 
 @bp.get("/licenses")
-@openapi(
+@operation(
     "Your organisation's licences and trials with usage",
     tag="licensing",
     response=LicenseList,
     scope="any",
 )
-@require_oauth()
-def list_licenses() -> Any:
+def list_licenses() -> LicenseList:
     items = services.list_licenses(session=get_session(), organization_id=current.organization_id)
-    return jsonify(LicenseList(items=items).model_dump(mode="json"))
+    return LicenseList(items=items)
 
 
 @bp.get("/licenses/<int:license_id>")
-@openapi(
+@operation(
     "One of your organisation's licences with usage",
     tag="licensing",
     response=LicensePublic,
     scope="any",
-    errors=[404],
-    error_codes={404: ["license_not_found"]},
+    errors=["license_not_found"],
 )
-@require_oauth()
-def get_license(license_id: int) -> Any:
-    result = services.get_license(
+def get_license(license_id: int) -> LicensePublic:
+    return services.get_license(
         session=get_session(), organization_id=current.organization_id, license_id=license_id
     )
-    return jsonify(result.model_dump(mode="json"))
 
 
 @bp.get("/orders")
-@openapi(
+@operation(
     "Your organisation's orders: purchases (role=buyer), sales (role=vendor), or both",
     tag="licensing",
     query=OrderQuery,
@@ -146,19 +133,16 @@ def get_license(license_id: int) -> Any:
     scope="ledger:read",
     examples={"role": "buyer"},
 )
-@require_oauth("ledger:read")
-def list_orders() -> Any:
-    result = services.list_orders(
+def list_orders() -> OrderPage:
+    return licensing_service(current_app).list_orders(
         session=get_session(),
         organization_id=current.organization_id,
         query=parse_query(OrderQuery),
-        page_size_max=current_app.extensions["settings"].page_size_max,
     )
-    return jsonify(result.model_dump(mode="json"))
 
 
 @bp.post("/orders/<int:order_id>/refund")
-@openapi(
+@operation(
     "Refund an order in full or in part (header Idempotency-Key); a full refund revokes the "
     "licence; money paid in through Stripe goes back to the buyer's payments",
     tag="licensing",
@@ -166,27 +150,16 @@ def list_orders() -> Any:
     response=RefundPublic,
     status=201,
     scope="admin",
-    errors=[400, 404, 409],
     headers=[IDEMPOTENCY_KEY],
-    error_codes={
-        400: ["idempotency_key_required"],
-        404: ["order_not_found"],
-        409: ["refund_exceeds_order", "idempotency_key_reused"],
-    },
+    errors=[
+        "order_not_found",
+        "refund_exceeds_order",
+    ],
     example={"amount_minor": 100_000, "reason": "Delivered a week late"},
 )
-@require_oauth("admin")
-def refund(order_id: int) -> Any:
+def refund(order_id: int) -> RefundPublic:
     key = idempotency_key()
     body = parse_json(RefundCreate)
-    settings = current_app.extensions["settings"]
-    result = services.refund_order(
-        session=get_session(),
-        order_id=order_id,
-        request=body,
-        idempotency_key=key,
-        gateway=current_app.extensions["payment_gateway"],
-        policy=OutboxPolicy.from_settings(settings),
-        refunds_max=settings.withdrawal_refunds_max,
+    return licensing_service(current_app).refund_order(
+        session=get_session(), order_id=order_id, request=body, idempotency_key=key
     )
-    return jsonify(result.model_dump(mode="json")), 201

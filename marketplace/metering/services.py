@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from marketplace.audit import events as audit_events
-from marketplace.db import epoch_hour, hour_start, utcnow
+from marketplace.db import epoch_hour, hour_start, table, utcnow
 from marketplace.errors import Forbidden
 from marketplace.ledger import bulk
 from marketplace.ledger import services as ledger
@@ -50,8 +50,8 @@ from marketplace.metering.models import UsageEvent
 DEFAULT_RESERVE_CALLS = 1000
 SETTLE_BATCH_LICENSES = 200
 
-_licenses_t = License.__table__  # type: ignore[attr-defined]
-_usage_t = UsageEvent.__table__  # type: ignore[attr-defined]
+_licenses_t = table(License)
+_usage_t = table(UsageEvent)
 
 
 @dataclass
@@ -327,7 +327,7 @@ def usage_by_hour(
     *, session: Session, vendor_organization_id: int, since: dt.datetime
 ) -> list[tuple[dt.datetime, int]]:
     """Metered calls per hour (UTC start) on the vendor's licences since ``since``."""
-    events = UsageEvent.__table__  # type: ignore[attr-defined]
+    events = table(UsageEvent)
     hour = epoch_hour(events.c.created_at)
     rows = session.execute(
         sa.select(hour, sa.func.count())

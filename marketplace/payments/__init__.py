@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
     from marketplace.config import Settings
     from marketplace.payments.gateway import PaymentGateway
+    from marketplace.payments.services import PaymentsService
 
 
 def make_gateway(settings: Settings) -> PaymentGateway:
@@ -28,35 +29,33 @@ def make_gateway(settings: Settings) -> PaymentGateway:
 
 def _send_due(app: Flask) -> object:
     from marketplace.db import get_session
-    from marketplace.payments import outbox
 
-    return outbox.process_due(
-        get_session(),
-        app.extensions["payment_gateway"],
-        outbox.OutboxPolicy.from_settings(app.extensions["settings"]),
-        limit=app.extensions["settings"].payments_outbox_batch_max,
-    )
+    return payments_service(app).send_due(get_session())
 
 
 def _reconcile(app: Flask) -> object:
     from marketplace.db import get_session
-    from marketplace.payments import reconcile
 
-    return reconcile.reconcile(
-        session=get_session(),
-        gateway=app.extensions["payment_gateway"],
-        batch_max=app.extensions["settings"].payments_reconcile_batch_max,
-        top_up_expiry_s=app.extensions["settings"].top_up_expiry_s,
-    )
+    return payments_service(app).reconcile(get_session())
+
+
+def payments_service(app: Flask) -> PaymentsService:
+    """The payments use cases, built once by :func:`init_app`."""
+    service: PaymentsService = app.extensions["payments"]
+    return service
 
 
 def init_app(app: Flask) -> None:
-    """Build the payment gateway, register the API and the outbox and reconciliation work."""
+    """Build the payment gateway and the payments service; register the API and the outbox and
+    reconciliation work."""
     from marketplace import periodic
+    from marketplace.payments.services import PaymentsService
     from marketplace.payments.views import bp
 
     config: Settings = app.extensions["settings"]
-    app.extensions["payment_gateway"] = make_gateway(config)
+    gateway = make_gateway(config)
+    app.extensions["payment_gateway"] = gateway
+    app.extensions["payments"] = PaymentsService.from_settings(config, gateway)
     app.register_blueprint(bp)
     periodic.register(app, "payments.outbox", config.payments_outbox_interval_s, _send_due)
     if config.payments == "stripe":

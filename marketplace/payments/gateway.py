@@ -45,6 +45,53 @@ class ProviderConflict(DomainError):
     code = "payment_provider_conflict"
 
 
+def _require_positive(amount_minor: int, what: str) -> None:
+    # A gateway never moves zero or negative money; such a request is a bug in the caller.
+    if amount_minor <= 0:
+        raise ValueError(f"a {what} must be positive")
+
+
+@dataclass(frozen=True)
+class TopUpRequest:
+    """A payment to collect from the payer; ``reference`` is the provider's idempotency key."""
+
+    reference: str
+    amount_minor: int
+    currency: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require_positive(self.amount_minor, "top-up")
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """Money to send from the platform to a vendor's connected account."""
+
+    idempotency_key: str
+    amount_minor: int
+    currency: str
+    destination: str
+    group: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require_positive(self.amount_minor, "transfer")
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    """Part or all of a collected payment to return to the payer."""
+
+    idempotency_key: str
+    payment_ref: str
+    amount_minor: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require_positive(self.amount_minor, "refund")
+
+
 @dataclass(frozen=True)
 class PaymentIntent:
     """What a gateway says about a payment it was asked to collect."""
@@ -93,14 +140,15 @@ class PaymentGateway(Protocol):
     when no real money moves, and the flag is stored on every record the gateway produces so
     that pages and statements can say so.
 
-    Every call that changes something at the provider takes an ``idempotency_key`` (``reference``
-    for top-ups), which the gateway must send as the provider's idempotency key: calling again
-    with the same key and the same arguments after a crash or a timeout returns the first
-    result and never moves money twice. Keys are derived from the marketplace's own ids and
-    stored before the first call.
+    Every call that changes something at the provider takes a request carrying an
+    ``idempotency_key`` (``reference`` for top-ups), which the gateway must send as the
+    provider's idempotency key: calling again with the same request after a crash or a timeout
+    returns the first result and never moves money twice. Keys are derived from the
+    marketplace's own ids and stored before the first call.
 
-    Amounts are integer minor units; currencies are ISO 4217 codes in upper case. ``metadata``
-    is attached to the provider's object so that its webhooks and lists lead back to our rows.
+    Amounts are positive integer minor units (the requests refuse anything else); currencies
+    are ISO 4217 codes in upper case. ``metadata`` is attached to the provider's object so that
+    its webhooks and lists lead back to our rows.
 
     Errors: :class:`ProviderUnavailable` (transient: retry with the same key),
     :class:`ProviderRefused` (definitive: nothing happened), :class:`ProviderConflict` (a person
@@ -110,15 +158,8 @@ class PaymentGateway(Protocol):
     name: str
     simulated: bool
 
-    def create_top_up(
-        self,
-        *,
-        reference: str,
-        amount_minor: int,
-        currency: str,
-        metadata: Mapping[str, str] | None = None,
-    ) -> PaymentIntent:
-        """Start collecting a top-up; idempotent per ``reference``."""
+    def create_top_up(self, request: TopUpRequest) -> PaymentIntent:
+        """Start collecting a top-up; idempotent per ``request.reference``."""
         ...
 
     def get_top_up(self, provider_ref: str) -> PaymentIntent:
@@ -133,29 +174,13 @@ class PaymentGateway(Protocol):
         """Raise :class:`ProviderRefused` unless the account exists and can receive transfers."""
         ...
 
-    def create_transfer(
-        self,
-        *,
-        idempotency_key: str,
-        amount_minor: int,
-        currency: str,
-        destination: str,
-        group: str,
-        metadata: Mapping[str, str],
-    ) -> ProviderTransfer:
+    def create_transfer(self, request: TransferRequest) -> ProviderTransfer:
         """Send money from the platform to a vendor's connected account."""
         ...
 
     def get_transfer(self, provider_ref: str) -> ProviderTransfer: ...
 
-    def create_refund(
-        self,
-        *,
-        idempotency_key: str,
-        payment_ref: str,
-        amount_minor: int,
-        metadata: Mapping[str, str],
-    ) -> ProviderRefund:
+    def create_refund(self, request: RefundRequest) -> ProviderRefund:
         """Return part or all of a collected payment to the payer."""
         ...
 
@@ -183,23 +208,14 @@ class OfflineGateway:
                 self._by_key[key] = make(next(self._seq))
             return self._by_key[key]
 
-    def create_top_up(
-        self,
-        *,
-        reference: str,
-        amount_minor: int,
-        currency: str,
-        metadata: Mapping[str, str] | None = None,
-    ) -> PaymentIntent:
-        if amount_minor <= 0:
-            raise ValueError("a top-up must be positive")
+    def create_top_up(self, request: TopUpRequest) -> PaymentIntent:
         return PaymentIntent(
             status=INTENT_SUCCEEDED,
-            provider_ref=f"offline-{reference}",
-            amount_minor=amount_minor,
-            amount_received_minor=amount_minor,
-            currency=currency,
-            metadata=dict(metadata or {}),
+            provider_ref=f"offline-{request.reference}",
+            amount_minor=request.amount_minor,
+            amount_received_minor=request.amount_minor,
+            currency=request.currency,
+            metadata=dict(request.metadata),
         )
 
     def get_top_up(self, provider_ref: str) -> PaymentIntent:
@@ -211,52 +227,32 @@ class OfflineGateway:
     def check_payout_account(self, account_ref: str) -> None:
         return None
 
-    def create_transfer(
-        self,
-        *,
-        idempotency_key: str,
-        amount_minor: int,
-        currency: str,
-        destination: str,
-        group: str,
-        metadata: Mapping[str, str],
-    ) -> ProviderTransfer:
-        if amount_minor <= 0:
-            raise ValueError("a transfer must be positive")
+    def create_transfer(self, request: TransferRequest) -> ProviderTransfer:
         return self._once(  # type: ignore[no-any-return]
-            idempotency_key,
+            request.idempotency_key,
             lambda n: ProviderTransfer(
                 provider_ref=f"offline-tr-{n}",
-                amount_minor=amount_minor,
-                currency=currency,
-                destination=destination,
-                group=group,
-                metadata=dict(metadata),
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+                destination=request.destination,
+                group=request.group,
+                metadata=dict(request.metadata),
             ),
         )
 
     def get_transfer(self, provider_ref: str) -> ProviderTransfer:
         raise ProviderRefused("Simulated transfers have no state to fetch.", code="simulated")
 
-    def create_refund(
-        self,
-        *,
-        idempotency_key: str,
-        payment_ref: str,
-        amount_minor: int,
-        metadata: Mapping[str, str],
-    ) -> ProviderRefund:
-        if amount_minor <= 0:
-            raise ValueError("a refund must be positive")
+    def create_refund(self, request: RefundRequest) -> ProviderRefund:
         return self._once(  # type: ignore[no-any-return]
-            idempotency_key,
+            request.idempotency_key,
             lambda n: ProviderRefund(
                 provider_ref=f"offline-re-{n}",
                 status=REFUND_SUCCEEDED,
-                amount_minor=amount_minor,
+                amount_minor=request.amount_minor,
                 currency="",
-                payment_ref=payment_ref,
-                metadata=dict(metadata),
+                payment_ref=request.payment_ref,
+                metadata=dict(request.metadata),
             ),
         )
 

@@ -9,7 +9,7 @@ import secrets
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from marketplace.db import UTCDateTime, utcnow
+from marketplace.db import UTCDateTime, table, utcnow
 
 # Top-ups: pending (recorded; the provider's payment is being created) -> requires_payment (the
 # payer must pay) -> succeeded (the wallet is credited). A declined attempt makes it failed, from
@@ -56,8 +56,25 @@ def new_reference() -> str:
     return secrets.token_hex(8)
 
 
-def _ledger_fk() -> sa.Column:  # type: ignore[type-arg]
-    return sa.Column(sa.BigInteger, sa.ForeignKey("ledger_transactions.id"), nullable=True)
+class ProviderTransferColumns(SQLModel):
+    """What a row that sends money out through a ledger hold and one provider call records.
+
+    ``reference`` goes into the call's idempotency key and metadata; the hold is posted
+    (``resolve_transaction_id``) when the provider confirms and voided when it refuses.
+    """
+
+    provider: str = Field(max_length=16)
+    reference: str = Field(max_length=32)
+    provider_ref: str | None = Field(default=None, max_length=255, index=True)
+    hold_transaction_id: int | None = Field(
+        default=None, foreign_key="ledger_transactions.id", sa_type=sa.BigInteger
+    )
+    resolve_transaction_id: int | None = Field(
+        default=None, foreign_key="ledger_transactions.id", sa_type=sa.BigInteger
+    )
+    failure_code: str | None = Field(default=None, max_length=64)
+    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    completed_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
 
 
 class TopUp(SQLModel, table=True):
@@ -139,7 +156,7 @@ class PayoutAccount(SQLModel, table=True):
     updated_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
-class Payout(SQLModel, table=True):
+class Payout(ProviderTransferColumns, table=True):
     """A vendor's payable balance sent out as one transfer, through a ledger hold."""
 
     __tablename__ = "payouts"
@@ -149,16 +166,8 @@ class Payout(SQLModel, table=True):
     currency: str = Field(foreign_key="currencies.code", max_length=3)
     amount_minor: int = Field(sa_type=sa.BigInteger, nullable=False)
     status: str = Field(default=PAYOUT_PENDING, max_length=16)
-    provider: str = Field(max_length=16)
     simulated: bool
     destination: str = Field(max_length=255)
-    reference: str = Field(max_length=32)
-    provider_ref: str | None = Field(default=None, max_length=255, index=True)
-    hold_transaction_id: int | None = Field(default=None, sa_column=_ledger_fk())
-    resolve_transaction_id: int | None = Field(default=None, sa_column=_ledger_fk())
-    failure_code: str | None = Field(default=None, max_length=64)
-    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
-    completed_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
 
     @property
     def transfer_group(self) -> str:
@@ -182,7 +191,7 @@ class Withdrawal(SQLModel, table=True):
     completed_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
 
 
-class PaymentRefund(SQLModel, table=True):
+class PaymentRefund(ProviderTransferColumns, table=True):
     """Money sent back to one of a payer's payments, through a hold on its wallet."""
 
     __tablename__ = "payment_refunds"
@@ -196,11 +205,9 @@ class PaymentRefund(SQLModel, table=True):
     withdrawal_id: int | None = Field(default=None, foreign_key="withdrawals.id", index=True)
     order_refund_id: int | None = Field(default=None, foreign_key="refunds.id", index=True)
     status: str = Field(default=REFUND_PENDING, max_length=16)
-    provider: str = Field(max_length=16)
-    reference: str = Field(max_length=32)
-    provider_ref: str | None = Field(default=None, max_length=255, index=True)
-    hold_transaction_id: int | None = Field(default=None, sa_column=_ledger_fk())
-    resolve_transaction_id: int | None = Field(default=None, sa_column=_ledger_fk())
-    failure_code: str | None = Field(default=None, max_length=64)
-    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
-    completed_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+# Core handles of the tables, for statements that read columns rather than rows.
+top_ups_t = table(TopUp)
+payment_refunds_t = table(PaymentRefund)
+outbox_t = table(PaymentOutbox)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import utcnow
+from marketplace.db import lock_row, utcnow
 from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.payments.gateway import (
@@ -46,11 +46,11 @@ from marketplace.payments.models import (
     OUTBOX_PENDING,
     PaymentOutbox,
 )
+from marketplace.payments.models import outbox_t as _t
 
 log = logging.getLogger(__name__)
 
 BACKOFF_CAP_S = 3600.0
-_t = PaymentOutbox.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -248,12 +248,7 @@ def _record(
     session: Session, message_id: int, apply: Callable[[Session, PaymentOutbox], str]
 ) -> str:
     def work(s: Session) -> str:
-        message = s.exec(
-            select(PaymentOutbox)
-            .where(PaymentOutbox.id == message_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).one()
+        message = lock_row(s, PaymentOutbox, message_id)
         if message.status != OUTBOX_PENDING:
             # Another worker (whose lease ran out on us, or the other way round) recorded the
             # same idempotent answer first.
@@ -297,9 +292,7 @@ def retry(session: Session, message_id: int) -> PaymentOutbox:
     """An administrator sends a failed row again (same key: at most one effect at the provider)."""
 
     def work(s: Session) -> PaymentOutbox:
-        message = s.exec(
-            select(PaymentOutbox).where(PaymentOutbox.id == message_id).with_for_update()
-        ).first()
+        message = s.get(PaymentOutbox, message_id, with_for_update=True, populate_existing=True)
         if message is None:
             raise NotFound("No such provider call.", code="outbox_not_found")
         if message.status != OUTBOX_FAILED:

@@ -17,13 +17,18 @@ from sqlmodel import Session, select
 
 from marketplace.accounts.models import Organization
 from marketplace.audit import events as audit_events
-from marketplace.db import utcnow
+from marketplace.db import lock_row, utcnow
 from marketplace.errors import Forbidden, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import LimitExceeded
 from marketplace.ledger.models import VENDOR_PAYABLE
 from marketplace.payments import holds, outbox
-from marketplace.payments.gateway import PaymentGateway, ProviderRefused, ProviderTransfer
+from marketplace.payments.gateway import (
+    PaymentGateway,
+    ProviderRefused,
+    ProviderTransfer,
+    TransferRequest,
+)
 from marketplace.payments.models import (
     OUTBOX_TRANSFER,
     PAYOUT_FAILED,
@@ -154,31 +159,6 @@ def run_payouts(
     return created
 
 
-def pay_out(
-    *,
-    session: Session,
-    gateway: PaymentGateway,
-    policy: outbox.OutboxPolicy,
-    minimum_minor: int,
-    organization_id: int | None = None,
-) -> list[PayoutPublic]:
-    """Run payouts and send their transfers now; the payouts as they stand afterwards."""
-    created = run_payouts(
-        session=session,
-        gateway=gateway,
-        minimum_minor=minimum_minor,
-        organization_id=organization_id,
-    )
-    out = []
-    for payout in created:
-        assert payout.id is not None
-        message = outbox.find(session, kind=OUTBOX_TRANSFER, subject_id=payout.id)
-        if message is not None and message.id is not None:
-            outbox.process_now(session, gateway, policy, message.id)
-        out.append(payout_public(session.get(Payout, payout.id, populate_existing=True) or payout))
-    return out
-
-
 def list_payouts(*, session: Session, organization_id: int, limit: int) -> list[PayoutPublic]:
     rows = session.exec(
         select(Payout)
@@ -197,15 +177,6 @@ def payout_metadata(payout: Payout) -> dict[str, str]:
     }
 
 
-def _lock(s: Session, payout_id: int) -> Payout:
-    return s.exec(
-        select(Payout)
-        .where(Payout.id == payout_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-
-
 class TransferHandler:
     """Outbox rows that send a payout's transfer."""
 
@@ -214,21 +185,19 @@ class TransferHandler:
     ) -> Callable[[PaymentGateway], object]:
         payout = session.get(Payout, message.subject_id)
         assert payout is not None
-        key, amount, currency = message.idempotency_key, payout.amount_minor, payout.currency
-        destination, group = payout.destination, payout.transfer_group
-        metadata = payout_metadata(payout)
-        return lambda gateway: gateway.create_transfer(
-            idempotency_key=key,
-            amount_minor=amount,
-            currency=currency,
-            destination=destination,
-            group=group,
-            metadata=metadata,
+        request = TransferRequest(
+            idempotency_key=message.idempotency_key,
+            amount_minor=payout.amount_minor,
+            currency=payout.currency,
+            destination=payout.destination,
+            group=payout.transfer_group,
+            metadata=payout_metadata(payout),
         )
+        return lambda gateway: gateway.create_transfer(request)
 
     def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
         transfer: ProviderTransfer = result
-        payout = _lock(session, message.subject_id)
+        payout = lock_row(session, Payout, message.subject_id)
         if payout.status != PAYOUT_PENDING:
             return
         if transfer.amount_minor != payout.amount_minor or transfer.currency != payout.currency:
@@ -245,7 +214,7 @@ class TransferHandler:
         audit_events.payout_changed(session, payout)
 
     def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
-        payout = _lock(session, message.subject_id)
+        payout = lock_row(session, Payout, message.subject_id)
         if payout.status != PAYOUT_PENDING:
             return
         assert payout.hold_transaction_id is not None

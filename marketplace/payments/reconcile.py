@@ -44,12 +44,12 @@ from marketplace.payments.models import (
     PaymentRefund,
     Payout,
     TopUp,
+    payment_refunds_t,
+    top_ups_t,
 )
 
 log = logging.getLogger(__name__)
 
-_top_ups_t = TopUp.__table__  # type: ignore[attr-defined]
-_refunds_t = PaymentRefund.__table__  # type: ignore[attr-defined]
 
 PROVIDER_OBJECTS_MAX = 100_000  # objects listed per kind by one report
 
@@ -74,73 +74,88 @@ def reconcile(
     result = ReconcileResult()
     if gateway.simulated:
         return result
-    t = _top_ups_t.c
-    open_top_ups: list[tuple[int, str, str]] = [
-        (row.id, row.provider_ref, row.status)
-        for row in session.execute(
-            sa.select(t.id, t.provider_ref, t.status)
-            .where(
-                t.provider == gateway.name,
-                t.status.in_(services.OPEN_TOP_UP_STATUSES),
-                t.provider_ref.is_not(None),
-            )
-            .order_by(sa.case((t.checked_at.is_(None), 0), else_=1), t.checked_at, t.id)
-            .limit(batch_max)
-        )
-    ]
-    session.commit()
-    for top_up_id, provider_ref, status in open_top_ups:
-        try:
-            intent = gateway.get_top_up(provider_ref)
-        except (ProviderUnavailable, ProviderRefused, ProviderConflict) as exc:
-            log.warning("reconcile: top-up %s: %s", top_up_id, exc)
-            result.unavailable += 1
-            continue
-
-        def work(s: Session, top_up_id: int = top_up_id, intent: Any = intent) -> str:
-            top_up = services.apply_intent(s, top_up_id, intent)
-            top_up.checked_at = utcnow()
-            s.add(top_up)
-            return top_up.status
-
-        result.checked += 1
-        if ledger.run_in_transaction(session, work) != status:
-            result.changed += 1
+    t = top_ups_t.c
+    _update(
+        session,
+        result,
+        top_ups_t,
+        t.status.in_(services.OPEN_TOP_UP_STATUSES),
+        # The least recently asked first, so that every open payment gets its turn.
+        order_by=(sa.case((t.checked_at.is_(None), 0), else_=1), t.checked_at, t.id),
+        provider=gateway.name,
+        limit=batch_max,
+        ask=gateway.get_top_up,
+        apply=_apply_intent,
+    )
     # After the poll, so that a payment made at the last moment is credited, not canceled.
     if top_up_expiry_s > 0:
         result.expired = services.expire_top_ups(
             session=session, provider=gateway.name, expiry_s=top_up_expiry_s, batch_max=batch_max
         )
-    r = _refunds_t.c
-    pending_refunds: list[tuple[int, str]] = [
-        (row.id, row.provider_ref)
-        for row in session.execute(
-            sa.select(r.id, r.provider_ref)
-            .where(
-                r.provider == gateway.name,
-                r.status == REFUND_PENDING,
-                r.provider_ref.is_not(None),
-            )
-            .order_by(r.id)
-            .limit(batch_max)
-        )
-    ]
+    r = payment_refunds_t.c
+    _update(
+        session,
+        result,
+        payment_refunds_t,
+        r.status == REFUND_PENDING,
+        order_by=(r.id,),
+        provider=gateway.name,
+        limit=batch_max,
+        ask=gateway.get_refund,
+        apply=_apply_refund,
+    )
+    return result
+
+
+def _update(
+    session: Session,
+    result: ReconcileResult,
+    rows_t: sa.Table,
+    open_state: Any,
+    *,
+    order_by: tuple[Any, ...],
+    provider: str,
+    limit: int,
+    ask: Callable[[str], Any],
+    apply: Callable[[Session, int, Any], str],
+) -> None:
+    """Ask the provider about up to ``limit`` of its rows in ``rows_t`` that are in
+    ``open_state`` and apply each answer in a transaction of its own; a row the provider could
+    not be asked about waits for the next pass."""
+    c = rows_t.c
+    rows = session.execute(
+        sa.select(c.id, c.provider_ref, c.status)
+        .where(c.provider == provider, open_state, c.provider_ref.is_not(None))
+        .order_by(*order_by)
+        .limit(limit)
+    ).all()
     session.commit()
-    for refund_id, provider_ref in pending_refunds:
+    what = rows_t.name
+    for row_id, provider_ref, status in rows:
         try:
-            found = gateway.get_refund(provider_ref)
+            reported = ask(provider_ref)
         except (ProviderUnavailable, ProviderRefused, ProviderConflict) as exc:
-            log.warning("reconcile: refund %s: %s", refund_id, exc)
+            log.warning("reconcile: %s %s: %s", what, row_id, exc)
             result.unavailable += 1
             continue
         result.checked += 1
 
-        def apply(s: Session, refund_id: int = refund_id, found: Any = found) -> str:
-            return refunds.apply_refund(s, refund_id, found).status
+        def work(s: Session, row_id: int = row_id, reported: Any = reported) -> str:
+            return apply(s, row_id, reported)
 
-        if ledger.run_in_transaction(session, apply) != REFUND_PENDING:
+        if ledger.run_in_transaction(session, work) != status:
             result.changed += 1
-    return result
+
+
+def _apply_intent(s: Session, top_up_id: int, intent: Any) -> str:
+    top_up = services.apply_intent(s, top_up_id, intent)
+    top_up.checked_at = utcnow()
+    s.add(top_up)
+    return top_up.status
+
+
+def _apply_refund(s: Session, refund_id: int, found: Any) -> str:
+    return refunds.apply_refund(s, refund_id, found).status
 
 
 @dataclass

@@ -17,11 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import utcnow
-from marketplace.errors import Conflict, NotFound, ValidationFailed
+from marketplace.db import get_owned, lock_row, utcnow
+from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
-from marketplace.ledger.idempotency import replay, request_hash
-from marketplace.ledger.models import WALLET, Currency
+from marketplace.ledger.models import WALLET
 from marketplace.payments import holds, outbox
 from marketplace.payments.gateway import (
     REFUND_FAILED as PROVIDER_REFUND_FAILED,
@@ -33,6 +32,7 @@ from marketplace.payments.gateway import (
     PaymentGateway,
     ProviderRefund,
     ProviderRefused,
+    RefundRequest,
 )
 from marketplace.payments.models import (
     OUTBOX_REFUND,
@@ -48,17 +48,16 @@ from marketplace.payments.models import (
     TopUp,
     Withdrawal,
     new_reference,
+    payment_refunds_t,
+    top_ups_t,
 )
 from marketplace.payments.schemas import (
     PaymentRefundPublic,
-    WithdrawalCreate,
     WithdrawalPublic,
 )
 
 log = logging.getLogger(__name__)
 
-_top_ups_t = TopUp.__table__  # type: ignore[attr-defined]
-_refunds_t = PaymentRefund.__table__  # type: ignore[attr-defined]
 
 _HOLD_KINDS = {REFUND_FOR_WITHDRAWAL: "withdrawal", REFUND_FOR_ORDER: "refund_to_payment"}
 
@@ -78,7 +77,7 @@ def refundable_top_ups(
                 TopUp.status == TOP_UP_SUCCEEDED,
                 TopUp.amount_minor > TopUp.refunded_minor,
             )
-            .order_by(_top_ups_t.c.created_at.desc(), _top_ups_t.c.id.desc())
+            .order_by(top_ups_t.c.created_at.desc(), top_ups_t.c.id.desc())
             .limit(count_max)
             .with_for_update()
         ).all()
@@ -160,65 +159,6 @@ def refund_to_payments(
     return made
 
 
-def withdraw(
-    *,
-    session: Session,
-    gateway: PaymentGateway,
-    organization_id: int,
-    request: WithdrawalCreate,
-    idempotency_key: str,
-    refunds_max: int,
-    policy: outbox.OutboxPolicy,
-) -> tuple[WithdrawalPublic, bool]:
-    """Send unused wallet money back to the buyer's payments, newest first."""
-    digest = request_hash({"amount_minor": request.amount_minor, "currency": request.currency})
-    if gateway.simulated:
-        raise Conflict(
-            "Simulated money cannot be withdrawn; it never left a bank.",
-            code="withdrawal_unavailable",
-        )
-
-    def work(s: Session) -> tuple[Withdrawal, bool]:
-        found = s.exec(
-            select(Withdrawal).where(
-                Withdrawal.organization_id == organization_id,
-                Withdrawal.idempotency_key == idempotency_key,
-            )
-        ).first()
-        if (prior := replay(found, digest, "withdrawal")) is not None:
-            return prior, False
-        if s.get(Currency, request.currency) is None:
-            raise ValidationFailed(
-                f"Currency {request.currency} is not supported.", code="unknown_currency"
-            )
-        withdrawal = Withdrawal(
-            organization_id=organization_id,
-            currency=request.currency,
-            amount_minor=request.amount_minor,
-            idempotency_key=idempotency_key,
-            request_hash=digest,
-        )
-        s.add(withdrawal)
-        s.flush()
-        refund_to_payments(
-            s,
-            organization_id=organization_id,
-            currency=request.currency,
-            amount_minor=request.amount_minor,
-            provider=gateway.name,
-            purpose=REFUND_FOR_WITHDRAWAL,
-            count_max=refunds_max,
-            withdrawal_id=withdrawal.id,
-            require_all=True,
-        )
-        return withdrawal, True
-
-    withdrawal, created = ledger.run_in_transaction(session, work)
-    assert withdrawal.id is not None
-    send_now(session, gateway, policy, refunds_of(session, withdrawal_id=withdrawal.id))
-    return withdrawal_public(session, withdrawal.id), created
-
-
 def send_now(
     session: Session,
     gateway: PaymentGateway,
@@ -236,7 +176,9 @@ def refunds_of(
     session: Session, *, withdrawal_id: int | None = None, order_refund_id: int | None = None
 ) -> list[PaymentRefund]:
     query = (
-        select(PaymentRefund).order_by(_refunds_t.c.id).execution_options(populate_existing=True)
+        select(PaymentRefund)
+        .order_by(payment_refunds_t.c.id)
+        .execution_options(populate_existing=True)
     )
     if withdrawal_id is not None:
         query = query.where(PaymentRefund.withdrawal_id == withdrawal_id)
@@ -251,16 +193,10 @@ def payment_refunds_public(
     out = []
     for refund in refunds:
         top_up = session.get(TopUp, refund.top_up_id)
+        payment_intent_id = top_up.provider_ref if top_up else None
         out.append(
-            PaymentRefundPublic(
-                id=refund.id,  # type: ignore[arg-type]
-                top_up_id=refund.top_up_id,
-                payment_intent_id=top_up.provider_ref if top_up else None,
-                amount_minor=refund.amount_minor,
-                currency=refund.currency,
-                status=refund.status,
-                refund_id=refund.provider_ref,
-                failure_code=refund.failure_code,
+            PaymentRefundPublic.model_validate(
+                {**refund.model_dump(), "payment_intent_id": payment_intent_id}
             )
         )
     return out
@@ -269,23 +205,15 @@ def payment_refunds_public(
 def withdrawal_public(session: Session, withdrawal_id: int) -> WithdrawalPublic:
     withdrawal = session.get(Withdrawal, withdrawal_id, populate_existing=True)
     assert withdrawal is not None
-    return WithdrawalPublic(
-        id=withdrawal_id,
-        status=withdrawal.status,
-        amount_minor=withdrawal.amount_minor,
-        currency=withdrawal.currency,
-        created_at=withdrawal.created_at,
-        completed_at=withdrawal.completed_at,
-        refunds=payment_refunds_public(refunds_of(session, withdrawal_id=withdrawal_id), session),
-    )
+    refunds = payment_refunds_public(refunds_of(session, withdrawal_id=withdrawal_id), session)
+    return WithdrawalPublic.model_validate({**withdrawal.model_dump(), "refunds": refunds})
 
 
 def get_withdrawal(
     *, session: Session, organization_id: int, withdrawal_id: int
 ) -> WithdrawalPublic:
-    withdrawal = session.get(Withdrawal, withdrawal_id)
-    if withdrawal is None or withdrawal.organization_id != organization_id:
-        raise NotFound("No such withdrawal.", code="withdrawal_not_found")
+    missing = NotFound("No such withdrawal.", code="withdrawal_not_found")
+    get_owned(session, Withdrawal, withdrawal_id, organization_id, missing)
     return withdrawal_public(session, withdrawal_id)
 
 
@@ -307,22 +235,13 @@ def find_refund_for(s: Session, result: ProviderRefund) -> PaymentRefund | None:
     return found
 
 
-def _lock(s: Session, refund_id: int) -> PaymentRefund:
-    return s.exec(
-        select(PaymentRefund)
-        .where(PaymentRefund.id == refund_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-
-
 def apply_refund(s: Session, refund_id: int, result: ProviderRefund) -> PaymentRefund:
     """Move a provider refund along what the provider says (inside the caller's transaction).
 
     pending -> succeeded posts the hold; pending -> failed voids it and frees the payment's
     refundable amount again. Final states never move back.
     """
-    refund = _lock(s, refund_id)
+    refund = lock_row(s, PaymentRefund, refund_id)
     if refund.provider_ref is None:
         refund.provider_ref = result.provider_ref
     elif refund.provider_ref != result.provider_ref:
@@ -351,7 +270,7 @@ def _finish(s: Session, refund: PaymentRefund, status: str, failure_code: str | 
         )
     else:
         # The top-up before the ledger's balance rows, the order withdrawals lock them in.
-        top_up = s.exec(select(TopUp).where(TopUp.id == refund.top_up_id).with_for_update()).one()
+        top_up = lock_row(s, TopUp, refund.top_up_id)
         refund.resolve_transaction_id = holds.release(
             s, hold_id=refund.hold_transaction_id, kind=kind
         )
@@ -367,9 +286,7 @@ def _finish(s: Session, refund: PaymentRefund, status: str, failure_code: str | 
 
 
 def _update_withdrawal(s: Session, withdrawal_id: int) -> None:
-    withdrawal = s.exec(
-        select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
-    ).one()
+    withdrawal = lock_row(s, Withdrawal, withdrawal_id)
     statuses = {r.status for r in refunds_of(s, withdrawal_id=withdrawal_id)}
     if REFUND_PENDING in statuses:
         return
@@ -402,16 +319,18 @@ class RefundHandler:
         assert refund is not None
         top_up = session.get(TopUp, refund.top_up_id)
         assert top_up is not None and top_up.provider_ref is not None
-        key, payment_ref, amount = message.idempotency_key, top_up.provider_ref, refund.amount_minor
-        metadata = refund_metadata(refund)
-        return lambda gateway: gateway.create_refund(
-            idempotency_key=key, payment_ref=payment_ref, amount_minor=amount, metadata=metadata
+        request = RefundRequest(
+            idempotency_key=message.idempotency_key,
+            payment_ref=top_up.provider_ref,
+            amount_minor=refund.amount_minor,
+            metadata=refund_metadata(refund),
         )
+        return lambda gateway: gateway.create_refund(request)
 
     def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
         apply_refund(session, message.subject_id, result)
 
     def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
-        refund = _lock(session, message.subject_id)
+        refund = lock_row(session, PaymentRefund, message.subject_id)
         if refund.status == REFUND_PENDING:
             _finish(session, refund, REFUND_FAILED, error.code)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AliasChoices, BaseModel, Field, StrictInt
 
-from marketplace.api import MinorAmount
+from marketplace.api import CurrencyCode, MinorAmount, RequestModel
 
 
-class TopUpCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WalletAmount(RequestModel):
     amount_minor: MinorAmount = Field(gt=0, description="Integer minor units of the currency")
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode
+
+
+class TopUpCreate(WalletAmount):
+    """Money to add to your wallet."""
 
 
 class PaymentInfo(BaseModel):
@@ -31,7 +33,10 @@ class TopUpPublic(BaseModel):
     )
     amount_minor: int
     currency: str
-    payment_intent_id: str | None = Field(description="The provider's payment (Stripe pi_...)")
+    payment_intent_id: str | None = Field(
+        validation_alias=AliasChoices("payment_intent_id", "provider_ref"),
+        description="The provider's payment (Stripe pi_...)",
+    )
     client_secret: str | None = Field(
         description="For the payer's browser to confirm the payment; only in POST answers"
     )
@@ -66,15 +71,15 @@ class PaymentRefundPublic(BaseModel):
     amount_minor: int
     currency: str
     status: str = Field(description="pending | succeeded | failed (the wallet has it back)")
-    refund_id: str | None = Field(description="The provider's refund (Stripe re_...)")
+    refund_id: str | None = Field(
+        validation_alias=AliasChoices("refund_id", "provider_ref"),
+        description="The provider's refund (Stripe re_...)",
+    )
     failure_code: str | None
 
 
-class WithdrawalCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    amount_minor: MinorAmount = Field(gt=0, description="Integer minor units of the currency")
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+class WithdrawalCreate(WalletAmount):
+    """Unused wallet money to send back to your payments."""
 
 
 class WithdrawalPublic(BaseModel):
@@ -87,9 +92,7 @@ class WithdrawalPublic(BaseModel):
     refunds: list[PaymentRefundPublic]
 
 
-class PayoutAccountSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PayoutAccountSet(RequestModel):
     account_id: str = Field(
         pattern=r"^acct_[A-Za-z0-9]{1,64}$", description="The Stripe connected account (acct_...)"
     )
@@ -123,15 +126,11 @@ class PayoutList(BaseModel):
     items: list[PayoutPublic]
 
 
-class PayoutRunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PayoutRunRequest(RequestModel):
     organization_id: StrictInt | None = Field(default=None, gt=0, description="Only this vendor")
 
 
-class PayoutQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PayoutQuery(RequestModel):
     organization_id: int | None = Field(
         default=None, gt=0, lt=2**31, description="Administrators only: another vendor's payouts"
     )
@@ -149,9 +148,7 @@ class OutboxPublic(BaseModel):
     completed_at: dt.datetime | None
 
 
-class OutboxQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OutboxQuery(RequestModel):
     status: Literal["pending", "done", "failed"] | None = None
 
 

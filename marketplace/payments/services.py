@@ -1,4 +1,5 @@
-"""Wallet top-ups through a :class:`PaymentGateway`, and wallet balances. No Flask here.
+"""Wallet top-ups through a :class:`PaymentGateway`, wallet balances, and
+:class:`PaymentsService`, the payments use cases with their provider and bounds. No Flask here.
 
 A top-up is recorded together with its outbox row; the request then sends that row at once so
 that the payer gets the provider's ``client_secret`` in the answer. The wallet is credited only
@@ -11,17 +12,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from marketplace.db import utcnow
+from marketplace.db import get_owned, lock_row, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
-from marketplace.ledger.models import PAYMENT_CLEARING, WALLET, Currency
-from marketplace.payments import outbox
+from marketplace.ledger.models import PAYMENT_CLEARING, WALLET
+from marketplace.payments import outbox, payouts, refunds, webhooks
+from marketplace.payments import reconcile as reconciliation
 from marketplace.payments.gateway import (
     INTENT_CANCELED,
     INTENT_FAILED,
@@ -30,27 +33,41 @@ from marketplace.payments.gateway import (
     PaymentGateway,
     PaymentIntent,
     ProviderRefused,
+    TopUpRequest,
 )
 from marketplace.payments.models import (
     OUTBOX_PENDING,
     OUTBOX_TOP_UP,
     OUTBOX_TOP_UP_CANCEL,
+    OUTBOX_TRANSFER,
+    REFUND_FOR_ORDER,
+    REFUND_FOR_WITHDRAWAL,
     TOP_UP_CANCELED,
     TOP_UP_FAILED,
     TOP_UP_PENDING,
     TOP_UP_REQUIRES_PAYMENT,
     TOP_UP_SUCCEEDED,
     PaymentOutbox,
+    PaymentRefund,
+    Payout,
     TopUp,
+    Withdrawal,
     new_reference,
 )
 from marketplace.payments.schemas import (
     PaymentInfo,
+    PayoutAccountPublic,
+    PayoutPublic,
     TopUpCreate,
     TopUpPublic,
     WalletBalance,
     WalletPublic,
+    WithdrawalCreate,
+    WithdrawalPublic,
 )
+
+if TYPE_CHECKING:
+    from marketplace.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +76,9 @@ OPEN_TOP_UP_STATUSES = (TOP_UP_PENDING, TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)
 
 
 def top_up_public(top_up: TopUp, client_secret: str | None = None) -> TopUpPublic:
-    assert top_up.id is not None
-    return TopUpPublic(
-        id=top_up.id,
-        status=top_up.status,
-        amount_minor=top_up.amount_minor,
-        currency=top_up.currency,
-        payment_intent_id=top_up.provider_ref,
-        client_secret=client_secret,
-        failure_code=top_up.failure_code,
-        refunded_minor=top_up.refunded_minor,
-        created_at=top_up.created_at,
-        completed_at=top_up.completed_at,
-        payment=PaymentInfo(
-            provider=top_up.provider, simulated=top_up.simulated, client_secret=client_secret
-        ),
-    )
+    """The top-up as the payer sees it; ``client_secret`` only in the answer that creates it."""
+    row = {**top_up.model_dump(), "client_secret": client_secret}
+    return TopUpPublic.model_validate({**row, "payment": PaymentInfo.model_validate(row)})
 
 
 def top_up_metadata(top_up: TopUp) -> dict[str, str]:
@@ -86,94 +90,6 @@ def top_up_metadata(top_up: TopUp) -> dict[str, str]:
     }
 
 
-def create_top_up(
-    *,
-    session: Session,
-    gateway: PaymentGateway,
-    organization_id: int,
-    request: TopUpCreate,
-    idempotency_key: str,
-    amount_minor_max: int,
-    policy: outbox.OutboxPolicy | None = None,
-    open_max: int | None = None,
-) -> tuple[TopUpPublic, bool]:
-    """Record a top-up and ask the provider for the payment; the top-up and whether it is new.
-
-    The same idempotency key with the same body returns the same top-up (sending its provider
-    call if a crash or an outage left it unsent); with another body it is refused with 409.
-    """
-    if request.amount_minor > amount_minor_max:
-        raise ValidationFailed(
-            f"A top-up is limited to {amount_minor_max} minor units.", code="top_up_too_large"
-        )
-    digest = request_hash({"amount_minor": request.amount_minor, "currency": request.currency})
-
-    def record(s: Session) -> tuple[TopUp, bool]:
-        found = s.exec(
-            select(TopUp).where(
-                TopUp.organization_id == organization_id, TopUp.idempotency_key == idempotency_key
-            )
-        ).first()
-        if (prior := replay(found, digest, "top-up")) is not None:
-            return prior, False
-        if s.get(Currency, request.currency) is None:
-            raise ValidationFailed(
-                f"Currency {request.currency} is not supported.", code="unknown_currency"
-            )
-        if open_max is not None:
-            # Each open top-up is a payment at the provider that reconciliation polls.
-            open_count = s.exec(
-                select(sa.func.count())
-                .select_from(TopUp)
-                .where(
-                    TopUp.organization_id == organization_id,
-                    TopUp.status.in_(OPEN_TOP_UP_STATUSES),  # type: ignore[attr-defined]
-                )
-            ).one()
-            if open_count >= open_max:
-                raise Conflict(
-                    f"Your organisation has {open_count} unpaid top-ups; pay or wait for them "
-                    "to expire first.",
-                    code="too_many_open_top_ups",
-                )
-        top_up = TopUp(
-            organization_id=organization_id,
-            amount_minor=request.amount_minor,
-            currency=request.currency,
-            status=TOP_UP_PENDING,
-            provider=gateway.name,
-            simulated=gateway.simulated,
-            reference=new_reference(),
-            idempotency_key=idempotency_key,
-            request_hash=digest,
-        )
-        s.add(top_up)
-        s.flush()
-        assert top_up.id is not None and top_up.reference is not None
-        outbox.enqueue(s, kind=OUTBOX_TOP_UP, subject_id=top_up.id, reference=top_up.reference)
-        return top_up, True
-
-    top_up, created = ledger.run_in_transaction(session, record)
-    assert top_up.id is not None
-    client_secret = None
-    message = outbox.find(session, kind=OUTBOX_TOP_UP, subject_id=top_up.id)
-    if message is not None and message.status == OUTBOX_PENDING:
-        assert message.id is not None
-        sent = outbox.process_now(session, gateway, policy or outbox.OutboxPolicy(), message.id)
-        if sent is not None and isinstance(sent.result, PaymentIntent):
-            client_secret = sent.result.client_secret
-        top_up = _reload(session, top_up.id)
-    if (
-        client_secret is None
-        and top_up.status in (TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)
-        and top_up.provider_ref
-    ):
-        # A repeated request, or another node sent the call first: the payer still needs the
-        # secret to pay. It is never stored.
-        client_secret = gateway.get_top_up(top_up.provider_ref).client_secret
-    return top_up_public(top_up, client_secret), created
-
-
 def _reload(session: Session, top_up_id: int) -> TopUp:
     found = session.get(TopUp, top_up_id, populate_existing=True)
     assert found is not None
@@ -182,19 +98,8 @@ def _reload(session: Session, top_up_id: int) -> TopUp:
 
 def get_top_up(*, session: Session, organization_id: int, top_up_id: int) -> TopUpPublic:
     """One of the organisation's top-ups; another organisation's id is simply not found."""
-    top_up = session.get(TopUp, top_up_id)
-    if top_up is None or top_up.organization_id != organization_id:
-        raise NotFound("No such top-up.", code="top_up_not_found")
-    return top_up_public(top_up)
-
-
-def lock_top_up(s: Session, top_up_id: int) -> TopUp:
-    return s.exec(
-        select(TopUp)
-        .where(TopUp.id == top_up_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
+    missing = NotFound("No such top-up.", code="top_up_not_found")
+    return top_up_public(get_owned(session, TopUp, top_up_id, organization_id, missing))
 
 
 def find_top_up_for(s: Session, intent: PaymentIntent) -> TopUp | None:
@@ -220,7 +125,7 @@ def find_top_up_for(s: Session, intent: PaymentIntent) -> TopUp | None:
 def apply_intent(s: Session, top_up_id: int, intent: PaymentIntent) -> TopUp:
     """Move a top-up along what the provider says about its payment (inside the caller's
     transaction). Monotonic: a stale or repeated report never undoes a later state."""
-    top_up = lock_top_up(s, top_up_id)
+    top_up = lock_row(s, TopUp, top_up_id)
     if top_up.provider_ref is None:
         top_up.provider_ref = intent.provider_ref
     elif top_up.provider_ref != intent.provider_ref:
@@ -342,17 +247,19 @@ class TopUpHandler:
     ) -> Callable[[PaymentGateway], object]:
         top_up = session.get(TopUp, message.subject_id)
         assert top_up is not None
-        key, amount, currency = message.idempotency_key, top_up.amount_minor, top_up.currency
-        metadata = top_up_metadata(top_up)
-        return lambda gateway: gateway.create_top_up(
-            reference=key, amount_minor=amount, currency=currency, metadata=metadata
+        request = TopUpRequest(
+            reference=message.idempotency_key,
+            amount_minor=top_up.amount_minor,
+            currency=top_up.currency,
+            metadata=top_up_metadata(top_up),
         )
+        return lambda gateway: gateway.create_top_up(request)
 
     def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
         apply_intent(session, message.subject_id, result)
 
     def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
-        top_up = lock_top_up(session, message.subject_id)
+        top_up = lock_row(session, TopUp, message.subject_id)
         if top_up.status == TOP_UP_PENDING:
             top_up.status = TOP_UP_FAILED
             top_up.failure_code = error.code[:64]
@@ -379,3 +286,282 @@ def wallet(*, session: Session, organization_id: int) -> WalletPublic:
             for b in rows
         ],
     )
+
+
+@dataclass(frozen=True)
+class PaymentsService:
+    """The payments use cases with their provider and bounds, built once by ``init_app``.
+
+    The API, the pages, the CLI and licensing's order refunds call it and never hand settings
+    over. ``gateway`` moves the money; ``policy`` paces the provider calls, which a request
+    sends at once so that its answer can show their outcome.
+    """
+
+    gateway: PaymentGateway
+    policy: outbox.OutboxPolicy
+    top_up_amount_minor_max: int
+    top_ups_open_max: int | None
+    refunds_max: int  # payments one withdrawal or order refund is spread over
+    payout_minimum_minor: int
+    page_size_max: int
+    outbox_batch_max: int
+    reconcile_batch_max: int
+    top_up_expiry_s: float
+    webhook_secrets: tuple[str, ...]
+    webhook_tolerance_s: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, gateway: PaymentGateway) -> PaymentsService:
+        return cls(
+            gateway=gateway,
+            policy=outbox.OutboxPolicy.from_settings(settings),
+            top_up_amount_minor_max=settings.top_up_amount_minor_max,
+            top_ups_open_max=settings.top_ups_open_max,
+            refunds_max=settings.withdrawal_refunds_max,
+            payout_minimum_minor=settings.payout_minimum_minor,
+            page_size_max=settings.page_size_max,
+            outbox_batch_max=settings.payments_outbox_batch_max,
+            reconcile_batch_max=settings.payments_reconcile_batch_max,
+            top_up_expiry_s=settings.top_up_expiry_s,
+            webhook_secrets=tuple(settings.webhook_secrets),
+            webhook_tolerance_s=settings.stripe_webhook_tolerance_s,
+        )
+
+    # --- money in ---------------------------------------------------------------------------
+
+    def create_top_up(
+        self, *, session: Session, organization_id: int, request: TopUpCreate, idempotency_key: str
+    ) -> tuple[TopUpPublic, bool]:
+        """Record a top-up and ask the provider for the payment; the top-up and whether it is
+        new.
+
+        The same idempotency key with the same body returns the same top-up (sending its
+        provider call if a crash or an outage left it unsent); with another body it is refused
+        with 409.
+        """
+        gateway, amount_minor_max, open_max = (
+            self.gateway,
+            self.top_up_amount_minor_max,
+            self.top_ups_open_max,
+        )
+        if request.amount_minor > amount_minor_max:
+            raise ValidationFailed(
+                f"A top-up is limited to {amount_minor_max} minor units.", code="top_up_too_large"
+            )
+        digest = request_hash({"amount_minor": request.amount_minor, "currency": request.currency})
+
+        def record(s: Session) -> tuple[TopUp, bool]:
+            found = s.exec(
+                select(TopUp).where(
+                    TopUp.organization_id == organization_id,
+                    TopUp.idempotency_key == idempotency_key,
+                )
+            ).first()
+            if (prior := replay(found, digest, "top-up")) is not None:
+                return prior, False
+            ledger.require_currency(s, request.currency)
+            if open_max is not None:
+                # Each open top-up is a payment at the provider that reconciliation polls.
+                open_count = s.exec(
+                    select(sa.func.count())
+                    .select_from(TopUp)
+                    .where(
+                        TopUp.organization_id == organization_id,
+                        TopUp.status.in_(OPEN_TOP_UP_STATUSES),  # type: ignore[attr-defined]
+                    )
+                ).one()
+                if open_count >= open_max:
+                    raise Conflict(
+                        f"Your organisation has {open_count} unpaid top-ups; pay or wait for "
+                        "them to expire first.",
+                        code="too_many_open_top_ups",
+                    )
+            top_up = TopUp(
+                organization_id=organization_id,
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+                status=TOP_UP_PENDING,
+                provider=gateway.name,
+                simulated=gateway.simulated,
+                reference=new_reference(),
+                idempotency_key=idempotency_key,
+                request_hash=digest,
+            )
+            s.add(top_up)
+            s.flush()
+            assert top_up.id is not None and top_up.reference is not None
+            outbox.enqueue(s, kind=OUTBOX_TOP_UP, subject_id=top_up.id, reference=top_up.reference)
+            return top_up, True
+
+        top_up, created = ledger.run_in_transaction(session, record)
+        assert top_up.id is not None
+        client_secret = None
+        message = outbox.find(session, kind=OUTBOX_TOP_UP, subject_id=top_up.id)
+        if message is not None and message.status == OUTBOX_PENDING:
+            assert message.id is not None
+            sent = outbox.process_now(session, gateway, self.policy, message.id)
+            if sent is not None and isinstance(sent.result, PaymentIntent):
+                client_secret = sent.result.client_secret
+            top_up = _reload(session, top_up.id)
+        if (
+            client_secret is None
+            and top_up.status in (TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)
+            and top_up.provider_ref
+        ):
+            # A repeated request, or another node sent the call first: the payer still needs
+            # the secret to pay. It is never stored.
+            client_secret = gateway.get_top_up(top_up.provider_ref).client_secret
+        return top_up_public(top_up, client_secret), created
+
+    def apply_webhook(
+        self, session: Session, payload: bytes, signature: str | None
+    ) -> webhooks.Applied:
+        """Check a delivery's signature against the configured secrets; apply its event once."""
+        event = webhooks.verify(
+            payload, signature, list(self.webhook_secrets), self.webhook_tolerance_s
+        )
+        return webhooks.apply_event(session, event)
+
+    # --- money back to payers -----------------------------------------------------------------
+
+    def withdraw(
+        self,
+        *,
+        session: Session,
+        organization_id: int,
+        request: WithdrawalCreate,
+        idempotency_key: str,
+    ) -> tuple[WithdrawalPublic, bool]:
+        """Send unused wallet money back to the buyer's payments, newest first."""
+        digest = request_hash({"amount_minor": request.amount_minor, "currency": request.currency})
+        if self.gateway.simulated:
+            raise Conflict(
+                "Simulated money cannot be withdrawn; it never left a bank.",
+                code="withdrawal_unavailable",
+            )
+
+        def work(s: Session) -> tuple[Withdrawal, bool]:
+            found = s.exec(
+                select(Withdrawal).where(
+                    Withdrawal.organization_id == organization_id,
+                    Withdrawal.idempotency_key == idempotency_key,
+                )
+            ).first()
+            if (prior := replay(found, digest, "withdrawal")) is not None:
+                return prior, False
+            ledger.require_currency(s, request.currency)
+            withdrawal = Withdrawal(
+                organization_id=organization_id,
+                currency=request.currency,
+                amount_minor=request.amount_minor,
+                idempotency_key=idempotency_key,
+                request_hash=digest,
+            )
+            s.add(withdrawal)
+            s.flush()
+            refunds.refund_to_payments(
+                s,
+                organization_id=organization_id,
+                currency=request.currency,
+                amount_minor=request.amount_minor,
+                provider=self.gateway.name,
+                purpose=REFUND_FOR_WITHDRAWAL,
+                count_max=self.refunds_max,
+                withdrawal_id=withdrawal.id,
+                require_all=True,
+            )
+            return withdrawal, True
+
+        withdrawal, created = ledger.run_in_transaction(session, work)
+        assert withdrawal.id is not None
+        self.send_refunds(session, refunds.refunds_of(session, withdrawal_id=withdrawal.id))
+        return refunds.withdrawal_public(session, withdrawal.id), created
+
+    def refund_order_to_payments(
+        self, s: Session, *, organization_id: int, currency: str, amount_minor: int, refund_id: int
+    ) -> list[PaymentRefund]:
+        """Queue provider refunds of an order refund (inside the caller's transaction); none
+        when the money was simulated. Whatever the payments cannot take back stays in the
+        wallet."""
+        if self.gateway.simulated:
+            return []
+        return refunds.refund_to_payments(
+            s,
+            organization_id=organization_id,
+            currency=currency,
+            amount_minor=amount_minor,
+            provider=self.gateway.name,
+            purpose=REFUND_FOR_ORDER,
+            count_max=self.refunds_max,
+            order_refund_id=refund_id,
+        )
+
+    def send_refunds(self, session: Session, sent: list[PaymentRefund]) -> None:
+        """Send the refunds' provider calls now."""
+        refunds.send_now(session, self.gateway, self.policy, sent)
+
+    # --- money out to vendors -----------------------------------------------------------------
+
+    def set_payout_account(
+        self,
+        *,
+        session: Session,
+        organization_id: int,
+        viewer_organization_id: int,
+        account_ref: str,
+    ) -> PayoutAccountPublic:
+        """Link (or replace) the vendor's connected account after the provider vouches for it."""
+        return payouts.set_payout_account(
+            session=session,
+            gateway=self.gateway,
+            organization_id=organization_id,
+            viewer_organization_id=viewer_organization_id,
+            account_ref=account_ref,
+        )
+
+    def pay_out(
+        self, *, session: Session, organization_id: int | None = None
+    ) -> list[PayoutPublic]:
+        """Run payouts (balances of at least ``payout_minimum_minor``) and send their transfers
+        now; the payouts as they stand afterwards."""
+        created = payouts.run_payouts(
+            session=session,
+            gateway=self.gateway,
+            minimum_minor=self.payout_minimum_minor,
+            organization_id=organization_id,
+        )
+        out = []
+        for payout in created:
+            assert payout.id is not None
+            message = outbox.find(session, kind=OUTBOX_TRANSFER, subject_id=payout.id)
+            if message is not None and message.id is not None:
+                outbox.process_now(session, self.gateway, self.policy, message.id)
+            fresh = session.get(Payout, payout.id, populate_existing=True) or payout
+            out.append(payouts.payout_public(fresh))
+        return out
+
+    def list_payouts(self, *, session: Session, organization_id: int) -> list[PayoutPublic]:
+        """The organisation's payouts, newest first, one page of ``page_size_max``."""
+        return payouts.list_payouts(
+            session=session, organization_id=organization_id, limit=self.page_size_max
+        )
+
+    # --- provider calls -----------------------------------------------------------------------
+
+    def retry_call(self, session: Session, message_id: int) -> outbox.Sent | None:
+        """An administrator sends a failed provider call again (same key), at once."""
+        outbox.retry(session, message_id)
+        return outbox.process_now(session, self.gateway, self.policy, message_id)
+
+    def send_due(self, session: Session) -> dict[str, int]:
+        """Send the due provider calls, ``outbox_batch_max`` at most; counts of outcomes."""
+        return outbox.process_due(session, self.gateway, self.policy, limit=self.outbox_batch_max)
+
+    def reconcile(self, session: Session) -> reconciliation.ReconcileResult:
+        """Bring open payments and refunds up to the provider's state; cancel stale ones."""
+        return reconciliation.reconcile(
+            session=session,
+            gateway=self.gateway,
+            batch_max=self.reconcile_batch_max,
+            top_up_expiry_s=self.top_up_expiry_s,
+        )

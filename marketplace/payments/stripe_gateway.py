@@ -28,6 +28,9 @@ from marketplace.payments.gateway import (
     ProviderRefused,
     ProviderTransfer,
     ProviderUnavailable,
+    RefundRequest,
+    TopUpRequest,
+    TransferRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -163,25 +166,16 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise _translate(exc) from None
 
-    def create_top_up(
-        self,
-        *,
-        reference: str,
-        amount_minor: int,
-        currency: str,
-        metadata: Mapping[str, str] | None = None,
-    ) -> PaymentIntent:
-        if amount_minor <= 0:
-            raise ValueError("a top-up must be positive")
+    def create_top_up(self, request: TopUpRequest) -> PaymentIntent:
         intent = self._call(
             self._client.v1.payment_intents.create,
             params={
-                "amount": amount_minor,
-                "currency": currency.lower(),
+                "amount": request.amount_minor,
+                "currency": request.currency.lower(),
                 "automatic_payment_methods": {"enabled": True},
-                "metadata": dict(metadata or {}),
+                "metadata": dict(request.metadata),
             },
-            options={"idempotency_key": reference},
+            options={"idempotency_key": request.reference},
         )
         return intent_from_stripe(intent)
 
@@ -217,52 +211,32 @@ class StripeGateway:
                 code="payout_account_inactive",
             )
 
-    def create_transfer(
-        self,
-        *,
-        idempotency_key: str,
-        amount_minor: int,
-        currency: str,
-        destination: str,
-        group: str,
-        metadata: Mapping[str, str],
-    ) -> ProviderTransfer:
-        if amount_minor <= 0:
-            raise ValueError("a transfer must be positive")
+    def create_transfer(self, request: TransferRequest) -> ProviderTransfer:
         transfer = self._call(
             self._client.v1.transfers.create,
             params={
-                "amount": amount_minor,
-                "currency": currency.lower(),
-                "destination": destination,
-                "transfer_group": group,
-                "metadata": dict(metadata),
+                "amount": request.amount_minor,
+                "currency": request.currency.lower(),
+                "destination": request.destination,
+                "transfer_group": request.group,
+                "metadata": dict(request.metadata),
             },
-            options={"idempotency_key": idempotency_key},
+            options={"idempotency_key": request.idempotency_key},
         )
         return transfer_from_stripe(transfer)
 
     def get_transfer(self, provider_ref: str) -> ProviderTransfer:
         return transfer_from_stripe(self._call(self._client.v1.transfers.retrieve, provider_ref))
 
-    def create_refund(
-        self,
-        *,
-        idempotency_key: str,
-        payment_ref: str,
-        amount_minor: int,
-        metadata: Mapping[str, str],
-    ) -> ProviderRefund:
-        if amount_minor <= 0:
-            raise ValueError("a refund must be positive")
+    def create_refund(self, request: RefundRequest) -> ProviderRefund:
         refund = self._call(
             self._client.v1.refunds.create,
             params={
-                "payment_intent": payment_ref,
-                "amount": amount_minor,
-                "metadata": dict(metadata),
+                "payment_intent": request.payment_ref,
+                "amount": request.amount_minor,
+                "metadata": dict(request.metadata),
             },
-            options={"idempotency_key": idempotency_key},
+            options={"idempotency_key": request.idempotency_key},
         )
         return refund_from_stripe(refund)
 

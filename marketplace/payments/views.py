@@ -7,21 +7,21 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from marketplace.accounts.oauth import current, require_oauth
+from marketplace.accounts.oauth import current
 from marketplace.api import (
     API_PREFIX,
     IDEMPOTENCY_KEY,
     HeaderParam,
     idempotency_key,
-    openapi,
     parse_json,
     parse_query,
 )
 from marketplace.config import Settings
-from marketplace.db import get_session
+from marketplace.db import get_owned, get_session
 from marketplace.errors import Forbidden, NotFound, PayloadTooLarge
-from marketplace.payments import outbox, payouts, refunds, services, webhooks
-from marketplace.payments.gateway import PaymentGateway
+from marketplace.operation import operation
+from marketplace.payments import outbox, payments_service, refunds, services
+from marketplace.payments.models import PayoutAccount
 from marketplace.payments.schemas import (
     OutboxList,
     OutboxPublic,
@@ -37,6 +37,7 @@ from marketplace.payments.schemas import (
     WithdrawalCreate,
     WithdrawalPublic,
 )
+from marketplace.payments.services import PaymentsService
 
 bp = Blueprint("payments", __name__, url_prefix=API_PREFIX)
 
@@ -50,20 +51,12 @@ STRIPE_SIGNATURE = HeaderParam(
 )
 
 
-def gateway() -> PaymentGateway:
-    return current_app.extensions["payment_gateway"]  # type: ignore[no-any-return]
-
-
-def settings() -> Settings:
-    return current_app.extensions["settings"]  # type: ignore[no-any-return]
-
-
-def policy() -> outbox.OutboxPolicy:
-    return outbox.OutboxPolicy.from_settings(settings())
+def payments() -> PaymentsService:
+    return payments_service(current_app)
 
 
 @bp.post("/wallet/top-ups")
-@openapi(
+@operation(
     "Top up your wallet (header Idempotency-Key): 201 with the payment's client_secret for the "
     "payer to confirm; the wallet is credited when the payment succeeds (offline: at once, "
     "simulated)",
@@ -72,60 +65,50 @@ def policy() -> outbox.OutboxPolicy:
     response=TopUpPublic,
     status=201,
     scope="licenses:write",
-    errors=[400, 409, 503],
     headers=[IDEMPOTENCY_KEY],
-    error_codes={
-        400: ["idempotency_key_required"],
-        409: ["idempotency_key_reused", "too_many_open_top_ups"],
-        422: ["validation_failed", "top_up_too_large", "unknown_currency"],
-        503: ["payment_provider_unavailable"],
-    },
+    errors=[
+        "too_many_open_top_ups",
+        "validation_failed",
+        "top_up_too_large",
+        "unknown_currency",
+        "payment_provider_unavailable",
+    ],
     example={"amount_minor": 2_000_000, "currency": "CNY"},
 )
-@require_oauth("licenses:write")
 def create_top_up() -> Any:
     key = idempotency_key()
     body = parse_json(TopUpCreate)
-    result, created = services.create_top_up(
+    result, created = payments().create_top_up(
         session=get_session(),
-        gateway=gateway(),
         organization_id=current.organization_id,
         request=body,
         idempotency_key=key,
-        amount_minor_max=settings().top_up_amount_minor_max,
-        policy=policy(),
-        open_max=settings().top_ups_open_max,
     )
-    return jsonify(result.model_dump(mode="json")), 201 if created else 200
+    return result, 201 if created else 200
 
 
 @bp.get("/wallet/top-ups/<int:top_up_id>")
-@openapi(
+@operation(
     "One of your top-ups and its state",
     tag="wallet",
     response=TopUpPublic,
     scope="any",
-    errors=[404],
-    error_codes={404: ["top_up_not_found"]},
+    errors=["top_up_not_found"],
 )
-@require_oauth()
-def get_top_up(top_up_id: int) -> Any:
-    result = services.get_top_up(
+def get_top_up(top_up_id: int) -> TopUpPublic:
+    return services.get_top_up(
         session=get_session(), organization_id=current.organization_id, top_up_id=top_up_id
     )
-    return jsonify(result.model_dump(mode="json"))
 
 
 @bp.get("/wallet")
-@openapi("Your wallet's balances per currency", tag="wallet", response=WalletPublic, scope="any")
-@require_oauth()
-def get_wallet() -> Any:
-    result = services.wallet(session=get_session(), organization_id=current.organization_id)
-    return jsonify(result.model_dump(mode="json"))
+@operation("Your wallet's balances per currency", tag="wallet", response=WalletPublic, scope="any")
+def get_wallet() -> WalletPublic:
+    return services.wallet(session=get_session(), organization_id=current.organization_id)
 
 
 @bp.post("/wallet/withdrawals")
-@openapi(
+@operation(
     "Take unused wallet money back (header Idempotency-Key): refunded to your payments, newest "
     "first; 409 beyond what they can take back, 402 beyond the wallet",
     tag="wallet",
@@ -133,126 +116,104 @@ def get_wallet() -> Any:
     response=WithdrawalPublic,
     status=201,
     scope="licenses:write",
-    errors=[400, 402, 409],
     headers=[IDEMPOTENCY_KEY],
-    error_codes={
-        400: ["idempotency_key_required"],
-        402: ["insufficient_funds"],
-        409: ["idempotency_key_reused", "withdrawal_exceeds_refundable", "withdrawal_unavailable"],
-    },
+    errors=[
+        "insufficient_funds",
+        "withdrawal_exceeds_refundable",
+        "withdrawal_unavailable",
+    ],
     example={"amount_minor": 100, "currency": "CNY"},
 )
-@require_oauth("licenses:write")
 def create_withdrawal() -> Any:
     key = idempotency_key()
     body = parse_json(WithdrawalCreate)
-    result, created = refunds.withdraw(
+    result, created = payments().withdraw(
         session=get_session(),
-        gateway=gateway(),
         organization_id=current.organization_id,
         request=body,
         idempotency_key=key,
-        refunds_max=settings().withdrawal_refunds_max,
-        policy=policy(),
     )
-    return jsonify(result.model_dump(mode="json")), 201 if created else 200
+    return result, 201 if created else 200
 
 
 @bp.get("/wallet/withdrawals/<int:withdrawal_id>")
-@openapi(
+@operation(
     "One of your withdrawals with its refunds",
     tag="wallet",
     response=WithdrawalPublic,
     scope="any",
-    errors=[404],
-    error_codes={404: ["withdrawal_not_found"]},
+    errors=["withdrawal_not_found"],
 )
-@require_oauth()
-def get_withdrawal(withdrawal_id: int) -> Any:
-    result = refunds.get_withdrawal(
-        session=get_session(),
-        organization_id=current.organization_id,
-        withdrawal_id=withdrawal_id,
+def get_withdrawal(withdrawal_id: int) -> WithdrawalPublic:
+    return refunds.get_withdrawal(
+        session=get_session(), organization_id=current.organization_id, withdrawal_id=withdrawal_id
     )
-    return jsonify(result.model_dump(mode="json"))
 
 
 @bp.post("/payments/stripe/webhook")
-@openapi(
+@operation(
     "Stripe's event deliveries: signed (Stripe-Signature, 300 s tolerance), each event applied "
     "once; 400 on a bad or stale signature",
     tag="payments",
-    errors=[400, 404, 413],
     headers=[STRIPE_SIGNATURE],
-    error_codes={400: ["signature_invalid", "signature_stale"], 404: ["webhook_unavailable"]},
+    errors=["signature_invalid", "signature_stale", "webhook_unavailable", "payload_too_large"],
     example={"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": {}}},
 )
 def stripe_webhook() -> Any:
-    if settings().payments != "stripe":
+    settings: Settings = current_app.extensions["settings"]
+    if settings.payments != "stripe":
         raise NotFound("Stripe payments are not configured.", code="webhook_unavailable")
-    bytes_max = settings().json_body_bytes_max
+    bytes_max = settings.json_body_bytes_max
     if request.content_length is not None and request.content_length > bytes_max:
         raise PayloadTooLarge(f"Webhook bodies are limited to {bytes_max} bytes.")
     request.max_content_length = bytes_max
-    event = webhooks.verify(
-        request.get_data(cache=False),
-        request.headers.get("Stripe-Signature"),
-        settings().webhook_secrets,
-        settings().stripe_webhook_tolerance_s,
+    applied = payments().apply_webhook(
+        get_session(), request.get_data(cache=False), request.headers.get("Stripe-Signature")
     )
-    applied = webhooks.apply_event(get_session(), event)
     return jsonify({"received": True, "event": applied.event_id, "outcome": applied.outcome})
 
 
 @bp.put("/organizations/<int:org_id>/payout-account")
-@openapi(
+@operation(
     "Link your vendor organisation's connected account (Stripe acct_...) for payouts",
     tag="payouts",
     body=PayoutAccountSet,
     response=PayoutAccountPublic,
     scope="payouts:write",
-    errors=[404, 409, 503],
-    error_codes={
-        404: ["organization_not_found"],
-        409: ["payout_account_inactive", "payout_account_unknown"],
-        503: ["payment_provider_unavailable"],
-    },
+    errors=[
+        "organization_not_found",
+        "payout_account_inactive",
+        "payout_account_unknown",
+        "payment_provider_unavailable",
+    ],
     example={"account_id": "acct_1DemoVendor"},
 )
-@require_oauth("payouts:write")
-def set_payout_account(org_id: int) -> Any:
+def set_payout_account(org_id: int) -> PayoutAccountPublic:
     body = parse_json(PayoutAccountSet)
-    result = payouts.set_payout_account(
+    return payments().set_payout_account(
         session=get_session(),
-        gateway=gateway(),
         organization_id=org_id,
         viewer_organization_id=current.organization_id,
         account_ref=body.account_id,
     )
-    return jsonify(result.model_dump(mode="json"))
 
 
 @bp.get("/organizations/<int:org_id>/payout-account")
-@openapi(
+@operation(
     "Your organisation's payout account",
     tag="payouts",
     response=PayoutAccountPublic,
     scope="any",
-    errors=[404],
-    error_codes={404: ["payout_account_not_found"]},
+    errors=["payout_account_not_found"],
 )
-@require_oauth()
-def get_payout_account(org_id: int) -> Any:
-    row = payouts.get_payout_account(session=get_session(), organization_id=org_id)
-    if row is None or org_id != current.organization_id:
-        raise NotFound("No payout account is linked.", code="payout_account_not_found")
-    return jsonify(
-        PayoutAccountPublic.model_validate(row, from_attributes=True).model_dump(mode="json")
-    )
+def get_payout_account(org_id: int) -> PayoutAccountPublic:
+    missing = NotFound("No payout account is linked.", code="payout_account_not_found")
+    row = get_owned(get_session(), PayoutAccount, org_id, current.organization_id, missing)
+    return PayoutAccountPublic.model_validate(row, from_attributes=True)
 
 
 @bp.get("/payouts")
-@openapi(
+@operation(
     "Your organisation's payouts, newest first (administrators: any vendor's)",
     tag="payouts",
     query=PayoutQuery,
@@ -260,22 +221,19 @@ def get_payout_account(org_id: int) -> Any:
     scope="ledger:read",
     examples={"organization_id": 1},
 )
-@require_oauth("ledger:read")
-def list_payouts() -> Any:
+def list_payouts() -> PayoutList:
     query = parse_query(PayoutQuery)
     org_id = current.organization_id
     if query.organization_id is not None and query.organization_id != org_id:
         if "admin" not in current.scopes:
             raise Forbidden("Only administrators see other vendors' payouts.", code="forbidden")
         org_id = query.organization_id
-    items = payouts.list_payouts(
-        session=get_session(), organization_id=org_id, limit=settings().page_size_max
-    )
-    return jsonify(PayoutList(items=items).model_dump(mode="json"))
+    items = payments().list_payouts(session=get_session(), organization_id=org_id)
+    return PayoutList(items=items)
 
 
 @bp.post("/payouts/run")
-@openapi(
+@operation(
     "Pay every linked vendor's payable balance above the minimum out (administrators)",
     tag="payouts",
     body=PayoutRunRequest,
@@ -283,21 +241,14 @@ def list_payouts() -> Any:
     scope="admin",
     example={"organization_id": 1},
 )
-@require_oauth("admin")
-def run_payouts() -> Any:
+def run_payouts() -> PayoutList:
     body = parse_json(PayoutRunRequest)
-    items = payouts.pay_out(
-        session=get_session(),
-        gateway=gateway(),
-        policy=policy(),
-        minimum_minor=settings().payout_minimum_minor,
-        organization_id=body.organization_id,
-    )
-    return jsonify(PayoutList(items=items).model_dump(mode="json"))
+    items = payments().pay_out(session=get_session(), organization_id=body.organization_id)
+    return PayoutList(items=items)
 
 
 @bp.get("/payments/outbox")
-@openapi(
+@operation(
     "Provider calls, newest first, e.g. ?status=failed for those waiting for a retry "
     "(administrators)",
     tag="payments",
@@ -306,27 +257,22 @@ def run_payouts() -> Any:
     scope="admin",
     examples={"status": "failed"},
 )
-@require_oauth("admin")
-def list_outbox() -> Any:
+def list_outbox() -> OutboxList:
     query = parse_query(OutboxQuery)
     rows = outbox.listing(get_session(), status=query.status, limit=OUTBOX_PAGE_MAX)
-    items = [OutboxPublic.model_validate(r, from_attributes=True) for r in rows]
-    return jsonify(OutboxList(items=items).model_dump(mode="json"))
+    return OutboxList(items=[OutboxPublic.model_validate(r, from_attributes=True) for r in rows])
 
 
 @bp.post("/payments/outbox/<int:message_id>/retry")
-@openapi(
+@operation(
     "Send a failed provider call again with its original idempotency key (administrators)",
     tag="payments",
     response=OutboxPublic,
     scope="admin",
-    errors=[404, 409],
-    error_codes={404: ["outbox_not_found"], 409: ["outbox_not_failed"]},
+    errors=["outbox_not_found", "outbox_not_failed"],
 )
-@require_oauth("admin")
-def retry_outbox(message_id: int) -> Any:
+def retry_outbox(message_id: int) -> OutboxPublic:
     session = get_session()
-    outbox.retry(session, message_id)
-    outbox.process_now(session, gateway(), policy(), message_id)
+    payments().retry_call(session, message_id)
     row = session.get(outbox.PaymentOutbox, message_id, populate_existing=True)
-    return jsonify(OutboxPublic.model_validate(row, from_attributes=True).model_dump(mode="json"))
+    return OutboxPublic.model_validate(row, from_attributes=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from marketplace.errors import DomainError
 from marketplace.ledger import services as ledger
 from marketplace.payments.gateway import ProviderConflict
 from marketplace.payments.models import StripeEvent
+from marketplace.payments.stripe_gateway import intent_from_stripe, refund_from_stripe
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,27 @@ _INTENT_EVENTS = {
     "payment_intent.requires_action",
 }
 _REFUND_EVENTS = {"refund.created", "refund.updated", "refund.failed"}
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    """A kind of provider object we keep a row for: how to read it, find our row, apply it."""
+
+    read: Callable[[Any], Any]
+    find: Callable[[Session, Any], Any]
+    apply: Callable[[Session, int, Any], object]
+
+
+def _tracked_by_event() -> dict[str, _Tracked]:
+    # Imported here: the payments service, in the services module, receives the webhooks.
+    from marketplace.payments import refunds, services
+
+    top_ups = _Tracked(intent_from_stripe, services.find_top_up_for, services.apply_intent)
+    payment_refunds = _Tracked(refund_from_stripe, refunds.find_refund_for, refunds.apply_refund)
+    return {
+        **dict.fromkeys(_INTENT_EVENTS, top_ups),
+        **dict.fromkeys(_REFUND_EVENTS, payment_refunds),
+    }
 
 
 class SignatureInvalid(DomainError):
@@ -90,9 +113,7 @@ class Applied:
 
 def apply_event(session: Session, event: dict[str, Any]) -> Applied:
     """Apply a verified event once; a repeat of an applied event id changes nothing."""
-    from marketplace.payments import refunds, services
-    from marketplace.payments.stripe_gateway import intent_from_stripe, refund_from_stripe
-
+    tracked = _tracked_by_event().get(str(event.get("type", "")))
     event_id = str(event["id"])[:255]
     event_type = str(event.get("type", ""))[:100]
     obj = (event.get("data") or {}).get("object") or {}
@@ -103,19 +124,12 @@ def apply_event(session: Session, event: dict[str, Any]) -> Applied:
             return "duplicate"
         outcome = "ignored"
         try:
-            if event_type in _INTENT_EVENTS:
-                intent = intent_from_stripe(obj)
-                top_up = services.find_top_up_for(s, intent)
+            if tracked is not None:
+                reported = tracked.read(obj)
+                ours = tracked.find(s, reported)
                 outcome = "unmatched"
-                if top_up is not None and top_up.id is not None:
-                    services.apply_intent(s, top_up.id, intent)
-                    outcome = "applied"
-            elif event_type in _REFUND_EVENTS:
-                result = refund_from_stripe(obj)
-                refund = refunds.find_refund_for(s, result)
-                outcome = "unmatched"
-                if refund is not None and refund.id is not None:
-                    refunds.apply_refund(s, refund.id, result)
+                if ours is not None and ours.id is not None:
+                    tracked.apply(s, ours.id, reported)
                     outcome = "applied"
         except (KeyError, TypeError, ValueError, ProviderConflict) as exc:
             # A signed event we cannot read is Stripe's or a compatible server's oddity, not a

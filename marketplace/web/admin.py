@@ -19,15 +19,22 @@ from marketplace.catalog.models import LISTING_ACTIVE, LISTING_STATUSES, LISTING
 from marketplace.db import get_session
 from marketplace.errors import DomainError, Forbidden
 from marketplace.evaluation import services as evaluation
-from marketplace.licensing import services as licensing
+from marketplace.licensing import licensing_service
 from marketplace.licensing.models import Order
 from marketplace.licensing.schemas import RefundCreate
-from marketplace.payments import outbox, payouts
+from marketplace.payments import outbox, payments_service
 from marketplace.payments.models import OUTBOX_FAILED, PAYOUT_FAILED
 from marketplace.web import formatting
 from marketplace.web.dashboard import payout_status_text
 from marketplace.web.forms import EmptyForm, PayoutRunForm, RefundForm
-from marketplace.web.views import _exponents, bp, error_text, login_required, money_text
+from marketplace.web.views import (
+    _exponents,
+    bp,
+    error_text,
+    login_required,
+    money_text,
+    refusal_flashed,
+)
 
 ADMIN_PAGE_SIZE = 25
 FAILED_CALLS_SHOWN = 25
@@ -83,7 +90,7 @@ def admin_page() -> Any:
 
 def _set_status(model_id: int, status: str) -> BaseResponse:
     require_admin()
-    try:
+    with refusal_flashed():
         detail = catalog.set_listing_status(
             session=get_session(), listing_id=model_id, status=status
         )
@@ -93,8 +100,6 @@ def _set_status(model_id: int, status: str) -> BaseResponse:
             else _("“%(name)s” is active again.")
         )
         flash(message % {"name": detail.name}, "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.admin_page") + "#listings")
 
 
@@ -114,11 +119,9 @@ def admin_reinstate(model_id: int) -> BaseResponse:
 @login_required
 def admin_verify(org_id: int) -> BaseResponse:
     require_admin()
-    try:
+    with refusal_flashed():
         org = accounts.verify_organization(session=get_session(), org_id=org_id)
         flash(_("“%(name)s” is verified.") % {"name": org.name}, "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.admin_page") + "#organizations")
 
 
@@ -139,7 +142,7 @@ def admin_refund() -> BaseResponse:
             currency = order.currency if order is not None else "CNY"
             amount = formatting.parse_amount(form.amount.data, _exponents().get(currency, 2))
         body = validate(RefundCreate, {"amount_minor": amount, "reason": form.reason.data or ""})
-        refund = licensing.refund_order(
+        refund = licensing_service(current_app).refund_order(
             session=session,
             order_id=form.order_id.data,
             request=body,
@@ -160,11 +163,6 @@ def admin_refund() -> BaseResponse:
     return back
 
 
-def _payments() -> tuple[Any, outbox.OutboxPolicy]:
-    settings = current_app.extensions["settings"]
-    return current_app.extensions["payment_gateway"], outbox.OutboxPolicy.from_settings(settings)
-
-
 @bp.post("/admin/payouts/run")
 @login_required
 def admin_run_payouts() -> BaseResponse:
@@ -174,14 +172,9 @@ def admin_run_payouts() -> BaseResponse:
     if not form.validate_on_submit():
         flash(_("Type an organisation number, or leave it empty for every vendor."), "error")
         return back
-    gateway, policy = _payments()
     try:
-        done = payouts.pay_out(
-            session=get_session(),
-            gateway=gateway,
-            policy=policy,
-            minimum_minor=current_app.extensions["settings"].payout_minimum_minor,
-            organization_id=form.organization_id.data,
+        done = payments_service(current_app).pay_out(
+            session=get_session(), organization_id=form.organization_id.data
         )
     except DomainError as exc:
         flash(error_text(exc), "error")
@@ -206,11 +199,8 @@ def admin_run_payouts() -> BaseResponse:
 @login_required
 def admin_retry_call(message_id: int) -> BaseResponse:
     require_admin()
-    gateway, policy = _payments()
-    session = get_session()
-    try:
-        outbox.retry(session, message_id)
-        sent = outbox.process_now(session, gateway, policy, message_id)
+    with refusal_flashed():
+        sent = payments_service(current_app).retry_call(get_session(), message_id)
         flash(
             _(
                 "Provider call %(id)s sent again: %(outcome)s.",
@@ -219,8 +209,6 @@ def admin_retry_call(message_id: int) -> BaseResponse:
             ),
             "ok",
         )
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.admin_page") + "#payments")
 
 

@@ -26,21 +26,22 @@ from wtforms import SelectChoice
 
 from marketplace.accounts.scopes import LEDGER_READ, LICENSES_WRITE, MODELS_WRITE, PAYOUTS_WRITE
 from marketplace.api import validate
+from marketplace.catalog import catalog_service, upload_context
 from marketplace.catalog import services as catalog
-from marketplace.catalog import upload_context
 from marketplace.catalog.schemas import ListingCreate, OfferCreate
 from marketplace.db import get_session, utcnow
 from marketplace.errors import DomainError, ValidationFailed
 from marketplace.ledger import services as ledger
+from marketplace.ledger import statement_service
 from marketplace.ledger.models import VENDOR_PAYABLE
-from marketplace.ledger.statements import credits_by_hour, statement
+from marketplace.ledger.statements import credits_by_hour
+from marketplace.licensing import licensing_service
 from marketplace.licensing import services as licensing
 from marketplace.licensing.schemas import OrderQuery
 from marketplace.metering import services as metering
-from marketplace.payments import payouts
+from marketplace.payments import payments_service, payouts
 from marketplace.payments import services as payments
 from marketplace.payments.models import PAYOUT_FAILED, PAYOUT_PAID, PAYOUT_PENDING
-from marketplace.payments.outbox import OutboxPolicy
 from marketplace.payments.schemas import PayoutAccountSet, TopUpCreate
 from marketplace.web import charts, formatting
 from marketplace.web.forms import (
@@ -59,6 +60,7 @@ from marketplace.web.views import (
     error_text,
     login_required,
     money_text,
+    refusal_flashed,
     requires,
     viewer_zone,
 )
@@ -88,11 +90,10 @@ def dashboard() -> Any:
 
 
 def _orders(organization_id: int, role: str) -> list[Any]:
-    page = licensing.list_orders(
+    page = licensing_service(current_app).list_orders(
         session=get_session(),
         organization_id=organization_id,
         query=OrderQuery(role=role, page_size=ORDERS_SHOWN),  # type: ignore[arg-type]
-        page_size_max=ORDERS_SHOWN,
     )
     return page.items
 
@@ -184,19 +185,17 @@ def _vendor_context(organization_id: int) -> dict[str, Any]:
 
 def _buyer_context(organization_id: int) -> dict[str, Any]:
     session = get_session()
-    settings = current_app.extensions["settings"]
     form = TopUpForm()
     form.currency.choices = _currency_choices()
     form.currency.data = form.currency.data or "CNY"
     form.idempotency_key.data = uuid.uuid4().hex
     since = utcnow() - dt.timedelta(days=STATEMENT_DAYS)
-    entries = statement(
+    entries = statement_service(current_app).statement(
         session=session,
         organization_id=organization_id,
         currency=None,
         start=since,
         end=None,
-        entries_max=settings.statement_entries_max,
     )
     return {
         "licences": licensing.list_licenses(session=session, organization_id=organization_id),
@@ -225,16 +224,11 @@ def top_up() -> BaseResponse:
         try:
             amount = formatting.parse_amount(form.amount.data, _exponents()[form.currency.data])
             body = validate(TopUpCreate, {"amount_minor": amount, "currency": form.currency.data})
-            settings = current_app.extensions["settings"]
-            result, _created = payments.create_top_up(
+            result, _created = payments_service(current_app).create_top_up(
                 session=get_session(),
-                gateway=current_app.extensions["payment_gateway"],
                 organization_id=viewer.organization_id,
                 request=body,
                 idempotency_key=f"web:{(form.idempotency_key.data or uuid.uuid4().hex)[:100]}",
-                amount_minor_max=settings.top_up_amount_minor_max,
-                policy=OutboxPolicy.from_settings(settings),
-                open_max=settings.top_ups_open_max,
             )
             shown = money_text(result.amount_minor, result.currency)
             if result.status == "succeeded":
@@ -269,7 +263,6 @@ def _csv_safe(text: str) -> str:
 @login_required
 def statement_csv() -> Response:
     viewer = requires(LEDGER_READ)
-    settings = current_app.extensions["settings"]
 
     def day(name: str) -> dt.datetime | None:
         raw = request.args.get(name)
@@ -282,13 +275,12 @@ def statement_csv() -> Response:
         except ValueError:
             raise ValidationFailed(_("Dates are YYYY-MM-DD."), code="invalid_date") from None
 
-    result = statement(
+    result = statement_service(current_app).statement(
         session=get_session(),
         organization_id=viewer.organization_id,
         currency=request.args.get("currency") or None,
         start=day("from"),
         end=day("to"),
-        entries_max=settings.statement_entries_max,
     )
     exponents = _exponents()
     out = io.StringIO()
@@ -322,18 +314,15 @@ def set_payout_account() -> BaseResponse:
     viewer = requires(PAYOUTS_WRITE)
     form = PayoutAccountForm()
     if form.validate_on_submit():
-        try:
+        with refusal_flashed():
             body = validate(PayoutAccountSet, {"account_id": form.account_ref.data.strip()})
-            linked = payouts.set_payout_account(
+            linked = payments_service(current_app).set_payout_account(
                 session=get_session(),
-                gateway=current_app.extensions["payment_gateway"],
                 organization_id=viewer.organization_id,
                 viewer_organization_id=viewer.organization_id,
                 account_ref=body.account_id,
             )
             flash(_("Payouts go to %(account)s from now on.", account=linked.account_ref), "ok")
-        except DomainError as exc:
-            flash(error_text(exc), "error")
     else:
         flash(_("Type the connected account's id."), "error")
     return redirect(url_for("web.dashboard") + "#payouts")
@@ -404,7 +393,7 @@ def manage_listing(model_id: int) -> Any:
         sample_form=SampleForm(),
         offer_form=_offer_form(),
         retire_form=EmptyForm(),
-        upload_bytes_max=current_app.extensions["settings"].model_bytes_max,
+        upload_bytes_max=upload_context(current_app).size_max,
     )
 
 
@@ -451,24 +440,20 @@ def upload_version(model_id: int) -> Any:
 @login_required
 def attach_sample(model_id: int, version: str) -> BaseResponse:
     viewer, _listing = _owned(model_id)
-    settings = current_app.extensions["settings"]
+    samples = catalog_service(current_app)
     form = SampleForm()
-    try:
+    with refusal_flashed():
         if not form.validate_on_submit():
             raise ValidationFailed(_("Choose an .npz file."))
-        data = form.sample.data.stream.read(settings.sample_bytes_max + 1)
-        catalog.attach_sample(
+        data = form.sample.data.stream.read(samples.sample_bytes_max + 1)
+        samples.attach_sample(
             session=get_session(),
             listing_id=model_id,
             version=version,
             organization_id=viewer.organization_id,
             data=data,
-            bytes_max=settings.sample_bytes_max,
-            elements_max=settings.eval_input_elements_max,
         )
         flash(_("Sample input attached to %(v)s.", v=version), "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.manage_listing", model_id=model_id) + "#versions")
 
 
@@ -477,7 +462,7 @@ def attach_sample(model_id: int, version: str) -> BaseResponse:
 def create_offer(model_id: int) -> BaseResponse:
     viewer, _listing = _owned(model_id)
     form = _offer_form()
-    try:
+    with refusal_flashed():
         if not form.validate_on_submit():
             raise ValidationFailed(
                 "; ".join(f"{form[k].label.text}: {' '.join(v)}" for k, v in form.errors.items())
@@ -512,8 +497,6 @@ def create_offer(model_id: int) -> BaseResponse:
             request=body,
         )
         flash(_("Offer “%(name)s” published.", name=offer.name), "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.manage_listing", model_id=model_id) + "#offers")
 
 
@@ -521,7 +504,7 @@ def create_offer(model_id: int) -> BaseResponse:
 @login_required
 def retire_offer(model_id: int, offer_id: int) -> BaseResponse:
     viewer, _listing = _owned(model_id)
-    try:
+    with refusal_flashed():
         catalog.retire_offer(
             session=get_session(),
             listing_id=model_id,
@@ -529,6 +512,4 @@ def retire_offer(model_id: int, offer_id: int) -> BaseResponse:
             organization_id=viewer.organization_id,
         )
         flash(_("Offer retired; existing licences keep their terms."), "ok")
-    except DomainError as exc:
-        flash(error_text(exc), "error")
     return redirect(url_for("web.manage_listing", model_id=model_id) + "#offers")

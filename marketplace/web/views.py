@@ -8,10 +8,11 @@ routes to the same blueprint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -41,6 +42,7 @@ from marketplace.accounts.scopes import LICENSES_WRITE, SANDBOX_RUN
 from marketplace.accounts.services import Viewer
 from marketplace.api import validate
 from marketplace.audit.actor import Actor, set_actor
+from marketplace.catalog import catalog_service
 from marketplace.catalog import services as catalog
 from marketplace.catalog.errors import ListingNotFound
 from marketplace.catalog.markdown import render_model_card
@@ -48,6 +50,7 @@ from marketplace.catalog.schemas import ListingQuery
 from marketplace.db import get_session
 from marketplace.errors import DomainError, Forbidden, ValidationFailed
 from marketplace.ledger import services as ledger
+from marketplace.licensing import licensing_service
 from marketplace.licensing import services as licensing
 from marketplace.licensing.schemas import AcceptTerms
 from marketplace.ratelimit import WindowLimiter
@@ -178,6 +181,15 @@ def error_text(exc: DomainError) -> str:
     if fields:
         return "; ".join(f"{e['field']}: {e['message']}" for e in fields)
     return exc.detail
+
+
+@contextlib.contextmanager
+def refusal_flashed() -> Iterator[None]:
+    """Run a page's action; a refusal is shown on the next page instead of an error page."""
+    try:
+        yield
+    except DomainError as exc:
+        flash(error_text(exc), "error")
 
 
 # --- formatting for templates ------------------------------------------------------------------
@@ -413,11 +425,8 @@ def catalog_page() -> Any:
     except ValidationFailed:
         query = ListingQuery(page_size=CATALOG_PAGE_SIZE)
         args = {}
-    page = catalog.search_listings(
-        session=session,
-        query=query,
-        page_size_max=current_app.extensions["settings"].page_size_max,
-        viewer_org_id=viewer_org,
+    page = catalog_service(current_app).search_listings(
+        session=session, query=query, viewer_org_id=viewer_org
     )
     summaries = catalog.offer_summaries(session=session, listing_ids=[i.id for i in page.items])
     facets = catalog.facets(session=session, viewer_org_id=viewer_org)
@@ -515,7 +524,7 @@ def start_trial(model_id: int, offer_id: int) -> BaseResponse:
     viewer = requires(LICENSES_WRITE)
     _form, accepted = _accepted(offer_id)
     if accepted is not None:
-        try:
+        with refusal_flashed():
             lic = licensing.start_trial(
                 session=get_session(),
                 organization_id=viewer.organization_id,
@@ -524,8 +533,6 @@ def start_trial(model_id: int, offer_id: int) -> BaseResponse:
                 client_id=_acceptance_client(viewer),
             )
             flash(_("Your trial has started: %(n)s calls.", n=lic.calls_remaining or "∞"), "ok")
-        except DomainError as exc:
-            flash(error_text(exc), "error")
     return redirect(url_for("web.model_page", model_id=model_id) + "#try-it")
 
 
@@ -537,14 +544,13 @@ def purchase(model_id: int, offer_id: int) -> BaseResponse:
     if accepted is not None:
         key = (form.idempotency_key.data or "").strip()[:128] or uuid.uuid4().hex
         try:
-            order, _created = licensing.purchase(
+            order, _created = licensing_service(current_app).purchase(
                 session=get_session(),
                 organization_id=viewer.organization_id,
                 offer_id=offer_id,
                 accept_terms_sha256=accepted.accept_terms_sha256,
                 idempotency_key=f"web:{key}",
                 client_id=_acceptance_client(viewer),
-                platform_fee_bps=current_app.extensions["settings"].platform_fee_bps,
             )
             flash(
                 _(

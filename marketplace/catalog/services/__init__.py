@@ -8,7 +8,8 @@ get 404, as for a listing that does not exist). Changes are for the owning vendo
 vendor that does not own a listing cannot tell it from a missing one (404).
 
 The package is cut along its seams: ``listings``, ``versions`` (uploads, artifacts, samples),
-``offers`` and ``presenters`` (rows as public models); every name is importable from here.
+``offers`` and ``presenters`` (rows as public models), and ``service``: what needs bounds from
+the settings, built once by ``init_app``. Every name is importable from here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from marketplace.catalog.services.presenters import (
     offer_public,
     version_public,
 )
+from marketplace.catalog.services.service import CatalogService
 from marketplace.catalog.services.versions import (
     LATEST,
     Artifact,
@@ -67,6 +69,7 @@ __all__ = [
     "SORTS",
     "Artifact",
     "ArtifactAccess",
+    "CatalogService",
     "DownloadPolicy",
     "UploadContext",
     "all_listings",

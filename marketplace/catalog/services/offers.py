@@ -7,11 +7,7 @@ from collections.abc import Sequence
 from sqlmodel import Session, col, select
 
 from marketplace.audit import events as audit_events
-from marketplace.catalog.errors import (
-    OfferNotFound,
-    OfferRetired,
-    UnknownCurrency,
-)
+from marketplace.catalog.errors import OfferNotFound, OfferRetired
 from marketplace.catalog.models import (
     Listing,
     Offer,
@@ -26,7 +22,7 @@ from marketplace.catalog.schemas import (
 from marketplace.catalog.services.listings import get_owned_listing, get_visible_listing
 from marketplace.catalog.services.presenters import listing_detail, offer_public
 from marketplace.db import begin_write, utcnow
-from marketplace.ledger.models import Currency
+from marketplace.ledger import services as ledger
 
 
 def create_offer(
@@ -35,9 +31,8 @@ def create_offer(
     """A new immutable offer; its ``terms_sha256`` is what buyers accept."""
     begin_write(session)
     get_owned_listing(session=session, listing_id=listing_id, organization_id=organization_id)
-    if session.get(Currency, request.currency) is None:
-        # The ledger could not post a sale or royalty in it: refuse the offer, not the sale.
-        raise UnknownCurrency(f"Currency {request.currency} is not supported.")
+    # The ledger could not post a sale or royalty in it: refuse the offer, not the sale.
+    ledger.require_currency(session, request.currency)
     row = Offer(listing_id=listing_id, terms_sha256="", **request.model_dump())
     row.terms_sha256 = terms_sha256(row)
     session.add(row)

@@ -44,21 +44,13 @@ def _latest_version(session: Session, listing_id: int) -> str | None:
 
 def listing_public(session: Session, row: Listing) -> ListingPublic:
     assert row.id is not None
-    return ListingPublic(
-        id=row.id,
-        slug=row.slug,
-        vendor=_vendor(session, row.organization_id),
-        name=row.name,
-        summary=row.summary,
-        description_md=row.description_md,
-        description_html=row.description_html,
-        task=row.task,
-        tags=row.tag_list,
-        filing_number=row.filing_number,
-        status=row.status,
-        latest_version=_latest_version(session, row.id),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+    return ListingPublic.model_validate(
+        {
+            **row.model_dump(),
+            "tags": row.tag_list,
+            "vendor": _vendor(session, row.organization_id),
+            "latest_version": _latest_version(session, row.id),
+        }
     )
 
 

@@ -31,6 +31,7 @@ from marketplace.ledger.services.accounts import (
     currency_exponents,
     ensure_account,
     find_account,
+    require_currency,
     sale_legs,
 )
 from marketplace.ledger.services.invariants import check_invariants
@@ -76,6 +77,7 @@ __all__ = [
     "post_pending",
     "post_transaction",
     "register_transaction_hook",
+    "require_currency",
     "reversal_transfer",
     "reverse_transaction",
     "run_in_transaction",

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from marketplace.db import utcnow
-from marketplace.ledger.errors import InvalidTransaction
+from marketplace.ledger.errors import InvalidTransaction, UnknownCurrency
 from marketplace.ledger.models import (
     ACCOUNT_CODES,
     PAYMENT_CLEARING,
@@ -20,7 +20,13 @@ from marketplace.ledger.models import (
     Currency,
 )
 from marketplace.ledger.money import Split
-from marketplace.ledger.services.records import AccountBalance, Leg, accounts_t, balances_t
+from marketplace.ledger.services.records import (
+    AccountBalance,
+    Leg,
+    accounts_t,
+    balances_t,
+    record_from_row,
+)
 
 _LIMIT_FLAGS: dict[str, tuple[bool, bool]] = {
     # code: (debits_must_not_exceed_credits, credits_must_not_exceed_debits)
@@ -31,6 +37,12 @@ _LIMIT_FLAGS: dict[str, tuple[bool, bool]] = {
     # Money arrives from payment providers as debits here; more cannot leave than came in.
     PAYMENT_CLEARING: (False, True),
 }
+
+
+def require_currency(session: Session, currency: str) -> None:
+    """Refuse a request in a currency the ledger does not hold (422 ``unknown_currency``)."""
+    if session.get(Currency, currency) is None:
+        raise UnknownCurrency(f"Currency {currency} is not supported.")
 
 
 def account_key(organization_id: int | None, code: str, currency: str) -> str:
@@ -148,14 +160,4 @@ def balances(
 
 
 def _balance_of(row: Any) -> AccountBalance:
-    return AccountBalance(
-        account_id=row["account_id"],
-        organization_id=row["organization_id"],
-        code=row["code"],
-        currency=row["currency"],
-        debits_posted=row["debits_posted"],
-        credits_posted=row["credits_posted"],
-        debits_pending=row["debits_pending"],
-        credits_pending=row["credits_pending"],
-        version=row["version"],
-    )
+    return record_from_row(AccountBalance, row)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from pydantic import TypeAdapter
 
 from marketplace.canonical import canonical_sha256
+from marketplace.db import table
 from marketplace.ledger.models import (
     CREDIT,
     DEBIT,
@@ -17,10 +21,32 @@ from marketplace.ledger.models import (
     LedgerTransaction,
 )
 
-accounts_t = LedgerAccount.__table__  # type: ignore[attr-defined]
-balances_t = LedgerBalance.__table__  # type: ignore[attr-defined]
-transactions_t = LedgerTransaction.__table__  # type: ignore[attr-defined]
-entries_t = LedgerEntry.__table__  # type: ignore[attr-defined]
+accounts_t = table(LedgerAccount)
+balances_t = table(LedgerBalance)
+transactions_t = table(LedgerTransaction)
+entries_t = table(LedgerEntry)
+
+# An entry as the statement and the platform ledger show it, amounts in the API's names.
+ENTRY_COLUMNS = (
+    entries_t.c.id,
+    entries_t.c.transaction_id,
+    entries_t.c.account_id,
+    entries_t.c.side,
+    entries_t.c.amount.label("amount_minor"),
+    entries_t.c.pending,
+)
+
+R = TypeVar("R")
+_adapters: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def record_from_row(record: type[R], row: Mapping[str, Any], **rest: Any) -> R:
+    """A value object from the row's columns of the same names (others are ignored), with
+    ``rest`` for the fields no column holds."""
+    adapter: TypeAdapter[R] | None = _adapters.get(record)
+    if adapter is None:
+        adapter = _adapters[record] = TypeAdapter(record)
+    return adapter.validate_python({**row, **rest})
 
 
 def where_entries_in(

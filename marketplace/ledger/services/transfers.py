@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from marketplace.db import as_utc, utcnow
+from marketplace.db import utcnow
 from marketplace.ledger import bulk
 from marketplace.ledger.errors import (
     IdempotencyKeyReused,
@@ -27,6 +27,7 @@ from marketplace.ledger.services.records import (
     accounts_t,
     balances_t,
     entries_t,
+    record_from_row,
     transactions_t,
 )
 from marketplace.ledger.services.unit_of_work import run_in_transaction
@@ -174,19 +175,7 @@ def _load_transactions(session: Session, where: Any) -> dict[int, tuple[Any, lis
 
 
 def _posted(row: Any, legs: Sequence[Leg], *, replayed: bool) -> PostedTransaction:
-    return PostedTransaction(
-        id=row["id"],
-        idempotency_key=row["idempotency_key"],
-        kind=row["kind"],
-        currency=row["currency"],
-        pending=row["pending"],
-        resolves_id=row["resolves_id"],
-        reverses_id=row["reverses_id"],
-        memo=row["memo"],
-        created_at=as_utc(row["created_at"]),
-        legs=tuple(legs),
-        replayed=replayed,
-    )
+    return record_from_row(PostedTransaction, row, legs=tuple(legs), replayed=replayed)
 
 
 def get_transaction(session: Session, transaction_id: int) -> PostedTransaction | None:

@@ -400,7 +400,7 @@ def test_cli_export_writes_the_same_bytes_as_the_api(client, activity, auditor, 
     )
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == api
-    assert not list(tmp_path.glob(".*partial"))
+    assert not list(tmp_path.glob(".cli.jsonl.*"))
     refused = runner.invoke(args=["audit", "export", "--to-size", "999999", "--out", str(out)])
     assert refused.exit_code != 0 and "range_beyond_tree" in refused.output
     assert out.read_bytes() == api  # a refused export leaves the old file alone

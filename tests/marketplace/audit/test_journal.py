@@ -18,7 +18,12 @@ from marketplace.catalog.schemas import OfferCreate
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import LedgerTransaction
 from tests.marketplace.audit.conftest import pending, records, top_up
-from tests.marketplace.licensing.builders import make_offer, make_organization
+from tests.marketplace.licensing.builders import (
+    licensing_service,
+    make_offer,
+    make_organization,
+    payments_service,
+)
 
 
 def test_a_ledger_transaction_commits_with_its_record(app, db_session):
@@ -178,10 +183,8 @@ def test_ledger_check_finds_a_transaction_without_its_record(app, db_session, ru
 
 
 def test_a_payout_is_recorded_when_held_and_when_paid(app, db_session):
-    from marketplace.licensing import services as licensing
     from marketplace.payments import payouts
     from marketplace.payments.gateway import OfflineGateway
-    from marketplace.payments.outbox import OutboxPolicy
     from tests.marketplace.licensing.builders import fund_wallet
 
     gateway = OfflineGateway()
@@ -189,14 +192,13 @@ def test_a_payout_is_recorded_when_held_and_when_paid(app, db_session):
     vendor = make_organization(db_session, "vendor")
     fund_wallet(db_session, buyer, 5_000)
     catalog = make_offer(db_session, vendor, price_minor=2_000)
-    licensing.purchase(
+    licensing_service().purchase(
         session=db_session,
         organization_id=buyer,
         offer_id=catalog.offer_id,
         accept_terms_sha256=catalog.terms_sha256,
         idempotency_key="buy",
         client_id="c",
-        platform_fee_bps=1000,
     )
     payouts.set_payout_account(
         session=db_session,
@@ -205,9 +207,7 @@ def test_a_payout_is_recorded_when_held_and_when_paid(app, db_session):
         viewer_organization_id=vendor,
         account_ref="acct_vendor",
     )
-    (paid,) = payouts.pay_out(
-        session=db_session, gateway=gateway, policy=OutboxPolicy(), minimum_minor=1
-    )
+    (paid,) = payments_service(gateway, payout_minimum_minor=1).pay_out(session=db_session)
     assert paid.status == "paid"
     got = [r for r in records(db_session) if r["kind"].startswith("payout.")]
     assert [r["kind"] for r in got] == ["payout.started", "payout.paid"]

@@ -4,6 +4,7 @@ evaluate the version (and only they) gets it back."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_a_sample_that_cannot_run_is_refused(client, vendor, catalog, body, code
 
 def test_sample_limits_and_who_may_attach(app, client, vendor, buyer, make_org, catalog):
     url = sample_url(catalog)
-    app.extensions["settings"].sample_bytes_max = 1000
+    app.extensions["catalog"] = replace(app.extensions["catalog"], sample_bytes_max=1000)
     big = npz(readings=np.zeros((100, 16), np.float32))
     resp = client.put(url, data=big, headers={**vendor.headers("models:write"), **NPZ})
     assert resp.status_code == 413 and resp.json["code"] == "sample_too_large"

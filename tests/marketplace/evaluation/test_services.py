@@ -12,7 +12,7 @@ from marketplace.licensing import services as licensing
 from marketplace.licensing.models import License
 from marketplace.metering.models import UsageEvent
 from tests import onnx_models as m
-from tests.marketplace.licensing.builders import fund_wallet, wallet_available
+from tests.marketplace.licensing.builders import fund_wallet, licensing_service, wallet_available
 
 ONES = np.ones((1, 3), np.float32)
 
@@ -76,14 +76,13 @@ def test_a_failed_metered_run_leaves_the_wallet_and_usage_untouched(
     p = publish(vendor, m.add())
     offer = offer_for(p, kind="per_inference", trial_calls=0, royalty_per_1k_minor=3000)
     fund_wallet(db_session, buyer.id, 10_000)
-    order, _created = licensing.purchase(
+    order, _created = licensing_service().purchase(
         session=db_session,
         organization_id=buyer.id,
         offer_id=offer.id,
         accept_terms_sha256=offer.terms_sha256,
         idempotency_key="buy-1",
         client_id=buyer.client_id,
-        platform_fee_bps=1000,
     )
     with pytest.raises(DomainError):
         _call(service, buyer, p, {"x": ONES})
@@ -111,14 +110,13 @@ def test_a_cached_trial_used_up_gives_way_to_the_licence_bought_since(
     first = _call(service, buyer, p, {"x": ONES, "y": ONES})
     assert first.usage["kind"] == "trial" and first.usage["calls_remaining"] == 0
     fund_wallet(db_session, buyer.id, 10_000)
-    order, _created = licensing.purchase(
+    order, _created = licensing_service().purchase(
         session=db_session,
         organization_id=buyer.id,
         offer_id=offer.id,
         accept_terms_sha256=offer.terms_sha256,
         idempotency_key="buy-after-trial",
         client_id=buyer.client_id,
-        platform_fee_bps=1000,
     )
     second = _call(service, buyer, p, {"x": ONES, "y": ONES})
     assert second.usage["kind"] == "per_inference"

@@ -29,12 +29,14 @@ from marketplace.ledger.models import ROYALTY_ACCRUAL, WALLET
 from marketplace.ledger.money import royalty_due
 from marketplace.licensing import entitlements
 from marketplace.licensing.models import License
-from marketplace.licensing.services import purchase
 from marketplace.metering import services as metering
-from marketplace.payments.gateway import OfflineGateway
 from marketplace.payments.schemas import TopUpCreate
-from marketplace.payments.services import create_top_up
-from tests.marketplace.licensing.builders import make_offer, make_organization
+from tests.marketplace.licensing.builders import (
+    licensing_service,
+    make_offer,
+    make_organization,
+    payments_service,
+)
 
 SUBSCRIPTION_PRICE = 250
 ROYALTY = 370  # 0.37 minor units per call
@@ -90,13 +92,11 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @rule(b=BUYERS, amount=st.integers(1, 3_000))
     def top_up(self, b, amount):
-        create_top_up(
+        payments_service(top_up_amount_minor_max=10**9, top_ups_open_max=None).create_top_up(
             session=self.s,
-            gateway=OfflineGateway(),
             organization_id=self.buyers[b],
             request=TopUpCreate(amount_minor=amount, currency="CNY"),
             idempotency_key=uuid.uuid4().hex,
-            amount_minor_max=10**9,
         )
         self.paid_in[b] += amount
 
@@ -139,14 +139,13 @@ class MoneyMachine(RuleBasedStateMachine):
     def buy_subscription(self, b):
         before = self.expected_available(b)
         try:
-            purchase(
+            licensing_service().purchase(
                 session=self.s,
                 organization_id=self.buyers[b],
                 offer_id=self.subscription.offer_id,
                 accept_terms_sha256=self.subscription.terms_sha256,
                 idempotency_key=uuid.uuid4().hex,
                 client_id="test",
-                platform_fee_bps=1000,
             )
         except InsufficientFunds:
             assert before < SUBSCRIPTION_PRICE
@@ -157,14 +156,13 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(b=BUYERS)
     def buy_metered(self, b):
         if self.licence[b] is None:
-            order, _ = purchase(
+            order, _ = licensing_service().purchase(
                 session=self.s,
                 organization_id=self.buyers[b],
                 offer_id=self.metered.offer_id,
                 accept_terms_sha256=self.metered.terms_sha256,
                 idempotency_key=uuid.uuid4().hex,
                 client_id="test",
-                platform_fee_bps=1000,
             )
             self.licence[b] = order.licence_id
 

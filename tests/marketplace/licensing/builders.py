@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlmodel import Session
 
 from marketplace.accounts.models import Organization
 from marketplace.catalog.models import Listing, ModelVersion, Offer, terms_sha256
+from marketplace.config import Settings
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import PAYMENT_CLEARING, WALLET
+from marketplace.licensing.services import LicensingService
+from marketplace.payments.gateway import OfflineGateway, PaymentGateway
+from marketplace.payments.services import PaymentsService
 
 
 @dataclass(frozen=True)
@@ -126,3 +130,14 @@ def account_posted(
     if account is None:
         return 0
     return ledger.balances(session, account_ids=[account])[0].posted
+
+
+def licensing_service(fee_bps: int = 1000) -> LicensingService:
+    """The licensing service on a platform fee of ``fee_bps``, without a payment provider."""
+    return LicensingService(platform_fee_bps=fee_bps, page_size_max=100)
+
+
+def payments_service(gateway: PaymentGateway | None = None, **bounds: Any) -> PaymentsService:
+    """The payments service on the default settings, with other ``bounds`` where given."""
+    service = PaymentsService.from_settings(Settings(), gateway or OfflineGateway())
+    return replace(service, **bounds)

@@ -12,12 +12,12 @@ from marketplace.ledger.money import split_fee
 from marketplace.ledger.services import transfers as ledger_transfers
 from marketplace.licensing import entitlements
 from marketplace.licensing.models import License
-from marketplace.licensing.services import purchase
 from marketplace.metering import services as metering
 from marketplace.metering.models import UsageEvent
 from tests.marketplace.licensing.builders import (
     account_posted,
     fund_wallet,
+    licensing_service,
     make_offer,
     make_organization,
     wallet_available,
@@ -37,14 +37,13 @@ def buy_metered(session, royalty, *, funds, currency="CNY", price=0, fee_bps=100
     )
     if funds:
         fund_wallet(session, buyer, funds, currency)
-    order, _ = purchase(
+    order, _ = licensing_service(fee_bps).purchase(
         session=session,
         organization_id=buyer,
         offer_id=catalog.offer_id,
         accept_terms_sha256=catalog.terms_sha256,
         idempotency_key="buy",
         client_id="test",
-        platform_fee_bps=fee_bps,
     )
     return buyer, vendor, catalog, order.licence_id
 
@@ -269,14 +268,13 @@ def test_trial_and_entitlement_rules(db_session):
     with pytest.raises(Forbidden):
         check()
     fund_wallet(db_session, buyer, 10_000)
-    purchase(
+    licensing_service().purchase(
         session=db_session,
         organization_id=buyer,
         offer_id=catalog.offer_id,
         accept_terms_sha256=catalog.terms_sha256,
         idempotency_key="p",
         client_id="t",
-        platform_fee_bps=1000,
     )
     assert check().kind == "perpetual"
     assert entitlements.may_download(**kw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -42,6 +43,12 @@ def stripe_settings(fake: FakeStripe, **overrides: Any) -> dict[str, Any]:
         "PAYMENTS_OUTBOX_BACKOFF_S": 0.0,
         **overrides,
     }
+
+
+def set_payments_bounds(app: Any, **bounds: Any) -> None:
+    """Change bounds of the running app's payments service, which took them from the settings
+    when the app was built."""
+    app.extensions["payments"] = replace(app.extensions["payments"], **bounds)
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ from marketplace.payments.gateway import (
     PaymentGateway,
     ProviderRefused,
     ProviderUnavailable,
+    RefundRequest,
+    TopUpRequest,
+    TransferRequest,
 )
 from marketplace.payments.stripe_gateway import StripeGateway
 from tests.marketplace.payments.conftest import CLIENT_TIMEOUT_S
@@ -36,7 +39,7 @@ def _offline() -> Peer:
         gateway,
         lambda amount: (
             gateway.create_top_up(
-                reference=uuid.uuid4().hex, amount_minor=amount, currency="CNY"
+                TopUpRequest(reference=uuid.uuid4().hex, amount_minor=amount, currency="CNY")
             ).provider_ref
         ),
         lambda: "acct_offline",
@@ -48,7 +51,7 @@ def _stripe(fake, payer) -> Peer:
 
     def collect(amount: int) -> str:
         ref = gateway.create_top_up(
-            reference=uuid.uuid4().hex, amount_minor=amount, currency="CNY"
+            TopUpRequest(reference=uuid.uuid4().hex, amount_minor=amount, currency="CNY")
         ).provider_ref
         payer.v1.payment_intents.confirm(ref, {"payment_method": "pm_card_visa"})
         return ref
@@ -70,7 +73,7 @@ def test_names_itself_and_says_whether_money_moves(peer):
 
 def test_top_up_returns_an_intent(peer):
     intent = peer.gateway.create_top_up(
-        reference=uuid.uuid4().hex, amount_minor=1_000, currency="CNY"
+        TopUpRequest(reference=uuid.uuid4().hex, amount_minor=1_000, currency="CNY")
     )
     assert intent.status in {INTENT_SUCCEEDED, INTENT_PENDING, INTENT_FAILED}
     assert intent.provider_ref
@@ -78,39 +81,37 @@ def test_top_up_returns_an_intent(peer):
 
 
 def test_same_reference_is_the_same_payment(peer):
-    reference = uuid.uuid4().hex
-    first = peer.gateway.create_top_up(reference=reference, amount_minor=500, currency="JPY")
-    again = peer.gateway.create_top_up(reference=reference, amount_minor=500, currency="JPY")
+    request = TopUpRequest(reference=uuid.uuid4().hex, amount_minor=500, currency="JPY")
+    first = peer.gateway.create_top_up(request)
+    again = peer.gateway.create_top_up(request)
     assert first.provider_ref == again.provider_ref
 
 
-def test_non_positive_amounts_are_refused(peer):
+def test_non_positive_amounts_are_refused():
     with pytest.raises(ValueError):
-        peer.gateway.create_top_up(reference="top-up-3", amount_minor=0, currency="CNY")
+        TopUpRequest(reference="top-up-3", amount_minor=0, currency="CNY")
     with pytest.raises(ValueError):
-        peer.gateway.create_transfer(
-            idempotency_key="k",
-            amount_minor=-1,
-            currency="CNY",
-            destination="d",
-            group="g",
-            metadata={},
+        TransferRequest(
+            idempotency_key="k", amount_minor=-1, currency="CNY", destination="d", group="g"
         )
+    with pytest.raises(ValueError):
+        RefundRequest(idempotency_key="k", payment_ref="p", amount_minor=0)
 
 
 def test_a_transfer_is_made_once_per_key(peer):
     peer.collect(5_000)  # money to send
     destination = peer.destination()
     key = uuid.uuid4().hex
-    args = dict(
+    request = TransferRequest(
+        idempotency_key=key,
         amount_minor=1_200,
         currency="CNY",
         destination=destination,
         group="g-1",
         metadata={"a": "b"},
     )
-    first = peer.gateway.create_transfer(idempotency_key=key, **args)
-    again = peer.gateway.create_transfer(idempotency_key=key, **args)
+    first = peer.gateway.create_transfer(request)
+    again = peer.gateway.create_transfer(request)
     assert first.provider_ref == again.provider_ref
     assert (first.amount_minor, first.currency, first.destination) == (1_200, "CNY", destination)
 
@@ -118,12 +119,9 @@ def test_a_transfer_is_made_once_per_key(peer):
 def test_a_refund_is_made_once_per_key(peer):
     payment = peer.collect(3_000)
     key = uuid.uuid4().hex
-    first = peer.gateway.create_refund(
-        idempotency_key=key, payment_ref=payment, amount_minor=1_000, metadata={}
-    )
-    again = peer.gateway.create_refund(
-        idempotency_key=key, payment_ref=payment, amount_minor=1_000, metadata={}
-    )
+    request = RefundRequest(idempotency_key=key, payment_ref=payment, amount_minor=1_000)
+    first = peer.gateway.create_refund(request)
+    again = peer.gateway.create_refund(request)
     assert first.provider_ref == again.provider_ref
     assert first.amount_minor == 1_000 and first.payment_ref == payment
 
@@ -131,7 +129,9 @@ def test_a_refund_is_made_once_per_key(peer):
 def test_stripe_states_and_errors(fake_stripe, payer):
     peer = _stripe(fake_stripe, payer)
     gateway = peer.gateway
-    intent = gateway.create_top_up(reference=uuid.uuid4().hex, amount_minor=800, currency="CNY")
+    intent = gateway.create_top_up(
+        TopUpRequest(reference=uuid.uuid4().hex, amount_minor=800, currency="CNY")
+    )
     assert intent.status == INTENT_PENDING and intent.client_secret
     with pytest.raises(stripe.CardError):
         payer.v1.payment_intents.confirm(
@@ -144,22 +144,23 @@ def test_stripe_states_and_errors(fake_stripe, payer):
     # Refunds never exceed what was captured.
     with pytest.raises(ProviderRefused) as refused:
         gateway.create_refund(
-            idempotency_key=uuid.uuid4().hex,
-            payment_ref=intent.provider_ref,
-            amount_minor=801,
-            metadata={},
+            RefundRequest(
+                idempotency_key=uuid.uuid4().hex, payment_ref=intent.provider_ref, amount_minor=801
+            )
         )
     assert refused.value.code == "amount_too_large"
     # A key reused with other parameters is a conflict for a person, not a retry.
     key = uuid.uuid4().hex
-    gateway.create_top_up(reference=key, amount_minor=100, currency="CNY")
+    gateway.create_top_up(TopUpRequest(reference=key, amount_minor=100, currency="CNY"))
     with pytest.raises(Exception) as clash:
-        gateway.create_top_up(reference=key, amount_minor=101, currency="CNY")
+        gateway.create_top_up(TopUpRequest(reference=key, amount_minor=101, currency="CNY"))
     assert clash.value.code == "payment_provider_conflict"
     # 500s and timeouts are transient.
     fake_stripe.inject("POST", "/v1/payment_intents", "500")
     with pytest.raises(ProviderUnavailable):
-        gateway.create_top_up(reference=uuid.uuid4().hex, amount_minor=100, currency="CNY")
+        gateway.create_top_up(
+            TopUpRequest(reference=uuid.uuid4().hex, amount_minor=100, currency="CNY")
+        )
     fake_stripe.inject("GET", "/v1/payment_intents", "timeout")
     with pytest.raises(ProviderUnavailable):
         gateway.get_top_up(intent.provider_ref)
@@ -174,5 +175,5 @@ def test_stripe_states_and_errors(fake_stripe, payer):
 def test_offline_gateway_is_simulated_and_immediate():
     gateway = OfflineGateway()
     assert gateway.simulated and gateway.name == "offline"
-    intent = gateway.create_top_up(reference="r", amount_minor=1, currency="USD")
+    intent = gateway.create_top_up(TopUpRequest(reference="r", amount_minor=1, currency="USD"))
     assert intent.status == INTENT_SUCCEEDED and intent.client_secret is None

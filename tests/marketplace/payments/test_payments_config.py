@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from marketplace import create_app, periodic
 from marketplace.audit.keys import write_private_key
 from marketplace.audit.notes import Signer
 from marketplace.config import ConfigError, Settings, setting_names
-from marketplace.payments.outbox import OutboxPolicy
-from marketplace.payments.payouts import pay_out
 from tests.marketplace.licensing.builders import fund_wallet, make_offer
 
 
@@ -110,10 +110,6 @@ def test_offline_rail(app, client, buyer, vendor, db_session):
         headers=vendor.headers("payouts:write"),
     )
     assert linked.status_code == 200 and linked.json["provider"] == "offline"
-    (payout,) = pay_out(
-        session=db_session,
-        gateway=app.extensions["payment_gateway"],
-        policy=OutboxPolicy(),
-        minimum_minor=1,
-    )
+    payments = replace(app.extensions["payments"], payout_minimum_minor=1)
+    (payout,) = payments.pay_out(session=db_session)
     assert payout.status == "paid" and payout.simulated and payout.amount_minor == 2_700

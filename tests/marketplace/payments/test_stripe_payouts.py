@@ -10,6 +10,7 @@ from tests.marketplace.licensing.builders import account_posted, make_offer
 from tests.marketplace.payments.conftest import (
     assert_consistent,
     paid_top_up,
+    set_payments_bounds,
     stripe_settings,
 )
 
@@ -111,7 +112,7 @@ def test_payout_run_sends_the_payable_balance(
 
 def test_payouts_wait_for_the_minimum(app, client, vendor, admin, fake_stripe, sale, db_session):
     assert link(client, vendor, fake_stripe.create_account()).status_code == 200
-    app.extensions["settings"].payout_minimum_minor = 4_051
+    set_payments_bounds(app, payout_minimum_minor=4_051)
     assert client.post("/api/v1/payouts/run", json={}, headers=admin).json["items"] == []
     assert account_posted(db_session, vendor.id, VENDOR_PAYABLE) == 4_050
 
@@ -192,6 +193,7 @@ def test_admin_sees_and_retries_a_provider_call_that_gave_up(
     app, client, vendor, admin, fake_stripe, sale, db_session, runner, via
 ):
     app.extensions["settings"].payments_outbox_attempts_max = 2
+    set_payments_bounds(app, policy=outbox.OutboxPolicy.from_settings(app.extensions["settings"]))
     assert link(client, vendor, fake_stripe.create_account()).status_code == 200
     fake_stripe.inject("POST", "/v1/transfers", "500", times=2)
     (payout,) = client.post("/api/v1/payouts/run", json={}, headers=admin).json["items"]

@@ -11,7 +11,11 @@ from sqlmodel import select
 
 from marketplace.payments import outbox, reconcile
 from marketplace.payments.models import PaymentOutbox, StripeEvent, TopUp
-from tests.marketplace.payments.conftest import assert_consistent, stripe_settings
+from tests.marketplace.payments.conftest import (
+    assert_consistent,
+    set_payments_bounds,
+    stripe_settings,
+)
 
 BUY = "licenses:write"
 
@@ -260,8 +264,6 @@ def test_oversized_webhook_is_refused(client, hooks, app):
 
 
 def test_secrets_can_be_rolled(app, client, fake_stripe):
-    settings = app.extensions["settings"]
-
     def post(event_id, signing_secrets):
         body = json.dumps({"id": event_id, "type": "customer.created", "data": {"object": {}}})
         kept = fake_stripe.webhook_secrets
@@ -276,12 +278,12 @@ def test_secrets_can_be_rolled(app, client, fake_stripe):
         return resp.status_code
 
     # While a secret is rolled we accept both; Stripe signs with one or with both.
-    settings.stripe_webhook_secret = "whsec_old, whsec_new"
+    set_payments_bounds(app, webhook_secrets=("whsec_old", "whsec_new"))
     assert post("evt_roll_1", ["whsec_new"]) == 200
     assert post("evt_roll_2", ["whsec_old"]) == 200
     assert post("evt_roll_3", ["whsec_old", "whsec_new"]) == 200
     # After the roll the old secret is refused.
-    settings.stripe_webhook_secret = "whsec_new"
+    set_payments_bounds(app, webhook_secrets=("whsec_new",))
     assert post("evt_roll_4", ["whsec_old"]) == 400
     assert post("evt_roll_5", ["whsec_new"]) == 200
 
@@ -313,7 +315,7 @@ def test_a_payment_of_another_installation_is_not_ours(app, client, buyer, hooks
 
 
 def test_unpaid_top_ups_are_bounded_and_expire(app, client, buyer, payer, hooks, db_session):
-    app.extensions["settings"].top_ups_open_max = 2
+    set_payments_bounds(app, top_ups_open_max=2)
     paid = top_up(client, buyer, 300, key="x1").json
     unpaid = top_up(client, buyer, 400, key="x2").json
     refused = top_up(client, buyer, 500, key="x3")
