@@ -299,7 +299,8 @@ def _npy_checked(
 def _stored_member(body: memoryview, info: zipfile.ZipInfo) -> memoryview:
     """A stored member's bytes as a view into the body (no copy), its CRC checked."""
     at = info.header_offset
-    if at + _ZIP_LOCAL.size > len(body):
+    # zipfile shifts offsets by what it takes for bytes before the archive: never trust them.
+    if not 0 <= at <= len(body) - _ZIP_LOCAL.size:
         raise TensorDecodeError("the npz archive is truncated")
     fields = _ZIP_LOCAL.unpack_from(body, at)
     if fields[0] != _ZIP_LOCAL_SIG:
@@ -323,7 +324,7 @@ def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, n
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError):
+    except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError):
         raise TensorDecodeError("the body is not an npz archive") from None
     if not infos:
         raise TensorDecodeError("the npz archive holds no tensors")
@@ -344,7 +345,7 @@ def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, n
             try:
                 with archive.open(info) as stream:
                     raw = stream.read(info.file_size + 1)
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError):
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, zlib.error):
                 raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
             except NotImplementedError:
                 raise TensorDecodeError(
