@@ -205,6 +205,8 @@ _NPY_HEADER_BYTES_MAX = 10_000  # numpy's own bound on a .npy header
 # Parsed .npy headers by their exact bytes: (dtype, shape, Fortran order).
 _NPY_PARSED: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], bool]] = {}
 _NPY_CACHED_HEADER_BYTES_MAX = 256
+# Written .npy headers of C-ordered arrays by (dtype, shape).
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
 # What numpy writes for a version 1.0 header: magic, length, the dict literal, padding.
 _NPY_HEADER_RE = re.compile(
     rb"\x93NUMPY\x01\x00..\{'descr': '(?P<descr>[<>|=][a-z][0-9]{1,2})', "
@@ -457,10 +459,18 @@ def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, n
 
 
 def _npy_header(array: np.ndarray) -> bytes:
-    # Rank is at most 8 here, so the version 1.0 header (up to 64 KiB) always suffices.
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(array))
-    return buffer.getvalue()
+    """numpy's own .npy header for a C-ordered array, kept per dtype and shape (numpy's writer
+    costs more than a small model's run)."""
+    key = (array.dtype.str, array.shape)
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        # Rank is at most 8 here, so the version 1.0 header (up to 64 KiB) always suffices.
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buffer, np.lib.format.header_data_from_array_1_0(array)
+        )
+        header = remember(_NPY_HEADERS, key, buffer.getvalue())
+    return header
 
 
 def encode_npz_chunks(

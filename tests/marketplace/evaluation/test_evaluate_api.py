@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from marketplace.evaluation.tensors import NPZ_MIME, decode_npz, encode_npz
+from marketplace.evaluation.views import NPZ_INLINE_BYTES_MAX
 from tests import onnx_models as m
 
 
@@ -49,6 +50,37 @@ def test_owner_evaluates_with_npz_both_ways(client, vendor, publish):
     assert resp.mimetype == NPZ_MIME
     out = decode_npz(resp.data, elements_max=1000, bytes_max=10_000)
     np.testing.assert_allclose(out["y"], x @ m.MATMUL_W, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cols", "streamed"), [(16, False), (NPZ_INLINE_BYTES_MAX // 4, False), (1 << 19, True)]
+)
+def test_small_npz_answers_go_whole_and_large_ones_stream(
+    app, client, vendor, publish, cols, streamed
+):
+    p = publish(vendor, m.expand(1, cols))
+    resp = client.post(
+        _url(p),
+        data=encode_npz({"x": np.array([1.5], np.float32)}),
+        content_type=NPZ_MIME,
+        headers=vendor.headers("sandbox:run", Accept=NPZ_MIME),
+        buffered=False,
+    )
+    assert resp.status_code == 200
+    # A whole body has a length; a streamed one has none (the server sends it chunked).
+    assert ("Content-Length" in resp.headers) is not streamed
+    body = resp.get_data()
+    if not streamed:
+        assert int(resp.headers["Content-Length"]) == len(body)
+    y = decode_npz(body, elements_max=1 << 20, bytes_max=1 << 22)["y"]
+    assert y.shape == (1, cols) and bool((y == 1.5).all())
+    assert "run_ms=" in resp.headers["X-Jishi-Timing"]
+    resp.close()
+    # The call's evaluation slot is free again either way.
+    admission = app.extensions["eval_admission"]
+    held = [admission.acquire() for _ in range(admission.slots)]
+    for slot in held:
+        slot.release()
 
 
 @pytest.mark.parametrize(
