@@ -13,17 +13,10 @@ from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
 from marketplace.api import API_PREFIX, JSON_MIME, openapi, read_json_object
 from marketplace.catalog.services import sample_of
 from marketplace.db import get_session
-from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
+from marketplace.errors import DomainError, PayloadTooLarge
 from marketplace.evaluation import services
 from marketplace.evaluation.admission import Slot
-from marketplace.evaluation.tensors import (
-    NPZ_MIME,
-    TensorDecodeError,
-    decode_json_tensors,
-    decode_npz,
-    encode_json_tensors,
-    encode_npz_chunks,
-)
+from marketplace.evaluation.tensors import NPZ_MIME, encode_json_tensors, encode_npz_chunks
 
 bp = Blueprint("evaluation", __name__, url_prefix=API_PREFIX)
 # npz outputs up to this size are sent whole, larger ones streamed in chunks of this size.
@@ -65,31 +58,16 @@ class EvaluateResponse(BaseModel):
     usage: EvaluateUsage
 
 
-def _read_inputs() -> dict[str, Any]:
-    settings = current_app.extensions["settings"]
-    limit = settings.eval_body_bytes_max
+def _read_inputs(service: services.EvaluationService) -> dict[str, Any]:
+    limit = service.limits.body_bytes_max
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Evaluation bodies are limited to {limit} bytes.")
     mimetype = request.mimetype
-    try:
-        if mimetype == NPZ_MIME:
-            request.max_content_length = limit
-            return decode_npz(
-                request.get_data(cache=False),
-                elements_max=settings.eval_input_elements_max,
-                bytes_max=settings.eval_input_bytes_max,
-            )
-        if mimetype == "application/json":
-            body = read_json_object(min(limit, settings.eval_json_body_bytes_max))
-            if set(body) != {"inputs"}:
-                raise ValidationFailed('The body must be {"inputs": {...}}.', code="input_invalid")
-            return decode_json_tensors(
-                body["inputs"],
-                elements_max=settings.eval_input_elements_max,
-                bytes_max=settings.eval_json_input_bytes_max,
-            )
-    except TensorDecodeError as exc:
-        raise ValidationFailed(str(exc), code=exc.code) from None
+    if mimetype == NPZ_MIME:
+        request.max_content_length = limit
+        return service.decode_npz(request.get_data(cache=False))
+    if mimetype == "application/json":
+        return service.decode_json(read_json_object(service.limits.json_body_bytes_max))
     raise DomainError(f"Send application/json or {NPZ_MIME}.", code="unsupported_media_type")
 
 
@@ -174,15 +152,14 @@ def _streamed(chunks: Iterator[bytes], slot: Slot) -> Iterator[bytes]:
 
 
 def _evaluate(model_id: int, version: str, slot: Slot) -> Response:
-    settings = current_app.extensions["settings"]
     service: services.EvaluationService = current_app.extensions["evaluation"]
     wants_npz = _wants_npz()
     result = service.evaluate(
         organization_id=current.organization_id,
         model_id=model_id,
         version=version,
-        read_inputs=_read_inputs,
-        json_output_bytes_max=None if wants_npz else settings.eval_json_output_bytes_max,
+        read_inputs=lambda: _read_inputs(service),
+        json_outputs=not wants_npz,
     )
     if wants_npz:
         chunks = encode_npz_chunks(result.outputs)
