@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
@@ -13,7 +14,7 @@ from marketplace.accounts.scopes import ADMIN, SANDBOX_RUN
 from marketplace.api import API_PREFIX, JSON_MIME, openapi, read_json_object
 from marketplace.catalog.services import sample_of
 from marketplace.db import get_session
-from marketplace.errors import DomainError, PayloadTooLarge
+from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
 from marketplace.evaluation.admission import Slot
 from marketplace.evaluation.tensors import NPZ_MIME, encode_json_tensors, encode_npz_chunks
@@ -67,8 +68,28 @@ def _read_inputs(service: services.EvaluationService) -> dict[str, Any]:
         request.max_content_length = limit
         return service.decode_npz(request.get_data(cache=False))
     if mimetype == "application/json":
-        return service.decode_json(read_json_object(service.limits.json_body_bytes_max))
+        return service.decode_json(_json_body(service.limits.json_body_bytes_max))
     raise DomainError(f"Send application/json or {NPZ_MIME}.", code="unsupported_media_type")
+
+
+def _json_body(bytes_max: int) -> dict[str, Any]:
+    """The body as a JSON object, as :func:`read_json_object` reads it, parsed faster.
+
+    Tensor data makes evaluation bodies long lists of numbers, which orjson parses about eight
+    times faster than the standard decoder. It is strict JSON: whatever it refuses (the NaN
+    and Infinity tokens Python's json writes, integers past 64 bits, other encodings) goes to
+    the app's own decoder, so the same bodies are accepted and refused as everywhere else.
+    """
+    if request.content_length is not None and request.content_length > bytes_max:
+        raise PayloadTooLarge(f"JSON bodies are limited to {bytes_max} bytes.")
+    request.max_content_length = bytes_max
+    try:
+        body = orjson.loads(request.get_data())
+    except orjson.JSONDecodeError:
+        return read_json_object(bytes_max)
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object.", code="body_not_object")
+    return body
 
 
 def _wants_npz() -> bool:

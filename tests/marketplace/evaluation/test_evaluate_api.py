@@ -196,6 +196,53 @@ def test_bad_bodies(client, vendor, publish, data, content_type, status, code):
     assert resp.json["code"] == code
 
 
+_X_Y = '{"inputs": {"x": {"dtype": "float32", "shape": [1, 3], "data": [%s]}, "y": {"dtype": "float32", "shape": [1, 3], "data": [1, 1, 1]}}}'
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "z"),
+    [
+        # Strict JSON, read by the fast parser.
+        (_X_Y % "1, 2.5, -3e2", 200, [2.0, 3.5, -299.0]),
+        # What Python's json writes for non-finite floats: not JSON, accepted all the same.
+        (_X_Y % "NaN, Infinity, -Infinity", 200, ["NaN", "Infinity", "-Infinity"]),
+        # The spelled-out strings the API documents for them.
+        (_X_Y % '"NaN", 1, 1', 200, ["NaN", 2.0, 2.0]),
+        # An integer past 64 bits is still a number to the standard decoder.
+        (_X_Y % f"{2**70}, 0, 0", 200, [float(np.float32(2**70) + 1), 1.0, 1.0]),
+        ((_X_Y % "1, 2, 3").encode("utf-16"), 200, [2.0, 3.0, 4.0]),
+        (_X_Y % "1, 2, 3,", 422, "malformed_json"),
+        ('{"inputs": 1, "inputs": 2', 422, "malformed_json"),
+        ('"inputs"', 422, "body_not_object"),
+    ],
+    ids=[
+        "strict",
+        "nan-tokens",
+        "nan-strings",
+        "big-int",
+        "utf-16",
+        "trailing-comma",
+        "cut",
+        "string",
+    ],
+)
+def test_json_bodies_are_read_as_the_standard_decoder_reads_them(
+    client, vendor, publish, body, status, z
+):
+    p = publish(vendor, m.add())
+    resp = client.post(
+        _url(p),
+        data=body if isinstance(body, bytes) else body.encode(),
+        content_type="application/json",
+        headers=vendor.headers("sandbox:run"),
+    )
+    assert resp.status_code == status, resp.json
+    if status == 200:
+        assert resp.json["outputs"]["z"]["data"] == z
+    else:
+        assert resp.json["code"] == z
+
+
 def test_pickled_npz_is_refused(client, vendor, publish):
     p = publish(vendor, m.add())
     buffer = io.BytesIO()
