@@ -8,7 +8,8 @@ blobs in a temporary folder, or `--database-url`), uploads three models through 
 
 * latency: for each model, owner and metered calls, npz and JSON bodies, the p50 and p99 of
   HTTP calls beside raw onnxruntime calls interleaved with them (same session options as the
-  sandbox), and the added milliseconds (HTTP minus raw);
+  sandbox), the added milliseconds (HTTP minus raw), and the median run time the server
+  reports from inside the sandbox worker (what of the added time is the model's own run);
 * throughput on the ~1 ms model with 2 and 8 concurrent clients: owner and metered calls/s
   over HTTP beside the bare sandbox pool in this process with the same concurrency;
 * the cold path: the first call of a new version over HTTP beside the load time the server's
@@ -37,6 +38,7 @@ import io
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -274,9 +276,16 @@ def request_body(arrays: dict[str, np.ndarray], codec: str) -> tuple[bytes, dict
 
 
 def caller(
-    org: requests.Session, url: str, inputs: dict[str, np.ndarray], codec: str, client: str
+    org: requests.Session,
+    url: str,
+    inputs: dict[str, np.ndarray],
+    codec: str,
+    client: str,
+    answers: list[tuple[str, bytes]] | None = None,
 ) -> Callable[[], object]:
-    """One client's evaluate call: its own kept-alive connection, the body encoded once."""
+    """One client's evaluate call: its own kept-alive connection, the body encoded once.
+
+    With `answers`, each call appends its timing header and body, read after the timing."""
     body, headers = request_body(inputs, codec)
     if client == "requests":
         session = requests.Session()
@@ -299,9 +308,22 @@ def caller(
         data = resp.read()
         if resp.status != 200:
             raise SystemExit(f"evaluate failed: {resp.status} {data[:200]!r}")
+        if answers is not None:
+            answers.append((resp.getheader("X-Jishi-Timing") or "", data))
         return data
 
     return call
+
+
+def server_run_ms(answers: list[tuple[str, bytes]]) -> list[float]:
+    """The run times the server reported (in the worker), from npz headers or JSON bodies."""
+    runs = []
+    for header, body in answers:
+        if header:
+            runs.append(float(dict(i.split("=") for i in header.split(","))["run_ms"]))
+        else:
+            runs.append(float(json.loads(body)["timing"]["run_ms"]))
+    return runs
 
 
 def throughput(call_factory: Callable[[], Callable[[], object]], clients: int, seconds: float):
@@ -365,16 +387,19 @@ def run_bench(args: argparse.Namespace) -> None:
             print(
                 f"  {'model':14s} {'caller':8s} {'codec':5s}  {'raw p50':>8s} {'raw p99':>8s}"
                 f"  {'http p50':>8s} {'http p99':>8s}  {'added p50':>9s} {'added p99':>9s}"
+                f"  {'worker run p50':>14s}"
             )
             for name, url in urls.items() if "latency" in sections else ():
                 session, arrays = raw_sessions[name], inputs[name]
                 for who, http in (("owner", vendor), ("metered", buyer)):
                     for codec in ("npz", "json"):
+                        answers: list[tuple[str, bytes]] = []
                         raw_us, http_us = interleaved_us(
                             lambda s=session, a=arrays: s.run(None, a),
-                            caller(http, url, arrays, codec, args.client),
+                            caller(http, url, arrays, codec, args.client, answers),
                             args.calls,
                         )
+                        run_p50 = statistics.median(server_run_ms(answers)) if answers else 0.0
                         r50, r99, h50, h99 = (
                             p(raw_us, 50),
                             p(raw_us, 99),
@@ -384,7 +409,7 @@ def run_bench(args: argparse.Namespace) -> None:
                         print(
                             f"  {name:14s} {who:8s} {codec:5s}  {r50 / 1e3:8.3f} {r99 / 1e3:8.3f}"
                             f"  {h50 / 1e3:8.3f} {h99 / 1e3:8.3f}  {(h50 - r50) / 1e3:9.3f}"
-                            f" {(h99 - r99) / 1e3:9.3f}"
+                            f" {(h99 - r99) / 1e3:9.3f}  {run_p50:14.3f}"
                         )
             print(f"\nthroughput on the ~1 ms conv (npz), {args.seconds:.0f} s per figure")
             name = "conv ~1 ms"
