@@ -8,7 +8,8 @@ blobs in a temporary folder, or `--database-url`), uploads three models through 
 
 * latency: for each model, owner and metered calls, npz and JSON bodies, the p50 and p99 of
   HTTP calls beside raw onnxruntime calls interleaved with them (same session options as the
-  sandbox), and the added milliseconds (HTTP minus raw);
+  sandbox), the added milliseconds (HTTP minus raw), and the median run time the server
+  reports from inside the sandbox worker (what of the added time is the model's own run);
 * throughput on the ~1 ms model with 2 and 8 concurrent clients: owner and metered calls/s
   over HTTP beside the bare sandbox pool in this process with the same concurrency;
 * the cold path: the first call of a new version over HTTP beside the load time the server's
@@ -18,18 +19,26 @@ Goals (issue 10): owner added p50 <= 1.0 ms, metered <= 1.5 ms, p99 added <= 3 m
 calls/s >= 0.9x owner; owner calls/s >= 0.8x the bare pool. The load average is printed at
 the start and the end: figures from a busy host are noisy on both sides alike.
 
-`--profile` instead profiles the evaluate path in this process with pyinstrument (Flask's
-test client, the same app and sandbox) and prints where the time goes per call.
+The HTTP client is the standard library's `http.client`, one kept-alive connection per
+caller: the figure is what the server adds, and `requests` spends about half a millisecond
+of CPU per call of its own, on the same cores as the server (`--client requests` measures
+with it all the same).
+
+`--profile` instead profiles the evaluate path in this process with pyinstrument: the same
+app and sandbox, called as a WSGI application with a prepared environ (so neither a test
+client nor a server is in the figure), for `--model`, `--caller` and `--codec`.
 `--server-args` replaces the server options (for comparing with an older `jishi serve`).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +48,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import onnxruntime as ort
@@ -192,81 +202,128 @@ def _check(resp: requests.Response) -> requests.Response:
     return resp
 
 
+# What every bench model is offered as: per inference, nothing up front.
+METERED_OFFER = {
+    "name": "Metered",
+    "kind": "per_inference",
+    "currency": "CNY",
+    "price_minor": 0,
+    "royalty_per_1k_minor": 100,
+    "trial_calls": 0,
+    "trial_days": 0,
+    "allow_download": False,
+    "commercial_use": True,
+    "terms_md": "Bench.",
+}
+# (who, path, request options) -> the response's JSON body; the call fails the run otherwise.
+Post = Callable[[Any, str, dict[str, Any]], Any]
+
+
+def provision(post: Post, vendor: Any, buyer: Any, names: list[str]) -> dict[str, str]:
+    """Each model uploaded and offered per inference by `vendor`, licensed by `buyer`;
+    the evaluate paths."""
+    paths = {}
+    for name in names:
+        model, _inputs = MODELS[name]()
+        listing = post(vendor, "/api/v1/models", {"json": {"name": name, "task": "bench"}})
+        base = f"/api/v1/models/{listing['id']}"
+        post(
+            vendor,
+            f"{base}/versions",
+            {
+                "params": {"version": "1.0.0"},
+                "data": model,
+                "headers": {"Content-Type": "application/octet-stream"},
+            },
+        )
+        offer = post(vendor, f"{base}/offers", {"json": METERED_OFFER})
+        post(
+            buyer,
+            "/api/v1/wallet/top-ups",
+            {
+                "json": {"amount_minor": 10_000_000, "currency": "CNY"},
+                "headers": {"Idempotency-Key": uuid.uuid4().hex},
+            },
+        )
+        post(
+            buyer,
+            f"/api/v1/offers/{offer['id']}/purchase",
+            {
+                "json": {"accept_terms_sha256": offer["terms_sha256"]},
+                "headers": {"Idempotency-Key": uuid.uuid4().hex},
+            },
+        )
+        paths[name] = f"{base}/versions/1.0.0/evaluate"
+    return paths
+
+
 def setup(node: Node) -> tuple[requests.Session, requests.Session, dict[str, str]]:
     """A vendor with the three models, a buyer with a per-inference licence; evaluate URLs."""
     vendor, buyer = node.org(["vendor"]), node.org(["buyer"])
-    urls = {}
-    for name, build in MODELS.items():
-        model, _inputs = build()
-        listing = _check(
-            vendor.post(f"{node.url}/api/v1/models", json={"name": name, "task": "bench"})
-        ).json()
-        _check(
-            vendor.post(
-                f"{node.url}/api/v1/models/{listing['id']}/versions",
-                params={"version": "1.0.0"},
-                data=model,
-                headers={"Content-Type": "application/octet-stream"},
-                timeout=120,
-            )
-        )
-        offer = _check(
-            vendor.post(
-                f"{node.url}/api/v1/models/{listing['id']}/offers",
-                json={
-                    "name": "Metered",
-                    "kind": "per_inference",
-                    "currency": "CNY",
-                    "price_minor": 0,
-                    "royalty_per_1k_minor": 100,
-                    "trial_calls": 0,
-                    "trial_days": 0,
-                    "allow_download": False,
-                    "commercial_use": True,
-                    "terms_md": "Bench.",
-                },
-            )
-        ).json()
-        _check(
-            buyer.post(
-                f"{node.url}/api/v1/wallet/top-ups",
-                json={"amount_minor": 10_000_000, "currency": "CNY"},
-                headers={"Idempotency-Key": uuid.uuid4().hex},
-            )
-        )
-        _check(
-            buyer.post(
-                f"{node.url}/api/v1/offers/{offer['id']}/purchase",
-                json={"accept_terms_sha256": offer["terms_sha256"]},
-                headers={"Idempotency-Key": uuid.uuid4().hex},
-            )
-        )
-        urls[name] = f"{node.url}/api/v1/models/{listing['id']}/versions/1.0.0/evaluate"
-    return vendor, buyer, urls
+
+    def post(who: requests.Session, path: str, options: dict[str, Any]) -> Any:
+        return _check(who.post(f"{node.url}{path}", timeout=120, **options)).json()
+
+    paths = provision(post, vendor, buyer, list(MODELS))
+    return vendor, buyer, {name: f"{node.url}{path}" for name, path in paths.items()}
 
 
-def caller(http: requests.Session, url: str, inputs: dict[str, np.ndarray], codec: str):
+def request_body(arrays: dict[str, np.ndarray], codec: str) -> tuple[bytes, dict[str, str]]:
+    """The body and content headers of an evaluate call (encoded once, outside any timing)."""
     if codec == "npz":
-        body, headers = npz_bytes(inputs), {"Content-Type": NPZ_MIME, "Accept": NPZ_MIME}
+        return npz_bytes(arrays), {"Content-Type": NPZ_MIME, "Accept": NPZ_MIME}
+    return json.dumps(json_body(arrays)).encode(), {"Content-Type": "application/json"}
 
-        def call() -> object:
-            resp = http.post(url, data=body, headers=headers, timeout=60)
+
+def caller(
+    org: requests.Session,
+    url: str,
+    inputs: dict[str, np.ndarray],
+    codec: str,
+    client: str,
+    answers: list[tuple[str, bytes]] | None = None,
+) -> Callable[[], object]:
+    """One client's evaluate call: its own kept-alive connection, the body encoded once.
+
+    With `answers`, each call appends its timing header and body, read after the timing."""
+    body, headers = request_body(inputs, codec)
+    if client == "requests":
+        session = requests.Session()
+        session.headers.update(org.headers)
+
+        def call_requests() -> object:
+            resp = session.post(url, data=body, headers=headers, timeout=60)
             if resp.status_code != 200:
                 raise SystemExit(f"evaluate failed: {resp.status_code} {resp.text[:200]}")
             return resp.content
 
-        return call
-    # Encoded once: the client's own JSON encoding is not the server's cost.
-    payload = json.dumps(json_body(inputs)).encode()
-    json_headers = {"Content-Type": "application/json"}
+        return call_requests
+    parts = urlsplit(url)
+    headers = {**headers, "Authorization": org.headers["Authorization"]}
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
 
-    def call_json() -> object:
-        resp = http.post(url, data=payload, headers=json_headers, timeout=60)
-        if resp.status_code != 200:
-            raise SystemExit(f"evaluate failed: {resp.status_code} {resp.text[:200]}")
-        return resp.content
+    def call() -> object:
+        connection.request("POST", parts.path, body=body, headers=headers)
+        resp = connection.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise SystemExit(f"evaluate failed: {resp.status} {data[:200]!r}")
+        if answers is not None:
+            answers.append((resp.getheader("X-Jishi-Timing") or "", data))
+        return data
 
-    return call_json
+    return call
+
+
+def server_run_ms(answers: list[tuple[str, bytes]]) -> list[float]:
+    """The run times the server reported (in the worker), from npz headers or JSON bodies."""
+    runs = []
+    for header, body in answers:
+        if header:
+            runs.append(float(dict(i.split("=") for i in header.split(","))["run_ms"]))
+        else:
+            runs.append(float(json.loads(body)["timing"]["run_ms"]))
+    return runs
 
 
 def throughput(call_factory: Callable[[], Callable[[], object]], clients: int, seconds: float):
@@ -330,16 +387,19 @@ def run_bench(args: argparse.Namespace) -> None:
             print(
                 f"  {'model':14s} {'caller':8s} {'codec':5s}  {'raw p50':>8s} {'raw p99':>8s}"
                 f"  {'http p50':>8s} {'http p99':>8s}  {'added p50':>9s} {'added p99':>9s}"
+                f"  {'worker run p50':>14s}"
             )
             for name, url in urls.items() if "latency" in sections else ():
                 session, arrays = raw_sessions[name], inputs[name]
                 for who, http in (("owner", vendor), ("metered", buyer)):
                     for codec in ("npz", "json"):
+                        answers: list[tuple[str, bytes]] = []
                         raw_us, http_us = interleaved_us(
                             lambda s=session, a=arrays: s.run(None, a),
-                            caller(http, url, arrays, codec),
+                            caller(http, url, arrays, codec, args.client, answers),
                             args.calls,
                         )
+                        run_p50 = statistics.median(server_run_ms(answers)) if answers else 0.0
                         r50, r99, h50, h99 = (
                             p(raw_us, 50),
                             p(raw_us, 99),
@@ -349,7 +409,7 @@ def run_bench(args: argparse.Namespace) -> None:
                         print(
                             f"  {name:14s} {who:8s} {codec:5s}  {r50 / 1e3:8.3f} {r99 / 1e3:8.3f}"
                             f"  {h50 / 1e3:8.3f} {h99 / 1e3:8.3f}  {(h50 - r50) / 1e3:9.3f}"
-                            f" {(h99 - r99) / 1e3:9.3f}"
+                            f" {(h99 - r99) / 1e3:9.3f}  {run_p50:14.3f}"
                         )
             print(f"\nthroughput on the ~1 ms conv (npz), {args.seconds:.0f} s per figure")
             name = "conv ~1 ms"
@@ -359,9 +419,7 @@ def run_bench(args: argparse.Namespace) -> None:
                 for clients in (2, 8) if "throughput" in sections else ():
 
                     def http_factory(http: requests.Session) -> Callable[[], object]:
-                        session = requests.Session()
-                        session.headers.update(http.headers)
-                        return caller(session, urls[name], arrays, "npz")
+                        return caller(http, urls[name], arrays, "npz", args.client)
 
                     bare = throughput(
                         lambda: lambda: pool.evaluate("bench", lambda: model, arrays),
@@ -383,71 +441,93 @@ def run_bench(args: argparse.Namespace) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> None:
-    """Profile evaluate in this process: Flask's test client, the same app and sandbox."""
+    """Profile evaluate in this process: the same app and sandbox, called as WSGI."""
     from pyinstrument import Profiler
+    from werkzeug.test import EnvironBuilder
 
-    from marketplace import create_app
+    from marketplace import create_app, migrate
 
     with tempfile.TemporaryDirectory() as instance:
         os.environ["MARKETPLACE_INSTANCE_PATH"] = instance
         os.environ["MARKETPLACE_LOG_LEVEL"] = "WARNING"
         app = create_app()
-        from marketplace import migrate
-
         migrate.upgrade(app.extensions["db"].engine)
         client = app.test_client()
 
+        def post(who: dict[str, str], path: str, options: dict[str, Any]) -> Any:
+            resp = client.post(
+                path,
+                query_string=options.get("params"),
+                json=options.get("json"),
+                data=options.get("data"),
+                headers={**who, **options.get("headers", {})},
+            )
+            if resp.status_code not in (200, 201):
+                raise SystemExit(f"POST {path}: {resp.status_code} {resp.data[:300]!r}")
+            return resp.json
+
         def org(roles: list[str]) -> dict[str, str]:
-            reg = client.post(
+            creds = post(
+                {},
                 "/api/v1/register",
-                json={
-                    "email": f"{uuid.uuid4().hex[:8]}@example.test",
-                    "password": "Bench-Password-2026",
-                    "organization_name": "Bench",
-                    "organization_roles": roles,
+                {
+                    "json": {
+                        "email": f"{uuid.uuid4().hex[:8]}@example.test",
+                        "password": "Bench-Password-2026",
+                        "organization_name": "Bench",
+                        "organization_roles": roles,
+                    }
                 },
-            ).json
-            creds = reg["client"]
-            token = client.post(
-                "/oauth/token",
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": creds["client_id"],
-                    "client_secret": creds["client_secret"],
-                },
-            ).json["access_token"]
+            )["client"]
+            form = {"grant_type": "client_credentials", **creds}
+            token = client.post("/oauth/token", data=form).json["access_token"]
             return {"Authorization": f"Bearer {token}"}
 
-        vendor = org(["vendor"])
-        model, arrays = MODELS["conv ~1 ms"]()
-        listing = client.post(
-            "/api/v1/models", json={"name": "p", "task": "bench"}, headers=vendor
-        ).json
-        client.post(
-            f"/api/v1/models/{listing['id']}/versions?version=1.0.0",
-            data=model,
-            headers={**vendor, "Content-Type": "application/octet-stream"},
-        )
-        url = f"/api/v1/models/{listing['id']}/versions/1.0.0/evaluate"
-        body = npz_bytes(arrays)
-        headers = {**vendor, "Content-Type": NPZ_MIME, "Accept": NPZ_MIME}
+        vendor, buyer = org(["vendor"]), org(["buyer"])
+        path = provision(post, vendor, buyer, [args.model])[args.model]
+        body, headers = request_body(MODELS[args.model]()[1], args.codec)
+        who = vendor if args.caller == "owner" else buyer
+        environ = EnvironBuilder(
+            path=path, method="POST", headers=who | headers, data=body
+        ).get_environ()
+        statuses: list[str] = []
+
+        def start_response(status: str, _headers: Any, _exc_info: Any = None) -> Any:
+            statuses.append(status)
 
         def call() -> None:
-            # Closing the response is what a server does when it has sent it (and what
-            # releases the call's evaluation slot).
-            with client.post(url, data=body, headers=headers) as resp:
-                if resp.status_code != 200:
-                    raise SystemExit(f"evaluate failed: {resp.status_code} {resp.data[:200]!r}")
-                resp.get_data()
+            env = {**environ, "wsgi.input": io.BytesIO(body)}
+            chunks = app.wsgi_app(env, start_response)
+            try:
+                for _chunk in chunks:
+                    pass
+            finally:
+                # What a server does when it has sent the response (and what releases the
+                # call's evaluation slot).
+                getattr(chunks, "close", lambda: None)()
+            status = statuses.pop()
+            if not status.startswith("200"):
+                raise SystemExit(f"evaluate failed: {status}")
 
-        for _ in range(50):
+        for _ in range(200):
             call()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for _ in range(args.calls):
+            call()
+        # This process's CPU time is steadier than wall time on a shared host; the sandbox
+        # worker's own run is not in it.
+        cpu_ms = (time.process_time() - cpu_started) / args.calls * 1000
+        per_call_ms = (time.perf_counter() - started) / args.calls * 1000
+        print(
+            f"{args.model}, {args.caller}, {args.codec}: {per_call_ms:.3f} ms per call unprofiled,"
+            f" {cpu_ms:.3f} ms of this process's CPU"
+        )
         profiler = Profiler(interval=0.0001)
         profiler.start()
         for _ in range(args.calls):
             call()
         profiler.stop()
-        print(profiler.output_text(unicode=False, color=False, show_all=False))
+        print(profiler.output_text(unicode=False, color=False, show_all=args.all_frames))
         app.extensions["sandbox_pool"].close()
 
 
@@ -459,6 +539,11 @@ def main() -> None:
     parser.add_argument("--server-args", default="--processes 2 --threads 8")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sections", default="cold,latency,throughput")
+    parser.add_argument("--client", choices=["http.client", "requests"], default="http.client")
+    parser.add_argument("--model", choices=list(MODELS), default="conv ~1 ms")
+    parser.add_argument("--caller", choices=["owner", "metered"], default="owner")
+    parser.add_argument("--codec", choices=["npz", "json"], default="npz")
+    parser.add_argument("--all-frames", action="store_true", help="profile: hide no frames")
     args = parser.parse_args()
     if args.profile:
         run_profile(args)

@@ -47,6 +47,7 @@ class NodeAdmission:
             raise ValueError("slots must be at least 1")
         self.directory = directory
         self.slots = slots
+        self._paths = [os.fspath(directory / f"slot-{i}") for i in range(slots)]
         self._next = itertools.count()
         self._made = False
 
@@ -57,7 +58,7 @@ class NodeAdmission:
             self._made = True
         start = next(self._next)
         for step in range(self.slots):
-            path = self.directory / f"slot-{(start + step) % self.slots}"
+            path = self._paths[(start + step) % self.slots]
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

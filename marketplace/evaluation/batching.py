@@ -189,10 +189,13 @@ class NodeWriterLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._made = False
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._made:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._made = True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -33,7 +33,8 @@ from marketplace.catalog.models import Listing, ModelVersion
 from marketplace.catalog.services import get_version_for_evaluation, load_model_bytes
 from marketplace.config import Settings
 from marketplace.db import Database, utcnow
-from marketplace.errors import DomainError, ServiceUnavailable, library_problem
+from marketplace.errors import DomainError, ServiceUnavailable, ValidationFailed, library_problem
+from marketplace.evaluation import tensors
 from marketplace.evaluation.admission import NodeAdmission, NodeBusy, Slot
 from marketplace.evaluation.batching import GroupCommitter
 from marketplace.licensing import entitlements
@@ -218,8 +219,34 @@ class Evaluation:
     usage: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class EvaluateLimits:
+    """The caps on one evaluate call, from the settings."""
+
+    body_bytes_max: int
+    json_body_bytes_max: int
+    input_elements_max: int
+    input_bytes_max: int
+    json_input_bytes_max: int
+    json_output_bytes_max: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EvaluateLimits:
+        return cls(
+            body_bytes_max=settings.eval_body_bytes_max,
+            # A JSON body is also an evaluation body: the smaller cap holds.
+            json_body_bytes_max=min(
+                settings.eval_body_bytes_max, settings.eval_json_body_bytes_max
+            ),
+            input_elements_max=settings.eval_input_elements_max,
+            input_bytes_max=settings.eval_input_bytes_max,
+            json_input_bytes_max=settings.eval_json_input_bytes_max,
+            json_output_bytes_max=settings.eval_json_output_bytes_max,
+        )
+
+
 class EvaluationService:
-    """The evaluate use case with its caches and its group committer; one per app."""
+    """The evaluate use case with its caches, limits and group committer; one per app."""
 
     def __init__(
         self,
@@ -233,6 +260,7 @@ class EvaluationService:
     ) -> None:
         self.database = database
         self.pool = pool
+        self.limits = EvaluateLimits.from_settings(settings)
         self.blob_store = blob_store
         self.blob_cache = blob_cache
         self.targets: TTLCache[tuple[int, str], Target] = TTLCache(settings.eval_lookup_cache_ttl_s)
@@ -245,6 +273,30 @@ class EvaluationService:
             reserve_calls=settings.metering_reserve_calls,
             writer_lock=writer_lock,
         )
+
+    def decode_npz(self, body: bytes) -> dict[str, np.ndarray]:
+        """An npz body's input tensors within this node's caps; 422 otherwise."""
+        try:
+            return tensors.decode_npz(
+                body,
+                elements_max=self.limits.input_elements_max,
+                bytes_max=self.limits.input_bytes_max,
+            )
+        except tensors.TensorDecodeError as exc:
+            raise ValidationFailed(str(exc), code=exc.code) from None
+
+    def decode_json(self, body: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """A JSON body's ``{"inputs": {...}}`` tensors within this node's caps; 422 otherwise."""
+        if set(body) != {"inputs"}:
+            raise ValidationFailed('The body must be {"inputs": {...}}.', code="input_invalid")
+        try:
+            return tensors.decode_json_tensors(
+                body["inputs"],
+                elements_max=self.limits.input_elements_max,
+                bytes_max=self.limits.json_input_bytes_max,
+            )
+        except tensors.TensorDecodeError as exc:
+            raise ValidationFailed(str(exc), code=exc.code) from None
 
     def forget_listing(self, listing_id: int) -> None:
         """Drop what the caches know of a listing (after a revoke, suspension or reinstatement)."""
@@ -298,13 +350,13 @@ class EvaluationService:
         model_id: int,
         version: str,
         read_inputs: Callable[[], Mapping[str, np.ndarray]],
-        json_output_bytes_max: int | None = None,
+        json_outputs: bool = False,
     ) -> Evaluation:
         """Look up, admit, run, record: the outputs of one call that has been counted.
 
         ``read_inputs`` is called after the entitlement check, so a caller without one costs
-        no body parsing. ``json_output_bytes_max`` is the output limit when the caller wants
-        JSON (``json_output_too_large`` beyond it).
+        no body parsing. ``json_outputs`` says the outputs will be sent as JSON, which has a
+        smaller output limit (``json_output_too_large`` beyond it).
         """
         target = self._target(model_id, version)
         entitlement = None
@@ -324,7 +376,7 @@ class EvaluationService:
                 version=target.version,
                 caller_org_id=organization_id,
                 inputs=inputs,
-                json_output_bytes_max=json_output_bytes_max,
+                json_output_bytes_max=self.limits.json_output_bytes_max if json_outputs else None,
                 blob_cache=self.blob_cache,
                 record_deadline_call=None
                 if entitlement is None

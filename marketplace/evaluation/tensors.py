@@ -21,13 +21,15 @@ import string
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
 
-from sandbox.protocol import CODE_BY_DTYPE, DTYPE_NAMES, RANK_MAX
+from sandbox.protocol import CODE_BY_DTYPE, DTYPE_NAMES, RANK_MAX, remember
 
 NPZ_MIME = "application/x-npz"
 
@@ -200,6 +202,11 @@ def encode_json_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str,
 
 _NAME_SAFE = frozenset(string.ascii_letters + string.digits + "_.-")
 _NPY_HEADER_BYTES_MAX = 10_000  # numpy's own bound on a .npy header
+# Parsed .npy headers by their exact bytes: (dtype, shape, Fortran order).
+_NPY_PARSED: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], bool]] = {}
+_NPY_CACHED_HEADER_BYTES_MAX = 256
+# Written .npy headers of C-ordered arrays by (dtype, shape).
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
 # What numpy writes for a version 1.0 header: magic, length, the dict literal, padding.
 _NPY_HEADER_RE = re.compile(
     rb"\x93NUMPY\x01\x00..\{'descr': '(?P<descr>[<>|=][a-z][0-9]{1,2})', "
@@ -213,6 +220,8 @@ _ZIP_LOCAL_SIG = b"PK\x03\x04"
 _ZIP_CENTRAL_SIG = b"PK\x01\x02"
 _ZIP_END_SIG = b"PK\x05\x06"
 _ZIP_DOS_DATE = 0x21  # 1980-01-01: archives do not depend on the clock
+_ZIP_UTF8_NAME = 0x800  # the general-purpose flag for UTF-8 member names
+_ZIP_EXTRACT_VERSION_MAX = 63  # zipfile's own limit
 _ZIP32_LIMIT = 1 << 32
 
 
@@ -238,6 +247,13 @@ def _tensor_name(member: str) -> str:
 
 def _npy_array(data: memoryview, name: str, elements_left: int) -> np.ndarray:
     """The array in one ``.npy`` member, its header checked before its data is used."""
+    if len(data) >= 10:
+        # A header seen before (clients send the same shapes again and again): its parsed
+        # form, keyed by its exact bytes. The caps are checked on every call all the same.
+        end = 10 + (data[8] | data[9] << 8)
+        known = _NPY_PARSED.get(bytes(data[:end])) if end <= _NPY_CACHED_HEADER_BYTES_MAX else None
+        if known is not None:
+            return _npy_checked(data, name, elements_left, *known, end)
     fast = _NPY_HEADER_RE.match(bytes(data[:256]))
     if fast is not None:
         # The exact header numpy itself writes, parsed without numpy's literal evaluator
@@ -253,9 +269,10 @@ def _npy_array(data: memoryview, name: str, elements_left: int) -> np.ndarray:
         except TypeError:
             raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
         shape = tuple(int(d) for d in dims.replace(" ", "").split(",") if d)
-        return _npy_checked(
-            data, name, elements_left, dtype, shape, fortran_text == b"True", header_end
-        )
+        fortran = fortran_text == b"True"
+        if header_end == 10 + (data[8] | data[9] << 8):
+            remember(_NPY_PARSED, bytes(data[:header_end]), (dtype, shape, fortran))
+        return _npy_checked(data, name, elements_left, dtype, shape, fortran, header_end)
     head = io.BytesIO(bytes(data[: _NPY_HEADER_BYTES_MAX + 16]))
     try:
         version = np.lib.format.read_magic(head)
@@ -296,22 +313,121 @@ def _npy_checked(
     return array
 
 
-def _stored_member(body: memoryview, info: zipfile.ZipInfo) -> memoryview:
-    """A stored member's bytes as a view into the body (no copy), its CRC checked."""
-    at = info.header_offset
-    if at + _ZIP_LOCAL.size > len(body):
+@dataclass(frozen=True)
+class _Member:
+    """One archive member: its name, declared (uncompressed) size and how to read it (given the
+    tensor's name, for messages)."""
+
+    name: str
+    size: int
+    read: Callable[[str], memoryview]
+
+
+def _stored_member(body: memoryview, at: int, size: int, crc: int, _name: str = "") -> memoryview:
+    """The bytes of the stored member whose local header is at ``at``, as a view into the body
+    (no copy), its CRC checked."""
+    if not 0 <= at <= len(body) - _ZIP_LOCAL.size:
         raise TensorDecodeError("the npz archive is truncated")
     fields = _ZIP_LOCAL.unpack_from(body, at)
     if fields[0] != _ZIP_LOCAL_SIG:
         raise TensorDecodeError("the body is not an npz archive")
     start = at + _ZIP_LOCAL.size + fields[9] + fields[10]
-    end = start + info.file_size
-    if info.compress_size != info.file_size or end > len(body):
+    end = start + size
+    if end > len(body):
         raise TensorDecodeError("the npz archive is truncated")
     data = body[start:end]
-    if zlib.crc32(data) != info.CRC:
+    if zlib.crc32(data) != crc:
         raise TensorDecodeError("an npz member fails its checksum")
     return data
+
+
+def _plain_members(body: memoryview) -> list[_Member] | None:
+    """The members of an archive laid out as ``np.savez`` and this module write it, else None.
+
+    That layout is read from the central directory by hand: no archive comment, nothing before
+    the first member, no Zip64 records, no extra fields, no encryption or data descriptors,
+    stored members with ASCII names free of NUL. Anything else (compressed members included)
+    goes to :func:`_zipfile_members`, which reads it as zipfile does.
+    """
+    size = len(body)
+    if size < _ZIP_END.size:
+        return None
+    end_at = size - _ZIP_END.size
+    signature, disk, cd_disk, on_disk, entries, cd_size, cd_at, comment = _ZIP_END.unpack_from(
+        body, end_at
+    )
+    if (
+        signature != _ZIP_END_SIG
+        or comment
+        or disk
+        or cd_disk
+        or on_disk != entries
+        or cd_at + cd_size != end_at
+    ):
+        return None
+    members = []
+    at = cd_at
+    for _ in range(entries):
+        if at + _ZIP_CENTRAL.size > end_at:
+            return None
+        fields = _ZIP_CENTRAL.unpack_from(body, at)
+        flags, method, crc, packed, unpacked = fields[3], fields[4], fields[7], fields[8], fields[9]
+        name_len, extra_len, comment_len, local_at = fields[10], fields[11], fields[12], fields[16]
+        name = bytes(body[at + _ZIP_CENTRAL.size : at + _ZIP_CENTRAL.size + name_len])
+        at += _ZIP_CENTRAL.size + name_len + extra_len + comment_len
+        if (
+            fields[0] != _ZIP_CENTRAL_SIG
+            or fields[2] > _ZIP_EXTRACT_VERSION_MAX
+            or flags & ~_ZIP_UTF8_NAME
+            or method != zipfile.ZIP_STORED
+            or extra_len
+            or packed != unpacked
+            or at > end_at
+            or not name.isascii()
+            or b"\0" in name
+        ):
+            return None
+        members.append(
+            _Member(name.decode(), unpacked, partial(_stored_member, body, local_at, unpacked, crc))
+        )
+    return members if at == end_at else None
+
+
+def _zipfile_members(data: bytes, body: memoryview) -> list[_Member]:
+    """The members of any archive zipfile reads; compressed ones inflate up to their size."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError):
+        raise TensorDecodeError("the body is not an npz archive") from None
+
+    def stored(info: zipfile.ZipInfo, _name: str) -> memoryview:
+        if info.compress_size != info.file_size:
+            raise TensorDecodeError("the npz archive is truncated")
+        return _stored_member(body, info.header_offset, info.file_size, info.CRC)
+
+    def inflated(info: zipfile.ZipInfo, name: str) -> memoryview:
+        try:
+            with archive.open(info) as stream:
+                raw = stream.read(info.file_size + 1)
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, zlib.error):
+            raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
+        except NotImplementedError:
+            raise TensorDecodeError(f"npz member {name!r} uses an unknown compression") from None
+        if len(raw) != info.file_size:
+            raise TensorDecodeError(
+                "an npz member's size differs from its header", "input_too_large"
+            )
+        return memoryview(raw)
+
+    return [
+        _Member(
+            info.filename,
+            info.file_size,
+            partial(stored if info.compress_type == zipfile.ZIP_STORED else inflated, info),
+        )
+        for info in infos
+    ]
 
 
 def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, np.ndarray]:
@@ -320,52 +436,41 @@ def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, n
     Stored (uncompressed) members become arrays over the body's own bytes; compressed ones are
     inflated up to their declared, bounded size.
     """
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError):
-        raise TensorDecodeError("the body is not an npz archive") from None
-    if not infos:
+    body = memoryview(data)
+    members = _plain_members(body)
+    if members is None:
+        members = _zipfile_members(data, body)
+    if not members:
         raise TensorDecodeError("the npz archive holds no tensors")
-    if sum(i.file_size for i in infos) > bytes_max:
+    if sum(member.size for member in members) > bytes_max:
         raise TensorDecodeError(
             f"the npz archive expands past {bytes_max} bytes", "input_too_large"
         )
-    body = memoryview(data)
     arrays: dict[str, np.ndarray] = {}
     left = elements_max
-    for info in infos:
-        name = _tensor_name(info.filename)
+    for member in members:
+        name = _tensor_name(member.name)
         if name in arrays:
             raise TensorDecodeError(f"the npz archive holds {name!r} twice")
-        if info.compress_type == zipfile.ZIP_STORED:
-            member = _stored_member(body, info)
-        else:
-            try:
-                with archive.open(info) as stream:
-                    raw = stream.read(info.file_size + 1)
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError):
-                raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
-            except NotImplementedError:
-                raise TensorDecodeError(
-                    f"npz member {name!r} uses an unknown compression"
-                ) from None
-            if len(raw) != info.file_size:
-                raise TensorDecodeError(
-                    "an npz member's size differs from its header", "input_too_large"
-                )
-            member = memoryview(raw)
-        array = _npy_array(member, name, left)
+        array = _npy_array(member.read(name), name, left)
         left -= array.size
         arrays[name] = array
     return arrays
 
 
 def _npy_header(array: np.ndarray) -> bytes:
-    # Rank is at most 8 here, so the version 1.0 header (up to 64 KiB) always suffices.
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(array))
-    return buffer.getvalue()
+    """numpy's own .npy header for a C-ordered array, kept per dtype and shape (numpy's writer
+    costs more than a small model's run)."""
+    key = (array.dtype.str, array.shape)
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        # Rank is at most 8 here, so the version 1.0 header (up to 64 KiB) always suffices.
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buffer, np.lib.format.header_data_from_array_1_0(array)
+        )
+        header = remember(_NPY_HEADERS, key, buffer.getvalue())
+    return header
 
 
 def encode_npz_chunks(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
@@ -16,16 +17,11 @@ from marketplace.db import get_session
 from marketplace.errors import DomainError, PayloadTooLarge, ValidationFailed
 from marketplace.evaluation import services
 from marketplace.evaluation.admission import Slot
-from marketplace.evaluation.tensors import (
-    NPZ_MIME,
-    TensorDecodeError,
-    decode_json_tensors,
-    decode_npz,
-    encode_json_tensors,
-    encode_npz_chunks,
-)
+from marketplace.evaluation.tensors import NPZ_MIME, encode_json_tensors, encode_npz_chunks
 
 bp = Blueprint("evaluation", __name__, url_prefix=API_PREFIX)
+# npz outputs up to this size are sent whole, larger ones streamed in chunks of this size.
+NPZ_INLINE_BYTES_MAX = 1 << 20
 
 
 class TensorJSON(BaseModel):
@@ -63,32 +59,37 @@ class EvaluateResponse(BaseModel):
     usage: EvaluateUsage
 
 
-def _read_inputs() -> dict[str, Any]:
-    settings = current_app.extensions["settings"]
-    limit = settings.eval_body_bytes_max
+def _read_inputs(service: services.EvaluationService) -> dict[str, Any]:
+    limit = service.limits.body_bytes_max
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Evaluation bodies are limited to {limit} bytes.")
     mimetype = request.mimetype
-    try:
-        if mimetype == NPZ_MIME:
-            request.max_content_length = limit
-            return decode_npz(
-                request.get_data(cache=False),
-                elements_max=settings.eval_input_elements_max,
-                bytes_max=settings.eval_input_bytes_max,
-            )
-        if mimetype == "application/json":
-            body = read_json_object(min(limit, settings.eval_json_body_bytes_max))
-            if set(body) != {"inputs"}:
-                raise ValidationFailed('The body must be {"inputs": {...}}.', code="input_invalid")
-            return decode_json_tensors(
-                body["inputs"],
-                elements_max=settings.eval_input_elements_max,
-                bytes_max=settings.eval_json_input_bytes_max,
-            )
-    except TensorDecodeError as exc:
-        raise ValidationFailed(str(exc), code=exc.code) from None
+    if mimetype == NPZ_MIME:
+        request.max_content_length = limit
+        return service.decode_npz(request.get_data(cache=False))
+    if mimetype == "application/json":
+        return service.decode_json(_json_body(service.limits.json_body_bytes_max))
     raise DomainError(f"Send application/json or {NPZ_MIME}.", code="unsupported_media_type")
+
+
+def _json_body(bytes_max: int) -> dict[str, Any]:
+    """The body as a JSON object, as :func:`read_json_object` reads it, parsed faster.
+
+    Tensor data makes evaluation bodies long lists of numbers, which orjson parses about eight
+    times faster than the standard decoder. It is strict JSON: whatever it refuses (the NaN
+    and Infinity tokens Python's json writes, integers past 64 bits, other encodings) goes to
+    the app's own decoder, so the same bodies are accepted and refused as everywhere else.
+    """
+    if request.content_length is not None and request.content_length > bytes_max:
+        raise PayloadTooLarge(f"JSON bodies are limited to {bytes_max} bytes.")
+    request.max_content_length = bytes_max
+    try:
+        body = orjson.loads(request.get_data())
+    except orjson.JSONDecodeError:
+        return read_json_object(bytes_max)
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object.", code="body_not_object")
+    return body
 
 
 def _wants_npz() -> bool:
@@ -172,23 +173,27 @@ def _streamed(chunks: Iterator[bytes], slot: Slot) -> Iterator[bytes]:
 
 
 def _evaluate(model_id: int, version: str, slot: Slot) -> Response:
-    settings = current_app.extensions["settings"]
     service: services.EvaluationService = current_app.extensions["evaluation"]
     wants_npz = _wants_npz()
     result = service.evaluate(
         organization_id=current.organization_id,
         model_id=model_id,
         version=version,
-        read_inputs=_read_inputs,
-        json_output_bytes_max=None if wants_npz else settings.eval_json_output_bytes_max,
+        read_inputs=lambda: _read_inputs(service),
+        json_outputs=not wants_npz,
     )
     if wants_npz:
-        body = _streamed(encode_npz_chunks(result.outputs), slot)
-        response = Response(body, mimetype=NPZ_MIME)
+        chunks = encode_npz_chunks(result.outputs)
+        if sum(a.nbytes for a in result.outputs.values()) <= NPZ_INLINE_BYTES_MAX:
+            # Small outputs go out as one body with a length: fewer writes than chunks.
+            response = Response(b"".join(chunks), mimetype=NPZ_MIME)
+            slot.release()
+        else:
+            response = Response(_streamed(chunks, slot), mimetype=NPZ_MIME)
+            # A generator not yet started has no finally to run: release on close as well.
+            response.call_on_close(slot.release)
         response.headers["X-Jishi-Timing"] = ",".join(f"{k}={v}" for k, v in result.timing.items())
         response.headers["X-Jishi-Usage"] = ",".join(f"{k}={v}" for k, v in result.usage.items())
-        # A generator not yet started has no finally to run: release on close as well.
-        response.call_on_close(slot.release)
         return response
     response = jsonify(
         {

@@ -2,9 +2,9 @@
 
 On PostgreSQL, batches of rows go in with ``COPY ... FROM STDIN`` (binary-safe text format through
 psycopg), which costs a fraction of an ``INSERT`` per row on the client and skips statement
-parsing; ids come from the table's own sequence first. Elsewhere (SQLite) it is a plain
-multi-row ``INSERT``, as are small batches on PostgreSQL. Either way the rows join the
-caller's transaction.
+parsing; ids come from the table's own sequence first. Elsewhere (SQLite), and for small
+batches on PostgreSQL, it is one ``INSERT`` executed for many rows (one compiled statement,
+the driver's executemany). Either way the rows join the caller's transaction.
 """
 
 from __future__ import annotations
@@ -63,4 +63,6 @@ def insert_rows(
             for row in rows:
                 copy.write_row(row)
         return
-    session.execute(sa.insert(table).values([dict(zip(columns, row, strict=True)) for row in rows]))
+    # Parameters apart from the statement: its compiled form is cached across calls, where
+    # values() inlined in it made every batch compile anew.
+    session.execute(sa.insert(table), [dict(zip(columns, row, strict=True)) for row in rows])

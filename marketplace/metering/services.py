@@ -179,18 +179,22 @@ def missing_for_next_call(session: Session, lic: License) -> int:
     )
 
 
+# Built once: every metered call runs it, and building the expression cost more than running it.
+_COUNT_RESERVED = (
+    sa.update(_licenses_t)
+    .where(
+        _licenses_t.c.id == sa.bindparam("license_id"),
+        _licenses_t.c.revoked_at.is_(None),
+        _licenses_t.c.calls_used + sa.bindparam("calls") <= _licenses_t.c.calls_reserved,
+    )
+    .values(calls_used=_licenses_t.c.calls_used + sa.bindparam("calls"))
+    .returning(_licenses_t.c.calls_used)
+)
+
+
 def _count_calls(session: Session, license_id: int, calls: int) -> int | None:
     """Count ``calls`` more calls if the reservation covers them; the new ``calls_used``."""
-    row = session.execute(
-        sa.update(_licenses_t)
-        .where(
-            _licenses_t.c.id == license_id,
-            _licenses_t.c.revoked_at.is_(None),
-            _licenses_t.c.calls_used + calls <= _licenses_t.c.calls_reserved,
-        )
-        .values(calls_used=_licenses_t.c.calls_used + calls)
-        .returning(_licenses_t.c.calls_used)
-    ).first()
+    row = session.execute(_COUNT_RESERVED, {"license_id": license_id, "calls": calls}).first()
     return None if row is None else int(row[0])
 
 
@@ -210,28 +214,49 @@ def count_calls(
     cannot be counted; after the slow path has started, the caller must roll back (a
     savepoint is enough) to undo its partial work.
     """
+    counted = count_reserved_calls(session, license_id=license_id, version_ids=version_ids)
+    if counted is not None:
+        return counted
+    calls = len(version_ids)
+    (lic,) = _lock_licenses(session, [license_id])
+    if lic.kind != PER_INFERENCE or lic.revoked_at is not None:
+        raise Forbidden("The licence is not active.", code="license_inactive")
+    transfers, _due = _settlement_transfers(session, lic)
+    ledger.apply_transfers(session, transfers)
+    _mark_settled(lic)
+    _reserve(session, lic, max(reserve_calls, calls))
+    session.add(lic)
+    session.flush()
+    used = _count_calls(session, license_id, calls)
+    if used is None:
+        raise InsufficientFunds(
+            account_id=_wallet(session, lic),
+            currency=lic.currency,
+            missing_minor=royalty_due(lic.calls_used + calls, lic.royalty_per_1k_minor)
+            - royalty_due(lic.calls_reserved, lic.royalty_per_1k_minor),
+        )
+    return used, _insert_usage(session, license_id, version_ids, used)
+
+
+def count_reserved_calls(
+    session: Session, *, license_id: int, version_ids: list[int]
+) -> tuple[int, list[str]] | None:
+    """:func:`count_calls`'s fast path alone: the calls counted if the licence's reservation
+    covers them all, else None with no effect (nothing to roll back)."""
     calls = len(version_ids)
     if calls <= 0:
         raise ValueError("calls must be positive")
     used = _count_calls(session, license_id, calls)
     if used is None:
-        (lic,) = _lock_licenses(session, [license_id])
-        if lic.kind != PER_INFERENCE or lic.revoked_at is not None:
-            raise Forbidden("The licence is not active.", code="license_inactive")
-        transfers, _due = _settlement_transfers(session, lic)
-        ledger.apply_transfers(session, transfers)
-        _mark_settled(lic)
-        _reserve(session, lic, max(reserve_calls, calls))
-        session.add(lic)
-        session.flush()
-        used = _count_calls(session, license_id, calls)
-        if used is None:
-            raise InsufficientFunds(
-                account_id=_wallet(session, lic),
-                currency=lic.currency,
-                missing_minor=royalty_due(lic.calls_used + calls, lic.royalty_per_1k_minor)
-                - royalty_due(lic.calls_reserved, lic.royalty_per_1k_minor),
-            )
+        return None
+    return used, _insert_usage(session, license_id, version_ids, used)
+
+
+def _insert_usage(
+    session: Session, license_id: int, version_ids: list[int], used: int
+) -> list[str]:
+    """One usage event per call, ``seq`` ``used - n + 1 .. used``; the events' ids."""
+    calls = len(version_ids)
     now = utcnow()
     # 128 random bits per event, drawn in one system call for the whole batch.
     raw = os.urandom(16 * calls).hex()
@@ -245,7 +270,7 @@ def count_calls(
             for i, (event_id, version_id) in enumerate(zip(ids, version_ids, strict=True))
         ],
     )
-    return used, ids
+    return ids
 
 
 def record_calls(

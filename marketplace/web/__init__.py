@@ -34,7 +34,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, Request, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_babel import Babel
 from flask_wtf.csrf import CSRFProtect
 
@@ -70,6 +71,24 @@ def session_cookie_policy(settings: Any) -> dict[str, Any]:
     }
 
 
+# Paths that never take the session cookie: the API and the OAuth endpoints.
+COOKIELESS_PREFIXES = ("/api/", "/oauth/", "/.well-known/")
+
+
+class PagesSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session (the CSRF secret), opened for the pages only.
+
+    The API and OAuth endpoints take no cookies, so they get Flask's null session: no signing
+    serializer is built and no cookie is read for them (a measurable share of a fast
+    evaluation), and anything that tried to store in it there would fail loudly.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if request.path.startswith(COOKIELESS_PREFIXES):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
+
 def init_app(app: Flask) -> None:
     """Register the pages, Babel, CSRF protection and the cookie policy."""
     settings = app.extensions["settings"]
@@ -79,6 +98,7 @@ def init_app(app: Flask) -> None:
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False
     app.config["WTF_CSRF_TIME_LIMIT"] = settings.web_session_ttl_s
     app.config.update(session_cookie_policy(settings))
+    app.session_interface = PagesSessionInterface()
     from marketplace.ratelimit import WindowLimiter
 
     # Failed logins per e-mail and per client address, counted on each node like token failures.

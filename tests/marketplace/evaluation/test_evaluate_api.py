@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from marketplace.evaluation.tensors import NPZ_MIME, decode_npz, encode_npz
+from marketplace.evaluation.views import NPZ_INLINE_BYTES_MAX
 from tests import onnx_models as m
 
 
@@ -49,6 +50,37 @@ def test_owner_evaluates_with_npz_both_ways(client, vendor, publish):
     assert resp.mimetype == NPZ_MIME
     out = decode_npz(resp.data, elements_max=1000, bytes_max=10_000)
     np.testing.assert_allclose(out["y"], x @ m.MATMUL_W, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cols", "streamed"), [(16, False), (NPZ_INLINE_BYTES_MAX // 4, False), (1 << 19, True)]
+)
+def test_small_npz_answers_go_whole_and_large_ones_stream(
+    app, client, vendor, publish, cols, streamed
+):
+    p = publish(vendor, m.expand(1, cols))
+    resp = client.post(
+        _url(p),
+        data=encode_npz({"x": np.array([1.5], np.float32)}),
+        content_type=NPZ_MIME,
+        headers=vendor.headers("sandbox:run", Accept=NPZ_MIME),
+        buffered=False,
+    )
+    assert resp.status_code == 200
+    # A whole body has a length; a streamed one has none (the server sends it chunked).
+    assert ("Content-Length" in resp.headers) is not streamed
+    body = resp.get_data()
+    if not streamed:
+        assert int(resp.headers["Content-Length"]) == len(body)
+    y = decode_npz(body, elements_max=1 << 20, bytes_max=1 << 22)["y"]
+    assert y.shape == (1, cols) and bool((y == 1.5).all())
+    assert "run_ms=" in resp.headers["X-Jishi-Timing"]
+    resp.close()
+    # The call's evaluation slot is free again either way.
+    admission = app.extensions["eval_admission"]
+    held = [admission.acquire() for _ in range(admission.slots)]
+    for slot in held:
+        slot.release()
 
 
 @pytest.mark.parametrize(
@@ -162,6 +194,53 @@ def test_bad_bodies(client, vendor, publish, data, content_type, status, code):
     )
     assert resp.status_code == status
     assert resp.json["code"] == code
+
+
+_X_Y = '{"inputs": {"x": {"dtype": "float32", "shape": [1, 3], "data": [%s]}, "y": {"dtype": "float32", "shape": [1, 3], "data": [1, 1, 1]}}}'
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "z"),
+    [
+        # Strict JSON, read by the fast parser.
+        (_X_Y % "1, 2.5, -3e2", 200, [2.0, 3.5, -299.0]),
+        # What Python's json writes for non-finite floats: not JSON, accepted all the same.
+        (_X_Y % "NaN, Infinity, -Infinity", 200, ["NaN", "Infinity", "-Infinity"]),
+        # The spelled-out strings the API documents for them.
+        (_X_Y % '"NaN", 1, 1', 200, ["NaN", 2.0, 2.0]),
+        # An integer past 64 bits is still a number to the standard decoder.
+        (_X_Y % f"{2**70}, 0, 0", 200, [float(np.float32(2**70) + 1), 1.0, 1.0]),
+        ((_X_Y % "1, 2, 3").encode("utf-16"), 200, [2.0, 3.0, 4.0]),
+        (_X_Y % "1, 2, 3,", 422, "malformed_json"),
+        ('{"inputs": 1, "inputs": 2', 422, "malformed_json"),
+        ('"inputs"', 422, "body_not_object"),
+    ],
+    ids=[
+        "strict",
+        "nan-tokens",
+        "nan-strings",
+        "big-int",
+        "utf-16",
+        "trailing-comma",
+        "cut",
+        "string",
+    ],
+)
+def test_json_bodies_are_read_as_the_standard_decoder_reads_them(
+    client, vendor, publish, body, status, z
+):
+    p = publish(vendor, m.add())
+    resp = client.post(
+        _url(p),
+        data=body if isinstance(body, bytes) else body.encode(),
+        content_type="application/json",
+        headers=vendor.headers("sandbox:run"),
+    )
+    assert resp.status_code == status, resp.json
+    if status == 200:
+        assert resp.json["outputs"]["z"]["data"] == z
+    else:
+        assert resp.json["code"] == z
 
 
 def test_pickled_npz_is_refused(client, vendor, publish):

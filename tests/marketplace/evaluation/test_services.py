@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from marketplace.errors import DomainError
 from marketplace.evaluation.services import EvaluationService
+from marketplace.evaluation.tensors import encode_npz
 from marketplace.licensing import services as licensing
 from marketplace.licensing.models import License
 from marketplace.metering.models import UsageEvent
@@ -122,3 +123,32 @@ def test_a_cached_trial_used_up_gives_way_to_the_licence_bought_since(
     assert second.usage["kind"] == "per_inference"
     assert second.usage["licence_id"] == order.licence_id
     assert _events(db_session, order.licence_id) == 1
+
+
+@pytest.fixture
+def small_limits(app_config):
+    app_config["EVAL_JSON_OUTPUT_BYTES_MAX"] = 64
+    app_config["EVAL_INPUT_ELEMENTS_MAX"] = 8
+    return app_config
+
+
+def test_the_service_holds_its_limits_from_the_settings(small_limits, service, vendor, publish):
+    assert service.limits.json_output_bytes_max == 64
+    p = publish(vendor, m.expand(1, 32))  # 128 bytes out
+    x = {"x": np.ones(1, np.float32)}
+    assert _call(service, vendor, p, x).outputs["y"].shape == (1, 32)
+    with pytest.raises(DomainError) as exc:
+        service.evaluate(
+            organization_id=vendor.id,
+            model_id=p.model_id,
+            version=p.version,
+            read_inputs=lambda: x,
+            json_outputs=True,
+        )
+    assert exc.value.code == "json_output_too_large"
+    with pytest.raises(DomainError) as exc:
+        service.decode_json({"inputs": {"x": {"dtype": "float32", "shape": [9], "data": [0] * 9}}})
+    assert exc.value.code == "input_too_large"
+    with pytest.raises(DomainError) as exc:
+        service.decode_npz(encode_npz({"x": np.zeros(9, np.float32)}))
+    assert exc.value.code == "input_too_large"

@@ -7,7 +7,9 @@ import csv
 import io
 import re
 
+import flask
 import pytest
+from flask.sessions import NullSession
 from sqlmodel import select
 
 from marketplace.accounts.models import OAuthToken, WebSession
@@ -169,6 +171,15 @@ def test_registration_logs_in_and_shows_the_client_secret_once(app, db_session):
               "organization_roles": ["buyer"], "csrf_token": token},
     )  # fmt: skip
     assert resp.status_code == 422 and "password" in resp.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/me", "/oauth/token", "/.well-known/openid"])
+def test_the_api_and_oauth_open_no_cookie_session(app, path):
+    # The session cookie holds only the pages' CSRF secret; these paths never read it.
+    with app.test_request_context(path, headers={"Cookie": "session=forged"}):
+        assert isinstance(flask.session, NullSession)
+    with app.test_request_context("/login"):
+        assert not isinstance(flask.session, NullSession)
 
 
 def test_production_cookies_are_secure(app, make_org):
