@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from werkzeug.serving import make_server
@@ -32,6 +33,11 @@ PG_ADMIN_URL = os.environ.get(
     "JISHI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = [b for b in os.environ.get("JISHI_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+
+# Properties assert outcomes, never speed: on a loaded CI machine Hypothesis's own timing checks
+# (slow input generation, per-example deadlines) fail tests whose outcomes are right.
+settings.register_profile("outcomes", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("outcomes")
 
 
 def _pg_reachable() -> bool:
