@@ -48,18 +48,57 @@ class BlobCache:
 
     def read(self, sha256: str, size: int, fetch: Callable[[], BinaryIO]) -> bytes:
         """The blob's bytes, from the cache, or fetched, verified and kept."""
+        with self.open(sha256, size, fetch) as body:
+            return body.read(size)
+
+    def open(self, sha256: str, size: int, fetch: Callable[[], BinaryIO]) -> BinaryIO:
+        """The blob as an open, seekable local file, from the cache, or fetched, verified and
+        kept; never held in memory. A blob larger than the whole cache is fetched to an
+        unnamed file that goes away when it is closed."""
         path = self._path(sha256)
         try:
-            with open(path, "rb") as cached:
-                data = cached.read(size + 1)
-            if len(data) == size:
-                with contextlib.suppress(OSError):
-                    os.utime(path)  # most recently used
-                return data
-            path.unlink(missing_ok=True)  # truncated or replaced by hand: fetch again
+            cached = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
         except FileNotFoundError:
             pass
-        return self._fill(sha256, size, fetch, path)
+        else:
+            if os.fstat(cached.fileno()).st_size == size:
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+                return cached
+            cached.close()
+            path.unlink(missing_ok=True)
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        keep = 0 < size <= self.bytes_max
+        out = tempfile.NamedTemporaryFile(dir=self._incoming, delete=False)  # noqa: SIM115
+        try:
+            digest = hashlib.sha256()
+            got = 0
+            with fetch() as body:
+                while chunk := body.read(min(_CHUNK_BYTES, size + 1 - got)):
+                    got += len(chunk)
+                    if got > size:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+            if got != size or digest.hexdigest() != sha256:
+                raise BlobIntegrityError(
+                    log_detail=f"blob {sha256} came back with {got} bytes and another hash"
+                )
+            out.flush()
+            reader = open(out.name, "rb")  # noqa: SIM115 - returned to the caller
+            if keep:
+                self._make_room(size)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(out.name, path)
+            else:
+                os.unlink(out.name)  # the open reader keeps the bytes until it is closed
+            return reader
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(out.name)
+            raise
+        finally:
+            out.close()
 
     def _fill(self, sha256: str, size: int, fetch: Callable[[], BinaryIO], path: Path) -> bytes:
         digest = hashlib.sha256()

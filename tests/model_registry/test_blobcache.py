@@ -82,3 +82,28 @@ def test_a_blob_larger_than_the_cache_is_served_but_not_kept(tmp_path):
     cache = BlobCache(tmp_path / "cache", bytes_max=4000)
     assert cache.read(digest, len(data), lambda: io.BytesIO(data)) == data
     assert not (tmp_path / "cache").exists() or cache.size_bytes() == 0
+
+
+def test_open_gives_a_seekable_local_file_verified_once(tmp_path):
+    data = os.urandom(200_000)
+    digest = hashlib.sha256(data).hexdigest()
+    fetched = []
+
+    def fetch():
+        fetched.append(1)
+        return io.BytesIO(data)
+
+    cache = BlobCache(tmp_path / "cache", bytes_max=1_000_000)
+    with cache.open(digest, len(data), fetch) as first:
+        first.seek(150_000)
+        assert first.read(10) == data[150_000:150_010]
+    with cache.open(digest, len(data), _refuse) as again:
+        assert again.read() == data
+    assert fetched == [1]
+    # Larger than the whole cache: served from an unnamed file, nothing kept.
+    small = BlobCache(tmp_path / "small", bytes_max=1000)
+    with small.open(digest, len(data), fetch) as body:
+        assert body.read() == data
+    assert small.size_bytes() == 0
+    with pytest.raises(BlobIntegrityError):
+        BlobCache(tmp_path / "bad", 10**6).open(digest, len(data), lambda: io.BytesIO(b"x" * 5))
