@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -245,34 +245,21 @@ def _tensor_name(member: str) -> str:
     return _check_name(name)
 
 
-def _npy_array(data: memoryview, name: str, elements_left: int) -> np.ndarray:
-    """The array in one ``.npy`` member, its header checked before its data is used."""
-    if len(data) >= 10:
-        # A header seen before (clients send the same shapes again and again): its parsed
-        # form, keyed by its exact bytes. The caps are checked on every call all the same.
-        end = 10 + (data[8] | data[9] << 8)
-        known = _NPY_PARSED.get(bytes(data[:end])) if end <= _NPY_CACHED_HEADER_BYTES_MAX else None
-        if known is not None:
-            return _npy_checked(data, name, elements_left, *known, end)
+def _parse_npy_header(
+    data: memoryview | bytes, name: str
+) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
+    """The dtype, shape, Fortran order and data offset a ``.npy`` member's header declares."""
     fast = _NPY_HEADER_RE.match(bytes(data[:256]))
     if fast is not None:
         # The exact header numpy itself writes, parsed without numpy's literal evaluator
         # (which costs more than a small model's run).
-        descr, fortran_text, dims, header_end = (
-            fast["descr"].decode(),
-            fast["fortran"],
-            fast["shape"].decode(),
-            fast.end(),
-        )
         try:
-            dtype = np.dtype(descr)
+            dtype = np.dtype(fast["descr"].decode())
         except TypeError:
             raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
+        dims = fast["shape"].decode()
         shape = tuple(int(d) for d in dims.replace(" ", "").split(",") if d)
-        fortran = fortran_text == b"True"
-        if header_end == 10 + (data[8] | data[9] << 8):
-            remember(_NPY_PARSED, bytes(data[:header_end]), (dtype, shape, fortran))
-        return _npy_checked(data, name, elements_left, dtype, shape, fortran, header_end)
+        return dtype, shape, fast["fortran"] == b"True", fast.end()
     head = io.BytesIO(bytes(data[: _NPY_HEADER_BYTES_MAX + 16]))
     try:
         version = np.lib.format.read_magic(head)
@@ -284,19 +271,13 @@ def _npy_array(data: memoryview, name: str, elements_left: int) -> np.ndarray:
             raise ValueError("unsupported .npy version")
     except (ValueError, OSError, EOFError, SyntaxError, TypeError):
         raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
-    return _npy_checked(data, name, elements_left, dtype, shape, fortran, head.tell())
+    return dtype, shape, fortran, head.tell()
 
 
-def _npy_checked(
-    data: memoryview,
-    name: str,
-    elements_left: int,
-    dtype: np.dtype[Any],
-    shape: tuple[int, ...],
-    fortran: bool,
-    offset: int,
-) -> np.ndarray:
-    """The member's array once its declared dtype and shape have passed every cap."""
+def _check_npy(
+    name: str, dtype: np.dtype[Any], shape: tuple[int, ...], elements_left: int, data_bytes: int
+) -> int:
+    """Refuse a member whose declared dtype, rank, size or data length breaks a cap; its count."""
     if dtype.hasobject or dtype.shape or dtype.newbyteorder("=") not in _ALLOWED_NUMPY:
         raise TensorDecodeError(f"dtype must be one of {', '.join(sorted(ALLOWED_DTYPES))}")
     if len(shape) > RANK_MAX:
@@ -304,8 +285,26 @@ def _npy_checked(
     count = math.prod(shape)
     if count > elements_left:
         raise TensorDecodeError("inputs hold more elements than allowed", "input_too_large")
-    if len(data) - offset != count * dtype.itemsize:
+    if data_bytes != count * dtype.itemsize:
         raise TensorDecodeError(f"npz member {name!r} does not hold the data its header declares")
+    return count
+
+
+def _npy_array(data: memoryview, name: str, elements_left: int) -> np.ndarray:
+    """The array in one ``.npy`` member, its header checked before its data is used."""
+    # A header seen before (clients send the same shapes again and again): its parsed form,
+    # keyed by its exact bytes. The caps are checked on every call all the same.
+    end = 10 + (data[8] | data[9] << 8) if len(data) >= 10 else -1
+    cacheable = 0 < end <= _NPY_CACHED_HEADER_BYTES_MAX
+    known = _NPY_PARSED.get(bytes(data[:end])) if cacheable else None
+    if known is not None:
+        dtype, shape, fortran = known
+        offset = end
+    else:
+        dtype, shape, fortran, offset = _parse_npy_header(data, name)
+        if cacheable and offset == end:
+            remember(_NPY_PARSED, bytes(data[:end]), (dtype, shape, fortran))
+    count = _check_npy(name, dtype, shape, elements_left, len(data) - offset)
     array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     array = array.reshape(shape, order="F" if fortran else "C")
     if not dtype.isnative:
@@ -456,6 +455,88 @@ def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, n
         left -= array.size
         arrays[name] = array
     return arrays
+
+
+@dataclass(frozen=True)
+class NpyMember:
+    """One array of an npz archive on disk: its header, and where its C-ordered data starts."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    offset: int
+
+
+def npz_layout(file: IO[bytes], *, elements_max: int, arrays_max: int) -> list[NpyMember]:
+    """The arrays of an npz archive on disk, from their headers, so that rows can be read in place.
+
+    Only what :func:`read_rows` can read without loading a whole array is accepted: stored
+    (uncompressed) members in C order, as ``numpy.savez`` writes them. Every member's checksum
+    is verified, reading the file once in bounded pieces.
+    """
+    try:
+        archive = zipfile.ZipFile(file)
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise TensorDecodeError("the file is not an npz archive") from None
+    if not infos:
+        raise TensorDecodeError("the npz archive holds no arrays")
+    if len(infos) > arrays_max:
+        raise TensorDecodeError(f"the npz archive holds more than {arrays_max} arrays")
+    members: list[NpyMember] = []
+    seen: set[str] = set()
+    left = elements_max
+    for info in infos:
+        name = _tensor_name(info.filename)
+        if name in seen:
+            raise TensorDecodeError(f"the npz archive holds {name!r} twice")
+        seen.add(name)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise TensorDecodeError(
+                f"npz member {name!r} is compressed or encrypted; save with numpy.savez, "
+                "not savez_compressed"
+            )
+        file.seek(info.header_offset)
+        local = file.read(_ZIP_LOCAL.size)
+        if len(local) != _ZIP_LOCAL.size or local[:4] != _ZIP_LOCAL_SIG:
+            raise TensorDecodeError("the npz archive is truncated")
+        fields = _ZIP_LOCAL.unpack(local)
+        start = info.header_offset + _ZIP_LOCAL.size + fields[9] + fields[10]
+        file.seek(start)
+        head = file.read(min(info.file_size, _NPY_HEADER_BYTES_MAX + 16))
+        dtype, shape, fortran, header_bytes = _parse_npy_header(head, name)
+        count = _check_npy(name, dtype, shape, left, info.file_size - header_bytes)
+        if fortran and len(shape) > 1:
+            raise TensorDecodeError(f"npz member {name!r} is in Fortran order; save it in C order")
+        left -= count
+        file.seek(start)
+        crc, remaining = 0, info.file_size
+        while remaining > 0:
+            piece = file.read(min(remaining, 1 << 20))
+            if not piece:
+                raise TensorDecodeError("the npz archive is truncated")
+            crc = zlib.crc32(piece, crc)
+            remaining -= len(piece)
+        if crc != info.CRC:
+            raise TensorDecodeError("an npz member fails its checksum")
+        members.append(NpyMember(name, dtype, tuple(shape), start + header_bytes))
+    return members
+
+
+def read_rows(file: IO[bytes], member: NpyMember, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` (along the first axis) of ``member``, read in place, native order."""
+    if not member.shape or not 0 <= start <= stop <= member.shape[0]:
+        raise ValueError("rows outside the array")
+    row_shape = member.shape[1:]
+    row_bytes = member.dtype.itemsize * math.prod(row_shape)
+    file.seek(member.offset + start * row_bytes)
+    data = file.read((stop - start) * row_bytes)
+    if len(data) != (stop - start) * row_bytes:
+        raise TensorDecodeError("the npz archive is truncated")
+    array = np.frombuffer(data, dtype=member.dtype).reshape((stop - start, *row_shape))
+    if not member.dtype.isnative:
+        return array.astype(member.dtype.newbyteorder("="))
+    return array
 
 
 def _npy_header(array: np.ndarray) -> bytes:

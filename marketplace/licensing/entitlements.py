@@ -292,6 +292,136 @@ def record_successful_call(
     return ledger.run_in_transaction(session, work)
 
 
+# --- batches of calls taken up front (evaluation jobs) -------------------------------------
+
+
+class TrialCallsInsufficient(Forbidden):
+    code = "trial_calls_insufficient"
+
+
+@dataclass(frozen=True)
+class BatchCover:
+    """What was taken up front for a batch of calls: trial calls, or a hold on the wallet."""
+
+    kind: str
+    license_id: int
+    calls_reserved: int
+    hold_id: int | None
+    hold_minor: int
+
+
+def reserve_batch(
+    session: Session, *, entitlement: Entitlement, calls: int, hold_minor: int, key: str
+) -> BatchCover:
+    """Take what ``calls`` calls need before any of them runs, inside the caller's transaction.
+
+    A trial gives up ``calls`` of its calls at once (403 ``trial_calls_insufficient`` when it
+    has fewer); a per-inference licence holds ``hold_minor`` of the wallet (402 with the
+    missing amount); a paid-up licence needs nothing. What is not used goes back with
+    :func:`release_batch`.
+    """
+    ent = entitlement
+    now = utcnow()
+    active = sa.and_(
+        _licenses_t.c.id == ent.license_id,
+        _licenses_t.c.revoked_at.is_(None),
+        sa.or_(_licenses_t.c.expires_at.is_(None), _licenses_t.c.expires_at > now),
+    )
+    hold_id = None
+    if ent.kind == TRIAL:
+        row = session.execute(
+            sa.update(_licenses_t)
+            .where(
+                active,
+                sa.or_(
+                    _licenses_t.c.calls_remaining.is_(None),
+                    _licenses_t.c.calls_remaining >= calls,
+                ),
+            )
+            .values(calls_remaining=_licenses_t.c.calls_remaining - calls)
+            .returning(_licenses_t.c.id)
+        ).first()
+        if row is None:
+            lic = session.get(License, ent.license_id)
+            left = 0 if lic is None else lic.calls_remaining or 0
+            raise TrialCallsInsufficient(
+                f"The trial has {left} calls left; the job needs {calls}.",
+                extra={"calls_remaining": left, "calls_needed": calls},
+            )
+    elif ent.kind == PER_INFERENCE:
+        lic = session.exec(
+            select(License).where(License.id == ent.license_id).with_for_update()
+        ).one()
+        if lic.revoked_at is not None or (lic.expires_at is not None and lic.expires_at <= now):
+            raise _no_longer_covered()
+        hold_id = metering.hold_for_calls(
+            session,
+            lic=lic,
+            amount_minor=hold_minor,
+            key=key,
+            memo=f"holds {calls} calls of licence {lic.id} for a batch",
+        )
+    elif session.execute(sa.select(_licenses_t.c.id).where(active)).first() is None:
+        raise _no_longer_covered()
+    return BatchCover(
+        kind=ent.kind,
+        license_id=ent.license_id,
+        calls_reserved=calls,
+        hold_id=hold_id,
+        hold_minor=hold_minor if hold_id is not None else 0,
+    )
+
+
+def count_batch_calls(
+    session: Session,
+    *,
+    kind: str,
+    license_id: int,
+    version_id: int,
+    calls: int,
+    hold_id: int | None,
+    rehold_minor: int,
+    rehold_key: str,
+) -> tuple[int, int | None]:
+    """Count ``calls`` calls of a reserved batch inside the caller's transaction.
+
+    Returns what they were charged and the hold that now covers the rest of the batch (see
+    :func:`marketplace.metering.services.count_held_calls`). Trial calls were taken when the
+    batch was reserved; every kind counts its calls in ``calls_used``.
+    """
+    if kind == PER_INFERENCE:
+        return metering.count_held_calls(
+            session,
+            license_id=license_id,
+            version_id=version_id,
+            calls=calls,
+            hold_id=hold_id,
+            rehold_minor=rehold_minor,
+            rehold_key=rehold_key,
+        )
+    if calls > 0:
+        session.execute(
+            sa.update(_licenses_t)
+            .where(_licenses_t.c.id == license_id)
+            .values(calls_used=_licenses_t.c.calls_used + calls)
+        )
+    return 0, None
+
+
+def release_batch(
+    session: Session, *, kind: str, license_id: int, hold_id: int | None, unused_calls: int
+) -> None:
+    """Give back what a batch took and did not use, inside the caller's transaction."""
+    if kind == TRIAL and unused_calls > 0:
+        session.execute(
+            sa.update(_licenses_t)
+            .where(_licenses_t.c.id == license_id, _licenses_t.c.calls_remaining.is_not(None))
+            .values(calls_remaining=_licenses_t.c.calls_remaining + unused_calls)
+        )
+    if hold_id is not None:
+        metering.release_hold(session, hold_id=hold_id)
+
+
 def may_download(
     *, session: Session, organization_id: int, listing_id: int, version_id: int
 ) -> bool:

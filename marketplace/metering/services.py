@@ -273,6 +273,121 @@ def _insert_usage(
     return ids
 
 
+# --- calls paid from a hold of their own (evaluation jobs) ----------------------------------
+#
+# A batch of calls known in advance (a job's samples) holds its own money before any of them
+# runs, so that nothing else the buyer does can spend it meanwhile. Each part of the batch is
+# then counted and charged at once, in one transaction: the hold is voided, the calls counted
+# (usage events as for single calls), the licence settled, and what the rest of the batch may
+# still cost held again. Settling charges due(used) - due(settled) on the licence's running
+# total, so the buyer pays exactly floor(N * r / 1000) for all its calls whatever their order.
+
+
+def hold_bound(royalty_per_1k_minor: int, part_calls: list[int]) -> int:
+    """The most that parts of ``part_calls`` calls can cost when each is settled on its own.
+
+    A part of n calls settled at any point of the licence's count costs
+    due(u + n) - due(u) <= ceil(n * r / 1000); the bound is the sum over the parts.
+    """
+    r = royalty_per_1k_minor
+    return sum(-(-n * r // 1000) for n in part_calls)
+
+
+def hold_for_calls(
+    session: Session, *, lic: License, amount_minor: int, key: str, memo: str
+) -> int | None:
+    """Hold ``amount_minor`` of the buyer's wallet for calls on ``lic``; the hold's id.
+
+    Raises :class:`InsufficientFunds` (402) naming the amount the wallet lacks.
+    """
+    if amount_minor <= 0:
+        return None
+    wallet = _wallet(session, lic)
+    (balance,) = ledger.balances(session, account_ids=[wallet])
+    if balance.available < amount_minor:
+        raise InsufficientFunds(
+            account_id=wallet,
+            currency=lic.currency,
+            missing_minor=amount_minor - balance.available,
+        )
+    accrual = ledger.ensure_account(
+        session, organization_id=None, code=ROYALTY_ACCRUAL, currency=lic.currency
+    )
+    (tx,) = ledger.apply_transfers(
+        session,
+        [
+            ledger.Transfer(
+                idempotency_key=key,
+                kind="reservation",
+                legs=(
+                    ledger.Leg.debit(wallet, amount_minor),
+                    ledger.Leg.credit(accrual, amount_minor),
+                ),
+                pending=True,
+                memo=memo[:200],
+            )
+        ],
+    )
+    return tx.id
+
+
+def _void(hold_id: int) -> ledger.Transfer:
+    return ledger.Transfer(
+        idempotency_key=f"release:{hold_id}",
+        kind="reservation_release",
+        legs=(),
+        resolves_id=hold_id,
+    )
+
+
+def count_held_calls(
+    session: Session,
+    *,
+    license_id: int,
+    version_id: int,
+    calls: int,
+    hold_id: int | None,
+    rehold_minor: int,
+    rehold_key: str,
+) -> tuple[int, int | None]:
+    """Count and charge ``calls`` calls paid from the hold ``hold_id``, inside the caller's
+    transaction; hold ``rehold_minor`` again for the rest of the batch.
+
+    Returns what these calls were charged and the new hold's id (None when nothing is held).
+    The caller's hold bound (:func:`hold_bound`) guarantees the wallet covers both.
+    """
+    (lic,) = _lock_licenses(session, [license_id])
+    transfers = [] if hold_id is None else [_void(hold_id)]
+    charged = 0
+    if calls > 0:
+        # Calls counted earlier (over HTTP) are settled first, so that what this part costs is
+        # known: due(used + calls) - due(used) on a settled licence.
+        before, _due = _settlement_transfers(session, lic)
+        transfers += before
+        _mark_settled(lic)
+        lic.calls_used += calls
+        _insert_usage(session, license_id, [version_id] * calls, lic.calls_used)
+        after, charged = _settlement_transfers(session, lic)
+        transfers += after
+        _mark_settled(lic)
+    ledger.apply_transfers(session, transfers)
+    session.add(lic)
+    session.flush()
+    new_hold = hold_for_calls(
+        session,
+        lic=lic,
+        amount_minor=rehold_minor,
+        key=rehold_key,
+        memo=f"holds the rest of a batch of calls of licence {lic.id}",
+    )
+    return charged, new_hold
+
+
+def release_hold(session: Session, *, hold_id: int) -> None:
+    """Void a batch's hold: what it held is the buyer's again."""
+    ledger.apply_transfers(session, [_void(hold_id)])
+
+
 def record_calls(
     *,
     session: Session,
