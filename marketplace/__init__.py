@@ -76,6 +76,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     init_evaluation(app)
 
+    from marketplace.jobs import init_app as init_jobs
+
+    init_jobs(app)
+
     from marketplace.ledger import init_app as init_ledger
     from marketplace.licensing import init_app as init_licensing
     from marketplace.payments import init_app as init_payments

@@ -116,6 +116,18 @@ def serve(
             click.echo(line)
     if debugger and not dev:
         raise click.UsageError("--debugger needs --dev")
+    from marketplace.jobs.queue import describe_broker
+
+    settings = app.extensions["settings"]
+    threads_embedded = settings.job_embedded_worker_threads
+    click.echo(
+        f"evaluation jobs: broker {describe_broker(settings)}; "
+        + (
+            f"a worker with {threads_embedded} threads runs in one server process"
+            if threads_embedded
+            else "no worker here (run `jishi worker` nodes)"
+        )
+    )
     click.echo(f"serving on http://{host}:{port}")
     if dev:
         serving.serve_dev(app, host=host, port=port, debugger=debugger)
@@ -124,7 +136,6 @@ def serve(
     app.extensions["db"].engine.dispose()
     from marketplace import create_app
 
-    settings = app.extensions["settings"]
     serving.serve(
         create_app,
         host=host,
@@ -139,6 +150,7 @@ def _commands() -> list[click.Command]:
     from marketplace.accounts.cli import orgs_cli
     from marketplace.audit.cli import audit_cli
     from marketplace.catalog.cli import models_cli
+    from marketplace.jobs.cli import worker
     from marketplace.jobs.reports_cli import reports_cli
     from marketplace.ledger.cli import ledger_cli
     from marketplace.payments.cli import payments_cli, payouts_cli
@@ -155,6 +167,7 @@ def _commands() -> list[click.Command]:
         payouts_cli,
         audit_cli,
         reports_cli,
+        worker,
     ]
 
 

@@ -137,6 +137,31 @@ class Settings:
     payout_minimum_minor: int = 1000  # a vendor's payable balance below this is not paid out
     withdrawal_refunds_max: int = 10  # card payments one withdrawal may be refunded to
 
+    # Evaluation jobs (a buyer's dataset against model versions, on a task queue).
+    # The broker: amqp://USER:PASS@HOST:PORT/VHOST (RabbitMQ) or redis://HOST:PORT/DB. Empty: a
+    # queue in files under instance/broker that every process of one node shares (no server).
+    broker_url: str = dataclasses.field(default="", repr=False)
+    job_queue_name: str = "jishi.jobs"
+    dataset_bytes_max: int = 1024**3  # largest dataset (npz) upload
+    dataset_samples_max: int = 1_000_000  # samples (first axis) of one dataset
+    dataset_arrays_max: int = 64  # arrays in one dataset
+    datasets_per_organization_max: int = 100  # datasets an organisation keeps at once
+    job_versions_max: int = 8  # versions compared side by side in one job
+    job_batch_samples_max: int = 256  # largest batch_size (samples per sandbox call)
+    job_chunk_samples: int = 256  # samples per task; a multiple of the batch size is used
+    jobs_active_per_organization_max: int = 10  # queued or running jobs of one organisation
+    # The deadline of one sample in the sandbox; a batch gets this much per sample it holds.
+    job_sample_timeout_s: float = 10.0
+    # A started chunk whose worker stopped renewing its lease for this long is published again
+    # (the worker renews it every third of that while it runs).
+    job_lease_s: float = 60.0
+    job_requeue_s: float = 300.0  # a published chunk no worker started is published again
+    job_sweep_interval_s: float = 10.0  # how often each node looks for such chunks (0: never)
+    job_results_bytes_max: int = 1024**3  # largest results download (npz) of one version
+    # Threads of the worker `jishi serve` runs in one of its processes (0: none; then only
+    # `jishi worker` nodes run jobs).
+    job_embedded_worker_threads: int = 2
+
     # Audit journal.
     audit_origin: str = ""  # empty: the host name and "/jishi"; names the log and its key
     audit_key_path: str = ""  # empty: generated under the instance folder (development only)
@@ -155,12 +180,24 @@ class Settings:
             raise ConfigError(
                 f"MARKETPLACE_PAYMENTS must be offline or stripe, not {self.payments!r}"
             )
+        if self.job_chunk_samples < 1 or self.job_batch_samples_max < 1:
+            raise ConfigError(
+                f"{env_name('job_chunk_samples')} and {env_name('job_batch_samples_max')} "
+                "must be at least 1"
+            )
+        if self.job_sample_timeout_s <= 0 or self.job_lease_s < 3:
+            raise ConfigError(
+                f"{env_name('job_sample_timeout_s')} must be positive and "
+                f"{env_name('job_lease_s')} at least 3"
+            )
         if self.password_hash_concurrency_max < 1:
             raise ConfigError(f"{ENV_PREFIX}PASSWORD_HASH_CONCURRENCY_MAX must be at least 1")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if (
-                field.name.endswith(("_max", "_s", "_bps", "_hops", "_minor"))
+                field.name.endswith(
+                    ("_max", "_s", "_bps", "_hops", "_minor", "_samples", "_threads")
+                )
                 and isinstance(value, int | float)
                 and value < 0
             ):

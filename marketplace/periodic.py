@@ -19,6 +19,7 @@ from flask import Flask
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "periodic_tasks"
+SINGLETONS_KEY = "node_singletons"
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,27 @@ def registered(app: Flask) -> list[PeriodicTask]:
     return list(app.extensions.get(EXTENSION_KEY, {}).values())
 
 
+def register_singleton(app: Flask, name: str, start: Callable[[Flask], Callable[[], None]]) -> None:
+    """Run ``start(app)`` in the one process of a node that runs its periodic tasks, beside
+    them (the embedded job worker); ``start`` returns what stops it."""
+    app.extensions.setdefault(SINGLETONS_KEY, {})[name] = start
+
+
+def singletons(app: Flask) -> list[Callable[[Flask], Callable[[], None]]]:
+    """The singletons registered on ``app``, in registration order."""
+    return list(app.extensions.get(SINGLETONS_KEY, {}).values())
+
+
 class Runner:
-    """One daemon thread running every registered task when it falls due, each in an app context.
+    """One daemon thread running every registered task (or those ``names`` lists) when it falls
+    due, each in an app context.
 
     A failing task is logged and tried again at its next interval; it never stops the others.
     """
 
-    def __init__(self, app: Flask, tick_s: float = 0.5) -> None:
+    def __init__(self, app: Flask, tick_s: float = 0.5, names: set[str] | None = None) -> None:
         self._app = app
+        self._names = names
         self._tick_s = tick_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,7 +85,7 @@ class Runner:
             self._thread = None
 
     def _loop(self) -> None:
-        tasks = registered(self._app)
+        tasks = [t for t in registered(self._app) if self._names is None or t.name in self._names]
         due = {task.name: time.monotonic() + task.interval_s for task in tasks}
         while not self._stop.is_set():
             now = time.monotonic()

@@ -49,7 +49,8 @@ def default_threads() -> int:
 
 
 class PeriodicHolder:
-    """Runs the node's one :class:`periodic.Runner` while this process holds the node's lock."""
+    """Runs the node's one :class:`periodic.Runner`, and the node's singletons (the embedded
+    job worker), while this process holds the node's lock."""
 
     def __init__(self, app: Flask, lock_path: Path, takeover_s: float = PERIODIC_TAKEOVER_S):
         self.app = app
@@ -59,6 +60,7 @@ class PeriodicHolder:
         self._fd = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stops: list[Callable[[], None]] = []
 
     def start(self) -> None:
         if self._thread is None:
@@ -84,6 +86,11 @@ class PeriodicHolder:
                 log.info("this process runs the node's periodic tasks")
                 self.runner = periodic.Runner(self.app)
                 self.runner.start()
+                for start in periodic.singletons(self.app):
+                    try:
+                        self._stops.append(start(self.app))
+                    except Exception:
+                        log.exception("a node singleton did not start")
                 return
             self._stop.wait(self.takeover_s)
 
@@ -92,6 +99,8 @@ class PeriodicHolder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        while self._stops:
+            self._stops.pop()()
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
@@ -127,9 +136,10 @@ def stop_node_process(app: Flask) -> None:
     holder: PeriodicHolder | None = app.extensions.get("periodic_holder")
     if holder is not None:
         holder.stop()
-    pool = app.extensions.get("sandbox_pool")
-    if pool is not None:
-        pool.close()
+    for name in ("sandbox_pool", "job_pool"):
+        pool = app.extensions.get(name)
+        if pool is not None:
+            pool.close()
     database = app.extensions.get("db")
     if database is not None:
         database.engine.dispose()

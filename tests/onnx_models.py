@@ -505,3 +505,45 @@ LOAD_TIME_HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
     "declared-huge-initializer": (declared_huge_initializer, "initializers_too_large"),
     "checker-invalid": (checker_invalid, "checker_failed"),
 }
+
+
+CLASSIFIER_W = np.array(
+    [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]], dtype=np.float32
+)  # logits are the first three features; the fourth only sets the run time
+
+
+def slow_classifier(shift: int = 0) -> bytes:
+    """Class scores ``y = x @ W`` ([N, 4] -> [N, 3]), plus a Loop that counts to the batch's
+    largest fourth feature: a sample runs as long as its fourth feature says (0: at once).
+    ``shift`` rolls W's columns: a rival that predicts class ``(c + shift) % 3``."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+        ],
+        "body",
+        [_vi("i", I64, []), _vi("cond_in", TensorProto.BOOL, []), _vi("acc_in", F, [1])],
+        [_vi("cond_out", TensorProto.BOOL, []), _vi("acc_out", F, [1])],
+        initializer=[numpy_helper.from_array(np.ones(1, dtype=np.float32), "one")],
+    )
+    return _bytes(
+        [
+            helper.make_node("Slice", ["x", "start", "end", "axis"], ["delay"]),
+            helper.make_node("ReduceMax", ["delay"], ["longest"], keepdims=0),
+            helper.make_node("Cast", ["longest"], ["trips"], to=I64),
+            helper.make_node("Loop", ["trips", "cond", "zero"], ["counted"], body=body),
+            helper.make_node("Mul", ["counted", "zero"], ["nothing"]),
+            helper.make_node("MatMul", ["x", "w"], ["scores"]),
+            helper.make_node("Add", ["scores", "nothing"], ["y"]),
+        ],
+        [_vi("x", F, ["N", 4])],
+        [_vi("y", F, ["N", 3])],
+        initializers=[
+            numpy_helper.from_array(np.roll(CLASSIFIER_W, shift, axis=1), "w"),
+            _i64("start", [3]),
+            _i64("end", [4]),
+            _i64("axis", [1]),
+            numpy_helper.from_array(np.array(True), "cond"),
+            numpy_helper.from_array(np.zeros(1, dtype=np.float32), "zero"),
+        ],
+    )

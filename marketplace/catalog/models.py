@@ -126,6 +126,24 @@ class VersionSample(SQLModel, table=True):
     created_at: dt.datetime = _now_field()
 
 
+class PublishedReport(SQLModel, table=True):
+    """A signed evaluation report a vendor shows on its listing, with the buyer's consent.
+
+    The document holds the vendor's own version's figures only, signed with the journal's key
+    (the competing versions of the job and the buyer's dataset stay private).
+    """
+
+    __tablename__ = "published_reports"
+    __table_args__ = (sa.UniqueConstraint("listing_id", "job_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    listing_id: int = Field(foreign_key="listings.id", index=True)
+    version_id: int = Field(foreign_key="model_versions.id")
+    job_id: int = Field(foreign_key="evaluation_jobs.id")
+    document: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    published_at: dt.datetime = _now_field()
+
+
 # The fields a buyer agrees to, in the order they are documented; nothing else is hashed.
 TERMS_FIELDS = (
     "listing_id",

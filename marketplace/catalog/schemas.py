@@ -200,9 +200,22 @@ class ListingPublic(BaseModel):
     updated_at: dt.datetime
 
 
+class PublishedReportPublic(BaseModel):
+    """A signed evaluation report of one of the listing's versions, published by its vendor."""
+
+    job_id: int
+    version: str
+    published_at: dt.datetime
+    document: dict[str, Any] = Field(
+        description="The signed report (verify with `jishi reports verify` and the journal's "
+        "public key from /api/v1/audit/public-keys)"
+    )
+
+
 class ListingDetail(ListingPublic):
     versions: list[VersionPublic]
     offers: list[OfferPublic]
+    reports: list[PublishedReportPublic] = Field(default_factory=list)
 
 
 class ListingPage(BaseModel):

@@ -1,1 +1,71 @@
-"""Evaluation jobs: metrics scored chunk by chunk, and signed reports of their results."""
+"""Evaluation jobs: a buyer's dataset against one or more model versions, on a task queue.
+
+Web nodes accept datasets and jobs and publish one task per (version, chunk); workers run the
+tasks in a sandbox pool of their own: ``jishi worker`` nodes, or the worker ``jishi serve`` runs
+in one of its processes. Everything a node keeps (the dataset and model caches, the warm
+sandbox workers, the broker connection) is a cache: nodes share only the database, the blob
+store and the broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from marketplace.config import Settings
+    from sandbox.pool import PoolConfig
+
+
+def job_pool_config(settings: Settings) -> PoolConfig:
+    """The sandbox of a job worker: the evaluation sandbox's limits, the job's sample deadline,
+    and no throttling (a job's samples are paid and bounded; one that hits its deadline must
+    not hold up the next)."""
+    from marketplace.evaluation.services import pool_config
+
+    return dataclasses.replace(
+        pool_config(settings), eval_timeout_s=settings.job_sample_timeout_s, throttle_s=0.0
+    )
+
+
+def _start_embedded_worker(app: Flask) -> Callable[[], None]:
+    from marketplace.jobs.queue import EmbeddedWorker
+
+    worker = EmbeddedWorker(
+        app.extensions["celery"], app.extensions["settings"].job_embedded_worker_threads
+    )
+    worker.start()
+    return worker.stop
+
+
+def init_app(app: Flask) -> None:
+    """The job sandbox (started on first use), the chunk runner, the queue, the sweeper, the
+    embedded worker and the API."""
+    from marketplace import periodic
+    from marketplace.evaluation.services import LazyPool
+    from marketplace.jobs import queue, sweeper
+    from marketplace.jobs.runner import ChunkRunner
+    from marketplace.jobs.views import bp
+
+    settings = app.extensions["settings"]
+    pool = LazyPool(job_pool_config(settings))
+    app.extensions["job_pool"] = pool
+    app.extensions["job_runner"] = ChunkRunner(
+        database=app.extensions["db"],
+        blob_store=app.extensions["blob_store"],
+        blob_cache=app.extensions["evaluation"].blob_cache,
+        pool=pool,
+        worker_kind="web",
+        lease_s=settings.job_lease_s,
+        sample_timeout_s=settings.job_sample_timeout_s,
+    )
+    app.extensions["celery"] = queue.make_celery(
+        app, lambda chunk_id, redelivered: app.extensions["job_runner"].run(chunk_id, redelivered)
+    )
+    periodic.register(app, "jobs.sweep", settings.job_sweep_interval_s, sweeper.sweep)
+    if settings.job_embedded_worker_threads > 0:
+        periodic.register_singleton(app, "jobs.embedded_worker", _start_embedded_worker)
+    app.register_blueprint(bp)

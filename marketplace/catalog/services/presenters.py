@@ -9,11 +9,13 @@ from marketplace.catalog.models import (
     Listing,
     ModelVersion,
     Offer,
+    PublishedReport,
 )
 from marketplace.catalog.schemas import (
     ListingDetail,
     ListingPublic,
     OfferPublic,
+    PublishedReportPublic,
     VendorPublic,
     VersionPublic,
 )
@@ -65,8 +67,23 @@ def listing_detail(session: Session, row: Listing) -> ListingDetail:
         .where(Offer.listing_id == row.id, col(Offer.retired_at).is_(None))
         .order_by(col(Offer.id))
     ).all()
+    reports = session.exec(
+        select(PublishedReport, ModelVersion.version)
+        .join(ModelVersion, col(ModelVersion.id) == col(PublishedReport.version_id))
+        .where(PublishedReport.listing_id == row.id)
+        .order_by(col(PublishedReport.published_at).desc(), col(PublishedReport.id).desc())
+    ).all()
     return ListingDetail(
         **listing_public(session, row).model_dump(),
         versions=[version_public(v) for v in versions],
         offers=[offer_public(o) for o in offers],
+        reports=[
+            PublishedReportPublic(
+                job_id=report.job_id,
+                version=version,
+                published_at=report.published_at,
+                document=report.document,
+            )
+            for report, version in reports
+        ],
     )

@@ -203,6 +203,10 @@ def _record_version(
             "The model was rejected; see findings.",
             findings=[f.to_dict() for f in report.findings],
         )
+    # The listing was expired by an earlier rollback: reading it again must happen inside the
+    # writing transaction, or on SQLite the insert after that read is refused at once when the
+    # journal's sequencer wrote in between (a stale snapshot cannot take the write lock).
+    begin_write(session)
     row = ModelVersion(
         listing_id=listing.id or 0,
         version=version,

@@ -44,6 +44,8 @@ EXPECTED_STATUS = {
     "insufficient_funds": 402,
     "payment_required": 402,
     # 403
+    "no_publish_consent": 403,
+    "trial_calls_insufficient": 403,
     "download_not_allowed": 403,
     "forbidden": 403,
     "insufficient_scope": 403,
@@ -56,6 +58,9 @@ EXPECTED_STATUS = {
     "organization_suspended": 403,
     "scope_not_allowed": 403,
     # 404
+    "dataset_not_found": 404,
+    "job_not_found": 404,
+    "job_version_not_found": 404,
     "checkpoint_not_found": 404,
     "client_not_found": 404,
     "license_not_found": 404,
@@ -76,6 +81,11 @@ EXPECTED_STATUS = {
     # 406
     "not_acceptable": 406,
     # 409
+    "dataset_in_use": 409,
+    "job_finished": 409,
+    "job_not_finished": 409,
+    "report_published": 409,
+    "results_not_stackable": 409,
     "already_licensed": 409,
     "already_reversed": 409,
     "client_revoked": 409,
@@ -107,12 +117,17 @@ EXPECTED_STATUS = {
     # 411
     "length_required": 411,
     # 413
+    "dataset_too_large": 413,
+    "results_too_large": 413,
     "model_too_large": 413,
     "payload_too_large": 413,
     "sample_too_large": 413,
     # 415
     "unsupported_media_type": 415,
     # 422
+    "dataset_invalid": 422,
+    "dataset_mismatch": 422,
+    "metric_not_applicable": 422,
     "body_not_object": 422,
     "currency_mismatch": 422,
     "exceeds_hold": 422,
@@ -145,6 +160,8 @@ EXPECTED_STATUS = {
     "unknown_currency": 422,
     "validation_failed": 422,
     # 429
+    "too_many_datasets": 429,
+    "too_many_jobs": 429,
     "caller_throttled": 429,
     "too_many_registrations": 429,
     "too_many_requests": 429,

@@ -52,3 +52,27 @@ def test_zero_interval_switches_a_task_off_and_negative_is_refused() -> None:
     assert periodic.registered(app) == []
     with pytest.raises(ValueError):
         periodic.register(app, "settle", -1, lambda _app: None)
+
+
+def test_the_holder_of_the_node_lock_runs_the_singletons_and_stops_them(tmp_path) -> None:
+    from marketplace.serving import PeriodicHolder
+
+    app = Flask(__name__)
+    events: list[str] = []
+
+    def start(running_app: Flask):  # type: ignore[no-untyped-def]
+        events.append("started")
+        return lambda: events.append("stopped")
+
+    periodic.register_singleton(app, "worker", start)
+    first = PeriodicHolder(app, tmp_path / "periodic.lock", takeover_s=0.05)
+    second = PeriodicHolder(app, tmp_path / "periodic.lock", takeover_s=0.05)
+    first.start()
+    _wait_for(lambda: events == ["started"])
+    second.start()
+    time.sleep(0.2)
+    assert events == ["started"], "only the lock's holder runs a singleton"
+    first.stop()
+    _wait_for(lambda: events == ["started", "stopped", "started"])
+    second.stop()
+    assert events[-1] == "stopped"

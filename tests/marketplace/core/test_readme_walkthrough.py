@@ -3,7 +3,9 @@
 The blocks between the ``walkthrough`` markers are run as one bash script, as a newcomer would
 paste them, against a server started on the embedded defaults (with the test database), using
 the credentials file the server names on start. The outcome is then checked through the API:
-the metered calls accrued, ``jishi ledger settle`` charged them, the statement shows it.
+the metered calls accrued, ``jishi ledger settle`` charged them, the statement shows it. The
+``jobs-walkthrough`` blocks follow in the same script: an evaluation job that the worker
+``jishi serve`` runs in one of its processes must finish.
 """
 
 from __future__ import annotations
@@ -27,12 +29,19 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 BIN = Path(sys.executable).parent
 
 
-def walkthrough_script() -> str:
+def _blocks(name: str) -> list[str]:
     text = README.read_text(encoding="utf-8")
-    section = text.split("<!-- walkthrough:start -->", 1)[1].split("<!-- walkthrough:end -->")[0]
-    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    section = text.split(f"<!-- {name}:start -->", 1)[1].split(f"<!-- {name}:end -->")[0]
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+
+
+def walkthrough_script() -> str:
+    """The first-use walk, then the evaluation job walk (which uses its shell functions)."""
+    blocks = _blocks("walkthrough")
     assert len(blocks) >= 5, "the walkthrough lost its blocks"
-    return "set -euo pipefail\n" + "\n".join(blocks)
+    jobs = _blocks("jobs-walkthrough")
+    assert jobs, "the evaluation jobs walkthrough lost its block"
+    return "set -euo pipefail\n" + "\n".join(blocks + jobs)
 
 
 def _free_port() -> int:
@@ -109,6 +118,9 @@ def test_readme_walkthrough_runs_as_written(serve_env: dict[str, str], tmp_path:
         )
         assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
         assert "settled 5 calls on 1 licences; charged (minor units) 100 CNY" in run.stdout
+        # The evaluation job ran on the worker `jishi serve` runs in one of its processes.
+        assert "(20, 1) True" in run.stdout
+        assert '"samples_done":20' in run.stdout
 
         demo = json.loads(creds_path.read_text())
         token = requests.post(
@@ -143,6 +155,7 @@ def test_readme_walkthrough_runs_as_written(serve_env: dict[str, str], tmp_path:
     finally:
         first_output = server.stop()
     assert "demo API client credentials written to" in first_output
+    assert "a worker with 2 threads runs in one server process" in first_output
 
     # Every later start names the file again.
     again = Served(serve_env, tmp_path / "serve-2.log")

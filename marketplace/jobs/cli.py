@@ -1,0 +1,58 @@
+"""``jishi worker``: a node that runs evaluation jobs' chunks, with its own sandbox pool."""
+
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+
+@click.command("worker")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=2,
+    show_default=True,
+    help="Chunks run at once (each takes one message from the broker at a time).",
+)
+@click.option(
+    "--sweep/--no-sweep",
+    default=True,
+    show_default=True,
+    help="Also publish again the chunks whose lease ran out (any number of nodes may).",
+)
+@with_appcontext
+def worker(threads: int, sweep: bool) -> None:
+    """Run evaluation jobs from the broker until stopped (SIGTERM: finish running chunks)."""
+    from marketplace import periodic
+    from marketplace.jobs import queue
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    settings = app.extensions["settings"]
+    runner = app.extensions["job_runner"]
+    runner.worker_kind = "worker"
+    click.echo(
+        f"job worker {queue.worker_name('worker')}: {threads} threads on "
+        f"{queue.describe_broker(settings)}, queue {settings.job_queue_name}, "
+        "its own sandbox pool"
+    )
+    queue.serve_tasks_of(app.extensions["celery"])
+    sweeper = periodic.Runner(app, names={"jobs.sweep"}) if sweep else None
+    if sweeper is not None:
+        sweeper.start()
+    try:
+        app.extensions["celery"].Worker(
+            hostname=queue.worker_name("worker"),
+            pool_cls="threads",
+            concurrency=threads,
+            loglevel="INFO",
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            quiet=True,
+        ).start()
+    finally:
+        if sweeper is not None:
+            sweeper.stop()
+        app.extensions["job_pool"].close()
+        app.extensions["db"].engine.dispose()

@@ -1,0 +1,345 @@
+"""Running one chunk in a worker: claim it, read its rows, run them in the sandbox, store the
+outputs, record the outcome.
+
+The rows are read in place from the dataset's file (the node's blob cache holds it by content
+hash, verified; a filesystem store is read directly), a batch at a time. A batch that fails is
+run again sample by sample, so a sample that hits its deadline, crashes the worker or has
+inputs the model refuses fails alone. A model that cannot be loaded fails every sample at once.
+A sandbox that is unavailable, busy or has the model in quarantine is no fault of the samples:
+the chunk goes back to the queue untouched (and after ``CHUNK_ATTEMPTS_MAX`` claims its samples
+fail, so that a job always ends).
+
+While the chunk runs, a thread renews its lease, so the sweeper publishes it again only when
+this worker has stopped (killed, or cut off from the database).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+
+from marketplace.db import Database
+from marketplace.evaluation.services import LazyPool, model_loader
+from marketplace.evaluation.tensors import encode_npz, read_rows
+from marketplace.jobs import chunks as jobs
+from marketplace.jobs import metrics
+from marketplace.jobs.datasets import members_of
+from marketplace.jobs.queue import worker_name
+from marketplace.jobs.results import OK_ARRAY
+from marketplace.jobs.schemas import EXPECTED_PREFIX
+from model_registry.blobcache import BlobCache
+from model_registry.blobstore import BlobStore
+from model_registry.errors import BlobStoreError
+from sandbox.errors import (
+    CallerThrottled,
+    DeadlineExceeded,
+    ModelInvalid,
+    ModelQuarantined,
+    SandboxBusy,
+    SandboxError,
+    SandboxUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+# Outcomes of a task, as the worker's log shows them.
+DONE = "done"
+SKIPPED = "skipped"
+REQUEUED = "requeued"
+
+# Failures of the sandbox, not of the samples: the chunk is tried again later.
+_NOT_THE_SAMPLES = (SandboxUnavailable, SandboxBusy, ModelQuarantined, CallerThrottled)
+RETRY_IN_S = 5.0
+ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+
+
+class _TryLater(Exception):
+    """The sandbox or the store cannot run the chunk now."""
+
+
+@dataclass
+class _Outcome:
+    """Samples of one chunk as they run: outputs of those that succeeded, failures by code."""
+
+    size: int
+    ok: np.ndarray = field(init=False)
+    charged: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ok = np.zeros(self.size, dtype=np.bool_)
+
+    def succeeded(self, at: int, outputs: dict[str, np.ndarray], run_ms: float) -> None:
+        count = next(iter(outputs.values())).shape[0] if outputs else 0
+        self.latencies_ms.append(round(run_ms, 3))
+        self.ok[at : at + count] = True
+        self.charged += count
+        for name, array in outputs.items():
+            self.outputs.setdefault(name, []).append(array)
+
+    def failed(self, at: int, count: int, code: str, *, charged: bool) -> None:
+        self.failures[code] = self.failures.get(code, 0) + count
+        if charged:
+            self.charged += count
+
+
+def _batched(outputs: dict[str, np.ndarray], count: int) -> bool:
+    """Every output carries one row per sample of the batch (else it cannot be split)."""
+    return all(a.ndim >= 1 and a.shape[0] == count for a in outputs.values())
+
+
+class ChunkRunner:
+    """Runs chunks for one worker process: its sandbox pool, its database, its blob cache."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        blob_store: BlobStore,
+        blob_cache: BlobCache | None,
+        pool: LazyPool,
+        worker_kind: str,
+        lease_s: float,
+        sample_timeout_s: float,
+    ) -> None:
+        self.database = database
+        self.blob_store = blob_store
+        self.blob_cache = blob_cache
+        self.pool = pool
+        self.worker_kind = worker_kind
+        self.lease_s = lease_s
+        self.sample_timeout_s = sample_timeout_s
+
+    @property
+    def worker(self) -> str:
+        """This process's name in the chunks it runs (a server process forks after the app)."""
+        return worker_name(self.worker_kind)
+
+    def run(self, chunk_id: int, redelivered: bool = False) -> str:
+        """Run chunk ``chunk_id`` if it is still to be run; what became of it."""
+        session = self.database.session()
+        try:
+            claimed = jobs.claim_chunk(
+                session,
+                chunk_id=chunk_id,
+                worker=self.worker,
+                lease_s=self.lease_s,
+                redelivered=redelivered,
+            )
+        finally:
+            session.close()
+        if claimed is None:
+            return SKIPPED
+        if claimed.attempts > jobs.CHUNK_ATTEMPTS_MAX:
+            log.warning("chunk %d failed %d times; its samples fail", chunk_id, claimed.attempts)
+            outcome = _Outcome(claimed.stop - claimed.start)
+            outcome.failed(0, outcome.size, ATTEMPTS_EXHAUSTED, charged=False)
+            return self._record(claimed, outcome, None)
+        with self._lease(claimed):
+            try:
+                outcome, expected = self._execute(claimed)
+            except _TryLater as exc:
+                log.info("chunk %d goes back to the queue: %s", chunk_id, exc)
+                return self._give_back(chunk_id)
+        return self._record(claimed, outcome, expected)
+
+    def _give_back(self, chunk_id: int) -> str:
+        session = self.database.session()
+        try:
+            jobs.give_back(session, chunk_id=chunk_id, worker=self.worker, retry_in_s=RETRY_IN_S)
+        finally:
+            session.close()
+        return REQUEUED
+
+    @contextlib.contextmanager
+    def _lease(self, claimed: jobs.ClaimedChunk) -> Iterator[None]:
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lease_s / 3):
+                session = self.database.session()
+                try:
+                    jobs.renew_lease(
+                        session,
+                        chunk_id=claimed.chunk_id,
+                        worker=self.worker,
+                        lease_s=self.lease_s,
+                    )
+                except Exception:
+                    log.exception("could not renew the lease of chunk %d", claimed.chunk_id)
+                finally:
+                    session.close()
+
+        thread = threading.Thread(target=renew, name=f"lease-{claimed.chunk_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _open_dataset(self, claimed: jobs.ClaimedChunk) -> IO[bytes]:
+        dataset = claimed.dataset
+        try:
+            if self.blob_cache is None:
+                return self.blob_store.open(dataset.blob_key)
+            return self.blob_cache.open(
+                dataset.sha256,
+                dataset.size_bytes,
+                lambda: self.blob_store.open(dataset.blob_key),
+            )
+        except BlobStoreError as exc:
+            raise _TryLater(f"dataset {dataset.id}: {exc.code}") from None
+
+    def _execute(self, claimed: jobs.ClaimedChunk) -> tuple[_Outcome, np.ndarray | None]:
+        members = members_of(claimed.dataset)
+        names = [spec["name"] for spec in claimed.version.inputs]
+        outcome = _Outcome(claimed.stop - claimed.start)
+        if claimed.refused is not None:
+            # Revoked or suspended since the job was accepted: nothing more runs, nor costs.
+            outcome.failed(0, outcome.size, claimed.refused, charged=False)
+            return outcome, None
+        with self._open_dataset(claimed) as file:
+            expected = None
+            if claimed.metric is not None and claimed.output_name is not None:
+                expected = read_rows(
+                    file,
+                    members[EXPECTED_PREFIX + claimed.output_name],
+                    claimed.start,
+                    claimed.stop,
+                )
+            pool = self.pool.get()
+            loader = model_loader(self.blob_store, self.blob_cache, claimed.version)
+            step = claimed.batch_size
+            for at in range(0, outcome.size, step):
+                count = min(step, outcome.size - at)
+                # Read a batch at a time: memory holds one batch's inputs, whatever the chunk.
+                first = claimed.start + at
+                batch = {
+                    name: read_rows(file, members[name], first, first + count) for name in names
+                }
+                if not self._run_batch(pool, loader, claimed, batch, at, count, outcome):
+                    break
+        return outcome, expected
+
+    def _run_batch(
+        self,
+        pool: Any,
+        loader: Any,
+        claimed: jobs.ClaimedChunk,
+        batch: dict[str, np.ndarray],
+        at: int,
+        count: int,
+        outcome: _Outcome,
+    ) -> bool:
+        """Run one batch (sample by sample if it fails); False when nothing more can run."""
+        try:
+            result = pool.evaluate(
+                claimed.version.sha256,
+                loader,
+                batch,
+                version=f"version:{claimed.version.id}",
+                caller=f"org:{claimed.organization_id}",
+                deadline_s=self.sample_timeout_s * count,
+            )
+        except _NOT_THE_SAMPLES as exc:
+            raise _TryLater(exc.code) from None
+        except ModelInvalid as exc:
+            outcome.failed(at, outcome.size - at, exc.code, charged=False)
+            return False
+        except SandboxError:
+            self._one_by_one(pool, loader, claimed, batch, at, count, outcome)
+            return True
+        if _batched(result.outputs, count):
+            outcome.succeeded(at, result.outputs, result.run_ms)
+        else:
+            self._one_by_one(pool, loader, claimed, batch, at, count, outcome)
+        return True
+
+    def _one_by_one(
+        self,
+        pool: Any,
+        loader: Any,
+        claimed: jobs.ClaimedChunk,
+        batch: dict[str, np.ndarray],
+        at: int,
+        count: int,
+        outcome: _Outcome,
+    ) -> None:
+        """Run a failed batch one sample at a time, so that only the bad samples fail."""
+        for i in range(count):
+            sample = {name: array[i : i + 1] for name, array in batch.items()}
+            try:
+                result = pool.evaluate(
+                    claimed.version.sha256,
+                    loader,
+                    sample,
+                    version=f"version:{claimed.version.id}",
+                    caller=f"org:{claimed.organization_id}",
+                    deadline_s=self.sample_timeout_s,
+                )
+            except _NOT_THE_SAMPLES as exc:
+                raise _TryLater(exc.code) from None
+            except DeadlineExceeded as exc:
+                # It used the compute a successful sample would have, as on the HTTP path.
+                outcome.failed(at + i, 1, exc.code, charged=exc.ran_to_deadline)
+                continue
+            except SandboxError as exc:
+                outcome.failed(at + i, 1, exc.code, charged=False)
+                continue
+            if _batched(result.outputs, 1):
+                outcome.succeeded(at + i, result.outputs, result.run_ms)
+            else:
+                outcome.failed(at + i, 1, "output_not_per_sample", charged=False)
+
+    def _record(
+        self, claimed: jobs.ClaimedChunk, outcome: _Outcome, expected: np.ndarray | None
+    ) -> str:
+        done = int(outcome.ok.sum())
+        outputs = {name: np.concatenate(parts) for name, parts in outcome.outputs.items() if parts}
+        score_sum, score_count = None, 0
+        if expected is not None and claimed.metric is not None and done:
+            scored = outputs.get(claimed.output_name or "")
+            try:
+                if scored is None:
+                    raise metrics.MetricInputError("the model gave no such output")
+                score_sum, score_count = metrics.partial_score(
+                    claimed.metric, scored, expected[outcome.ok], k=claimed.top_k
+                )
+            except metrics.MetricInputError as exc:
+                log.info("chunk %d cannot be scored: %s", claimed.chunk_id, exc)
+                outcome.failures["not_scored"] = done
+        output_key = None
+        if done:
+            output_key = f"jobs/{claimed.job_id}/{claimed.job_version_id}/{claimed.chunk_index}.npz"
+            body = encode_npz({**outputs, OK_ARRAY: outcome.ok})
+            try:
+                self.blob_store.put_stream(output_key, io.BytesIO(body), size_max=len(body))
+            except BlobStoreError as exc:
+                log.warning("chunk %d outputs not stored: %s", claimed.chunk_id, exc.code)
+                return self._give_back(claimed.chunk_id)
+        result = jobs.ChunkResult(
+            samples_done=done,
+            samples_failed=outcome.size - done,
+            samples_charged=outcome.charged,
+            failures=outcome.failures,
+            latencies_ms=outcome.latencies_ms,
+            score_sum=score_sum,
+            score_count=score_count,
+            output_key=output_key,
+        )
+        session = self.database.session()
+        try:
+            recorded = jobs.complete_chunk(session, claimed=claimed, result=result)
+        finally:
+            session.close()
+        return DONE if recorded else SKIPPED
