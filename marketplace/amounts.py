@@ -25,9 +25,10 @@ HOME_SYMBOLS = {
     "KRW": "₩",
 }
 
-# Journal records are signed bytes (their RFC 8785 form is hashed into the audit chain): a
-# field added to one would make it a different record, so they are passed through as they are.
-SIGNED_KEYS = frozenset({"record"})
+# Journal records and evaluation reports are signed bytes (their canonical form is hashed into
+# the audit chain or signed): a field added to one would break its signature, so they are
+# passed through as they are.
+SIGNED_KEYS = frozenset({"record", "report"})
 MINOR_SUFFIX = "_minor"
 DISPLAY_SUFFIX = "_display"
 API_LOCALE = "en"
@@ -47,7 +48,7 @@ def with_displays(value: Any, exponent_of: Callable[[str], int | None]) -> Any:
     currency is known: the ``currency`` of the object or of the nearest object around it.
 
     Lists whose first item is not an object (tensor data) are passed through unread, and so
-    are journal records (:data:`SIGNED_KEYS`).
+    are signed journal records and reports (:data:`SIGNED_KEYS`).
     """
     return _walk(value, None, exponent_of)
 

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from marketplace.jobs.reports import verify_report
 from tests import onnx_models as m
 from tests.marketplace.jobs.harness import Node, npz
 
@@ -100,6 +101,9 @@ def test_two_versions_side_by_side_are_scored_charged_exactly_and_reported(node:
     assert ours["sha256"] in text and theirs["sha256"] in text and dataset["sha256"] in text
     again = node.client.get(f"/api/v1/evaluation-jobs/{job_id}/report", headers=buyer.headers())
     assert again.json == report.json  # made once, kept
+    verified = verify_report(report.json, node.app.extensions["audit_keys"].verifier())
+    assert (verified["dataset_sha256"], verified["dataset_samples"]) == (dataset["sha256"], SAMPLES)
+    assert [v["model_sha256"] for v in verified["versions"]] == [ours["sha256"], theirs["sha256"]]
 
     # The vendor publishes its own version's figures only with the buyer's consent.
     publish = f"/api/v1/models/{ours['model_id']}/reports"
@@ -116,6 +120,7 @@ def test_two_versions_side_by_side_are_scored_charged_exactly_and_reported(node:
     detail = node.client.get(f"/api/v1/models/{ours['model_id']}").json
     (shown,) = detail["reports"]
     shown_text = str(shown["document"])
+    assert verify_report(shown["document"], node.app.extensions["audit_keys"].verifier())
     assert ours["sha256"] in shown_text and theirs["sha256"] not in shown_text
     # A rival cannot publish it on a listing that is not its own, nor learn of the job.
     foreign = node.client.post(publish, json={"job_id": job_id}, headers=rival.headers())
