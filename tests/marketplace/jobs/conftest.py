@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from marketplace import create_app
-from tests.conftest import ScratchDatabases, _test_config
+from tests.conftest import PG_ADMIN_URL, ScratchDatabases, _pg_reachable, _test_config
 from tests.marketplace.jobs.harness import Node, job_settings
 
 
@@ -25,3 +26,14 @@ def node(
     node.start_worker()
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="module")
+def database(scratch_databases: ScratchDatabases) -> str:
+    """A fresh PostgreSQL database for nodes in several processes (SQLite serves one node)."""
+    if not _pg_reachable():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} and CI is set")
+        pytest.skip("PostgreSQL is not reachable")
+    url, _engine = scratch_databases.create("postgresql")
+    return url

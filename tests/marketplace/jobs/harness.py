@@ -8,11 +8,17 @@ inspection's own.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +28,12 @@ from flask.testing import FlaskClient
 from marketplace import periodic
 from marketplace.jobs.queue import EmbeddedWorker
 from tests.conftest import Org, register_org
+from tests.marketplace.serving.node import free_port
+
+__all__ = ["JISHI", "Node", "Workers", "free_port", "job_settings", "npz"]
 
 WAIT_S = 60.0
+JISHI = str(Path(sys.executable).with_name("jishi"))
 
 
 def npz(**arrays: np.ndarray) -> bytes:
@@ -205,3 +215,52 @@ class Node:
                 return job
             assert time.monotonic() < deadline, f"job {job_id} did not get there: {job}"
             time.sleep(0.1)
+
+
+class Workers:
+    """``jishi worker`` child processes sharing the test's database, blob store and broker."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
+        self.tmp = tmp
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPLACE_")}
+        for key, value in config.items():
+            if key.isupper() and key != "TESTING":
+                self.env[f"MARKETPLACE_{key}"] = str(value)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        n = len(self.procs)
+        log = self.tmp / f"worker-{n}.log"
+        env = {**self.env, "MARKETPLACE_INSTANCE_PATH": str(self.tmp / f"worker-{n}")}
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [JISHI, "worker", "--threads", "1"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        self.logs.append(log)
+        deadline = time.monotonic() + 60
+        while b" ready." not in log.read_bytes():
+            assert proc.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        return proc
+
+    def output(self) -> str:
+        return "\n".join(f"--- {p}\n{p.read_text(errors='replace')}" for p in self.logs)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,23 +28,16 @@ import pytest
 import sqlalchemy as sa
 
 from marketplace import create_app
-from tests.conftest import PG_ADMIN_URL, ScratchDatabases, _pg_reachable, _test_config
-from tests.marketplace.jobs.harness import Node, job_settings, npz
+from tests.conftest import _test_config
+from tests.marketplace.jobs.harness import Node, Workers, free_port, job_settings, npz
 from tests.onnx_models import slow_classifier
 
-JISHI = str(Path(sys.executable).with_name("jishi"))
 RABBITMQ_URL = os.environ.get("JISHI_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 ROYALTY = 2500
 SAMPLES = 64
 CHUNK = 16
 # Each batch of 4 samples counts to this: about half a second, so a chunk takes about two.
 DELAY = 500_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _settings(broker_url: str, queue_name: str) -> dict[str, Any]:
@@ -59,65 +51,6 @@ def _settings(broker_url: str, queue_name: str) -> dict[str, Any]:
         JOB_SWEEP_INTERVAL_S=1.0,
         JOB_EMBEDDED_WORKER_THREADS=0,
     )
-
-
-class Workers:
-    """``jishi worker`` child processes sharing the test's database, blob store and broker."""
-
-    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
-        self.tmp = tmp
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPLACE_")}
-        for key, value in config.items():
-            if key.isupper() and key != "TESTING":
-                self.env[f"MARKETPLACE_{key}"] = str(value)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        n = len(self.procs)
-        log = self.tmp / f"worker-{n}.log"
-        env = {**self.env, "MARKETPLACE_INSTANCE_PATH": str(self.tmp / f"worker-{n}")}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [JISHI, "worker", "--threads", "1"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs.append(proc)
-        self.logs.append(log)
-        deadline = time.monotonic() + 60
-        while b" ready." not in log.read_bytes():
-            assert proc.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.2)
-        return proc
-
-    def output(self) -> str:
-        return "\n".join(f"--- {p}\n{p.read_text(errors='replace')}" for p in self.logs)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def database(scratch_databases: ScratchDatabases) -> str:
-    if not _pg_reachable():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} and CI is set")
-        pytest.skip("PostgreSQL is not reachable")
-    url, _engine = scratch_databases.create("postgresql")
-    return url
 
 
 @contextlib.contextmanager
@@ -234,7 +167,7 @@ class Redis:
     """A redis-server of this test's own, keeping nothing on disk (as the shared one)."""
 
     def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.tmp = tmp
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -313,7 +246,7 @@ class RabbitMQ:
     distribution's own ``rabbitmq-server`` (which runs as the ``rabbitmq`` user)."""
 
     def __init__(self, tmp: Path) -> None:
-        self.port, self.dist_port = _free_port(), _free_port()
+        self.port, self.dist_port = free_port(), free_port()
         self.name = f"jishi-{uuid.uuid4().hex[:8]}@localhost"
         self.home = tmp / "rabbitmq"
         self.proc: subprocess.Popen[bytes] | None = None
