@@ -354,3 +354,30 @@ def test_a_job_finishes_when_its_rabbitmq_broker_restarts_mid_job(
     finally:
         workers.stop()
         rabbit.stop()
+
+
+@pytest.mark.slow
+def test_a_job_created_while_its_broker_is_down_is_accepted_and_runs_once_it_is_back(
+    database: str, tmp_path: Path
+) -> None:
+    redis = Redis(tmp_path)  # not started yet: nothing listens on its port
+    config = _settings(redis.url, "jishi.jobs")
+    workers = Workers(tmp_path, _test_config(tmp_path, database, **config))
+    try:
+        with _node(tmp_path, database, config) as node:
+            started = time.monotonic()
+            buyer, job_id, licence_id = _metered_job(node)
+            # The job and its holds are written; only the publishing waits for the broker.
+            assert time.monotonic() - started < 20
+            job = node.get_job(buyer, job_id)
+            assert job["state"] == "queued", job
+            assert job["versions"][0]["held_minor"] > 0
+            assert {c["state"] for c in _chunks(node, job_id)} == {"queued"}
+            redis.start()
+            workers.start()
+            job = node.wait(buyer, job_id, timeout_s=120)
+            _assert_charged_once(node, buyer, job, licence_id)
+            assert "chunks again whose lease ran out" in workers.output()
+    finally:
+        workers.stop()
+        redis.stop()
