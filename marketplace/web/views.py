@@ -32,6 +32,7 @@ from flask_babel import get_locale, get_timezone
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
+from sqlmodel import Session
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import SelectChoice
 
@@ -494,6 +495,7 @@ def model_page(model_id: int) -> Any:
     return render_template(
         "model.html",
         detail=detail,
+        report_keys=_verifier_keys(session) if detail.reports else {},
         terms_html={o.id: Markup(render_model_card(o.terms_md)) for o in detail.offers},
         offer_forms=_offer_forms(detail.offers),
         samples=catalog.samples_of(session=session, listing_id=model_id),
@@ -503,6 +505,13 @@ def model_page(model_id: int) -> Any:
         can_run=can_run,
         trial_offer_ids={lic.offer_id for lic in licences if lic.kind == "trial"},
     )
+
+
+def _verifier_keys(session: Session) -> dict[tuple[str, str], str]:
+    """The journal's public keys by (name, hash), shown beside the reports they signed: anyone
+    reading a published report can check it without an auditor's access to the journal."""
+    keys = current_app.extensions["audit_keys"].public_keys(session)
+    return {(k.name, k.key_hash): k.verifier_key for k in keys}
 
 
 def _accepted(offer_id: int) -> tuple[AcceptTermsForm, AcceptTerms | None]:

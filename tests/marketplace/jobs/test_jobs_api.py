@@ -122,6 +122,15 @@ def test_two_versions_side_by_side_are_scored_charged_exactly_and_reported(node:
     shown_text = str(shown["document"])
     assert verify_report(shown["document"], node.app.extensions["audit_keys"].verifier())
     assert ours["sha256"] in shown_text and theirs["sha256"] not in shown_text
+    # The listing's page shows the figures and the key that verifies them, to anyone.
+    page = node.client.get(f"/models/{ours['model_id']}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    verifier = node.app.extensions["audit_keys"].verifier().encode()
+    assert "Evaluation reports" in html and verifier in html
+    assert f"{SAMPLES} run, 0 failed, of {SAMPLES}" in html
+    assert ours["sha256"] in html and dataset["sha256"] in html
+    assert theirs["sha256"] not in html
     # A rival cannot publish it on a listing that is not its own, nor learn of the job.
     foreign = node.client.post(publish, json={"job_id": job_id}, headers=rival.headers())
     assert foreign.status_code == 404
