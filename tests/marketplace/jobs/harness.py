@@ -229,13 +229,13 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, threads: int = 1) -> subprocess.Popen[bytes]:
         n = len(self.procs)
         log = self.tmp / f"worker-{n}.log"
         env = {**self.env, "MARKETPLACE_INSTANCE_PATH": str(self.tmp / f"worker-{n}")}
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [JISHI, "worker", "--threads", "1"],
+                [JISHI, "worker", "--threads", str(threads)],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
