@@ -17,7 +17,42 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from marketplace.config import Settings
+    from marketplace.jobs.datasets import DatasetLimits
+    from marketplace.jobs.services import JobLimits
     from sandbox.pool import PoolConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class JobsContext:
+    """What the jobs API needs from the settings, built once in :func:`init_app`."""
+
+    limits: JobLimits
+    dataset_limits: DatasetLimits
+    results_bytes_max: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> JobsContext:
+        from marketplace.jobs.datasets import DatasetLimits
+        from marketplace.jobs.services import JobLimits
+
+        return cls(
+            limits=JobLimits(
+                versions_max=s.job_versions_max,
+                batch_samples_max=s.job_batch_samples_max,
+                chunk_samples=s.job_chunk_samples,
+                active_per_organization_max=s.jobs_active_per_organization_max,
+                sample_timeout_s=s.job_sample_timeout_s,
+                requeue_s=s.job_requeue_s,
+                lease_s=s.job_lease_s,
+            ),
+            dataset_limits=DatasetLimits(
+                bytes_max=s.dataset_bytes_max,
+                samples_max=s.dataset_samples_max,
+                arrays_max=s.dataset_arrays_max,
+                per_organization_max=s.datasets_per_organization_max,
+            ),
+            results_bytes_max=s.job_results_bytes_max,
+        )
 
 
 def job_pool_config(settings: Settings) -> PoolConfig:
@@ -51,6 +86,7 @@ def init_app(app: Flask) -> None:
     from marketplace.jobs.views import bp
 
     settings = app.extensions["settings"]
+    app.extensions["jobs"] = JobsContext.from_settings(settings)
     pool = LazyPool(job_pool_config(settings))
     app.extensions["job_pool"] = pool
     app.extensions["job_runner"] = ChunkRunner(

@@ -9,15 +9,14 @@ from typing import IO, Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from marketplace.accounts.oauth import current, require_oauth
+from marketplace.accounts.oauth import current
 from marketplace.accounts.scopes import MODELS_WRITE, SANDBOX_RUN
-from marketplace.api import API_PREFIX, NPZ_MIME, openapi, parse_json, parse_query
+from marketplace.api import API_PREFIX, NPZ_MIME, parse_json, parse_query
 from marketplace.catalog import upload_context
+from marketplace.catalog.errors import UnsupportedMediaType
 from marketplace.catalog.schemas import PublishedReportPublic
-from marketplace.config import Settings
 from marketplace.db import get_session
-from marketplace.errors import DomainError
-from marketplace.jobs import datasets, queue, results, services
+from marketplace.jobs import JobsContext, datasets, queue, results, services
 from marketplace.jobs.errors import DatasetTooLarge
 from marketplace.jobs.schemas import (
     DatasetList,
@@ -30,12 +29,14 @@ from marketplace.jobs.schemas import (
     ResultsQuery,
     SignedReport,
 )
+from marketplace.operation import operation
 from model_registry.blobstore import CHUNK_BYTES
 
 bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)
 
 JOBS_LISTED_MAX = 100
 RESULTS_PIECE_BYTES = 1 << 20
+TAG = "evaluation jobs"
 
 _JOB_EXAMPLE = {
     "dataset_id": 1,
@@ -44,66 +45,54 @@ _JOB_EXAMPLE = {
 }
 
 
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["settings"]
-    return settings
+def _context() -> JobsContext:
+    context: JobsContext = current_app.extensions["jobs"]
+    return context
 
 
-def _json(model: Any, status: int = 200) -> tuple[Response, int]:
-    return jsonify(model.model_dump(mode="json")), status
-
-
-def _limits() -> services.JobLimits:
-    s = _settings()
-    return services.JobLimits(
-        versions_max=s.job_versions_max,
-        batch_samples_max=s.job_batch_samples_max,
-        chunk_samples=s.job_chunk_samples,
-        active_per_organization_max=s.jobs_active_per_organization_max,
-        sample_timeout_s=s.job_sample_timeout_s,
-        requeue_s=s.job_requeue_s,
-        lease_s=s.job_lease_s,
-    )
+def _created(model: Any, location: str) -> tuple[Response, int]:
+    response = jsonify(model.model_dump(mode="json"))
+    response.headers["Location"] = location
+    return response, 201
 
 
 # --- datasets ----------------------------------------------------------------------------
 
 
 @bp.post("/datasets")
-@openapi(
+@operation(
     "Upload a test set: an npz of arrays sharing a first axis of N samples (buyer)",
-    tag="evaluation jobs",
+    tag=TAG,
     response=DatasetPublic,
     status=201,
     scope=SANDBOX_RUN,
     query=DatasetQuery,
     body_media_type=NPZ_MIME,
-    errors=[413, 415, 429, 503],
+    errors=[
+        "dataset_too_large",
+        "unsupported_media_type",
+        "dataset_invalid",
+        "too_many_datasets",
+        "storage_unavailable",
+    ],
+    response_headers={"Location": "The new dataset's URL"},
     description="Arrays are named after the model's inputs; expected outputs for scoring are "
     "named `expected:<output name>` (int64 class labels `[N]` for accuracy and top_k, else "
     "shaped like the output). Save with `numpy.savez` (stored, not compressed): workers read "
     "each chunk's rows in place. The dataset is visible to its organisation only.",
-    error_codes={
-        413: ["dataset_too_large"],
-        415: ["unsupported_media_type"],
-        422: ["dataset_invalid"],
-        429: ["too_many_datasets"],
-        503: ["storage_unavailable"],
-    },
     examples={"name": "line 2, May"},
 )
-@require_oauth(SANDBOX_RUN)
 def upload_dataset() -> Any:
-    settings = _settings()
+    limits = _context().dataset_limits
     query = parse_query(DatasetQuery)
     if request.mimetype != NPZ_MIME:
-        raise DomainError(f"Send the dataset as {NPZ_MIME}.", code="unsupported_media_type")
-    if request.content_length is not None and request.content_length > settings.dataset_bytes_max:
+        raise UnsupportedMediaType(f"Send the dataset as {NPZ_MIME}.")
+    if request.content_length is not None and request.content_length > limits.bytes_max:
         raise DatasetTooLarge(
-            f"Datasets are limited to {settings.dataset_bytes_max} bytes.",
+            f"Datasets are limited to {limits.bytes_max} bytes.",
             headers={"Connection": "close"},
         )
-    request.max_content_length = settings.dataset_bytes_max + CHUNK_BYTES
+    request.max_content_length = limits.bytes_max + CHUNK_BYTES
     created = datasets.upload_dataset(
         session=get_session(),
         store=current_app.extensions["blob_store"],
@@ -111,57 +100,42 @@ def upload_dataset() -> Any:
         name=query.name,
         body=request.stream,
         spool_dir=upload_context(current_app).spool_dir,
-        limits=datasets.DatasetLimits(
-            bytes_max=settings.dataset_bytes_max,
-            samples_max=settings.dataset_samples_max,
-            arrays_max=settings.dataset_arrays_max,
-            per_organization_max=settings.datasets_per_organization_max,
-        ),
+        limits=limits,
     )
-    response, status = _json(created, 201)
-    response.headers["Location"] = f"{API_PREFIX}/datasets/{created.id}"
-    return response, status
+    return _created(created, f"{API_PREFIX}/datasets/{created.id}")
 
 
 @bp.get("/datasets")
-@openapi(
-    "Your organisation's datasets", tag="evaluation jobs", response=DatasetList, scope=SANDBOX_RUN
-)
-@require_oauth(SANDBOX_RUN)
-def list_datasets() -> Any:
+@operation("Your organisation's datasets", tag=TAG, response=DatasetList, scope=SANDBOX_RUN)
+def list_datasets() -> DatasetList:
     items = datasets.list_datasets(get_session(), organization_id=current.organization_id)
-    return _json(DatasetList(items=items))
+    return DatasetList(items=items)
 
 
 @bp.get("/datasets/<int:dataset_id>")
-@openapi(
+@operation(
     "One of your organisation's datasets",
-    tag="evaluation jobs",
+    tag=TAG,
     response=DatasetPublic,
     scope=SANDBOX_RUN,
-    errors=[404],
-    error_codes={404: ["dataset_not_found"]},
+    errors=["dataset_not_found"],
 )
-@require_oauth(SANDBOX_RUN)
-def get_dataset(dataset_id: int) -> Any:
-    session = get_session()
+def get_dataset(dataset_id: int) -> DatasetPublic:
     row = datasets.get_dataset(
-        session, dataset_id=dataset_id, organization_id=current.organization_id
+        get_session(), dataset_id=dataset_id, organization_id=current.organization_id
     )
-    return _json(datasets.dataset_public(row))
+    return datasets.dataset_public(row)
 
 
 @bp.delete("/datasets/<int:dataset_id>")
-@openapi(
+@operation(
     "Delete a dataset and its bytes (refused while a queued or running job uses it)",
-    tag="evaluation jobs",
+    tag=TAG,
     status=204,
     scope=SANDBOX_RUN,
-    errors=[404, 409],
-    error_codes={404: ["dataset_not_found"], 409: ["dataset_in_use"]},
+    errors=["dataset_not_found", "dataset_in_use"],
 )
-@require_oauth(SANDBOX_RUN)
-def delete_dataset(dataset_id: int) -> Any:
+def delete_dataset(dataset_id: int) -> Response:
     datasets.delete_dataset(
         session=get_session(),
         store=current_app.extensions["blob_store"],
@@ -175,43 +149,39 @@ def delete_dataset(dataset_id: int) -> Any:
 
 
 @bp.post("/evaluation-jobs")
-@openapi(
+@operation(
     "Evaluate a dataset against one or more versions, side by side (buyer)",
-    tag="evaluation jobs",
+    tag=TAG,
     body=JobCreate,
     response=JobPublic,
     status=201,
     scope=SANDBOX_RUN,
-    errors=[402, 404, 410, 429],
+    errors=[
+        "insufficient_funds",
+        "no_entitlement",
+        "trial_calls_insufficient",
+        "license_inactive",
+        "listing_suspended",
+        "dataset_not_found",
+        "model_not_found",
+        "version_not_found",
+        "version_revoked",
+        "dataset_mismatch",
+        "metric_not_applicable",
+        "validation_failed",
+        "malformed_json",
+        "integer_out_of_range",
+        "too_many_jobs",
+    ],
+    response_headers={"Location": "The new job's URL"},
     description="Every version is checked against the dataset (inputs, dtypes, shapes; the "
     "metric against the output it scores) and its entitlement found before anything runs; "
     "each version then takes up front what the dataset's N samples need: N trial calls, or a "
     "hold on the wallet worth the most N metered calls can cost (402 with `missing_minor` when "
     "it cannot). What does not run is given back. The job runs on the task queue, one task "
     "per version and chunk of samples.",
-    error_codes={
-        402: ["insufficient_funds"],
-        403: [
-            "no_entitlement",
-            "trial_calls_insufficient",
-            "license_inactive",
-            "listing_suspended",
-            "insufficient_scope",
-        ],
-        404: ["dataset_not_found", "model_not_found", "version_not_found"],
-        410: ["version_revoked"],
-        422: [
-            "dataset_mismatch",
-            "metric_not_applicable",
-            "validation_failed",
-            "malformed_json",
-            "integer_out_of_range",
-        ],
-        429: ["too_many_jobs"],
-    },
     example=_JOB_EXAMPLE,
 )
-@require_oauth(SANDBOX_RUN)
 def create_job() -> Any:
     request_body = parse_json(JobCreate)
     celery = current_app.extensions["celery"]
@@ -219,59 +189,50 @@ def create_job() -> Any:
         session=get_session(),
         organization_id=current.organization_id,
         request=request_body,
-        limits=_limits(),
+        limits=_context().limits,
         publish=lambda chunk_ids: queue.publish(celery, chunk_ids),
     )
-    response, status = _json(job, 201)
-    response.headers["Location"] = f"{API_PREFIX}/evaluation-jobs/{job.id}"
-    return response, status
+    return _created(job, f"{API_PREFIX}/evaluation-jobs/{job.id}")
 
 
 @bp.get("/evaluation-jobs")
-@openapi(
+@operation(
     "Your organisation's evaluation jobs, newest first",
-    tag="evaluation jobs",
+    tag=TAG,
     response=JobList,
     scope=SANDBOX_RUN,
 )
-@require_oauth(SANDBOX_RUN)
-def list_jobs() -> Any:
+def list_jobs() -> JobList:
     items = services.list_jobs(
         get_session(), organization_id=current.organization_id, limit=JOBS_LISTED_MAX
     )
-    return _json(JobList(items=items))
+    return JobList(items=items)
 
 
 @bp.get("/evaluation-jobs/<int:job_id>")
-@openapi(
+@operation(
     "An evaluation job's progress per version, and the comparison table",
-    tag="evaluation jobs",
+    tag=TAG,
     response=JobPublic,
     scope=SANDBOX_RUN,
-    errors=[404],
-    error_codes={404: ["job_not_found"]},
+    errors=["job_not_found"],
 )
-@require_oauth(SANDBOX_RUN)
-def get_job(job_id: int) -> Any:
-    job = services.get_job(get_session(), job_id=job_id, organization_id=current.organization_id)
-    return _json(job)
+def get_job(job_id: int) -> JobPublic:
+    return services.get_job(get_session(), job_id=job_id, organization_id=current.organization_id)
 
 
 @bp.delete("/evaluation-jobs/<int:job_id>")
-@openapi(
+@operation(
     "Cancel a job: what ran is charged, the rest is given back",
-    tag="evaluation jobs",
+    tag=TAG,
     response=JobPublic,
     scope=SANDBOX_RUN,
-    errors=[404, 409],
-    error_codes={404: ["job_not_found"], 409: ["job_finished"]},
+    errors=["job_not_found", "job_finished"],
 )
-@require_oauth(SANDBOX_RUN)
-def cancel_job(job_id: int) -> Any:
-    job = services.cancel_job(
+def cancel_job(job_id: int) -> JobPublic:
+    return services.cancel_job(
         session=get_session(), job_id=job_id, organization_id=current.organization_id
     )
-    return _json(job)
 
 
 def _streamed(file: IO[bytes]) -> Iterator[bytes]:
@@ -284,25 +245,25 @@ def _streamed(file: IO[bytes]) -> Iterator[bytes]:
 
 
 @bp.get("/evaluation-jobs/<int:job_id>/results")
-@openapi(
+@operation(
     "One version's outputs of a finished or cancelled job, as npz",
-    tag="evaluation jobs",
+    tag=TAG,
     query=ResultsQuery,
     scope=SANDBOX_RUN,
     response_media_types=(NPZ_MIME,),
-    errors=[404, 409, 413, 503],
+    errors=[
+        "job_not_found",
+        "job_version_not_found",
+        "job_not_finished",
+        "results_not_stackable",
+        "results_too_large",
+        "storage_unavailable",
+    ],
     description="One array per output with a row per sample that ran (zeros where a sample "
     "failed), `jishi.ok` (whether each sample ran) and `jishi.sample` (its index in the "
     "dataset).",
-    error_codes={
-        404: ["job_not_found", "job_version_not_found"],
-        409: ["job_not_finished", "results_not_stackable"],
-        413: ["results_too_large"],
-        503: ["storage_unavailable"],
-    },
 )
-@require_oauth(SANDBOX_RUN)
-def job_results(job_id: int) -> Any:
+def job_results(job_id: int) -> Response:
     query = parse_query(ResultsQuery)
     spool_dir = Path(upload_context(current_app).spool_dir)
     spool_dir.mkdir(parents=True, exist_ok=True)
@@ -314,7 +275,7 @@ def job_results(job_id: int) -> Any:
             job_id=job_id,
             organization_id=current.organization_id,
             version_id=query.version,
-            bytes_max=_settings().job_results_bytes_max,
+            bytes_max=_context().results_bytes_max,
             out=file,
         )
         size = file.tell()
@@ -329,74 +290,70 @@ def job_results(job_id: int) -> Any:
 
 
 @bp.get("/evaluation-jobs/<int:job_id>/report")
-@openapi(
+@operation(
     "The finished job's signed evaluation report",
-    tag="evaluation jobs",
+    tag=TAG,
     response=SignedReport,
     scope=SANDBOX_RUN,
-    errors=[404, 409],
+    errors=["job_not_found", "job_not_finished"],
     description="Binds each version's model SHA-256, version and opsets, the dataset's "
     "SHA-256, the onnxruntime version, the execution settings, the metric, latency figures "
     "and time, signed with the audit journal's key: `jishi reports verify REPORT "
     "--public-key KEY` checks it offline.",
-    error_codes={404: ["job_not_found"], 409: ["job_not_finished"]},
 )
-@require_oauth(SANDBOX_RUN)
-def job_report(job_id: int) -> Any:
+def job_report(job_id: int) -> Response:
     document = services.job_report(
         session=get_session(),
         job_id=job_id,
         organization_id=current.organization_id,
         signer=current_app.extensions["audit_keys"].signer,
-        sample_timeout_s=_settings().job_sample_timeout_s,
+        sample_timeout_s=_context().limits.sample_timeout_s,
     )
+    # Sent as stored: the signed bytes are not re-rendered through a model.
     return jsonify(document)
 
 
 @bp.post("/evaluation-jobs/<int:job_id>/report/consent")
-@openapi(
+@operation(
     "Let the vendors of the job's versions publish its figures of their own versions",
-    tag="evaluation jobs",
+    tag=TAG,
     response=JobPublic,
     scope=SANDBOX_RUN,
-    errors=[404],
+    errors=["job_not_found"],
     description="The dataset stays private: a published report names its SHA-256 and sample "
     "count, and only the publishing vendor's own version's figures.",
-    error_codes={404: ["job_not_found"]},
 )
-@require_oauth(SANDBOX_RUN)
-def consent(job_id: int) -> Any:
-    job = services.consent_to_publication(
+def consent(job_id: int) -> JobPublic:
+    return services.consent_to_publication(
         session=get_session(), job_id=job_id, organization_id=current.organization_id
     )
-    return _json(job)
 
 
 @bp.post("/models/<int:model_id>/reports")
-@openapi(
+@operation(
     "Publish a buyer's evaluation report of your version on your listing (owner)",
-    tag="evaluation jobs",
+    tag=TAG,
     body=ReportPublish,
     response=PublishedReportPublic,
     status=201,
     scope=MODELS_WRITE,
-    errors=[404, 409],
-    error_codes={
-        403: ["no_publish_consent", "not_a_vendor", "insufficient_scope"],
-        404: ["model_not_found", "job_not_found"],
-        409: ["job_not_finished", "report_published"],
-    },
+    errors=[
+        "no_publish_consent",
+        "not_a_vendor",
+        "model_not_found",
+        "job_not_found",
+        "job_not_finished",
+        "report_published",
+    ],
     example={"job_id": 1},
 )
-@require_oauth(MODELS_WRITE)
-def publish_report(model_id: int) -> Any:
+def publish_report(model_id: int) -> PublishedReportPublic:
     body = parse_json(ReportPublish)
-    published = services.publish_report(
+    return services.publish_report(
         session=get_session(),
         listing_id=model_id,
         job_id=body.job_id,
         organization_id=current.organization_id,
         signer=current_app.extensions["audit_keys"].signer,
-        sample_timeout_s=_settings().job_sample_timeout_s,
+        sample_timeout_s=_context().limits.sample_timeout_s,
     )
-    return _json(published, 201)
