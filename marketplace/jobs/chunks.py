@@ -10,6 +10,7 @@ used is given back.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -225,18 +226,8 @@ def complete_chunk(session: Session, *, claimed: ClaimedChunk, result: ChunkResu
         updated = s.execute(
             sa.update(_chunks_t)
             .where(_chunks_t.c.id == claimed.chunk_id, _chunks_t.c.state.in_(CHUNK_OPEN))
-            .values(
-                state=CHUNK_DONE,
-                samples_done=result.samples_done,
-                samples_failed=result.samples_failed,
-                samples_charged=result.samples_charged,
-                failures=result.failures,
-                latencies_ms=result.latencies_ms,
-                score_sum=result.score_sum,
-                score_count=result.score_count,
-                output_key=result.output_key,
-                finished_at=now,
-            )
+            # ChunkResult's fields are the chunk's columns of the same names.
+            .values(state=CHUNK_DONE, finished_at=now, **dataclasses.asdict(result))
         ).rowcount  # type: ignore[attr-defined]
         if not updated:
             return False

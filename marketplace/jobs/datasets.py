@@ -59,15 +59,8 @@ def dataset_public(row: Dataset) -> DatasetPublic:
             expected.append(item.model_copy(update={"name": item.name[len(EXPECTED_PREFIX) :]}))
         else:
             inputs.append(item)
-    return DatasetPublic(
-        id=row.id,
-        name=row.name,
-        sha256=row.sha256,
-        size_bytes=row.size_bytes,
-        samples=row.samples,
-        inputs=inputs,
-        expected=expected,
-        created_at=row.created_at,
+    return DatasetPublic.model_validate(
+        {**row.model_dump(), "inputs": inputs, "expected": expected}
     )
 
 

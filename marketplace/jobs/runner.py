@@ -231,6 +231,23 @@ class ChunkRunner:
                     break
         return outcome, expected
 
+    @staticmethod
+    def _evaluate(
+        pool: Any,
+        loader: Any,
+        claimed: jobs.ClaimedChunk,
+        inputs: dict[str, np.ndarray],
+        deadline_s: float,
+    ) -> Any:
+        return pool.evaluate(
+            claimed.version.sha256,
+            loader,
+            inputs,
+            version=f"version:{claimed.version.id}",
+            caller=f"org:{claimed.organization_id}",
+            deadline_s=deadline_s,
+        )
+
     def _run_batch(
         self,
         pool: Any,
@@ -243,14 +260,7 @@ class ChunkRunner:
     ) -> bool:
         """Run one batch (sample by sample if it fails); False when nothing more can run."""
         try:
-            result = pool.evaluate(
-                claimed.version.sha256,
-                loader,
-                batch,
-                version=f"version:{claimed.version.id}",
-                caller=f"org:{claimed.organization_id}",
-                deadline_s=self.sample_timeout_s * count,
-            )
+            result = self._evaluate(pool, loader, claimed, batch, self.sample_timeout_s * count)
         except _NOT_THE_SAMPLES as exc:
             raise _TryLater(exc.code) from None
         except ModelInvalid as exc:
@@ -279,14 +289,7 @@ class ChunkRunner:
         for i in range(count):
             sample = {name: array[i : i + 1] for name, array in batch.items()}
             try:
-                result = pool.evaluate(
-                    claimed.version.sha256,
-                    loader,
-                    sample,
-                    version=f"version:{claimed.version.id}",
-                    caller=f"org:{claimed.organization_id}",
-                    deadline_s=self.sample_timeout_s,
-                )
+                result = self._evaluate(pool, loader, claimed, sample, self.sample_timeout_s)
             except _NOT_THE_SAMPLES as exc:
                 raise _TryLater(exc.code) from None
             except DeadlineExceeded as exc:
