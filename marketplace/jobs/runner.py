@@ -97,6 +97,67 @@ def _batched(outputs: dict[str, np.ndarray], count: int) -> bool:
     return all(a.ndim >= 1 and a.shape[0] == count for a in outputs.values())
 
 
+@dataclass
+class _ChunkRun:
+    """One chunk's calls into the sandbox, and what they gave."""
+
+    pool: Any
+    loader: Any
+    claimed: jobs.ClaimedChunk
+    outcome: _Outcome
+    sample_timeout_s: float
+
+    def _evaluate(self, inputs: dict[str, np.ndarray], deadline_s: float) -> Any:
+        return self.pool.evaluate(
+            self.claimed.version.sha256,
+            self.loader,
+            inputs,
+            version=f"version:{self.claimed.version.id}",
+            caller=f"org:{self.claimed.organization_id}",
+            deadline_s=deadline_s,
+        )
+
+    def batch(self, batch: dict[str, np.ndarray], at: int, count: int) -> bool:
+        """Run one batch (sample by sample if it fails); False when nothing more can run."""
+        outcome = self.outcome
+        try:
+            result = self._evaluate(batch, self.sample_timeout_s * count)
+        except _NOT_THE_SAMPLES as exc:
+            raise _TryLater(exc.code) from None
+        except ModelInvalid as exc:
+            outcome.failed(at, outcome.size - at, exc.code, charged=False)
+            return False
+        except SandboxError:
+            self.one_by_one(batch, at, count)
+            return True
+        if _batched(result.outputs, count):
+            outcome.succeeded(at, result.outputs, result.run_ms)
+        else:
+            self.one_by_one(batch, at, count)
+        return True
+
+    def one_by_one(self, batch: dict[str, np.ndarray], at: int, count: int) -> None:
+        """Run a failed batch one sample at a time, so that only the bad samples fail."""
+        outcome = self.outcome
+        for i in range(count):
+            sample = {name: array[i : i + 1] for name, array in batch.items()}
+            try:
+                result = self._evaluate(sample, self.sample_timeout_s)
+            except _NOT_THE_SAMPLES as exc:
+                raise _TryLater(exc.code) from None
+            except DeadlineExceeded as exc:
+                # It used the compute a successful sample would have, as on the HTTP path.
+                outcome.failed(at + i, 1, exc.code, charged=exc.ran_to_deadline)
+                continue
+            except SandboxError as exc:
+                outcome.failed(at + i, 1, exc.code, charged=False)
+                continue
+            if _batched(result.outputs, 1):
+                outcome.succeeded(at + i, result.outputs, result.run_ms)
+            else:
+                outcome.failed(at + i, 1, "output_not_per_sample", charged=False)
+
+
 class ChunkRunner:
     """Runs chunks for one worker process: its sandbox pool, its database, its blob cache."""
 
@@ -217,8 +278,13 @@ class ChunkRunner:
                     claimed.start,
                     claimed.stop,
                 )
-            pool = self.pool.get()
-            loader = model_loader(self.blob_store, self.blob_cache, claimed.version)
+            run = _ChunkRun(
+                pool=self.pool.get(),
+                loader=model_loader(self.blob_store, self.blob_cache, claimed.version),
+                claimed=claimed,
+                outcome=outcome,
+                sample_timeout_s=self.sample_timeout_s,
+            )
             step = claimed.batch_size
             for at in range(0, outcome.size, step):
                 count = min(step, outcome.size - at)
@@ -227,82 +293,9 @@ class ChunkRunner:
                 batch = {
                     name: read_rows(file, members[name], first, first + count) for name in names
                 }
-                if not self._run_batch(pool, loader, claimed, batch, at, count, outcome):
+                if not run.batch(batch, at, count):
                     break
         return outcome, expected
-
-    @staticmethod
-    def _evaluate(
-        pool: Any,
-        loader: Any,
-        claimed: jobs.ClaimedChunk,
-        inputs: dict[str, np.ndarray],
-        deadline_s: float,
-    ) -> Any:
-        return pool.evaluate(
-            claimed.version.sha256,
-            loader,
-            inputs,
-            version=f"version:{claimed.version.id}",
-            caller=f"org:{claimed.organization_id}",
-            deadline_s=deadline_s,
-        )
-
-    def _run_batch(
-        self,
-        pool: Any,
-        loader: Any,
-        claimed: jobs.ClaimedChunk,
-        batch: dict[str, np.ndarray],
-        at: int,
-        count: int,
-        outcome: _Outcome,
-    ) -> bool:
-        """Run one batch (sample by sample if it fails); False when nothing more can run."""
-        try:
-            result = self._evaluate(pool, loader, claimed, batch, self.sample_timeout_s * count)
-        except _NOT_THE_SAMPLES as exc:
-            raise _TryLater(exc.code) from None
-        except ModelInvalid as exc:
-            outcome.failed(at, outcome.size - at, exc.code, charged=False)
-            return False
-        except SandboxError:
-            self._one_by_one(pool, loader, claimed, batch, at, count, outcome)
-            return True
-        if _batched(result.outputs, count):
-            outcome.succeeded(at, result.outputs, result.run_ms)
-        else:
-            self._one_by_one(pool, loader, claimed, batch, at, count, outcome)
-        return True
-
-    def _one_by_one(
-        self,
-        pool: Any,
-        loader: Any,
-        claimed: jobs.ClaimedChunk,
-        batch: dict[str, np.ndarray],
-        at: int,
-        count: int,
-        outcome: _Outcome,
-    ) -> None:
-        """Run a failed batch one sample at a time, so that only the bad samples fail."""
-        for i in range(count):
-            sample = {name: array[i : i + 1] for name, array in batch.items()}
-            try:
-                result = self._evaluate(pool, loader, claimed, sample, self.sample_timeout_s)
-            except _NOT_THE_SAMPLES as exc:
-                raise _TryLater(exc.code) from None
-            except DeadlineExceeded as exc:
-                # It used the compute a successful sample would have, as on the HTTP path.
-                outcome.failed(at + i, 1, exc.code, charged=exc.ran_to_deadline)
-                continue
-            except SandboxError as exc:
-                outcome.failed(at + i, 1, exc.code, charged=False)
-                continue
-            if _batched(result.outputs, 1):
-                outcome.succeeded(at + i, result.outputs, result.run_ms)
-            else:
-                outcome.failed(at + i, 1, "output_not_per_sample", charged=False)
 
     def _record(
         self, claimed: jobs.ClaimedChunk, outcome: _Outcome, expected: np.ndarray | None
