@@ -2,10 +2,10 @@
 
 Each process is what production runs (``jishi serve`` with gunicorn, ``jishi worker``), each
 with its own instance folder, sharing only what DESIGN §11 says nodes share: PostgreSQL, the S3
-server (SeaweedFS), the broker (RabbitMQ) and the journal's signing key. A buyer's requests
-alternate between the two web nodes, as behind a proxy with no session affinity, and still see
-one marketplace: the job created on one is read, cancelled or downloaded on the other, its
-chunks run on both workers, and every sample is charged once.
+server (SeaweedFS), the broker (RabbitMQ, and again Redis) and the journal's signing key. A
+buyer's requests alternate between the two web nodes, as behind a proxy with no session
+affinity, and still see one marketplace: the job created on one is followed and downloaded on
+the other, its chunks run on both workers, and every sample is charged once.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from marketplace.audit.notes import Signer
 from model_registry.blobstore import open_blob_store
 from tests.conftest import _test_config
 from tests.marketplace.jobs.harness import JISHI, Workers, job_settings, npz
-from tests.marketplace.jobs.test_workers import RABBITMQ_URL, _delete_queue
+from tests.marketplace.jobs.test_workers import RABBITMQ_URL, REDIS_URL, _delete_queue
 from tests.marketplace.serving.node import Client, Node, start_node
 from tests.onnx_models import slow_classifier
 
@@ -43,14 +43,15 @@ DELAY = 20_000
 class Marketplace:
     """Two ``jishi serve`` nodes and two ``jishi worker`` nodes on shared services."""
 
-    def __init__(self, tmp: Path, database: str, storage: str) -> None:
+    def __init__(self, tmp: Path, database: str, storage: str, broker_url: str) -> None:
         self.queue = f"jishi.test.{uuid.uuid4().hex[:12]}"
+        self.broker_url = broker_url
         self.key_path = tmp / "shared" / "audit-ed25519.key"
         self.key_path.parent.mkdir()
         self.settings = job_settings(
             DATABASE_URL=database,
             STORAGE_URL=storage,
-            BROKER_URL=RABBITMQ_URL,
+            BROKER_URL=broker_url,
             JOB_QUEUE_NAME=self.queue,
             JOB_CHUNK_SAMPLES=CHUNK,
             JOB_EMBEDDED_WORKER_THREADS=0,
@@ -83,18 +84,20 @@ class Marketplace:
         self.workers.stop()
         for node in self.web:
             node.stop()
-        _delete_queue(self.queue)
+        _delete_queue(self.queue, self.broker_url)
 
     @property
     def urls(self) -> list[str]:
         return [node.url for node in self.web]
 
 
-@pytest.fixture
-def marketplace(seaweed: Any, database: str, tmp_path: Path) -> Iterator[Marketplace]:
+@pytest.fixture(params=[RABBITMQ_URL, REDIS_URL], ids=["rabbitmq", "redis"])
+def marketplace(
+    request: pytest.FixtureRequest, seaweed: Any, database: str, tmp_path: Path
+) -> Iterator[Marketplace]:
     storage = seaweed.storage_url()
     open_blob_store(storage, default_root=tmp_path).ensure_bucket()  # type: ignore[attr-defined]
-    market = Marketplace(tmp_path, database, storage)
+    market = Marketplace(tmp_path, database, storage, request.param)
     try:
         market.start()
         yield market

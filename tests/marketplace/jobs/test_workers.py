@@ -33,6 +33,7 @@ from tests.marketplace.jobs.harness import Node, Workers, free_port, job_setting
 from tests.onnx_models import slow_classifier
 
 RABBITMQ_URL = os.environ.get("JISHI_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_URL = os.environ.get("JISHI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROYALTY = 2500
 SAMPLES = 64
 CHUNK = 16
@@ -156,10 +157,10 @@ def test_a_worker_killed_mid_chunk_has_its_chunk_run_elsewhere_and_charged_once(
         _delete_queue(config["JOB_QUEUE_NAME"])
 
 
-def _delete_queue(name: str) -> None:
+def _delete_queue(name: str, broker_url: str = RABBITMQ_URL) -> None:
     from kombu import Connection
 
-    with contextlib.suppress(Exception), Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+    with contextlib.suppress(Exception), Connection(broker_url, connect_timeout=5) as conn:
         conn.default_channel.queue_delete(name)
 
 
