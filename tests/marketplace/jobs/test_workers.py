@@ -286,24 +286,28 @@ class RabbitMQ:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.home / "enabled_plugins"),
             "RABBITMQ_CONFIG_FILE": str(self.home / "rabbitmq"),
         }
-        (self.home / "pid").unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            [binary],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
         deadline = time.monotonic() + 90
+        # A node started again right after it halted may find its name still registered with
+        # epmd for a moment and exit at once: it is started again until the deadline.
         while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 1),
-            ):
-                return
-            assert self.proc.poll() is None, "rabbitmq-server exited"
-            assert time.monotonic() < deadline, "rabbitmq-server did not start"
-            time.sleep(0.2)
+            (self.home / "pid").unlink(missing_ok=True)
+            self.proc = subprocess.Popen(
+                [binary],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            while self.proc.poll() is None:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", self.port), 1),
+                ):
+                    return
+                assert time.monotonic() < deadline, "rabbitmq-server did not start"
+                time.sleep(0.2)
+            assert time.monotonic() < deadline, "rabbitmq-server exited at every start"
+            time.sleep(1.0)
 
     def stop(self) -> None:
         """Halt the node (its Erlang VM runs in a session of its own, as the rabbitmq user)."""
