@@ -453,6 +453,25 @@ def _membership_org(session: Session, user_id: int) -> Organization:
     return org
 
 
+@dataclass(frozen=True)
+class WebSessions:
+    """Browser sessions and the page's own tokens, with their lifetimes from the settings
+    (built once by the pages' ``init_app``)."""
+
+    session_ttl_s: int
+    page_token_ttl_s: int
+
+    def start(self, *, session: Session, user: User) -> tuple[str, Viewer]:
+        return start_web_session(session=session, user=user, ttl_s=self.session_ttl_s)
+
+    def page_token(
+        self, *, session: Session, viewer: Viewer, scopes: Iterable[str]
+    ) -> tuple[str, OAuthToken]:
+        return mint_page_token(
+            session=session, viewer=viewer, scopes=scopes, ttl_s=self.page_token_ttl_s
+        )
+
+
 def start_web_session(*, session: Session, user: User, ttl_s: int) -> tuple[str, Viewer]:
     """A new browser session for ``user`` in their (first) organisation; the token is returned
     once, for the cookie, and stored only as its digest."""

@@ -105,6 +105,11 @@ def init_app(app: Flask) -> None:
     app.extensions["login_failure_limiter"] = WindowLimiter(
         settings.login_failures_max, settings.login_failures_window_s
     )
+    from marketplace.accounts.services import WebSessions
+
+    app.extensions["web_sessions"] = WebSessions(
+        session_ttl_s=settings.web_session_ttl_s, page_token_ttl_s=settings.web_api_token_ttl_s
+    )
     Babel(app, locale_selector=select_locale, timezone_selector=select_timezone)
     csrf.init_app(app)
 

@@ -259,16 +259,19 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def _web_sessions() -> accounts.WebSessions:
+    sessions: accounts.WebSessions = current_app.extensions["web_sessions"]
+    return sessions
+
+
 def _start_session(user: Any) -> BaseResponse:
-    settings = current_app.extensions["settings"]
-    token, g.viewer = accounts.start_web_session(
-        session=get_session(), user=user, ttl_s=settings.web_session_ttl_s
-    )
+    sessions = _web_sessions()
+    token, g.viewer = sessions.start(session=get_session(), user=user)
     response = redirect(_safe_next(request.args.get("next")))
     response.set_cookie(
         SESSION_COOKIE,
         token,
-        max_age=settings.web_session_ttl_s,
+        max_age=sessions.session_ttl_s,
         httponly=True,
         samesite="Lax",
         secure=_secure_cookies(),
@@ -370,11 +373,8 @@ def page_token() -> Any:
     if viewer is None:
         return jsonify({"code": "login_required", "detail": _("Log in first.")}), 401
     try:
-        token, row = accounts.mint_page_token(
-            session=get_session(),
-            viewer=viewer,
-            scopes=[SANDBOX_RUN],
-            ttl_s=current_app.extensions["settings"].web_api_token_ttl_s,
+        token, row = _web_sessions().page_token(
+            session=get_session(), viewer=viewer, scopes=[SANDBOX_RUN]
         )
     except DomainError as exc:
         return jsonify({"code": exc.code, "detail": exc.detail}), exc.status
