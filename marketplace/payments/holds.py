@@ -31,21 +31,15 @@ def hold(
     clearing = ledger.ensure_account(
         s, organization_id=None, code=PAYMENT_CLEARING, currency=currency
     )
-    (tx,) = ledger.apply_transfers(
-        s,
-        [
-            ledger.Transfer(
-                idempotency_key=key,
-                kind=kind,
-                legs=(
-                    ledger.Leg.debit(from_account, amount_minor),
-                    ledger.Leg.credit(clearing, amount_minor),
-                ),
-                pending=True,
-                memo=memo[:200],
-            )
-        ],
+    transfer = ledger.hold_transfer(
+        idempotency_key=key,
+        kind=kind,
+        from_account=from_account,
+        to_account=clearing,
+        amount=amount_minor,
+        memo=memo,
     )
+    (tx,) = ledger.apply_transfers(s, [transfer])
     return tx.id
 
 
@@ -58,15 +52,6 @@ def settle(s: Session, *, hold_id: int, kind: str) -> int:
 
 def release(s: Session, *, hold_id: int, kind: str) -> int:
     """The provider refused: void the hold, the money is the payer's again."""
-    (tx,) = ledger.apply_transfers(
-        s,
-        [
-            ledger.Transfer(
-                idempotency_key=f"{kind}:{hold_id}:returned",
-                kind=f"{kind}_returned",
-                legs=(),
-                resolves_id=hold_id,
-            )
-        ],
-    )
+    transfer = ledger.void_transfer(f"{kind}:{hold_id}:returned", hold_id, kind=f"{kind}_returned")
+    (tx,) = ledger.apply_transfers(s, [transfer])
     return tx.id
