@@ -15,6 +15,8 @@ from sqlmodel import Session
 
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import PAYMENT_CLEARING
+from marketplace.payments import outbox
+from marketplace.payments.models import PaymentRefund, Payout
 
 
 def hold(
@@ -41,6 +43,37 @@ def hold(
     )
     (tx,) = ledger.apply_transfers(s, [transfer])
     return tx.id
+
+
+def queue_outgoing(
+    s: Session,
+    row: Payout | PaymentRefund,
+    *,
+    key_prefix: str,
+    kind: str,
+    from_account: int,
+    memo_to: str,
+    outbox_kind: str,
+) -> None:
+    """Insert ``row``, hold its money and queue its provider call, in the caller's transaction.
+
+    The hold's key and memo name the row's id, so the row is flushed first.
+    """
+    s.add(row)
+    s.flush()
+    if row.id is None:
+        raise RuntimeError("an outgoing payment row has no id after flush")
+    row.hold_transaction_id = hold(
+        s,
+        key=f"{key_prefix}:{row.id}:hold",
+        kind=kind,
+        from_account=from_account,
+        currency=row.currency,
+        amount_minor=row.amount_minor,
+        memo=f"{kind.replace('_', ' ')} {row.id} to {memo_to}",
+    )
+    s.add(row)
+    outbox.enqueue(s, kind=outbox_kind, subject_id=row.id, reference=row.reference)
 
 
 def settle(s: Session, *, hold_id: int, kind: str) -> int:
