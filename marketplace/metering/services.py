@@ -142,7 +142,8 @@ def _reserve(session: Session, lic: License, reserve_calls: int) -> None:
         accrual = ledger.ensure_account(
             session, organization_id=None, code=ROYALTY_ACCRUAL, currency=lic.currency
         )
-        transfer = ledger.hold_transfer(
+        lic.reservation_id = ledger.place_hold(
+            session,
             # Resolved holds never come back, so a fresh key per reservation is right; the
             # surrounding unit of work is what makes a retry safe.
             idempotency_key=f"reserve:{lic.id}:{uuid.uuid4().hex}",
@@ -152,8 +153,6 @@ def _reserve(session: Session, lic: License, reserve_calls: int) -> None:
             amount=hold,
             memo=f"reserves calls {lic.calls_used + 1}..{target} of licence {lic.id}",
         )
-        (tx,) = ledger.apply_transfers(session, [transfer])
-        lic.reservation_id = tx.id
     lic.calls_reserved = target
 
 
@@ -307,7 +306,8 @@ def hold_for_calls(
     accrual = ledger.ensure_account(
         session, organization_id=None, code=ROYALTY_ACCRUAL, currency=lic.currency
     )
-    transfer = ledger.hold_transfer(
+    return ledger.place_hold(
+        session,
         idempotency_key=key,
         kind="reservation",
         from_account=wallet,
@@ -315,8 +315,6 @@ def hold_for_calls(
         amount=amount_minor,
         memo=memo,
     )
-    (tx,) = ledger.apply_transfers(session, [transfer])
-    return tx.id
 
 
 def count_held_calls(

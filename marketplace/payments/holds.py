@@ -33,7 +33,8 @@ def hold(
     clearing = ledger.ensure_account(
         s, organization_id=None, code=PAYMENT_CLEARING, currency=currency
     )
-    transfer = ledger.hold_transfer(
+    return ledger.place_hold(
+        s,
         idempotency_key=key,
         kind=kind,
         from_account=from_account,
@@ -41,8 +42,6 @@ def hold(
         amount=amount_minor,
         memo=memo,
     )
-    (tx,) = ledger.apply_transfers(s, [transfer])
-    return tx.id
 
 
 def queue_outgoing(

@@ -494,7 +494,8 @@ def void_pending(session: Session, *, idempotency_key: str, pending_id: int) -> 
     return run_in_transaction(session, lambda s: apply_transfers(s, [transfer])[0])
 
 
-def hold_transfer(
+def place_hold(
+    session: Session,
     *,
     idempotency_key: str,
     kind: str,
@@ -502,15 +503,18 @@ def hold_transfer(
     to_account: int,
     amount: int,
     memo: str = "",
-) -> Transfer:
-    """A two-leg hold of ``amount`` from one account to another; the memo is cut to fit."""
-    return Transfer(
+) -> int:
+    """Hold ``amount`` from one account for another, inside the caller's transaction; the
+    hold's transaction id. The memo is cut to fit its column."""
+    transfer = Transfer(
         idempotency_key=idempotency_key,
         kind=kind,
         legs=(Leg.debit(from_account, amount), Leg.credit(to_account, amount)),
         pending=True,
         memo=memo[:MEMO_MAX],
     )
+    (posted,) = apply_transfers(session, [transfer])
+    return posted.id
 
 
 def void_transfer(idempotency_key: str, pending_id: int, kind: str = "void") -> Transfer:
