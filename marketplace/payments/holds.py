@@ -19,31 +19,6 @@ from marketplace.payments import outbox
 from marketplace.payments.models import PaymentRefund, Payout
 
 
-def hold(
-    s: Session,
-    *,
-    key: str,
-    kind: str,
-    from_account: int,
-    currency: str,
-    amount_minor: int,
-    memo: str,
-) -> int:
-    """Reserve ``amount_minor`` of ``from_account`` for the provider; the hold's transaction id."""
-    clearing = ledger.ensure_account(
-        s, organization_id=None, code=PAYMENT_CLEARING, currency=currency
-    )
-    return ledger.place_hold(
-        s,
-        idempotency_key=key,
-        kind=kind,
-        from_account=from_account,
-        to_account=clearing,
-        amount=amount_minor,
-        memo=memo,
-    )
-
-
 def queue_outgoing(
     s: Session,
     row: Payout | PaymentRefund,
@@ -54,7 +29,8 @@ def queue_outgoing(
     memo_to: str,
     outbox_kind: str,
 ) -> None:
-    """Insert ``row``, hold its money and queue its provider call, in the caller's transaction.
+    """Insert ``row``, hold its money from ``from_account`` for the provider and queue its
+    provider call, in the caller's transaction.
 
     The hold's key and memo name the row's id, so the row is flushed first.
     """
@@ -62,13 +38,16 @@ def queue_outgoing(
     s.flush()
     if row.id is None:
         raise RuntimeError("an outgoing payment row has no id after flush")
-    row.hold_transaction_id = hold(
+    clearing = ledger.ensure_account(
+        s, organization_id=None, code=PAYMENT_CLEARING, currency=row.currency
+    )
+    row.hold_transaction_id = ledger.place_hold(
         s,
-        key=f"{key_prefix}:{row.id}:hold",
+        idempotency_key=f"{key_prefix}:{row.id}:hold",
         kind=kind,
         from_account=from_account,
-        currency=row.currency,
-        amount_minor=row.amount_minor,
+        to_account=clearing,
+        amount=row.amount_minor,
         memo=f"{kind.replace('_', ' ')} {row.id} to {memo_to}",
     )
     s.add(row)
