@@ -100,42 +100,6 @@ class BlobCache:
         finally:
             out.close()
 
-    def _fill(self, sha256: str, size: int, fetch: Callable[[], BinaryIO], path: Path) -> bytes:
-        digest = hashlib.sha256()
-        chunks: list[bytes] = []
-        got = 0
-        keep = 0 < size <= self.bytes_max
-        if keep:
-            self._incoming.mkdir(parents=True, exist_ok=True)
-        # Closed (and removed unless renamed into place) in the finally clause below.
-        out = tempfile.NamedTemporaryFile(dir=self._incoming, delete=False) if keep else None  # noqa: SIM115
-        try:
-            with fetch() as body:
-                while chunk := body.read(min(_CHUNK_BYTES, size + 1 - got)):
-                    got += len(chunk)
-                    if got > size:
-                        break
-                    digest.update(chunk)
-                    chunks.append(chunk)
-                    if out is not None:
-                        out.write(chunk)
-            if got != size or digest.hexdigest() != sha256:
-                raise BlobIntegrityError(
-                    log_detail=f"blob {sha256} came back with {got} bytes and another hash"
-                )
-            if out is not None:
-                out.close()
-                self._make_room(size)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(out.name, path)
-                out = None
-        finally:
-            if out is not None:
-                out.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(out.name)
-        return b"".join(chunks)
-
     def _make_room(self, incoming: int) -> None:
         """Delete least recently used files until ``incoming`` more bytes fit."""
         files = []

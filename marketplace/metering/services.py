@@ -79,18 +79,15 @@ def _wallet(session: Session, lic: License) -> int:
     )
 
 
+def _void(hold_id: int) -> ledger.Transfer:
+    return ledger.void_transfer(f"release:{hold_id}", hold_id, kind="reservation_release")
+
+
 def _settlement_transfers(session: Session, lic: License) -> tuple[list[ledger.Transfer], int]:
     """The transfers that settle ``lic`` (release its hold, charge the unsettled calls)."""
     transfers: list[ledger.Transfer] = []
     if lic.reservation_id is not None:
-        transfers.append(
-            ledger.Transfer(
-                idempotency_key=f"release:{lic.reservation_id}",
-                kind="reservation_release",
-                legs=(),
-                resolves_id=lic.reservation_id,
-            )
-        )
+        transfers.append(_void(lic.reservation_id))
     r = lic.royalty_per_1k_minor
     charged_before = royalty_due(lic.calls_settled, r)
     charged_after = royalty_due(lic.calls_used, r)
@@ -145,21 +142,17 @@ def _reserve(session: Session, lic: License, reserve_calls: int) -> None:
         accrual = ledger.ensure_account(
             session, organization_id=None, code=ROYALTY_ACCRUAL, currency=lic.currency
         )
-        (tx,) = ledger.apply_transfers(
+        lic.reservation_id = ledger.place_hold(
             session,
-            [
-                ledger.Transfer(
-                    # Resolved holds never come back, so a fresh key per reservation is right;
-                    # the surrounding unit of work is what makes a retry safe.
-                    idempotency_key=f"reserve:{lic.id}:{uuid.uuid4().hex}",
-                    kind="reservation",
-                    legs=(ledger.Leg.debit(wallet, hold), ledger.Leg.credit(accrual, hold)),
-                    pending=True,
-                    memo=f"reserves calls {lic.calls_used + 1}..{target} of licence {lic.id}",
-                )
-            ],
+            # Resolved holds never come back, so a fresh key per reservation is right; the
+            # surrounding unit of work is what makes a retry safe.
+            idempotency_key=f"reserve:{lic.id}:{uuid.uuid4().hex}",
+            kind="reservation",
+            from_account=wallet,
+            to_account=accrual,
+            amount=hold,
+            memo=f"reserves calls {lic.calls_used + 1}..{target} of licence {lic.id}",
         )
-        lic.reservation_id = tx.id
     lic.calls_reserved = target
 
 
@@ -313,30 +306,14 @@ def hold_for_calls(
     accrual = ledger.ensure_account(
         session, organization_id=None, code=ROYALTY_ACCRUAL, currency=lic.currency
     )
-    (tx,) = ledger.apply_transfers(
+    return ledger.place_hold(
         session,
-        [
-            ledger.Transfer(
-                idempotency_key=key,
-                kind="reservation",
-                legs=(
-                    ledger.Leg.debit(wallet, amount_minor),
-                    ledger.Leg.credit(accrual, amount_minor),
-                ),
-                pending=True,
-                memo=memo[:200],
-            )
-        ],
-    )
-    return tx.id
-
-
-def _void(hold_id: int) -> ledger.Transfer:
-    return ledger.Transfer(
-        idempotency_key=f"release:{hold_id}",
-        kind="reservation_release",
-        legs=(),
-        resolves_id=hold_id,
+        idempotency_key=key,
+        kind="reservation",
+        from_account=wallet,
+        to_account=accrual,
+        amount=amount_minor,
+        memo=memo,
     )
 
 

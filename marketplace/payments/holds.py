@@ -15,38 +15,43 @@ from sqlmodel import Session
 
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import PAYMENT_CLEARING
+from marketplace.payments import outbox
+from marketplace.payments.models import PaymentRefund, Payout
 
 
-def hold(
+def queue_outgoing(
     s: Session,
+    row: Payout | PaymentRefund,
     *,
-    key: str,
+    key_prefix: str,
     kind: str,
     from_account: int,
-    currency: str,
-    amount_minor: int,
-    memo: str,
-) -> int:
-    """Reserve ``amount_minor`` of ``from_account`` for the provider; the hold's transaction id."""
+    memo_to: str,
+    outbox_kind: str,
+) -> None:
+    """Insert ``row``, hold its money from ``from_account`` for the provider and queue its
+    provider call, in the caller's transaction.
+
+    The hold's key and memo name the row's id, so the row is flushed first.
+    """
+    s.add(row)
+    s.flush()
+    if row.id is None:
+        raise RuntimeError("an outgoing payment row has no id after flush")
     clearing = ledger.ensure_account(
-        s, organization_id=None, code=PAYMENT_CLEARING, currency=currency
+        s, organization_id=None, code=PAYMENT_CLEARING, currency=row.currency
     )
-    (tx,) = ledger.apply_transfers(
+    row.hold_transaction_id = ledger.place_hold(
         s,
-        [
-            ledger.Transfer(
-                idempotency_key=key,
-                kind=kind,
-                legs=(
-                    ledger.Leg.debit(from_account, amount_minor),
-                    ledger.Leg.credit(clearing, amount_minor),
-                ),
-                pending=True,
-                memo=memo[:200],
-            )
-        ],
+        idempotency_key=f"{key_prefix}:{row.id}:hold",
+        kind=kind,
+        from_account=from_account,
+        to_account=clearing,
+        amount=row.amount_minor,
+        memo=f"{kind.replace('_', ' ')} {row.id} to {memo_to}",
     )
-    return tx.id
+    s.add(row)
+    outbox.enqueue(s, kind=outbox_kind, subject_id=row.id, reference=row.reference)
 
 
 def settle(s: Session, *, hold_id: int, kind: str) -> int:
@@ -58,15 +63,6 @@ def settle(s: Session, *, hold_id: int, kind: str) -> int:
 
 def release(s: Session, *, hold_id: int, kind: str) -> int:
     """The provider refused: void the hold, the money is the payer's again."""
-    (tx,) = ledger.apply_transfers(
-        s,
-        [
-            ledger.Transfer(
-                idempotency_key=f"{kind}:{hold_id}:returned",
-                kind=f"{kind}_returned",
-                legs=(),
-                resolves_id=hold_id,
-            )
-        ],
-    )
+    transfer = ledger.void_transfer(f"{kind}:{hold_id}:returned", hold_id, kind=f"{kind}_returned")
+    (tx,) = ledger.apply_transfers(s, [transfer])
     return tx.id

@@ -22,7 +22,7 @@ from marketplace.errors import Forbidden, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import LimitExceeded
 from marketplace.ledger.models import VENDOR_PAYABLE
-from marketplace.payments import holds, outbox
+from marketplace.payments import holds
 from marketplace.payments.gateway import (
     PaymentGateway,
     ProviderRefused,
@@ -129,22 +129,14 @@ def run_payouts(
                 destination=dest,
                 reference=new_reference(),
             )
-            s.add(payout)
-            s.flush()
-            assert payout.id is not None
-            payout.hold_transaction_id = holds.hold(
+            holds.queue_outgoing(
                 s,
-                key=f"payout:{payout.id}:hold",
+                payout,
+                key_prefix="payout",
                 kind=PAYOUT_KIND,
                 from_account=balance.account_id,
-                currency=now.currency,
-                amount_minor=now.available,
-                memo=f"payout {payout.id} to {dest}"
-                + (" (simulated)" if gateway.simulated else ""),
-            )
-            s.add(payout)
-            outbox.enqueue(
-                s, kind=OUTBOX_TRANSFER, subject_id=payout.id, reference=payout.reference
+                memo_to=dest + (" (simulated)" if gateway.simulated else ""),
+                outbox_kind=OUTBOX_TRANSFER,
             )
             audit_events.payout_changed(s, payout)
             return payout

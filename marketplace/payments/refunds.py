@@ -139,22 +139,17 @@ def refund_to_payments(
             provider=provider,
             reference=new_reference(),
         )
-        s.add(refund)
-        s.flush()
-        assert refund.id is not None
-        refund.hold_transaction_id = holds.hold(
+        holds.queue_outgoing(
             s,
-            key=f"payment-refund:{refund.id}:hold",
+            refund,
+            key_prefix="payment-refund",
             kind=kind,
             from_account=wallet,
-            currency=currency,
-            amount_minor=part,
-            memo=f"{kind.replace('_', ' ')} {refund.id} to {top_up.provider_ref}",
+            memo_to=str(top_up.provider_ref),
+            outbox_kind=OUTBOX_REFUND,
         )
         top_up.refunded_minor += part
         s.add(top_up)
-        s.add(refund)
-        outbox.enqueue(s, kind=OUTBOX_REFUND, subject_id=refund.id, reference=refund.reference)
         made.append(refund)
     return made
 

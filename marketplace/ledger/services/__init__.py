@@ -38,9 +38,11 @@ from marketplace.ledger.services.invariants import check_invariants
 from marketplace.ledger.services.records import AccountBalance, Leg, PostedTransaction, Transfer
 from marketplace.ledger.services.transfers import (
     LEGS_MAX,
+    MEMO_MAX,
     TransactionHook,
     apply_transfers,
     get_transaction,
+    place_hold,
     post_hold_transfer,
     post_pending,
     post_transaction,
@@ -49,6 +51,7 @@ from marketplace.ledger.services.transfers import (
     reverse_transaction,
     unregister_transaction_hook,
     void_pending,
+    void_transfer,
 )
 from marketplace.ledger.services.unit_of_work import (
     RETRY_ATTEMPTS_MAX,
@@ -58,6 +61,7 @@ from marketplace.ledger.services.unit_of_work import (
 
 __all__ = [
     "LEGS_MAX",
+    "MEMO_MAX",
     "RETRY_ATTEMPTS_MAX",
     "RETRY_BACKOFF_S",
     "AccountBalance",
@@ -73,6 +77,7 @@ __all__ = [
     "ensure_account",
     "find_account",
     "get_transaction",
+    "place_hold",
     "post_hold_transfer",
     "post_pending",
     "post_transaction",
@@ -84,4 +89,5 @@ __all__ = [
     "sale_legs",
     "unregister_transaction_hook",
     "void_pending",
+    "void_transfer",
 ]

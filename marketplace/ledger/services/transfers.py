@@ -33,6 +33,7 @@ from marketplace.ledger.services.records import (
 from marketplace.ledger.services.unit_of_work import run_in_transaction
 
 LEGS_MAX = 16  # legs per transfer; a sale has three
+MEMO_MAX = 200  # characters, as the transactions table's memo column
 _TRANSACTION_COLUMNS = (
     "idempotency_key",
     "request_hash",
@@ -489,10 +490,36 @@ def post_pending(
 
 def void_pending(session: Session, *, idempotency_key: str, pending_id: int) -> PostedTransaction:
     """Release a hold entirely."""
-    transfer = Transfer(
-        idempotency_key=idempotency_key, kind="void", legs=(), resolves_id=pending_id
-    )
+    transfer = void_transfer(idempotency_key, pending_id)
     return run_in_transaction(session, lambda s: apply_transfers(s, [transfer])[0])
+
+
+def place_hold(
+    session: Session,
+    *,
+    idempotency_key: str,
+    kind: str,
+    from_account: int,
+    to_account: int,
+    amount: int,
+    memo: str = "",
+) -> int:
+    """Hold ``amount`` from one account for another, inside the caller's transaction; the
+    hold's transaction id. The memo is cut to fit its column."""
+    transfer = Transfer(
+        idempotency_key=idempotency_key,
+        kind=kind,
+        legs=(Leg.debit(from_account, amount), Leg.credit(to_account, amount)),
+        pending=True,
+        memo=memo[:MEMO_MAX],
+    )
+    (posted,) = apply_transfers(session, [transfer])
+    return posted.id
+
+
+def void_transfer(idempotency_key: str, pending_id: int, kind: str = "void") -> Transfer:
+    """The transfer that releases a hold entirely: no legs, resolving ``pending_id``."""
+    return Transfer(idempotency_key=idempotency_key, kind=kind, legs=(), resolves_id=pending_id)
 
 
 def post_hold_transfer(

@@ -197,6 +197,38 @@ def test_void_releases_everything(db_session, accounts):
     assert ledger.check_invariants(db_session) == []
 
 
+def test_place_hold_and_void_transfer(db_session, accounts):
+    a = accounts
+    hold_id = ledger.run_in_transaction(
+        db_session,
+        lambda s: ledger.place_hold(
+            s,
+            idempotency_key=key(),
+            kind="reservation",
+            from_account=a["wallet"],
+            to_account=a["accrual"],
+            amount=300,
+            memo="m" * (ledger.MEMO_MAX + 50),
+        ),
+    )
+    hold = ledger.get_transaction(db_session, hold_id)
+    assert hold is not None and hold.pending and hold.kind == "reservation"
+    assert sorted((leg.account_id, leg.side, leg.amount) for leg in hold.legs) == sorted(
+        [(a["wallet"], "debit", 300), (a["accrual"], "credit", 300)]
+    )
+    assert hold.memo == "m" * ledger.MEMO_MAX
+    assert available(db_session, a["wallet"]) == 700
+    (void,) = ledger.run_in_transaction(
+        db_session,
+        lambda s: ledger.apply_transfers(
+            s, [ledger.void_transfer(key(), hold_id, kind="reservation_release")]
+        ),
+    )
+    assert (void.kind, void.legs, void.resolves_id) == ("reservation_release", (), hold_id)
+    assert available(db_session, a["wallet"]) == 1_000
+    assert ledger.check_invariants(db_session) == []
+
+
 def test_reversal_is_a_new_opposite_transaction(db_session, accounts):
     a = accounts
     tx = ledger.post_transaction(
