@@ -347,17 +347,25 @@ def count_held_calls(
         after, charged = _settlement_transfers(session, lic)
         transfers += after
         _mark_settled(lic)
-    ledger.apply_transfers(session, transfers)
+    if rehold_minor > 0:
+        # Applied with the void and the charges: one ledger write per part, and the ledger's
+        # own limit on the wallet (402 with the missing amount) guards the new hold.
+        transfers.append(
+            ledger.hold_transfer(
+                rehold_key,
+                "reservation",
+                _wallet(session, lic),
+                ledger.ensure_account(
+                    session, organization_id=None, code=ROYALTY_ACCRUAL, currency=lic.currency
+                ),
+                rehold_minor,
+                f"holds the rest of a batch of calls of licence {lic.id}",
+            )
+        )
+    posted = ledger.apply_transfers(session, transfers)
     session.add(lic)
     session.flush()
-    new_hold = hold_for_calls(
-        session,
-        lic=lic,
-        amount_minor=rehold_minor,
-        key=rehold_key,
-        memo=f"holds the rest of a batch of calls of licence {lic.id}",
-    )
-    return charged, new_hold
+    return charged, posted[-1].id if rehold_minor > 0 else None
 
 
 def release_hold(session: Session, *, hold_id: int) -> None:

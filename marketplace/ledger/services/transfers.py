@@ -506,15 +506,22 @@ def place_hold(
 ) -> int:
     """Hold ``amount`` from one account for another, inside the caller's transaction; the
     hold's transaction id. The memo is cut to fit its column."""
-    transfer = Transfer(
+    transfer = hold_transfer(idempotency_key, kind, from_account, to_account, amount, memo)
+    (posted,) = apply_transfers(session, [transfer])
+    return posted.id
+
+
+def hold_transfer(
+    idempotency_key: str, kind: str, from_account: int, to_account: int, amount: int, memo: str
+) -> Transfer:
+    """The two-leg hold :func:`place_hold` applies, for a caller applying it with others."""
+    return Transfer(
         idempotency_key=idempotency_key,
         kind=kind,
         legs=(Leg.debit(from_account, amount), Leg.credit(to_account, amount)),
         pending=True,
         memo=memo[:MEMO_MAX],
     )
-    (posted,) = apply_transfers(session, [transfer])
-    return posted.id
 
 
 def void_transfer(idempotency_key: str, pending_id: int, kind: str = "void") -> Transfer:
