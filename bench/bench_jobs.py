@@ -178,6 +178,13 @@ def main() -> None:
                 f"{f'job, {count} worker(s)':<28} {job_s:>8.2f} {args.samples / job_s:>10.0f} "
                 f"{pool_n / job_s:>8.2f}"
             )
+        # The bare pool again: the machine's speed drifts over a run, so the ratios use the
+        # mean of the pool's time before and after the jobs.
+        pool_after = _pool_seconds(pool, x, args.batch, 1)
+        print(
+            f"{'bare pool, 1 caller, after':<28} {pool_after:>8.2f} {args.samples / pool_after:>10.0f}"
+        )
+        pool_1 = (pool_1 + pool_after) / 2
         if 1 in figures:
             print(
                 f"one worker / bare pool: {pool_1 / figures[1]:.2f} (goal ≥ 0.8); queue adds "

@@ -73,7 +73,12 @@ def _start_embedded_worker(app: Flask) -> Callable[[], None]:
         app.extensions["celery"], app.extensions["settings"].job_embedded_worker_threads
     )
     worker.start()
-    return worker.stop
+
+    def stop() -> None:
+        worker.stop()
+        app.extensions["job_runner"].drain()
+
+    return stop
 
 
 def init_app(app: Flask) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+
+WORKER_SWITCH_INTERVAL_S = 0.0005
 
 
 @click.command("worker")
@@ -31,6 +35,9 @@ def worker(threads: int, sweep: bool) -> None:
     settings = app.extensions["settings"]
     runner = app.extensions["job_runner"]
     runner.worker_kind = "worker"
+    # The thread running a chunk waits on the sandbox between batches; when it wakes it must
+    # take the GIL back from the recorder thread, which by default lets go only every 5 ms.
+    sys.setswitchinterval(WORKER_SWITCH_INTERVAL_S)
     click.echo(
         f"job worker {queue.worker_name('worker')}: {threads} threads on "
         f"{queue.describe_broker(settings)}, queue {settings.job_queue_name}, "
@@ -54,5 +61,6 @@ def worker(threads: int, sweep: bool) -> None:
     finally:
         if sweeper is not None:
             sweeper.stop()
+        runner.drain()
         app.extensions["job_pool"].close()
         app.extensions["db"].engine.dispose()

@@ -10,7 +10,11 @@ the chunk goes back to the queue untouched (and after ``CHUNK_ATTEMPTS_MAX`` cla
 fail, so that a job always ends).
 
 While the chunk runs, a thread renews its lease, so the sweeper publishes it again only when
-this worker has stopped (killed, or cut off from the database).
+this worker has stopped (killed, or cut off from the database). Its outcome (outputs to the
+blob store, counts and charges to the database) is stored by the process's recorder thread
+while the worker thread goes on to the next chunk: that work no longer adds to every chunk's
+time. Nothing is lost if the process dies before it is stored: the chunk is still ``running``,
+its lease runs out and the sweeper publishes it again.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -53,6 +59,11 @@ log = logging.getLogger(__name__)
 DONE = "done"
 SKIPPED = "skipped"
 REQUEUED = "requeued"
+RECORDING = "recording"
+
+# Outcomes waiting for the recorder thread at most (each holds a chunk's outputs in memory);
+# a worker thread with another one to hand over waits for room.
+RECORDS_BEHIND_MAX = 2
 
 # Failures of the sandbox, not of the samples: the chunk is tried again later.
 _NOT_THE_SAMPLES = (SandboxUnavailable, SandboxBusy, ModelQuarantined, CallerThrottled)
@@ -179,6 +190,25 @@ class ChunkRunner:
         self.worker_kind = worker_kind
         self.lease_s = lease_s
         self.sample_timeout_s = sample_timeout_s
+        self._behind = threading.BoundedSemaphore(RECORDS_BEHIND_MAX)
+        self._recorder_lock = threading.Lock()
+        self._recorder_of: tuple[int, ThreadPoolExecutor] | None = None
+
+    def _recorder(self) -> ThreadPoolExecutor:
+        """This process's recorder thread (started on first use: a server process forks after
+        the app is made, and threads do not survive a fork)."""
+        with self._recorder_lock:
+            if self._recorder_of is None or self._recorder_of[0] != os.getpid():
+                executor = ThreadPoolExecutor(1, thread_name_prefix="chunk-recorder")
+                self._recorder_of = (os.getpid(), executor)
+            return self._recorder_of[1]
+
+    def drain(self) -> None:
+        """Store every outcome still waiting (before the process stops)."""
+        with self._recorder_lock:
+            found, self._recorder_of = self._recorder_of, None
+        if found is not None and found[0] == os.getpid():
+            found[1].shutdown(wait=True)
 
     @property
     def worker(self) -> str:
@@ -211,7 +241,27 @@ class ChunkRunner:
             except _TryLater as exc:
                 log.info("chunk %d goes back to the queue: %s", chunk_id, exc)
                 return self._give_back(chunk_id)
-        return self._record(claimed, outcome, expected)
+        return self._record_behind(claimed, outcome, expected)
+
+    def _record_behind(
+        self, claimed: jobs.ClaimedChunk, outcome: _Outcome, expected: np.ndarray | None
+    ) -> str:
+        """Hand the outcome to the recorder thread; record it here if the process is stopping."""
+        self._behind.acquire()
+        try:
+            future = self._recorder().submit(self._record, claimed, outcome, expected)
+        except RuntimeError:  # the recorder was shut down: the process is stopping
+            self._behind.release()
+            return self._record(claimed, outcome, expected)
+        future.add_done_callback(lambda done: self._recorded(claimed.chunk_id, done))
+        return RECORDING
+
+    def _recorded(self, chunk_id: int, done: Future[str]) -> None:
+        self._behind.release()
+        error = done.exception()
+        if error is not None:
+            # The chunk stays `running` until its lease runs out; then it runs again.
+            log.error("chunk %d ran but was not recorded: %r", chunk_id, error)
 
     def _give_back(self, chunk_id: int) -> str:
         session = self.database.session()

@@ -82,6 +82,7 @@ class Node:
             self.sweeper.stop()
         if self.worker is not None:
             self.worker.stop()
+        self.app.extensions["job_runner"].drain()
         for name in ("job_pool", "sandbox_pool"):
             self.app.extensions[name].close()
         self.app.extensions["db"].engine.dispose()
