@@ -120,6 +120,12 @@ MinorAmount = Annotated[int, Field(strict=True, ge=0, le=MINOR_MAX)]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case")]
 
 
+class RowModel(BaseModel):
+    """A response made from a database row: ``Model.model_validate(row)`` reads its attributes."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
 class RequestModel(BaseModel):
     """A request body or query string: a field it does not know is refused, never ignored.
 

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from marketplace.accounts.scopes import ALL_SCOPES, split_scope
-from marketplace.api import RequestModel
+from marketplace.api import RequestModel, RowModel
 
 # A pragmatic address check: one @, no spaces, a dot in the domain. Deliverability is proven by
 # mail, not by a regular expression.
@@ -105,9 +105,7 @@ class ClientList(BaseModel):
     items: list[ClientCredentials]
 
 
-class OrganizationPublic(BaseModel):
-    """Made from an ``Organization`` row with ``model_validate(row, from_attributes=True)``."""
-
+class OrganizationPublic(RowModel):
     id: int
     name: str
     roles: list[str]

@@ -111,10 +111,6 @@ def _credentials(client: OAuthClient, secret: str | None) -> ClientCredentials:
     )
 
 
-def organization_public(org: Organization) -> OrganizationPublic:
-    return OrganizationPublic.model_validate(org, from_attributes=True)
-
-
 def _add_client(
     session: Session,
     org: Organization,
@@ -366,7 +362,7 @@ def list_organizations(
         .offset((page - 1) * page_size)
         .limit(page_size)
     ).all()
-    return [organization_public(org) for org in rows], int(total)
+    return [OrganizationPublic.model_validate(org) for org in rows], int(total)
 
 
 def verify_organization(*, session: Session, org_id: int) -> OrganizationPublic:
@@ -376,7 +372,7 @@ def verify_organization(*, session: Session, org_id: int) -> OrganizationPublic:
         org.verified_at = utcnow()
         session.add(org)
         session.commit()
-    return organization_public(org)
+    return OrganizationPublic.model_validate(org)
 
 
 def grant_roles(*, session: Session, org_id: int, roles: Iterable[str]) -> Organization:

@@ -136,7 +136,7 @@ def whoami() -> WhoAmI:
     )
     return WhoAmI(
         client_id=token.client_id,
-        organization=services.organization_public(org),
+        organization=OrganizationPublic.model_validate(org),
         scopes=current.scopes,
         expires_at=token.get_expires_at(),
     )

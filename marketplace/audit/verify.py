@@ -550,6 +550,15 @@ def load_verifier_keys(argument: str) -> list[VerifierKey]:
     return [VerifierKey.parse(argument)]
 
 
+def keys_for_file(path: str, public_key: str) -> list[VerifierKey]:
+    """The keys that are to verify the file at ``path`` (an export or a report); NoteError when
+    the keys cannot be read or ``path`` is not a file."""
+    keys = load_verifier_keys(public_key)
+    if not Path(path).is_file():
+        raise NoteError("not_a_file", f"{path} is not a file")
+    return keys
+
+
 def load_checkpoint(path: str) -> str:
     """A signed checkpoint from a note file, or from an earlier export's manifest."""
     with open(path, "rb") as handle:
@@ -606,13 +615,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(export: str, public_key: str, previous: str | None) -> int:
     """Verify and print the outcome: one line on standard output, or the failure on stderr."""
     try:
-        keys = load_verifier_keys(public_key)
+        keys = keys_for_file(export, public_key)
         previous_note = load_checkpoint(previous) if previous else None
     except (NoteError, OSError, VerificationFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not Path(export).is_file():
-        print(f"error: {export} is not a file", file=sys.stderr)
         return 2
     try:
         summary = verify_export(export, keys, previous=previous_note, progress=ProgressBar())

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from marketplace.api import CurrencyCode, MinorAmount, RequestModel
+from marketplace.api import CurrencyCode, MinorAmount, RequestModel, RowModel
 
 # Semantic Versioning 2.0.0, the official pattern (no leading zeros, optional pre-release and
 # build metadata). Patterns here are used with fullmatch: with re.match, "$" also matches before
@@ -108,7 +108,7 @@ class VendorPublic(BaseModel):
     name: str
 
 
-class VersionPublic(BaseModel):
+class VersionPublic(RowModel):
     version: str
     sha256: str
     size_bytes: int
@@ -158,7 +158,7 @@ class OfferCreate(RequestModel):
         return self
 
 
-class OfferPublic(BaseModel):
+class OfferPublic(RowModel):
     id: int
     listing_id: int
     name: str

@@ -38,7 +38,7 @@ from marketplace.jobs.models import (
 from marketplace.ledger import services as ledger
 from marketplace.licensing import entitlements
 from marketplace.licensing.models import PER_INFERENCE
-from marketplace.metering.services import hold_bound
+from marketplace.metering.services import HeldCalls, hold_bound
 
 _chunks_t = JobChunk.__table__  # type: ignore[attr-defined]
 _jobs_t = EvaluationJob.__table__  # type: ignore[attr-defined]
@@ -249,9 +249,7 @@ def complete_chunk(session: Session, *, claimed: ClaimedChunk, result: ChunkResu
             rehold = (
                 hold_bound(jv.royalty_per_1k_minor, open_sizes) if jv.kind == PER_INFERENCE else 0
             )
-            charged, hold_id = entitlements.count_batch_calls(
-                s,
-                kind=jv.kind,
+            part = HeldCalls(
                 license_id=jv.license_id,
                 version_id=jv.version_id,
                 calls=result.samples_charged,
@@ -259,6 +257,7 @@ def complete_chunk(session: Session, *, claimed: ClaimedChunk, result: ChunkResu
                 rehold_minor=rehold,
                 rehold_key=f"job:{jv.job_id}:{jv.position}:hold-after-{claimed.chunk_index}",
             )
+            charged, hold_id = entitlements.count_batch_calls(s, jv.kind, part)
             jv.hold_id, jv.hold_minor = hold_id, rehold if hold_id is not None else 0
             jv.calls_charged += result.samples_charged
             jv.charged_minor += charged

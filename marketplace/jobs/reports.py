@@ -29,7 +29,6 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marketplace.audit.notes import Signer, VerifierKey
@@ -328,15 +327,12 @@ def summary(report: dict[str, Any], signed_by: str) -> list[str]:
 def run(path: str, public_key: str) -> int:
     """Verify the report in ``path``: 0 verified, 1 not verified, 2 unusable arguments."""
     from marketplace.audit.notes import NoteError
-    from marketplace.audit.verify import load_verifier_keys
+    from marketplace.audit.verify import keys_for_file
 
     try:
-        keys = load_verifier_keys(public_key)
+        keys = keys_for_file(path, public_key)
     except NoteError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not Path(path).is_file():
-        print(f"error: {path} is not a file", file=sys.stderr)
         return 2
     try:
         document = load_report(path)

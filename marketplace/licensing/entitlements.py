@@ -59,6 +59,7 @@ from marketplace.licensing.models import (
     License,
 )
 from marketplace.metering import services as metering
+from marketplace.metering.services import HeldCalls
 
 # Which licence pays for a call when several cover it: paid-up first, the trial last.
 _PREFERENCE = {PERPETUAL: 0, SUBSCRIPTION: 1, PER_INFERENCE: 2, TRIAL: 3}
@@ -372,38 +373,20 @@ def reserve_batch(
     )
 
 
-def count_batch_calls(
-    session: Session,
-    *,
-    kind: str,
-    license_id: int,
-    version_id: int,
-    calls: int,
-    hold_id: int | None,
-    rehold_minor: int,
-    rehold_key: str,
-) -> tuple[int, int | None]:
-    """Count ``calls`` calls of a reserved batch inside the caller's transaction.
+def count_batch_calls(session: Session, kind: str, part: HeldCalls) -> tuple[int, int | None]:
+    """Count a part of a reserved batch inside the caller's transaction.
 
     Returns what they were charged and the hold that now covers the rest of the batch (see
     :func:`marketplace.metering.services.count_held_calls`). Trial calls were taken when the
     batch was reserved; every kind counts its calls in ``calls_used``.
     """
     if kind == PER_INFERENCE:
-        return metering.count_held_calls(
-            session,
-            license_id=license_id,
-            version_id=version_id,
-            calls=calls,
-            hold_id=hold_id,
-            rehold_minor=rehold_minor,
-            rehold_key=rehold_key,
-        )
-    if calls > 0:
+        return metering.count_held_calls(session, part)
+    if part.calls > 0:
         session.execute(
             sa.update(_licenses_t)
-            .where(_licenses_t.c.id == license_id)
-            .values(calls_used=_licenses_t.c.calls_used + calls)
+            .where(_licenses_t.c.id == part.license_id)
+            .values(calls_used=_licenses_t.c.calls_used + part.calls)
         )
     return 0, None
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 
-from marketplace.api import MinorAmount, RequestModel
+from marketplace.api import MinorAmount, RequestModel, RowModel
 from marketplace.payments.schemas import PaymentRefundPublic
 
 
@@ -46,7 +46,7 @@ class LicenseList(BaseModel):
     items: list[LicensePublic]
 
 
-class OrderPublic(BaseModel):
+class OrderPublic(RowModel):
     id: int
     status: str
     offer_id: int

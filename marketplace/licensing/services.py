@@ -129,10 +129,6 @@ def license_public(lic: License) -> LicensePublic:
     )
 
 
-def order_public(order: Order) -> OrderPublic:
-    return OrderPublic.model_validate(order, from_attributes=True)
-
-
 # --- Trials -----------------------------------------------------------------------------------
 
 
@@ -439,7 +435,7 @@ class LicensingService:
             return order, True
 
         order, created = ledger.run_in_transaction(session, work)
-        return order_public(order), created
+        return OrderPublic.model_validate(order), created
 
     def list_orders(
         self, *, session: Session, organization_id: int, query: OrderQuery
@@ -582,7 +578,7 @@ class LicensingService:
         return RefundPublic.model_validate(
             {
                 **refund.model_dump(),
-                "order": order_public(order),
+                "order": OrderPublic.model_validate(order),
                 "payment_refunds": payment_refunds.payment_refunds_public(sent, session),
                 "to_wallet_minor": refund.amount_minor - sum(r.amount_minor for r in sent),
             }

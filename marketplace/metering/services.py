@@ -317,22 +317,28 @@ def hold_for_calls(
     )
 
 
-def count_held_calls(
-    session: Session,
-    *,
-    license_id: int,
-    version_id: int,
-    calls: int,
-    hold_id: int | None,
-    rehold_minor: int,
-    rehold_key: str,
-) -> tuple[int, int | None]:
-    """Count and charge ``calls`` calls paid from the hold ``hold_id``, inside the caller's
-    transaction; hold ``rehold_minor`` again for the rest of the batch.
+@dataclass(frozen=True)
+class HeldCalls:
+    """A part of a reserved batch to count: ``calls`` calls of ``version_id`` paid from the hold
+    ``hold_id``, and ``rehold_minor`` held again (under ``rehold_key``) for the rest of the batch."""
+
+    license_id: int
+    version_id: int
+    calls: int
+    hold_id: int | None
+    rehold_minor: int
+    rehold_key: str
+
+
+def count_held_calls(session: Session, part: HeldCalls) -> tuple[int, int | None]:
+    """Count and charge a part of a batch paid from its hold, inside the caller's transaction;
+    hold again what the rest of the batch needs.
 
     Returns what these calls were charged and the new hold's id (None when nothing is held).
     The caller's hold bound (:func:`hold_bound`) guarantees the wallet covers both.
     """
+    license_id, version_id, calls = part.license_id, part.version_id, part.calls
+    hold_id, rehold_minor = part.hold_id, part.rehold_minor
     (lic,) = _lock_licenses(session, [license_id])
     transfers = [] if hold_id is None else [_void(hold_id)]
     charged = 0
@@ -352,7 +358,7 @@ def count_held_calls(
         # own limit on the wallet (402 with the missing amount) guards the new hold.
         transfers.append(
             ledger.hold_transfer(
-                rehold_key,
+                part.rehold_key,
                 "reservation",
                 _wallet(session, lic),
                 ledger.ensure_account(

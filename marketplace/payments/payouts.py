@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 PAYOUT_KIND = "payout"
 
 
-def payout_public(payout: Payout) -> PayoutPublic:
-    return PayoutPublic.model_validate(payout, from_attributes=True)
-
-
 def set_payout_account(
     *,
     session: Session,
@@ -81,7 +77,7 @@ def set_payout_account(
         return row
 
     row = ledger.run_in_transaction(session, work)
-    return PayoutAccountPublic.model_validate(row, from_attributes=True)
+    return PayoutAccountPublic.model_validate(row)
 
 
 def get_payout_account(*, session: Session, organization_id: int) -> PayoutAccount | None:
@@ -158,7 +154,7 @@ def list_payouts(*, session: Session, organization_id: int, limit: int) -> list[
         .order_by(Payout.id.desc())  # type: ignore[union-attr]
         .limit(limit)
     ).all()
-    return [payout_public(p) for p in rows]
+    return [PayoutPublic.model_validate(p) for p in rows]
 
 
 def payout_metadata(payout: Payout) -> dict[str, str]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field, StrictInt
 
-from marketplace.api import CurrencyCode, MinorAmount, RequestModel
+from marketplace.api import CurrencyCode, MinorAmount, RequestModel, RowModel
 
 
 class WalletAmount(RequestModel):
@@ -98,7 +98,7 @@ class PayoutAccountSet(RequestModel):
     )
 
 
-class PayoutAccountPublic(BaseModel):
+class PayoutAccountPublic(RowModel):
     organization_id: int
     provider: str
     account_ref: str = Field(description="The connected account payouts go to")
@@ -106,7 +106,7 @@ class PayoutAccountPublic(BaseModel):
     updated_at: dt.datetime
 
 
-class PayoutPublic(BaseModel):
+class PayoutPublic(RowModel):
     id: int
     organization_id: int
     status: str = Field(description="pending | paid | failed (the money is payable again)")
@@ -136,7 +136,7 @@ class PayoutQuery(RequestModel):
     )
 
 
-class OutboxPublic(BaseModel):
+class OutboxPublic(RowModel):
     id: int
     kind: str
     subject_id: int

@@ -537,7 +537,7 @@ class PaymentsService:
             if message is not None and message.id is not None:
                 outbox.process_now(session, self.gateway, self.policy, message.id)
             fresh = session.get(Payout, payout.id, populate_existing=True) or payout
-            out.append(payouts.payout_public(fresh))
+            out.append(PayoutPublic.model_validate(fresh))
         return out
 
     def list_payouts(self, *, session: Session, organization_id: int) -> list[PayoutPublic]:

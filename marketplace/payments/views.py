@@ -209,7 +209,7 @@ def set_payout_account(org_id: int) -> PayoutAccountPublic:
 def get_payout_account(org_id: int) -> PayoutAccountPublic:
     missing = NotFound("No payout account is linked.", code="payout_account_not_found")
     row = get_owned(get_session(), PayoutAccount, org_id, current.organization_id, missing)
-    return PayoutAccountPublic.model_validate(row, from_attributes=True)
+    return PayoutAccountPublic.model_validate(row)
 
 
 @bp.get("/payouts")
@@ -260,7 +260,7 @@ def run_payouts() -> PayoutList:
 def list_outbox() -> OutboxList:
     query = parse_query(OutboxQuery)
     rows = outbox.listing(get_session(), status=query.status, limit=OUTBOX_PAGE_MAX)
-    return OutboxList(items=[OutboxPublic.model_validate(r, from_attributes=True) for r in rows])
+    return OutboxList(items=[OutboxPublic.model_validate(r) for r in rows])
 
 
 @bp.post("/payments/outbox/<int:message_id>/retry")
@@ -275,4 +275,4 @@ def retry_outbox(message_id: int) -> OutboxPublic:
     session = get_session()
     payments().retry_call(session, message_id)
     row = session.get(outbox.PaymentOutbox, message_id, populate_existing=True)
-    return OutboxPublic.model_validate(row, from_attributes=True)
+    return OutboxPublic.model_validate(row)

@@ -17,6 +17,7 @@ from marketplace.accounts.services import Viewer
 from marketplace.audit import journal, platform, services
 from marketplace.audit import views as audit_api
 from marketplace.audit.errors import CheckpointNotFound
+from marketplace.audit.schemas import LedgerQuery
 from marketplace.db import get_session
 from marketplace.errors import DomainError, Forbidden
 from marketplace.web.forms import AuditExportForm
@@ -57,16 +58,8 @@ def audit_page() -> Any:
     revenue = platform.platform_revenue(
         session=session, currency=None, period="month", start=None, end=None
     )
-    totals = platform.ledger_transactions(
-        session=session,
-        organization_id=None,
-        kind=None,
-        currency=None,
-        start=None,
-        end=None,
-        after_id=0,
-        limit=1,
-    ).totals
+    # The totals are over every transaction; the page itself is not shown.
+    totals = audit_api.pages().ledger_transactions(session, LedgerQuery(page_size=1)).totals
     form = AuditExportForm()
     if not form.is_submitted():
         form.format.data = "jsonl"

@@ -27,11 +27,11 @@ def _vendor(session: Session, organization_id: int) -> VendorPublic:
 
 
 def version_public(row: ModelVersion) -> VersionPublic:
-    return VersionPublic.model_validate(row, from_attributes=True)
+    return VersionPublic.model_validate(row)
 
 
 def offer_public(row: Offer) -> OfferPublic:
-    return OfferPublic.model_validate(row, from_attributes=True)
+    return OfferPublic.model_validate(row)
 
 
 def _latest_version(session: Session, listing_id: int) -> str | None:

@@ -41,9 +41,7 @@ def _run_batch(session, buyer, catalog, licence, royalty, parts, http_between):
         rehold = metering.hold_bound(royalty, parts[index + 1 :])
 
         def work(s, calls=calls, hold_id=hold_id, rehold=rehold, index=index):
-            return entitlements.count_batch_calls(
-                s,
-                kind="per_inference",
+            part = metering.HeldCalls(
                 license_id=licence,
                 version_id=catalog.version_id,
                 calls=calls,
@@ -51,6 +49,7 @@ def _run_batch(session, buyer, catalog, licence, royalty, parts, http_between):
                 rehold_minor=rehold,
                 rehold_key=f"{tag}:{index}",
             )
+            return entitlements.count_batch_calls(s, "per_inference", part)
 
         _charged, hold_id = ledger.run_in_transaction(session, work)
     assert hold_id is None
