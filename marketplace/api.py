@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, has_request_context, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from werkzeug.routing import IntegerConverter, Map
 from werkzeug.routing.converters import NumberConverter
 
@@ -133,6 +133,30 @@ class RequestModel(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul_characters(cls, value: Any) -> Any:
+        if holds_nul(value):
+            raise ValueError("NUL characters are not accepted")
+        return value
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` holds a NUL character.
+
+    PostgreSQL's text cannot store one (the driver raises, which would be a 500) and no name,
+    text or query of the marketplace has a use for one, so requests carrying one are refused.
+    """
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, BaseModel):
+        return any(holds_nul(item) for _name, item in value)
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(holds_nul(item) for item in value)
+    return False
 
 
 class IdConverter(IntegerConverter):
@@ -602,6 +626,24 @@ def init_app(app: Flask) -> None:
     """Bound ``<int:...>`` path parameters (before any route is added); display amounts; serve
     the spec."""
     app.url_map.converters["int"] = IdConverter
+
+    @app.before_request
+    def _refuse_nul_characters() -> Any:
+        # Paths and form fields reach queries as text too (see holds_nul); JSON bodies and
+        # query strings are also checked field by field by RequestModel.
+        form = request.mimetype == "application/x-www-form-urlencoded"
+        if not (
+            "\x00" in request.path
+            or b"%00" in request.query_string
+            or (form and holds_nul(list(request.form.items(multi=True))))
+        ):
+            return None
+        detail = "NUL characters are not accepted in a request."
+        if request.path.startswith("/oauth/"):
+            # The token endpoints answer in RFC 6749's format (§5.2), as for any bad request.
+            return {"error": "invalid_request", "error_description": detail}, 400
+        raise ValidationFailed(detail)
+
     app.json = ApiJSONProvider(app)
     app.register_blueprint(meta_bp)
     app.register_blueprint(docs_bp)

@@ -210,8 +210,9 @@ class _Protector(ResourceProtector):
         return token
 
     def raise_error_response(self, error: OAuth2Error) -> None:
-        # Inside /api every error is problem+json; keep RFC 6750's WWW-Authenticate header.
-        headers = dict(error.get_headers())
+        # Inside /api every error is problem+json; keep RFC 6750's WWW-Authenticate header and
+        # the no-store caching, but not Authlib's own Content-Type (application/json).
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
         if error.error == "insufficient_scope":
             needed = g.get("jishi_required_scopes") or []
             # RFC 6750 §3: the challenge names the error and the scope that would do.
@@ -230,7 +231,9 @@ class _Protector(ResourceProtector):
         if error.error == "missing_authorization":
             headers = {"WWW-Authenticate": 'Bearer realm="jishi"'}
             raise Unauthorized("A bearer token is required.", code="missing_token", headers=headers)
-        headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
+        # RFC 6750 §3.1 has no "unsupported_token_type" (Authlib's answer to a Basic header
+        # or a bare "Bearer"): every other refusal is an invalid token.
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         raise Unauthorized(
             "The token is invalid, expired or revoked.", code="invalid_token", headers=headers
         )
