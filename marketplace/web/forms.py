@@ -33,6 +33,8 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from marketplace.api import ID_MAX
+
 
 def _at_least_one(_form: FlaskForm, field: Any) -> None:
     if not field.data:
@@ -129,7 +131,10 @@ class TopUpForm(FlaskForm):
 
 
 class RefundForm(FlaskForm):
-    order_id = IntegerField(_l("Order number"), validators=[InputRequired(), NumberRange(min=1)])
+    # Bounded like every id in a path or query: past the column's range the lookup itself fails.
+    order_id = IntegerField(
+        _l("Order number"), validators=[InputRequired(), NumberRange(min=1, max=ID_MAX)]
+    )
     amount = StringField(_l("Amount to refund (empty: all that is left)"), validators=[Optional()])
     reason = StringField(_l("Reason"), validators=[Optional(), Length(max=500)])
     idempotency_key = HiddenField()
@@ -170,5 +175,5 @@ class PayoutAccountForm(FlaskForm):
 class PayoutRunForm(FlaskForm):
     organization_id = IntegerField(
         _l("Only this vendor (organisation number; empty: every vendor)"),
-        validators=[Optional(), NumberRange(min=1, max=2**31 - 1)],
+        validators=[Optional(), NumberRange(min=1, max=ID_MAX)],
     )
