@@ -7,6 +7,7 @@ exist only in the response that creates them.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -90,6 +91,21 @@ def _query_token(token_string: str) -> OAuthToken | None:
     )
 
 
+# RFC 6749 §3.3: a scope token is printable ASCII without space, quote or backslash; the same
+# characters are all an error_description may hold (§5.2), so only such names are echoed
+# (Authlib raises on any other, which was a 500).
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
+_SCOPES_NAMED_MAX = 5
+
+
+def _scope_refusal(refused: list[str]) -> str:
+    named = [s for s in refused if _SCOPE_TOKEN.fullmatch(s)][:_SCOPES_NAMED_MAX]
+    if not named:
+        return "Scope not allowed: scopes are short printable ASCII names without quotes."
+    more = len(refused) - len(named)
+    return f"Scope not allowed: {' '.join(named)}" + (f" (and {more} more)" if more else "")
+
+
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
@@ -104,7 +120,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         permitted = set(split_scope(client.scope)) & org.allowed_scopes
         refused = [s for s in requested if s not in permitted]
         if refused:
-            raise InvalidScopeError(description=f"Scope not allowed: {' '.join(refused)}")
+            raise InvalidScopeError(description=_scope_refusal(refused))
         if not requested and not (permitted - EXPLICIT_ONLY_SCOPES):
             raise InvalidScopeError(description="The client holds no scopes.")
 

@@ -24,8 +24,12 @@ def test_insufficient_scope_names_the_scope_needed(client, buyer):
         ({}, True, "unsupported_grant_type"),
         ({"grant_type": "client_credentials", "scope": "no-such-scope"}, True, "invalid_scope"),
         ({"grant_type": "client_credentials", "client_id": "jc_nobody"}, False, "invalid_client"),
+        # Characters an error_description may not hold: the scope is not echoed (was a 500).
+        ({"grant_type": "client_credentials", "scope": "réglages"}, True, "invalid_scope"),
+        ({"grant_type": "client_credentials", "scope": 'a"b c\\d'}, True, "invalid_scope"),
+        ({"grant_type": "client_credentials", "scope": " ".join("x" * 9)}, True, "invalid_scope"),
     ],
-    ids=["grant", "no-grant", "scope", "client"],
+    ids=["grant", "no-grant", "scope", "client", "non-ascii-scope", "quoted-scope", "many"],
 )
 def test_oauth_errors_keep_rfc_6749_with_readable_descriptions(client, buyer, form, auth, error):
     headers = basic_auth(buyer.client_id, buyer.client_secret) if auth else {}
