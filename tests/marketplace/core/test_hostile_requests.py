@@ -202,3 +202,31 @@ def test_a_bad_token_is_refused_as_problem_json(live_server: Callable[..., LiveS
         assert resp.headers["Content-Type"] == "application/problem+json"
         assert resp.json()["code"] in {"invalid_token", "missing_token"}
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.slow
+def test_the_token_endpoints_answer_hostile_forms_in_rfc_6749_format(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    server = live_server()
+    org = LiveOrg.register(server, ["vendor", "buyer"])
+    values = ["", "x", "a" * 100_000, "réglages", 'a"b\\c', "-1", "9" * 30, "a b " * 1000, "\ud800"]
+    fields = ["grant_type", "scope", "token", "token_type_hint", "client_id", "client_secret"]
+    failures = []
+    with requests.Session() as http:
+        for path in ["/oauth/token", "/oauth/revoke", "/oauth/introspect"]:
+            for auth in [(org.client_id, org.client_secret), None, ("x" * 5000, "y")]:
+                for field in fields:
+                    for value in values:
+                        form = {"grant_type": "client_credentials", field: value}
+                        encoded = {k: v.encode("utf-8", "surrogatepass") for k, v in form.items()}
+                        resp = http.post(
+                            server.url + path, data=encoded, auth=auth, timeout=TIMEOUT_S
+                        )
+                        kind = resp.headers.get("Content-Type", "").split(";")[0]
+                        if resp.status_code >= 500 or kind != "application/json":
+                            where = f"{path} {field}={value[:12]!r}"
+                            failures.append(f"{where}: {resp.status_code} {resp.text[:100]}")
+                        elif resp.status_code >= 400:
+                            assert set(resp.json()) == {"error", "error_description"}, resp.text
+    assert failures == [], "\n".join(failures)
