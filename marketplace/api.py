@@ -14,6 +14,7 @@ from werkzeug.routing import IntegerConverter, Map
 from werkzeug.routing.converters import NumberConverter
 
 from marketplace.amounts import add_display_schemas, with_displays
+from marketplace.bounds import ID_MAX, ID_MIN, INT64_MAX, INT64_MIN
 from marketplace.errors import (
     DomainError,
     IntegerOutOfRange,
@@ -103,14 +104,6 @@ def idempotency_key() -> str:
         )
     return key
 
-
-# Every integer a client sends must fit the column it is compared with: beyond it SQLite raises
-# OverflowError and PostgreSQL an out-of-range error, both a 500. Bodies carry amounts and
-# counts (BIGINT at most); paths and queries carry ids and page numbers, and every id column a
-# path or query names is an INTEGER (32 bits on PostgreSQL; ledger ids are never taken from a
-# request), so those are bounded tighter.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-ID_MIN, ID_MAX = -(2**31), 2**31 - 1
 
 # An amount of money in a request: a JSON integer of minor units, never a string, a float or a
 # boolean (lax parsing took "100", 100.0 and true), and far below the 64-bit limit so that
@@ -623,8 +616,8 @@ def _spec_url() -> str:
 
 
 def init_app(app: Flask) -> None:
-    """Bound ``<int:...>`` path parameters (before any route is added); display amounts; serve
-    the spec."""
+    """Bound ``<int:...>`` path parameters (before any route is added); refuse NUL characters;
+    display amounts; serve the spec."""
     app.url_map.converters["int"] = IdConverter
 
     @app.before_request

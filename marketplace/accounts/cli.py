@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
+from marketplace.bounds import ID_MAX
+
 orgs_cli = AppGroup("orgs", help="Organisations.")
 
 
 @orgs_cli.command("verify")
-@click.argument("organization_id", type=click.IntRange(min=1))
+@click.argument("organization_id", type=click.IntRange(1, ID_MAX))
 def verify(organization_id: int) -> None:
     """Mark ORGANIZATION_ID as verified (offers may keep their trials for verified ones)."""
     from marketplace.accounts import services

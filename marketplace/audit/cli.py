@@ -14,12 +14,14 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from marketplace.bounds import INT64_MAX
+
 audit_cli = AppGroup("audit", help="The tamper-evident journal: exports, checkpoints, keys.")
 
 
 @audit_cli.command("export")
-@click.option("--from-seq", type=click.IntRange(min=0), default=None, help="Default 0.")
-@click.option("--to-size", type=click.IntRange(min=0), default=None, help="Default: all.")
+@click.option("--from-seq", type=click.IntRange(0, INT64_MAX), default=None, help="Default 0.")
+@click.option("--to-size", type=click.IntRange(0, INT64_MAX), default=None, help="Default: all.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option(

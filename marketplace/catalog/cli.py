@@ -15,6 +15,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from marketplace.bounds import ID_MAX
+
 models_cli = AppGroup("models", help="Model versions in the registry.")
 
 CHUNK_BYTES = 1 << 20
@@ -81,7 +83,9 @@ def _echo_findings(findings: list[dict[str, Any]]) -> None:
 
 @models_cli.command("push", with_appcontext=False)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", "model_id", type=int, required=True, help="The listing's id.")
+@click.option(
+    "--model", "model_id", type=click.IntRange(1, ID_MAX), required=True, help="The listing's id."
+)
 @click.option("--version", required=True, help="Semantic version, such as 1.0.0.")
 @click.option("--url", envvar="JISHI_URL", default="http://127.0.0.1:5000", show_default=True)
 @click.option("--client-id", envvar="JISHI_CLIENT_ID", required=True)
@@ -157,7 +161,9 @@ def push(
 
 
 @models_cli.command("sweep-blobs")
-@click.option("--grace-s", type=int, default=None, help="Default: MARKETPLACE_BLOB_GRACE_S.")
+@click.option(
+    "--grace-s", type=click.IntRange(min=0), default=None, help="Default: MARKETPLACE_BLOB_GRACE_S."
+)
 def sweep_blobs(grace_s: int | None) -> None:
     """Delete artifacts no version references and abandoned partial uploads."""
     from marketplace.catalog import services, upload_context

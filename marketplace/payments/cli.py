@@ -9,6 +9,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from marketplace.bounds import ID_MAX
+
 if TYPE_CHECKING:
     from sqlmodel import Session
 
@@ -43,7 +45,7 @@ def work(once: bool) -> None:
 
 
 @payments_cli.command("retry")
-@click.argument("message_id", type=int)
+@click.argument("message_id", type=click.IntRange(1, ID_MAX))
 def retry(message_id: int) -> None:
     """Send a failed provider call again, with its original idempotency key."""
     session, payments = _service()
@@ -75,7 +77,13 @@ def reconcile(with_report: bool) -> None:
 
 
 @payouts_cli.command("run")
-@click.option("--organization", "organization_id", type=int, default=None, help="Only this vendor.")
+@click.option(
+    "--organization",
+    "organization_id",
+    type=click.IntRange(1, ID_MAX),
+    default=None,
+    help="Only this vendor.",
+)
 def run(organization_id: int | None) -> None:
     """Pay every linked vendor's payable balance at or above the minimum out."""
     session, payments = _service()

@@ -33,7 +33,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from marketplace.api import ID_MAX
+from marketplace.bounds import ID_MAX
 
 
 def _at_least_one(_form: FlaskForm, field: Any) -> None:

@@ -131,3 +131,20 @@ def test_the_command_line_modules_import_no_views():
         "print(sorted(m for m in sys.modules if m.endswith('.views') or '.web' in m))\n"
     )
     assert _last_line_printed(code) == "[]"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["orgs", "verify", "99999999999999999999"],
+        ["payments", "retry", "2147483648"],
+        ["payouts", "run", "--organization", "99999999999999999999"],
+        ["audit", "export", "--from-seq", str(2**64), "--out", "unused.jsonl"],
+    ],
+    ids=["orgs-verify", "outbox-retry", "payouts-run", "audit-export"],
+)
+def test_ids_past_their_columns_are_refused_as_usage_errors(runner, args):
+    # Each was a traceback from the database driver (an integer too large for the column).
+    result = runner.invoke(args=args)
+    assert result.exit_code == 2, result.output
+    assert "is not in the range" in result.output
