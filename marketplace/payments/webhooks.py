@@ -111,13 +111,23 @@ class Applied:
     outcome: str  # applied | ignored | unmatched | duplicate
 
 
+def _stored_text(value: Any, length_max: int) -> str:
+    # PostgreSQL text cannot hold NUL; no Stripe id has one, but a signed body is still input.
+    return str(value).replace("\x00", "\ufffd")[:length_max]
+
+
 def apply_event(session: Session, event: dict[str, Any]) -> Applied:
     """Apply a verified event once; a repeat of an applied event id changes nothing."""
     tracked = _tracked_by_event().get(str(event.get("type", "")))
-    event_id = str(event["id"])[:255]
-    event_type = str(event.get("type", ""))[:100]
-    obj = (event.get("data") or {}).get("object") or {}
-    object_id = obj.get("id") if isinstance(obj, dict) else None
+    event_id = _stored_text(event["id"], 255)
+    event_type = _stored_text(event.get("type", ""), 100)
+    # A signed event of another shape (data or its object not a JSON object) is kept and
+    # acknowledged like any unreadable one below, not answered with a crash and redelivered.
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        obj = {}
+    object_id = obj.get("id")
 
     def work(s: Session) -> str:
         if s.get(StripeEvent, event_id) is not None:
@@ -140,7 +150,7 @@ def apply_event(session: Session, event: dict[str, Any]) -> Applied:
             StripeEvent(
                 id=event_id,
                 type=event_type,
-                object_id=str(object_id)[:255] if object_id else None,
+                object_id=_stored_text(object_id, 255) if object_id else None,
                 outcome=outcome,
             )
         )

@@ -347,3 +347,22 @@ def test_unpaid_top_ups_are_bounded_and_expire(app, client, buyer, payer, hooks,
     assert state(client, buyer, late["id"])["status"] == "succeeded"
     assert wallet(client, buyer) == {"CNY": (800, 0)}
     assert_consistent(app, db_session)
+
+
+def test_signed_events_of_any_shape_are_acknowledged_not_crashed_on(client, hooks, db_session):
+    # Data or object that is not a JSON object, fields of the wrong type, NUL in ids: each was
+    # a 500 (and so days of redeliveries); each is kept and acknowledged once.
+    objects = [None, [], "x", 1, {}, {"id": None}, {"id": 5}, {"id": "pi_\u0000"}]
+    objects += [{"id": "pi_x", "amount": "x", "metadata": []}, {"id": "re_x", "amount": 2**70}]
+    datas = [None, [], "x", *({"object": o} for o in objects)]
+    types = ["payment_intent.succeeded", "refund.updated", "customer.created", "\u0000"]
+    sent = 0
+    for event_type in types:
+        for data in datas:
+            sent += 1
+            event = {"id": f"evt_shape_{sent}\u0000", "type": event_type, "data": data}
+            resp = _signed_post(client, hooks, event)
+            assert resp.status_code == 200, (event, resp.get_data(as_text=True))
+            assert resp.json["outcome"] in {"ignored", "unmatched", "unreadable"}, event
+            assert _signed_post(client, hooks, event).json["outcome"] == "duplicate"
+    assert len(db_session.exec(select(StripeEvent)).all()) >= sent
