@@ -94,7 +94,8 @@ def _query_token(token_string: str) -> OAuthToken | None:
 # RFC 6749 §3.3: a scope token is printable ASCII without space, quote or backslash; the same
 # characters are all an error_description may hold (§5.2), so only such names are echoed
 # (Authlib raises on any other, which was a 500).
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
+_SCOPE_NAME_CHARS_MAX = 64  # longer than any scope the marketplace grants
+_SCOPE_TOKEN = re.compile(rf"[\x21\x23-\x5b\x5d-\x7e]{{1,{_SCOPE_NAME_CHARS_MAX}}}")
 _SCOPES_NAMED_MAX = 5
 
 

@@ -337,23 +337,21 @@ def count_held_calls(session: Session, part: HeldCalls) -> tuple[int, int | None
     Returns what these calls were charged and the new hold's id (None when nothing is held).
     The caller's hold bound (:func:`hold_bound`) guarantees the wallet covers both.
     """
-    license_id, version_id, calls = part.license_id, part.version_id, part.calls
-    hold_id, rehold_minor = part.hold_id, part.rehold_minor
-    (lic,) = _lock_licenses(session, [license_id])
-    transfers = [] if hold_id is None else [_void(hold_id)]
+    (lic,) = _lock_licenses(session, [part.license_id])
+    transfers = [] if part.hold_id is None else [_void(part.hold_id)]
     charged = 0
-    if calls > 0:
+    if part.calls > 0:
         # Calls counted earlier (over HTTP) are settled first, so that what this part costs is
         # known: due(used + calls) - due(used) on a settled licence.
         before, _due = _settlement_transfers(session, lic)
         transfers += before
         _mark_settled(lic)
-        lic.calls_used += calls
-        _insert_usage(session, license_id, [version_id] * calls, lic.calls_used)
+        lic.calls_used += part.calls
+        _insert_usage(session, part.license_id, [part.version_id] * part.calls, lic.calls_used)
         after, charged = _settlement_transfers(session, lic)
         transfers += after
         _mark_settled(lic)
-    if rehold_minor > 0:
+    if part.rehold_minor > 0:
         # Applied with the void and the charges: one ledger write per part, and the ledger's
         # own limit on the wallet (402 with the missing amount) guards the new hold.
         transfers.append(
@@ -364,14 +362,14 @@ def count_held_calls(session: Session, part: HeldCalls) -> tuple[int, int | None
                 ledger.ensure_account(
                     session, organization_id=None, code=ROYALTY_ACCRUAL, currency=lic.currency
                 ),
-                rehold_minor,
+                part.rehold_minor,
                 f"holds the rest of a batch of calls of licence {lic.id}",
             )
         )
     posted = ledger.apply_transfers(session, transfers)
     session.add(lic)
     session.flush()
-    return charged, posted[-1].id if rehold_minor > 0 else None
+    return charged, posted[-1].id if part.rehold_minor > 0 else None
 
 
 def release_hold(session: Session, *, hold_id: int) -> None:

@@ -111,6 +111,11 @@ class Applied:
     outcome: str  # applied | ignored | unmatched | duplicate
 
 
+# The stripe_events columns' lengths, in characters.
+EVENT_ID_CHARS_MAX = 255
+EVENT_TYPE_CHARS_MAX = 100
+
+
 def _stored_text(value: Any, length_max: int) -> str:
     # PostgreSQL text cannot hold NUL; no Stripe id has one, but a signed body is still input.
     return str(value).replace("\x00", "\ufffd")[:length_max]
@@ -119,8 +124,8 @@ def _stored_text(value: Any, length_max: int) -> str:
 def apply_event(session: Session, event: dict[str, Any]) -> Applied:
     """Apply a verified event once; a repeat of an applied event id changes nothing."""
     tracked = _tracked_by_event().get(str(event.get("type", "")))
-    event_id = _stored_text(event["id"], 255)
-    event_type = _stored_text(event.get("type", ""), 100)
+    event_id = _stored_text(event["id"], EVENT_ID_CHARS_MAX)
+    event_type = _stored_text(event.get("type", ""), EVENT_TYPE_CHARS_MAX)
     # A signed event of another shape (data or its object not a JSON object) is kept and
     # acknowledged like any unreadable one below, not answered with a crash and redelivered.
     data = event.get("data")
@@ -150,7 +155,7 @@ def apply_event(session: Session, event: dict[str, Any]) -> Applied:
             StripeEvent(
                 id=event_id,
                 type=event_type,
-                object_id=_stored_text(object_id, 255) if object_id else None,
+                object_id=_stored_text(object_id, EVENT_ID_CHARS_MAX) if object_id else None,
                 outcome=outcome,
             )
         )
