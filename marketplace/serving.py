@@ -21,6 +21,7 @@ connections before it exits.
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import math
 import os
@@ -122,6 +123,11 @@ def start_node_process(app: Flask) -> None:
         threading.Thread(
             target=_start_pool, args=(pool,), name="sandbox-start", daemon=True
         ).start()
+    # The app, its tables, schemas and routes are some 150,000 objects that live as long as
+    # the process; a full collection walked them all (tens of milliseconds, in whichever
+    # request allocated last). Frozen, they are left out of every collection.
+    gc.collect()
+    gc.freeze()
 
 
 def _start_pool(pool: Any) -> None:
