@@ -113,6 +113,12 @@ class PeriodicHolder:
 def start_node_process(app: Flask) -> None:
     """What each server process does once its app exists: start its sandbox, join the race
     for the periodic runner."""
+    # The app, its tables, schemas and routes are some 150,000 objects that live as long as
+    # the process; a full collection walked them all (tens of milliseconds, in whichever
+    # request allocated last). Frozen, before any thread of ours starts, they are left out of
+    # every collection.
+    gc.collect()
+    gc.freeze()
     holder = PeriodicHolder(app, Path(app.instance_path) / "run" / "periodic.lock")
     app.extensions["periodic_holder"] = holder
     holder.start()
@@ -123,11 +129,6 @@ def start_node_process(app: Flask) -> None:
         threading.Thread(
             target=_start_pool, args=(pool,), name="sandbox-start", daemon=True
         ).start()
-    # The app, its tables, schemas and routes are some 150,000 objects that live as long as
-    # the process; a full collection walked them all (tens of milliseconds, in whichever
-    # request allocated last). Frozen, they are left out of every collection.
-    gc.collect()
-    gc.freeze()
 
 
 def _start_pool(pool: Any) -> None:
