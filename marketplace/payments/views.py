@@ -3,9 +3,11 @@ the provider-call outbox for administrators."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
+from pydantic import BaseModel
 
 from marketplace.accounts.oauth import current
 from marketplace.api import (
@@ -55,6 +57,19 @@ def payments() -> PaymentsService:
     return payments_service(current_app)
 
 
+def _create_for_own_wallet(create: Callable[..., tuple[Any, bool]], body: type[BaseModel]) -> Any:
+    """An idempotent create on the caller's wallet: 201 when made now, 200 when replayed."""
+    key = idempotency_key()
+    request_body = parse_json(body)
+    result, created = create(
+        session=get_session(),
+        organization_id=current.organization_id,
+        request=request_body,
+        idempotency_key=key,
+    )
+    return result, 201 if created else 200
+
+
 @bp.post("/wallet/top-ups")
 @operation(
     "Top up your wallet (header Idempotency-Key): 201 with the payment's client_secret for the "
@@ -76,15 +91,7 @@ def payments() -> PaymentsService:
     example={"amount_minor": 2_000_000, "currency": "CNY"},
 )
 def create_top_up() -> Any:
-    key = idempotency_key()
-    body = parse_json(TopUpCreate)
-    result, created = payments().create_top_up(
-        session=get_session(),
-        organization_id=current.organization_id,
-        request=body,
-        idempotency_key=key,
-    )
-    return result, 201 if created else 200
+    return _create_for_own_wallet(payments().create_top_up, TopUpCreate)
 
 
 @bp.get("/wallet/top-ups/<int:top_up_id>")
@@ -125,15 +132,7 @@ def get_wallet() -> WalletPublic:
     example={"amount_minor": 100, "currency": "CNY"},
 )
 def create_withdrawal() -> Any:
-    key = idempotency_key()
-    body = parse_json(WithdrawalCreate)
-    result, created = payments().withdraw(
-        session=get_session(),
-        organization_id=current.organization_id,
-        request=body,
-        idempotency_key=key,
-    )
-    return result, 201 if created else 200
+    return _create_for_own_wallet(payments().withdraw, WithdrawalCreate)
 
 
 @bp.get("/wallet/withdrawals/<int:withdrawal_id>")
