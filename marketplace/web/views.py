@@ -253,6 +253,10 @@ def _safe_next(target: str | None) -> str:
     """Only a path on this site: an open redirect would lend our name to a phishing page."""
     if not target:
         return url_for("web.dashboard")
+    # Control characters and spaces have no place in a path: CR and LF would split the
+    # Location header, and browsers drop tabs and newlines, turning "/\t/host" into "//host".
+    if any(ch <= " " or ch == "\x7f" for ch in target):
+        return url_for("web.dashboard")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return url_for("web.dashboard")
@@ -265,9 +269,10 @@ def _web_sessions() -> accounts.WebSessions:
 
 
 def _start_session(user: Any) -> BaseResponse:
+    # The response first: nothing about it can fail once the session exists.
+    response = redirect(_safe_next(request.args.get("next")))
     sessions = _web_sessions()
     token, g.viewer = sessions.start(session=get_session(), user=user)
-    response = redirect(_safe_next(request.args.get("next")))
     response.set_cookie(
         SESSION_COOKIE,
         token,

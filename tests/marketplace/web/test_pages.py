@@ -108,6 +108,11 @@ def test_login_redirects_only_to_this_site(app, make_org):
         ("//evil.example/x", "/dashboard"),
         ("https://evil.example", "/dashboard"),
         ("/models/1", "/models/1"),
+        # Each of these was a 500 after the session had been stored: a header cannot hold CR/LF.
+        ("/%0d%0aX-Injected:%20a", "/dashboard"),
+        ("/%0aX-Injected:%20a", "/dashboard"),
+        ("/%09/evil.example", "/dashboard"),
+        ("/a%7fb", "/dashboard"),
     ]:
         fresh = app.test_client()
         token = csrf_of(fresh.get("/login").get_data(as_text=True))
@@ -115,7 +120,9 @@ def test_login_redirects_only_to_this_site(app, make_org):
             f"/login?next={target}",
             data={"email": org.email, "password": PASSWORD, "csrf_token": token},
         )
+        assert resp.status_code == 302, (target, resp.status_code)
         assert resp.headers["Location"] == expected
+        assert "X-Injected" not in resp.headers
 
 
 @pytest.mark.parametrize(
