@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json as stdlib_json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -9,7 +10,14 @@ from typing import Annotated, Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, has_request_context, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from werkzeug.routing import IntegerConverter, Map
 from werkzeug.routing.converters import NumberConverter
 
@@ -111,6 +119,19 @@ def idempotency_key() -> str:
 MINOR_MAX = 10**15
 MinorAmount = Annotated[int, Field(strict=True, ge=0, le=MINOR_MAX)]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case")]
+
+
+def _as_utc_time(value: dt.datetime) -> dt.datetime:
+    # A naive time is UTC; an aware one is converted. Near year 1 or 9999 the conversion leaves
+    # the range a datetime can hold, which is a bad request, not a server error.
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("must be a time between the years 1 and 9999 in UTC") from None
+
+
+# A time in a query string, as UTC: naive times are read as UTC, others converted.
+UtcTime = Annotated[dt.datetime, AfterValidator(_as_utc_time)]
 
 
 class RowModel(BaseModel):

@@ -32,11 +32,6 @@ def as_utc(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def to_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A time from a request (naive: UTC; aware: any zone) as UTC; None stays None."""
-    return None if value is None else as_utc(value).astimezone(dt.UTC)
-
-
 def default_sqlite_url(instance_dir: Path) -> str:
     return f"sqlite:///{instance_dir / 'jishi.sqlite3'}"
 

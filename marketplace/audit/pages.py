@@ -10,7 +10,6 @@ from sqlmodel import Session
 
 from marketplace.audit import platform, services
 from marketplace.audit.schemas import LedgerQuery, PlatformLedger, RecordItem, RecordPage
-from marketplace.db import to_utc
 
 if TYPE_CHECKING:
     from marketplace.config import Settings
@@ -56,8 +55,8 @@ class AuditPages:
             organization_id=query.organization_id,
             kind=query.kind,
             currency=query.currency,
-            start=to_utc(query.from_),
-            end=to_utc(query.to),
+            start=query.from_,
+            end=query.to,
             after_id=query.after_id,
             limit=min(query.page_size, self.ledger_page_max),
         )

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from marketplace.api import CurrencyCode, RequestModel
+from marketplace.api import CurrencyCode, RequestModel, UtcTime
 
 # --- Queries -------------------------------------------------------------------------------------
 
@@ -42,8 +42,8 @@ class LedgerQuery(RequestModel):
     organization_id: int | None = Field(default=None, ge=1, le=2**62)
     kind: str | None = Field(default=None, max_length=32)
     currency: CurrencyCode | None = None
-    from_: dt.datetime | None = Field(default=None, alias="from")
-    to: dt.datetime | None = None
+    from_: UtcTime | None = Field(default=None, alias="from")
+    to: UtcTime | None = None
     after_id: int = Field(default=0, ge=0, le=2**62, description="Transactions after this id")
     page_size: int = Field(default=50, ge=1)
 
@@ -51,8 +51,8 @@ class LedgerQuery(RequestModel):
 class RevenueQuery(RequestModel):
     currency: CurrencyCode | None = None
     period: Literal["day", "month", "year"] = "month"
-    from_: dt.datetime | None = Field(default=None, alias="from")
-    to: dt.datetime | None = None
+    from_: UtcTime | None = Field(default=None, alias="from")
+    to: UtcTime | None = None
 
 
 # --- Responses -----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from marketplace.audit.schemas import (
     RevenueReport,
     TreeStatus,
 )
-from marketplace.db import get_database, get_session, to_utc
+from marketplace.db import get_database, get_session
 from marketplace.operation import operation
 
 bp = Blueprint("audit", __name__, url_prefix=API_PREFIX)
@@ -218,6 +218,6 @@ def revenue() -> RevenueReport:
         session=get_session(),
         currency=query.currency,
         period=query.period,
-        start=to_utc(query.from_),
-        end=to_utc(query.to),
+        start=query.from_,
+        end=query.to,
     )

@@ -7,13 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from marketplace.api import CurrencyCode, RequestModel
+from marketplace.api import CurrencyCode, RequestModel, UtcTime
 
 
 class StatementQuery(RequestModel):
     currency: CurrencyCode | None = None
-    from_: dt.datetime | None = Field(default=None, alias="from")
-    to: dt.datetime | None = None
+    from_: UtcTime | None = Field(default=None, alias="from")
+    to: UtcTime | None = None
 
 
 class AccountPublic(BaseModel):

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app
 
 from marketplace.accounts.oauth import current
 from marketplace.api import API_PREFIX, parse_query
-from marketplace.db import get_session, to_utc
+from marketplace.db import get_session
 from marketplace.ledger import statement_service
 from marketplace.ledger.schemas import Statement, StatementQuery
 from marketplace.operation import operation
@@ -29,6 +29,6 @@ def get_statement() -> Statement:
         session=get_session(),
         organization_id=current.organization_id,
         currency=query.currency,
-        start=to_utc(query.from_),
-        end=to_utc(query.to),
+        start=query.from_,
+        end=query.to,
     )

@@ -272,7 +272,8 @@ def statement_csv() -> Response:
             return dt.datetime.combine(
                 dt.date.fromisoformat(raw), dt.time(), tzinfo=viewer_zone()
             ).astimezone(dt.UTC)
-        except ValueError:
+        except (ValueError, OverflowError):
+            # OverflowError: a day near year 1 or 9999 shifted by the viewer's zone.
             raise ValidationFailed(_("Dates are YYYY-MM-DD."), code="invalid_date") from None
 
     result = statement_service(current_app).statement(

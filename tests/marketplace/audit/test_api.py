@@ -262,6 +262,11 @@ BAD_RANGES = [
     ("/api/v1/audit/export?to_size=99999", "range_beyond_tree"),
     ("/api/v1/audit/export?format=xml", "validation_failed"),
     ("/api/v1/audit/revenue?period=week", "validation_failed"),
+    # Times whose conversion to UTC leaves the calendar: each was a 500.
+    ("/api/v1/audit/revenue?from=9999-12-31T23:59:59-14:00", "validation_failed"),
+    ("/api/v1/audit/revenue?to=0001-01-01T00:00:00%2B05:00", "validation_failed"),
+    ("/api/v1/audit/ledger/transactions?from=9999-12-31T23:59:59-14:00", "validation_failed"),
+    ("/api/v1/audit/ledger/transactions?to=0001-01-01T00:00:00%2B14:00", "validation_failed"),
     (
         "/api/v1/audit/ledger/transactions?organization_id=99999999999999999999",
         "validation_failed",

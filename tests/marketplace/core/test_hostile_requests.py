@@ -42,6 +42,8 @@ HOSTILE_VALUES: list[Any] = [
 HOSTILE_PATH_INTS = ["0", "-1", "2147483648", "99999999999999999999999"]
 HOSTILE_VERSIONS = ["..", "a" * 5000, "1.0.0%00", "%ff%fe", "latest%2F..%2F"]
 HOSTILE_QUERY = ["x", "-1", str(2**64), "", "\x00", "a" * 10_000, "1e309", "NaN"]
+# Times that are valid ISO 8601 but leave the calendar when converted to UTC.
+HOSTILE_QUERY += ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"]
 HOSTILE_JSON_BODIES = [
     b"",
     b"{",

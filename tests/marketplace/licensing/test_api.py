@@ -186,6 +186,17 @@ def test_statement_time_window(client, buyer):
         headers=buyer.headers("ledger:read"),
     ).json
     assert len(window["entries"]) == 1
+    # A zone offset that carries the time off the calendar in UTC was a 500; now the field is named.
+    shifted = client.get(
+        "/api/v1/ledger/statement?from=2000-01-01T08:00:00%2B08:00",
+        headers=buyer.headers("ledger:read"),
+    ).json
+    assert len(shifted["entries"]) == 1
+    for query in ["from=9999-12-31T23:59:59-14:00", "to=0001-01-01T00:00:00%2B14:00"]:
+        resp = client.get(f"/api/v1/ledger/statement?{query}", headers=buyer.headers("ledger:read"))
+        assert resp.status_code == 422, resp.get_data(as_text=True)
+        assert resp.json["code"] == "validation_failed"
+        assert resp.json["errors"][0]["field"] == query.split("=")[0]
 
 
 def test_refund_reverses_the_sale_and_revokes_the_licence(

@@ -434,6 +434,12 @@ def test_top_up_and_statement_csv(app, person, db_session):
         ("CNY", "1234.50", "credit"), ("JPY", "1235", "credit")
     }  # fmt: skip
     assert all(r["kind"] == "top_up" for r in rows)
+    # Midnight of day one in a zone east of UTC is before the calendar in UTC: it was a 500.
+    buyer.browser.set_cookie("jishi_tz", "Asia/Shanghai")
+    for query in ["from=0001-01-01", "to=0001-01-01", "from=2000-02-30"]:
+        resp = buyer.browser.get(f"/dashboard/statement.csv?{query}")
+        assert resp.status_code == 422, (query, resp.status_code)
+    assert buyer.browser.get("/dashboard/statement.csv?from=2000-01-01").status_code == 200
 
 
 def test_csv_cells_cannot_become_formulas():
