@@ -636,6 +636,21 @@ def _spec_url() -> str:
     return f"{request.script_root}{API_PREFIX}/openapi.json"
 
 
+def _read_form_within_bound() -> None:
+    """Parse the request's url-encoded form under the JSON body bound; 413 beyond it.
+
+    The first reader of a form (the NUL check, before any blueprint sets a bound) reads it
+    whole: unbounded, a 200 MB form held a worker at 7 GB. No form of the marketplace is larger
+    than a JSON body may be. A chunked body has no length to refuse up front, and Werkzeug
+    stops reading it at the bound without a word; one more byte read says whether it was cut.
+    """
+    if request.max_content_length is None:
+        request.max_content_length = current_app.extensions["settings"].json_body_bytes_max
+    request.form  # noqa: B018 - parses and caches the form
+    if request.content_length is None:
+        request.stream.read(1)  # raises RequestEntityTooLarge when the bound was reached
+
+
 def init_app(app: Flask) -> None:
     """Bound ``<int:...>`` path parameters (before any route is added); refuse NUL characters;
     display amounts; serve the spec."""
@@ -646,6 +661,8 @@ def init_app(app: Flask) -> None:
         # Paths and form fields reach queries as text too (see holds_nul); JSON bodies and
         # query strings are also checked field by field by RequestModel.
         form = request.mimetype == "application/x-www-form-urlencoded"
+        if form:
+            _read_form_within_bound()
         if not (
             "\x00" in request.path
             or b"%00" in request.query_string

@@ -7,6 +7,7 @@ exist only in the response that creates them.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -28,6 +29,7 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from flask import Blueprint, Flask, Response, current_app, g, json, request
 from sqlmodel import select
 from werkzeug.datastructures import Authorization
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from marketplace.accounts.models import OAuthClient, OAuthToken, Organization, hash_secret
 from marketplace.accounts.scopes import ALL_SCOPES, EXPLICIT_ONLY_SCOPES, split_scope
@@ -360,6 +362,42 @@ def _readable_oauth_error(response: Response) -> Response:
     return response
 
 
+def _basic_credentials_readable(header: str | None) -> bool:
+    """Whether Basic credentials, if any, are base64 of UTF-8 text.
+
+    Authlib and Werkzeug decode them with only some of the errors caught; a header of other
+    bytes (or of non-ASCII characters) raised out of both.
+    """
+    parts = (header or "").split(None, 1)
+    if len(parts) != 2 or parts[0].lower() != "basic":
+        return True
+    try:
+        base64.b64decode(parts[1]).decode("utf-8")
+    except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII input
+        return False
+    return True
+
+
+@oauth_bp.before_request
+def _readable_credentials() -> Response | None:
+    if _basic_credentials_readable(request.headers.get("Authorization")):
+        return None
+    return _oauth_error(
+        401,
+        "invalid_client",
+        "The Basic credentials are not base64 of UTF-8 text.",
+        {"WWW-Authenticate": 'Basic realm="jishi"'},
+    )
+
+
+@oauth_bp.errorhandler(RequestEntityTooLarge)
+def _body_too_large(_exc: RequestEntityTooLarge) -> Response:
+    # Forms are read under the bound set where they are first read (marketplace.api).
+    return _oauth_error(
+        413, "invalid_request", f"OAuth requests are limited to {request.max_content_length} bytes."
+    )
+
+
 def _server() -> AuthorizationServer:
     return current_app.extensions["oauth_server"]  # type: ignore[no-any-return]
 
@@ -436,8 +474,12 @@ def server_metadata() -> Response:
             "scopes_supported": list(ALL_SCOPES),
         }
     )
-    metadata.validate_issuer()
-    metadata.validate_token_endpoint()
+    try:
+        metadata.validate_issuer()
+        metadata.validate_token_endpoint()
+    except ValueError:
+        # Plain HTTP under a name other than loopback: the token endpoint refuses it as well.
+        return _insecure_transport()
     return Response(json.dumps(dict(metadata)), mimetype="application/json")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import requests
 
 from tests.live_api import LiveOrg, request_token
@@ -63,3 +65,60 @@ def test_token_endpoint_behind_a_proxy_and_over_plain_http(live_server):
         f"{proxied.url}/.well-known/oauth-authorization-server", headers=forwarded, timeout=30
     ).json()
     assert meta["token_endpoint"] == "https://market.example/oauth/token"
+
+
+def test_unreadable_basic_credentials_are_an_invalid_client(live_server):
+    """Basic credentials of bytes that are not UTF-8 (or not ASCII at all) were a 500."""
+    server = live_server()
+    for credentials in [base64.b64encode(b"\xe9:x"), b"\xe9\xe9", base64.b64encode(b"id:\xff")]:
+        for path in ("/oauth/token", "/oauth/revoke", "/oauth/introspect"):
+            resp = requests.post(
+                f"{server.url}{path}",
+                data={"grant_type": "client_credentials", "token": "x"},
+                headers={"Authorization": b"Basic " + credentials},
+                timeout=30,
+            )
+            assert resp.status_code == 401, (path, credentials, resp.text)
+            assert resp.json()["error"] == "invalid_client"
+            assert resp.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_oauth_bodies_are_bounded(live_server):
+    """A valid client once sent a 200 MB scope list and held a worker at 7 GB for 30 s."""
+    server = live_server()
+    org = LiveOrg.register(server, ["buyer"])
+    bound = 1024 * 1024  # the JSON body bound, which holds for every form
+    huge = b"grant_type=client_credentials&scope=" + b"models%3Aread+" * (bound // 14 + 1)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    def chunks():
+        yield huge[: len(huge) // 2]
+        yield huge[len(huge) // 2 :]
+
+    for body in (huge, chunks()):
+        for path in ("/oauth/token", "/oauth/revoke", "/oauth/introspect"):
+            resp = requests.post(
+                f"{server.url}{path}",
+                data=body if isinstance(body, bytes) else chunks(),
+                auth=(org.client_id, org.client_secret),
+                headers=form,
+                timeout=30,
+            )
+            assert resp.status_code == 413, (path, resp.text[:200])
+            assert resp.json()["error"] == "invalid_request"
+            assert str(bound) in resp.json()["error_description"]
+    # A request of ordinary size still works.
+    assert request_token(server.url, org.client_id, org.client_secret).status_code == 200
+
+
+def test_server_metadata_over_plain_http_under_a_public_name(live_server):
+    """Authlib refuses an http issuer outside loopback by raising: that was a 500."""
+    server = live_server()
+    for host in ("market.example", "10.0.0.5:8102", "a?b#c"):
+        resp = requests.get(
+            f"{server.url}/.well-known/oauth-authorization-server",
+            headers={"Host": host},
+            timeout=30,
+        )
+        assert resp.status_code == 400, (host, resp.text)
+        assert resp.json()["error"] == "invalid_request"

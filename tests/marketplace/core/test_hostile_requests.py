@@ -232,3 +232,30 @@ def test_the_token_endpoints_answer_hostile_forms_in_rfc_6749_format(
                         elif resp.status_code >= 400:
                             assert set(resp.json()) == {"error", "error_description"}, resp.text
     assert failures == [], "\n".join(failures)
+
+
+def test_forms_are_read_within_the_json_body_bound(live_server: Callable[..., LiveServer]) -> None:
+    """A url-encoded form was read whole before any bound: 200 MB held a worker at 7 GB."""
+    server = live_server()
+    bound = 1024 * 1024
+    body = b"email=a%40b.test&password=" + b"x" * bound
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    def chunked() -> Iterator[bytes]:
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    for path in ["/login", "/register", "/api/v1/models", "/api/v1/register", "/oauth/token"]:
+        for data in (body, chunked()):
+            resp = requests.post(server.url + path, data=data, headers=form, timeout=TIMEOUT_S)
+            assert resp.status_code == 413, (path, resp.status_code, resp.text[:200])
+            if path.startswith("/api/"):
+                assert resp.headers["Content-Type"] == PROBLEM
+                assert resp.json()["code"] == "payload_too_large"
+            elif path.startswith("/oauth/"):
+                assert resp.json()["error"] == "invalid_request"
+    # A form within the bound is read as before.
+    small = requests.post(
+        f"{server.url}/oauth/token", data={"grant_type": "client_credentials"}, timeout=TIMEOUT_S
+    )
+    assert small.status_code == 401, small.text
