@@ -76,6 +76,7 @@ def verify(payload: bytes, header: str | None, secrets: list[str], tolerance_s: 
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise SignatureInvalid("The body is not UTF-8.") from None
+    timestamp = _header_timestamp(header or "")
     for secret in secrets:
         try:
             # Tolerance is checked below in both directions; the SDK only checks the past.
@@ -85,7 +86,6 @@ def verify(payload: bytes, header: str | None, secrets: list[str], tolerance_s: 
             continue
     else:
         raise SignatureInvalid("The Stripe-Signature header does not match the body.")
-    timestamp = int(_header_timestamp(header or ""))
     if abs(time.time() - timestamp) > tolerance_s:
         raise SignatureStale(f"The signature is more than {tolerance_s} s from now.")
     try:
@@ -97,12 +97,25 @@ def verify(payload: bytes, header: str | None, secrets: list[str], tolerance_s: 
     return event
 
 
-def _header_timestamp(header: str) -> str:
-    for part in header.split(","):
-        name, _, value = part.partition("=")
-        if name.strip() == "t":
-            return value.strip()
-    raise SignatureInvalid("The Stripe-Signature header has no timestamp.")
+# Seconds since 1970 in decimal: twelve digits reach the year 33658.
+_TIMESTAMP_DIGITS_MAX = 12
+
+
+def _header_timestamp(header: str) -> int:
+    """The header's one timestamp, read as the SDK reads it: the part named exactly ``t``.
+
+    The SDK checks the signature against the first such part; the age must be judged on the
+    same one. A header that names ``t`` twice, or with spaces around the name, is refused: a
+    decoy `` t=<now>`` beside a replayed ``t=<old>`` made an old delivery look fresh.
+    """
+    parts = [part.split("=", 1) for part in header.split(",")]
+    named = [part for part in parts if part[0].strip() == "t"]
+    if len(named) != 1 or named[0][0] != "t" or len(named[0]) != 2:
+        raise SignatureInvalid("The Stripe-Signature header must hold one timestamp t=<seconds>.")
+    value = named[0][1]
+    if not (value.isascii() and value.isdigit() and len(value) <= _TIMESTAMP_DIGITS_MAX):
+        raise SignatureInvalid("The Stripe-Signature timestamp is not a number of seconds.")
+    return int(value)
 
 
 @dataclass(frozen=True)

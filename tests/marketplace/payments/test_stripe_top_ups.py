@@ -251,6 +251,17 @@ def test_webhook_signatures_are_checked(client, hooks):
         headers={"Stripe-Signature": hooks.sign(json.dumps(event))},
     )
     assert tampered.status_code == 400 and tampered.json["code"] == "signature_invalid"
+    # A replayed old signature behind a decoy timestamp: the SDK checks the signature on the
+    # part named exactly "t", so a looser reading of the age took the decoy and accepted it.
+    old = hooks.sign(json.dumps(event), int(time.time()) - 3600)
+    now = int(time.time())
+    for decoy in [f"x=1, t={now},{old}", f"{old},t={now}", f"t ={now},{old}", f" t=,{old}"]:
+        replayed = _signed_post(client, hooks, event, secret_header=decoy)
+        assert replayed.status_code == 400, (decoy, replayed.get_data(as_text=True))
+        assert replayed.json["code"] == "signature_invalid"
+    for stamp in ["1e3", "", "-5", "٣", "9" * 5000]:
+        odd = _signed_post(client, hooks, event, secret_header=f"t={stamp},v1={'0' * 64}")
+        assert odd.status_code == 400 and odd.json["code"] == "signature_invalid", stamp
     ok = _signed_post(client, hooks, event)
     assert ok.status_code == 200 and ok.json["outcome"] == "ignored"  # unknown type: acknowledged
     assert _signed_post(client, hooks, event).json["outcome"] == "duplicate"
