@@ -15,13 +15,14 @@ Decoding reverses it (``urllib.parse.unquote``).
 from __future__ import annotations
 
 import io
+import lzma
 import math
 import re
 import string
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any
@@ -62,14 +63,25 @@ def _check_shape(shape: object, elements_max: int) -> tuple[int, ...]:
         raise TensorDecodeError(f"shape must be a list of at most {RANK_MAX} dimensions")
     dims: list[int] = []
     for dim in shape:
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+        if not isinstance(dim, int) or isinstance(dim, bool):
             raise TensorDecodeError("every dimension must be a non-negative integer")
         dims.append(dim)
-    if math.prod(dims) > elements_max:
-        raise TensorDecodeError(
-            f"a tensor may have at most {elements_max} elements", "input_too_large"
-        )
+    _check_dims(dims, elements_max, f"a tensor may have at most {elements_max} elements")
     return tuple(dims)
+
+
+def _check_dims(dims: Sequence[int], elements_max: int, too_large: str) -> int:
+    """Refuse negative dimensions, and shapes past ``elements_max``; the element count.
+
+    A zero dimension makes the count zero whatever the others are, yet numpy still refuses
+    (with a ValueError) a shape whose other dimensions overflow: so the bound holds for the
+    shape with its zeros counted as ones.
+    """
+    if any(dim < 0 for dim in dims):
+        raise TensorDecodeError("every dimension must be a non-negative integer")
+    if math.prod(max(dim, 1) for dim in dims) > elements_max:
+        raise TensorDecodeError(too_large, "input_too_large")
+    return math.prod(dims)
 
 
 def _check_dtype(dtype: object) -> np.dtype[Any]:
@@ -282,9 +294,7 @@ def _check_npy(
         raise TensorDecodeError(f"dtype must be one of {', '.join(sorted(ALLOWED_DTYPES))}")
     if len(shape) > RANK_MAX:
         raise TensorDecodeError(f"shape must be a list of at most {RANK_MAX} dimensions")
-    count = math.prod(shape)
-    if count > elements_left:
-        raise TensorDecodeError("inputs hold more elements than allowed", "input_too_large")
+    count = _check_dims(shape, elements_left, "inputs hold more elements than allowed")
     if data_bytes != count * dtype.itemsize:
         raise TensorDecodeError(f"npz member {name!r} does not hold the data its header declares")
     return count
@@ -409,7 +419,15 @@ def _zipfile_members(data: bytes, body: memoryview) -> list[_Member]:
         try:
             with archive.open(info) as stream:
                 raw = stream.read(info.file_size + 1)
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, zlib.error):
+        except (
+            ValueError,
+            OSError,
+            zipfile.BadZipFile,
+            EOFError,
+            RuntimeError,
+            zlib.error,
+            lzma.LZMAError,  # not an OSError, unlike bz2's errors
+        ):
             raise TensorDecodeError(f"npz member {name!r} is not a valid .npy array") from None
         except NotImplementedError:
             raise TensorDecodeError(f"npz member {name!r} uses an unknown compression") from None

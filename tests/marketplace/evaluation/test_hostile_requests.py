@@ -139,8 +139,22 @@ def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
         (_npy_header((2,)) + b"\0" * 4, "input_invalid"),  # less data than declared
         (_npy_header((1,), descr="|O") + b"\0" * 8, "input_invalid"),
         (_npy_header((1,), descr="<U8") + b"\0" * 32, "input_invalid"),
+        # Zero elements, but a shape numpy refuses to make: each was a 500.
+        (_npy_header((0, 1 << 62)), "input_too_large"),
+        (_npy_header((0, 1 << 40, 1 << 40)), "input_too_large"),
+        # Negative dimensions whose product matches the data: a 500 too.
+        (_npy_header((-4, -4)) + b"\0" * 64, "input_invalid"),
     ],
-    ids=["2**40-elements-2d", "2**40-elements", "short-data", "object", "unicode"],
+    ids=[
+        "2**40-elements-2d",
+        "2**40-elements",
+        "short-data",
+        "object",
+        "unicode",
+        "zero-by-2**62",
+        "zero-by-2**80",
+        "negative-dims",
+    ],
 )
 def test_npz_headers_are_checked_before_any_allocation(node, member, code):
     served, _url = node
@@ -156,6 +170,57 @@ def test_npz_headers_are_checked_before_any_allocation(node, member, code):
     )
     assert resp.status_code == 422, resp.text
     assert resp.json()["code"] == code
+
+
+def _npz_members(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    body = io.BytesIO()
+    with zipfile.ZipFile(body, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return body.getvalue()
+
+
+def _corrupt_lzma_npz() -> bytes:
+    """An npz whose one LZMA-compressed member has a broken properties byte."""
+    good = io.BytesIO()
+    np.save(good, np.ones((1, 16), np.float32))
+    body = bytearray(_npz_members({"x.npy": good.getvalue()}, zipfile.ZIP_LZMA))
+    info = zipfile.ZipFile(io.BytesIO(bytes(body))).infolist()[0]
+    name_len = int.from_bytes(body[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(body[info.header_offset + 28 : info.header_offset + 30], "little")
+    body[info.header_offset + 30 + name_len + extra_len + 4] = 0xFF
+    return bytes(body)
+
+
+def test_shapes_numpy_cannot_make_are_refused_everywhere_tensors_arrive(node):
+    """Evaluate (JSON and npz), a version's sample and a dataset read tensors the same way; a
+    zero-element shape beside a huge dimension, negative dimensions and a corrupt LZMA member
+    were 500s in each (a dataset was stored, and every chunk of its jobs then failed)."""
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    model_id = vendor.publish(m.identity(["N"]))
+    version = f"/api/v1/models/{model_id}/versions/1.0.0"
+    npz = {"Content-Type": NPZ_MIME}
+    for shape in ([0, 1 << 62], [0, 1 << 40, 1 << 40], [-4, -4]):
+        tensor = {"dtype": "float32", "shape": shape, "data": []}
+        resp = vendor.post(f"{version}/evaluate", json={"inputs": {"x": tensor}})
+        assert resp.status_code == 422, (shape, resp.text)
+        assert resp.json()["code"] in {"input_too_large", "input_invalid"}
+    bodies = [
+        _npz_members({"x.npy": _npy_header((0, 1 << 62))}),
+        _npz_members({"x.npy": _npy_header((-4, -4)) + b"\0" * 64}),
+        _npz_members({"x.npy": _npy_header((2, -1, -4)) + b"\0" * 32}),
+        _corrupt_lzma_npz(),
+    ]
+    for body in bodies:
+        evaluated = vendor.post(f"{version}/evaluate", data=body, headers=npz)
+        assert evaluated.status_code == 422, evaluated.text
+        sample = vendor.http.put(f"{served.url}{version}/sample", data=body, headers=npz)
+        assert sample.status_code == 422, sample.text
+        dataset = vendor.post("/api/v1/datasets", params={"name": "odd"}, data=body, headers=npz)
+        assert dataset.status_code == 422, dataset.text
+    assert vendor.get(f"{version}/sample").status_code == 404
+    assert vendor.get("/api/v1/datasets").json()["items"] == []
 
 
 HOSTILE_NAMES = ["../../../../tmp/x", "/etc/cron.d/x", "file", ".hidden", "名字", "a%2Fb"]
