@@ -186,9 +186,56 @@ def serve(
                 self.cfg.set(key, value)
 
         def load(self) -> Flask:
-            return app_factory()
+            app = app_factory()
+            app.wsgi_app = _malformed_bodies_as_disconnects(app.wsgi_app)  # type: ignore[method-assign]
+            return app
 
     NodeApplication().run()
+
+
+class _GunicornBody:
+    """gunicorn's request body, whose framing errors read as a broken stream.
+
+    A malformed chunked body (a chunk size of "zz", a missing CRLF, a bad trailer) raises
+    gunicorn's ``ParseException`` from a read, which no reader expects: it was a 500 on every
+    endpoint that reads a body. As an ``OSError`` it is what Werkzeug's streams already turn
+    into ``ClientDisconnected``, a 400, like a body cut short.
+    """
+
+    def __init__(self, body: Any, parse_error: type[Exception]) -> None:
+        self._body = body
+        self._parse_error = parse_error
+
+    def read(self, size: int | None = None) -> bytes:
+        try:
+            return self._body.read(size)  # type: ignore[no-any-return]
+        except self._parse_error as exc:
+            raise OSError(f"malformed request body: {exc}") from None
+
+    def readline(self, size: int | None = None) -> bytes:
+        try:
+            return self._body.readline(size)  # type: ignore[no-any-return]
+        except self._parse_error as exc:
+            raise OSError(f"malformed request body: {exc}") from None
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+def _malformed_bodies_as_disconnects(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
+    from gunicorn.http.errors import ParseException
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        environ["wsgi.input"] = _GunicornBody(environ["wsgi.input"], ParseException)
+        return wsgi_app(environ, start_response)
+
+    return app
 
 
 def _worker_exit(worker: Any) -> None:

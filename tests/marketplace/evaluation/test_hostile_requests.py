@@ -7,12 +7,15 @@ elements, and vendor-chosen output names that try to become paths in the npz arc
 from __future__ import annotations
 
 import io
+import json
+import socket
 import threading
 import time
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -221,6 +224,60 @@ def test_shapes_numpy_cannot_make_are_refused_everywhere_tensors_arrive(node):
         assert dataset.status_code == 422, dataset.text
     assert vendor.get(f"{version}/sample").status_code == 404
     assert vendor.get("/api/v1/datasets").json()["items"] == []
+
+
+def _raw_post(url: str, path: str, headers: dict[str, str], framing: bytes) -> tuple[int, bytes]:
+    """POST ``framing`` as a chunked body, byte for byte (clients will not send a bad chunk)."""
+    parts = urlsplit(url)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", "Transfer-Encoding: chunked"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + framing)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+MALFORMED_CHUNKS = [
+    b"zz\r\nxxxxx\r\n0\r\n\r\n",  # a chunk size that is not hexadecimal
+    b"-5\r\nxxxxx\r\n0\r\n\r\n",
+    b"5\r\nxxxxxyy0\r\n\r\n",  # no CRLF after the chunk's data
+    b"5\r\nxxxxx\r\n0\r\nbad trailer\r\n\r\n",
+]
+
+
+def test_malformed_chunked_bodies_are_bad_requests(node):
+    """gunicorn's framing errors surfaced from body reads: a 500 on every endpoint with a body."""
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    model_id = vendor.publish(m.identity(["N"]))
+    auth = {"Authorization": vendor.http.headers["Authorization"]}
+    targets = [
+        (f"/api/v1/models/{model_id}/versions?version=2.0.0", "application/octet-stream"),
+        (f"/api/v1/models/{model_id}/versions/1.0.0/evaluate", NPZ_MIME),
+        (f"/api/v1/models/{model_id}/versions/1.0.0/evaluate", "application/json"),
+        ("/api/v1/models", "application/json"),
+        ("/api/v1/datasets?name=x", NPZ_MIME),
+    ]
+    for path, media_type in targets:
+        for framing in MALFORMED_CHUNKS:
+            status, body = _raw_post(
+                served.url, path, {**auth, "Content-Type": media_type}, framing
+            )
+            assert status == 400, (path, framing, status, body[:200])
+            assert json.loads(body)["code"], body[:200]
+    status, body = _raw_post(
+        served.url,
+        "/oauth/token",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        MALFORMED_CHUNKS[0],
+    )
+    assert status == 400, body[:200]
+    versions = vendor.get(f"/api/v1/models/{model_id}/versions").json()["items"]
+    assert [v["version"] for v in versions] == ["1.0.0"]
 
 
 HOSTILE_NAMES = ["../../../../tmp/x", "/etc/cron.d/x", "file", ".hidden", "名字", "a%2Fb"]
