@@ -26,7 +26,7 @@ from marketplace.payments import outbox, payments_service
 from marketplace.payments.models import OUTBOX_FAILED, PAYOUT_FAILED
 from marketplace.web import formatting
 from marketplace.web.dashboard import payout_status_text
-from marketplace.web.forms import EmptyForm, PayoutRunForm, RefundForm
+from marketplace.web.forms import EmptyForm, PayoutRunForm, RefundForm, ledger_key
 from marketplace.web.views import (
     _exponents,
     bp,
@@ -146,7 +146,7 @@ def admin_refund() -> BaseResponse:
             session=session,
             order_id=form.order_id.data,
             request=body,
-            idempotency_key=f"web:{(form.idempotency_key.data or uuid.uuid4().hex)[:100]}",
+            idempotency_key=ledger_key(form.idempotency_key.data),
         )
         flash(
             _(

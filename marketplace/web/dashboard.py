@@ -51,6 +51,7 @@ from marketplace.web.forms import (
     SampleForm,
     TopUpForm,
     UploadForm,
+    ledger_key,
 )
 from marketplace.web.views import (
     EmptyForm,
@@ -228,7 +229,7 @@ def top_up() -> BaseResponse:
                 session=get_session(),
                 organization_id=viewer.organization_id,
                 request=body,
-                idempotency_key=f"web:{(form.idempotency_key.data or uuid.uuid4().hex)[:100]}",
+                idempotency_key=ledger_key(form.idempotency_key.data),
             )
             shown = money_text(result.amount_minor, result.currency)
             if result.status == "succeeded":

@@ -6,6 +6,7 @@ own request schemas and services decide everything else, as they do for the API.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from flask_babel import lazy_gettext as _l
@@ -33,6 +34,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from marketplace.api import IDEMPOTENCY_KEY_LENGTH_MAX
 from marketplace.bounds import ID_MAX
 
 
@@ -177,3 +179,17 @@ class PayoutRunForm(FlaskForm):
         _l("Only this vendor (organisation number; empty: every vendor)"),
         validators=[Optional(), NumberRange(min=1, max=ID_MAX)],
     )
+
+
+def ledger_key(submitted: str | None) -> str:
+    """The idempotency key a page's form posts under: ``web:`` and the key the page gave it.
+
+    A form posted twice (a double click, a reload) is one purchase, top-up or refund. The key
+    is cut to fit the ledger's 128-character columns with its prefix (a 128-character key with
+    the prefix overflowed PostgreSQL's column: a 500); without one, the post is its own.
+    """
+    key = (submitted or "").strip()[: IDEMPOTENCY_KEY_LENGTH_MAX - len(_LEDGER_KEY_PREFIX)]
+    return _LEDGER_KEY_PREFIX + (key or uuid.uuid4().hex)
+
+
+_LEDGER_KEY_PREFIX = "web:"

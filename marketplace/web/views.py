@@ -62,6 +62,7 @@ from marketplace.web.forms import (
     LoginForm,
     PreferencesForm,
     RegisterForm,
+    ledger_key,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -556,14 +557,13 @@ def purchase(model_id: int, offer_id: int) -> BaseResponse:
     viewer = requires(LICENSES_WRITE)
     form, accepted = _accepted(offer_id)
     if accepted is not None:
-        key = (form.idempotency_key.data or "").strip()[:128] or uuid.uuid4().hex
         try:
             order, _created = licensing_service(current_app).purchase(
                 session=get_session(),
                 organization_id=viewer.organization_id,
                 offer_id=offer_id,
                 accept_terms_sha256=accepted.accept_terms_sha256,
-                idempotency_key=f"web:{key}",
+                idempotency_key=ledger_key(form.idempotency_key.data),
                 client_id=_acceptance_client(viewer),
             )
             flash(
