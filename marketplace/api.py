@@ -107,7 +107,9 @@ def idempotency_key() -> str:
     key = request.headers.get(IDEMPOTENCY_KEY.name, "").strip()
     if not key or len(key) > IDEMPOTENCY_KEY_LENGTH_MAX or not key.isprintable():
         raise DomainError(
-            f"Send an Idempotency-Key header of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters.",
+            f"Send an Idempotency-Key header of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} printable "
+            "characters; use ASCII (other header bytes are read as Latin-1, where UTF-8 text "
+            "turns into control characters).",
             code="idempotency_key_required",
         )
     return key
@@ -235,15 +237,37 @@ def read_json_object(bytes_max: int) -> dict[str, Any]:
         raise PayloadTooLarge(f"JSON bodies are limited to {bytes_max} bytes.")
     request.max_content_length = bytes_max
     try:
-        data = request.get_json(silent=True)
-    except RecursionError:
-        # The standard decoder recurses per nesting level; a hostile body can exhaust the stack.
+        data = current_app.json.loads(request.get_data(), object_pairs_hook=_object_named_once)
+    except _FieldNamedTwice as exc:
+        # Decoders disagree on which of two values wins (here the last): a proxy or log that
+        # reads the first would see another amount than the one charged.
+        raise ValidationFailed(
+            f"The body names {exc.args[0]!r} twice in one object.", code="malformed_json"
+        ) from None
+    except (ValueError, RecursionError):
+        # RecursionError: the standard decoder recurses per nesting level; a hostile body can
+        # exhaust the stack.
         data = None
     if data is None:
         raise ValidationFailed("The body is not valid JSON.", code="malformed_json")
     if not isinstance(data, dict):
         raise ValidationFailed("The body must be a JSON object.", code="body_not_object")
     return data
+
+
+class _FieldNamedTwice(ValueError):
+    pass
+
+
+def _object_named_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for name, _value in pairs:
+            if name in seen:
+                raise _FieldNamedTwice(name[:64])
+            seen.add(name)
+    return found
 
 
 def parse_query(model: type[M]) -> M:

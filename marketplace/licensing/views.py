@@ -154,6 +154,8 @@ def list_orders() -> OrderPage:
     errors=[
         "order_not_found",
         "refund_exceeds_order",
+        # The vendor's share has been paid out: the platform cannot take it back.
+        "limit_exceeded",
     ],
     example={"amount_minor": 100_000, "reason": "Delivered a week late"},
 )

@@ -259,3 +259,24 @@ def test_forms_are_read_within_the_json_body_bound(live_server: Callable[..., Li
         f"{server.url}/oauth/token", data={"grant_type": "client_credentials"}, timeout=TIMEOUT_S
     )
     assert small.status_code == 401, small.text
+
+
+def test_a_body_naming_a_field_twice_is_refused(live_server: Callable[..., LiveServer]) -> None:
+    """The last of two amounts won, while a proxy or log reading the first saw another one."""
+    server = live_server()
+    buyer = LiveOrg.register(server, ["buyer"])
+    for body in [
+        b'{"amount_minor": 100, "amount_minor": 200, "currency": "CNY"}',
+        b'{"amount_minor": 100, "currency": "CNY", "currency": "USD"}',
+    ]:
+        resp = buyer.call(
+            "POST",
+            "/api/v1/wallet/top-ups",
+            data=body,
+            headers={"Content-Type": "application/json", "Idempotency-Key": "twice"},
+        )
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["code"] == "malformed_json"
+        assert "twice" in resp.json()["detail"]
+    wallet = buyer.call("GET", "/api/v1/wallet").json()
+    assert all(b["available_minor"] == 0 for b in wallet["balances"]), wallet
