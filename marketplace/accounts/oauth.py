@@ -354,6 +354,11 @@ def _readable_oauth_error(response: Response) -> Response:
         return response
     if not isinstance(body, dict) or "error" not in body:
         return response
+    if body["error"] == "unsupported_token_type" and response.status_code == 401:
+        # Authlib answers it as an authentication failure; RFC 7009 §2.2.1 makes it one of
+        # RFC 6749 §5.2's errors, which are 400s (the client did authenticate).
+        response.status_code = 400
+        response.headers.pop("WWW-Authenticate", None)
     if not _readable(body.get("error_description")):
         body["error_description"] = _OAUTH_DESCRIPTIONS.get(
             str(body["error"]), "The request was refused."
@@ -379,15 +384,26 @@ def _basic_credentials_readable(header: str | None) -> bool:
 
 
 @oauth_bp.before_request
-def _readable_credentials() -> Response | None:
-    if _basic_credentials_readable(request.headers.get("Authorization")):
-        return None
-    return _oauth_error(
-        401,
-        "invalid_client",
-        "The Basic credentials are not base64 of UTF-8 text.",
-        {"WWW-Authenticate": 'Basic realm="jishi"'},
-    )
+def _one_readable_client_authentication() -> Response | None:
+    header = request.headers.get("Authorization")
+    if not _basic_credentials_readable(header):
+        return _oauth_error(
+            401,
+            "invalid_client",
+            "The Basic credentials are not base64 of UTF-8 text.",
+            {"WWW-Authenticate": 'Basic realm="jishi"'},
+        )
+    scheme = (header or "").split(None, 1)[:1]
+    basic = [word.lower() for word in scheme] == ["basic"]
+    if basic and request.method == "POST" and "client_secret" in request.form:
+        # RFC 6749 §2.3: a client uses one authentication method per request.
+        return _oauth_error(
+            400,
+            "invalid_request",
+            "Authenticate the client one way: HTTP Basic, or client_id and client_secret in "
+            "the form, not both.",
+        )
+    return None
 
 
 @oauth_bp.errorhandler(RequestEntityTooLarge)

@@ -122,3 +122,40 @@ def test_server_metadata_over_plain_http_under_a_public_name(live_server):
         )
         assert resp.status_code == 400, (host, resp.text)
         assert resp.json()["error"] == "invalid_request"
+
+
+def test_oauth_errors_follow_the_rfcs(live_server):
+    server = live_server()
+    org = LiveOrg.register(server, ["buyer"])
+    # RFC 6749 §2.3: one client authentication method per request (Basic won silently).
+    both = requests.post(
+        f"{server.url}/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": org.client_id,
+            "client_secret": org.client_secret,
+        },
+        auth=(org.client_id, org.client_secret),
+        timeout=30,
+    )
+    assert both.status_code == 400, both.text
+    assert both.json()["error"] == "invalid_request"
+    # RFC 7009 §2.2.1: an unsupported token type is a 400, not an authentication failure.
+    token = request_token(server.url, org.client_id, org.client_secret).json()["access_token"]
+    odd_hint = requests.post(
+        f"{server.url}/oauth/revoke",
+        data={"token": token, "token_type_hint": "refresh_token_of_sorts"},
+        auth=(org.client_id, org.client_secret),
+        timeout=30,
+    )
+    assert odd_hint.status_code == 400, odd_hint.text
+    assert odd_hint.json()["error"] == "unsupported_token_type"
+    assert "WWW-Authenticate" not in odd_hint.headers
+    # Each method alone still works.
+    for kwargs in (
+        {"auth": (org.client_id, org.client_secret), "data": {}},
+        {"data": {"client_id": org.client_id, "client_secret": org.client_secret}},
+    ):
+        data = {"grant_type": "client_credentials", **kwargs.pop("data")}
+        ok = requests.post(f"{server.url}/oauth/token", data=data, timeout=30, **kwargs)
+        assert ok.status_code == 200, ok.text
