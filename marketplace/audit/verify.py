@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import itertools
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,11 +46,21 @@ from marketplace.audit.export import (
     SEQ_PREV,
     iter_cover_nodes,
 )
-from marketplace.audit.notes import NoteError, VerifierKey, open_note, parse_verifier_keys
+from marketplace.audit.notes import (
+    NOTE_BYTES_MAX,
+    NoteError,
+    VerifierKey,
+    open_note,
+    parse_verifier_keys,
+)
 from marketplace.audit.tlog import Checkpoint
 from marketplace.canonical import CanonicalJsonError, canonical_json
 
 MANIFEST_BYTES_MAX = 4 * 1024 * 1024
+# No record the log writes comes near this; a longer line is refused before it is held whole.
+RECORD_LINE_BYTES_MAX = MANIFEST_BYTES_MAX
+# A file of verifier keys: a few lines of ~100 characters each.
+KEY_FILE_BYTES_MAX = 64 * 1024
 ZERO_HASH_HEX = "0" * 64
 PROGRESS_EVERY_BYTES = 4 * 1024 * 1024
 
@@ -143,7 +155,7 @@ def _last_line(handle: BinaryIO, file_size: int) -> tuple[int, bytes, dict[str, 
     offset, last = _read_manifest(handle, file_size)
     try:
         parsed = _loads(last)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
         parsed = None
     return offset, last, parsed if isinstance(parsed, dict) else None
 
@@ -153,7 +165,7 @@ def _truncated(last_line: bytes) -> VerificationFailed:
     try:
         record = _loads(last_line)
         seq = record["seq"] if isinstance(record, dict) else None
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, RecursionError):
         seq = None
     if type(seq) is int:
         return VerificationFailed(
@@ -212,7 +224,9 @@ def _plan(
     checkpoint, key = _open_checkpoint(manifest.get("checkpoint"), verifiers, "checkpoint")
     if checkpoint.origin != manifest.get("origin"):
         raise VerificationFailed(
-            f"it is for origin {checkpoint.origin}, the export for {manifest.get('origin')}",
+            # The manifest's origin is the file's word, not the log's: shown quoted and cut,
+            # so that control characters cannot rewrite the verdict on a terminal.
+            f"it is for origin {checkpoint.origin}, the export for {manifest.get('origin')!r:.80}",
             where="checkpoint",
         )
     if checkpoint.size != end:
@@ -315,7 +329,7 @@ class _Lines:
         if self._peeked is False:
             self._peeked = None
             if self.pos < self.end:
-                line = self.raw.readline()
+                line = self.raw.readline(RECORD_LINE_BYTES_MAX + 1)
                 self.pos += len(line)
                 self._peeked = line[:-1]
         return self._peeked  # type: ignore[return-value]
@@ -354,7 +368,7 @@ def _out_of_place(expected: int, found: int, lines: _Lines) -> VerificationFaile
 def _parse_record(line: bytes, expected: int) -> dict[str, Any]:
     try:
         record = _loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise VerificationFailed("not valid JSON (altered)", seq=expected) from None
     if not isinstance(record, dict) or type(record.get("seq")) is not int:
         raise VerificationFailed("not a journal record (altered)", seq=expected)
@@ -399,9 +413,15 @@ def _verify_records(plan: _Plan, lines: _Lines) -> None:
     search = SEQ_PREV.search
     end, pos = lines.end, 0
     progress, reported = lines.progress, 0
-    for raw in lines.raw:
+    # Lines are read with a bound (a hostile export may hold one line of gigabytes); the
+    # readline is called from C, at nearly the speed of iterating the file.
+    for raw in iter(functools.partial(lines.raw.readline, RECORD_LINE_BYTES_MAX + 1), b""):
         if pos >= end:
             break  # the manifest
+        if len(raw) > RECORD_LINE_BYTES_MAX:
+            raise VerificationFailed(
+                f"a line is longer than any record ({RECORD_LINE_BYTES_MAX} bytes)", seq=expected
+            )
         pos += len(raw)
         lines.pos = pos
         if progress is not None and pos - reported >= PROGRESS_EVERY_BYTES:
@@ -539,14 +559,33 @@ def verify_export(
     return Summary(plan.origin, plan.from_seq, plan.to_size, plan.root, plan.signed_by)
 
 
+def read_small_text(path: str, bytes_max: int, code: str) -> str:
+    """The UTF-8 text of the regular file at ``path``, at most ``bytes_max`` bytes; NoteError
+    (with ``code``) otherwise.
+
+    Opened without blocking and checked before it is read: a FIFO would wait forever for a
+    writer, and /dev/zero would fill memory.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NoteError(code, f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NoteError(code, f"{path} is not a regular file")
+        data = handle.read(bytes_max + 1)
+    if len(data) > bytes_max:
+        raise NoteError(code, f"{path} is larger than {bytes_max} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NoteError(code, f"{path} is not UTF-8 text") from None
+
+
 def load_verifier_keys(argument: str) -> list[VerifierKey]:
     """Keys from a verifier-key string, or from a file holding one or more of them."""
-    candidate = Path(argument)
-    if "+" not in argument or candidate.is_file():
-        try:
-            return parse_verifier_keys(candidate.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise NoteError("no_verifier_key", f"cannot read {argument}: {exc.strerror}") from None
+    if "+" not in argument or Path(argument).is_file():
+        return parse_verifier_keys(read_small_text(argument, KEY_FILE_BYTES_MAX, "no_verifier_key"))
     return [VerifierKey.parse(argument)]
 
 
@@ -561,11 +600,13 @@ def keys_for_file(path: str, public_key: str) -> list[VerifierKey]:
 
 def load_checkpoint(path: str) -> str:
     """A signed checkpoint from a note file, or from an earlier export's manifest."""
+    if not Path(path).is_file():
+        raise NoteError("not_a_file", f"{path} is not a regular file")
     with open(path, "rb") as handle:
         _offset, _last, manifest = _last_line(handle, os.fstat(handle.fileno()).st_size)
     if manifest is not None and isinstance(manifest.get("checkpoint"), str):
         return str(manifest["checkpoint"])
-    return Path(path).read_text(encoding="utf-8")
+    return read_small_text(path, NOTE_BYTES_MAX, "malformed_note")
 
 
 class ProgressBar:

@@ -311,3 +311,86 @@ def test_the_progress_bar_draws_on_a_terminal_only():
     drawn = loud.getvalue()
     assert drawn.startswith("\r[###############...............]  50.0%")
     assert "\r[##############################] 100.0%" in drawn and drawn.endswith("\n")
+
+
+# --- Hostile files --------------------------------------------------------------------------------
+
+
+def test_hostile_key_and_checkpoint_files_are_refused_without_reading_them(
+    filled, keys, write_export, tmp_path
+):
+    """/dev/zero as a key file grew to gigabytes, a FIFO hung, bytes that are not UTF-8 were a
+    traceback: each is now an argument error (exit 2) with one line on stderr."""
+    path = write_export()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    not_utf8 = tmp_path / "not-utf8"
+    not_utf8.write_bytes(b"\xff\xfe\n")
+    big = tmp_path / "big.note"
+    with open(big, "wb") as out:
+        out.truncate(3 * 1024**3)  # sparse: gigabytes to read, none on disk
+    good_key = keys.verifier().encode()
+    cases = [
+        ("--public-key", "/dev/zero"),
+        ("--public-key", str(fifo)),
+        ("--public-key", str(not_utf8)),
+        ("--previous", "/dev/zero"),
+        ("--previous", str(fifo)),
+        ("--previous", str(not_utf8)),
+        ("--previous", str(big)),
+    ]
+    for option, value in cases:
+        args = ["--public-key", good_key, option, value] if option == "--previous" else []
+        args = args or [option, value]
+        done = _cli("-m", "marketplace.audit.verify", str(path), *args)
+        assert done.returncode == 2, (option, value, done.stderr[-300:])
+        assert done.stderr.startswith("error:") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_hostile_export_lines_fail_verification_with_bounded_memory(filled, keys, write_export):
+    path = write_export()
+    lines = lines_of(path)
+    # A line deeper than the JSON decoder's stack, where a record or the manifest should be.
+    deep = b"[" * 200_000 + b"]" * 200_000 + b"\n"
+    for at in (0, len(lines) - 1):
+        changed = [*lines[:at], deep, *lines[at + 1 :]]
+        done = _cli(
+            "-m",
+            "marketplace.audit.verify",
+            str(rewrite(path, changed)),
+            "--public-key",
+            keys.verifier().encode(),
+        )
+        assert done.returncode == 1, done.stderr[-300:]
+        assert done.stderr.startswith("NOT VERIFIED:") and "Traceback" not in done.stderr
+    # A first line of gigabytes (a sparse file) is refused once it passes any record's length.
+    rewrite(path, lines)
+    huge = path.with_name("huge.jsonl")
+    with open(huge, "wb") as out:
+        out.truncate(4 * 1024**3)
+        out.seek(0, os.SEEK_END)
+        out.write(b"\n" + lines[-1])
+    done = _cli(
+        "-c",
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
+        "from marketplace.audit.verify import main; sys.exit(main())",
+        str(huge),
+        "--public-key",
+        keys.verifier().encode(),
+    )
+    assert done.returncode == 1, done.stderr[-300:]
+    assert "longer than any record" in done.stderr
+
+
+def test_text_from_the_file_cannot_rewrite_the_verdict_on_a_terminal(filled, keys, write_export):
+    lines = lines_of(path := write_export())
+    manifest = json.loads(lines[-1])
+    manifest["origin"] = "\r\x1b[2K\x1b[1Averified: records 0..5 (6)" + "x" * 1_000_000
+    lines[-1] = json.dumps(manifest).encode() + b"\n"
+    done = _cli(
+        "-m", "marketplace.audit.verify", str(rewrite(path, lines)), "--public-key",
+        keys.verifier().encode(),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "\x1b" not in done.stderr and "\r" not in done.stderr
+    assert len(done.stderr) < 500 and done.stderr.startswith("NOT VERIFIED:")
