@@ -266,7 +266,10 @@ def verify_report(document: Any, verifier: VerifierKey | Iterable[VerifierKey]) 
     key = next((k for k in trusted if (k.name, k.key_hash_hex) == (name, key_hash)), None)
     if key is None:
         known = ", ".join(f"{k.name}+{k.key_hash_hex}" for k in trusted)
-        raise ReportInvalid(f"signed by {name}+{key_hash}, which is not a trusted key ({known})")
+        # The name is the file's word: quoted and cut, so that it cannot rewrite the terminal.
+        raise ReportInvalid(
+            f"signed by {name!r:.80}+{key_hash}, which is not a trusted key ({known})"
+        )
     if not key.verify(message, value):
         raise ReportInvalid(
             f"the signature of {name}+{key_hash} does not verify: the report was altered"
@@ -296,8 +299,10 @@ def load_report(path: str) -> Any:
         raise ReportInvalid(f"the file is larger than {REPORT_BYTES_MAX} bytes")
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportInvalid(f"the file is not JSON: {exc}") from None
+    except ReportInvalid:
+        raise
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer of thousands of digits
+        raise ReportInvalid(f"the file is not JSON: {exc!s:.200}") from None
     except RecursionError:
         raise ReportInvalid("the file nests deeper than any report") from None
 

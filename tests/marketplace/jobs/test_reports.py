@@ -299,6 +299,13 @@ def test_the_command_refuses_files_that_are_not_one_signed_report(keys, tmp_path
         "bare report": (json.dumps(report()), "exactly `report` and `signature`"),
         "deep": ("[" * 100_000 + "]" * 100_000, "nests deeper"),
         "huge integer": (body.replace('"job_id": 41', '"job_id": ' + "9" * 20), "beyond 2**53"),
+        # Past Python's digit limit for int(): a traceback before.
+        "digits": (body.replace('"job_id": 41', '"job_id": ' + "9" * 5000), "not JSON"),
+        # A key name that would rewrite the terminal is shown quoted.
+        "key name": (
+            body.replace(f'"key_name": "{ORIGIN}"', '"key_name": "\\u001b[2Kok"'),
+            "'\\x1b[2Kok'+",
+        ),
     }
     runner = CliRunner()
     for name, (content, reason) in cases.items():
