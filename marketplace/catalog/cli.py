@@ -63,22 +63,42 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _problem_text(resp: Any) -> str:
+def _json_object(resp: Any) -> dict[str, Any]:
+    """The response's JSON object; empty for anything else (a proxy's HTML page, a list)."""
     try:
         body = resp.json()
     except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _shown(value: object, limit: int = 300) -> str:
+    # The server's words reach a terminal: no control characters, and not without end.
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:limit])
+
+
+def _problem_text(resp: Any) -> str:
+    body = _json_object(resp)
+    if not body:
         return f"HTTP {resp.status_code}"
-    if isinstance(body, dict):
-        return f"{body.get('code', body.get('error', resp.status_code))}: " + str(
-            body.get("detail", body.get("error_description", ""))
-        )
-    return f"HTTP {resp.status_code}"
+    code = body.get("code", body.get("error", resp.status_code))
+    return f"{_shown(code)}: {_shown(body.get('detail', body.get('error_description', '')))}"
 
 
-def _echo_findings(findings: list[dict[str, Any]]) -> None:
+def _findings(body: dict[str, Any]) -> list[dict[str, Any]]:
+    found = body.get("findings")
+    return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
+
+
+def _echo_findings(findings: list[dict[str, Any]], *, err: bool = False) -> None:
+    click.echo("findings:", err=err)
     for f in findings:
-        where = f" [{f['node']}]" if f.get("node") else ""
-        click.echo(f"  {f.get('severity', '?')}: {f.get('code')}{where}: {f.get('message', '')}")
+        where = f" [{_shown(f['node'])}]" if f.get("node") else ""
+        click.echo(
+            f"  {_shown(f.get('severity', '?'))}: {_shown(f.get('code'))}{where}: "
+            f"{_shown(f.get('message', ''))}",
+            err=err,
+        )
 
 
 @models_cli.command("push", with_appcontext=False)
@@ -103,6 +123,9 @@ def push(
     """Upload FILE as a new version of a model through the HTTP API, streaming it."""
     import requests
 
+    if not file.is_file():
+        # A FIFO or a device (/dev/zero) would be hashed without end.
+        raise click.BadParameter(f"{file} is not a regular file", param_hint="FILE")
     base = url.rstrip("/")
     try:
         token_resp = requests.post(
@@ -115,7 +138,9 @@ def push(
         raise click.ClickException(f"cannot reach {base}: {exc}") from None
     if token_resp.status_code != 200:
         raise click.ClickException(f"token request refused: {_problem_text(token_resp)}")
-    token = token_resp.json()["access_token"]
+    token = _json_object(token_resp).get("access_token")
+    if not isinstance(token, str) or not token:
+        raise click.ClickException(f"{base}/oauth/token answered 200 without an access token")
     size = os.path.getsize(file)
     # Declaring the digest lets the server write to storage while the body arrives.
     digest = hashlib.sha256()
@@ -138,25 +163,19 @@ def push(
             )
         except requests.RequestException as exc:
             raise click.ClickException(f"upload failed: {exc}") from None
+    body = _json_object(resp)
     if resp.status_code == 201:
-        body = resp.json()
         click.echo(
-            f"published model {model_id} version {body['version']}: "
-            f"sha256 {body['sha256']}, {body['size_bytes']} bytes, "
+            f"published model {model_id} version {_shown(body.get('version', version))}: "
+            f"sha256 {_shown(body.get('sha256', digest.hexdigest()))}, {size} bytes, "
             f"{progress.rate() / MiB:.1f} MiB/s"
         )
-        if body.get("findings"):
-            click.echo("findings:")
-            _echo_findings(body["findings"])
+        if findings := _findings(body):
+            _echo_findings(findings)
         return
     click.echo(f"upload refused: {_problem_text(resp)}", err=True)
-    try:
-        findings = resp.json().get("findings") or []
-    except ValueError:
-        findings = []
-    if findings:
-        click.echo("findings:", err=True)
-        _echo_findings(findings)
+    if findings := _findings(body):
+        _echo_findings(findings, err=True)
     raise SystemExit(1)
 
 

@@ -145,6 +145,84 @@ def test_cli_push(live_server: Callable[..., LiveServer], tmp_path: Path) -> Non
     assert wrong.exit_code != 0 and "token request refused" in wrong.output
 
 
+# What a server that is not the marketplace (a mistyped --url, a proxy's error page) may answer
+# to the token request and to the upload: (token status, token body, upload status, upload body).
+ODD_SERVERS = {
+    "token page": (200, b"<html>sign in</html>", 201, b"{}"),
+    "token object without one": (200, b"{}", 201, b"{}"),
+    "token list": (200, b"[1]", 201, b"{}"),
+    "upload page": (200, b'{"access_token": "t"}', 201, b"<html>ok</html>"),
+    "upload list": (200, b'{"access_token": "t"}', 201, b"[1, 2]"),
+    "refusal list": (200, b'{"access_token": "t"}', 422, b"[1]"),
+    "odd findings": (
+        200,
+        b'{"access_token": "t"}',
+        422,
+        b'{"code": "model_rejected\\u001b[2K", "findings": [1, "x", {"code": "c"}]}',
+    ),
+}
+
+
+def _odd_server(answers: tuple[int, bytes, int, bytes]) -> tuple[str, Callable[[], None]]:
+    import http.server
+
+    token_status, token_body, upload_status, upload_body = answers
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            token = self.path.startswith("/oauth/token")
+            status, body = (token_status, token_body) if token else (upload_status, upload_body)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_port}", stop
+
+
+@pytest.mark.parametrize("case", list(ODD_SERVERS))
+def test_cli_push_explains_answers_it_cannot_use(case: str, tmp_path: Path) -> None:
+    """Each of these ended in a Python traceback (KeyError, TypeError, JSONDecodeError)."""
+    url, stop = _odd_server(ODD_SERVERS[case])
+    model = tmp_path / "model.onnx"
+    model.write_bytes(builders.relu_bytes())
+    args = ["push", str(model), "--model", "1", "--version", "1.0.0", "--url", url]
+    env = {"JISHI_CLIENT_ID": "a", "JISHI_CLIENT_SECRET": "b"}
+    try:
+        result = CliRunner().invoke(models_cli, args, env=env)
+    finally:
+        stop()
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output and "\x1b" not in result.output
+    if ODD_SERVERS[case][2] == 201 and ODD_SERVERS[case][1].startswith(b'{"access'):
+        assert result.exit_code == 0 and "published model 1 version 1.0.0" in result.output
+    else:
+        assert result.exit_code != 0, result.output
+
+
+def test_cli_push_refuses_files_that_are_not_regular(tmp_path: Path) -> None:
+    """/dev/zero and a FIFO were hashed without end."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        args = ["push", path, "--model", "1", "--version", "1.0.0", "--url", "http://192.0.2.1:1"]
+        result = CliRunner().invoke(
+            models_cli, args, env={"JISHI_CLIENT_ID": "a", "JISHI_CLIENT_SECRET": "b"}
+        )
+        assert result.exit_code == 2 and "not a regular file" in result.output, result.output
+
+
 def test_concurrent_uploads_of_one_version(
     live_server: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
