@@ -599,8 +599,9 @@ def _exponent_of(currency: str) -> int | None:
     return known.get(currency)
 
 
-# The API's reference page: Swagger UI from the swagger-ui-bundle package, served by the app so
-# that nothing is fetched from the internet. Its assets live under a path the spec skips.
+# The API's reference page: Swagger UI 5 from the flask-swagger-ui package's dist folder (its
+# blueprint is not used: its page runs an inline script), served by the app so that nothing is
+# fetched from the internet. Its assets live under a path the spec skips.
 docs_bp = Blueprint("api_docs", __name__, url_prefix="/api/docs")
 _SWAGGER_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png")
 _DOCS_PAGE = """<!doctype html>
@@ -641,19 +642,36 @@ _DOCS_INIT = """window.addEventListener("load", function () {
 )
 def docs_page() -> Any:
     page = _DOCS_PAGE.format(assets=f"{request.script_root}/api/docs/_assets", spec=_spec_url())
-    return current_app.response_class(page, mimetype="text/html")
+    response = current_app.response_class(page, mimetype="text/html")
+    # Swagger UI's own scripts and the document, from this site only; it writes style
+    # attributes and draws icons from data: URLs.
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+    return response
 
 
 @docs_bp.get("/_assets/<name>")
 def docs_asset(name: str) -> Any:
+    from importlib.util import find_spec
+
     from flask import send_from_directory
-    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
     if name == "init.js":
         return current_app.response_class(_DOCS_INIT % _spec_url(), mimetype="text/javascript")
     if name not in _SWAGGER_ASSETS:
         raise NotFound("No such asset.")
-    return send_from_directory(swagger_ui_path, name, max_age=86400)
+    spec = find_spec("flask_swagger_ui")  # located, not imported
+    assert spec is not None and spec.submodule_search_locations is not None
+    dist = f"{spec.submodule_search_locations[0]}/dist"
+    return send_from_directory(dist, name, max_age=86400)
+
+
+_HTML_DEFAULT_CSP = (
+    "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def _spec_url() -> str:
@@ -698,6 +716,16 @@ def init_app(app: Flask) -> None:
             # The token endpoints answer in RFC 6749's format (§5.2), as for any bad request.
             return {"error": "invalid_request", "error_description": detail}, 400
         raise ValidationFailed(detail)
+
+    @app.after_request
+    def _html_loads_nothing_unasked(response: Any) -> Any:
+        # Pages set their own policy (marketplace.web); every other HTML answer (an error
+        # page, a redirect's body) runs nothing and loads nothing.
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Content-Security-Policy", _HTML_DEFAULT_CSP)
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
 
     app.json = ApiJSONProvider(app)
     app.register_blueprint(meta_bp)

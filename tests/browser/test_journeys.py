@@ -385,3 +385,20 @@ def test_a_hostile_model_card_runs_no_script(site, new_page):
     assert card.locator("script, img, svg, [onerror], [onload]").count() == 0
     assert "<script>alert('s')</script>" in card.inner_text()  # shown as text
     page.get_by_text("[go](javascript:alert('l'))").click()  # text, not a link: nothing runs
+
+
+def test_the_api_reference_renders_under_its_content_security_policy(site, new_page):
+    page = new_page()
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            refused.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    response = page.goto(f"{site.url}/api/docs")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    # Swagger UI drew the document: its operations, by tag.
+    page.locator(".opblock-tag", has_text="wallet").first.wait_for()
+    assert page.locator(".opblock").count() > 20
+    assert refused == [], refused
