@@ -132,7 +132,10 @@ def admin_refund() -> BaseResponse:
     form = RefundForm()
     back = redirect(url_for("web.admin_page") + "#refunds")
     if not form.validate_on_submit():
-        flash(_("Type the order number."), "error")
+        if form.reason.errors:
+            flash(_("The reason is at most 500 characters."), "error")
+        else:
+            flash(_("Type the order number."), "error")
         return back
     session = get_session()
     try:

@@ -18,7 +18,9 @@ from marketplace.amounts import money
 
 __all__ = ["local_date", "local_time", "money", "parse_amount", "zone"]
 
-_AMOUNT = re.compile(r"^\s*(\d{1,15})(?:[.](\d{1,6}))?\s*$")
+# ASCII digits only: \d alone also takes full-width and Arabic-Indic digits, which a person
+# did not mean as an amount of money.
+_AMOUNT = re.compile(r"^\s*(\d{1,15})(?:[.](\d{1,6}))?\s*$", re.ASCII)
 
 
 def parse_amount(text: str, exponent: int) -> int:

@@ -459,6 +459,18 @@ def test_admin_refunds_an_order_from_the_page(app, person, platform_person, db_s
     accept_on_page(buyer, catalog, "purchase")
     (order,) = db_session.exec(select(Order)).all()
     admin = platform_person("admin")
+    # Digits a person did not mean as money (full-width, Arabic-Indic) refunded ¥1.00 each;
+    # a long reason was answered "Type the order number."
+    for amount, reason in [("１", "wide"), ("١", "arabic"), ("1", "x" * 501)]:
+        admin.post(
+            "/admin/refunds",
+            {"order_id": str(order.id), "amount": amount, "reason": reason},
+            token_from="/admin",
+        )
+    page = admin.browser.get("/admin?lang=en").get_data(as_text=True)
+    assert "at most 500 characters" in page
+    db_session.refresh(order)
+    assert order.refunded_minor == 0
     admin.post(
         "/admin/refunds",
         {"order_id": str(order.id), "amount": "25.00", "reason": "broken"},
