@@ -51,12 +51,5 @@ class AuditPages:
     def ledger_transactions(self, session: Session, query: LedgerQuery) -> PlatformLedger:
         """One page of the transactions ``query`` matches, with totals over all of them."""
         return platform.ledger_transactions(
-            session=session,
-            organization_id=query.organization_id,
-            kind=query.kind,
-            currency=query.currency,
-            start=query.from_,
-            end=query.to,
-            after_id=query.after_id,
-            limit=min(query.page_size, self.ledger_page_max),
+            session=session, query=query, limit=min(query.page_size, self.ledger_page_max)
         )

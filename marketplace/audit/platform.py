@@ -17,6 +17,7 @@ from sqlmodel import Session
 from marketplace.audit.schemas import (
     AccountCodeTotal,
     LedgerEntryItem,
+    LedgerQuery,
     LedgerTransactionItem,
     PlatformLedger,
     RevenuePeriod,
@@ -64,27 +65,22 @@ def _transaction_filter(
     return conditions
 
 
-def ledger_transactions(
-    *,
-    session: Session,
-    organization_id: int | None,
-    kind: str | None,
-    currency: str | None,
-    start: dt.datetime | None,
-    end: dt.datetime | None,
-    after_id: int,
-    limit: int,
-) -> PlatformLedger:
-    """One page of matching transactions (by id) with all their entries, and the totals per
-    account code and currency over every matching entry (only the organisation's entries when
-    ``organization_id`` is given)."""
+def ledger_transactions(*, session: Session, query: LedgerQuery, limit: int) -> PlatformLedger:
+    """One page (at most ``limit``) of the transactions ``query`` matches, by id, with all their
+    entries, and the totals per account code and currency over every matching entry (only the
+    organisation's entries when the query names one)."""
+    organization_id = query.organization_id
     conditions = _transaction_filter(
-        organization_id=organization_id, kind=kind, currency=currency, start=start, end=end
+        organization_id=organization_id,
+        kind=query.kind,
+        currency=query.currency,
+        start=query.from_,
+        end=query.to,
     )
     rows = (
         session.execute(
             sa.select(_transactions_t)
-            .where(*conditions, _transactions_t.c.id > after_id)
+            .where(*conditions, _transactions_t.c.id > query.after_id)
             .order_by(_transactions_t.c.id)
             .limit(limit + 1)
         )
