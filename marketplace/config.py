@@ -158,6 +158,10 @@ class Settings:
     job_requeue_s: float = 300.0  # a published chunk no worker started is published again
     job_sweep_interval_s: float = 10.0  # how often each node looks for such chunks (0: never)
     job_results_bytes_max: int = 1024**3  # largest results download (npz) of one version
+    # Largest outputs one sample of a job may give; a sample past it fails alone
+    # (`sample_outputs_too_large`). A chunk holds its outputs in memory until they are stored,
+    # so this times the chunk's samples bounds it: 256 MiB with the defaults.
+    job_sample_outputs_bytes_max: int = 1024**2
     # Threads of the worker `jishi serve` runs in one of its processes (0: none; then only
     # `jishi worker` nodes run jobs).
     job_embedded_worker_threads: int = 2

@@ -40,6 +40,10 @@ from sandbox.onnxwalk import (
 # headers: only a plain charset, so none can be a path ("../../x", "/etc/cron.d/x").
 TENSOR_NAME_CHARS_MAX = 128
 TENSOR_NAME = re.compile(rf"[A-Za-z0-9_.:\-]{{1,{TENSOR_NAME_CHARS_MAX}}}")
+# Output names under this prefix are the platform's own: an evaluation job's results hold
+# arrays named ``jishi.ok`` and ``jishi.sample`` beside the model's outputs, and a model's output
+# of the same name would replace one of them.
+RESERVED_NAME_PREFIX = "jishi."
 
 ERROR = "error"
 WARNING = "warning"
@@ -530,6 +534,13 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
                 f"Input and output names must be 1 to {TENSOR_NAME_CHARS_MAX} letters, digits, "
                 f"'_', '.', ':' or '-'; {value['name'][:64]!r} is not (rename it and upload "
                 "again).",
+            )
+    for value in report.outputs:
+        if value["name"].startswith(RESERVED_NAME_PREFIX):
+            report.error(
+                "tensor_name_reserved",
+                f"Output names starting with {RESERVED_NAME_PREFIX!r} are reserved for the "
+                f"platform's own arrays; rename {value['name'][:64]!r} and upload again.",
             )
     if not report.ok:
         return report

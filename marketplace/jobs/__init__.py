@@ -102,6 +102,7 @@ def init_app(app: Flask) -> None:
         worker_kind="web",
         lease_s=settings.job_lease_s,
         sample_timeout_s=settings.job_sample_timeout_s,
+        sample_outputs_bytes_max=settings.job_sample_outputs_bytes_max,
     )
     app.extensions["celery"] = queue.make_celery(
         app, lambda chunk_id, redelivered: app.extensions["job_runner"].run(chunk_id, redelivered)

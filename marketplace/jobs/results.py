@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import zipfile
 from typing import IO, Any
@@ -22,9 +23,29 @@ from marketplace.jobs.models import CHUNK_DONE, JOB_ACTIVE, JobChunk, JobVersion
 from marketplace.jobs.services import find_job
 from model_registry.blobstore import BlobStore
 from model_registry.errors import BlobStoreError
+from model_registry.inspection import RESERVED_NAME_PREFIX
 
-OK_ARRAY = "jishi.ok"
-SAMPLE_ARRAY = "jishi.sample"
+# The results' own arrays, under the prefix no model output may use.
+OK_ARRAY = RESERVED_NAME_PREFIX + "ok"
+SAMPLE_ARRAY = RESERVED_NAME_PREFIX + "sample"
+
+
+def open_npy_member(
+    archive: zipfile.ZipFile, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> IO[bytes]:
+    """A stored member of ``archive`` for array ``name``, its ``.npy`` header written; the caller
+    writes the C-ordered data, exactly ``shape`` of ``dtype``, and closes it."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(
+        header,
+        {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape},
+    )
+    info = zipfile.ZipInfo(npz_member_name(name))
+    # The declared size lets zipfile write Zip64 records only for a member that needs them.
+    info.file_size = header.tell() + dtype.itemsize * math.prod(shape)
+    stream = archive.open(info, "w")
+    stream.write(header.getvalue())
+    return stream
 
 
 def write_results(
@@ -41,7 +62,9 @@ def write_results(
 
     One array per output with a row per sample of the chunks that ran (zeros where a sample
     failed), ``jishi.ok`` (did the sample run) and ``jishi.sample`` (its index in the dataset).
-    Chunks are read one at a time, so memory holds one chunk whatever the job's size.
+    Chunks are read one at a time, so memory holds one chunk whatever the job's size. Arrays
+    of a chunk under the reserved prefix other than its ``jishi.ok`` (a model output stored
+    before such names were refused) are left out: no member is ever written twice.
     """
     job = find_job(session, job_id, organization_id)
     if job.state in JOB_ACTIVE:
@@ -77,7 +100,7 @@ def write_results(
     for chunk in chunks:
         rows += chunk.stop - chunk.start
         for name, array in load(chunk).items():
-            if name == OK_ARRAY:
+            if name.startswith(RESERVED_NAME_PREFIX):
                 continue
             layout = (tuple(array.shape[1:]), array.dtype)
             if layouts.setdefault(name, layout) != layout:
@@ -93,21 +116,9 @@ def write_results(
             f"The results hold {total} bytes; downloads are limited to {bytes_max}."
         )
 
-    def member(
-        archive: zipfile.ZipFile, name: str, shape: tuple[int, ...], dtype: Any
-    ) -> IO[bytes]:
-        stream = archive.open(npz_member_name(name), "w", force_zip64=True)
-        header = {
-            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-            "fortran_order": False,
-            "shape": shape,
-        }
-        np.lib.format.write_array_header_2_0(stream, header)
-        return stream
-
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, (shape, dtype) in layouts.items():
-            with member(archive, name, (rows, *shape), dtype) as stream:
+            with open_npy_member(archive, name, (rows, *shape), dtype) as stream:
                 for chunk in chunks:
                     arrays = load(chunk)
                     block = np.zeros((chunk.stop - chunk.start, *shape), dtype=dtype)
@@ -115,13 +126,13 @@ def write_results(
                     if ok is not None and name in arrays:
                         block[ok] = arrays[name]
                     stream.write(block.tobytes())
-        with member(archive, OK_ARRAY, (rows,), np.bool_) as stream:
+        with open_npy_member(archive, OK_ARRAY, (rows,), np.dtype(np.bool_)) as stream:
             for chunk in chunks:
                 ok = load(chunk).get(OK_ARRAY)
                 if ok is None:
                     ok = np.zeros(chunk.stop - chunk.start, dtype=np.bool_)
                 stream.write(ok.astype(np.bool_).tobytes())
-        with member(archive, SAMPLE_ARRAY, (rows,), np.int64) as stream:
+        with open_npy_member(archive, SAMPLE_ARRAY, (rows,), np.dtype(np.int64)) as stream:
             for chunk in chunks:
                 stream.write(np.arange(chunk.start, chunk.stop, dtype=np.int64).tobytes())
     return f"job-{job_id}-{version.version}.npz"

@@ -9,6 +9,12 @@ A sandbox that is unavailable, busy or has the model in quarantine is no fault o
 the chunk goes back to the queue untouched (and after ``CHUNK_ATTEMPTS_MAX`` claims its samples
 fail, so that a job always ends).
 
+A chunk keeps the outputs of its samples in memory until they are stored: each sample's are
+bounded (``job_sample_outputs_bytes_max``; past it the sample fails alone), so a chunk holds at
+most its samples times that. They must also have one shape for the whole chunk, the first
+sample's, or they could not be one array; a sample whose outputs differ fails alone. Neither
+failure costs anything: the samples gave nothing the buyer can use.
+
 While the chunk runs, a thread renews its lease, so the sweeper publishes it again only when
 this worker has stopped (killed, or cut off from the database). Its outcome (outputs to the
 blob store, counts and charges to the database) is stored by the process's recorder thread
@@ -20,10 +26,11 @@ its lease runs out and the sweeper publishes it again.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
+import tempfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,16 +40,17 @@ import numpy as np
 
 from marketplace.db import Database
 from marketplace.evaluation.services import LazyPool, model_loader
-from marketplace.evaluation.tensors import encode_npz, read_rows
+from marketplace.evaluation.tensors import read_rows
 from marketplace.jobs import chunks as jobs
 from marketplace.jobs import metrics
 from marketplace.jobs.datasets import members_of
 from marketplace.jobs.queue import worker_name
-from marketplace.jobs.results import OK_ARRAY
+from marketplace.jobs.results import OK_ARRAY, open_npy_member
 from marketplace.jobs.schemas import EXPECTED_PREFIX
 from model_registry.blobcache import BlobCache
 from model_registry.blobstore import BlobStore
 from model_registry.errors import BlobStoreError
+from model_registry.inspection import RESERVED_NAME_PREFIX
 from sandbox.errors import (
     CallerThrottled,
     DeadlineExceeded,
@@ -61,46 +69,105 @@ SKIPPED = "skipped"
 REQUEUED = "requeued"
 RECORDING = "recording"
 
-# Outcomes waiting for the recorder thread at most (each holds a chunk's outputs in memory);
-# a worker thread with another one to hand over waits for room.
+# Outcomes waiting for the recorder thread at most; a worker thread with another one to hand
+# over waits for room. Each holds a chunk's outputs in memory (at most its samples times
+# ``job_sample_outputs_bytes_max``), so a worker process holds at most its threads plus this
+# many chunks' outputs.
 RECORDS_BEHIND_MAX = 2
 
 # Failures of the sandbox, not of the samples: the chunk is tried again later.
 _NOT_THE_SAMPLES = (SandboxUnavailable, SandboxBusy, ModelQuarantined, CallerThrottled)
 RETRY_IN_S = 5.0
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+# Failures of samples that ran, for what they gave: nothing is kept of them, nor charged.
+OUTPUTS_TOO_LARGE = "sample_outputs_too_large"
+OUTPUT_SHAPE_VARIES = "output_shape_varies"
+OUTPUT_NOT_PER_SAMPLE = "output_not_per_sample"
+# A version published before output names under the reserved prefix were refused at upload
+# (inspection's code): its outputs would replace the results' own arrays, so none of it runs.
+OUTPUT_NAME_RESERVED = "tensor_name_reserved"
 
 
 class _TryLater(Exception):
     """The sandbox or the store cannot run the chunk now."""
 
 
+# Each output's shape without its first (sample) axis, and its dtype.
+_Layout = dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
+
+
 @dataclass
 class _Outcome:
-    """Samples of one chunk as they run: outputs of those that succeeded, failures by code."""
+    """Samples of one chunk as they run: outputs of those that succeeded, failures by code.
+
+    The outputs kept are at most ``size * sample_outputs_bytes_max`` bytes: the samples of a
+    batch that gives more per sample fail, as do those of a batch whose outputs are shaped
+    unlike the first batch kept."""
 
     size: int
+    sample_outputs_bytes_max: int
     ok: np.ndarray = field(init=False)
     charged: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
-    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    # Each run batch that succeeded: its first sample's place in the chunk, and its outputs.
+    parts: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)
+    layout: _Layout | None = None
 
     def __post_init__(self) -> None:
         self.ok = np.zeros(self.size, dtype=np.bool_)
 
     def succeeded(self, at: int, outputs: dict[str, np.ndarray], run_ms: float) -> None:
+        """Keep the outputs of ``count`` samples from ``at`` (one row each), unless they are
+        too large or shaped unlike the chunk's others: then those samples fail."""
         count = next(iter(outputs.values())).shape[0] if outputs else 0
         self.latencies_ms.append(round(run_ms, 3))
+        if not count:
+            return
+        # Every output holds one equal row per sample, so each sample gives the same bytes.
+        if sum(array.nbytes for array in outputs.values()) > count * self.sample_outputs_bytes_max:
+            self.failed(at, count, OUTPUTS_TOO_LARGE, charged=False)
+            return
+        layout = {name: (array.shape[1:], array.dtype) for name, array in outputs.items()}
+        if self.layout is None:
+            self.layout = layout
+        elif layout != self.layout:
+            self.failed(at, count, OUTPUT_SHAPE_VARIES, charged=False)
+            return
         self.ok[at : at + count] = True
         self.charged += count
-        for name, array in outputs.items():
-            self.outputs.setdefault(name, []).append(array)
+        self.parts.append((at, outputs))
 
     def failed(self, at: int, count: int, code: str, *, charged: bool) -> None:
         self.failures[code] = self.failures.get(code, 0) + count
         if charged:
             self.charged += count
+
+    def score(self, metric: str, name: str, expected: np.ndarray, k: int) -> tuple[float, int]:
+        """``(sum, count)`` of ``metric`` over output ``name`` of the samples that ran, a
+        batch at a time (the metric is a sum over samples, so nothing is concatenated)."""
+        if self.layout is None or name not in self.layout:
+            raise metrics.MetricInputError("the model gave no such output")
+        total, count = 0.0, 0
+        for at, outputs in self.parts:
+            scored = outputs[name]
+            part_sum, part_count = metrics.partial_score(
+                metric, scored, expected[at : at + len(scored)], k=k
+            )
+            total, count = total + part_sum, count + part_count
+        return total, count
+
+    def write_npz(self, out: IO[bytes]) -> None:
+        """The outputs kept, one array per output with a row per sample that ran, and
+        ``jishi.ok``, as an npz archive written straight from the arrays (no copy of them)."""
+        done = int(self.ok.sum())
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, (row_shape, dtype) in (self.layout or {}).items():
+                with open_npy_member(archive, name, (done, *row_shape), dtype) as stream:
+                    for _at, outputs in self.parts:
+                        stream.write(np.ascontiguousarray(outputs[name]).data)
+            with open_npy_member(archive, OK_ARRAY, (self.size,), self.ok.dtype) as stream:
+                stream.write(self.ok.data)
 
 
 def _batched(outputs: dict[str, np.ndarray], count: int) -> bool:
@@ -166,7 +233,7 @@ class _ChunkRun:
             if _batched(result.outputs, 1):
                 outcome.succeeded(at + i, result.outputs, result.run_ms)
             else:
-                outcome.failed(at + i, 1, "output_not_per_sample", charged=False)
+                outcome.failed(at + i, 1, OUTPUT_NOT_PER_SAMPLE, charged=False)
 
 
 class ChunkRunner:
@@ -182,6 +249,7 @@ class ChunkRunner:
         worker_kind: str,
         lease_s: float,
         sample_timeout_s: float,
+        sample_outputs_bytes_max: int,
     ) -> None:
         self.database = database
         self.blob_store = blob_store
@@ -190,6 +258,7 @@ class ChunkRunner:
         self.worker_kind = worker_kind
         self.lease_s = lease_s
         self.sample_timeout_s = sample_timeout_s
+        self.sample_outputs_bytes_max = sample_outputs_bytes_max
         self._behind = threading.BoundedSemaphore(RECORDS_BEHIND_MAX)
         self._recorder_lock = threading.Lock()
         self._recorder_of: tuple[int, ThreadPoolExecutor] | None = None
@@ -232,7 +301,7 @@ class ChunkRunner:
             return SKIPPED
         if claimed.attempts > jobs.CHUNK_ATTEMPTS_MAX:
             log.warning("chunk %d failed %d times; its samples fail", chunk_id, claimed.attempts)
-            outcome = _Outcome(claimed.stop - claimed.start)
+            outcome = self._outcome(claimed)
             outcome.failed(0, outcome.size, ATTEMPTS_EXHAUSTED, charged=False)
             return self._record(claimed, outcome, None)
         with self._lease(claimed):
@@ -311,13 +380,20 @@ class ChunkRunner:
         except BlobStoreError as exc:
             raise _TryLater(f"dataset {dataset.id}: {exc.code}") from None
 
+    def _outcome(self, claimed: jobs.ClaimedChunk) -> _Outcome:
+        return _Outcome(claimed.stop - claimed.start, self.sample_outputs_bytes_max)
+
     def _execute(self, claimed: jobs.ClaimedChunk) -> tuple[_Outcome, np.ndarray | None]:
         members = members_of(claimed.dataset)
         names = [spec["name"] for spec in claimed.version.inputs]
-        outcome = _Outcome(claimed.stop - claimed.start)
-        if claimed.refused is not None:
-            # Revoked or suspended since the job was accepted: nothing more runs, nor costs.
-            outcome.failed(0, outcome.size, claimed.refused, charged=False)
+        outcome = self._outcome(claimed)
+        refused = claimed.refused
+        if any(spec["name"].startswith(RESERVED_NAME_PREFIX) for spec in claimed.version.outputs):
+            refused = OUTPUT_NAME_RESERVED
+        if refused is not None:
+            # Revoked or suspended since the job was accepted, or its outputs cannot be kept:
+            # nothing more runs, nor costs.
+            outcome.failed(0, outcome.size, refused, charged=False)
             return outcome, None
         with self._open_dataset(claimed) as file:
             expected = None
@@ -351,15 +427,11 @@ class ChunkRunner:
         self, claimed: jobs.ClaimedChunk, outcome: _Outcome, expected: np.ndarray | None
     ) -> str:
         done = int(outcome.ok.sum())
-        outputs = {name: np.concatenate(parts) for name, parts in outcome.outputs.items() if parts}
         score_sum, score_count = None, 0
         if expected is not None and claimed.metric is not None and done:
-            scored = outputs.get(claimed.output_name or "")
             try:
-                if scored is None:
-                    raise metrics.MetricInputError("the model gave no such output")
-                score_sum, score_count = metrics.partial_score(
-                    claimed.metric, scored, expected[outcome.ok], k=claimed.top_k
+                score_sum, score_count = outcome.score(
+                    claimed.metric, claimed.output_name or "", expected, claimed.top_k
                 )
             except metrics.MetricInputError as exc:
                 log.info("chunk %d cannot be scored: %s", claimed.chunk_id, exc)
@@ -367,12 +439,16 @@ class ChunkRunner:
         output_key = None
         if done:
             output_key = f"jobs/{claimed.job_id}/{claimed.job_version_id}/{claimed.chunk_index}.npz"
-            body = encode_npz({**outputs, OK_ARRAY: outcome.ok})
-            try:
-                self.blob_store.put_stream(output_key, io.BytesIO(body), size_max=len(body))
-            except BlobStoreError as exc:
-                log.warning("chunk %d outputs not stored: %s", claimed.chunk_id, exc.code)
-                return self._give_back(claimed.chunk_id)
+            # Through a file: the archive is never a second copy of the outputs in memory.
+            with tempfile.TemporaryFile() as body:
+                outcome.write_npz(body)
+                size = body.tell()
+                body.seek(0)
+                try:
+                    self.blob_store.put_stream(output_key, body, size_max=size)
+                except BlobStoreError as exc:
+                    log.warning("chunk %d outputs not stored: %s", claimed.chunk_id, exc.code)
+                    return self._give_back(claimed.chunk_id)
         result = jobs.ChunkResult(
             samples_done=done,
             samples_failed=outcome.size - done,

@@ -83,7 +83,11 @@ class JobVersionProgress(BaseModel):
     samples_charged: int = Field(description="Samples counted against the licence or trial")
     failures: dict[str, int] = Field(
         description="Failed samples by problem code; `not_scored`: samples that ran but whose "
-        "outputs the metric could not score"
+        "outputs the metric could not score; `sample_outputs_too_large`: a sample's outputs "
+        "passed JOB_SAMPLE_OUTPUTS_BYTES_MAX; `output_shape_varies`: a sample's outputs were "
+        "shaped unlike those of the first sample of its chunk; `tensor_name_reserved`: the "
+        "version names an output `jishi.*`. Failed samples cost nothing, except one that ran "
+        "to its deadline (`deadline_exceeded`)"
     )
     latency_p50_ms: float | None = Field(description="Of one sandbox call (a batch)")
     latency_p99_ms: float | None

@@ -54,6 +54,8 @@ def test_ml_domain_is_allowed() -> None:
         (builders.identity([1], name="../../x"), "tensor_name_invalid"),
         (builders.identity([1], output="/etc/cron.d/x"), "tensor_name_invalid"),
         (builders.identity([1], name="x" * 129), "tensor_name_invalid"),
+        (builders.renamed_outputs(["y", "jishi.ok"]), "tensor_name_reserved"),
+        (builders.renamed_outputs(["jishi.sample"]), "tensor_name_reserved"),
     ],
     ids=[
         "empty",
@@ -67,6 +69,8 @@ def test_ml_domain_is_allowed() -> None:
         "input-name-path",
         "output-name-path",
         "name-too-long",
+        "output-named-like-results-ok",
+        "output-named-like-results-sample",
     ],
 )
 def test_hostile_bytes_are_rejected(data: bytes, code: str) -> None:
