@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from marketplace.bounds import ID_MAX, ID_MIN
 from marketplace.errors import DomainError, ServiceUnavailable
 
 INTENT_SUCCEEDED = "succeeded"
@@ -90,6 +91,21 @@ class RefundRequest:
 
     def __post_init__(self) -> None:
         _require_positive(self.amount_minor, "refund")
+
+
+def metadata_id(metadata: Mapping[str, str], key: str) -> int | None:
+    """The row id we put under ``key`` in a provider object's metadata; None unless it is one.
+
+    Metadata comes back in signed events, but the provider accepts any text there (an object
+    made from the provider's dashboard, another installation's): only ASCII digits within the
+    id columns' range are looked up. A 20-digit id was a 500 on the lookup, redelivered for
+    days; ``str.isdigit`` also takes other scripts' digits.
+    """
+    raw = metadata.get(key, "")
+    if not (isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19):
+        return None
+    value = int(raw)
+    return value if ID_MIN <= value <= ID_MAX else None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from marketplace.payments.gateway import (
     ProviderConflict,
     ProviderRefused,
     ProviderUnavailable,
+    metadata_id,
 )
 from marketplace.payments.models import (
     OUTBOX_FAILED,
@@ -318,15 +319,15 @@ def _unrecorded(session: Session, gateway: PaymentGateway, rep: Report) -> None:
             continue
         rep.checked[f"provider {kind}"] = len(objects)
         for obj in objects:
-            metadata = dict(obj.get("metadata") or {})
-            raw_id = str(metadata.get(id_key, ""))
-            if not raw_id.isdigit():
+            metadata = {str(k): str(v) for k, v in dict(obj.get("metadata") or {}).items()}
+            row_id = metadata_id(metadata, id_key)
+            if row_id is None:
                 continue
-            row = session.get(model, int(raw_id))
+            row = session.get(model, row_id)
             if row is None or row.reference != metadata.get("jishi_reference"):
                 continue  # another installation's object on a shared account
             if row.provider_ref != obj["id"]:
                 rep.mismatches.append(
                     f"{kind[:-1].replace('_', ' ')} {obj['id']} at the provider belongs to "
-                    f"{model.__tablename__} {raw_id}, which records {row.provider_ref}"
+                    f"{model.__tablename__} {row_id}, which records {row.provider_ref}"
                 )

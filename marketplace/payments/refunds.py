@@ -33,6 +33,7 @@ from marketplace.payments.gateway import (
     ProviderRefund,
     ProviderRefused,
     RefundRequest,
+    metadata_id,
 )
 from marketplace.payments.models import (
     OUTBOX_REFUND,
@@ -219,10 +220,10 @@ def find_refund_for(s: Session, result: ProviderRefund) -> PaymentRefund | None:
     ).first()
     if found is not None:
         return found
-    raw_id = result.metadata.get("jishi_payment_refund_id", "")
-    if not raw_id.isdigit():
+    refund_id = metadata_id(result.metadata, "jishi_payment_refund_id")
+    if refund_id is None:
         return None
-    found = s.get(PaymentRefund, int(raw_id))
+    found = s.get(PaymentRefund, refund_id)
     if found is None or found.reference != result.metadata.get("jishi_reference"):
         return None
     if found.provider_ref not in (None, result.provider_ref):

@@ -34,6 +34,7 @@ from marketplace.payments.gateway import (
     PaymentIntent,
     ProviderRefused,
     TopUpRequest,
+    metadata_id,
 )
 from marketplace.payments.models import (
     OUTBOX_PENDING,
@@ -111,10 +112,10 @@ def find_top_up_for(s: Session, intent: PaymentIntent) -> TopUp | None:
     found = s.exec(select(TopUp).where(TopUp.provider_ref == intent.provider_ref)).first()
     if found is not None:
         return found
-    raw_id = intent.metadata.get("jishi_top_up_id", "")
-    if not raw_id.isdigit():
+    top_up_id = metadata_id(intent.metadata, "jishi_top_up_id")
+    if top_up_id is None:
         return None
-    found = s.get(TopUp, int(raw_id))
+    found = s.get(TopUp, top_up_id)
     if found is None or found.reference != intent.metadata.get("jishi_reference"):
         return None  # another installation's payment on a shared provider account
     if found.provider_ref not in (None, intent.provider_ref):

@@ -365,6 +365,12 @@ def test_signed_events_of_any_shape_are_acknowledged_not_crashed_on(client, hook
     # a 500 (and so days of redeliveries); each is kept and acknowledged once.
     objects = [None, [], "x", 1, {}, {"id": None}, {"id": 5}, {"id": "pi_\u0000"}]
     objects += [{"id": "pi_x", "amount": "x", "metadata": []}, {"id": "re_x", "amount": 2**70}]
+    # Our row ids in metadata past the id columns' range, or in other scripts' digits: the
+    # lookup was a 500 (SQLite's OverflowError, PostgreSQL's NumericValueOutOfRange).
+    for raw_id in ["9223372036854775808", "9" * 30, "١٢"]:
+        metadata = {"jishi_top_up_id": raw_id, "jishi_payment_refund_id": raw_id}
+        objects += [{"id": f"pi_{raw_id}", "amount": 100, "currency": "cny", "metadata": metadata}]
+        objects += [{"id": f"re_{raw_id}", "status": "succeeded", "metadata": metadata}]
     datas = [None, [], "x", *({"object": o} for o in objects)]
     types = ["payment_intent.succeeded", "refund.updated", "customer.created", "\u0000"]
     sent = 0
