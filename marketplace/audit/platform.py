@@ -118,7 +118,10 @@ def ledger_transactions(*, session: Session, query: LedgerQuery, limit: int) -> 
         .select_from(_entries_t)
         .join(_accounts_t, _accounts_t.c.id == _entries_t.c.account_id)
         .join(_transactions_t, _transactions_t.c.id == _entries_t.c.transaction_id)
-        .where(*conditions)
+        # Posted entries only, as the balances count them: a hold's entries are a reservation,
+        # and its posting (or nothing, when voided) is the movement. Summed with the holds,
+        # a posted payout counted twice and a voided one once.
+        .where(*conditions, _entries_t.c.pending.is_(False))
         .group_by(_accounts_t.c.code, _accounts_t.c.currency)
         .order_by(_accounts_t.c.code, _accounts_t.c.currency)
     )

@@ -152,7 +152,10 @@ class AccountCodeTotal(BaseModel):
 
 class PlatformLedger(BaseModel):
     items: list[LedgerTransactionItem]
-    totals: list[AccountCodeTotal] = Field(description="Over every matching entry, not one page")
+    totals: list[AccountCodeTotal] = Field(
+        description="Over every matching posted entry, not one page: held amounts count once "
+        "posted, as in the balances"
+    )
     next_after_id: int | None
 
 

@@ -368,6 +368,52 @@ def test_platform_views_for_auditors_and_admins(client, activity, auditor, admin
     assert yearly["items"] == []
 
 
+def test_platform_totals_are_the_posted_balances_with_holds_posted_and_voided(
+    client, activity, auditor, buyer, db_session
+):
+    """Holds were summed beside their postings: a posted hold counted twice, a voided once."""
+    from sqlmodel import select
+
+    from marketplace.ledger import services as ledger
+    from marketplace.ledger.models import LedgerAccount
+
+    wallet = ledger.find_account(
+        db_session, organization_id=buyer.id, code="wallet", currency="CNY"
+    )
+    accrual = ledger.ensure_account(
+        db_session, organization_id=None, code="royalty_accrual", currency="CNY"
+    )
+    held, voided = (
+        ledger.place_hold(
+            db_session,
+            idempotency_key=f"audit-hold-{amount}",
+            kind="reservation",
+            from_account=wallet,
+            to_account=accrual,
+            amount=amount,
+        )
+        for amount in (300, 200)
+    )
+    db_session.commit()
+    ledger.post_pending(db_session, idempotency_key="audit-post", pending_id=held, amount=120)
+    ledger.void_pending(db_session, idempotency_key="audit-void", pending_id=voided)
+    everything = client.get(
+        "/api/v1/audit/ledger/transactions?currency=CNY", headers=auditor.headers("audit:read")
+    ).json
+    reported = {t["account_code"]: t for t in everything["totals"]}
+    ids = [a.id for a in db_session.exec(select(LedgerAccount)).all()]
+    posted: dict[str, list[int]] = {}
+    for balance in ledger.balances(db_session, account_ids=ids, currency="CNY"):
+        sums = posted.setdefault(balance.code, [0, 0])
+        sums[0] += balance.debits_posted
+        sums[1] += balance.credits_posted
+    assert posted["royalty_accrual"] == [0, 120]
+    for code, (debits, credits) in posted.items():
+        if debits or credits:
+            got = (reported[code]["debits_minor"], reported[code]["credits_minor"])
+            assert got == (debits, credits), code
+
+
 def test_csv_export_carries_each_record_and_its_hashes(client, activity, auditor):
     headers = auditor.headers("audit:read")
     resp = client.get("/api/v1/audit/export?format=csv&from_seq=2", headers=headers)
