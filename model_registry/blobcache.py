@@ -3,7 +3,9 @@
 A model is fetched from the blob store once per node, not once per server process, worker
 restart or cold start: the first reader streams it into ``root/.incoming``, hashing as it
 goes, and only bytes whose SHA-256 and size match what the caller expects are renamed into
-``root/ab/cdef...``. Readers after that read the local file. The cache holds at most
+``root/ab/cdef...``. Readers after that read the local file, whose hash is checked again before
+a process first uses it and whenever the file has changed since it last did (a file altered on
+disk is dropped and fetched anew, never run). The cache holds at most
 ``bytes_max`` bytes; when a fill would pass it, the least recently used files (by modification
 time, which every hit refreshes) are deleted first. Several processes may share one root:
 files appear by atomic rename, and deleting a file another process is reading is harmless.
@@ -40,6 +42,9 @@ class BlobCache:
         self.root = Path(root)
         self.bytes_max = bytes_max
         self._incoming = self.root / ".incoming"
+        # Files this process has hashed, by what a change to them would change: device, inode,
+        # size and change time (which no one can set back). Checked before each use.
+        self._verified: dict[str, tuple[int, int, int, int]] = {}
 
     def _path(self, sha256: str) -> Path:
         if not _SHA256_RE.fullmatch(sha256):
@@ -61,11 +66,14 @@ class BlobCache:
         except FileNotFoundError:
             pass
         else:
-            if os.fstat(cached.fileno()).st_size == size:
+            if self._intact(sha256, cached, size):
                 with contextlib.suppress(OSError):
                     os.utime(path)
+                self._verified[sha256] = _identity(os.fstat(cached.fileno()))
+                cached.seek(0)
                 return cached
             cached.close()
+            self._verified.pop(sha256, None)
             path.unlink(missing_ok=True)
         self._incoming.mkdir(parents=True, exist_ok=True)
         keep = 0 < size <= self.bytes_max
@@ -90,6 +98,7 @@ class BlobCache:
                 self._make_room(size)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(out.name, path)
+                self._verified[sha256] = _identity(os.fstat(reader.fileno()))
             else:
                 os.unlink(out.name)  # the open reader keeps the bytes until it is closed
             return reader
@@ -99,6 +108,19 @@ class BlobCache:
             raise
         finally:
             out.close()
+
+    def _intact(self, sha256: str, cached: BinaryIO, size: int) -> bool:
+        """Whether the cached file still holds the blob: its size, and its hash unless this
+        process hashed it and it has not changed since."""
+        stat = os.fstat(cached.fileno())
+        if stat.st_size != size:
+            return False
+        if self._verified.get(sha256) == _identity(stat):
+            return True
+        digest = hashlib.sha256()
+        while chunk := cached.read(_CHUNK_BYTES):
+            digest.update(chunk)
+        return digest.hexdigest() == sha256
 
     def _make_room(self, incoming: int) -> None:
         """Delete least recently used files until ``incoming`` more bytes fit."""
@@ -127,3 +149,7 @@ class BlobCache:
             for directory in self.root.glob("[0-9a-f][0-9a-f]")
             for entry in os.scandir(directory)
         )
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_ctime_ns)

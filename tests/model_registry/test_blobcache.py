@@ -107,3 +107,29 @@ def test_open_gives_a_seekable_local_file_verified_once(tmp_path):
     assert small.size_bytes() == 0
     with pytest.raises(BlobIntegrityError):
         BlobCache(tmp_path / "bad", 10**6).open(digest, len(data), lambda: io.BytesIO(b"x" * 5))
+
+
+def test_a_cached_file_altered_on_disk_is_fetched_anew_never_served(tmp_path):
+    """A changed byte in a cached model (same size) was served, run and billed."""
+    data = os.urandom(100_000)
+    digest = hashlib.sha256(data).hexdigest()
+    fetched = []
+
+    def fetch():
+        fetched.append(1)
+        return io.BytesIO(data)
+
+    cache = BlobCache(tmp_path / "cache", bytes_max=1_000_000)
+    assert cache.read(digest, len(data), fetch) == data
+    cached = tmp_path / "cache" / digest[:2] / digest[2:]
+    altered = bytearray(cached.read_bytes())
+    altered[500] ^= 0xFF
+    cached.write_bytes(bytes(altered))
+    # The same process (the file changed since it hashed it) and a new one (never hashed it).
+    for reader in (cache, BlobCache(tmp_path / "cache", bytes_max=1_000_000)):
+        assert reader.read(digest, len(data), fetch) == data
+        cached.write_bytes(bytes(altered))
+    assert len(fetched) == 3
+    # Unchanged since this process hashed it: served without hashing it again.
+    assert cache.read(digest, len(data), fetch) == data
+    assert cache.read(digest, len(data), _refuse) == data

@@ -424,10 +424,12 @@ def get_version_for_evaluation(
 
 
 def load_model_bytes(blob_store: BlobStore, version: ModelVersion) -> bytes:
-    """The artifact's bytes (for the sandbox, which loads models from memory)."""
+    """The artifact's bytes (for the sandbox, which loads models from memory), checked against
+    the hash recorded at upload: bytes altered in the store are never run."""
     with blob_store.open(version.blob_key) as body:
         data = body.read(version.size_bytes + 1)
-    if len(data) != version.size_bytes:
+    if len(data) != version.size_bytes or hashlib.sha256(data).hexdigest() != version.sha256:
+        log.error("artifact of version %s does not match its recorded hash", version.id)
         raise StorageUnavailable("The stored artifact does not match its record.")
     return data
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from marketplace.evaluation.tensors import NPZ_MIME, decode_npz, encode_npz
 from marketplace.evaluation.views import NPZ_INLINE_BYTES_MAX
+from model_registry.blobstore import content_key
 from tests import onnx_models as m
 
 
@@ -387,3 +389,23 @@ def test_suspended_listing_cannot_be_evaluated(client, vendor, publish, db_sessi
     resp = client.post(_url(p), json=body, headers=vendor.headers("sandbox:run"))
     assert resp.status_code == 403
     assert resp.json["code"] == "listing_suspended"
+
+
+def test_an_artifact_altered_in_the_store_is_never_run(app, client, vendor, publish):
+    """The filesystem store's bytes were checked by length only: a changed byte ran."""
+    model = m.add()
+    p = publish(vendor, model)
+    store = app.extensions["blob_store"]
+    path = store.root / content_key(hashlib.sha256(model).hexdigest())
+    altered = bytearray(path.read_bytes())
+    altered[-1] ^= 0x01
+    path.write_bytes(bytes(altered))
+    body = {
+        "inputs": {
+            "x": _tensor(np.zeros((1, 3), np.float32)),
+            "y": _tensor(np.zeros((1, 3), np.float32)),
+        }
+    }
+    resp = client.post(_url(p), json=body, headers=vendor.headers("sandbox:run"))
+    assert resp.status_code == 503, resp.get_data(as_text=True)
+    assert resp.json["code"] == "storage_unavailable"
