@@ -15,10 +15,11 @@ row leaves an unreferenced blob that the sweeper removes after a grace period.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from model_registry.blobstore import (
     content_key,
     remove_stale_files,
 )
-from model_registry.errors import BlobTooLarge, RegistryError
+from model_registry.errors import BlobTooLarge, RegistryError, StorageUnavailable
 from model_registry.inspection import Report
 
 # Below this size the inspection runs before any store write (cheap, and a refused model then
@@ -64,25 +65,43 @@ def spool_stream(
     """Copy ``stream`` to a new file in ``directory`` (or to ``path``), hashing it; refuse more
     than ``size_max`` bytes (:class:`BlobTooLarge`) as soon as they arrive, leaving no file
     behind. ``on_chunk`` learns the size of every chunk once it is in the file."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = path or directory / f"upload-{uuid.uuid4().hex}.onnx"
     digest = hashlib.sha256()
     size = 0
     try:
-        with open(path, "wb") as out:
+        with _spool_disk(path):
+            directory.mkdir(parents=True, exist_ok=True)
+            out = open(path, "wb")  # noqa: SIM115 - closed below, its errors mapped like writes
+        with out:
             while chunk := stream.read(CHUNK_BYTES):
                 size += len(chunk)
                 if size > size_max:
                     raise BlobTooLarge(f"The model is larger than {size_max} bytes.")
                 digest.update(chunk)
-                out.write(chunk)
+                with _spool_disk(path):
+                    out.write(chunk)
+                    if on_chunk is not None:
+                        out.flush()  # readers of the file see the chunk before they hear of it
                 if on_chunk is not None:
-                    out.flush()  # readers of the file see the chunk before they hear of it
                     on_chunk(len(chunk))
     except BaseException:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a spool that could not be made is not there
+            path.unlink(missing_ok=True)
         raise
     return Spool(path, digest.hexdigest(), size)
+
+
+@contextlib.contextmanager
+def _spool_disk(path: Path) -> Iterator[None]:
+    """The spool's own disk failing (full, read-only, not a directory) is the node's fault, for
+    the client to retry later: not an error of the upload, nor an unexplained crash."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageUnavailable(
+            "The node cannot stage uploads now; retry later.",
+            log_detail=f"spool {path.parent}: {exc}",
+        ) from None
 
 
 @dataclass(frozen=True)

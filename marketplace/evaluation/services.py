@@ -139,6 +139,11 @@ def model_loader(
         except BlobIntegrityError as exc:
             log.error("artifact of version %s: %s", version.id, exc.log_detail)
             raise StorageUnavailable("The stored artifact does not match its record.") from None
+        except OSError as exc:
+            # The cache's disk (full, read-only, not a directory): it is only a cache, so the
+            # model comes straight from the store, verified as it would have been.
+            log.warning("blob cache unusable (%s); version %s read from the store", exc, version.id)
+            return load_model_bytes(blob_store, version)
 
     return load
 

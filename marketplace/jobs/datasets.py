@@ -132,6 +132,8 @@ def upload_dataset(
         raise DatasetTooLarge(
             f"Datasets are limited to {limits.bytes_max} bytes.", headers={"Connection": "close"}
         ) from None
+    except BlobStoreError as exc:  # the spool's disk: full or unwritable
+        raise library_problem(exc) from None
     try:
         try:
             with open(spool.path, "rb") as file:

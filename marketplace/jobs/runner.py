@@ -379,6 +379,9 @@ class ChunkRunner:
             )
         except BlobStoreError as exc:
             raise _TryLater(f"dataset {dataset.id}: {exc.code}") from None
+        except OSError as exc:
+            # The cache's disk (full, read-only): the chunk goes back for a worker that can.
+            raise _TryLater(f"dataset {dataset.id}: blob cache unusable: {exc}") from None
 
     def _outcome(self, claimed: jobs.ClaimedChunk) -> _Outcome:
         return _Outcome(claimed.stop - claimed.start, self.sample_outputs_bytes_max)

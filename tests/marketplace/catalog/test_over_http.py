@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from click.testing import CliRunner
@@ -247,3 +249,25 @@ def test_concurrent_uploads_of_one_version(
     winner = next(r for r in results if r.status_code == 201).json()["sha256"]
     store = server.app.extensions["blob_store"]
     assert [s.key for s in store.list("onnx/")] == [content_key(winner)]
+
+
+def test_an_unwritable_spool_is_a_503_for_uploads_and_datasets(
+    live_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """The spool's disk failing (here: a file where its directory should be) was a 500."""
+    blocked = tmp_path / "spool"
+    blocked.write_text("not a directory")
+    server = live_server(UPLOAD_SPOOL_DIR=str(blocked))
+    vendor = Vendor(server)
+    resp = vendor.upload(builders.relu_bytes(), "1.0.0")
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["code"] == "storage_unavailable"
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.ones((4, 2), np.float32))
+    dataset = vendor.post(
+        "/api/v1/datasets?name=d",
+        data=buffer.getvalue(),
+        headers={"Content-Type": "application/x-npz"},
+    )
+    assert dataset.status_code == 503, dataset.text
+    assert dataset.json()["code"] == "storage_unavailable"

@@ -152,3 +152,26 @@ def test_the_service_holds_its_limits_from_the_settings(small_limits, service, v
     with pytest.raises(DomainError) as exc:
         service.decode_npz(encode_npz({"x": np.zeros(9, np.float32)}))
     assert exc.value.code == "input_too_large"
+
+
+def test_an_unusable_blob_cache_falls_back_to_the_store(tmp_path):
+    """The cache's directory being a file (or its disk full) was a 500 on every cold start."""
+    import hashlib
+    import io
+
+    from marketplace.catalog.models import ModelVersion
+    from marketplace.evaluation.services import model_loader
+    from model_registry.blobcache import BlobCache
+    from model_registry.blobstore import FilesystemBlobStore, content_key
+
+    model = m.add()
+    digest = hashlib.sha256(model).hexdigest()
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    store.put_stream(content_key(digest), io.BytesIO(model), size_max=len(model))
+    version = ModelVersion(
+        id=1, listing_id=1, version="1.0.0", sha256=digest, size_bytes=len(model),
+        blob_key=content_key(digest),
+    )  # fmt: skip
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("a file where the cache should be")
+    assert model_loader(store, BlobCache(not_a_directory, 10**6), version)() == model
