@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,30 +194,92 @@ def serve(
     NodeApplication().run()
 
 
+# A request body must keep arriving: a client silent this long, or slower on average than the
+# floor once the grace has passed, is cut off (400, connection closed). Without them a few
+# connections sending a byte every few seconds held every request thread of a node.
+BODY_IDLE_TIMEOUT_S = 30.0
+BODY_RATE_GRACE_S = 10.0
+BODY_RATE_MIN_BYTES_S = 8 * 1024
+
+
+class _PacedSocket:
+    """The connection's socket while a request body is read: each ``recv`` waits at most
+    :data:`BODY_IDLE_TIMEOUT_S`, and after the grace the average rate must stay above the
+    floor. gunicorn reads a body many ``recv`` calls at a time, so this is where a trickle can
+    be seen."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._started = time.monotonic()
+        self._received = 0
+        sock.settimeout(BODY_IDLE_TIMEOUT_S)
+
+    def recv(self, size: int) -> bytes:
+        data: bytes = self._sock.recv(size)
+        self._received += len(data)
+        elapsed = time.monotonic() - self._started
+        if elapsed > BODY_RATE_GRACE_S and self._received < BODY_RATE_MIN_BYTES_S * elapsed:
+            raise OSError(
+                f"request body arrives too slowly ({self._received} bytes in {elapsed:.0f} s)"
+            )
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class _GunicornBody:
-    """gunicorn's request body, whose framing errors read as a broken stream.
+    """gunicorn's request body, read within time bounds, whose errors read as a broken stream.
 
     A malformed chunked body (a chunk size of "zz", a missing CRLF, a bad trailer) raises
     gunicorn's ``ParseException`` from a read, which no reader expects: it was a 500 on every
-    endpoint that reads a body. As an ``OSError`` it is what Werkzeug's streams already turn
-    into ``ClientDisconnected``, a 400, like a body cut short.
+    endpoint that reads a body. A body that stalls or trickles is cut off (:class:`_PacedSocket`).
+    Either way the read raises ``OSError``, which Werkzeug's streams already turn into
+    ``ClientDisconnected``, a 400, like a body cut short; gunicorn then closes the connection,
+    since the rest of the body cannot be read to reach the next request.
     """
 
     def __init__(self, body: Any, parse_error: type[Exception]) -> None:
         self._body = body
         self._parse_error = parse_error
+        self._unreader: Any = None
+        self._broken = False
+
+    def _pace(self) -> None:
+        # gunicorn's readers share the connection's unreader, whose socket they ``recv`` from
+        # (a length reader holds it, a chunked one reaches it through its request).
+        reader = getattr(self._body, "reader", None)
+        unreader = getattr(reader, "unreader", None) or getattr(
+            getattr(reader, "req", None), "unreader", None
+        )
+        sock = getattr(unreader, "sock", None)
+        if unreader is not None and sock is not None and not isinstance(sock, _PacedSocket):
+            unreader.sock = _PacedSocket(sock)
+            self._unreader = unreader
+
+    def disarm(self) -> None:
+        """The response begins: the connection's socket is its own again (no time bounds on
+        writing the response, nor on the connection's next request)."""
+        unreader, self._unreader = self._unreader, None
+        if unreader is not None:
+            paced = unreader.sock
+            unreader.sock = paced._sock
+            paced._sock.settimeout(None)
+
+    def _read(self, read: Callable[[int | None], bytes], size: int | None) -> bytes:
+        if self._unreader is None and not self._broken:
+            self._pace()
+        try:
+            return read(size)
+        except (self._parse_error, OSError) as exc:
+            self._broken = True
+            raise OSError(f"request body unreadable: {exc}") from None
 
     def read(self, size: int | None = None) -> bytes:
-        try:
-            return self._body.read(size)  # type: ignore[no-any-return]
-        except self._parse_error as exc:
-            raise OSError(f"malformed request body: {exc}") from None
+        return self._read(self._body.read, size)
 
     def readline(self, size: int | None = None) -> bytes:
-        try:
-            return self._body.readline(size)  # type: ignore[no-any-return]
-        except self._parse_error as exc:
-            raise OSError(f"malformed request body: {exc}") from None
+        return self._read(self._body.readline, size)
 
     def __iter__(self) -> Any:
         return self
@@ -232,8 +295,17 @@ def _malformed_bodies_as_disconnects(wsgi_app: Callable[..., Any]) -> Callable[.
     from gunicorn.http.errors import ParseException
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        environ["wsgi.input"] = _GunicornBody(environ["wsgi.input"], ParseException)
-        return wsgi_app(environ, start_response)
+        body = _GunicornBody(environ["wsgi.input"], ParseException)
+        environ["wsgi.input"] = body
+
+        def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+            body.disarm()
+            return start_response(status, headers, *args)
+
+        try:
+            return wsgi_app(environ, respond)
+        finally:
+            body.disarm()  # also when the app answered without calling respond
 
     return app
 

@@ -6,6 +6,7 @@ elements, and vendor-chosen output names that try to become paths in the npz arc
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -276,6 +277,46 @@ def test_malformed_chunked_bodies_are_bad_requests(node):
         MALFORMED_CHUNKS[0],
     )
     assert status == 400, body[:200]
+    versions = vendor.get(f"/api/v1/models/{model_id}/versions").json()["items"]
+    assert [v["version"] for v in versions] == ["1.0.0"]
+
+
+def test_a_trickling_body_is_cut_off_and_the_node_keeps_answering(node):
+    """Connections sending a byte every few seconds held every request thread of a node."""
+    from marketplace.serving import BODY_RATE_GRACE_S
+
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    model_id = vendor.publish(m.identity(["N"]))
+    parts = urlsplit(served.url)
+    head = (
+        f"POST /api/v1/models/{model_id}/versions?version=9.0.0 HTTP/1.1\r\n"
+        f"Host: {parts.netloc}\r\nAuthorization: {vendor.http.headers['Authorization']}\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
+        sock.sendall(head.encode())
+        started = time.monotonic()
+        answer, closed = b"", False
+        sock.settimeout(1.0)
+        while time.monotonic() - started < BODY_RATE_GRACE_S + 20:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"x")
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                chunk = None
+            if chunk == b"":
+                closed = True
+                break
+            if chunk:
+                answer += chunk
+            # Meanwhile the node answers others at once.
+            assert vendor.get("/api/v1/me").status_code == 200
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert closed  # the rest of the body cannot be read: the connection is not reused
+    assert BODY_RATE_GRACE_S <= took < BODY_RATE_GRACE_S + 15, took
     versions = vendor.get(f"/api/v1/models/{model_id}/versions").json()["items"]
     assert [v["version"] for v in versions] == ["1.0.0"]
 
