@@ -88,7 +88,10 @@ def demo_data() -> None:
     help="Server processes [one per core].",
 )
 @click.option(
-    "--threads", type=click.IntRange(1, 1024), default=None, help="Threads per process [8]."
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Threads per process [8, or one more than EVAL_CONCURRENCY_MAX].",
 )
 @click.option("--dev", is_flag=True, help="Werkzeug's development server, with the reloader.")
 @click.option("--debugger", is_flag=True, help="With --dev: the interactive debugger (local only).")
@@ -141,7 +144,7 @@ def serve(
         host=host,
         port=port,
         processes=processes or serving.default_processes(),
-        threads=threads or serving.default_threads(),
+        threads=threads or serving.default_threads(settings.eval_concurrency_max),
         graceful_timeout_s=settings.eval_timeout_s + 5.0,
     )
 

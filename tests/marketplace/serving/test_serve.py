@@ -147,3 +147,40 @@ def test_a_server_process_freezes_what_it_started_with(tmp_path):
     assert before == 0
     # The app alone is well over 100,000 objects; all of them are out of the collector's walk.
     assert after > 100_000
+
+
+def test_a_process_whose_threads_hold_every_slot_still_answers_503_at_once(
+    tmp_path, fresh_database
+):
+    """With as many threads as evaluation slots, the next call waited for a thread, unbounded,
+    instead of being told 503 `evaluation_busy` at once."""
+    url, _engine = fresh_database()
+    node = start_node(tmp_path, url, "--processes", "1", EVAL_CONCURRENCY_MAX=8, EVAL_TIMEOUT_S=4)
+    try:
+        vendor = Client(node.url, ["vendor"])
+        model_id = vendor.publish(m.huge_loop())  # runs to its deadline
+        path = f"/api/v1/models/{model_id}/versions/1.0.0/evaluate"
+        body = {"inputs": {"x": {"dtype": "float32", "shape": [1], "data": [1.0]}}}
+        answers: list[tuple[int, float, str]] = []
+
+        def call() -> None:
+            started = time.monotonic()
+            resp = vendor.post(path, json=body)
+            answers.append((resp.status_code, time.monotonic() - started, resp.json()["code"]))
+
+        holders = [threading.Thread(target=call) for _ in range(8)]
+        for thread in holders:
+            thread.start()
+        time.sleep(1.5)  # every slot is held
+        call()
+        status, took, code = answers[-1]
+        assert (status, code) == (503, "evaluation_busy") and took < 1.0, answers
+        for thread in holders:
+            thread.join(60)
+        # The holders ran to their deadline, waited for a sandbox worker in vain, or were
+        # held back as a caller whose calls keep running to their deadline.
+        assert len(answers) == 9 and {a[2] for a in answers[1:]} <= {
+            "deadline_exceeded", "sandbox_busy", "caller_throttled",
+        }, answers  # fmt: skip
+    finally:
+        node.kill()
