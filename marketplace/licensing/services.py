@@ -506,6 +506,10 @@ class LicensingService:
                     f"At most {left} minor units of this order can be refunded.",
                     code="refund_exceeds_order",
                 )
+            if self.payments is not None:
+                self.payments.lock_refundable_payments(
+                    s, organization_id=order.organization_id, currency=order.currency
+                )
             legs = ledger.sale_legs(
                 s,
                 buyer_organization_id=order.organization_id,

@@ -260,13 +260,14 @@ def apply_refund(s: Session, refund_id: int, result: ProviderRefund) -> PaymentR
 def _finish(s: Session, refund: PaymentRefund, status: str, failure_code: str | None) -> None:
     assert refund.hold_transaction_id is not None
     kind = _HOLD_KINDS[refund.purpose]
+    # The top-up before the ledger's balance rows, the order in which withdrawals and refunds
+    # lock them: a success that settled first and then touched the top-up deadlocked with them.
+    top_up = lock_row(s, TopUp, refund.top_up_id)
     if status == REFUND_SUCCEEDED:
         refund.resolve_transaction_id = holds.settle(
             s, hold_id=refund.hold_transaction_id, kind=kind
         )
     else:
-        # The top-up before the ledger's balance rows, the order withdrawals lock them in.
-        top_up = lock_row(s, TopUp, refund.top_up_id)
         refund.resolve_transaction_id = holds.release(
             s, hold_id=refund.hold_transaction_id, kind=kind
         )

@@ -478,6 +478,19 @@ class PaymentsService:
         self.send_refunds(session, refunds.refunds_of(session, withdrawal_id=withdrawal.id))
         return refunds.withdrawal_public(session, withdrawal.id), created
 
+    def lock_refundable_payments(self, s: Session, *, organization_id: int, currency: str) -> None:
+        """Lock the payer's refundable payments now, before any ledger balance: the order in
+        which a withdrawal takes them (payments, then the wallet's balance). Taken the other
+        way round by a refund, the two deadlocked on PostgreSQL."""
+        if not self.gateway.simulated:
+            refunds.refundable_top_ups(
+                s,
+                organization_id=organization_id,
+                currency=currency,
+                provider=self.gateway.name,
+                count_max=self.refunds_max,
+            )
+
     def refund_order_to_payments(
         self, s: Session, *, organization_id: int, currency: str, amount_minor: int, refund_id: int
     ) -> list[PaymentRefund]:

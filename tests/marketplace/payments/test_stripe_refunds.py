@@ -183,3 +183,71 @@ def test_a_refund_stripe_refuses_returns_the_money(app, client, buyer, payer, ho
     assert out["refunds"][0]["failure_code"] == "charge_already_refunded"
     assert wallet_available(db_session, buyer.id) == 2_000
     assert ledger.check_invariants(db_session) == []
+
+
+def test_refunds_and_withdrawals_racing_on_one_wallet_never_deadlock(
+    live_server, fake_stripe, payer
+):
+    """A refund locked the ledger's balances, then the payments; a withdrawal the payments, then
+    the wallet's balance: on PostgreSQL the two deadlocked (503 `database_busy`)."""
+    import threading
+
+    import requests
+
+    from tests.live_api import LiveOrg, platform_org
+
+    server = live_server(**stripe_settings(fake_stripe))
+    fake_stripe.webhook_target = lambda body, headers: (
+        requests.post(
+            f"{server.url}/api/v1/payments/stripe/webhook", data=body, headers=headers, timeout=30
+        ).status_code
+    )
+    buyer, vendor = LiveOrg.register(server, ["buyer"]), LiveOrg.register(server, ["vendor"])
+    admin = platform_org(server, "admin")
+    for i in range(3):
+        made = buyer.call(
+            "POST", "/api/v1/wallet/top-ups", scope=BUY,
+            json={"amount_minor": 5_000, "currency": "CNY"}, headers={"Idempotency-Key": f"t{i}"},
+        ).json()  # fmt: skip
+        payer.v1.payment_intents.confirm(
+            made["payment_intent_id"], {"payment_method": "pm_card_visa"}
+        )
+    fake_stripe.deliver()
+    with server.app.app_context():
+        from marketplace.db import get_session
+
+        catalog = make_offer(get_session(), vendor.id, price_minor=9_000)
+    order = buyer.call(
+        "POST", f"/api/v1/offers/{catalog.offer_id}/purchase", scope=BUY,
+        json={"accept_terms_sha256": catalog.terms_sha256}, headers={"Idempotency-Key": "buy"},
+    ).json()  # fmt: skip
+    statuses: list[int] = []
+    start = threading.Barrier(24)
+
+    def refund(i: int) -> None:
+        start.wait()
+        resp = admin.call(
+            "POST", f"/api/v1/orders/{order['id']}/refund", scope="admin",
+            json={"amount_minor": 100}, headers={"Idempotency-Key": f"r{i}"},
+        )  # fmt: skip
+        statuses.append(resp.status_code)
+
+    def take_back(i: int) -> None:
+        start.wait()
+        resp = buyer.call(
+            "POST", "/api/v1/wallet/withdrawals", scope=BUY,
+            json={"amount_minor": 100, "currency": "CNY"}, headers={"Idempotency-Key": f"w{i}"},
+        )  # fmt: skip
+        statuses.append(resp.status_code)
+
+    threads = [threading.Thread(target=refund, args=(i,)) for i in range(12)]
+    threads += [threading.Thread(target=take_back, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(statuses) == [201] * 24, statuses
+    with server.app.app_context():
+        from marketplace.db import get_session
+
+        assert ledger.check_invariants(get_session()) == []
