@@ -292,6 +292,22 @@ def report(*, session: Session, gateway: PaymentGateway) -> Report:
     return rep
 
 
+def _refund_made_elsewhere(session: Session, obj: Any, rep: Report) -> None:
+    """A refund of one of our payments that we did not ask for (from the provider's dashboard):
+    the money went back to the card while the wallet still holds it, and the payment can give
+    back less than we record. An operator settles it; until then it is reported."""
+    payment = obj.get("payment_intent")
+    if not isinstance(payment, str) or obj.get("status") == "failed":
+        return
+    top_up = session.exec(select(TopUp).where(TopUp.provider_ref == payment)).first()
+    if top_up is not None:
+        rep.mismatches.append(
+            f"refund {obj.get('id')} of {obj.get('amount')} at the provider gave back part of "
+            f"top-up {top_up.id} ({payment}) and no refund here records it: the wallet still "
+            "holds that money"
+        )
+
+
 def _unrecorded(session: Session, gateway: PaymentGateway, rep: Report) -> None:
     """Provider objects that carry our metadata but that no record of ours points to."""
     list_objects = getattr(gateway, "list_objects", None)
@@ -322,6 +338,8 @@ def _unrecorded(session: Session, gateway: PaymentGateway, rep: Report) -> None:
             metadata = {str(k): str(v) for k, v in dict(obj.get("metadata") or {}).items()}
             row_id = metadata_id(metadata, id_key)
             if row_id is None:
+                if kind == "refunds":
+                    _refund_made_elsewhere(session, obj, rep)
                 continue
             row = session.get(model, row_id)
             if row is None or row.reference != metadata.get("jishi_reference"):

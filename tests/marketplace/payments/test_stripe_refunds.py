@@ -251,3 +251,16 @@ def test_refunds_and_withdrawals_racing_on_one_wallet_never_deadlock(
         from marketplace.db import get_session
 
         assert ledger.check_invariants(get_session()) == []
+
+
+def test_a_refund_made_at_the_provider_is_reported(app, client, buyer, payer, hooks, db_session):
+    """A refund from the provider's dashboard left the wallet credit in place, unreported."""
+    paid = paid_top_up(client, buyer, payer, hooks, 1_000, "a")
+    assert (
+        reconcile.report(session=db_session, gateway=app.extensions["payment_gateway"]).mismatches
+        == []
+    )
+    outside = payer.v1.refunds.create({"payment_intent": paid["payment_intent_id"], "amount": 600})
+    hooks.deliver()
+    rep = reconcile.report(session=db_session, gateway=app.extensions["payment_gateway"])
+    assert any(outside.id in m and f"top-up {paid['id']}" in m for m in rep.mismatches), rep
