@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from marketplace.accounts.models import Organization
 from marketplace.db import get_owned, lock_row, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
@@ -361,8 +362,12 @@ class PaymentsService:
             if (prior := replay(found, digest, "top-up")) is not None:
                 return prior, False
             ledger.require_currency(s, request.currency)
-            if open_max is not None:
-                # Each open top-up is a payment at the provider that reconciliation polls.
+            # Each open top-up is a payment at the provider that reconciliation polls; a
+            # simulated one completes at once and is no such payment.
+            if open_max is not None and not gateway.simulated:
+                # One organisation's top-ups are counted and added one at a time: counted
+                # concurrently, 60 requests opened 13 against a limit of 10 on PostgreSQL.
+                lock_row(s, Organization, organization_id)
                 open_count = s.exec(
                     select(sa.func.count())
                     .select_from(TopUp)

@@ -264,3 +264,36 @@ def test_a_refund_made_at_the_provider_is_reported(app, client, buyer, payer, ho
     hooks.deliver()
     rep = reconcile.report(session=db_session, gateway=app.extensions["payment_gateway"])
     assert any(outside.id in m and f"top-up {paid['id']}" in m for m in rep.mismatches), rep
+
+
+@pytest.mark.parametrize("payments", ["stripe", "offline"])
+def test_concurrent_top_ups_keep_to_the_open_limit(live_server, fake_stripe, payments):
+    """Counted while others were added, 60 top-ups opened 13 against 10 on PostgreSQL; offline,
+    where every top-up completes at once, a moment's pending ones were counted as unpaid."""
+    import threading
+
+    from tests.live_api import LiveOrg
+
+    settings = stripe_settings(fake_stripe) if payments == "stripe" else {"PAYMENTS": "offline"}
+    server = live_server(TOP_UPS_OPEN_MAX=3, **settings)
+    buyer = LiveOrg.register(server, ["buyer"])
+    statuses: list[int] = []
+    start = threading.Barrier(12)
+
+    def top_up(i: int) -> None:
+        start.wait()
+        resp = buyer.call(
+            "POST", "/api/v1/wallet/top-ups", scope=BUY,
+            json={"amount_minor": 100, "currency": "CNY"}, headers={"Idempotency-Key": f"k{i}"},
+        )  # fmt: skip
+        statuses.append(resp.status_code)
+
+    threads = [threading.Thread(target=top_up, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    if payments == "stripe":
+        assert sorted(statuses) == [201] * 3 + [409] * 9, statuses
+    else:
+        assert statuses == [201] * 12, statuses
