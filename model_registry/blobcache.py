@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +27,8 @@ from model_registry.errors import BlobStoreError
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CHUNK_BYTES = 1 << 20
+# A fill in ``.incoming`` untouched this long was left by a process that died mid-fetch.
+INCOMING_STALE_S = 3600.0
 
 
 class BlobIntegrityError(BlobStoreError):
@@ -76,6 +79,7 @@ class BlobCache:
             self._verified.pop(sha256, None)
             path.unlink(missing_ok=True)
         self._incoming.mkdir(parents=True, exist_ok=True)
+        self._sweep_incoming()
         keep = 0 < size <= self.bytes_max
         out = tempfile.NamedTemporaryFile(dir=self._incoming, delete=False)  # noqa: SIM115
         try:
@@ -108,6 +112,15 @@ class BlobCache:
             raise
         finally:
             out.close()
+
+    def _sweep_incoming(self) -> None:
+        """Delete fills that a killed process left in ``.incoming`` (they count in no bound):
+        any file older than :data:`INCOMING_STALE_S`, far longer than a fill takes."""
+        cutoff = time.time() - INCOMING_STALE_S
+        for entry in os.scandir(self._incoming):
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
 
     def _intact(self, sha256: str, cached: BinaryIO, size: int) -> bool:
         """Whether the cached file still holds the blob: its size, and its hash unless this

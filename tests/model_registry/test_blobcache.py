@@ -133,3 +133,18 @@ def test_a_cached_file_altered_on_disk_is_fetched_anew_never_served(tmp_path):
     # Unchanged since this process hashed it: served without hashing it again.
     assert cache.read(digest, len(data), fetch) == data
     assert cache.read(digest, len(data), _refuse) == data
+
+
+def test_fills_left_by_a_killed_process_are_swept(tmp_path):
+    """A process killed mid-fetch left its partial file in .incoming for ever."""
+    cache = BlobCache(tmp_path / "cache", bytes_max=1_000_000)
+    incoming = tmp_path / "cache" / ".incoming"
+    incoming.mkdir(parents=True)
+    stale, fresh = incoming / "tmp-stale", incoming / "tmp-fresh"
+    stale.write_bytes(b"x" * 1000)
+    fresh.write_bytes(b"y" * 1000)  # another process's fill in progress
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    data = os.urandom(1000)
+    cache.read(hashlib.sha256(data).hexdigest(), len(data), lambda: io.BytesIO(data))
+    assert not stale.exists() and fresh.exists()
