@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -67,11 +67,14 @@ from marketplace.payments.schemas import (
     WithdrawalCreate,
     WithdrawalPublic,
 )
+from marketplace.ttlcache import TTLCache
 
 if TYPE_CHECKING:
     from marketplace.config import Settings
 
 log = logging.getLogger(__name__)
+# How long a process keeps an unpaid top-up's client secret for replays of its request.
+CLIENT_SECRET_TTL_S = 300.0
 
 # States from which the provider may still report a successful payment.
 OPEN_TOP_UP_STATUSES = (TOP_UP_PENDING, TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)
@@ -311,6 +314,12 @@ class PaymentsService:
     top_up_expiry_s: float
     webhook_secrets: tuple[str, ...]
     webhook_tolerance_s: int
+    # Client secrets of unpaid top-ups this process has handed out, for replays of the same
+    # request: asking the provider on every replay let one buyer spend the platform's provider
+    # request quota. In this process's memory only, for CLIENT_SECRET_TTL_S; never stored.
+    client_secrets: TTLCache[int, str] = field(
+        default_factory=lambda: TTLCache(CLIENT_SECRET_TTL_S), compare=False
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings, gateway: PaymentGateway) -> PaymentsService:
@@ -400,23 +409,28 @@ class PaymentsService:
             return top_up, True
 
         top_up, created = ledger.run_in_transaction(session, record)
-        assert top_up.id is not None
+        top_up_id = top_up.id
+        assert top_up_id is not None
         client_secret = None
-        message = outbox.find(session, kind=OUTBOX_TOP_UP, subject_id=top_up.id)
+        message = outbox.find(session, kind=OUTBOX_TOP_UP, subject_id=top_up_id)
         if message is not None and message.status == OUTBOX_PENDING:
             assert message.id is not None
             sent = outbox.process_now(session, gateway, self.policy, message.id)
             if sent is not None and isinstance(sent.result, PaymentIntent):
                 client_secret = sent.result.client_secret
-            top_up = _reload(session, top_up.id)
+            top_up = _reload(session, top_up_id)
         if (
             client_secret is None
             and top_up.status in (TOP_UP_REQUIRES_PAYMENT, TOP_UP_FAILED)
             and top_up.provider_ref
         ):
             # A repeated request, or another node sent the call first: the payer still needs
-            # the secret to pay. It is never stored.
-            client_secret = gateway.get_top_up(top_up.provider_ref).client_secret
+            # the secret to pay.
+            client_secret = self.client_secrets.get(top_up_id)
+            if client_secret is None:
+                client_secret = gateway.get_top_up(top_up.provider_ref).client_secret
+        if client_secret is not None:
+            self.client_secrets.put(top_up_id, client_secret)
         return top_up_public(top_up, client_secret), created
 
     def apply_webhook(

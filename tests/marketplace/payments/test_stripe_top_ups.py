@@ -383,3 +383,26 @@ def test_signed_events_of_any_shape_are_acknowledged_not_crashed_on(client, hook
             assert resp.json["outcome"] in {"ignored", "unmatched", "unreadable"}, event
             assert _signed_post(client, hooks, event).json["outcome"] == "duplicate"
     assert len(db_session.exec(select(StripeEvent)).all()) >= sent
+
+
+def test_replays_of_an_unpaid_top_up_do_not_ask_the_provider_each_time(app, client, buyer, hooks):
+    """Every replay fetched the payment from the provider: one buyer replaying one key could
+    spend the platform's provider request quota."""
+    gateway = app.extensions["payments"].gateway
+    asked: list[str] = []
+    fetch = gateway.get_top_up
+
+    def counted(provider_ref: str):
+        asked.append(provider_ref)
+        return fetch(provider_ref)
+
+    first = top_up(client, buyer, 700, key="replayed").json
+    gateway.get_top_up = counted
+    try:
+        for _ in range(20):
+            again = top_up(client, buyer, 700, key="replayed")
+            assert again.status_code == 200
+            assert again.json["client_secret"] == first["client_secret"]
+    finally:
+        del gateway.get_top_up
+    assert len(asked) <= 1, asked
