@@ -29,6 +29,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for key, value in (config or {}).items():
         if key.isupper() and key.lower() not in settings.__dataclass_fields__:
             app.config[key] = value  # plain Flask keys such as TESTING
+    if settings.trusted_hosts:
+        app.config["TRUSTED_HOSTS"] = [
+            host.strip() for host in settings.trusted_hosts.split(",") if host.strip()
+        ]
     app.extensions["settings"] = settings
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=settings.log_level)

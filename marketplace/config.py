@@ -38,6 +38,10 @@ class Settings:
     # (Werkzeug's ProxyFix); 0 when clients connect directly. Client addresses, the https
     # scheme OAuth needs and the issuer's host name come from these headers.
     trusted_proxy_hops: int = 0
+    # The host names this node answers to, comma-separated (a leading dot admits subdomains);
+    # empty: any. Other Host headers are refused (400), so a forged one is never echoed into
+    # the OAuth metadata's URLs or anything else built from the request's host.
+    trusted_hosts: str = ""
     # How long a statement waits for a lock another transaction holds (SQLite busy timeout,
     # PostgreSQL lock_timeout) before the request is answered 503 with Retry-After.
     database_lock_timeout_s: float = 30.0

@@ -159,3 +159,23 @@ def test_oauth_errors_follow_the_rfcs(live_server):
         data = {"grant_type": "client_credentials", **kwargs.pop("data")}
         ok = requests.post(f"{server.url}/oauth/token", data=data, timeout=30, **kwargs)
         assert ok.status_code == 200, ok.text
+
+
+def test_a_forged_host_is_refused_where_hosts_are_trusted(live_server):
+    """Over https behind a proxy, a forged Host was echoed into the OAuth metadata's URLs."""
+    server = live_server(TRUSTED_HOSTS="market.example, 127.0.0.1", TRUSTED_PROXY_HOPS=1)
+    forwarded = {"X-Forwarded-Proto": "https"}
+    for host in ("evil.example", "market.example.evil.example"):
+        resp = requests.get(
+            f"{server.url}/.well-known/oauth-authorization-server",
+            headers={**forwarded, "X-Forwarded-Host": host},
+            timeout=30,
+        )
+        assert resp.status_code == 400, (host, resp.text[:200])
+    ok = requests.get(
+        f"{server.url}/.well-known/oauth-authorization-server",
+        headers={**forwarded, "X-Forwarded-Host": "market.example"},
+        timeout=30,
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["issuer"] == "https://market.example"
