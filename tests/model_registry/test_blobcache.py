@@ -84,14 +84,20 @@ def test_a_blob_larger_than_the_cache_is_served_but_not_kept(tmp_path):
     assert not (tmp_path / "cache").exists() or cache.size_bytes() == 0
 
 
-def test_open_gives_a_seekable_local_file_verified_once(tmp_path):
-    data = os.urandom(200_000)
-    digest = hashlib.sha256(data).hexdigest()
-    fetched = []
+def _counted(data: bytes):
+    """The blob's digest, a fetch of it, and the list each fetch appends to."""
+    fetched: list[int] = []
 
     def fetch():
         fetched.append(1)
         return io.BytesIO(data)
+
+    return hashlib.sha256(data).hexdigest(), fetch, fetched
+
+
+def test_open_gives_a_seekable_local_file_verified_once(tmp_path):
+    data = os.urandom(200_000)
+    digest, fetch, fetched = _counted(data)
 
     cache = BlobCache(tmp_path / "cache", bytes_max=1_000_000)
     with cache.open(digest, len(data), fetch) as first:
@@ -112,13 +118,7 @@ def test_open_gives_a_seekable_local_file_verified_once(tmp_path):
 def test_a_cached_file_altered_on_disk_is_fetched_anew_never_served(tmp_path):
     """A changed byte in a cached model (same size) was served, run and billed."""
     data = os.urandom(100_000)
-    digest = hashlib.sha256(data).hexdigest()
-    fetched = []
-
-    def fetch():
-        fetched.append(1)
-        return io.BytesIO(data)
-
+    digest, fetch, fetched = _counted(data)
     cache = BlobCache(tmp_path / "cache", bytes_max=1_000_000)
     assert cache.read(digest, len(data), fetch) == data
     cached = tmp_path / "cache" / digest[:2] / digest[2:]

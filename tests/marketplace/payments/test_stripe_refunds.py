@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 import pytest
+import requests
 
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import PLATFORM_REVENUE, VENDOR_PAYABLE
@@ -185,14 +191,40 @@ def test_a_refund_stripe_refuses_returns_the_money(app, client, buyer, payer, ho
     assert ledger.check_invariants(db_session) == []
 
 
+def _posts(org: Any, path: str, body: dict[str, Any], key: str) -> list[Callable[[], Any]]:
+    """Twelve POSTs of ``body`` to ``path`` by ``org``, each with an Idempotency-Key of its own
+    (an administrator's with the admin scope)."""
+    scope = "admin" if path.endswith("/refund") else BUY
+    return [
+        partial(
+            org.call, "POST", path, scope=scope, json=body, headers={"Idempotency-Key": f"{key}{i}"}
+        )
+        for i in range(12)
+    ]
+
+
+def _race(calls: list[Callable[[], requests.Response]]) -> list[int]:
+    """The statuses of ``calls``, each made by a thread of its own, all released at once."""
+    statuses: list[int] = []
+    start = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], requests.Response]) -> None:
+        start.wait()
+        statuses.append(call().status_code)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return statuses
+
+
 def test_refunds_and_withdrawals_racing_on_one_wallet_never_deadlock(
     live_server, fake_stripe, payer
 ):
     """A refund locked the ledger's balances, then the payments; a withdrawal the payments, then
     the wallet's balance: on PostgreSQL the two deadlocked (503 `database_busy`)."""
-    import threading
-
-    import requests
 
     from tests.live_api import LiveOrg, platform_org
 
@@ -221,31 +253,11 @@ def test_refunds_and_withdrawals_racing_on_one_wallet_never_deadlock(
         "POST", f"/api/v1/offers/{catalog.offer_id}/purchase", scope=BUY,
         json={"accept_terms_sha256": catalog.terms_sha256}, headers={"Idempotency-Key": "buy"},
     ).json()  # fmt: skip
-    statuses: list[int] = []
-    start = threading.Barrier(24)
-
-    def refund(i: int) -> None:
-        start.wait()
-        resp = admin.call(
-            "POST", f"/api/v1/orders/{order['id']}/refund", scope="admin",
-            json={"amount_minor": 100}, headers={"Idempotency-Key": f"r{i}"},
-        )  # fmt: skip
-        statuses.append(resp.status_code)
-
-    def take_back(i: int) -> None:
-        start.wait()
-        resp = buyer.call(
-            "POST", "/api/v1/wallet/withdrawals", scope=BUY,
-            json={"amount_minor": 100, "currency": "CNY"}, headers={"Idempotency-Key": f"w{i}"},
-        )  # fmt: skip
-        statuses.append(resp.status_code)
-
-    threads = [threading.Thread(target=refund, args=(i,)) for i in range(12)]
-    threads += [threading.Thread(target=take_back, args=(i,)) for i in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    refunds = _posts(admin, f"/api/v1/orders/{order['id']}/refund", {"amount_minor": 100}, "r")
+    withdrawals = _posts(
+        buyer, "/api/v1/wallet/withdrawals", {"amount_minor": 100, "currency": "CNY"}, "w"
+    )
+    statuses = _race([*refunds, *withdrawals])
     assert sorted(statuses) == [201] * 24, statuses
     with server.app.app_context():
         from marketplace.db import get_session
@@ -270,29 +282,14 @@ def test_a_refund_made_at_the_provider_is_reported(app, client, buyer, payer, ho
 def test_concurrent_top_ups_keep_to_the_open_limit(live_server, fake_stripe, payments):
     """Counted while others were added, 60 top-ups opened 13 against 10 on PostgreSQL; offline,
     where every top-up completes at once, a moment's pending ones were counted as unpaid."""
-    import threading
-
     from tests.live_api import LiveOrg
 
     settings = stripe_settings(fake_stripe) if payments == "stripe" else {"PAYMENTS": "offline"}
     server = live_server(TOP_UPS_OPEN_MAX=3, **settings)
     buyer = LiveOrg.register(server, ["buyer"])
-    statuses: list[int] = []
-    start = threading.Barrier(12)
-
-    def top_up(i: int) -> None:
-        start.wait()
-        resp = buyer.call(
-            "POST", "/api/v1/wallet/top-ups", scope=BUY,
-            json={"amount_minor": 100, "currency": "CNY"}, headers={"Idempotency-Key": f"k{i}"},
-        )  # fmt: skip
-        statuses.append(resp.status_code)
-
-    threads = [threading.Thread(target=top_up, args=(i,)) for i in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    statuses = _race(
+        _posts(buyer, "/api/v1/wallet/top-ups", {"amount_minor": 100, "currency": "CNY"}, "k")
+    )
     if payments == "stripe":
         assert sorted(statuses) == [201] * 3 + [409] * 9, statuses
     else:
