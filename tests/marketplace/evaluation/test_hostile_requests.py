@@ -36,7 +36,10 @@ def node(
     db_backend: str, scratch_databases: ScratchDatabases, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Node, str]]:
     url, _engine = scratch_databases.create(db_backend)
-    served = start_node(tmp_path_factory.mktemp("node"), url, EVAL_TIMEOUT_S=30)
+    # Every test registers an organisation of its own from this one address.
+    served = start_node(
+        tmp_path_factory.mktemp("node"), url, EVAL_TIMEOUT_S=30, REGISTRATIONS_PER_ADDRESS_MAX=100
+    )
     yield served, url
     served.stop()
 
