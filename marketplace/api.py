@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json as stdlib_json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -655,18 +656,23 @@ def docs_page() -> Any:
 
 @docs_bp.get("/_assets/<name>")
 def docs_asset(name: str) -> Any:
-    from importlib.util import find_spec
-
     from flask import send_from_directory
 
     if name == "init.js":
         return current_app.response_class(_DOCS_INIT % _spec_url(), mimetype="text/javascript")
     if name not in _SWAGGER_ASSETS:
         raise NotFound("No such asset.")
-    spec = find_spec("flask_swagger_ui")  # located, not imported
+    return send_from_directory(_swagger_ui_dist(), name, max_age=86400)
+
+
+@functools.cache
+def _swagger_ui_dist() -> str:
+    """Where the flask-swagger-ui package keeps Swagger UI's files (located, not imported)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("flask_swagger_ui")
     assert spec is not None and spec.submodule_search_locations is not None
-    dist = f"{spec.submodule_search_locations[0]}/dist"
-    return send_from_directory(dist, name, max_age=86400)
+    return f"{spec.submodule_search_locations[0]}/dist"
 
 
 _HTML_DEFAULT_CSP = (

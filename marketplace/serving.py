@@ -194,7 +194,7 @@ def serve(
 
         def load(self) -> Flask:
             app = app_factory()
-            app.wsgi_app = _malformed_bodies_as_disconnects(app.wsgi_app)  # type: ignore[method-assign]
+            app.wsgi_app = _bounded_bodies(app.wsgi_app)  # type: ignore[method-assign]
             return app
 
     NodeApplication().run()
@@ -297,7 +297,7 @@ class _GunicornBody:
         return line
 
 
-def _malformed_bodies_as_disconnects(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
+def _bounded_bodies(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
     from gunicorn.http.errors import ParseException
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

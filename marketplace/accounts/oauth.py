@@ -367,17 +367,11 @@ def _readable_oauth_error(response: Response) -> Response:
     return response
 
 
-def _basic_credentials_readable(header: str | None) -> bool:
-    """Whether Basic credentials, if any, are base64 of UTF-8 text.
-
-    Authlib and Werkzeug decode them with only some of the errors caught; a header of other
-    bytes (or of non-ASCII characters) raised out of both.
-    """
-    parts = (header or "").split(None, 1)
-    if len(parts) != 2 or parts[0].lower() != "basic":
-        return True
+def _base64_of_utf8(credentials: str) -> bool:
+    # Authlib and Werkzeug decode Basic credentials with only some of the errors caught: bytes
+    # that are not UTF-8 (or a header of non-ASCII characters) raised out of both.
     try:
-        base64.b64decode(parts[1]).decode("utf-8")
+        base64.b64decode(credentials).decode("utf-8")
     except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII input
         return False
     return True
@@ -385,16 +379,15 @@ def _basic_credentials_readable(header: str | None) -> bool:
 
 @oauth_bp.before_request
 def _one_readable_client_authentication() -> Response | None:
-    header = request.headers.get("Authorization")
-    if not _basic_credentials_readable(header):
+    parts = (request.headers.get("Authorization") or "").split(None, 1)
+    basic = bool(parts) and parts[0].lower() == "basic"
+    if basic and len(parts) == 2 and not _base64_of_utf8(parts[1]):
         return _oauth_error(
             401,
             "invalid_client",
             "The Basic credentials are not base64 of UTF-8 text.",
             {"WWW-Authenticate": 'Basic realm="jishi"'},
         )
-    scheme = (header or "").split(None, 1)[:1]
-    basic = [word.lower() for word in scheme] == ["basic"]
     if basic and request.method == "POST" and "client_secret" in request.form:
         # RFC 6749 §2.3: a client uses one authentication method per request.
         return _oauth_error(
