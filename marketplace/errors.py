@@ -217,6 +217,13 @@ class DomainError(Exception):
 
     code = "error"
 
+    def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
+        # Each error is declared in its class line, `class OfferNotFound(NotFound,
+        # code="offer_not_found")`; ERROR_TABLE gives the code its status and title.
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+
     def __init__(
         self,
         detail: str = "",
@@ -234,17 +241,14 @@ class DomainError(Exception):
         self.headers = headers or {}
 
 
-class ValidationFailed(DomainError):
-    code = "validation_failed"
-
+class ValidationFailed(DomainError, code="validation_failed"):
     def __init__(self, detail: str = "", *, errors: list[dict[str, str]] | None = None, **kw: Any):
         super().__init__(detail, **kw)
         if errors is not None:
             self.extra["errors"] = errors
 
 
-class IntegerOutOfRange(ValidationFailed):
-    code = "integer_out_of_range"
+class IntegerOutOfRange(ValidationFailed, code="integer_out_of_range"): ...
 
 
 class RoutingIntegerOutOfRange(UnprocessableEntity):
@@ -254,36 +258,28 @@ class RoutingIntegerOutOfRange(UnprocessableEntity):
     description = "An id in the path is out of range."
 
 
-class Unauthorized(DomainError):
-    code = "unauthorized"
+class Unauthorized(DomainError, code="unauthorized"): ...
 
 
-class Forbidden(DomainError):
-    code = "forbidden"
+class Forbidden(DomainError, code="forbidden"): ...
 
 
-class NotFound(DomainError):
-    code = "not_found"
+class NotFound(DomainError, code="not_found"): ...
 
 
-class Conflict(DomainError):
-    code = "conflict"
+class Conflict(DomainError, code="conflict"): ...
 
 
-class PaymentRequired(DomainError):
-    code = "payment_required"
+class PaymentRequired(DomainError, code="payment_required"): ...
 
 
-class PayloadTooLarge(DomainError):
-    code = "payload_too_large"
+class PayloadTooLarge(DomainError, code="payload_too_large"): ...
 
 
-class ServiceUnavailable(DomainError):
-    code = "service_unavailable"
+class ServiceUnavailable(DomainError, code="service_unavailable"): ...
 
 
-class DatabaseBusy(ServiceUnavailable):
-    code = "database_busy"
+class DatabaseBusy(ServiceUnavailable, code="database_busy"): ...
 
 
 def library_problem(exc: SandboxError | RegistryError) -> DomainError:

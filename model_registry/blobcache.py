@@ -31,11 +31,9 @@ _CHUNK_BYTES = 1 << 20
 INCOMING_STALE_S = 3600.0
 
 
-class BlobIntegrityError(BlobStoreError):
-    """The store returned bytes that do not match the artifact's recorded hash or size."""
-
-    code = "blob_integrity_error"
-    default_detail = "The stored artifact does not match its record."
+# The store returned bytes that do not match the artifact's recorded hash or size.
+class BlobIntegrityError(BlobStoreError, code="blob_integrity_error"):
+    """The stored artifact does not match its record."""
 
 
 class BlobCache:

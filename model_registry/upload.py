@@ -169,9 +169,8 @@ def _undo(upload: Future[None], store: BlobStore, key: str) -> None:
 # --- streaming straight to the store when the client declares the digest ---------------------
 
 
-class DigestMismatch(RegistryError):
-    code = "digest_mismatch"
-    default_detail = "The body does not match its declared SHA-256."
+class DigestMismatch(RegistryError, code="digest_mismatch"):
+    """The body does not match its declared SHA-256."""
 
 
 class _Refused(Exception):

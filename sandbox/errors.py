@@ -7,14 +7,30 @@ only. The errors carry no HTTP: the web layer maps each code to its status.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
-class SandboxError(Exception):
-    """Base of all sandbox failures; `code` is stable, `detail` is client-safe."""
+class CodedError(Exception):
+    """The operation failed."""
 
-    code: ClassVar[str] = "sandbox_error"
-    default_detail: ClassVar[str] = "The sandbox failed."
+    # A library failure with a stable `code` and a client-safe `detail`; the registry's errors
+    # share this base. An error is declared in two lines: its code in the class line, and its
+    # docstring, the detail a client reads when no other is given:
+    #
+    #     class BlobNotFound(BlobStoreError, code="blob_not_found"):
+    #         """No blob is stored under that key."""
+    #
+    # (Under `python -OO`, which strips docstrings, details fall back to the base's.)
+
+    code: ClassVar[str] = "error"
+    default_detail: ClassVar[str] = "The operation failed."
+
+    def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+        if cls.__doc__:
+            cls.default_detail = " ".join(cls.__doc__.split())
 
     def __init__(self, detail: str | None = None, *, log_detail: str | None = None) -> None:
         self.detail = detail or self.default_detail
@@ -22,31 +38,29 @@ class SandboxError(Exception):
         super().__init__(self.detail)
 
 
-class ModelInvalid(SandboxError):
-    code = "model_invalid"
-    default_detail = "The model could not be loaded."
+class SandboxError(CodedError, code="sandbox_error"):
+    """The sandbox failed."""
 
 
-class InputInvalid(SandboxError):
-    code = "input_invalid"
-    default_detail = "The inputs do not match the model's signature or limits."
+class ModelInvalid(SandboxError, code="model_invalid"):
+    """The model could not be loaded."""
 
 
-class ResourceExhausted(SandboxError):
-    code = "resource_exhausted"
-    default_detail = "The evaluation exceeded the sandbox's memory or size limits."
+class InputInvalid(SandboxError, code="input_invalid"):
+    """The inputs do not match the model's signature or limits."""
 
 
-class OutputTooLarge(ResourceExhausted):
-    """The outputs exceed the smaller limit a caller asked for (the model itself stayed within)."""
-
-    code = "output_too_large"
-    default_detail = "The outputs exceed the size limit of this call."
+class ResourceExhausted(SandboxError, code="resource_exhausted"):
+    """The evaluation exceeded the sandbox's memory or size limits."""
 
 
-class DeadlineExceeded(SandboxError):
-    code = "deadline_exceeded"
-    default_detail = "The evaluation did not finish before its deadline."
+# The outputs exceed the smaller limit a caller asked for (the model itself stayed within).
+class OutputTooLarge(ResourceExhausted, code="output_too_large"):
+    """The outputs exceed the size limit of this call."""
+
+
+class DeadlineExceeded(SandboxError, code="deadline_exceeded"):
+    """The evaluation did not finish before its deadline."""
 
     def __init__(
         self,
@@ -61,14 +75,12 @@ class DeadlineExceeded(SandboxError):
         self.ran_to_deadline = ran_to_deadline
 
 
-class WorkerCrashed(SandboxError):
-    code = "worker_crashed"
-    default_detail = "The sandbox worker crashed while evaluating the model."
+class WorkerCrashed(SandboxError, code="worker_crashed"):
+    """The sandbox worker crashed while evaluating the model."""
 
 
+# A temporary refusal; `retry_after_s` feeds the Retry-After header.
 class _RetryLater(SandboxError):
-    """A temporary refusal; `retry_after_s` feeds the Retry-After header."""
-
     def __init__(
         self,
         detail: str | None = None,
@@ -80,26 +92,20 @@ class _RetryLater(SandboxError):
         self.retry_after_s = retry_after_s
 
 
-class ModelQuarantined(_RetryLater):
-    code = "model_quarantined"
-    default_detail = "The model failed repeatedly and is quarantined for a while."
+class ModelQuarantined(_RetryLater, code="model_quarantined"):
+    """The model failed repeatedly and is quarantined for a while."""
 
 
-class CallerThrottled(_RetryLater):
-    code = "caller_throttled"
-    default_detail = (
-        "Your recent calls of this model ran out of time or crashed its worker; retry later."
-    )
+class CallerThrottled(_RetryLater, code="caller_throttled"):
+    """Your recent calls of this model ran out of time or crashed its worker; retry later."""
 
 
-class SandboxUnavailable(SandboxError):
-    code = "sandbox_unavailable"
-    default_detail = "The sandbox is not available."
+class SandboxUnavailable(SandboxError, code="sandbox_unavailable"):
+    """The sandbox is not available."""
 
 
-class SandboxBusy(_RetryLater):
-    code = "sandbox_busy"
-    default_detail = "The sandbox is busy; retry later."
+class SandboxBusy(_RetryLater, code="sandbox_busy"):
+    """The sandbox is busy; retry later."""
 
 
 _BY_CODE: dict[str, type[SandboxError]] = {

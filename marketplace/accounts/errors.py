@@ -5,13 +5,10 @@ from __future__ import annotations
 from marketplace.errors import DomainError, Forbidden, ServiceUnavailable
 
 
-class RegistrationBusy(ServiceUnavailable):
-    code = "registration_busy"
+class RegistrationBusy(ServiceUnavailable, code="registration_busy"): ...
 
 
-class TooManyRegistrations(DomainError):
-    code = "too_many_registrations"
+class TooManyRegistrations(DomainError, code="too_many_registrations"): ...
 
 
-class OrganizationNotVerified(Forbidden):
-    code = "organization_not_verified"
+class OrganizationNotVerified(Forbidden, code="organization_not_verified"): ...

@@ -5,15 +5,11 @@ from __future__ import annotations
 from marketplace.errors import NotFound, ServiceUnavailable, ValidationFailed
 
 
-class RangeInvalid(ValidationFailed):
+class RangeInvalid(ValidationFailed, code="range_invalid"):
     """A seq or size range that is negative, reversed or past the sequenced tree (422)."""
 
-    code = "range_invalid"
+
+class CheckpointNotFound(NotFound, code="checkpoint_not_found"): ...
 
 
-class CheckpointNotFound(NotFound):
-    code = "checkpoint_not_found"
-
-
-class ExportsBusy(ServiceUnavailable):
-    code = "exports_busy"
+class ExportsBusy(ServiceUnavailable, code="exports_busy"): ...

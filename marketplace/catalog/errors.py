@@ -15,90 +15,68 @@ from marketplace.errors import (
 )
 
 
-class ListingNotFound(NotFound):
-    code = "model_not_found"
+class ListingNotFound(NotFound, code="model_not_found"): ...
 
 
-class VersionNotFound(NotFound):
-    code = "version_not_found"
+class VersionNotFound(NotFound, code="version_not_found"): ...
 
 
-class OfferNotFound(NotFound):
-    code = "offer_not_found"
+class OfferNotFound(NotFound, code="offer_not_found"): ...
 
 
-class VersionExists(Conflict):
-    code = "version_exists"
+class VersionExists(Conflict, code="version_exists"): ...
 
 
-class OfferRetired(Conflict):
-    code = "offer_retired"
+class OfferRetired(Conflict, code="offer_retired"): ...
 
 
-class InvalidVersion(ValidationFailed):
-    code = "invalid_version"
+class InvalidVersion(ValidationFailed, code="invalid_version"): ...
 
 
-class NotAVendor(Forbidden):
-    code = "not_a_vendor"
+class NotAVendor(Forbidden, code="not_a_vendor"): ...
 
 
-class ListingSuspended(Forbidden):
-    code = "listing_suspended"
+class ListingSuspended(Forbidden, code="listing_suspended"): ...
 
 
-class VersionRevoked(DomainError):
-    code = "version_revoked"
+class VersionRevoked(DomainError, code="version_revoked"): ...
 
 
-class DownloadNotAllowed(Forbidden):
-    code = "download_not_allowed"
+class DownloadNotAllowed(Forbidden, code="download_not_allowed"): ...
 
 
-class UnsupportedMediaType(DomainError):
-    code = "unsupported_media_type"
+class UnsupportedMediaType(DomainError, code="unsupported_media_type"): ...
 
 
-class ModelTooLarge(PayloadTooLarge):
-    code = "model_too_large"
+class ModelTooLarge(PayloadTooLarge, code="model_too_large"): ...
 
 
-class ContentDigestMismatch(DomainError):
-    code = "digest_mismatch"
+class ContentDigestMismatch(DomainError, code="digest_mismatch"): ...
 
 
-class InvalidContentDigest(DomainError):
-    code = "invalid_digest"
+class InvalidContentDigest(DomainError, code="invalid_digest"): ...
 
 
-class ModelRejected(DomainError):
+class ModelRejected(DomainError, code="model_rejected"):
     """The inspection refused the model; ``findings`` says why."""
-
-    code = "model_rejected"
 
     def __init__(self, detail: str, *, findings: list[dict[str, Any]]) -> None:
         super().__init__(detail, extra={"findings": findings})
 
 
-class InspectionUnavailable(ServiceUnavailable):
-    code = "inspection_unavailable"
+class InspectionUnavailable(ServiceUnavailable, code="inspection_unavailable"): ...
 
 
-class InspectionBusy(ServiceUnavailable):
-    code = "inspection_busy"
+class InspectionBusy(ServiceUnavailable, code="inspection_busy"): ...
 
 
-class StorageUnavailable(ServiceUnavailable):
-    code = "storage_unavailable"
+class StorageUnavailable(ServiceUnavailable, code="storage_unavailable"): ...
 
 
-class SampleInvalid(ValidationFailed):
-    code = "sample_invalid"
+class SampleInvalid(ValidationFailed, code="sample_invalid"): ...
 
 
-class SampleNotFound(NotFound):
-    code = "sample_not_found"
+class SampleNotFound(NotFound, code="sample_not_found"): ...
 
 
-class SampleTooLarge(PayloadTooLarge):
-    code = "sample_too_large"
+class SampleTooLarge(PayloadTooLarge, code="sample_too_large"): ...

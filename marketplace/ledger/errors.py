@@ -5,10 +5,8 @@ from __future__ import annotations
 from marketplace.errors import Conflict, DomainError, PaymentRequired, ValidationFailed
 
 
-class InsufficientFunds(PaymentRequired):
+class InsufficientFunds(PaymentRequired, code="insufficient_funds"):
     """A wallet (or other debit-limited account) cannot cover the debit."""
-
-    code = "insufficient_funds"
 
     def __init__(self, *, account_id: int, currency: str, missing_minor: int) -> None:
         super().__init__(
@@ -19,29 +17,20 @@ class InsufficientFunds(PaymentRequired):
         self.missing_minor = missing_minor
 
 
-class LimitExceeded(Conflict):
+class LimitExceeded(Conflict, code="limit_exceeded"):
     """A platform or vendor account's limit flag refuses the transaction."""
 
-    code = "limit_exceeded"
+
+class IdempotencyKeyReused(Conflict, code="idempotency_key_reused"): ...
 
 
-class IdempotencyKeyReused(Conflict):
-    code = "idempotency_key_reused"
-
-
-class InvalidTransaction(DomainError):
+class InvalidTransaction(DomainError, code="invalid_transaction"):
     """The transaction is malformed: unbalanced, mixed currencies, bad amounts or accounts."""
 
-    code = "invalid_transaction"
 
-
-class UnknownCurrency(ValidationFailed):
+class UnknownCurrency(ValidationFailed, code="unknown_currency"):
     """The ledger has no such currency: it could post nothing in it."""
 
-    code = "unknown_currency"
 
-
-class PendingResolved(Conflict):
+class PendingResolved(Conflict, code="pending_resolved"):
     """The hold was already posted or voided, or the transaction is not a hold."""
-
-    code = "pending_resolved"

@@ -21,29 +21,23 @@ REFUND_PENDING = "pending"
 REFUND_FAILED = "failed"
 
 
-class ProviderUnavailable(ServiceUnavailable):
+class ProviderUnavailable(ServiceUnavailable, code="payment_provider_unavailable"):
     """The provider could not be reached or answered with a transient error: try again later.
 
     The request may or may not have taken effect; a retry with the same idempotency key settles
     which.
     """
 
-    code = "payment_provider_unavailable"
 
-
-class ProviderRefused(DomainError):
+class ProviderRefused(DomainError, code="payment_refused"):
     """The provider definitively refused the request: nothing happened there."""
 
-    code = "payment_refused"
 
-
-class ProviderConflict(DomainError):
+class ProviderConflict(DomainError, code="payment_provider_conflict"):
     """The provider reports a state only a person can sort out (an idempotency key clash).
 
     Nothing is retried or undone automatically after it.
     """
-
-    code = "payment_provider_conflict"
 
 
 def _require_positive(amount_minor: int, what: str) -> None:

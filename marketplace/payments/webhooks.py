@@ -60,12 +60,10 @@ def _tracked_by_event() -> dict[str, _Tracked]:
     }
 
 
-class SignatureInvalid(DomainError):
-    code = "signature_invalid"
+class SignatureInvalid(DomainError, code="signature_invalid"): ...
 
 
-class SignatureStale(DomainError):
-    code = "signature_stale"
+class SignatureStale(DomainError, code="signature_stale"): ...
 
 
 def verify(payload: bytes, header: str | None, secrets: list[str], tolerance_s: int) -> Any:
