@@ -20,18 +20,19 @@ from marketplace.accounts.scopes import ADMIN, CLIENTS_MANAGE
 from marketplace.api import API_PREFIX, parse_json
 from marketplace.db import get_session
 from marketplace.errors import Forbidden
-from marketplace.operation import operation
+from marketplace.operation import operations
 
 bp = Blueprint("accounts", __name__, url_prefix=API_PREFIX)
+operation = operations(tag="accounts", scope="any")
+# A client's secret outlives any token: creating or revoking one takes a scope of its own.
+client_management = operations(tag="accounts", scope=CLIENTS_MANAGE)
 
 
 @bp.post("/register")
 @operation(
     "Register a user and organisation; returns its first API client (secret shown once)",
-    tag="accounts",
-    body=RegisterRequest,
-    response=RegisterResponse,
     status=201,
+    scope=None,
     errors=["email_taken", "too_many_registrations", "registration_busy"],
     example={
         "email": "newcomer@example.test",
@@ -40,8 +41,7 @@ bp = Blueprint("accounts", __name__, url_prefix=API_PREFIX)
         "organization_roles": ["buyer"],
     },
 )
-def register() -> RegisterResponse:
-    body = parse_json(RegisterRequest)
+def register(body: RegisterRequest) -> RegisterResponse:
     services.admit_registration(
         limiter=current_app.extensions["registration_limiter"], address=request.remote_addr or ""
     )
@@ -58,13 +58,10 @@ def _own_organization(org_id: int) -> Organization:
 
 
 @bp.post("/organizations/<int:org_id>/clients")
-@operation(
+@client_management(
     "Create another API client for your organisation (secret shown once)",
-    tag="accounts",
     body=ClientCreate,
-    response=ClientCredentials,
     status=201,
-    scope=CLIENTS_MANAGE,
     errors=["organization_not_found", "scope_not_allowed"],
     example={"name": "CI pipeline", "scopes": ["models:read"]},
 )
@@ -82,24 +79,15 @@ def create_client(org_id: int) -> ClientCredentials:
 
 
 @bp.get("/organizations/<int:org_id>/clients")
-@operation(
-    "List your organisation's API clients",
-    tag="accounts",
-    response=ClientList,
-    scope="any",
-    errors=["organization_not_found"],
-)
+@operation("List your organisation's API clients", errors=["organization_not_found"])
 def list_clients(org_id: int) -> ClientList:
     org = _own_organization(org_id)
     return ClientList(items=services.list_clients(session=get_session(), org=org))
 
 
 @bp.delete("/organizations/<int:org_id>/clients/<client_id>")
-@operation(
+@client_management(
     "Revoke one of your organisation's API clients and every token it holds",
-    tag="accounts",
-    response=ClientCredentials,
-    scope=CLIENTS_MANAGE,
     errors=["organization_not_found", "client_not_found", "last_manager_client"],
     examples={"client_id": "jc_Example0ClientId0000000"},
 )
@@ -113,8 +101,6 @@ def revoke_client(org_id: int, client_id: str) -> ClientCredentials:
 @bp.post("/organizations/<int:org_id>/verify")
 @operation(
     "Mark an organisation as verified: offers may reserve trials for verified ones (admin)",
-    tag="accounts",
-    response=OrganizationPublic,
     scope=ADMIN,
     errors=["organization_not_found"],
     examples={"org_id": 2},
@@ -128,7 +114,7 @@ def verify_organization(org_id: int) -> OrganizationPublic:
 
 
 @bp.get("/me")
-@operation("Who the bearer token speaks for", tag="accounts", response=WhoAmI, scope="any")
+@operation("Who the bearer token speaks for")
 def whoami() -> WhoAmI:
     token = current.token
     org = services.get_organization(

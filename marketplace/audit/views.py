@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app
+from pydantic import BaseModel
 
 from marketplace.accounts.scopes import ADMIN, AUDIT_READ
-from marketplace.api import API_PREFIX, parse_query
+from marketplace.api import API_PREFIX
 from marketplace.audit import export, journal, platform, services
 from marketplace.audit.errors import CheckpointNotFound, ExportsBusy
 from marketplace.audit.keys import AuditKeyStore
@@ -37,13 +39,18 @@ from marketplace.audit.schemas import (
     TreeStatus,
 )
 from marketplace.db import get_database, get_session
-from marketplace.operation import operation
+from marketplace.operation import operations
 
 bp = Blueprint("audit", __name__, url_prefix=API_PREFIX)
+M = TypeVar("M", bound=BaseModel)
 
 READERS = (AUDIT_READ, ADMIN)
 NOTE_MIME = "text/plain; charset=utf-8"
 EXPORT_RETRY_AFTER_S = 10
+# The example currency and period of the reports on the platform's books.
+PERIOD_EXAMPLES = {"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+
+operation = operations(tag="audit", scope=READERS)
 
 
 def keys() -> AuditKeyStore:
@@ -55,8 +62,7 @@ def pages() -> AuditPages:
 
 
 @bp.get("/audit/tree")
-@operation("The journal's sequenced size, root and latest checkpoint", tag="audit",
-          response=TreeStatus, scope=READERS)  # fmt: skip
+@operation("The journal's sequenced size, root and latest checkpoint")
 def tree() -> TreeStatus:
     session = get_session()
     head = journal.read_head(session)
@@ -83,24 +89,29 @@ def _note(view: services.CheckpointView) -> Response:
 
 
 @bp.get("/audit/checkpoints/latest")
-@operation("The latest signed checkpoint (C2SP signed note, text/plain)", tag="audit",
-          scope=READERS, errors=["checkpoint_not_found"], response_media_types=("text/plain",))  # fmt: skip
+@operation(
+    "The latest signed checkpoint (C2SP signed note, text/plain)",
+    errors=["checkpoint_not_found"],
+    response_media_types=("text/plain",),
+)
 def latest_checkpoint() -> Response:
     return _note(services.latest_checkpoint(get_session()))
 
 
 @bp.get("/audit/checkpoints")
-@operation("The signed checkpoint of the tree at any size up to the sequenced one (text/plain)",
-          tag="audit", query=CheckpointQuery, scope=READERS,
-          response_media_types=("text/plain",), examples={"size": 1})  # fmt: skip
-def checkpoint_at_size() -> Response:
-    query = parse_query(CheckpointQuery)
+@operation(
+    "The signed checkpoint of the tree at any size up to the sequenced one (text/plain)",
+    response_media_types=("text/plain",),
+    examples={"size": 1},
+)
+def checkpoint_at_size(query: CheckpointQuery) -> Response:
     return _note(services.checkpoint_at(get_session(), keys(), query.size))
 
 
 @bp.post("/audit/checkpoints")
-@operation("Sequence committed records and sign a checkpoint now (administrator)", tag="audit",
-          response=CheckpointCreated, status=201, scope=ADMIN)  # fmt: skip
+@operation(
+    "Sequence committed records and sign a checkpoint now (administrator)", status=201, scope=ADMIN
+)
 def create_checkpoint() -> CheckpointCreated:
     session = get_session()
     journal.sequence(session)
@@ -111,8 +122,7 @@ def create_checkpoint() -> CheckpointCreated:
 
 
 @bp.get("/audit/public-keys")
-@operation("Every key the journal has signed with, in the signed-note verifier-key format",
-          tag="audit", response=PublicKeyList, scope=READERS)  # fmt: skip
+@operation("Every key the journal has signed with, in the signed-note verifier-key format")
 def public_keys() -> PublicKeyList:
     store = keys()
     items = [
@@ -123,39 +133,43 @@ def public_keys() -> PublicKeyList:
 
 
 @bp.get("/audit/records")
-@operation("Sequenced records from_seq..to_seq (inclusive), one page", tag="audit",
-          query=RecordsQuery, response=RecordPage, scope=READERS, examples={"to_seq": 9})  # fmt: skip
-def records() -> RecordPage:
-    query = parse_query(RecordsQuery)
+@operation("Sequenced records from_seq..to_seq (inclusive), one page", examples={"to_seq": 9})
+def records(query: RecordsQuery) -> RecordPage:
     return pages().records(
         get_session(), from_seq=query.from_seq, to_seq=query.to_seq, page_size=query.page_size
     )
 
 
+def _proof(model: type[M], prove: Callable[..., object], **sizes: int | None) -> M:
+    """An RFC 9162 proof over the journal, as the API shows it."""
+    return model.model_validate(prove(get_session(), **sizes))
+
+
 @bp.get("/audit/proofs/inclusion")
-@operation("RFC 9162 inclusion proof of record seq in the tree of size", tag="audit",
-          query=InclusionQuery, response=InclusionProof, scope=READERS, examples={"seq": 0, "size": 1})  # fmt: skip
-def inclusion_proof() -> InclusionProof:
-    query = parse_query(InclusionQuery)
-    proof = services.inclusion(get_session(), seq=query.seq, size=query.size)
-    return InclusionProof.model_validate(proof)
+@operation(
+    "RFC 9162 inclusion proof of record seq in the tree of size", examples={"seq": 0, "size": 1}
+)
+def inclusion_proof(query: InclusionQuery) -> InclusionProof:
+    return _proof(InclusionProof, services.inclusion, seq=query.seq, size=query.size)
 
 
 @bp.get("/audit/proofs/consistency")
-@operation("RFC 9162 consistency proof from the tree of size `from` to the tree of size `to`",
-          tag="audit", query=ConsistencyQuery, response=ConsistencyProof, scope=READERS, examples={"from": 1, "to": 2})  # fmt: skip
-def consistency_proof() -> ConsistencyProof:
-    query = parse_query(ConsistencyQuery)
-    proof = services.consistency(get_session(), first=query.from_, second=query.to)
-    return ConsistencyProof.model_validate(proof)
+@operation(
+    "RFC 9162 consistency proof from the tree of size `from` to the tree of size `to`",
+    examples={"from": 1, "to": 2},
+)
+def consistency_proof(query: ConsistencyQuery) -> ConsistencyProof:
+    return _proof(ConsistencyProof, services.consistency, first=query.from_, second=query.to)
 
 
 @bp.get("/audit/export")
-@operation("Export records [from_seq, to_size) as JSONL (with a signed manifest) or CSV, streamed",
-          tag="audit", query=ExportQuery, scope=READERS, errors=["exports_busy"],
-          response_media_types=("application/jsonl", "text/csv"), examples={"from_seq": 0, "to_size": 1})  # fmt: skip
-def export_records() -> Response:
-    query = parse_query(ExportQuery)
+@operation(
+    "Export records [from_seq, to_size) as JSONL (with a signed manifest) or CSV, streamed",
+    errors=["exports_busy"],
+    response_media_types=("application/jsonl", "text/csv"),
+    examples={"from_seq": 0, "to_size": 1},
+)
+def export_records(query: ExportQuery) -> Response:
     return export_response(from_seq=query.from_seq, to_size=query.to_size, fmt=query.format)
 
 
@@ -202,18 +216,17 @@ def export_response(*, from_seq: int | None, to_size: int | None, fmt: str) -> R
 
 
 @bp.get("/audit/ledger/transactions")
-@operation("Every organisation's ledger transactions and entries, filtered, with totals per "
-          "account code", tag="audit", query=LedgerQuery, response=PlatformLedger,
-          scope=READERS, examples={"organization_id": 2, "kind": "purchase", "currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
-def ledger_transactions() -> PlatformLedger:
-    return pages().ledger_transactions(get_session(), parse_query(LedgerQuery))
+@operation(
+    "Every organisation's ledger transactions and entries, filtered, with totals per account code",
+    examples={"organization_id": 2, "kind": "purchase", **PERIOD_EXAMPLES},
+)
+def ledger_transactions(query: LedgerQuery) -> PlatformLedger:
+    return pages().ledger_transactions(get_session(), query)
 
 
 @bp.get("/audit/revenue")
-@operation("Platform fee revenue per currency and period", tag="audit", query=RevenueQuery,
-          response=RevenueReport, scope=READERS, examples={"currency": "CNY", "from": "2026-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})  # fmt: skip
-def revenue() -> RevenueReport:
-    query = parse_query(RevenueQuery)
+@operation("Platform fee revenue per currency and period", examples=PERIOD_EXAMPLES)
+def revenue(query: RevenueQuery) -> RevenueReport:
     return platform.platform_revenue(
         session=get_session(),
         currency=query.currency,

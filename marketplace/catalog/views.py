@@ -14,8 +14,8 @@ from sqlmodel import Session
 from marketplace.accounts.models import Organization
 from marketplace.accounts.oauth import current
 from marketplace.accounts.scopes import ADMIN, MODELS_READ, MODELS_WRITE
-from marketplace.api import API_PREFIX, CONTENT_DIGEST, parse_json, parse_query
-from marketplace.catalog import catalog_service, services, upload_context
+from marketplace.api import API_PREFIX, CONTENT_DIGEST
+from marketplace.catalog import catalog_service, schemas, services, upload_context
 from marketplace.catalog.errors import (
     InvalidContentDigest,
     ModelTooLarge,
@@ -23,29 +23,45 @@ from marketplace.catalog.errors import (
     UnsupportedMediaType,
 )
 from marketplace.catalog.models import LISTING_ACTIVE, LISTING_SUSPENDED
-from marketplace.catalog.schemas import (
-    ListingCreate,
-    ListingDetail,
-    ListingPage,
-    ListingPublic,
-    ListingQuery,
-    ListingUpdate,
-    OfferCreate,
-    OfferList,
-    OfferPublic,
-    SamplePublic,
-    VersionList,
-    VersionPublic,
-)
 from marketplace.db import get_session
 from marketplace.errors import Forbidden, Unauthorized
 from marketplace.evaluation.tensors import NPZ_MIME
-from marketplace.operation import operation
+from marketplace.operation import for_caller, operations
 from model_registry.blobstore import CHUNK_BYTES
 
 bp = Blueprint("catalog", __name__, url_prefix=API_PREFIX)
 
 OCTET_STREAM = "application/octet-stream"
+LISTING_EXAMPLE = {
+    "name": "Rail crack detector 钢轨裂纹检测",
+    "summary": "Finds cracks in rail images from track inspection cars.",
+    "description_md": "# Rail crack detector\n\nInput: float32 `[batch, 16]`.",
+    "task": "anomaly-detection",
+    "tags": ["transport", "rail"],
+}
+OFFER_EXAMPLE = {
+    "name": "Pay per inference 按次计费",
+    "kind": "per_inference",
+    "currency": "CNY",
+    "price_minor": 0,
+    "royalty_per_1k_minor": 500,
+    "trial_calls": 100,
+    "trial_days": 14,
+    "allow_download": False,
+    "commercial_use": True,
+    "terms_md": "¥5.00 per 1,000 successful inferences.",
+}
+# The version a path names is not there (or not the caller's to see).
+VERSION_NOT_FOUND = ("model_not_found", "version_not_found")
+
+# Most routes are a vendor's changes to its own listings.
+operation = operations(tag="catalog", scope=MODELS_WRITE)
+# A vendor's new listing, version or offer.
+create = operations(tag="catalog", scope=MODELS_WRITE, status=201)
+# Reads anyone may make; with a token, a vendor also sees its own listings that are not active.
+public_read = operations(tag="catalog", scope=None, optional_token=True)
+# Suspending and reinstating differ only in the status they set.
+listing_status_change = operations(tag="catalog", scope=ADMIN, errors=["model_not_found"])
 
 
 class VersionUploadQuery(BaseModel):
@@ -74,54 +90,31 @@ def _is_admin(session: Session) -> bool:
 
 
 @bp.post("/models")
-@operation(
+@create(
     "Create a model listing (vendor)",
-    tag="catalog",
-    body=ListingCreate,
-    response=ListingPublic,
-    status=201,
-    scope=MODELS_WRITE,
     errors=["not_a_vendor", "validation_failed", "malformed_json"],
-    example={
-        "name": "Rail crack detector 钢轨裂纹检测",
-        "summary": "Finds cracks in rail images from track inspection cars.",
-        "description_md": "# Rail crack detector\n\nInput: float32 `[batch, 16]`.",
-        "task": "anomaly-detection",
-        "tags": ["transport", "rail"],
-    },
+    example=LISTING_EXAMPLE,
 )
-def create_listing() -> ListingPublic:
-    return services.create_listing(
-        session=get_session(),
-        organization_id=current.organization_id,
-        request=parse_json(ListingCreate),
-    )
+def create_listing(body: schemas.ListingCreate) -> schemas.ListingPublic:
+    return for_caller(services.create_listing, request=body)
 
 
 @bp.get("/models")
-@operation(
+@public_read(
     "Search the catalog",
-    tag="catalog",
-    query=ListingQuery,
-    response=ListingPage,
-    optional_token=True,
     examples={"q": "weld", "task": "anomaly-detection", "tag": "manufacturing", "vendor": 1},
 )
-def search_listings() -> ListingPage:
+def search_listings(query: schemas.ListingQuery) -> schemas.ListingPage:
     return catalog_service(current_app).search_listings(
-        session=get_session(), query=parse_query(ListingQuery), viewer_org_id=_viewer_org_id()
+        session=get_session(),
+        query=query,
+        viewer_org_id=_viewer_org_id(),
     )
 
 
 @bp.get("/models/<int:model_id>")
-@operation(
-    "A model listing with its versions and active offers",
-    tag="catalog",
-    response=ListingDetail,
-    optional_token=True,
-    errors=["model_not_found"],
-)
-def get_listing(model_id: int) -> ListingDetail:
+@public_read("A model listing with its versions and active offers", errors=["model_not_found"])
+def get_listing(model_id: int) -> schemas.ListingDetail:
     return services.get_listing_detail(
         session=get_session(), listing_id=model_id, viewer_org_id=_viewer_org_id()
     )
@@ -130,20 +123,11 @@ def get_listing(model_id: int) -> ListingDetail:
 @bp.patch("/models/<int:model_id>")
 @operation(
     "Change a listing's description (owner)",
-    tag="catalog",
-    body=ListingUpdate,
-    response=ListingDetail,
-    scope=MODELS_WRITE,
     errors=["model_not_found"],
     example={"summary": "Ultrasonic weld inspection: defect probability from 16 readings."},
 )
-def update_listing(model_id: int) -> ListingDetail:
-    return services.update_listing(
-        session=get_session(),
-        listing_id=model_id,
-        organization_id=current.organization_id,
-        request=parse_json(ListingUpdate),
-    )
+def update_listing(model_id: int, body: schemas.ListingUpdate) -> schemas.ListingDetail:
+    return for_caller(services.update_listing, listing_id=model_id, request=body)
 
 
 def _listing_changed(listing_id: int) -> None:
@@ -153,7 +137,7 @@ def _listing_changed(listing_id: int) -> None:
         listener(listing_id)
 
 
-def _set_status(model_id: int, status: str) -> ListingDetail:
+def _set_status(model_id: int, status: str) -> schemas.ListingDetail:
     session = get_session()
     if not _is_admin(session):
         raise Forbidden("Only administrators may suspend or reinstate models.")
@@ -163,26 +147,14 @@ def _set_status(model_id: int, status: str) -> ListingDetail:
 
 
 @bp.post("/models/<int:model_id>/suspend")
-@operation(
-    "Suspend a listing (administrator)",
-    tag="catalog",
-    response=ListingDetail,
-    scope=ADMIN,
-    errors=["model_not_found"],
-)
-def suspend_listing(model_id: int) -> ListingDetail:
+@listing_status_change("Suspend a listing (administrator)")
+def suspend_listing(model_id: int) -> schemas.ListingDetail:
     return _set_status(model_id, LISTING_SUSPENDED)
 
 
 @bp.post("/models/<int:model_id>/reinstate")
-@operation(
-    "Reinstate a suspended listing (administrator)",
-    tag="catalog",
-    response=ListingDetail,
-    scope=ADMIN,
-    errors=["model_not_found"],
-)
-def reinstate_listing(model_id: int) -> ListingDetail:
+@listing_status_change("Reinstate a suspended listing (administrator)")
+def reinstate_listing(model_id: int) -> schemas.ListingDetail:
     return _set_status(model_id, LISTING_ACTIVE)
 
 
@@ -215,12 +187,9 @@ def _declared_sha256(header: str | None) -> str | None:
 
 
 @bp.post("/models/<int:model_id>/versions")
-@operation(
+@create(
     "Upload a new version: the raw ONNX bytes, streamed (owner)",
-    tag="catalog",
-    response=VersionPublic,
-    status=201,
-    scope=MODELS_WRITE,
+    response=schemas.VersionPublic,
     body_media_type=OCTET_STREAM,
     query=VersionUploadQuery,
     headers=[CONTENT_DIGEST],
@@ -278,30 +247,17 @@ def upload_version(model_id: int) -> Any:
 
 
 @bp.get("/models/<int:model_id>/versions")
-@operation(
-    "A model's versions",
-    tag="catalog",
-    response=VersionList,
-    optional_token=True,
-    errors=["model_not_found"],
-)
-def list_versions(model_id: int) -> VersionList:
+@public_read("A model's versions", errors=["model_not_found"])
+def list_versions(model_id: int) -> schemas.VersionList:
     items = services.list_versions(
         session=get_session(), listing_id=model_id, viewer_org_id=_viewer_org_id()
     )
-    return VersionList(items=items)
+    return schemas.VersionList(items=items)
 
 
 @bp.get("/models/<int:model_id>/versions/<version>")
-@operation(
-    "One version of a model",
-    tag="catalog",
-    response=VersionPublic,
-    optional_token=True,
-    errors=["model_not_found", "version_not_found"],
-    examples={"version": "latest"},
-)
-def get_version(model_id: int, version: str) -> VersionPublic:
+@public_read("One version of a model", errors=VERSION_NOT_FOUND, examples={"version": "latest"})
+def get_version(model_id: int, version: str) -> schemas.VersionPublic:
     row = services.get_version(
         session=get_session(), listing_id=model_id, version=version, viewer_org_id=_viewer_org_id()
     )
@@ -311,23 +267,16 @@ def get_version(model_id: int, version: str) -> VersionPublic:
 @bp.post("/models/<int:model_id>/versions/<version>/revoke")
 @operation(
     "Revoke a version: no more trials, inference or downloads (owner or administrator)",
-    tag="catalog",
-    response=VersionPublic,
     scope="any",
-    errors=["insufficient_scope", "model_not_found", "version_not_found"],
+    errors=["insufficient_scope", *VERSION_NOT_FOUND],
     examples={"version": "1.0.0"},
 )
-def revoke_version(model_id: int, version: str) -> VersionPublic:
-    session = get_session()
-    is_admin = _is_admin(session)
+def revoke_version(model_id: int, version: str) -> schemas.VersionPublic:
+    is_admin = _is_admin(get_session())
     if not is_admin and MODELS_WRITE not in current.scopes:
         raise Forbidden("Revoking needs the models:write scope.", code="insufficient_scope")
-    revoked = services.revoke_version(
-        session=session,
-        listing_id=model_id,
-        version=version,
-        organization_id=current.organization_id,
-        is_admin=is_admin,
+    revoked = for_caller(
+        services.revoke_version, listing_id=model_id, version=version, is_admin=is_admin
     )
     _listing_changed(model_id)
     return revoked
@@ -336,26 +285,18 @@ def revoke_version(model_id: int, version: str) -> VersionPublic:
 @bp.get("/models/<int:model_id>/versions/<version>/artifact")
 @operation(
     "Download the ONNX artifact: 302 to a short-lived URL, or the bytes (owner or licensee)",
-    tag="catalog",
     status=302,
     scope=MODELS_READ,
-    errors=[
-        "download_not_allowed",
-        "model_not_found",
-        "version_not_found",
-        "version_revoked",
-        "storage_unavailable",
-    ],
+    errors=["download_not_allowed", *VERSION_NOT_FOUND, "version_revoked", "storage_unavailable"],
     examples={"version": "latest"},
     also_success={200: [OCTET_STREAM]},
 )
 def download_artifact(model_id: int, version: str) -> Any:
-    artifact = services.open_artifact(
-        session=get_session(),
+    artifact = for_caller(
+        services.open_artifact,
         access=current_app.extensions["artifact_access"],
         listing_id=model_id,
         version=version,
-        organization_id=current.organization_id,
     )
     if artifact.url is not None:
         response = redirect(artifact.url, code=302)
@@ -380,20 +321,11 @@ def _chunks(stream: BinaryIO | None) -> Iterator[bytes]:
 @bp.put("/models/<int:model_id>/versions/<version>/sample")
 @operation(
     "Attach a sample input to a version: an npz matching its input signature (owner)",
-    tag="catalog",
-    response=SamplePublic,
-    scope=MODELS_WRITE,
     body_media_type=NPZ_MIME,
-    errors=[
-        "model_not_found",
-        "version_not_found",
-        "sample_too_large",
-        "unsupported_media_type",
-        "sample_invalid",
-    ],
+    errors=[*VERSION_NOT_FOUND, "sample_too_large", "unsupported_media_type", "sample_invalid"],
     examples={"version": "1.0.0"},
 )
-def put_sample(model_id: int, version: str) -> SamplePublic:
+def put_sample(model_id: int, version: str) -> schemas.SamplePublic:
     catalog = catalog_service(current_app)
     if request.mimetype != NPZ_MIME:
         raise UnsupportedMediaType(f"Send the sample as {NPZ_MIME}.")
@@ -401,83 +333,45 @@ def put_sample(model_id: int, version: str) -> SamplePublic:
     if request.content_length is not None and request.content_length > limit:
         raise SampleTooLarge(f"Sample inputs are limited to {limit} bytes.")
     request.max_content_length = limit
-    return catalog.attach_sample(
-        session=get_session(),
-        listing_id=model_id,
-        version=version,
-        organization_id=current.organization_id,
-        data=request.get_data(cache=False),
-    )
+    data = request.get_data(cache=False)
+    return for_caller(catalog.attach_sample, listing_id=model_id, version=version, data=data)
 
 
 # --- offers --------------------------------------------------------------------------------
 
 
 @bp.post("/models/<int:model_id>/offers")
-@operation(
+@create(
     "Publish an offer (immutable licence terms and a price) for a model (owner)",
-    tag="catalog",
-    body=OfferCreate,
-    response=OfferPublic,
-    status=201,
-    scope=MODELS_WRITE,
     errors=["model_not_found", "validation_failed", "unknown_currency"],
-    example={
-        "name": "Pay per inference 按次计费",
-        "kind": "per_inference",
-        "currency": "CNY",
-        "price_minor": 0,
-        "royalty_per_1k_minor": 500,
-        "trial_calls": 100,
-        "trial_days": 14,
-        "allow_download": False,
-        "commercial_use": True,
-        "terms_md": "¥5.00 per 1,000 successful inferences.",
-    },
+    example=OFFER_EXAMPLE,
 )
-def create_offer(model_id: int) -> OfferPublic:
-    return services.create_offer(
-        session=get_session(),
-        listing_id=model_id,
-        organization_id=current.organization_id,
-        request=parse_json(OfferCreate),
-    )
+def create_offer(model_id: int, body: schemas.OfferCreate) -> schemas.OfferPublic:
+    return for_caller(services.create_offer, listing_id=model_id, request=body)
 
 
 @bp.get("/models/<int:model_id>/offers")
-@operation(
-    "A model's active offers (its vendor also sees retired ones)",
-    tag="catalog",
-    response=OfferList,
-    optional_token=True,
-    errors=["model_not_found"],
+@public_read(
+    "A model's active offers (its vendor also sees retired ones)", errors=["model_not_found"]
 )
-def list_offers(model_id: int) -> OfferList:
+def list_offers(model_id: int) -> schemas.OfferList:
     items = services.list_offers(
         session=get_session(),
         listing_id=model_id,
         viewer_org_id=_viewer_org_id(),
         include_retired=True,
     )
-    return OfferList(items=items)
+    return schemas.OfferList(items=items)
 
 
 @bp.post("/models/<int:model_id>/offers/<int:offer_id>/retire")
 @operation(
     "Retire an offer: no new trials or purchases (owner)",
-    tag="catalog",
-    response=OfferPublic,
-    scope=MODELS_WRITE,
     errors=["model_not_found", "offer_not_found", "offer_retired"],
     examples={"offer_id": 2},
 )
-def retire_offer(model_id: int, offer_id: int) -> OfferPublic:
-    return services.retire_offer(
-        session=get_session(),
-        listing_id=model_id,
-        offer_id=offer_id,
-        organization_id=current.organization_id,
-    )
+def retire_offer(model_id: int, offer_id: int) -> schemas.OfferPublic:
+    return for_caller(services.retire_offer, listing_id=model_id, offer_id=offer_id)
 
 
 # --- wiring --------------------------------------------------------------------------------

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from marketplace.accounts.oauth import current
 from marketplace.accounts.scopes import MODELS_WRITE, SANDBOX_RUN
-from marketplace.api import API_PREFIX, NPZ_MIME, parse_json, parse_query
+from marketplace.api import API_PREFIX, NPZ_MIME
 from marketplace.catalog import upload_context
 from marketplace.catalog.errors import UnsupportedMediaType
 from marketplace.catalog.schemas import PublishedReportPublic
-from marketplace.db import get_session
 from marketplace.jobs import JobsContext, datasets, queue, results, services
 from marketplace.jobs.errors import DatasetTooLarge
 from marketplace.jobs.schemas import (
@@ -29,14 +27,16 @@ from marketplace.jobs.schemas import (
     ResultsQuery,
     SignedReport,
 )
-from marketplace.operation import operation
+from marketplace.operation import for_caller, operations
 from model_registry.blobstore import CHUNK_BYTES
 
 bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)
+T = TypeVar("T")
 
 JOBS_LISTED_MAX = 100
 RESULTS_PIECE_BYTES = 1 << 20
-TAG = "evaluation jobs"
+# A buyer's own datasets and jobs, read and run with sandbox:run.
+operation = operations(tag="evaluation jobs", scope=SANDBOX_RUN)
 
 _JOB_EXAMPLE = {
     "dataset_id": 1,
@@ -48,6 +48,17 @@ _JOB_EXAMPLE = {
 def _context() -> JobsContext:
     context: JobsContext = current_app.extensions["jobs"]
     return context
+
+
+def _signed(report: Callable[..., T], **arguments: Any) -> T:
+    """A job's report for the caller, signed with the audit journal's key; the sample timeout
+    it ran under is one of the execution settings a report binds."""
+    return for_caller(
+        report,
+        signer=current_app.extensions["audit_keys"].signer,
+        sample_timeout_s=_context().limits.sample_timeout_s,
+        **arguments,
+    )
 
 
 def _created(model: Any, location: str) -> tuple[Response, int]:
@@ -62,11 +73,8 @@ def _created(model: Any, location: str) -> tuple[Response, int]:
 @bp.post("/datasets")
 @operation(
     "Upload a test set: an npz of arrays sharing a first axis of N samples (buyer)",
-    tag=TAG,
     response=DatasetPublic,
     status=201,
-    scope=SANDBOX_RUN,
-    query=DatasetQuery,
     body_media_type=NPZ_MIME,
     errors=[
         "dataset_too_large",
@@ -82,9 +90,8 @@ def _created(model: Any, location: str) -> tuple[Response, int]:
     "each chunk's rows in place. The dataset is visible to its organisation only.",
     examples={"name": "line 2, May"},
 )
-def upload_dataset() -> Any:
+def upload_dataset(query: DatasetQuery) -> Any:
     limits = _context().dataset_limits
-    query = parse_query(DatasetQuery)
     if request.mimetype != NPZ_MIME:
         raise UnsupportedMediaType(f"Send the dataset as {NPZ_MIME}.")
     if request.content_length is not None and request.content_length > limits.bytes_max:
@@ -93,10 +100,9 @@ def upload_dataset() -> Any:
             headers={"Connection": "close"},
         )
     request.max_content_length = limits.bytes_max + CHUNK_BYTES
-    created = datasets.upload_dataset(
-        session=get_session(),
+    created = for_caller(
+        datasets.upload_dataset,
         store=current_app.extensions["blob_store"],
-        organization_id=current.organization_id,
         name=query.name,
         body=request.stream,
         spool_dir=upload_context(current_app).spool_dir,
@@ -106,42 +112,26 @@ def upload_dataset() -> Any:
 
 
 @bp.get("/datasets")
-@operation("Your organisation's datasets", tag=TAG, response=DatasetList, scope=SANDBOX_RUN)
+@operation("Your organisation's datasets")
 def list_datasets() -> DatasetList:
-    items = datasets.list_datasets(get_session(), organization_id=current.organization_id)
-    return DatasetList(items=items)
+    return DatasetList(items=for_caller(datasets.list_datasets))
 
 
 @bp.get("/datasets/<int:dataset_id>")
-@operation(
-    "One of your organisation's datasets",
-    tag=TAG,
-    response=DatasetPublic,
-    scope=SANDBOX_RUN,
-    errors=["dataset_not_found"],
-)
+@operation("One of your organisation's datasets", errors=["dataset_not_found"])
 def get_dataset(dataset_id: int) -> DatasetPublic:
-    row = datasets.get_dataset(
-        get_session(), dataset_id=dataset_id, organization_id=current.organization_id
-    )
-    return datasets.dataset_public(row)
+    return datasets.dataset_public(for_caller(datasets.get_dataset, dataset_id=dataset_id))
 
 
 @bp.delete("/datasets/<int:dataset_id>")
 @operation(
     "Delete a dataset and its bytes (refused while a queued or running job uses it)",
-    tag=TAG,
     status=204,
-    scope=SANDBOX_RUN,
     errors=["dataset_not_found", "dataset_in_use"],
 )
 def delete_dataset(dataset_id: int) -> Response:
-    datasets.delete_dataset(
-        session=get_session(),
-        store=current_app.extensions["blob_store"],
-        dataset_id=dataset_id,
-        organization_id=current.organization_id,
-    )
+    store = current_app.extensions["blob_store"]
+    for_caller(datasets.delete_dataset, store=store, dataset_id=dataset_id)
     return Response(status=204)
 
 
@@ -151,11 +141,8 @@ def delete_dataset(dataset_id: int) -> Response:
 @bp.post("/evaluation-jobs")
 @operation(
     "Evaluate a dataset against one or more versions, side by side (buyer)",
-    tag=TAG,
-    body=JobCreate,
     response=JobPublic,
     status=201,
-    scope=SANDBOX_RUN,
     errors=[
         "insufficient_funds",
         "no_entitlement",
@@ -182,13 +169,11 @@ def delete_dataset(dataset_id: int) -> Response:
     "per version and chunk of samples.",
     example=_JOB_EXAMPLE,
 )
-def create_job() -> Any:
-    request_body = parse_json(JobCreate)
+def create_job(body: JobCreate) -> Any:
     celery = current_app.extensions["celery"]
-    job = services.create_job(
-        session=get_session(),
-        organization_id=current.organization_id,
-        request=request_body,
+    job = for_caller(
+        services.create_job,
+        request=body,
         limits=_context().limits,
         publish=lambda chunk_ids: queue.publish(celery, chunk_ids),
     )
@@ -196,43 +181,26 @@ def create_job() -> Any:
 
 
 @bp.get("/evaluation-jobs")
-@operation(
-    "Your organisation's evaluation jobs, newest first",
-    tag=TAG,
-    response=JobList,
-    scope=SANDBOX_RUN,
-)
+@operation("Your organisation's evaluation jobs, newest first")
 def list_jobs() -> JobList:
-    items = services.list_jobs(
-        get_session(), organization_id=current.organization_id, limit=JOBS_LISTED_MAX
-    )
-    return JobList(items=items)
+    return JobList(items=for_caller(services.list_jobs, limit=JOBS_LISTED_MAX))
 
 
 @bp.get("/evaluation-jobs/<int:job_id>")
 @operation(
-    "An evaluation job's progress per version, and the comparison table",
-    tag=TAG,
-    response=JobPublic,
-    scope=SANDBOX_RUN,
-    errors=["job_not_found"],
+    "An evaluation job's progress per version, and the comparison table", errors=["job_not_found"]
 )
 def get_job(job_id: int) -> JobPublic:
-    return services.get_job(get_session(), job_id=job_id, organization_id=current.organization_id)
+    return for_caller(services.get_job, job_id=job_id)
 
 
 @bp.delete("/evaluation-jobs/<int:job_id>")
 @operation(
     "Cancel a job: what ran is charged, the rest is given back",
-    tag=TAG,
-    response=JobPublic,
-    scope=SANDBOX_RUN,
     errors=["job_not_found", "job_finished"],
 )
 def cancel_job(job_id: int) -> JobPublic:
-    return services.cancel_job(
-        session=get_session(), job_id=job_id, organization_id=current.organization_id
-    )
+    return for_caller(services.cancel_job, job_id=job_id)
 
 
 def _streamed(file: IO[bytes]) -> Iterator[bytes]:
@@ -247,9 +215,6 @@ def _streamed(file: IO[bytes]) -> Iterator[bytes]:
 @bp.get("/evaluation-jobs/<int:job_id>/results")
 @operation(
     "One version's outputs of a finished or cancelled job, as npz",
-    tag=TAG,
-    query=ResultsQuery,
-    scope=SANDBOX_RUN,
     response_media_types=(NPZ_MIME,),
     errors=[
         "job_not_found",
@@ -263,17 +228,15 @@ def _streamed(file: IO[bytes]) -> Iterator[bytes]:
     "failed), `jishi.ok` (whether each sample ran) and `jishi.sample` (its index in the "
     "dataset).",
 )
-def job_results(job_id: int) -> Response:
-    query = parse_query(ResultsQuery)
+def job_results(job_id: int, query: ResultsQuery) -> Response:
     spool_dir = Path(upload_context(current_app).spool_dir)
     spool_dir.mkdir(parents=True, exist_ok=True)
     file = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed by the stream
     try:
-        name = results.write_results(
-            session=get_session(),
+        name = for_caller(
+            results.write_results,
             store=current_app.extensions["blob_store"],
             job_id=job_id,
-            organization_id=current.organization_id,
             version_id=query.version,
             bytes_max=_context().results_bytes_max,
             out=file,
@@ -292,9 +255,7 @@ def job_results(job_id: int) -> Response:
 @bp.get("/evaluation-jobs/<int:job_id>/report")
 @operation(
     "The finished job's signed evaluation report",
-    tag=TAG,
     response=SignedReport,
-    scope=SANDBOX_RUN,
     errors=["job_not_found", "job_not_finished"],
     description="Binds each version's model SHA-256, version and opsets, the dataset's "
     "SHA-256, the onnxruntime version, the execution settings, the metric, latency figures "
@@ -302,13 +263,7 @@ def job_results(job_id: int) -> Response:
     "--public-key KEY` checks it offline.",
 )
 def job_report(job_id: int) -> Response:
-    document = services.job_report(
-        session=get_session(),
-        job_id=job_id,
-        organization_id=current.organization_id,
-        signer=current_app.extensions["audit_keys"].signer,
-        sample_timeout_s=_context().limits.sample_timeout_s,
-    )
+    document = _signed(services.job_report, job_id=job_id)
     # Sent as stored: the signed bytes are not re-rendered through a model.
     return jsonify(document)
 
@@ -316,25 +271,17 @@ def job_report(job_id: int) -> Response:
 @bp.post("/evaluation-jobs/<int:job_id>/report/consent")
 @operation(
     "Let the vendors of the job's versions publish its figures of their own versions",
-    tag=TAG,
-    response=JobPublic,
-    scope=SANDBOX_RUN,
     errors=["job_not_found"],
     description="The dataset stays private: a published report names its SHA-256 and sample "
     "count, and only the publishing vendor's own version's figures.",
 )
 def consent(job_id: int) -> JobPublic:
-    return services.consent_to_publication(
-        session=get_session(), job_id=job_id, organization_id=current.organization_id
-    )
+    return for_caller(services.consent_to_publication, job_id=job_id)
 
 
 @bp.post("/models/<int:model_id>/reports")
 @operation(
     "Publish a buyer's evaluation report of your version on your listing (owner)",
-    tag=TAG,
-    body=ReportPublish,
-    response=PublishedReportPublic,
     status=201,
     scope=MODELS_WRITE,
     errors=[
@@ -347,13 +294,5 @@ def consent(job_id: int) -> JobPublic:
     ],
     example={"job_id": 1},
 )
-def publish_report(model_id: int) -> PublishedReportPublic:
-    body = parse_json(ReportPublish)
-    return services.publish_report(
-        session=get_session(),
-        listing_id=model_id,
-        job_id=body.job_id,
-        organization_id=current.organization_id,
-        signer=current_app.extensions["audit_keys"].signer,
-        sample_timeout_s=_context().limits.sample_timeout_s,
-    )
+def publish_report(model_id: int, body: ReportPublish) -> PublishedReportPublic:
+    return _signed(services.publish_report, listing_id=model_id, job_id=body.job_id)

@@ -10,18 +10,18 @@ from flask import Blueprint, current_app, jsonify, request
 from pydantic import BaseModel
 
 from marketplace.accounts.oauth import current
+from marketplace.accounts.scopes import ADMIN, LEDGER_READ, LICENSES_WRITE, PAYOUTS_WRITE
 from marketplace.api import (
     API_PREFIX,
     IDEMPOTENCY_KEY,
     HeaderParam,
     idempotency_key,
     parse_json,
-    parse_query,
 )
 from marketplace.config import Settings
 from marketplace.db import get_owned, get_session
 from marketplace.errors import Forbidden, NotFound, PayloadTooLarge
-from marketplace.operation import operation
+from marketplace.operation import for_caller, operations
 from marketplace.payments import outbox, payments_service, refunds, services
 from marketplace.payments.models import PayoutAccount
 from marketplace.payments.schemas import (
@@ -52,6 +52,15 @@ STRIPE_SIGNATURE = HeaderParam(
     "t=1767225600,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
 )
 
+wallet_operation = operations(tag="wallet", scope="any")
+# Money into or out of the wallet: created once per Idempotency-Key, replayed after.
+wallet_change = operations(
+    tag="wallet", scope=LICENSES_WRITE, status=201, headers=[IDEMPOTENCY_KEY]
+)
+payout_operation = operations(tag="payouts")
+# The provider's side of payments is the administrators' (the webhook is signed, not scoped).
+provider_operation = operations(tag="payments", scope=ADMIN)
+
 
 def payments() -> PaymentsService:
     return payments_service(current_app)
@@ -60,27 +69,17 @@ def payments() -> PaymentsService:
 def _create_for_own_wallet(create: Callable[..., tuple[Any, bool]], body: type[BaseModel]) -> Any:
     """An idempotent create on the caller's wallet: 201 when made now, 200 when replayed."""
     key = idempotency_key()
-    request_body = parse_json(body)
-    result, created = create(
-        session=get_session(),
-        organization_id=current.organization_id,
-        request=request_body,
-        idempotency_key=key,
-    )
+    result, created = for_caller(create, request=parse_json(body), idempotency_key=key)
     return result, 201 if created else 200
 
 
 @bp.post("/wallet/top-ups")
-@operation(
+@wallet_change(
     "Top up your wallet (header Idempotency-Key): 201 with the payment's client_secret for the "
     "payer to confirm; the wallet is credited when the payment succeeds (offline: at once, "
     "simulated)",
-    tag="wallet",
     body=TopUpCreate,
     response=TopUpPublic,
-    status=201,
-    scope="licenses:write",
-    headers=[IDEMPOTENCY_KEY],
     errors=[
         "too_many_open_top_ups",
         "validation_failed",
@@ -95,40 +94,24 @@ def create_top_up() -> Any:
 
 
 @bp.get("/wallet/top-ups/<int:top_up_id>")
-@operation(
-    "One of your top-ups and its state",
-    tag="wallet",
-    response=TopUpPublic,
-    scope="any",
-    errors=["top_up_not_found"],
-)
+@wallet_operation("One of your top-ups and its state", errors=["top_up_not_found"])
 def get_top_up(top_up_id: int) -> TopUpPublic:
-    return services.get_top_up(
-        session=get_session(), organization_id=current.organization_id, top_up_id=top_up_id
-    )
+    return for_caller(services.get_top_up, top_up_id=top_up_id)
 
 
 @bp.get("/wallet")
-@operation("Your wallet's balances per currency", tag="wallet", response=WalletPublic, scope="any")
+@wallet_operation("Your wallet's balances per currency")
 def get_wallet() -> WalletPublic:
-    return services.wallet(session=get_session(), organization_id=current.organization_id)
+    return for_caller(services.wallet)
 
 
 @bp.post("/wallet/withdrawals")
-@operation(
+@wallet_change(
     "Take unused wallet money back (header Idempotency-Key): refunded to your payments, newest "
     "first; 409 beyond what they can take back, 402 beyond the wallet",
-    tag="wallet",
     body=WithdrawalCreate,
     response=WithdrawalPublic,
-    status=201,
-    scope="licenses:write",
-    headers=[IDEMPOTENCY_KEY],
-    errors=[
-        "insufficient_funds",
-        "withdrawal_exceeds_refundable",
-        "withdrawal_unavailable",
-    ],
+    errors=["insufficient_funds", "withdrawal_exceeds_refundable", "withdrawal_unavailable"],
     example={"amount_minor": 100, "currency": "CNY"},
 )
 def create_withdrawal() -> Any:
@@ -136,24 +119,16 @@ def create_withdrawal() -> Any:
 
 
 @bp.get("/wallet/withdrawals/<int:withdrawal_id>")
-@operation(
-    "One of your withdrawals with its refunds",
-    tag="wallet",
-    response=WithdrawalPublic,
-    scope="any",
-    errors=["withdrawal_not_found"],
-)
+@wallet_operation("One of your withdrawals with its refunds", errors=["withdrawal_not_found"])
 def get_withdrawal(withdrawal_id: int) -> WithdrawalPublic:
-    return refunds.get_withdrawal(
-        session=get_session(), organization_id=current.organization_id, withdrawal_id=withdrawal_id
-    )
+    return for_caller(refunds.get_withdrawal, withdrawal_id=withdrawal_id)
 
 
 @bp.post("/payments/stripe/webhook")
-@operation(
+@provider_operation(
     "Stripe's event deliveries: signed (Stripe-Signature, 300 s tolerance), each event applied "
     "once; 400 on a bad or stale signature",
-    tag="payments",
+    scope=None,
     headers=[STRIPE_SIGNATURE],
     errors=["signature_invalid", "signature_stale", "webhook_unavailable", "payload_too_large"],
     example={"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": {}}},
@@ -173,12 +148,9 @@ def stripe_webhook() -> Any:
 
 
 @bp.put("/organizations/<int:org_id>/payout-account")
-@operation(
+@payout_operation(
     "Link your vendor organisation's connected account (Stripe acct_...) for payouts",
-    tag="payouts",
-    body=PayoutAccountSet,
-    response=PayoutAccountPublic,
-    scope="payouts:write",
+    scope=PAYOUTS_WRITE,
     errors=[
         "organization_not_found",
         "payout_account_inactive",
@@ -187,8 +159,7 @@ def stripe_webhook() -> Any:
     ],
     example={"account_id": "acct_1DemoVendor"},
 )
-def set_payout_account(org_id: int) -> PayoutAccountPublic:
-    body = parse_json(PayoutAccountSet)
+def set_payout_account(org_id: int, body: PayoutAccountSet) -> PayoutAccountPublic:
     return payments().set_payout_account(
         session=get_session(),
         organization_id=org_id,
@@ -198,12 +169,8 @@ def set_payout_account(org_id: int) -> PayoutAccountPublic:
 
 
 @bp.get("/organizations/<int:org_id>/payout-account")
-@operation(
-    "Your organisation's payout account",
-    tag="payouts",
-    response=PayoutAccountPublic,
-    scope="any",
-    errors=["payout_account_not_found"],
+@payout_operation(
+    "Your organisation's payout account", scope="any", errors=["payout_account_not_found"]
 )
 def get_payout_account(org_id: int) -> PayoutAccountPublic:
     missing = NotFound("No payout account is linked.", code="payout_account_not_found")
@@ -212,16 +179,12 @@ def get_payout_account(org_id: int) -> PayoutAccountPublic:
 
 
 @bp.get("/payouts")
-@operation(
+@payout_operation(
     "Your organisation's payouts, newest first (administrators: any vendor's)",
-    tag="payouts",
-    query=PayoutQuery,
-    response=PayoutList,
-    scope="ledger:read",
+    scope=LEDGER_READ,
     examples={"organization_id": 1},
 )
-def list_payouts() -> PayoutList:
-    query = parse_query(PayoutQuery)
+def list_payouts(query: PayoutQuery) -> PayoutList:
     org_id = current.organization_id
     if query.organization_id is not None and query.organization_id != org_id:
         if "admin" not in current.scopes:
@@ -232,42 +195,30 @@ def list_payouts() -> PayoutList:
 
 
 @bp.post("/payouts/run")
-@operation(
+@payout_operation(
     "Pay every linked vendor's payable balance above the minimum out (administrators)",
-    tag="payouts",
-    body=PayoutRunRequest,
-    response=PayoutList,
-    scope="admin",
+    scope=ADMIN,
     example={"organization_id": 1},
 )
-def run_payouts() -> PayoutList:
-    body = parse_json(PayoutRunRequest)
+def run_payouts(body: PayoutRunRequest) -> PayoutList:
     items = payments().pay_out(session=get_session(), organization_id=body.organization_id)
     return PayoutList(items=items)
 
 
 @bp.get("/payments/outbox")
-@operation(
+@provider_operation(
     "Provider calls, newest first, e.g. ?status=failed for those waiting for a retry "
     "(administrators)",
-    tag="payments",
-    query=OutboxQuery,
-    response=OutboxList,
-    scope="admin",
     examples={"status": "failed"},
 )
-def list_outbox() -> OutboxList:
-    query = parse_query(OutboxQuery)
+def list_outbox(query: OutboxQuery) -> OutboxList:
     rows = outbox.listing(get_session(), status=query.status, limit=OUTBOX_PAGE_MAX)
     return OutboxList(items=[OutboxPublic.model_validate(r) for r in rows])
 
 
 @bp.post("/payments/outbox/<int:message_id>/retry")
-@operation(
+@provider_operation(
     "Send a failed provider call again with its original idempotency key (administrators)",
-    tag="payments",
-    response=OutboxPublic,
-    scope="admin",
     errors=["outbox_not_found", "outbox_not_failed"],
 )
 def retry_outbox(message_id: int) -> OutboxPublic:
