@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, get_type_hints
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ENV_PREFIX = "MARKETPLACE_"
 # Settings read under the payment provider's own variable names, without the prefix, so that an
@@ -309,3 +312,66 @@ def env_name(field_name: str) -> str:
 def setting_names() -> list[str]:
     """Every environment variable the settings read, for the README check."""
     return [env_name(f.name) for f in dataclasses.fields(Settings)]
+
+
+# --- Objects built from the settings ----------------------------------------------------------
+# A service or a set of limits is a frozen dataclass built once from the settings. Its fields
+# say which setting feeds them, so that the mapping stands beside each field's declaration and
+# one function builds every such class.
+
+# What feeds a field: the name of a setting, or a function computing the value from them.
+SettingSource: TypeAlias = str | Callable[[Settings], Any]
+_SOURCE = "marketplace.setting"
+_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
+_Built = TypeVar("_Built", bound="DataclassInstance")
+
+
+def setting(source: SettingSource) -> dict[str, SettingSource]:
+    """Field metadata, ``field(metadata=setting(...))``: the field is fed by the setting named
+    ``source`` or by what ``source`` computes from the settings (see :func:`build_from_settings`).
+    """
+    return {_SOURCE: source}
+
+
+def build_from_settings(
+    cls: type[_Built],
+    settings: Settings,
+    /,
+    *,
+    prefix: str = "",
+    sources: Mapping[str, SettingSource] | None = None,
+    **values: Any,
+) -> _Built:
+    """The dataclass ``cls`` with its fields fed by ``settings``.
+
+    A field takes its value from ``values`` if it is there, else from its source: the one
+    ``sources`` names for it, or the one its metadata declares (:func:`setting`). A field
+    without a source is fed by the setting named ``prefix`` and the field's name, unless it has
+    a default: then it keeps the default, so that a class defined outside the marketplace takes
+    only the settings that ``sources`` lists for it.
+    """
+    sources = sources or {}
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name in values:
+            kwargs[f.name] = values[f.name]
+            continue
+        source: SettingSource | None = sources.get(f.name, f.metadata.get(_SOURCE))
+        if source is None:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                continue
+            source = prefix + f.name
+            if source not in _SETTING_NAMES:
+                raise TypeError(f"{cls.__name__}.{f.name}: no setting {source!r} feeds it")
+        kwargs[f.name] = source(settings) if callable(source) else getattr(settings, source)
+    return cls(**kwargs)
+
+
+class FromSettings:
+    """Base of the frozen dataclasses built once from the settings alone."""
+
+    @classmethod
+    def from_settings(cls: type[_Built], settings: Settings) -> _Built:
+        return build_from_settings(cls, settings)

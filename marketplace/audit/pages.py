@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
 from marketplace.audit import platform, services
 from marketplace.audit.schemas import LedgerQuery, PlatformLedger, RecordItem, RecordPage
-
-if TYPE_CHECKING:
-    from marketplace.config import Settings
+from marketplace.config import FromSettings, setting
 
 
 @dataclass(frozen=True)
-class AuditPages:
+class AuditPages(FromSettings):
     """Sequenced records, ``records_page_max`` a page at most, and the platform ledger's
     transactions, ``ledger_page_max`` a page at most; built once by ``init_app``."""
 
-    records_page_max: int
-    ledger_page_max: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AuditPages:
-        return cls(
-            records_page_max=settings.audit_records_page_max,
-            ledger_page_max=settings.page_size_max,
-        )
+    records_page_max: int = field(metadata=setting("audit_records_page_max"))
+    ledger_page_max: int = field(metadata=setting("page_size_max"))
 
     def records(
         self, session: Session, *, from_seq: int, to_seq: int | None, page_size: int

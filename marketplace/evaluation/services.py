@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from sqlmodel import Session
 from marketplace.catalog.errors import StorageUnavailable
 from marketplace.catalog.models import Listing, ModelVersion
 from marketplace.catalog.services import get_version_for_evaluation, load_model_bytes
-from marketplace.config import Settings
+from marketplace.config import FromSettings, Settings, SettingSource, build_from_settings, setting
 from marketplace.db import Database, utcnow
 from marketplace.errors import DomainError, ServiceUnavailable, ValidationFailed, library_problem
 from marketplace.evaluation import tensors
@@ -48,20 +48,24 @@ from sandbox.pool import EvalResult, PoolConfig, SandboxPool
 log = logging.getLogger(__name__)
 
 
+# The sandbox's limits that settings feed; the pool's other limits keep their defaults.
+POOL_SETTINGS: Mapping[str, SettingSource] = {
+    "workers_max": "sandbox_workers_max",
+    "queue_max": "sandbox_queue_max",
+    "eval_timeout_s": "eval_timeout_s",
+    "memory_budget_bytes": "sandbox_memory_budget_bytes",
+    "worker_memory_bytes_max": "sandbox_worker_memory_bytes_max",
+    "model_bytes_max": "model_bytes_max",
+    "input_bytes_max": "eval_input_bytes_max",
+    "output_bytes_max": "eval_output_bytes_max",
+    "input_elements_max": "eval_input_elements_max",
+    "throttle_s": "sandbox_throttle_s",
+    "quarantine_callers": "sandbox_quarantine_callers",
+}
+
+
 def pool_config(settings: Settings) -> PoolConfig:
-    return PoolConfig(
-        workers_max=settings.sandbox_workers_max,
-        queue_max=settings.sandbox_queue_max,
-        eval_timeout_s=settings.eval_timeout_s,
-        memory_budget_bytes=settings.sandbox_memory_budget_bytes,
-        worker_memory_bytes_max=settings.sandbox_worker_memory_bytes_max,
-        model_bytes_max=settings.model_bytes_max,
-        input_bytes_max=settings.eval_input_bytes_max,
-        output_bytes_max=settings.eval_output_bytes_max,
-        input_elements_max=settings.eval_input_elements_max,
-        throttle_s=settings.sandbox_throttle_s,
-        quarantine_callers=settings.sandbox_quarantine_callers,
-    )
+    return build_from_settings(PoolConfig, settings, sources=POOL_SETTINGS)
 
 
 class LazyPool:
@@ -225,29 +229,18 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class EvaluateLimits:
+class EvaluateLimits(FromSettings):
     """The caps on one evaluate call, from the settings."""
 
-    body_bytes_max: int
-    json_body_bytes_max: int
-    input_elements_max: int
-    input_bytes_max: int
-    json_input_bytes_max: int
-    json_output_bytes_max: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> EvaluateLimits:
-        return cls(
-            body_bytes_max=settings.eval_body_bytes_max,
-            # A JSON body is also an evaluation body: the smaller cap holds.
-            json_body_bytes_max=min(
-                settings.eval_body_bytes_max, settings.eval_json_body_bytes_max
-            ),
-            input_elements_max=settings.eval_input_elements_max,
-            input_bytes_max=settings.eval_input_bytes_max,
-            json_input_bytes_max=settings.eval_json_input_bytes_max,
-            json_output_bytes_max=settings.eval_json_output_bytes_max,
-        )
+    body_bytes_max: int = field(metadata=setting("eval_body_bytes_max"))
+    # A JSON body is also an evaluation body: the smaller cap holds.
+    json_body_bytes_max: int = field(
+        metadata=setting(lambda s: min(s.eval_body_bytes_max, s.eval_json_body_bytes_max))
+    )
+    input_elements_max: int = field(metadata=setting("eval_input_elements_max"))
+    input_bytes_max: int = field(metadata=setting("eval_input_bytes_max"))
+    json_input_bytes_max: int = field(metadata=setting("eval_json_input_bytes_max"))
+    json_output_bytes_max: int = field(metadata=setting("eval_json_output_bytes_max"))
 
 
 class EvaluationService:

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from marketplace.config import build_from_settings, setting
+
 if TYPE_CHECKING:
     from flask import Flask
 
@@ -28,30 +30,23 @@ class JobsContext:
 
     limits: JobLimits
     dataset_limits: DatasetLimits
-    results_bytes_max: int
+    results_bytes_max: int = dataclasses.field(metadata=setting("job_results_bytes_max"))
 
     @classmethod
     def from_settings(cls, s: Settings) -> JobsContext:
         from marketplace.jobs.datasets import DatasetLimits
         from marketplace.jobs.services import JobLimits
 
-        return cls(
-            limits=JobLimits(
-                versions_max=s.job_versions_max,
-                batch_samples_max=s.job_batch_samples_max,
-                chunk_samples=s.job_chunk_samples,
-                active_per_organization_max=s.jobs_active_per_organization_max,
-                sample_timeout_s=s.job_sample_timeout_s,
-                requeue_s=s.job_requeue_s,
-                lease_s=s.job_lease_s,
+        # Each limit is the setting named with its class's prefix, but for these.
+        jobs = {"active_per_organization_max": "jobs_active_per_organization_max"}
+        datasets = {"per_organization_max": "datasets_per_organization_max"}
+        return build_from_settings(
+            cls,
+            s,
+            limits=build_from_settings(JobLimits, s, prefix="job_", sources=jobs),
+            dataset_limits=build_from_settings(
+                DatasetLimits, s, prefix="dataset_", sources=datasets
             ),
-            dataset_limits=DatasetLimits(
-                bytes_max=s.dataset_bytes_max,
-                samples_max=s.dataset_samples_max,
-                arrays_max=s.dataset_arrays_max,
-                per_organization_max=s.datasets_per_organization_max,
-            ),
-            results_bytes_max=s.job_results_bytes_max,
         )
 
 

@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
 from marketplace.catalog.schemas import ListingPage, ListingQuery, SamplePublic
 from marketplace.catalog.services import listings, versions
-
-if TYPE_CHECKING:
-    from marketplace.config import Settings
+from marketplace.config import FromSettings, setting
 
 
 @dataclass(frozen=True)
-class CatalogService:
+class CatalogService(FromSettings):
     """Search pages of at most ``page_size_max`` listings; sample inputs of at most
     ``sample_bytes_max`` bytes and ``sample_elements_max`` elements per tensor. The API and the
     pages call it without handing settings over."""
 
     page_size_max: int
     sample_bytes_max: int
-    sample_elements_max: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CatalogService:
-        return cls(
-            page_size_max=settings.page_size_max,
-            sample_bytes_max=settings.sample_bytes_max,
-            # A sample is an evaluation's input: it is held to the same element bound.
-            sample_elements_max=settings.eval_input_elements_max,
-        )
+    # A sample is an evaluation's input: it is held to the same element bound.
+    sample_elements_max: int = field(metadata=setting("eval_input_elements_max"))
 
     def search_listings(
         self, *, session: Session, query: ListingQuery, viewer_org_id: int | None = None
