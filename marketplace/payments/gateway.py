@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Protocol, Self
 
 from marketplace.bounds import ID_MAX, ID_MIN
 from marketplace.errors import DomainError, ServiceUnavailable
@@ -40,51 +40,55 @@ class ProviderConflict(DomainError, code="payment_provider_conflict"):
     """
 
 
-def _require_positive(amount_minor: int, what: str) -> None:
-    # A gateway never moves zero or negative money; such a request is a bug in the caller.
-    if amount_minor <= 0:
-        raise ValueError(f"a {what} must be positive")
+@dataclass(frozen=True, kw_only=True)
+class MoneyRequest:
+    """Money a gateway is asked to move, once per ``idempotency_key`` (the provider's key)."""
 
-
-@dataclass(frozen=True)
-class TopUpRequest:
-    """A payment to collect from the payer; ``reference`` is the provider's idempotency key."""
-
-    reference: str
+    what: ClassVar[str]
+    idempotency_key: str
     amount_minor: int
-    currency: str
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require_positive(self.amount_minor, "top-up")
+        # A gateway never moves zero or negative money; such a request is a bug in the caller.
+        if self.amount_minor <= 0:
+            raise ValueError(f"a {self.what} must be positive")
+
+    @classmethod
+    def of(
+        cls, row: object, *, idempotency_key: str, metadata: Mapping[str, str], **given: Any
+    ) -> Self:
+        """The request for ``row`` (a top-up, payout or refund): each field not ``given`` is
+        the row's column of that name, so a request and its row cannot disagree."""
+        taken = {"idempotency_key", "metadata", *given}
+        columns = {f.name: getattr(row, f.name) for f in fields(cls) if f.name not in taken}
+        return cls(idempotency_key=idempotency_key, metadata=metadata, **columns, **given)
 
 
-@dataclass(frozen=True)
-class TransferRequest:
+@dataclass(frozen=True, kw_only=True)
+class TopUpRequest(MoneyRequest):
+    """A payment to collect from the payer."""
+
+    what = "top-up"
+    currency: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferRequest(MoneyRequest):
     """Money to send from the platform to a vendor's connected account."""
 
-    idempotency_key: str
-    amount_minor: int
+    what = "transfer"
     currency: str
     destination: str
-    group: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _require_positive(self.amount_minor, "transfer")
+    transfer_group: str
 
 
-@dataclass(frozen=True)
-class RefundRequest:
+@dataclass(frozen=True, kw_only=True)
+class RefundRequest(MoneyRequest):
     """Part or all of a collected payment to return to the payer."""
 
-    idempotency_key: str
+    what = "refund"
     payment_ref: str
-    amount_minor: int
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _require_positive(self.amount_minor, "refund")
 
 
 def metadata_id(metadata: Mapping[str, str], key: str) -> int | None:
@@ -169,7 +173,7 @@ class PaymentGateway(Protocol):
     simulated: bool
 
     def create_top_up(self, request: TopUpRequest) -> PaymentIntent:
-        """Start collecting a top-up; idempotent per ``request.reference``."""
+        """Start collecting a top-up; idempotent per ``request.idempotency_key``."""
         ...
 
     def get_top_up(self, provider_ref: str) -> PaymentIntent:
@@ -221,7 +225,7 @@ class OfflineGateway:
     def create_top_up(self, request: TopUpRequest) -> PaymentIntent:
         return PaymentIntent(
             status=INTENT_SUCCEEDED,
-            provider_ref=f"offline-{request.reference}",
+            provider_ref=f"offline-{request.idempotency_key}",
             amount_minor=request.amount_minor,
             amount_received_minor=request.amount_minor,
             currency=request.currency,
@@ -245,7 +249,7 @@ class OfflineGateway:
                 amount_minor=request.amount_minor,
                 currency=request.currency,
                 destination=request.destination,
-                group=request.group,
+                group=request.transfer_group,
                 metadata=dict(request.metadata),
             ),
         )

@@ -25,12 +25,13 @@ import logging
 import random
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from marketplace.config import FromSettings, setting
 from marketplace.db import lock_row, utcnow
 from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
@@ -54,20 +55,12 @@ BACKOFF_CAP_S = 3600.0
 
 
 @dataclass(frozen=True)
-class OutboxPolicy:
+class OutboxPolicy(FromSettings):
     """How the worker retries: from the settings."""
 
-    attempts_max: int = 10
-    backoff_s: float = 2.0
-    lease_s: float = 120.0
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> OutboxPolicy:
-        return cls(
-            attempts_max=settings.payments_outbox_attempts_max,
-            backoff_s=settings.payments_outbox_backoff_s,
-            lease_s=settings.payments_outbox_lease_s,
-        )
+    attempts_max: int = field(default=10, metadata=setting("payments_outbox_attempts_max"))
+    backoff_s: float = field(default=2.0, metadata=setting("payments_outbox_backoff_s"))
+    lease_s: float = field(default=120.0, metadata=setting("payments_outbox_lease_s"))
 
     def delay_s(self, attempts: int) -> float:
         """Exponential backoff with jitter (half to full), capped at an hour."""
@@ -83,20 +76,22 @@ class Sent:
     result: object | None = None
 
 
-class Handler(Protocol):
-    """What one kind of outbox row does: prepare the call, then record its outcome."""
+ProviderCall = Callable[[PaymentGateway], object]
 
-    def prepare(
-        self, session: Session, message: PaymentOutbox
-    ) -> Callable[[PaymentGateway], object]:
+
+class Handler(Protocol):
+    """What one kind of outbox row does to its subject (the top-up, payout or refund it names):
+    prepare the call, then record its outcome."""
+
+    def prepare(self, session: Session, subject_id: int, idempotency_key: str, /) -> ProviderCall:
         """Read what the call needs; the returned call runs outside any transaction."""
         ...
 
-    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
+    def record(self, session: Session, subject_id: int, result: Any, /) -> object:
         """Apply the provider's answer (inside the recording transaction)."""
         ...
 
-    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
+    def refused(self, session: Session, subject_id: int, error: ProviderRefused, /) -> None:
         """Undo what the row's transaction held, since nothing happened at the provider."""
         ...
 
@@ -210,7 +205,7 @@ def _process_claimed(
     message = session.get(PaymentOutbox, message_id, populate_existing=True)
     assert message is not None
     handler = handler_map[message.kind]
-    call = handler.prepare(session, message)
+    call = handler.prepare(session, message.subject_id, message.idempotency_key)
     session.commit()  # no transaction stays open while the provider is called
     try:
         result = call(gateway)
@@ -221,7 +216,7 @@ def _process_claimed(
         err = exc
 
         def refused(s: Session, m: PaymentOutbox) -> str:
-            handler.refused(s, m, err)
+            handler.refused(s, m.subject_id, err)
             _finish(m, OUTBOX_DONE, f"refused: {err.code}: {err.detail}")
             return "refused"
 
@@ -237,7 +232,7 @@ def _process_claimed(
         return Sent(_record(session, message_id, park))
 
     def done(s: Session, m: PaymentOutbox) -> str:
-        handler.record(s, m, result)
+        handler.record(s, m.subject_id, result)
         _finish(m, OUTBOX_DONE, "")
         return "done"
 

@@ -10,7 +10,6 @@ payout is ``failed`` and the money is payable again, for the next run).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from sqlmodel import Session, select
@@ -22,7 +21,7 @@ from marketplace.errors import Forbidden, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.ledger.errors import LimitExceeded
 from marketplace.ledger.models import VENDOR_PAYABLE
-from marketplace.payments import holds
+from marketplace.payments import holds, outbox, provider_rows
 from marketplace.payments.gateway import (
     PaymentGateway,
     ProviderRefused,
@@ -34,7 +33,6 @@ from marketplace.payments.models import (
     PAYOUT_FAILED,
     PAYOUT_PAID,
     PAYOUT_PENDING,
-    PaymentOutbox,
     Payout,
     PayoutAccount,
     new_reference,
@@ -159,8 +157,8 @@ def list_payouts(*, session: Session, organization_id: int, limit: int) -> list[
 
 def payout_metadata(payout: Payout) -> dict[str, str]:
     return {
-        "jishi_payout_id": str(payout.id),
-        "jishi_reference": payout.reference,
+        provider_rows.PAYOUT_ID_KEY: str(payout.id),
+        provider_rows.REFERENCE_KEY: payout.reference,
         "jishi_organization_id": str(payout.organization_id),
     }
 
@@ -168,24 +166,14 @@ def payout_metadata(payout: Payout) -> dict[str, str]:
 class TransferHandler:
     """Outbox rows that send a payout's transfer."""
 
-    def prepare(
-        self, session: Session, message: PaymentOutbox
-    ) -> Callable[[PaymentGateway], object]:
-        payout = session.get(Payout, message.subject_id)
+    def prepare(self, session: Session, payout_id: int, key: str, /) -> outbox.ProviderCall:
+        payout = session.get(Payout, payout_id)
         assert payout is not None
-        request = TransferRequest(
-            idempotency_key=message.idempotency_key,
-            amount_minor=payout.amount_minor,
-            currency=payout.currency,
-            destination=payout.destination,
-            group=payout.transfer_group,
-            metadata=payout_metadata(payout),
-        )
+        request = TransferRequest.of(payout, idempotency_key=key, metadata=payout_metadata(payout))
         return lambda gateway: gateway.create_transfer(request)
 
-    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
-        transfer: ProviderTransfer = result
-        payout = lock_row(session, Payout, message.subject_id)
+    def record(self, session: Session, payout_id: int, transfer: ProviderTransfer, /) -> None:
+        payout = lock_row(session, Payout, payout_id)
         if payout.status != PAYOUT_PENDING:
             return
         if transfer.amount_minor != payout.amount_minor or transfer.currency != payout.currency:
@@ -201,8 +189,8 @@ class TransferHandler:
         session.add(payout)
         audit_events.payout_changed(session, payout)
 
-    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
-        payout = lock_row(session, Payout, message.subject_id)
+    def refused(self, session: Session, payout_id: int, error: ProviderRefused, /) -> None:
+        payout = lock_row(session, Payout, payout_id)
         if payout.status != PAYOUT_PENDING:
             return
         assert payout.hold_transaction_id is not None

@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 
 from marketplace.db import utcnow
 from marketplace.ledger import services as ledger
-from marketplace.payments import refunds, services
+from marketplace.payments import provider_rows, refunds, services
 from marketplace.payments.gateway import (
     INTENT_CANCELED,
     INTENT_SUCCEEDED,
@@ -323,9 +323,9 @@ def _unrecorded(session: Session, gateway: PaymentGateway, rep: Report) -> None:
     # A day of slack for clocks; the provider's "created" is its own clock.
     since = int((min(known) - dt.timedelta(days=1)).timestamp())
     tables: dict[str, tuple[str, Any]] = {
-        "payment_intents": ("jishi_top_up_id", TopUp),
-        "transfers": ("jishi_payout_id", Payout),
-        "refunds": ("jishi_payment_refund_id", PaymentRefund),
+        "payment_intents": (provider_rows.TOP_UP_ID_KEY, TopUp),
+        "transfers": (provider_rows.PAYOUT_ID_KEY, Payout),
+        "refunds": (provider_rows.REFUND_ID_KEY, PaymentRefund),
     }
     for kind, (id_key, model) in tables.items():
         try:
@@ -336,16 +336,15 @@ def _unrecorded(session: Session, gateway: PaymentGateway, rep: Report) -> None:
         rep.checked[f"provider {kind}"] = len(objects)
         for obj in objects:
             metadata = {str(k): str(v) for k, v in dict(obj.get("metadata") or {}).items()}
-            row_id = metadata_id(metadata, id_key)
-            if row_id is None:
+            if metadata_id(metadata, id_key) is None:
                 if kind == "refunds":
                     _refund_made_elsewhere(session, obj, rep)
                 continue
-            row = session.get(model, row_id)
-            if row is None or row.reference != metadata.get("jishi_reference"):
+            row = provider_rows.row_named(session, model, metadata, id_key)
+            if row is None:
                 continue  # another installation's object on a shared account
             if row.provider_ref != obj["id"]:
                 rep.mismatches.append(
                     f"{kind[:-1].replace('_', ' ')} {obj['id']} at the provider belongs to "
-                    f"{model.__tablename__} {row_id}, which records {row.provider_ref}"
+                    f"{model.__tablename__} {row.id}, which records {row.provider_ref}"
                 )

@@ -11,8 +11,6 @@ provider confirms (posted) or refuses (voided, the wallet has it back).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -21,7 +19,7 @@ from marketplace.db import get_owned, lock_row, utcnow
 from marketplace.errors import Conflict, NotFound
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import WALLET
-from marketplace.payments import holds, outbox
+from marketplace.payments import holds, outbox, provider_rows
 from marketplace.payments.gateway import (
     REFUND_FAILED as PROVIDER_REFUND_FAILED,
 )
@@ -33,7 +31,6 @@ from marketplace.payments.gateway import (
     ProviderRefund,
     ProviderRefused,
     RefundRequest,
-    metadata_id,
 )
 from marketplace.payments.models import (
     OUTBOX_REFUND,
@@ -44,7 +41,6 @@ from marketplace.payments.models import (
     REFUND_SUCCEEDED,
     TOP_UP_SUCCEEDED,
     WITHDRAWAL_PARTIAL,
-    PaymentOutbox,
     PaymentRefund,
     TopUp,
     Withdrawal,
@@ -214,20 +210,14 @@ def get_withdrawal(
 
 
 def find_refund_for(s: Session, result: ProviderRefund) -> PaymentRefund | None:
-    """Our provider refund for the provider's object: by its id, or by the metadata we gave it."""
-    found = s.exec(
-        select(PaymentRefund).where(PaymentRefund.provider_ref == result.provider_ref)
-    ).first()
-    if found is not None:
-        return found
-    refund_id = metadata_id(result.metadata, "jishi_payment_refund_id")
-    if refund_id is None:
-        return None
-    found = s.get(PaymentRefund, refund_id)
-    if found is None or found.reference != result.metadata.get("jishi_reference"):
-        return None
-    if found.provider_ref not in (None, result.provider_ref):
-        return None
+    """Our provider refund for the provider's object (see ``provider_rows``)."""
+    found: PaymentRefund | None = provider_rows.row_for(
+        s,
+        PaymentRefund,
+        provider_ref=result.provider_ref,
+        metadata=result.metadata,
+        id_key=provider_rows.REFUND_ID_KEY,
+    )
     return found
 
 
@@ -299,8 +289,8 @@ def _update_withdrawal(s: Session, withdrawal_id: int) -> None:
 
 def refund_metadata(refund: PaymentRefund) -> dict[str, str]:
     return {
-        "jishi_payment_refund_id": str(refund.id),
-        "jishi_reference": refund.reference,
+        provider_rows.REFUND_ID_KEY: str(refund.id),
+        provider_rows.REFERENCE_KEY: refund.reference,
         "jishi_organization_id": str(refund.organization_id),
         "jishi_purpose": refund.purpose,
     }
@@ -309,25 +299,22 @@ def refund_metadata(refund: PaymentRefund) -> dict[str, str]:
 class RefundHandler:
     """Outbox rows that ask the provider to refund part of a payment."""
 
-    def prepare(
-        self, session: Session, message: PaymentOutbox
-    ) -> Callable[[PaymentGateway], object]:
-        refund = session.get(PaymentRefund, message.subject_id)
+    record = staticmethod(apply_refund)
+
+    def prepare(self, session: Session, refund_id: int, key: str, /) -> outbox.ProviderCall:
+        refund = session.get(PaymentRefund, refund_id)
         assert refund is not None
         top_up = session.get(TopUp, refund.top_up_id)
         assert top_up is not None and top_up.provider_ref is not None
-        request = RefundRequest(
-            idempotency_key=message.idempotency_key,
-            payment_ref=top_up.provider_ref,
-            amount_minor=refund.amount_minor,
+        request = RefundRequest.of(
+            refund,
+            idempotency_key=key,
             metadata=refund_metadata(refund),
+            payment_ref=top_up.provider_ref,
         )
         return lambda gateway: gateway.create_refund(request)
 
-    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
-        apply_refund(session, message.subject_id, result)
-
-    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
-        refund = lock_row(session, PaymentRefund, message.subject_id)
+    def refused(self, session: Session, refund_id: int, error: ProviderRefused, /) -> None:
+        refund = lock_row(session, PaymentRefund, refund_id)
         if refund.status == REFUND_PENDING:
             _finish(session, refund, REFUND_FAILED, error.code)

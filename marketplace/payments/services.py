@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from marketplace.accounts.models import Organization
+from marketplace.config import build_from_settings, setting
 from marketplace.db import get_owned, lock_row, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
 from marketplace.ledger.idempotency import replay, request_hash
 from marketplace.ledger.models import PAYMENT_CLEARING, WALLET
-from marketplace.payments import outbox, payouts, refunds, webhooks
+from marketplace.payments import outbox, payouts, provider_rows, refunds, webhooks
 from marketplace.payments import reconcile as reconciliation
 from marketplace.payments.gateway import (
     INTENT_CANCELED,
@@ -35,7 +35,6 @@ from marketplace.payments.gateway import (
     PaymentIntent,
     ProviderRefused,
     TopUpRequest,
-    metadata_id,
 )
 from marketplace.payments.models import (
     OUTBOX_PENDING,
@@ -49,7 +48,6 @@ from marketplace.payments.models import (
     TOP_UP_PENDING,
     TOP_UP_REQUIRES_PAYMENT,
     TOP_UP_SUCCEEDED,
-    PaymentOutbox,
     PaymentRefund,
     Payout,
     TopUp,
@@ -89,8 +87,8 @@ def top_up_public(top_up: TopUp, client_secret: str | None = None) -> TopUpPubli
 def top_up_metadata(top_up: TopUp) -> dict[str, str]:
     """What the provider's payment carries back to us (in webhooks and lists)."""
     return {
-        "jishi_top_up_id": str(top_up.id),
-        "jishi_reference": str(top_up.reference),
+        provider_rows.TOP_UP_ID_KEY: str(top_up.id),
+        provider_rows.REFERENCE_KEY: str(top_up.reference),
         "jishi_organization_id": str(top_up.organization_id),
     }
 
@@ -108,22 +106,14 @@ def get_top_up(*, session: Session, organization_id: int, top_up_id: int) -> Top
 
 
 def find_top_up_for(s: Session, intent: PaymentIntent) -> TopUp | None:
-    """Our top-up for a provider payment: by its id, or by the metadata we gave it.
-
-    The metadata path matters when the provider's answer to our create call was lost: the
-    payment exists there, its webhook arrives, and only our row's reference ties it to us.
-    """
-    found = s.exec(select(TopUp).where(TopUp.provider_ref == intent.provider_ref)).first()
-    if found is not None:
-        return found
-    top_up_id = metadata_id(intent.metadata, "jishi_top_up_id")
-    if top_up_id is None:
-        return None
-    found = s.get(TopUp, top_up_id)
-    if found is None or found.reference != intent.metadata.get("jishi_reference"):
-        return None  # another installation's payment on a shared provider account
-    if found.provider_ref not in (None, intent.provider_ref):
-        return None
+    """Our top-up for a provider payment (see ``provider_rows``)."""
+    found: TopUp | None = provider_rows.row_for(
+        s,
+        TopUp,
+        provider_ref=intent.provider_ref,
+        metadata=intent.metadata,
+        id_key=provider_rows.TOP_UP_ID_KEY,
+    )
     return found
 
 
@@ -195,20 +185,17 @@ def _credit(s: Session, top_up: TopUp) -> None:
 class TopUpCancelHandler:
     """Outbox rows that cancel an abandoned top-up's payment at the provider."""
 
-    def prepare(
-        self, session: Session, message: PaymentOutbox
-    ) -> Callable[[PaymentGateway], object]:
-        top_up = session.get(TopUp, message.subject_id)
+    record = staticmethod(apply_intent)
+
+    def prepare(self, session: Session, top_up_id: int, key: str, /) -> outbox.ProviderCall:
+        top_up = session.get(TopUp, top_up_id)
         assert top_up is not None and top_up.provider_ref is not None
-        key, ref = message.idempotency_key, top_up.provider_ref
+        ref = top_up.provider_ref
         return lambda gateway: gateway.cancel_top_up(idempotency_key=key, provider_ref=ref)
 
-    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
-        apply_intent(session, message.subject_id, result)
-
-    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
+    def refused(self, session: Session, top_up_id: int, error: ProviderRefused, /) -> None:
         # Paid meanwhile (or canceled already): the next reconciliation applies what happened.
-        log.info("top-up %s could not be canceled: %s", message.subject_id, error.code)
+        log.info("top-up %s could not be canceled: %s", top_up_id, error.code)
 
 
 def expire_top_ups(*, session: Session, provider: str, expiry_s: float, batch_max: int) -> int:
@@ -247,24 +234,16 @@ def expire_top_ups(*, session: Session, provider: str, expiry_s: float, batch_ma
 class TopUpHandler:
     """Outbox rows that create the provider's payment for a top-up."""
 
-    def prepare(
-        self, session: Session, message: PaymentOutbox
-    ) -> Callable[[PaymentGateway], object]:
-        top_up = session.get(TopUp, message.subject_id)
+    record = staticmethod(apply_intent)
+
+    def prepare(self, session: Session, top_up_id: int, key: str, /) -> outbox.ProviderCall:
+        top_up = session.get(TopUp, top_up_id)
         assert top_up is not None
-        request = TopUpRequest(
-            reference=message.idempotency_key,
-            amount_minor=top_up.amount_minor,
-            currency=top_up.currency,
-            metadata=top_up_metadata(top_up),
-        )
+        request = TopUpRequest.of(top_up, idempotency_key=key, metadata=top_up_metadata(top_up))
         return lambda gateway: gateway.create_top_up(request)
 
-    def record(self, session: Session, message: PaymentOutbox, result: Any) -> None:
-        apply_intent(session, message.subject_id, result)
-
-    def refused(self, session: Session, message: PaymentOutbox, error: ProviderRefused) -> None:
-        top_up = lock_row(session, TopUp, message.subject_id)
+    def refused(self, session: Session, top_up_id: int, error: ProviderRefused, /) -> None:
+        top_up = lock_row(session, TopUp, top_up_id)
         if top_up.status == TOP_UP_PENDING:
             top_up.status = TOP_UP_FAILED
             top_up.failure_code = error.code[:64]
@@ -303,17 +282,18 @@ class PaymentsService:
     """
 
     gateway: PaymentGateway
-    policy: outbox.OutboxPolicy
+    policy: outbox.OutboxPolicy = field(metadata=setting(outbox.OutboxPolicy.from_settings))
     top_up_amount_minor_max: int
     top_ups_open_max: int | None
-    refunds_max: int  # payments one withdrawal or order refund is spread over
+    # Payments one withdrawal or order refund is spread over.
+    refunds_max: int = field(metadata=setting("withdrawal_refunds_max"))
     payout_minimum_minor: int
     page_size_max: int
-    outbox_batch_max: int
-    reconcile_batch_max: int
+    outbox_batch_max: int = field(metadata=setting("payments_outbox_batch_max"))
+    reconcile_batch_max: int = field(metadata=setting("payments_reconcile_batch_max"))
     top_up_expiry_s: float
-    webhook_secrets: tuple[str, ...]
-    webhook_tolerance_s: int
+    webhook_secrets: tuple[str, ...] = field(metadata=setting(lambda s: tuple(s.webhook_secrets)))
+    webhook_tolerance_s: int = field(metadata=setting("stripe_webhook_tolerance_s"))
     # Client secrets of unpaid top-ups this process has handed out, for replays of the same
     # request: asking the provider on every replay let one buyer spend the platform's provider
     # request quota. In this process's memory only, for CLIENT_SECRET_TTL_S; never stored.
@@ -323,20 +303,7 @@ class PaymentsService:
 
     @classmethod
     def from_settings(cls, settings: Settings, gateway: PaymentGateway) -> PaymentsService:
-        return cls(
-            gateway=gateway,
-            policy=outbox.OutboxPolicy.from_settings(settings),
-            top_up_amount_minor_max=settings.top_up_amount_minor_max,
-            top_ups_open_max=settings.top_ups_open_max,
-            refunds_max=settings.withdrawal_refunds_max,
-            payout_minimum_minor=settings.payout_minimum_minor,
-            page_size_max=settings.page_size_max,
-            outbox_batch_max=settings.payments_outbox_batch_max,
-            reconcile_batch_max=settings.payments_reconcile_batch_max,
-            top_up_expiry_s=settings.top_up_expiry_s,
-            webhook_secrets=tuple(settings.webhook_secrets),
-            webhook_tolerance_s=settings.stripe_webhook_tolerance_s,
-        )
+        return build_from_settings(cls, settings, gateway=gateway)
 
     # --- money in ---------------------------------------------------------------------------
 

@@ -175,7 +175,7 @@ class StripeGateway:
                 "automatic_payment_methods": {"enabled": True},
                 "metadata": dict(request.metadata),
             },
-            options={"idempotency_key": request.reference},
+            options={"idempotency_key": request.idempotency_key},
         )
         return intent_from_stripe(intent)
 
@@ -218,7 +218,7 @@ class StripeGateway:
                 "amount": request.amount_minor,
                 "currency": request.currency.lower(),
                 "destination": request.destination,
-                "transfer_group": request.group,
+                "transfer_group": request.transfer_group,
                 "metadata": dict(request.metadata),
             },
             options={"idempotency_key": request.idempotency_key},

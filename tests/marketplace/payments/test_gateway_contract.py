@@ -39,7 +39,7 @@ def _offline() -> Peer:
         gateway,
         lambda amount: (
             gateway.create_top_up(
-                TopUpRequest(reference=uuid.uuid4().hex, amount_minor=amount, currency="CNY")
+                TopUpRequest(idempotency_key=uuid.uuid4().hex, amount_minor=amount, currency="CNY")
             ).provider_ref
         ),
         lambda: "acct_offline",
@@ -51,7 +51,7 @@ def _stripe(fake, payer) -> Peer:
 
     def collect(amount: int) -> str:
         ref = gateway.create_top_up(
-            TopUpRequest(reference=uuid.uuid4().hex, amount_minor=amount, currency="CNY")
+            TopUpRequest(idempotency_key=uuid.uuid4().hex, amount_minor=amount, currency="CNY")
         ).provider_ref
         payer.v1.payment_intents.confirm(ref, {"payment_method": "pm_card_visa"})
         return ref
@@ -73,7 +73,7 @@ def test_names_itself_and_says_whether_money_moves(peer):
 
 def test_top_up_returns_an_intent(peer):
     intent = peer.gateway.create_top_up(
-        TopUpRequest(reference=uuid.uuid4().hex, amount_minor=1_000, currency="CNY")
+        TopUpRequest(idempotency_key=uuid.uuid4().hex, amount_minor=1_000, currency="CNY")
     )
     assert intent.status in {INTENT_SUCCEEDED, INTENT_PENDING, INTENT_FAILED}
     assert intent.provider_ref
@@ -81,7 +81,7 @@ def test_top_up_returns_an_intent(peer):
 
 
 def test_same_reference_is_the_same_payment(peer):
-    request = TopUpRequest(reference=uuid.uuid4().hex, amount_minor=500, currency="JPY")
+    request = TopUpRequest(idempotency_key=uuid.uuid4().hex, amount_minor=500, currency="JPY")
     first = peer.gateway.create_top_up(request)
     again = peer.gateway.create_top_up(request)
     assert first.provider_ref == again.provider_ref
@@ -89,10 +89,14 @@ def test_same_reference_is_the_same_payment(peer):
 
 def test_non_positive_amounts_are_refused():
     with pytest.raises(ValueError):
-        TopUpRequest(reference="top-up-3", amount_minor=0, currency="CNY")
+        TopUpRequest(idempotency_key="top-up-3", amount_minor=0, currency="CNY")
     with pytest.raises(ValueError):
         TransferRequest(
-            idempotency_key="k", amount_minor=-1, currency="CNY", destination="d", group="g"
+            idempotency_key="k",
+            amount_minor=-1,
+            currency="CNY",
+            destination="d",
+            transfer_group="g",
         )
     with pytest.raises(ValueError):
         RefundRequest(idempotency_key="k", payment_ref="p", amount_minor=0)
@@ -107,7 +111,7 @@ def test_a_transfer_is_made_once_per_key(peer):
         amount_minor=1_200,
         currency="CNY",
         destination=destination,
-        group="g-1",
+        transfer_group="g-1",
         metadata={"a": "b"},
     )
     first = peer.gateway.create_transfer(request)
@@ -130,7 +134,7 @@ def test_stripe_states_and_errors(fake_stripe, payer):
     peer = _stripe(fake_stripe, payer)
     gateway = peer.gateway
     intent = gateway.create_top_up(
-        TopUpRequest(reference=uuid.uuid4().hex, amount_minor=800, currency="CNY")
+        TopUpRequest(idempotency_key=uuid.uuid4().hex, amount_minor=800, currency="CNY")
     )
     assert intent.status == INTENT_PENDING and intent.client_secret
     with pytest.raises(stripe.CardError):
@@ -151,15 +155,15 @@ def test_stripe_states_and_errors(fake_stripe, payer):
     assert refused.value.code == "amount_too_large"
     # A key reused with other parameters is a conflict for a person, not a retry.
     key = uuid.uuid4().hex
-    gateway.create_top_up(TopUpRequest(reference=key, amount_minor=100, currency="CNY"))
+    gateway.create_top_up(TopUpRequest(idempotency_key=key, amount_minor=100, currency="CNY"))
     with pytest.raises(Exception) as clash:
-        gateway.create_top_up(TopUpRequest(reference=key, amount_minor=101, currency="CNY"))
+        gateway.create_top_up(TopUpRequest(idempotency_key=key, amount_minor=101, currency="CNY"))
     assert clash.value.code == "payment_provider_conflict"
     # 500s and timeouts are transient.
     fake_stripe.inject("POST", "/v1/payment_intents", "500")
     with pytest.raises(ProviderUnavailable):
         gateway.create_top_up(
-            TopUpRequest(reference=uuid.uuid4().hex, amount_minor=100, currency="CNY")
+            TopUpRequest(idempotency_key=uuid.uuid4().hex, amount_minor=100, currency="CNY")
         )
     fake_stripe.inject("GET", "/v1/payment_intents", "timeout")
     with pytest.raises(ProviderUnavailable):
@@ -175,5 +179,7 @@ def test_stripe_states_and_errors(fake_stripe, payer):
 def test_offline_gateway_is_simulated_and_immediate():
     gateway = OfflineGateway()
     assert gateway.simulated and gateway.name == "offline"
-    intent = gateway.create_top_up(TopUpRequest(reference="r", amount_minor=1, currency="USD"))
+    intent = gateway.create_top_up(
+        TopUpRequest(idempotency_key="r", amount_minor=1, currency="USD")
+    )
     assert intent.status == INTENT_SUCCEEDED and intent.client_secret is None
