@@ -45,6 +45,7 @@ from marketplace.accounts.scopes import (
 from marketplace.db import begin_write, utcnow
 from marketplace.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from marketplace.ratelimit import WindowLimiter
+from marketplace.rows import attributes
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
@@ -488,17 +489,14 @@ def start_web_session(*, session: Session, user: User, ttl_s: int) -> tuple[str,
 
 
 def _viewer(row: WebSession, user: User, org: Organization) -> Viewer:
-    assert row.id is not None and user.id is not None and org.id is not None
+    assert row.id is not None
     return Viewer(
         session_id=row.id,
-        user_id=user.id,
-        email=user.email,
-        platform_role=user.platform_role,
-        organization_id=org.id,
+        **attributes(row, "user_id organization_id expires_at"),
+        **attributes(user, "email platform_role"),
         organization_name=org.name,
         roles=tuple(org.role_list),
         scopes=org.allowed_scopes,
-        expires_at=row.expires_at,
     )
 
 

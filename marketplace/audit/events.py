@@ -15,6 +15,7 @@ from typing import Any
 from sqlmodel import Session
 
 from marketplace.audit.journal import Money, append, format_at
+from marketplace.rows import attributes
 
 
 def _id(session: Session, row: Any) -> int:
@@ -27,6 +28,24 @@ def _at(moment: dt.datetime | None) -> str | None:
     return None if moment is None else format_at(moment)
 
 
+# What each subject holds of its row under the attributes' own names, besides the row's id; a
+# builder adds what the row names otherwise or does not hold.
+_OFFER = "listing_id terms_sha256 trial_calls trial_days term_days allow_download commercial_use"
+_VERSION = "version sha256"
+_TERMS = "organization_id offer_id terms_sha256 purpose client_id"
+_LICENSE = "organization_id vendor_organization_id offer_id listing_id"
+_USAGE = "organization_id vendor_organization_id royalty_per_1k_minor"
+_PAYOUT = (
+    "organization_id status provider simulated destination reference provider_ref "
+    "hold_transaction_id resolve_transaction_id failure_code"
+)
+
+
+def _subject(session: Session, row: Any, id_name: str, names: str, **values: Any) -> dict[str, Any]:
+    """``row``'s id as ``id_name``, its attributes ``names`` and ``values``."""
+    return {id_name: _id(session, row), **attributes(row, names), **values}
+
+
 # --- Catalog ----------------------------------------------------------------------------------
 
 
@@ -34,17 +53,7 @@ def offer_created(session: Session, offer: Any) -> None:
     append(
         session,
         kind="offer.created",
-        subject={
-            "offer_id": _id(session, offer),
-            "listing_id": offer.listing_id,
-            "offer_kind": offer.kind,
-            "terms_sha256": offer.terms_sha256,
-            "trial_calls": offer.trial_calls,
-            "trial_days": offer.trial_days,
-            "term_days": offer.term_days,
-            "allow_download": offer.allow_download,
-            "commercial_use": offer.commercial_use,
-        },
+        subject=_subject(session, offer, "offer_id", _OFFER, offer_kind=offer.kind),
         money=Money(
             offer.currency,
             offer.price_minor,
@@ -57,19 +66,20 @@ def offer_retired(session: Session, offer: Any) -> None:
     append(
         session,
         kind="offer.retired",
-        subject={"offer_id": offer.id, "listing_id": offer.listing_id},
+        subject=_subject(session, offer, "offer_id", "listing_id"),
         at=offer.retired_at,
     )
 
 
 def _version_subject(session: Session, version: Any, listing: Any) -> dict[str, Any]:
-    return {
-        "version_id": _id(session, version),
-        "listing_id": listing.id,
-        "vendor_organization_id": listing.organization_id,
-        "version": version.version,
-        "sha256": version.sha256,
-    }
+    return _subject(
+        session,
+        version,
+        "version_id",
+        _VERSION,
+        listing_id=listing.id,
+        vendor_organization_id=listing.organization_id,
+    )
 
 
 def version_published(session: Session, version: Any, listing: Any) -> None:
@@ -89,11 +99,9 @@ def listing_status_changed(session: Session, listing: Any) -> None:
     append(
         session,
         kind=kind,
-        subject={
-            "listing_id": listing.id,
-            "vendor_organization_id": listing.organization_id,
-            "status": listing.status,
-        },
+        subject=_subject(
+            session, listing, "listing_id", "status", vendor_organization_id=listing.organization_id
+        ),
     )
 
 
@@ -104,28 +112,15 @@ def terms_accepted(session: Session, acceptance: Any) -> None:
     append(
         session,
         kind="terms.accepted",
-        subject={
-            "terms_acceptance_id": _id(session, acceptance),
-            "organization_id": acceptance.organization_id,
-            "offer_id": acceptance.offer_id,
-            "terms_sha256": acceptance.terms_sha256,
-            "purpose": acceptance.purpose,
-            "client_id": acceptance.client_id,
-        },
+        subject=_subject(session, acceptance, "terms_acceptance_id", _TERMS),
         at=acceptance.accepted_at,
     )
 
 
 def _license_subject(session: Session, lic: Any) -> dict[str, Any]:
-    return {
-        "license_id": _id(session, lic),
-        "license_kind": lic.kind,
-        "organization_id": lic.organization_id,
-        "vendor_organization_id": lic.vendor_organization_id,
-        "offer_id": lic.offer_id,
-        "listing_id": lic.listing_id,
-        "expires_at": _at(lic.expires_at),
-    }
+    return _subject(
+        session, lic, "license_id", _LICENSE, license_kind=lic.kind, expires_at=_at(lic.expires_at)
+    )
 
 
 def trial_started(session: Session, lic: Any) -> None:
@@ -152,15 +147,15 @@ def refund_issued(session: Session, refund: Any, order: Any) -> None:
     append(
         session,
         kind="refund.issued",
-        subject={
-            "refund_id": _id(session, refund),
-            "order_id": order.id,
-            "organization_id": order.organization_id,
-            "vendor_organization_id": order.vendor_organization_id,
-            "ledger_transaction_id": refund.ledger_transaction_id,
-            "order_status": order.status,
-            "reason": refund.reason,
-        },
+        subject=_subject(
+            session,
+            refund,
+            "refund_id",
+            "ledger_transaction_id reason",
+            **attributes(order, "organization_id vendor_organization_id"),
+            order_id=order.id,
+            order_status=order.status,
+        ),
         money=Money(refund.currency, refund.amount_minor),
     )
 
@@ -173,14 +168,14 @@ def usage_settled(session: Session, lic: Any, *, amount_minor: int) -> None:
     append(
         session,
         kind="usage.settled",
-        subject={
-            "license_id": lic.id,
-            "organization_id": lic.organization_id,
-            "vendor_organization_id": lic.vendor_organization_id,
-            "calls_from": lic.calls_settled + 1,
-            "calls_to": lic.calls_used,
-            "royalty_per_1k_minor": lic.royalty_per_1k_minor,
-        },
+        subject=_subject(
+            session,
+            lic,
+            "license_id",
+            _USAGE,
+            calls_from=lic.calls_settled + 1,
+            calls_to=lic.calls_used,
+        ),
         money=Money(lic.currency, amount_minor),
     )
 
@@ -195,18 +190,6 @@ def payout_changed(session: Session, payout: Any) -> None:
     append(
         session,
         kind=_PAYOUT_KINDS.get(payout.status, "payout.updated"),
-        subject={
-            "payout_id": _id(session, payout),
-            "organization_id": payout.organization_id,
-            "status": payout.status,
-            "provider": payout.provider,
-            "simulated": payout.simulated,
-            "destination": payout.destination,
-            "reference": payout.reference,
-            "provider_ref": payout.provider_ref,
-            "hold_transaction_id": payout.hold_transaction_id,
-            "resolve_transaction_id": payout.resolve_transaction_id,
-            "failure_code": payout.failure_code,
-        },
+        subject=_subject(session, payout, "payout_id", _PAYOUT),
         money=Money(payout.currency, payout.amount_minor),
     )

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from marketplace.api import CurrencyCode, RequestModel, UtcTime
+from marketplace.ledger.schemas import TransactionHeader
 
 # --- Queries -------------------------------------------------------------------------------------
 
@@ -129,15 +130,7 @@ class LedgerEntryItem(BaseModel):
     pending: bool
 
 
-class LedgerTransactionItem(BaseModel):
-    id: int
-    kind: str
-    currency: str
-    pending: bool
-    resolves_id: int | None
-    reverses_id: int | None
-    memo: str
-    created_at: dt.datetime
+class LedgerTransactionItem(TransactionHeader):
     entries: list[LedgerEntryItem]
 
 

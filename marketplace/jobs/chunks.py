@@ -39,6 +39,7 @@ from marketplace.ledger import services as ledger
 from marketplace.licensing import entitlements
 from marketplace.licensing.models import PER_INFERENCE
 from marketplace.metering.services import HeldCalls, hold_bound
+from marketplace.rows import attributes
 
 _chunks_t = JobChunk.__table__  # type: ignore[attr-defined]
 _jobs_t = EvaluationJob.__table__  # type: ignore[attr-defined]
@@ -146,17 +147,8 @@ def claim_chunk(
             refused = "listing_suspended"
         return ClaimedChunk(
             chunk_id=chunk_id,
-            job_id=job.id or 0,
-            job_version_id=jv.id or 0,
-            chunk_index=chunk.chunk_index,
-            start=chunk.start,
-            stop=chunk.stop,
-            attempts=chunk.attempts,
-            organization_id=job.organization_id,
-            batch_size=job.batch_size,
-            metric=job.metric,
-            output_name=job.output_name,
-            top_k=job.top_k,
+            **attributes(chunk, "job_id job_version_id chunk_index start stop attempts"),
+            **attributes(job, "organization_id batch_size metric output_name top_k"),
             version=version,
             dataset=dataset,
             refused=refused,

@@ -69,6 +69,7 @@ from marketplace.ledger import services as ledger
 from marketplace.licensing import entitlements
 from marketplace.licensing.models import PER_INFERENCE
 from marketplace.metering.services import hold_bound
+from marketplace.rows import attributes
 
 log = logging.getLogger(__name__)
 
@@ -418,65 +419,54 @@ def _version_views(session: Session, job: EvaluationJob) -> list[_VersionView]:
     ]
 
 
+def _shown(v: _VersionView) -> dict[str, Any]:
+    """What the job's progress and its signed report both show of a version, by their names."""
+    return {
+        "model_id": v.listing.id or 0,
+        "model_slug": v.listing.slug,
+        "version": v.version.version,
+        **attributes(v.figures, "metric_value samples_done samples_failed"),
+        "latency_p50_ms": v.figures.percentile(50),
+        "latency_p99_ms": v.figures.percentile(99),
+        "cost_per_1000_minor": None if v.row.currency is None else v.row.royalty_per_1k_minor,
+        "currency": v.row.currency,
+    }
+
+
+def _progress(job: EvaluationJob, v: _VersionView) -> JobVersionProgress:
+    return JobVersionProgress.model_validate(
+        {
+            **_shown(v),
+            **attributes(v.row, "kind license_id charged_minor"),
+            **attributes(v.figures, "samples_charged failures"),
+            "version_id": v.version.id or 0,
+            "samples": job.samples,
+            "held_minor": v.row.hold_minor,
+        }
+    )
+
+
 def job_public(session: Session, job: EvaluationJob) -> JobPublic:
     assert job.id is not None
     dataset = session.get(Dataset, job.dataset_id)
-    views = _version_views(session, job)
-    versions = [
-        JobVersionProgress(
-            model_id=v.listing.id or 0,
-            model_slug=v.listing.slug,
-            version=v.version.version,
-            version_id=v.version.id or 0,
-            kind=v.row.kind,
-            license_id=v.row.license_id,
-            samples=job.samples,
-            samples_done=v.figures.samples_done,
-            samples_failed=v.figures.samples_failed,
-            samples_charged=v.figures.samples_charged,
-            failures=v.figures.failures,
-            latency_p50_ms=v.figures.percentile(50),
-            latency_p99_ms=v.figures.percentile(99),
-            metric_value=v.figures.metric_value,
-            currency=v.row.currency,
-            cost_per_1000_minor=None if v.row.currency is None else v.row.royalty_per_1k_minor,
-            charged_minor=v.row.charged_minor,
-            held_minor=v.row.hold_minor,
-        )
-        for v in views
-    ]
+    versions = [_progress(job, v) for v in _version_views(session, job)]
     comparison = None
     if job.metric is not None:
-        comparison = [
-            ComparisonRow(
-                model_id=v.model_id,
-                version=v.version,
-                metric_value=v.metric_value,
-                latency_p50_ms=v.latency_p50_ms,
-                latency_p99_ms=v.latency_p99_ms,
-                cost_per_1000_minor=v.cost_per_1000_minor,
-                currency=v.currency,
-                samples_failed=v.samples_failed,
-            )
-            for v in versions
-        ]
-    public = JobPublic(
-        id=job.id,
-        state=job.state,  # type: ignore[arg-type]
-        dataset_id=job.dataset_id,
-        dataset_sha256=dataset.sha256 if dataset is not None else "",
-        samples=job.samples,
-        batch_size=job.batch_size,
-        chunk_samples=job.chunk_samples,
-        metric=job.metric,
-        output=job.output_name,
-        k=job.top_k,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
-        cancelled_at=job.cancelled_at,
-        report_consent=job.report_consent_at is not None,
-        versions=versions,
-        comparison=comparison,
+        comparison = [ComparisonRow.model_validate(v, from_attributes=True) for v in versions]
+    public = JobPublic.model_validate(
+        {
+            **attributes(
+                job,
+                "id state dataset_id samples batch_size chunk_samples metric created_at "
+                "finished_at cancelled_at",
+            ),
+            "dataset_sha256": dataset.sha256 if dataset is not None else "",
+            "output": job.output_name,
+            "k": job.top_k,
+            "report_consent": job.report_consent_at is not None,
+            "versions": versions,
+            "comparison": comparison,
+        }
     )
     # Ends the read only now: a rollback expires the rows, and reading the job again in a later
     # transaction could pair a finished state with figures from before its last chunk.
@@ -547,20 +537,7 @@ def onnxruntime_version() -> str:
 
 def _report_versions(views: Sequence[_VersionView]) -> list[dict[str, Any]]:
     return [
-        {
-            "model_id": v.listing.id,
-            "model_slug": v.listing.slug,
-            "version": v.version.version,
-            "model_sha256": v.version.sha256,
-            "opsets": dict(v.version.opsets),
-            "metric_value": v.figures.metric_value,
-            "samples_done": v.figures.samples_done,
-            "samples_failed": v.figures.samples_failed,
-            "latency_p50_ms": v.figures.percentile(50),
-            "latency_p99_ms": v.figures.percentile(99),
-            "cost_per_1000_minor": None if v.row.currency is None else v.row.royalty_per_1k_minor,
-            "currency": v.row.currency,
-        }
+        {**_shown(v), "model_sha256": v.version.sha256, "opsets": dict(v.version.opsets)}
         for v in views
     ]
 

@@ -1,4 +1,4 @@
-"""Response shapes of the statement API."""
+"""Response shapes of the statement API, and what every view of a ledger transaction shows."""
 
 from __future__ import annotations
 
@@ -14,6 +14,20 @@ class StatementQuery(RequestModel):
     currency: CurrencyCode | None = None
     from_: UtcTime | None = Field(default=None, alias="from")
     to: UtcTime | None = None
+
+
+class TransactionHeader(BaseModel):
+    """A ledger transaction without its legs: the ledger's own value object and the auditors'
+    platform ledger both extend it, so the two never disagree on a field."""
+
+    id: int
+    kind: str
+    currency: str
+    pending: bool
+    resolves_id: int | None
+    reverses_id: int | None
+    memo: str
+    created_at: dt.datetime
 
 
 class AccountPublic(BaseModel):

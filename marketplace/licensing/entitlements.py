@@ -60,6 +60,7 @@ from marketplace.licensing.models import (
 )
 from marketplace.metering import services as metering
 from marketplace.metering.services import HeldCalls
+from marketplace.rows import attributes
 
 # Which licence pays for a call when several cover it: paid-up first, the trial last.
 _PREFERENCE = {PERPETUAL: 0, SUBSCRIPTION: 1, PER_INFERENCE: 2, TRIAL: 3}
@@ -128,15 +129,12 @@ def check_entitlement(
                     continue
             return Entitlement(
                 license_id=lic.id,
-                kind=lic.kind,
-                organization_id=organization_id,
-                listing_id=listing_id,
                 version_id=version_id,
-                offer_id=lic.offer_id,
-                expires_at=lic.expires_at,
-                calls_remaining=lic.calls_remaining,
-                royalty_per_1k_minor=lic.royalty_per_1k_minor,
-                currency=lic.currency,
+                **attributes(
+                    lic,
+                    "kind organization_id listing_id offer_id expires_at calls_remaining "
+                    "royalty_per_1k_minor currency",
+                ),
             )
     finally:
         session.commit()  # end the read transaction; the model run may take a while

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -20,10 +21,13 @@ ORDER_PARTIALLY_REFUNDED = "partially_refunded"
 ORDER_REFUNDED = "refunded"
 
 
-def _ledger_fk(*, index: bool = False) -> sa.Column:  # type: ignore[type-arg]
-    return sa.Column(
-        sa.BigInteger, sa.ForeignKey("ledger_transactions.id"), nullable=True, index=index
-    )
+def _ledger_transaction_ref() -> Any:
+    """A column that may name a ledger transaction.
+
+    A field, not an ``sa_column``: a column declared on a base that several tables share must be
+    made anew for each table, which SQLModel does from a field and cannot do from a column.
+    """
+    return Field(default=None, foreign_key="ledger_transactions.id", sa_type=sa.BigInteger)
 
 
 class TermsAcceptance(SQLModel, table=True):
@@ -40,12 +44,18 @@ class TermsAcceptance(SQLModel, table=True):
     accepted_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
-class License(SQLModel, table=True):
+class _Row(SQLModel):
+    """What every licensing row but a terms acceptance has: its id and when it was written."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class License(_Row, table=True):
     """A buyer organisation's entitlement to a listing, from an offer (or its trial)."""
 
     __tablename__ = "licenses"
 
-    id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(foreign_key="organizations.id", index=True)
     offer_id: int = Field(foreign_key="offers.id", index=True)
     listing_id: int = Field(foreign_key="listings.id", index=True)
@@ -65,57 +75,51 @@ class License(SQLModel, table=True):
     calls_used: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
     calls_settled: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
     calls_reserved: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
-    reservation_id: int | None = Field(default=None, sa_column=_ledger_fk())
-    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    reservation_id: int | None = _ledger_transaction_ref()
 
 
-class Trial(SQLModel, table=True):
+class Trial(_Row, table=True):
     """One trial per buyer organisation per offer, enforced by the database."""
 
     __tablename__ = "trials"
     __table_args__ = (sa.UniqueConstraint("organization_id", "offer_id"),)
 
-    id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(foreign_key="organizations.id")
     offer_id: int = Field(foreign_key="offers.id", index=True)
     license_id: int = Field(foreign_key="licenses.id")
-    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
-class Order(SQLModel, table=True):
+class _LedgerRequest(_Row):
+    """An amount moved by one ledger transaction at a request under an idempotency key: what
+    orders and refunds both record."""
+
+    amount_minor: int = Field(sa_type=sa.BigInteger, nullable=False)
+    currency: str = Field(max_length=3)
+    idempotency_key: str = Field(max_length=128)
+    request_hash: str = Field(max_length=64)
+    ledger_transaction_id: int | None = _ledger_transaction_ref()
+
+
+class Order(_LedgerRequest, table=True):
     """A purchase of an offer; paid by one ledger transaction."""
 
     __tablename__ = "orders"
     __table_args__ = (sa.UniqueConstraint("organization_id", "idempotency_key"),)
 
-    id: int | None = Field(default=None, primary_key=True)
     organization_id: int = Field(foreign_key="organizations.id", index=True)
     offer_id: int = Field(foreign_key="offers.id", index=True)
     vendor_organization_id: int = Field(foreign_key="organizations.id", index=True)
     status: str = Field(default=ORDER_PAID, max_length=24)
-    amount_minor: int = Field(sa_type=sa.BigInteger, nullable=False)
     refunded_minor: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
-    currency: str = Field(max_length=3)
     platform_fee_bps: int
-    idempotency_key: str = Field(max_length=128)
-    request_hash: str = Field(max_length=64)
-    ledger_transaction_id: int | None = Field(default=None, sa_column=_ledger_fk())
     license_id: int | None = Field(default=None, foreign_key="licenses.id")
-    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
-class Refund(SQLModel, table=True):
+class Refund(_LedgerRequest, table=True):
     """A full or partial refund of an order: one reversing ledger transaction."""
 
     __tablename__ = "refunds"
     __table_args__ = (sa.UniqueConstraint("order_id", "idempotency_key"),)
 
-    id: int | None = Field(default=None, primary_key=True)
     order_id: int = Field(foreign_key="orders.id", index=True)
-    amount_minor: int = Field(sa_type=sa.BigInteger, nullable=False)
-    currency: str = Field(max_length=3)
     reason: str = Field(default="", max_length=500)
-    idempotency_key: str = Field(max_length=128)
-    request_hash: str = Field(max_length=64)
-    ledger_transaction_id: int | None = Field(default=None, sa_column=_ledger_fk())
-    created_at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)

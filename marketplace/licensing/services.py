@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -18,6 +18,7 @@ from marketplace.accounts.models import Organization
 from marketplace.audit import events as audit_events
 from marketplace.catalog.errors import ListingSuspended
 from marketplace.catalog.models import LISTING_ACTIVE, Listing, Offer
+from marketplace.config import build_from_settings
 from marketplace.db import epoch_hour, get_owned, hour_start, utcnow
 from marketplace.errors import Conflict, NotFound, ValidationFailed
 from marketplace.ledger import services as ledger
@@ -308,11 +309,7 @@ class LicensingService:
     def from_settings(
         cls, settings: Settings, payments: PaymentsService | None
     ) -> LicensingService:
-        return cls(
-            platform_fee_bps=settings.platform_fee_bps,
-            page_size_max=settings.page_size_max,
-            payments=payments,
-        )
+        return build_from_settings(cls, settings, payments=payments)
 
     def purchase(
         self,
@@ -399,34 +396,33 @@ class LicensingService:
                     ],
                 )
                 transaction_id = tx.id
+            # What the licence and its order both record of the sale.
+            sale: dict[str, Any] = {
+                "organization_id": organization_id,
+                "offer_id": offer_id,
+                "vendor_organization_id": listing.organization_id,
+                "currency": offer.currency,
+                "platform_fee_bps": platform_fee_bps,
+                "created_at": now,
+            }
             lic = License(
-                organization_id=organization_id,
-                offer_id=offer_id,
+                **sale,
                 listing_id=listing.id,  # type: ignore[arg-type]
-                vendor_organization_id=listing.organization_id,
                 kind=offer.kind,
-                currency=offer.currency,
                 royalty_per_1k_minor=offer.royalty_per_1k_minor
                 if offer.kind == PER_INFERENCE
                 else 0,
-                platform_fee_bps=platform_fee_bps,
                 expires_at=expires_at,
-                created_at=now,
             )
             s.add(lic)
             s.flush()
             order = Order(
-                organization_id=organization_id,
-                offer_id=offer_id,
-                vendor_organization_id=listing.organization_id,
+                **sale,
                 amount_minor=offer.price_minor,
-                currency=offer.currency,
-                platform_fee_bps=platform_fee_bps,
                 idempotency_key=idempotency_key,
                 request_hash=digest,
                 ledger_transaction_id=transaction_id,
                 license_id=lic.id,
-                created_at=now,
             )
             s.add(order)
             _accept(s, organization_id, offer, "purchase", client_id)

@@ -75,16 +75,14 @@ def create_listing(
         taken = session.exec(select(Listing.id).where(Listing.slug == slug)).first()
         if taken is not None:
             continue
-        row = Listing(
-            organization_id=organization_id,
-            slug=slug,
-            name=request.name,
-            summary=request.summary,
-            description_md=request.description_md,
-            description_html=render_model_card(request.description_md),
-            task=request.task,
-            tags=_join_tags(request.tags),
-            filing_number=request.filing_number,
+        row = Listing.model_validate(
+            request,
+            update={
+                "organization_id": organization_id,
+                "slug": slug,
+                "description_html": render_model_card(request.description_md),
+                "tags": _join_tags(request.tags),
+            },
         )
         session.add(row)
         try:

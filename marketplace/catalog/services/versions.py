@@ -52,6 +52,7 @@ from marketplace.catalog.services.presenters import version_public
 from marketplace.db import begin_write, utcnow
 from marketplace.errors import library_problem
 from marketplace.evaluation.tensors import TensorDecodeError, decode_npz
+from marketplace.rows import attributes
 from model_registry.blobstore import (
     CONTENT_PREFIX,
     BlobStore,
@@ -213,11 +214,7 @@ def _record_version(
         sha256=spool.sha256,
         size_bytes=spool.size,
         blob_key=ingested.key,
-        ir_version=report.ir_version,
-        opsets=report.opsets,
-        inputs=report.inputs,
-        outputs=report.outputs,
-        stats=report.stats,
+        **attributes(report, "ir_version opsets inputs outputs stats"),
         findings=[f.to_dict() for f in report.findings],
     )
     session.add(row)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, TypeAdapter
 
 from marketplace.canonical import canonical_sha256
 from marketplace.db import table
@@ -20,6 +20,7 @@ from marketplace.ledger.models import (
     LedgerEntry,
     LedgerTransaction,
 )
+from marketplace.ledger.schemas import TransactionHeader
 
 accounts_t = table(LedgerAccount)
 balances_t = table(LedgerBalance)
@@ -103,19 +104,12 @@ class Transfer:
         return canonical_sha256(canonical)
 
 
-@dataclass(frozen=True)
-class PostedTransaction:
+class PostedTransaction(TransactionHeader):
     """A stored ledger transaction as callers see it (never an ORM row)."""
 
-    id: int
+    model_config = ConfigDict(frozen=True)
+
     idempotency_key: str
-    kind: str
-    currency: str
-    pending: bool
-    resolves_id: int | None
-    reverses_id: int | None
-    memo: str
-    created_at: dt.datetime
     legs: tuple[Leg, ...]
     replayed: bool = False  # True when the key had been used before and nothing was written
 

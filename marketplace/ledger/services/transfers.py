@@ -404,18 +404,11 @@ def _write(
         ],
     )
     _write_counters(session, [c for c in counters.values() if c.dirty])
+    # What was written is the request as it came (its fields are the transaction's of the same
+    # names) with what the write gave it.
     return [
-        PostedTransaction(
-            id=tx_id,
-            idempotency_key=p.transfer.idempotency_key,
-            kind=p.transfer.kind,
-            currency=p.currency,
-            pending=p.transfer.pending,
-            resolves_id=p.transfer.resolves_id,
-            reverses_id=p.transfer.reverses_id,
-            memo=p.transfer.memo,
-            created_at=now,
-            legs=p.transfer.legs,
+        record_from_row(
+            PostedTransaction, vars(p.transfer), id=tx_id, currency=p.currency, created_at=now
         )
         for p, tx_id in zip(plans, new_ids, strict=True)
     ]
