@@ -30,7 +30,10 @@ class TransactionHeader(BaseModel):
     created_at: dt.datetime
 
 
-class AccountPublic(BaseModel):
+class AccountCounters(BaseModel):
+    """An account and its four counters: the ledger's balance record and the statement's
+    account both extend it."""
+
     account_id: int
     code: str
     currency: str
@@ -38,6 +41,9 @@ class AccountPublic(BaseModel):
     credits_posted: int
     debits_pending: int
     credits_pending: int
+
+
+class AccountPublic(AccountCounters):
     balance_minor: int = Field(description="credits_posted - debits_posted")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import sqlalchemy as sa
@@ -79,7 +79,7 @@ class StatementService:
             from_=start,
             to=end,
             accounts=[
-                AccountPublic.model_validate({**asdict(b), "balance_minor": b.posted})
+                AccountPublic.model_validate({**b.model_dump(), "balance_minor": b.posted})
                 for b in accounts
             ],
             entries=[

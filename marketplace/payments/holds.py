@@ -16,24 +16,28 @@ from sqlmodel import Session
 from marketplace.ledger import services as ledger
 from marketplace.ledger.models import PAYMENT_CLEARING
 from marketplace.payments import outbox
-from marketplace.payments.models import PaymentRefund, Payout
+from marketplace.payments.models import OUTBOX_REFUND, OUTBOX_TRANSFER, PaymentRefund, Payout
 
 
 def queue_outgoing(
     s: Session,
     row: Payout | PaymentRefund,
     *,
-    key_prefix: str,
     kind: str,
     from_account: int,
     memo_to: str,
-    outbox_kind: str,
 ) -> None:
     """Insert ``row``, hold its money from ``from_account`` for the provider and queue its
-    provider call, in the caller's transaction.
+    provider call (a payout's transfer, a payment refund's refund), in the caller's
+    transaction.
 
     The hold's key and memo name the row's id, so the row is flushed first.
     """
+    key_prefix, outbox_kind = (
+        ("payout", OUTBOX_TRANSFER)
+        if isinstance(row, Payout)
+        else ("payment-refund", OUTBOX_REFUND)
+    )
     s.add(row)
     s.flush()
     if row.id is None:

@@ -64,7 +64,7 @@ class ProviderTransferColumns(SQLModel):
     """
 
     provider: str = Field(max_length=16)
-    reference: str = Field(max_length=32)
+    reference: str = Field(default_factory=new_reference, max_length=32)
     provider_ref: str | None = Field(default=None, max_length=255, index=True)
     hold_transaction_id: int | None = Field(
         default=None, foreign_key="ledger_transactions.id", sa_type=sa.BigInteger

@@ -29,13 +29,11 @@ from marketplace.payments.gateway import (
     TransferRequest,
 )
 from marketplace.payments.models import (
-    OUTBOX_TRANSFER,
     PAYOUT_FAILED,
     PAYOUT_PAID,
     PAYOUT_PENDING,
     Payout,
     PayoutAccount,
-    new_reference,
 )
 from marketplace.payments.schemas import PayoutAccountPublic, PayoutPublic
 
@@ -121,16 +119,13 @@ def run_payouts(
                 provider=gateway.name,
                 simulated=gateway.simulated,
                 destination=dest,
-                reference=new_reference(),
             )
             holds.queue_outgoing(
                 s,
                 payout,
-                key_prefix="payout",
                 kind=PAYOUT_KIND,
                 from_account=balance.account_id,
                 memo_to=dest + (" (simulated)" if gateway.simulated else ""),
-                outbox_kind=OUTBOX_TRANSFER,
             )
             audit_events.payout_changed(s, payout)
             return payout

@@ -44,7 +44,6 @@ from marketplace.payments.models import (
     PaymentRefund,
     TopUp,
     Withdrawal,
-    new_reference,
     payment_refunds_t,
     top_ups_t,
 )
@@ -134,16 +133,9 @@ def refund_to_payments(
             order_refund_id=order_refund_id,
             status=REFUND_PENDING,
             provider=provider,
-            reference=new_reference(),
         )
         holds.queue_outgoing(
-            s,
-            refund,
-            key_prefix="payment-refund",
-            kind=kind,
-            from_account=wallet,
-            memo_to=str(top_up.provider_ref),
-            outbox_kind=OUTBOX_REFUND,
+            s, refund, kind=kind, from_account=wallet, memo_to=str(top_up.provider_ref)
         )
         top_up.refunded_minor += part
         s.add(top_up)
@@ -207,18 +199,6 @@ def get_withdrawal(
     missing = NotFound("No such withdrawal.", code="withdrawal_not_found")
     get_owned(session, Withdrawal, withdrawal_id, organization_id, missing)
     return withdrawal_public(session, withdrawal_id)
-
-
-def find_refund_for(s: Session, result: ProviderRefund) -> PaymentRefund | None:
-    """Our provider refund for the provider's object (see ``provider_rows``)."""
-    found: PaymentRefund | None = provider_rows.row_for(
-        s,
-        PaymentRefund,
-        provider_ref=result.provider_ref,
-        metadata=result.metadata,
-        id_key=provider_rows.REFUND_ID_KEY,
-    )
-    return found
 
 
 def apply_refund(s: Session, refund_id: int, result: ProviderRefund) -> PaymentRefund:

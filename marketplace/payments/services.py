@@ -105,18 +105,6 @@ def get_top_up(*, session: Session, organization_id: int, top_up_id: int) -> Top
     return top_up_public(get_owned(session, TopUp, top_up_id, organization_id, missing))
 
 
-def find_top_up_for(s: Session, intent: PaymentIntent) -> TopUp | None:
-    """Our top-up for a provider payment (see ``provider_rows``)."""
-    found: TopUp | None = provider_rows.row_for(
-        s,
-        TopUp,
-        provider_ref=intent.provider_ref,
-        metadata=intent.metadata,
-        id_key=provider_rows.TOP_UP_ID_KEY,
-    )
-    return found
-
-
 def apply_intent(s: Session, top_up_id: int, intent: PaymentIntent) -> TopUp:
     """Move a top-up along what the provider says about its payment (inside the caller's
     transaction). Monotonic: a stale or repeated report never undoes a later state."""

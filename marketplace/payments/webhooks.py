@@ -24,7 +24,8 @@ from sqlmodel import Session
 from marketplace.errors import DomainError
 from marketplace.ledger import services as ledger
 from marketplace.payments.gateway import ProviderConflict
-from marketplace.payments.models import StripeEvent
+from marketplace.payments.models import PaymentRefund, StripeEvent, TopUp
+from marketplace.payments.provider_rows import REFUND_ID_KEY, TOP_UP_ID_KEY, row_for
 from marketplace.payments.stripe_gateway import intent_from_stripe, refund_from_stripe
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,12 @@ _REFUND_EVENTS = {"refund.created", "refund.updated", "refund.failed"}
 
 @dataclass(frozen=True)
 class _Tracked:
-    """A kind of provider object we keep a row for: how to read it, find our row, apply it."""
+    """A kind of provider object we keep a row for: how to read it, our row's model and the
+    metadata key naming it, and how to apply what the provider reports."""
 
     read: Callable[[Any], Any]
-    find: Callable[[Session, Any], Any]
+    model: Any
+    id_key: str
     apply: Callable[[Session, int, Any], object]
 
 
@@ -52,8 +55,10 @@ def _tracked_by_event() -> dict[str, _Tracked]:
     # Imported here: the payments service, in the services module, receives the webhooks.
     from marketplace.payments import refunds, services
 
-    top_ups = _Tracked(intent_from_stripe, services.find_top_up_for, services.apply_intent)
-    payment_refunds = _Tracked(refund_from_stripe, refunds.find_refund_for, refunds.apply_refund)
+    top_ups = _Tracked(intent_from_stripe, TopUp, TOP_UP_ID_KEY, services.apply_intent)
+    payment_refunds = _Tracked(
+        refund_from_stripe, PaymentRefund, REFUND_ID_KEY, refunds.apply_refund
+    )
     return {
         **dict.fromkeys(_INTENT_EVENTS, top_ups),
         **dict.fromkeys(_REFUND_EVENTS, payment_refunds),
@@ -152,7 +157,13 @@ def apply_event(session: Session, event: dict[str, Any]) -> Applied:
         try:
             if tracked is not None:
                 reported = tracked.read(obj)
-                ours = tracked.find(s, reported)
+                ours = row_for(
+                    s,
+                    tracked.model,
+                    provider_ref=reported.provider_ref,
+                    metadata=reported.metadata,
+                    id_key=tracked.id_key,
+                )
                 outcome = "unmatched"
                 if ours is not None and ours.id is not None:
                     tracked.apply(s, ours.id, reported)

@@ -20,7 +20,7 @@ from marketplace.ledger.models import (
     LedgerEntry,
     LedgerTransaction,
 )
-from marketplace.ledger.schemas import TransactionHeader
+from marketplace.ledger.schemas import AccountCounters, TransactionHeader
 
 accounts_t = table(LedgerAccount)
 balances_t = table(LedgerBalance)
@@ -119,16 +119,10 @@ class PostedTransaction(TransactionHeader):
         )
 
 
-@dataclass(frozen=True)
-class AccountBalance:
-    account_id: int
+class AccountBalance(AccountCounters):
+    model_config = ConfigDict(frozen=True)
+
     organization_id: int | None
-    code: str
-    currency: str
-    debits_posted: int
-    credits_posted: int
-    debits_pending: int
-    credits_pending: int
     version: int
 
     @property
