@@ -8,12 +8,16 @@ arrives, and only our row's reference ties it to us.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from sqlmodel import Session, select
 
+from marketplace.db import lock_row
 from marketplace.payments.gateway import metadata_id
+
+log = logging.getLogger(__name__)
 
 Row = TypeVar("Row")
 
@@ -48,3 +52,18 @@ def row_for(
     if found is None or found.provider_ref not in (None, provider_ref):
         return None
     return found
+
+
+def lock_reported(s: Session, model: Any, row_id: int, provider_ref: str) -> tuple[Any, bool]:
+    """Lock the row a provider object is reported for, and say whether the object is the row's
+    own: the first report records the object's id; a report of another object (a second
+    payment made for one top-up) changes nothing and is logged for a person."""
+    row = lock_row(s, model, row_id)
+    if row.provider_ref is None:
+        row.provider_ref = provider_ref
+    elif row.provider_ref != provider_ref:
+        log.error(
+            "%s %s is %s, not %s", model.__tablename__, row.id, row.provider_ref, provider_ref
+        )
+        return row, False
+    return row, True

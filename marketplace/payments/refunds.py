@@ -207,11 +207,9 @@ def apply_refund(s: Session, refund_id: int, result: ProviderRefund) -> PaymentR
     pending -> succeeded posts the hold; pending -> failed voids it and frees the payment's
     refundable amount again. Final states never move back.
     """
-    refund = lock_row(s, PaymentRefund, refund_id)
-    if refund.provider_ref is None:
-        refund.provider_ref = result.provider_ref
-    elif refund.provider_ref != result.provider_ref:
-        log.error("refund %s is %s, not %s", refund.id, refund.provider_ref, result.provider_ref)
+    refund: PaymentRefund
+    refund, own = provider_rows.lock_reported(s, PaymentRefund, refund_id, result.provider_ref)
+    if not own:
         return refund
     if refund.status != REFUND_PENDING:
         if refund.status == REFUND_SUCCEEDED and result.status == PROVIDER_REFUND_FAILED:

@@ -108,11 +108,9 @@ def get_top_up(*, session: Session, organization_id: int, top_up_id: int) -> Top
 def apply_intent(s: Session, top_up_id: int, intent: PaymentIntent) -> TopUp:
     """Move a top-up along what the provider says about its payment (inside the caller's
     transaction). Monotonic: a stale or repeated report never undoes a later state."""
-    top_up = lock_row(s, TopUp, top_up_id)
-    if top_up.provider_ref is None:
-        top_up.provider_ref = intent.provider_ref
-    elif top_up.provider_ref != intent.provider_ref:
-        log.error("top-up %s is %s, not %s", top_up.id, top_up.provider_ref, intent.provider_ref)
+    top_up: TopUp
+    top_up, own = provider_rows.lock_reported(s, TopUp, top_up_id, intent.provider_ref)
+    if not own:
         return top_up
     if intent.amount_minor != top_up.amount_minor or intent.currency != top_up.currency:
         # Never credit an amount we did not ask for; the reconciliation report lists it.
