@@ -109,15 +109,9 @@ def make_celery(app: Flask, run_chunk: Callable[[int, bool], str]) -> Celery:
     )
 
     # Registered on this app alone, at once: a shared task would reach every Celery app the
-    # process makes later (tests make many), each calling the first app's runner.
-    @celery.task(
-        name=RUN_CHUNK,
-        bind=True,
-        shared=False,
-        lazy=False,
-        acks_late=True,
-        reject_on_worker_lost=True,
-    )
+    # process makes later (tests make many), each calling the first app's runner. It takes its
+    # delivery guarantees (acks_late, reject_on_worker_lost) from the configuration above.
+    @celery.task(name=RUN_CHUNK, bind=True, shared=False, lazy=False)
     def run_chunk_task(task: Any, chunk_id: int) -> str:
         redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
         return run_chunk(int(chunk_id), redelivered)
