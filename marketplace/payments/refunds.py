@@ -11,6 +11,7 @@ provider confirms (posted) or refuses (voided, the wallet has it back).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -116,6 +117,15 @@ def refund_to_payments(
         s, organization_id=organization_id, code=WALLET, currency=currency
     )
     kind = _HOLD_KINDS[purpose]
+    # What every part shares: whose money, why it goes back, and through which provider.
+    shared: dict[str, Any] = {
+        "organization_id": organization_id,
+        "currency": currency,
+        "purpose": purpose,
+        "withdrawal_id": withdrawal_id,
+        "order_refund_id": order_refund_id,
+        "provider": provider,
+    }
     left = amount_minor
     made: list[PaymentRefund] = []
     for top_up in sources:
@@ -123,17 +133,8 @@ def refund_to_payments(
             break
         part = min(left, top_up.amount_minor - top_up.refunded_minor)
         left -= part
-        refund = PaymentRefund(
-            organization_id=organization_id,
-            top_up_id=top_up.id,  # type: ignore[arg-type]
-            currency=currency,
-            amount_minor=part,
-            purpose=purpose,
-            withdrawal_id=withdrawal_id,
-            order_refund_id=order_refund_id,
-            status=REFUND_PENDING,
-            provider=provider,
-        )
+        assert top_up.id is not None
+        refund = PaymentRefund(top_up_id=top_up.id, amount_minor=part, **shared)
         holds.queue_outgoing(
             s, refund, kind=kind, from_account=wallet, memo_to=str(top_up.provider_ref)
         )
