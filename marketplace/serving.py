@@ -20,6 +20,7 @@ connections before it exits.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import logging
@@ -178,7 +179,7 @@ def serve(
                 "bind": f"{host}:{port}",
                 "workers": processes,
                 "threads": threads,
-                "worker_class": "gthread",
+                "worker_class": _node_worker_class(),
                 "graceful_timeout": math.ceil(graceful_timeout_s),
                 # The heartbeat: a worker silent for this long is killed and replaced.
                 "timeout": max(30, math.ceil(graceful_timeout_s)),
@@ -200,6 +201,10 @@ def serve(
     NodeApplication().run()
 
 
+# The request line and headers must arrive within this once a request's thread takes its
+# connection (gunicorn hands it over when its first bytes are there, then read the rest
+# without a bound: a few connections sending a header byte now and then held every thread).
+HEADERS_TIMEOUT_S = 10.0
 # A request body must keep arriving: a client silent this long, or slower on average than the
 # floor once the grace has passed, is cut off (400, connection closed). Without them a few
 # connections sending a byte every few seconds held every request thread of a node.
@@ -208,30 +213,87 @@ BODY_RATE_GRACE_S = 10.0
 BODY_RATE_MIN_BYTES_S = 8 * 1024
 
 
-class _PacedSocket:
-    """The connection's socket while a request body is read: each ``recv`` waits at most
-    :data:`BODY_IDLE_TIMEOUT_S`, and after the grace the average rate must stay above the
-    floor. gunicorn reads a body many ``recv`` calls at a time, so this is where a trickle can
-    be seen."""
+class _ConnectionSocket:
+    """A connection's socket, read within the time bounds of what it is reading.
+
+    gunicorn's parser and body readers ``recv`` from it many times per request, so this is
+    where a stall or a trickle can be seen:
+
+    - the request line and headers: all within :data:`HEADERS_TIMEOUT_S`;
+    - the body: each ``recv`` within :data:`BODY_IDLE_TIMEOUT_S`, and after the grace at least
+      :data:`BODY_RATE_MIN_BYTES_S` on average;
+    - otherwise (writing a response, waiting in gunicorn's poller for the next request) the
+      socket is gunicorn's as it left it.
+    """
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
-        self._started = time.monotonic()
+        self._headers_due: float | None = None
+        self._body_since: float | None = None
         self._received = 0
-        sock.settimeout(BODY_IDLE_TIMEOUT_S)
+
+    def expect_headers(self) -> None:
+        self._headers_due = time.monotonic() + HEADERS_TIMEOUT_S
+        self._body_since = None
+
+    def pace_body(self) -> None:
+        self._headers_due = None
+        self._body_since = time.monotonic()
+        self._received = 0
+        self._sock.settimeout(BODY_IDLE_TIMEOUT_S)
+
+    def release(self) -> None:
+        if self._headers_due is not None or self._body_since is not None:
+            self._headers_due = self._body_since = None
+            self._sock.settimeout(None)
 
     def recv(self, size: int) -> bytes:
-        data: bytes = self._sock.recv(size)
-        self._received += len(data)
-        elapsed = time.monotonic() - self._started
-        if elapsed > BODY_RATE_GRACE_S and self._received < BODY_RATE_MIN_BYTES_S * elapsed:
-            raise OSError(
-                f"request body arrives too slowly ({self._received} bytes in {elapsed:.0f} s)"
+        if self._headers_due is not None:
+            left = self._headers_due - time.monotonic()
+            if left > 0:
+                self._sock.settimeout(left)
+                with contextlib.suppress(TimeoutError):
+                    data: bytes = self._sock.recv(size)
+                    return data
+            log.info(
+                "closed a connection whose request headers took over %.0f s", HEADERS_TIMEOUT_S
             )
+            # As gunicorn reads a client gone mid-request: the connection is closed unanswered.
+            raise self._gone(b"")
+        data = self._sock.recv(size)
+        if self._body_since is not None:
+            self._received += len(data)
+            elapsed = time.monotonic() - self._body_since
+            if elapsed > BODY_RATE_GRACE_S and self._received < BODY_RATE_MIN_BYTES_S * elapsed:
+                raise OSError(
+                    f"request body arrives too slowly ({self._received} bytes in {elapsed:.0f} s)"
+                )
         return data
+
+    @staticmethod
+    def _gone(buf: bytes) -> Exception:
+        from gunicorn.http.errors import NoMoreData
+
+        return NoMoreData(buf)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def _node_worker_class() -> type:
+    """gunicorn's threaded worker, with each connection's socket read within time bounds."""
+    from gunicorn.workers.gthread import ThreadWorker
+
+    class NodeWorker(ThreadWorker):  # type: ignore[misc]
+        def handle(self, conn: Any) -> Any:
+            # Wrapped before gunicorn makes the connection's parser, which keeps the socket
+            # for every request the connection carries.
+            if not isinstance(conn.sock, _ConnectionSocket):
+                conn.sock = _ConnectionSocket(conn.sock)
+            conn.sock.expect_headers()
+            return super().handle(conn)
+
+    return NodeWorker
 
 
 class _GunicornBody:
@@ -239,42 +301,29 @@ class _GunicornBody:
 
     A malformed chunked body (a chunk size of "zz", a missing CRLF, a bad trailer) raises
     gunicorn's ``ParseException`` from a read, which no reader expects: it was a 500 on every
-    endpoint that reads a body. A body that stalls or trickles is cut off (:class:`_PacedSocket`).
-    Either way the read raises ``OSError``, which Werkzeug's streams already turn into
-    ``ClientDisconnected``, a 400, like a body cut short; gunicorn then closes the connection,
-    since the rest of the body cannot be read to reach the next request.
+    endpoint that reads a body. A body that stalls or trickles is cut off
+    (:class:`_ConnectionSocket`). Either way the read raises ``OSError``, which Werkzeug's
+    streams already turn into ``ClientDisconnected``, a 400, like a body cut short; gunicorn then
+    closes the connection, since the rest of the body cannot be read to reach the next request.
     """
 
-    def __init__(self, body: Any, parse_error: type[Exception]) -> None:
+    def __init__(self, body: Any, sock: Any, parse_error: type[Exception]) -> None:
         self._body = body
+        self._sock = sock if isinstance(sock, _ConnectionSocket) else None
         self._parse_error = parse_error
-        self._unreader: Any = None
+        self._paced = False
         self._broken = False
 
-    def _pace(self) -> None:
-        # gunicorn's readers share the connection's unreader, whose socket they ``recv`` from
-        # (a length reader holds it, a chunked one reaches it through its request).
-        reader = getattr(self._body, "reader", None)
-        unreader = getattr(reader, "unreader", None) or getattr(
-            getattr(reader, "req", None), "unreader", None
-        )
-        sock = getattr(unreader, "sock", None)
-        if unreader is not None and sock is not None and not isinstance(sock, _PacedSocket):
-            unreader.sock = _PacedSocket(sock)
-            self._unreader = unreader
-
     def disarm(self) -> None:
-        """The response begins: the connection's socket is its own again (no time bounds on
-        writing the response, nor on the connection's next request)."""
-        unreader, self._unreader = self._unreader, None
-        if unreader is not None:
-            paced = unreader.sock
-            unreader.sock = paced._sock
-            paced._sock.settimeout(None)
+        """The headers are in, or the response begins: no time bounds until the body is read,
+        none on writing the response, nor on waiting for the connection's next request."""
+        if self._sock is not None:
+            self._sock.release()
 
     def _read(self, read: Callable[[int | None], bytes], size: int | None) -> bytes:
-        if self._unreader is None and not self._broken:
-            self._pace()
+        if not self._paced and not self._broken and self._sock is not None:
+            self._paced = True
+            self._sock.pace_body()
         try:
             return read(size)
         except (self._parse_error, OSError) as exc:
@@ -301,7 +350,8 @@ def _bounded_bodies(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
     from gunicorn.http.errors import ParseException
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        body = _GunicornBody(environ["wsgi.input"], ParseException)
+        body = _GunicornBody(environ["wsgi.input"], environ.get("gunicorn.socket"), ParseException)
+        body.disarm()  # the request line and headers are in
         environ["wsgi.input"] = body
 
         def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:

@@ -324,6 +324,54 @@ def test_a_trickling_body_is_cut_off_and_the_node_keeps_answering(node):
     assert [v["version"] for v in versions] == ["1.0.0"]
 
 
+def test_trickling_headers_are_cut_off_and_the_node_keeps_answering(node):
+    """A request line, then a header byte now and then: gunicorn read headers without a time
+    bound, so a few such connections held every request thread of a node."""
+    from marketplace.serving import HEADERS_TIMEOUT_S
+
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    parts = urlsplit(served.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
+        sock.sendall(f"GET /api/v1/me HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Slow: ".encode())
+        started = time.monotonic()
+        closed = False
+        sock.settimeout(1.0)
+        while time.monotonic() - started < HEADERS_TIMEOUT_S + 20:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"x")
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                chunk = None
+            if chunk == b"":
+                closed = True
+                break
+            # Meanwhile the node answers others at once.
+            assert vendor.get("/api/v1/me").status_code == 200
+        took = time.monotonic() - started
+    assert closed
+    assert HEADERS_TIMEOUT_S <= took < HEADERS_TIMEOUT_S + 10, took
+
+
+def test_headers_sent_in_pieces_in_time_are_answered(node):
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    parts = urlsplit(served.url)
+    head = (
+        f"GET /api/v1/me HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: {vendor.http.headers['Authorization']}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        for i in range(0, len(head), 16):
+            sock.sendall(head[i : i + 16])
+            time.sleep(0.05)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
 HOSTILE_NAMES = ["../../../../tmp/x", "/etc/cron.d/x", "file", ".hidden", "名字", "a%2Fb"]
 
 
