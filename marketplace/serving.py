@@ -219,7 +219,7 @@ class _ConnectionSocket:
     gunicorn's parser and body readers ``recv`` from it many times per request, so this is
     where a stall or a trickle can be seen:
 
-    - the request line and headers: all within :data:`HEADERS_TIMEOUT_S`;
+    - the request line and headers: all within :data:`HEADERS_TIMEOUT_S` of the first read;
     - the body: each ``recv`` within :data:`BODY_IDLE_TIMEOUT_S`, and after the grace at least
       :data:`BODY_RATE_MIN_BYTES_S` on average;
     - otherwise (writing a response, waiting in gunicorn's poller for the next request) the
@@ -228,28 +228,33 @@ class _ConnectionSocket:
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
+        self._reading_headers = False
         self._headers_due: float | None = None
         self._body_since: float | None = None
         self._received = 0
 
     def expect_headers(self) -> None:
-        self._headers_due = time.monotonic() + HEADERS_TIMEOUT_S
+        self._reading_headers, self._headers_due = True, None
         self._body_since = None
 
     def pace_body(self) -> None:
-        self._headers_due = None
+        self._reading_headers = False
         self._body_since = time.monotonic()
         self._received = 0
         self._sock.settimeout(BODY_IDLE_TIMEOUT_S)
 
     def release(self) -> None:
-        if self._headers_due is not None or self._body_since is not None:
-            self._headers_due = self._body_since = None
+        if self._reading_headers or self._body_since is not None:
+            self._reading_headers, self._body_since = False, None
             self._sock.settimeout(None)
 
     def recv(self, size: int) -> bytes:
-        if self._headers_due is not None:
-            left = self._headers_due - time.monotonic()
+        if self._reading_headers:
+            now = time.monotonic()
+            if self._headers_due is None:
+                # From the first read: gunicorn first waits (5 s at most) for the first bytes.
+                self._headers_due = now + HEADERS_TIMEOUT_S
+            left = self._headers_due - now
             if left > 0:
                 self._sock.settimeout(left)
                 with contextlib.suppress(TimeoutError):
