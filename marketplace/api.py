@@ -190,11 +190,25 @@ class IdConverter(IntegerConverter):
         return super().to_python(value)  # type: ignore[no-any-return]
 
 
-def _out_of_range_fields(model: BaseModel, low: int, high: int) -> list[str]:
+def _out_of_range_fields(value: Any, low: int, high: int, where: str = "") -> list[str]:
+    """The dotted names of the integers past the bounds, nested models and lists included (a
+    job's ``versions.0.model_id`` of 2**63 reached the database as one)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [] if low <= value <= high else [where or "(body)"]
+    if isinstance(value, BaseModel):
+        items: Any = ((name, field) for name, field in value)
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    elif isinstance(value, dict):
+        items = value.items()
+    else:
+        return []
     return [
         name
-        for name, value in model
-        if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high
+        for key, item in items
+        for name in _out_of_range_fields(item, low, high, f"{where}.{key}" if where else str(key))
     ]
 
 

@@ -81,3 +81,19 @@ def test_every_money_field_of_every_request_schema_is_strict(app):
     assert {"OfferCreate.price_minor", "TopUpCreate.amount_minor", "RefundCreate.amount_minor"} <= (
         set(money)
     )
+
+
+def test_integers_nested_in_a_body_are_bounded_too(live_server):
+    """A job's model id of 2**63, nested in its list of versions, reached SQLite: a 500."""
+    server = live_server()
+    buyer = LiveOrg.register(server, ["buyer"])
+    for model_id in [2**63, 2**70]:
+        resp = buyer.call(
+            "POST",
+            "/api/v1/evaluation-jobs",
+            json={"dataset_id": 1, "versions": [{"model_id": model_id, "version": "latest"}]},
+        )
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["code"] == "integer_out_of_range"
+        assert [e["field"] for e in resp.json()["errors"]] == ["versions.0.model_id"]
+    assert buyer.call("GET", "/api/v1/evaluation-jobs").json()["items"] == []
