@@ -121,6 +121,7 @@ ERROR_TABLE: dict[str, ErrorKind] = {
     # than the limits allow, a property of the request, not a server fault. Quarantine and
     # saturation are temporary, so 503 with Retry-After; a throttled caller is told to slow down.
     "input_invalid": ErrorKind(422, "The inputs do not match the model"),
+    "input_too_large": ErrorKind(422, "The inputs exceed the limits of a call"),
     "model_invalid": ErrorKind(422, "The model could not be loaded"),
     "resource_exhausted": ErrorKind(422, "The evaluation exceeded the limits"),
     "output_too_large": ErrorKind(422, "The outputs exceed the limit of this call"),

@@ -134,6 +134,7 @@ def _wants_npz() -> bool:
         415: ["unsupported_media_type"],
         422: [
             "input_invalid",
+            "input_too_large",
             "malformed_json",
             "model_invalid",
             "output_too_large",
