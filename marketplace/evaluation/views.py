@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,13 +84,31 @@ def _json_body(bytes_max: int) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > bytes_max:
         raise PayloadTooLarge(f"JSON bodies are limited to {bytes_max} bytes.")
     request.max_content_length = bytes_max
+    data = request.get_data()
     try:
-        body = orjson.loads(request.get_data())
+        body = orjson.loads(data)
     except orjson.JSONDecodeError:
         return read_json_object(bytes_max)
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object.", code="body_not_object")
+    if len(_NAME_ENDS.findall(data)) > _names_through_objects(body):
+        # A name written twice (orjson keeps the last), an object inside a list, or a quote and
+        # a colon inside a string: the app's own decoder, which refuses repeated names, decides.
+        return read_json_object(bytes_max)
     return body
+
+
+# Every name of a JSON object ends with a quote, then optional whitespace, then a colon, so
+# there are never fewer such places in a text than names written (about 0.1 ms for 370 KB).
+_NAME_ENDS = re.compile(rb'"[ \t\r\n]*:')
+
+
+def _names_through_objects(value: Any) -> int:
+    """The names of the objects reachable through objects alone (the body, its inputs, each
+    tensor): every name, when no object sits inside a list. Lists of numbers are not walked."""
+    if not isinstance(value, dict):
+        return 0
+    return len(value) + sum(_names_through_objects(item) for item in value.values())
 
 
 def _wants_npz() -> bool:

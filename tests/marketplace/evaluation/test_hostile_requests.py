@@ -284,6 +284,31 @@ def test_malformed_chunked_bodies_are_bad_requests(node):
     assert [v["version"] for v in versions] == ["1.0.0"]
 
 
+def test_evaluate_refuses_names_written_twice_as_every_json_route_does(node):
+    """The evaluate route's fast decoder kept the last of two names, and the call ran."""
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    model_id = vendor.publish(m.identity(["N"]))
+    path = f"/api/v1/models/{model_id}/versions/1.0.0/evaluate"
+    tensor = '{"dtype": "float32", "shape": [1], "data": [1.5]}'
+    twice = [
+        '{"inputs": {"x": {"dtype": "float64", "dtype": "float32", "shape": [1], "data": [1.5]}}}',
+        '{"inputs": {}, "inputs": {"x": ' + tensor + "}}",
+        '{"inputs": {"x": ' + tensor + ', "x" : ' + tensor + "}}",
+        '{"inputs": {"x": ' + tensor + '},\n "inputs"\t:{"x": ' + tensor + "}}",
+    ]
+    headers = {"Content-Type": "application/json"}
+    for body in twice:
+        resp = vendor.post(path, data=body.encode(), headers=headers)
+        assert resp.status_code == 422, (body, resp.text)
+        assert resp.json()["code"] == "malformed_json", body
+    # A colon after a quote inside a string is no second name.
+    fine = '{"inputs": {"x:\\":": ' + tensor + "}}"
+    resp = vendor.post(path, data=fine.encode(), headers=headers)
+    assert resp.json()["code"] == "input_invalid", resp.text  # the model has no input x:\":
+    assert vendor.post(path, json=JSON_X).status_code == 200
+
+
 def _trickle(
     url: str, head: bytes, seconds_max: float, vendor: Client
 ) -> tuple[bytes, bool, float]:
