@@ -260,6 +260,8 @@ class _ConnectionSocket:
                 with contextlib.suppress(TimeoutError):
                     data: bytes = self._sock.recv(size)
                     return data
+            # Out of header mode: gunicorn's graceful close drains the socket through here.
+            self._reading_headers = False
             log.info(
                 "closed a connection whose request headers took over %.0f s", HEADERS_TIMEOUT_S
             )
