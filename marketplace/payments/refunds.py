@@ -219,7 +219,19 @@ def apply_refund(s: Session, refund_id: int, result: ProviderRefund) -> PaymentR
         s.add(refund)
         return refund
     if result.status == PROVIDER_REFUND_SUCCEEDED:
-        _finish(s, refund, REFUND_SUCCEEDED, None)
+        if (result.amount_minor, result.currency) != (refund.amount_minor, refund.currency):
+            # Never post a hold for other money than went back; it stays pending, for a person,
+            # and the reconciliation report lists it (as a top-up of another amount is).
+            log.error(
+                "refund %s asked %s %s; the provider's refund is %s %s",
+                refund.id,
+                refund.amount_minor,
+                refund.currency,
+                result.amount_minor,
+                result.currency,
+            )
+        else:
+            _finish(s, refund, REFUND_SUCCEEDED, None)
     elif result.status == PROVIDER_REFUND_FAILED:
         _finish(s, refund, REFUND_FAILED, result.failure_code or "refund_failed")
     s.add(refund)

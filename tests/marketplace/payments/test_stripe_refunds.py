@@ -191,6 +191,28 @@ def test_a_refund_stripe_refuses_returns_the_money(app, client, buyer, payer, ho
     assert ledger.check_invariants(db_session) == []
 
 
+def test_a_refund_reported_for_other_money_is_not_posted(
+    app, client, buyer, payer, hooks, db_session
+):
+    """A signed success of a refund of 400 posted our hold of 500: the wallet lost 100 that
+    never went back to the card. Top-ups already refused an amount they had not asked for."""
+    paid_top_up(client, buyer, payer, hooks, 500, "a")
+    hooks.refund_status = "pending"
+    out = withdraw(client, buyer, 500).json
+    (refund,) = out["refunds"]
+    hooks.deliver()
+    with hooks.lock:
+        hooks.objects[refund["refund_id"]]["amount"] = 400
+    hooks.settle_refund(refund["refund_id"], "succeeded")
+    hooks.deliver()
+    got = client.get(f"/api/v1/wallet/withdrawals/{out['id']}", headers=buyer.headers()).json
+    assert got["refunds"][0]["status"] == "pending"  # for a person to settle
+    assert wallet_available(db_session, buyer.id) == 0  # still held, not spent
+    rep = reconcile.report(session=db_session, gateway=app.extensions["payment_gateway"])
+    assert any("500 here, 400 at the provider" in m for m in rep.mismatches), rep
+    assert ledger.check_invariants(db_session) == []
+
+
 def _posts(org: Any, path: str, body: dict[str, Any], key: str) -> list[Callable[[], Any]]:
     """Twelve POSTs of ``body`` to ``path`` by ``org``, each with an Idempotency-Key of its own
     (an administrator's with the admin scope)."""
