@@ -179,6 +179,10 @@ def holds_nul(value: Any) -> bool:
 class IdConverter(IntegerConverter):
     """Flask's ``<int:...>`` bounded to the id columns' range; beyond it 422, not 500."""
 
+    # ASCII digits only: Werkzeug's \d also matches other scripts' digits, which int() reads,
+    # so /models/１ (a full-width one) acted on model 1.
+    regex = "[0-9]+"
+
     def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("max", ID_MAX)
         super().__init__(map, *args, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -97,3 +98,20 @@ def test_integers_nested_in_a_body_are_bounded_too(live_server):
         assert resp.json()["code"] == "integer_out_of_range"
         assert [e["field"] for e in resp.json()["errors"]] == ["versions.0.model_id"]
     assert buyer.call("GET", "/api/v1/evaluation-jobs").json()["items"] == []
+
+
+def test_path_ids_are_ascii_digits(live_server):
+    """Full-width and Arabic-Indic digits were read as ids: /models/１ acted on model 1."""
+    server = live_server()
+    vendor = LiveOrg.register(server, ["vendor"])
+    created = vendor.call(
+        "POST", "/api/v1/models", json={"name": "Digits", "summary": "s", "task": "other"}
+    )
+    assert created.status_code == 201, created.text
+    model_id = created.json()["id"]
+    assert vendor.call("GET", f"/api/v1/models/{model_id}").status_code == 200
+    for zero in (0xFF10, 0x0660):  # full-width and Arabic-Indic digits
+        digits = "".join(chr(zero + int(d)) for d in str(model_id))
+        resp = vendor.call("GET", f"/api/v1/models/{quote(digits)}")
+        assert resp.status_code == 404, (digits, resp.text)
+        assert resp.headers["Content-Type"] == "application/problem+json"
