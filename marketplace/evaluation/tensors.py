@@ -47,7 +47,7 @@ _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 class TensorDecodeError(ValueError):
     """The tensors are malformed or over a cap; ``code`` is the stable error code."""
 
-    def __init__(self, message: str, code: str = "input_invalid") -> None:
+    def __init__(self, message: str, *, code: str = "input_invalid") -> None:
         super().__init__(message)
         self.code = code
 
@@ -80,7 +80,7 @@ def _check_dims(dims: Sequence[int], elements_max: int, too_large: str) -> int:
     if any(dim < 0 for dim in dims):
         raise TensorDecodeError("every dimension must be a non-negative integer")
     if math.prod(max(dim, 1) for dim in dims) > elements_max:
-        raise TensorDecodeError(too_large, "input_too_large")
+        raise TensorDecodeError(too_large, code="input_too_large")
     return math.prod(dims)
 
 
@@ -161,13 +161,13 @@ def decode_json_tensors(
         total_bytes += count * dtype.itemsize
         if total > elements_max:
             raise TensorDecodeError(
-                f"inputs may hold at most {elements_max} elements", "input_too_large"
+                f"inputs may hold at most {elements_max} elements", code="input_too_large"
             )
         if bytes_max is not None and total_bytes > bytes_max:
             raise TensorDecodeError(
                 f"JSON inputs may hold at most {bytes_max} tensor bytes; "
                 f"send larger inputs as {NPZ_MIME}",
-                "input_too_large",
+                code="input_too_large",
             )
         specs.append((name, dtype, shape, spec.get("data")))
     arrays: dict[str, np.ndarray] = {}
@@ -433,7 +433,7 @@ def _zipfile_members(data: bytes, body: memoryview) -> list[_Member]:
             raise TensorDecodeError(f"npz member {name!r} uses an unknown compression") from None
         if len(raw) != info.file_size:
             raise TensorDecodeError(
-                "an npz member's size differs from its header", "input_too_large"
+                "an npz member's size differs from its header", code="input_too_large"
             )
         return memoryview(raw)
 
@@ -461,7 +461,7 @@ def decode_npz(data: bytes, *, elements_max: int, bytes_max: int) -> dict[str, n
         raise TensorDecodeError("the npz archive holds no tensors")
     if sum(member.size for member in members) > bytes_max:
         raise TensorDecodeError(
-            f"the npz archive expands past {bytes_max} bytes", "input_too_large"
+            f"the npz archive expands past {bytes_max} bytes", code="input_too_large"
         )
     arrays: dict[str, np.ndarray] = {}
     left = elements_max

@@ -219,12 +219,6 @@ def _raised_codes() -> dict[str, str]:
                         if not isinstance(value.value, str):
                             continue  # redirect(code=302)
                         codes.setdefault(value.value, f"{path}:{node.lineno}")
-                # A tensor decoding error names its code second: TensorDecodeError(text, code).
-                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
-                if name == "TensorDecodeError" and len(node.args) > 1:
-                    second = node.args[1]
-                    if isinstance(second, ast.Constant) and isinstance(second.value, str):
-                        codes.setdefault(second.value, f"{path}:{node.lineno}")
             if isinstance(node, ast.ClassDef):
                 # class OfferNotFound(NotFound, code="offer_not_found"): ...
                 for kw in node.keywords:
