@@ -313,6 +313,7 @@ def openapi(
     examples: Mapping[str, Any] | None = None,
     description: str = "",
     also_success: Mapping[int, Sequence[str]] | None = None,
+    replay_status: int | None = None,
     response_headers: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Attach the operation's description; the spec is built from these and the URL map.
@@ -324,7 +325,8 @@ def openapi(
     :data:`DEFAULT_ERROR_CODES`; ``example`` is a JSON body a client may send as it is, and
     ``examples`` gives path and query parameters their example values (integer path
     parameters default to 1, the first id of a fresh database's demo data).
-    ``also_success`` lists further success statuses with their media types;
+    ``also_success`` lists further success statuses with their media types; ``replay_status``
+    is the status a replay of the same Idempotency-Key and body answers, with the first result;
     ``response_headers`` names the headers of the success response with their meaning.
     """
     codes = {int(k): tuple(v) for k, v in (error_codes or {}).items()}
@@ -338,12 +340,20 @@ def openapi(
             "response": response,
             "status": status,
             "scope": scope,
-            "errors": sorted(set(errors) | set(codes) | ({401, 403} if scope else set()) | {422}),
+            "errors": sorted(
+                set(errors)
+                | set(codes)
+                | ({401, 403} if scope else set())
+                | {422}
+                # A JSON body is refused past its bound (413) or under another media type (415).
+                | ({413, 415} if body is not None and body_media_type == JSON_MIME else set())
+            ),
             "error_codes": codes,
             "example": example,
             "examples": dict(examples or {}),
             "description": description,
             "also_success": {int(k): tuple(v) for k, v in (also_success or {}).items()},
+            "replay_status": replay_status,
             "response_headers": dict(response_headers or {}),
             "body_media_type": body_media_type,
             "body_media_types": tuple(body_media_types),
@@ -507,6 +517,11 @@ def build_spec(app: Flask) -> dict[str, Any]:
                     for name, text in meta["response_headers"].items()
                 }
             op["responses"][str(meta["status"])] = ok
+            if meta["replay_status"] is not None:
+                op["responses"][str(meta["replay_status"])] = {
+                    **ok,
+                    "description": "The first result, replayed (the same Idempotency-Key and body)",
+                }
             for status, media_types in meta["also_success"].items():
                 op["responses"][str(status)] = {
                     "description": "Success",

@@ -64,6 +64,8 @@ def operation(
         # A guarded route never reads a token as optional: one of the two is a mistake.
         raise TypeError("optional_token is for routes without a scope")
     codes = [*errors, *(code for header in spec.get("headers", ()) for code in header.errors)]
+    if optional_token:
+        codes.append("invalid_token")  # a token sent along must be valid
     error_codes: dict[int, list[str]] = {}
     for code in codes:
         error_codes.setdefault(ERROR_TABLE[code].status, []).append(code)

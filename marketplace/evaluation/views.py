@@ -231,7 +231,7 @@ def _evaluate(model_id: int, version: str, slot: Slot) -> Response:
     "The version's sample input as npz (anyone who may evaluate the version)",
     tag="sandbox",
     scope=SANDBOX_RUN,
-    errors=[402, 404],
+    errors=[402, 404, 410],
     response_media_types=(NPZ_MIME,),
     error_codes={404: ["model_not_found", "version_not_found", "sample_not_found"]},
     examples={"version": "1.0.0"},

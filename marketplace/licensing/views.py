@@ -74,6 +74,7 @@ def start_trial(offer_id: int) -> LicensePublic:
     "Buy the offer from your wallet (header Idempotency-Key); 402 when it cannot cover the price",
     response=OrderPublic,
     headers=[IDEMPOTENCY_KEY],
+    replay_status=200,
     errors=["insufficient_funds", "already_licensed", *OFFER_ACCEPTANCE_ERRORS],
 )
 def purchase(offer_id: int) -> Any:

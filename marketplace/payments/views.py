@@ -55,7 +55,7 @@ STRIPE_SIGNATURE = HeaderParam(
 wallet_operation = operations(tag="wallet", scope="any")
 # Money into or out of the wallet: created once per Idempotency-Key, replayed after.
 wallet_change = operations(
-    tag="wallet", scope=LICENSES_WRITE, status=201, headers=[IDEMPOTENCY_KEY]
+    tag="wallet", scope=LICENSES_WRITE, status=201, headers=[IDEMPOTENCY_KEY], replay_status=200
 )
 payout_operation = operations(tag="payouts")
 # The provider's side of payments is the administrators' (the webhook is signed, not scoped).

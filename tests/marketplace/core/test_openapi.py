@@ -174,3 +174,25 @@ def test_every_documented_problem_code_sits_under_the_status_the_error_table_giv
                 if table_status is not None and table_status != int(status):
                     misplaced.append(f"{method} {path}: {code} under {status}, not {table_status}")
     assert misplaced == []
+
+
+def test_answers_clients_meet_are_documented(client):
+    """A JSON body sent as text/plain got an undocumented 415, a replayed purchase an
+    undocumented 200, a public read with a bad token an undocumented 401."""
+    spec = client.get("/api/v1/openapi.json").json
+    missing = []
+    for method, path, op in _operations(spec):
+        responses = op["responses"]
+        if "application/json" in op.get("requestBody", {}).get("content", {}):
+            missing += [f"{method} {path} {s}" for s in ("413", "415") if s not in responses]
+    for method, path in [("get", "/api/v1/models"), ("get", "/api/v1/models/{model_id}")]:
+        codes = spec["paths"][path][method]["responses"].get("401", {})
+        if "invalid_token" not in str(codes):
+            missing.append(f"{method} {path} 401 invalid_token")
+    for path in ["/api/v1/offers/{offer_id}/purchase", "/api/v1/wallet/top-ups"]:
+        if "200" not in spec["paths"][path]["post"]["responses"]:
+            missing.append(f"post {path} 200 replay")
+    sample = spec["paths"]["/api/v1/models/{model_id}/versions/{version}/sample"]["get"]
+    if "410" not in sample["responses"]:
+        missing.append("get sample 410")
+    assert missing == []
