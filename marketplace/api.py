@@ -290,7 +290,17 @@ def _object_named_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_query(model: type[M]) -> M:
-    """The query string as ``model``; its integers are ids or page numbers (see ``ID_MAX``)."""
+    """The query string as ``model``; its integers are ids or page numbers (see ``ID_MAX``).
+
+    A parameter given twice is refused, as a JSON name written twice is: reading the first
+    silently answered ``?currency=CNY&currency=USD`` in CNY.
+    """
+    twice = sorted(name for name, values in request.args.lists() if len(values) > 1)
+    if twice:
+        raise ValidationFailed(
+            "Each query parameter may be given once.",
+            errors=[{"field": name, "message": "given more than once"} for name in twice],
+        )
     return validate(model, request.args.to_dict(), int_min=ID_MIN, int_max=ID_MAX)
 
 

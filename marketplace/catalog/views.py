@@ -322,7 +322,13 @@ def _chunks(stream: BinaryIO | None) -> Iterator[bytes]:
 @operation(
     "Attach a sample input to a version: an npz matching its input signature (owner)",
     body_media_type=NPZ_MIME,
-    errors=[*VERSION_NOT_FOUND, "sample_too_large", "unsupported_media_type", "sample_invalid"],
+    errors=[
+        *VERSION_NOT_FOUND,
+        "version_revoked",
+        "sample_too_large",
+        "unsupported_media_type",
+        "sample_invalid",
+    ],
     examples={"version": "1.0.0"},
 )
 def put_sample(model_id: int, version: str) -> schemas.SamplePublic:

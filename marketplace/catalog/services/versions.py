@@ -477,6 +477,9 @@ def attach_sample(
     row = _find_version(session, listing_id, version)
     if row is None or row.id is None:
         raise VersionNotFound("No such version.")
+    if row.revoked_at is not None:
+        # Nobody can read a revoked version's sample (410): neither is one written.
+        raise VersionRevoked("This version has been revoked.")
     if len(data) > bytes_max:
         raise SampleTooLarge(f"Sample inputs are limited to {bytes_max} bytes.")
     try:

@@ -103,3 +103,20 @@ def test_sample_limits_and_who_may_attach(app, client, vendor, buyer, make_org, 
     assert resp.status_code == 404 and resp.json["code"] == "model_not_found"
     resp = client.put(url, data=GOOD, headers={**buyer.headers(), **NPZ})
     assert resp.status_code == 403 and resp.json["code"] == "insufficient_scope"
+
+
+def test_a_revoked_versions_sample_is_neither_read_nor_written(client, vendor, catalog):
+    """Reading a revoked version's sample answered 410 while writing one still succeeded."""
+    url = sample_url(catalog)
+    write = {**vendor.headers("models:write"), **NPZ}
+    assert client.put(url, data=GOOD, headers=write).status_code == 200
+    made, version = catalog
+    revoke = client.post(
+        f"/api/v1/models/{made.listing_id}/versions/{version}/revoke",
+        headers=vendor.headers("models:write"),
+    )
+    assert revoke.status_code == 200, revoke.json
+    assert client.get(url, headers=vendor.headers()).json["code"] == "version_revoked"
+    other = npz(readings=np.ones((1, 16), np.float32))
+    resp = client.put(url, data=other, headers=write)
+    assert resp.status_code == 410 and resp.json["code"] == "version_revoked", resp.json

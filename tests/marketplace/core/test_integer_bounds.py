@@ -115,3 +115,14 @@ def test_path_ids_are_ascii_digits(live_server):
         resp = vendor.call("GET", f"/api/v1/models/{quote(digits)}")
         assert resp.status_code == 404, (digits, resp.text)
         assert resp.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_query_parameter_given_twice_is_refused(live_server):
+    """?currency=CNY&currency=USD answered in CNY, the first; JSON names given twice are 422."""
+    server = live_server()
+    buyer = LiveOrg.register(server, ["buyer"])
+    resp = buyer.call("GET", "/api/v1/ledger/statement?currency=CNY&currency=USD")
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["code"] == "validation_failed"
+    assert [e["field"] for e in resp.json()["errors"]] == ["currency"]
+    assert buyer.call("GET", "/api/v1/ledger/statement?currency=CNY").status_code == 200
