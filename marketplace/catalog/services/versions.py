@@ -287,6 +287,7 @@ def resolve_version(*, session: Session, listing_id: int, version: str) -> str:
         .limit(1)
     ).first()
     if newest is None:
+        _get_listing(session, listing_id)  # no such model is model_not_found, as for a number
         raise VersionNotFound("The model has no version that is not revoked.")
     return newest
 

@@ -38,3 +38,14 @@ def test_latest_follows_uploads_and_revocations(client, vendor, listing, upload)
 def test_latest_is_not_a_version_number_one_can_upload(client, vendor, listing, upload):
     refused = upload(vendor, listing["id"], defect_scorer_model(), "latest")
     assert refused.status_code == 422 and refused.json["code"] == "invalid_version"
+
+
+def test_latest_of_no_model_is_model_not_found(client, vendor, listing):
+    """Evaluating `latest` of a model that does not exist said its version was not found."""
+    for model_id in [listing["id"] + 1000, 2**31 - 1]:
+        resp = client.post(
+            f"/api/v1/models/{model_id}/versions/latest/evaluate",
+            json={"inputs": {"x": {"dtype": "float32", "shape": [1], "data": [1.0]}}},
+            headers=vendor.headers("sandbox:run"),
+        )
+        assert resp.status_code == 404 and resp.json["code"] == "model_not_found", resp.json
