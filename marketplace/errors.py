@@ -46,6 +46,8 @@ ERROR_TABLE: dict[str, ErrorKind] = {
     "not_acceptable": ErrorKind(406, "Not acceptable"),
     "conflict": ErrorKind(409, "Conflict"),
     "length_required": ErrorKind(411, "Length required"),
+    "uri_too_long": ErrorKind(414, "The request line is too long"),
+    "header_fields_too_large": ErrorKind(431, "The request headers are too large"),
     "payment_required": ErrorKind(402, "Insufficient funds"),
     "payload_too_large": ErrorKind(413, "Payload too large"),
     "unsupported_media_type": ErrorKind(415, "Unsupported media type"),
@@ -305,6 +307,17 @@ def problem_title(code: str) -> str:
     return error_kind(code).title
 
 
+def problem_body(status: int, code: str, detail: str) -> dict[str, Any]:
+    """An RFC 9457 problem's members, as every error under ``/api`` answers them."""
+    return {
+        "type": f"/problems/{code}",
+        "title": problem_title(code),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+
+
 def problem_response(
     status: int,
     code: str,
@@ -312,14 +325,7 @@ def problem_response(
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {
-        "type": f"/problems/{code}",
-        "title": problem_title(code),
-        "status": status,
-        "detail": detail,
-        "code": code,
-    }
-    body.update(extra or {})
+    body = {**problem_body(status, code, detail), **(extra or {})}
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MIME)
     for name, value in (headers or {}).items():
         response.headers[name] = value

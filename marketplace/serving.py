@@ -23,18 +23,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import json
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
 from marketplace import periodic
+from marketplace.errors import problem_body
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +292,58 @@ class _ConnectionSocket:
 
 def _node_worker_class() -> type:
     """gunicorn's threaded worker, with each connection's socket read within time bounds."""
+    from gunicorn.http import errors as http_errors
     from gunicorn.workers.gthread import ThreadWorker
 
+    # What gunicorn refuses before the app sees a request, answered as the app answers errors
+    # (problem+json with a stable code) instead of gunicorn's HTML page.
+    refusals: list[tuple[type | tuple[type, ...], int, str, str]] = [
+        (http_errors.LimitRequestLine, 414, "uri_too_long", "The request line is too long."),
+        (
+            http_errors.LimitRequestHeaders,
+            431,
+            "header_fields_too_large",
+            "The request has too many headers, or one too large.",
+        ),
+        (
+            (
+                http_errors.InvalidRequestLine,
+                http_errors.InvalidRequestMethod,
+                http_errors.InvalidHTTPVersion,
+                http_errors.InvalidHeader,
+                http_errors.InvalidHeaderName,
+                http_errors.ObsoleteFolding,
+                http_errors.InvalidSchemeHeaders,
+                http_errors.InvalidChunkSize,
+                http_errors.ChunkMissingTerminator,
+                http_errors.InvalidChunkExtension,
+            ),
+            400,
+            "bad_request",
+            "The request is not valid HTTP/1.1.",
+        ),
+    ]
+
     class NodeWorker(ThreadWorker):  # type: ignore[misc]
+        def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+            refused = next((r for r in refusals if isinstance(exc, r[0])), None)
+            response_fault = (
+                http_errors.InvalidResponseHeader,
+                http_errors.InvalidResponseHeaderName,
+            )
+            if refused is None or isinstance(exc, response_fault):
+                super().handle_error(req, client, addr, exc)
+                return
+            _kinds, status, code, detail = refused
+            self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+            body = json.dumps(problem_body(status, code, detail)).encode()
+            head = (
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
+                f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            with contextlib.suppress(OSError):
+                client.sendall(head.encode("latin-1") + body)
+
         def handle(self, conn: Any) -> Any:
             # Wrapped before gunicorn makes the connection's parser, which keeps the socket
             # for every request the connection carries.

@@ -116,6 +116,8 @@ EXPECTED_STATUS = {
     "version_revoked": 410,
     # 411
     "length_required": 411,
+    "uri_too_long": 414,
+    "header_fields_too_large": 431,
     # 413
     "dataset_too_large": 413,
     "results_too_large": 413,

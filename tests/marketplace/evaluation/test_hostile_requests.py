@@ -309,6 +309,46 @@ def test_evaluate_refuses_names_written_twice_as_every_json_route_does(node):
     assert vendor.post(path, json=JSON_X).status_code == 200
 
 
+def _raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_what_the_server_refuses_before_the_app_is_problem_json(node):
+    """A long query, a huge header or a broken request line got gunicorn's HTML page."""
+    served, _url = node
+    host = urlsplit(served.url).netloc
+    cases = [
+        (
+            f"GET /api/v1/models?q={'x' * 5000} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+            414,
+            "uri_too_long",
+        ),
+        (
+            f"GET /api/v1/models HTTP/1.1\r\nHost: {host}\r\nX-Big: {'y' * 9000}\r\n\r\n",
+            431,
+            "header_fields_too_large",
+        ),
+        ("GARBAGE\r\n\r\n", 400, "bad_request"),
+        (f"GET /api/v1/models HTTP/1.1\r\nHost: {host}\r\nBad Name: x\r\n\r\n", 400, "bad_request"),
+    ]
+    for request, status, code in cases:
+        got, headers, body = _raw_answer(served.url, request.encode())
+        assert got == status, (request[:60], got, body[:200])
+        assert headers["content-type"] == "application/problem+json", headers
+        problem = json.loads(body)
+        assert problem["code"] == code and problem["status"] == status, problem
+    assert requests.get(f"{served.url}/api/v1/models", timeout=30).status_code == 200
+
+
 def _trickle(
     url: str, head: bytes, seconds_max: float, vendor: Client
 ) -> tuple[bytes, bool, float]:
