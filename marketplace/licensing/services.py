@@ -471,8 +471,9 @@ class LicensingService:
 
     def refund_order(
         self, *, session: Session, order_id: int, request: RefundCreate, idempotency_key: str
-    ) -> RefundPublic:
-        """Refund all or part of an order by a reversing ledger transaction.
+    ) -> tuple[RefundPublic, bool]:
+        """Refund all or part of an order by a reversing ledger transaction; the refund, and
+        whether this call made it (False: a replay of the same key and body).
 
         Refunds are split with the same largest-remainder rule on the cumulative amount refunded,
         so a full refund in any number of parts returns exactly the original vendor share and fee.
@@ -484,7 +485,7 @@ class LicensingService:
         """
         digest = request_hash({"amount_minor": request.amount_minor, "reason": request.reason})
 
-        def work(s: Session) -> Refund:
+        def work(s: Session) -> tuple[Refund, bool]:
             order = s.get(Order, order_id, with_for_update=True, populate_existing=True)
             if order is None:
                 raise NotFound("No such order.", code="order_not_found")
@@ -494,7 +495,7 @@ class LicensingService:
                 )
             ).first()
             if (prior := replay(found, digest, "refund")) is not None:
-                return prior
+                return prior, False
             left = order.amount_minor - order.refunded_minor
             amount = left if request.amount_minor is None else request.amount_minor
             if amount <= 0 or amount > left:
@@ -565,9 +566,9 @@ class LicensingService:
                     refund_id=refund.id,
                 )
             audit_events.refund_issued(s, refund, order)
-            return refund
+            return refund, True
 
-        refund = ledger.run_in_transaction(session, work)
+        refund, created = ledger.run_in_transaction(session, work)
         assert refund.id is not None
         sent = payment_refunds.refunds_of(session, order_refund_id=refund.id)
         if self.payments is not None and sent:
@@ -575,7 +576,7 @@ class LicensingService:
             sent = payment_refunds.refunds_of(session, order_refund_id=refund.id)
         order = session.get(Order, order_id, populate_existing=True)
         assert order is not None
-        return RefundPublic.model_validate(
+        public = RefundPublic.model_validate(
             {
                 **refund.model_dump(),
                 "order": OrderPublic.model_validate(order),
@@ -583,3 +584,4 @@ class LicensingService:
                 "to_wallet_minor": refund.amount_minor - sum(r.amount_minor for r in sent),
             }
         )
+        return public, created

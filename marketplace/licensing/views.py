@@ -25,7 +25,6 @@ from marketplace.licensing.schemas import (
     OrderPublic,
     OrderQuery,
     RefundCreate,
-    RefundPublic,
 )
 from marketplace.operation import for_caller, operations
 
@@ -113,6 +112,7 @@ def list_orders(query: OrderQuery) -> OrderPage:
     status=201,
     scope=ADMIN,
     headers=[IDEMPOTENCY_KEY],
+    replay_status=200,
     errors=[
         "order_not_found",
         "refund_exceeds_order",
@@ -121,9 +121,10 @@ def list_orders(query: OrderQuery) -> OrderPage:
     ],
     example={"amount_minor": 100_000, "reason": "Delivered a week late"},
 )
-def refund(order_id: int) -> RefundPublic:
+def refund(order_id: int) -> Any:
     key = idempotency_key()
     body = parse_json(RefundCreate)
-    return licensing_service(current_app).refund_order(
+    made, created = licensing_service(current_app).refund_order(
         session=get_session(), order_id=order_id, request=body, idempotency_key=key
     )
+    return made, 201 if created else 200

@@ -145,7 +145,7 @@ def admin_refund() -> BaseResponse:
             currency = order.currency if order is not None else "CNY"
             amount = formatting.parse_amount(form.amount.data, _exponents().get(currency, 2))
         body = validate(RefundCreate, {"amount_minor": amount, "reason": form.reason.data or ""})
-        refund = licensing_service(current_app).refund_order(
+        refund, _created = licensing_service(current_app).refund_order(
             session=session,
             order_id=form.order_id.data,
             request=body,

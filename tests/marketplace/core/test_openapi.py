@@ -189,7 +189,13 @@ def test_answers_clients_meet_are_documented(client):
         codes = spec["paths"][path][method]["responses"].get("401", {})
         if "invalid_token" not in str(codes):
             missing.append(f"{method} {path} 401 invalid_token")
-    for path in ["/api/v1/offers/{offer_id}/purchase", "/api/v1/wallet/top-ups"]:
+    replayable = [
+        "/api/v1/offers/{offer_id}/purchase",
+        "/api/v1/wallet/top-ups",
+        "/api/v1/wallet/withdrawals",
+        "/api/v1/orders/{order_id}/refund",
+    ]
+    for path in replayable:
         if "200" not in spec["paths"][path]["post"]["responses"]:
             missing.append(f"post {path} 200 replay")
     sample = spec["paths"]["/api/v1/models/{model_id}/versions/{version}/sample"]["get"]

@@ -232,6 +232,11 @@ def test_refund_reverses_the_sale_and_revokes_the_licence(
     )
     assert part.status_code == 201, part.json
     assert part.json["order"]["status"] == "partially_refunded"
+    # A replay answers the first refund, 200 as replayed purchases and top-ups do (it was 201).
+    replayed = client.post(
+        url, json={"amount_minor": 3_333}, headers={**admin, "Idempotency-Key": "r1"}
+    )
+    assert replayed.status_code == 200 and replayed.json["id"] == part.json["id"]
     rest = client.post(url, json={}, headers={**admin, "Idempotency-Key": "r2"})
     assert rest.json["amount_minor"] == 6_667 and rest.json["order"]["status"] == "refunded"
     again = client.post(url, json={}, headers={**admin, "Idempotency-Key": "r3"})
