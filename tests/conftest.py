@@ -8,6 +8,7 @@ runs never share rows. Set ``JISHI_TEST_BACKENDS=sqlite`` to run on SQLite alone
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import threading
@@ -154,6 +155,21 @@ def db_connection(migrated_database: tuple[str, Engine]) -> Iterator[sa.Connecti
     connection.close()
 
 
+@contextlib.contextmanager
+def _savepoint_cursor(connection: sa.Connection) -> Iterator[Any]:
+    """``Database.driver_transaction`` inside the test's outer transaction: a savepoint."""
+    savepoint = connection.begin_nested()
+    cursor = connection.connection.cursor()
+    try:
+        yield cursor
+    except BaseException:
+        savepoint.rollback()
+        raise
+    finally:
+        cursor.close()
+    savepoint.commit()
+
+
 @pytest.fixture
 def app(app_config: dict[str, Any], db_connection: sa.Connection) -> Iterator[Flask]:
     application = create_app(app_config)
@@ -164,6 +180,7 @@ def app(app_config: dict[str, Any], db_connection: sa.Connection) -> Iterator[Fl
     database.session_factory = lambda: Session(
         bind=db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False
     )
+    database.driver_transaction = lambda: _savepoint_cursor(db_connection)  # type: ignore[method-assign]
     # No app context is pushed here: each test-client request pushes its own, so every request
     # gets a fresh session as it would in production.
     yield application

@@ -265,8 +265,8 @@ class EvaluationService:
         self.entitlements: TTLCache[tuple[int, int], Entitlement] = TTLCache(
             settings.eval_lookup_cache_ttl_s
         )
-        self.committer = GroupCommitter(
-            database.session,
+        self.committer = GroupCommitter.for_database(
+            database,
             window_s=settings.usage_commit_window_s,
             reserve_calls=settings.metering_reserve_calls,
             writer_lock=writer_lock,

@@ -38,6 +38,8 @@ uncommitted writes of the caller.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,6 +239,32 @@ def _count_metered(
         except DomainError as exc:
             results.append(exc)
     return results
+
+
+def record_reserved_calls(
+    transaction: Callable[[], AbstractContextManager[Any]],
+    counter: metering.ReservedCallCounter,
+    entitlements: list[Entitlement],
+) -> list[dict[str, Any]] | None:
+    """:func:`record_successful_calls` committed by ``counter`` when every call is metered and
+    its licence's reservation covers it; None, with nothing written, otherwise."""
+    by_license: dict[int, list[int]] = {}
+    for index, ent in enumerate(entitlements):
+        if ent.kind != PER_INFERENCE:
+            return None
+        by_license.setdefault(ent.license_id, []).append(index)
+    groups = list(by_license.values())
+    used_after = counter.count(
+        transaction,
+        [(entitlements[g[0]].license_id, [entitlements[i].version_id for i in g]) for g in groups],
+    )
+    if used_after is None:
+        return None
+    results: list[dict[str, Any] | None] = [None] * len(entitlements)
+    for group, used in zip(groups, used_after, strict=True):
+        for offset, index in enumerate(group):
+            results[index] = _metered_usage(entitlements[index], used - len(group) + 1 + offset)
+    return [r for r in results if r is not None]
 
 
 def record_successful_calls(

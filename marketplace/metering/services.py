@@ -31,9 +31,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlmodel import Session, select
 
 from marketplace.audit import events as audit_events
@@ -264,6 +268,102 @@ def _insert_usage(
         ],
     )
     return ids
+
+
+class DriverStatement:
+    """A Core statement compiled once for a dialect and run on the driver's own cursor."""
+
+    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect, **compile_kw: Any):
+        compiled = statement.compile(dialect=dialect, **compile_kw)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self._names: list[str] | None = (
+            list(compiled.positiontup or ()) if compiled.positional else None
+        )
+
+    def params(self, values: dict[str, Any]) -> Any:
+        if self._names is None:
+            return values
+        return tuple(values[name] for name in self._names)
+
+
+class _NotCovered(Exception):
+    """A licence's reservation does not cover its calls: undo the batch's writes."""
+
+
+class ReservedCallCounter:
+    """:func:`count_reserved_calls` for a batch of licences, as driver statements.
+
+    Every metered call ends here, and through the ORM the two statements cost about 0.2 ms of
+    the server's CPU per batch, nearly all of it building, compiling and bookkeeping around
+    them. These are the same statements, compiled once for the dialect, with the stored
+    columns processed by their own column types, run on the cursor of the session's own
+    connection of the database's ``driver_transaction`` (``BEGIN IMMEDIATE`` on SQLite).
+
+    Only the plain case is handled: every licence's reservation covers its calls. Otherwise,
+    or on any database error before the commit, the transaction is rolled back with no effect
+    and :meth:`count` answers None, so the caller takes the full path (settlement, retries).
+    """
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self._count = DriverStatement(_COUNT_RESERVED, dialect)
+        self._insert = DriverStatement(
+            sa.insert(_usage_t),
+            dialect,
+            column_keys=["id", "license_id", "version_id", "seq", "created_at"],
+        )
+        stored_time = _usage_t.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+        self._stored_time = stored_time or (lambda value: value)
+
+    def count(
+        self,
+        transaction: Callable[[], AbstractContextManager[Any]],
+        batches: list[tuple[int, list[int]]],
+    ) -> list[int] | None:
+        """Count each ``(license_id, version_ids)`` in a ``transaction()`` (a driver cursor,
+        committed when its block ends); each licence's new ``calls_used`` in order, or None
+        with nothing written."""
+        written = False
+        try:
+            with transaction() as cursor:
+                used_after = self._write(cursor, batches)
+                if used_after is None:
+                    raise _NotCovered
+                written = True
+        except Exception:
+            if written:
+                # The commit failed: whether it took effect is unknown, so never count again.
+                raise
+            return None
+        return used_after
+
+    def _write(self, cursor: Any, batches: list[tuple[int, list[int]]]) -> list[int] | None:
+        now = self._stored_time(utcnow())
+        used_after: list[int] = []
+        rows: list[Any] = []
+        for license_id, version_ids in batches:
+            calls = len(version_ids)
+            cursor.execute(
+                self._count.sql, self._count.params({"license_id": license_id, "calls": calls})
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            used = int(row[0])
+            used_after.append(used)
+            # 128 random bits per event, drawn in one system call for the licence's calls.
+            raw = os.urandom(16 * calls).hex()
+            for i, version_id in enumerate(version_ids):
+                event = {
+                    "id": raw[32 * i : 32 * i + 32],
+                    "license_id": license_id,
+                    "version_id": version_id,
+                    "seq": used - calls + 1 + i,
+                    "created_at": now,
+                }
+                rows.append(self._insert.params(event))
+        cursor.executemany(self._insert.sql, rows)
+        return used_after
 
 
 # --- calls paid from a hold of their own (evaluation jobs) ----------------------------------

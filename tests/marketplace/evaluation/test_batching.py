@@ -7,7 +7,7 @@ import threading
 import pytest
 from sqlmodel import Session, select
 
-from marketplace.db import Database
+from marketplace.db import Database, utcnow
 from marketplace.errors import DomainError
 from marketplace.evaluation.batching import GroupCommitter, NodeWriterLock
 from marketplace.ledger import services as ledger
@@ -41,14 +41,19 @@ def _race(committer: GroupCommitter, ent, callers: int) -> list[dict | str]:
     return results
 
 
-@pytest.fixture
-def committer(fresh_database, tmp_path):
+@pytest.fixture(params=["orm", "driver"])
+def committer(request, fresh_database, tmp_path):
+    """A committer on the full (ORM) path alone, or as the node builds it: covered metered
+    batches on the driver fast path, the rest on the full path."""
     _url, engine = fresh_database()
     database = Database(engine)
     lock = NodeWriterLock(tmp_path / "writer.lock") if database.is_sqlite else None
-    return database, GroupCommitter(
-        database.session, window_s=0.002, reserve_calls=3, writer_lock=lock
-    )
+    build = GroupCommitter.for_database if request.param == "driver" else None
+    if build is None:
+        return database, GroupCommitter(
+            database.session, window_s=0.002, reserve_calls=3, writer_lock=lock
+        )
+    return database, build(database, window_s=0.002, reserve_calls=3, writer_lock=lock)
 
 
 def test_concurrent_trial_calls_share_commits_and_stop_exactly_at_the_trial(committer):
@@ -104,4 +109,65 @@ def test_concurrent_metered_calls_never_outrun_the_wallet_in_one_batch(committer
     metering.settle(session=setup)
     assert wallet_available(setup, buyer) == 0
     assert ledger.check_invariants(setup) == []
+    setup.close()
+
+
+def test_covered_metered_batches_take_the_driver_path_and_write_what_the_full_path_writes(
+    fresh_database, tmp_path
+):
+    _url, engine = fresh_database()
+    database = Database(engine)
+    lock = NodeWriterLock(tmp_path / "writer.lock") if database.is_sqlite else None
+    # A reservation of 1000 calls: every batch below is covered, none settles.
+    group = GroupCommitter.for_database(
+        database, window_s=0.002, reserve_calls=1000, writer_lock=lock
+    )
+    setup = Session(database.engine, expire_on_commit=False)
+    buyer, _vendor, catalog, license_id = buy_metered(setup, 1000, funds=10_000)
+    ent = entitlements.check_entitlement(
+        session=setup,
+        organization_id=buyer,
+        listing_id=catalog.listing_id,
+        version_id=catalog.version_id,
+    )
+    # The first call reserves (the full path); the rest fit the reservation.
+    first = group.record(ent)
+    before = utcnow()
+    results = _race(group, ent, 12)
+    after = utcnow()
+    assert first["calls_used"] == 1
+    assert sorted(r["calls_used"] for r in results) == list(range(2, 14))
+    assert group.stats.reserved_batches >= 1
+    assert group.stats.reserved_batches == group.stats.batches - 1
+    events = setup.exec(
+        select(UsageEvent).where(UsageEvent.license_id == license_id).order_by(UsageEvent.seq)
+    ).all()
+    assert [e.seq for e in events] == list(range(1, 14))
+    assert {e.version_id for e in events} == {catalog.version_id}
+    assert len({e.id for e in events}) == 13 and all(len(e.id) == 32 for e in events)
+    # Stored as the ORM stores them: read back as aware UTC times of when they were counted.
+    assert all(before <= e.created_at <= after for e in events[1:])
+    lic = setup.get(License, license_id)
+    setup.refresh(lic)
+    assert lic.calls_used == 13
+    metering.settle(session=setup)
+    assert wallet_available(setup, buyer) == 10_000 - 13
+    assert ledger.check_invariants(setup) == []
+    setup.close()
+
+
+def test_a_batch_the_reservation_does_not_cover_writes_nothing_on_the_driver_path(
+    fresh_database,
+):
+    _url, engine = fresh_database()
+    database = Database(engine)
+    setup = Session(database.engine, expire_on_commit=False)
+    _buyer, _vendor, catalog, license_id = buy_metered(setup, 1000, funds=10_000)
+    counter = metering.ReservedCallCounter(database.engine.dialect)
+    # No call reserved yet: the driver path declines and leaves the licence as it was.
+    assert counter.count(database.driver_transaction, [(license_id, [catalog.version_id])]) is None
+    lic = setup.get(License, license_id)
+    setup.refresh(lic)
+    assert lic.calls_used == 0
+    assert setup.exec(select(UsageEvent).where(UsageEvent.license_id == license_id)).all() == []
     setup.close()
