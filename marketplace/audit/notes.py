@@ -192,9 +192,26 @@ def sign_note(text: str, signers: Sequence[Signer]) -> str:
 
 @dataclass(frozen=True)
 class Signature:
+    """One signature line of a note, parsed but not verified: the key it names and its bytes."""
+
     name: str
     key_hash: int
     signature: bytes
+
+    @classmethod
+    def parse(cls, line: str) -> Signature:
+        """Parse ``— <key name> base64(key hash ‖ signature)``; ``malformed_note`` otherwise."""
+        if not line.startswith(SIGNATURE_PREFIX):
+            raise NoteError("malformed_note", "a signature line starts with an em dash and space")
+        name, _, raw_b64 = line[len(SIGNATURE_PREFIX) :].partition(" ")
+        try:
+            check_key_name(name)
+            raw = _b64decode(raw_b64, "a signature")
+        except NoteError as exc:
+            raise NoteError("malformed_note", str(exc)) from None
+        if len(raw) < 5:
+            raise NoteError("malformed_note", "a signature is a key hash and signature bytes")
+        return cls(name=name, key_hash=int(struct.unpack(">I", raw[:4])[0]), signature=raw[4:])
 
 
 @dataclass(frozen=True)
@@ -225,17 +242,7 @@ def split_note(note: str | bytes) -> tuple[str, list[Signature]]:
     text, block = note[: split + 1], note[split + 2 :]
     signatures = []
     for line in block[:-1].split("\n"):
-        if not line.startswith(SIGNATURE_PREFIX):
-            raise NoteError("malformed_note", "a signature line starts with an em dash and space")
-        name, _, raw_b64 = line[len(SIGNATURE_PREFIX) :].partition(" ")
-        try:
-            check_key_name(name)
-            raw = _b64decode(raw_b64, "a signature")
-        except NoteError as exc:
-            raise NoteError("malformed_note", str(exc)) from None
-        if len(raw) < 5:
-            raise NoteError("malformed_note", "a signature is a key hash and signature bytes")
-        signatures.append(Signature(name, int(struct.unpack(">I", raw[:4])[0]), raw[4:]))
+        signatures.append(Signature.parse(line))
         if len(signatures) > SIGNATURES_MAX:
             raise NoteError("malformed_note", f"a note has at most {SIGNATURES_MAX} signatures")
     return text, signatures

@@ -52,11 +52,14 @@ def worker(threads: int, sweep: bool) -> None:
             hostname=queue.worker_name("worker"),
             pool_cls="threads",
             concurrency=threads,
-            loglevel="INFO",
+            # Workers do not coordinate with each other (the broker shares out the chunks, and
+            # the sweeper those whose lease ran out), so Celery's worker-to-worker messages stay
+            # off, as in the embedded worker.
             without_heartbeat=True,
             without_mingle=True,
             without_gossip=True,
-            quiet=True,
+            loglevel="INFO",
+            quiet=True,  # the line echoed above replaces Celery's start-up banner
         ).start()
     finally:
         if sweeper is not None:

@@ -70,16 +70,16 @@ def write_results(
     if job.state in JOB_ACTIVE:
         raise JobNotFinished("Results are ready when the job has finished or was cancelled.")
     found = session.exec(
-        select(JobVersion, ModelVersion)
+        select(col(JobVersion.id), col(ModelVersion.version))
         .join(ModelVersion, col(ModelVersion.id) == col(JobVersion.version_id))
         .where(JobVersion.job_id == job_id, JobVersion.version_id == version_id)
     ).first()
     if found is None:
         raise JobVersionNotFound("The job did not run that version.")
-    jv, version = found
+    job_version_id, version = found
     chunks = session.exec(
         select(JobChunk)
-        .where(JobChunk.job_version_id == jv.id, JobChunk.state == CHUNK_DONE)
+        .where(JobChunk.job_version_id == job_version_id, JobChunk.state == CHUNK_DONE)
         .order_by(col(JobChunk.chunk_index))
     ).all()
     session.commit()  # ends the read; the rows stay loaded (a rollback would expire them)
@@ -135,4 +135,4 @@ def write_results(
         with open_npy_member(archive, SAMPLE_ARRAY, (rows,), np.dtype(np.int64)) as stream:
             for chunk in chunks:
                 stream.write(np.arange(chunk.start, chunk.stop, dtype=np.int64).tobytes())
-    return f"job-{job_id}-{version.version}.npz"
+    return f"job-{job_id}-{version}.npz"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
 
 from marketplace.bounds import ID_MAX, ID_MIN
 from marketplace.errors import DomainError, ServiceUnavailable
@@ -19,6 +19,8 @@ INTENT_CANCELED = "canceled"  # it can never be paid
 REFUND_SUCCEEDED = "succeeded"
 REFUND_PENDING = "pending"
 REFUND_FAILED = "failed"
+
+Answer = TypeVar("Answer")
 
 
 class ProviderUnavailable(ServiceUnavailable, code="payment_provider_unavailable"):
@@ -214,13 +216,14 @@ class OfflineGateway:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
-        self._by_key: dict[str, Any] = {}
+        self._by_key: dict[str, object] = {}
 
-    def _once(self, key: str, make: Any) -> Any:
+    def _once(self, key: str, make: Callable[[int], Answer]) -> Answer:
+        """What ``make`` answered for ``key`` the first time (given the next number), ever after."""
         with self._lock:
             if key not in self._by_key:
                 self._by_key[key] = make(next(self._seq))
-            return self._by_key[key]
+            return cast(Answer, self._by_key[key])
 
     def create_top_up(self, request: TopUpRequest) -> PaymentIntent:
         return PaymentIntent(
@@ -242,33 +245,33 @@ class OfflineGateway:
         return None
 
     def create_transfer(self, request: TransferRequest) -> ProviderTransfer:
-        return self._once(  # type: ignore[no-any-return]
-            request.idempotency_key,
-            lambda n: ProviderTransfer(
+        def transfer(n: int) -> ProviderTransfer:
+            return ProviderTransfer(
                 provider_ref=f"offline-tr-{n}",
                 amount_minor=request.amount_minor,
                 currency=request.currency,
                 destination=request.destination,
                 group=request.transfer_group,
                 metadata=dict(request.metadata),
-            ),
-        )
+            )
+
+        return self._once(request.idempotency_key, transfer)
 
     def get_transfer(self, provider_ref: str) -> ProviderTransfer:
         raise ProviderRefused("Simulated transfers have no state to fetch.", code="simulated")
 
     def create_refund(self, request: RefundRequest) -> ProviderRefund:
-        return self._once(  # type: ignore[no-any-return]
-            request.idempotency_key,
-            lambda n: ProviderRefund(
+        def refund(n: int) -> ProviderRefund:
+            return ProviderRefund(
                 provider_ref=f"offline-re-{n}",
                 status=REFUND_SUCCEEDED,
                 amount_minor=request.amount_minor,
                 currency="",
                 payment_ref=request.payment_ref,
                 metadata=dict(request.metadata),
-            ),
-        )
+            )
+
+        return self._once(request.idempotency_key, refund)
 
     def get_refund(self, provider_ref: str) -> ProviderRefund:
         raise ProviderRefused("Simulated refunds have no state to fetch.", code="simulated")

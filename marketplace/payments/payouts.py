@@ -102,17 +102,15 @@ def run_payouts(
     created: list[Payout] = []
     for balance in candidates:
         assert balance.organization_id is not None
-        org_id, destination = balance.organization_id, linked[balance.organization_id]
+        destination = linked[balance.organization_id]
 
-        def work(
-            s: Session, balance: Any = balance, org_id: int = org_id, dest: str = destination
-        ) -> Payout | None:
+        def work(s: Session, balance: Any = balance, dest: str = destination) -> Payout | None:
             # Read again under the ledger's locks: another node's run may have held it since.
             (now,) = ledger.balances(s, account_ids=[balance.account_id])
             if now.available < max(minimum_minor, 1):
                 return None
             payout = Payout(
-                organization_id=org_id,
+                organization_id=balance.organization_id,
                 currency=now.currency,
                 amount_minor=now.available,
                 status=PAYOUT_PENDING,

@@ -174,8 +174,8 @@ class TopUpCancelHandler:
     record = staticmethod(apply_intent)
 
     def prepare(self, session: Session, top_up_id: int, key: str, /) -> outbox.ProviderCall:
-        top_up = session.get(TopUp, top_up_id)
-        assert top_up is not None and top_up.provider_ref is not None
+        top_up = _reload(session, top_up_id)
+        assert top_up.provider_ref is not None
         ref = top_up.provider_ref
         return lambda gateway: gateway.cancel_top_up(idempotency_key=key, provider_ref=ref)
 
@@ -223,8 +223,7 @@ class TopUpHandler:
     record = staticmethod(apply_intent)
 
     def prepare(self, session: Session, top_up_id: int, key: str, /) -> outbox.ProviderCall:
-        top_up = session.get(TopUp, top_up_id)
-        assert top_up is not None
+        top_up = _reload(session, top_up_id)
         request = TopUpRequest.of(top_up, idempotency_key=key, metadata=top_up_metadata(top_up))
         return lambda gateway: gateway.create_top_up(request)
 

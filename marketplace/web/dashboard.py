@@ -10,16 +10,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from flask import (
-    Response,
-    current_app,
-    flash,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
+from flask import Response, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import SelectChoice

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +15,7 @@ from marketplace.ledger.models import (
     ACCOUNT_CODES,
     PAYMENT_CLEARING,
     PLATFORM_REVENUE,
+    ROYALTY_ACCRUAL,
     VENDOR_PAYABLE,
     WALLET,
     Currency,
@@ -28,14 +29,21 @@ from marketplace.ledger.services.records import (
     record_from_row,
 )
 
-_LIMIT_FLAGS: dict[str, tuple[bool, bool]] = {
-    # code: (debits_must_not_exceed_credits, credits_must_not_exceed_debits)
-    WALLET: (True, False),
-    VENDOR_PAYABLE: (True, False),
-    PLATFORM_REVENUE: (True, False),
-    "royalty_accrual": (False, False),
+
+class _LimitFlags(NamedTuple):
+    """An account's limits, named as its columns: which side may never outgrow the other."""
+
+    debits_must_not_exceed_credits: bool
+    credits_must_not_exceed_debits: bool
+
+
+_LIMIT_FLAGS: dict[str, _LimitFlags] = {
+    WALLET: _LimitFlags(True, False),
+    VENDOR_PAYABLE: _LimitFlags(True, False),
+    PLATFORM_REVENUE: _LimitFlags(True, False),
+    ROYALTY_ACCRUAL: _LimitFlags(False, False),
     # Money arrives from payment providers as debits here; more cannot leave than came in.
-    PAYMENT_CLEARING: (False, True),
+    PAYMENT_CLEARING: _LimitFlags(False, True),
 }
 
 
@@ -62,7 +70,7 @@ def ensure_account(
         return int(found)
     if session.get(Currency, currency) is None:
         raise InvalidTransaction(f"Unknown currency {currency!r}.", code="unknown_currency")
-    debit_limited, credit_limited = _LIMIT_FLAGS[code]
+    flags = _LIMIT_FLAGS[code]
     try:
         with session.begin_nested():
             account_id = session.execute(
@@ -72,8 +80,7 @@ def ensure_account(
                     organization_id=organization_id,
                     currency=currency,
                     code=code,
-                    debits_must_not_exceed_credits=debit_limited,
-                    credits_must_not_exceed_debits=credit_limited,
+                    **flags._asdict(),
                     created_at=utcnow(),
                 )
                 .returning(accounts_t.c.id)
