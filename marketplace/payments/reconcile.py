@@ -57,6 +57,9 @@ PROVIDER_OBJECTS_MAX = 100_000  # objects listed per kind by one report
 
 @dataclass
 class ReconcileResult:
+    """One pass: rows the provider answered for, rows whose status that changed, rows it could
+    not be asked about (left for the next pass), and top-ups expired unpaid."""
+
     checked: int = 0
     changed: int = 0
     unavailable: int = 0
