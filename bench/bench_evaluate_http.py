@@ -131,7 +131,13 @@ def load() -> str:
 class Node:
     """`jishi serve` in a child process, with a vendor, a metered buyer and three versions."""
 
-    def __init__(self, instance: str, server_args: list[str], database_url: str | None) -> None:
+    def __init__(
+        self,
+        instance: str,
+        server_args: list[str],
+        database_url: str | None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPLACE_")}
@@ -139,6 +145,8 @@ class Node:
         env["MARKETPLACE_LOG_LEVEL"] = "WARNING"
         if database_url:
             env["MARKETPLACE_DATABASE_URL"] = database_url
+        for name, value in (settings or {}).items():
+            env[f"MARKETPLACE_{name.upper()}"] = value
         jishi = Path(sys.executable).with_name("jishi")
         self.process = subprocess.Popen(
             [str(jishi), "serve", "--no-demo", "--port", str(self.port), *server_args],
@@ -359,7 +367,8 @@ def run_bench(args: argparse.Namespace) -> None:
             model, options, providers=["CPUExecutionProvider"]
         )
     with tempfile.TemporaryDirectory() as instance:
-        node = Node(instance, shlex.split(args.server_args), args.database_url)
+        settings = dict(item.split("=", 1) for item in args.setting)
+        node = Node(instance, shlex.split(args.server_args), args.database_url, settings)
         try:
             vendor, buyer, urls = setup(node)
             # The cold path: the first call of each version, as the server reports its load.
@@ -537,6 +546,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--server-args", default="--processes 2 --threads 8")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the server (e.g. usage_commit_window_s=0), as MARKETPLACE_NAME",
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sections", default="cold,latency,throughput")
     parser.add_argument("--client", choices=["http.client", "requests"], default="http.client")

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,9 @@ from marketplace.errors import problem_body
 log = logging.getLogger(__name__)
 
 PERIODIC_TAKEOVER_S = 2.0
+# How long a thread waits on a kept-alive connection for its next request before handing it
+# back to the poller.
+KEEPALIVE_LINGER_S = 0.002
 
 
 def default_processes() -> int:
@@ -349,10 +353,27 @@ def _node_worker_class() -> type:
             # for every request the connection carries.
             if not isinstance(conn.sock, _ConnectionSocket):
                 conn.sock = _ConnectionSocket(conn.sock)
-            conn.sock.expect_headers()
-            return super().handle(conn)
+            while True:
+                conn.sock.expect_headers()
+                keepalive = super().handle(conn)
+                if not (keepalive is True and self.alive and _next_request_soon(conn)):
+                    return keepalive
 
     return NodeWorker
+
+
+def _next_request_soon(conn: Any) -> bool:
+    """Whether the kept-alive connection's next request starts within ``KEEPALIVE_LINGER_S``.
+
+    A client calling again at once (a buyer's loop of evaluations) is served by the same
+    thread. Handing the connection back to gunicorn's poller and then to a thread again costs
+    two thread wake-ups and a pipe write per request, about a tenth of the time the node adds
+    to a call; a connection that stays quiet goes back to the poller as before.
+    """
+    if conn.parser.unreader.buf.getvalue():
+        return True
+    ready, _, _ = select.select([conn.sock], [], [], KEEPALIVE_LINGER_S)
+    return bool(ready)
 
 
 class _GunicornBody:

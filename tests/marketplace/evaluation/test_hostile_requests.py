@@ -7,6 +7,7 @@ elements, and vendor-chosen output names that try to become paths in the npz arc
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import json
 import socket
@@ -428,6 +429,44 @@ def test_headers_sent_in_pieces_in_time_are_answered(node):
         while chunk := sock.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_a_kept_alive_connection_is_answered_at_once_or_after_a_pause_and_its_headers_bounded(
+    node,
+):
+    """A thread that serves a connection's next request itself (sent at once after the last
+    answer) must answer it as the poller would, and still bound how long its headers take."""
+    from marketplace.serving import HEADERS_TIMEOUT_S, KEEPALIVE_LINGER_S
+
+    served, _url = node
+    vendor = Client(served.url, ["vendor"])
+    parts = urlsplit(served.url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    auth = {"Authorization": vendor.http.headers["Authorization"]}
+    for pause in (0.0, 0.0, 0.0, KEEPALIVE_LINGER_S * 20, 0.0):
+        time.sleep(pause)
+        connection.request("GET", "/api/v1/me", headers=auth)
+        resp = connection.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["organization"]["id"], resp.status
+    # The next request on the same connection, at once, trickled: cut off as a first one is.
+    sock = connection.sock
+    assert sock is not None
+    sock.sendall(f"GET /api/v1/me HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Slow: ".encode())
+    started, closed = time.monotonic(), False
+    sock.settimeout(1.0)
+    while time.monotonic() - started < HEADERS_TIMEOUT_S + 20:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"x")
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        assert chunk == b"", chunk[:200]
+        closed = True
+        break
+    took = time.monotonic() - started
+    connection.close()
+    assert closed and HEADERS_TIMEOUT_S <= took < HEADERS_TIMEOUT_S + 10, took
 
 
 HOSTILE_NAMES = ["../../../../tmp/x", "/etc/cron.d/x", "file", ".hidden", "名字", "a%2Fb"]
