@@ -249,25 +249,29 @@ def count_reserved_calls(
     return used, _insert_usage(session, license_id, version_ids, used)
 
 
+_USAGE_COLUMNS = ("id", "license_id", "version_id", "seq", "created_at")
+
+
+def _usage_rows(
+    license_id: int, version_ids: list[int], used: int, now: Any
+) -> list[tuple[Any, ...]]:
+    """One usage event per call, ``seq`` ``used - n + 1 .. used``, in ``_USAGE_COLUMNS``."""
+    calls = len(version_ids)
+    # 128 random bits per event, drawn in one system call for the whole batch.
+    raw = os.urandom(16 * calls).hex()
+    return [
+        (raw[32 * i : 32 * i + 32], license_id, version_id, used - calls + 1 + i, now)
+        for i, version_id in enumerate(version_ids)
+    ]
+
+
 def _insert_usage(
     session: Session, license_id: int, version_ids: list[int], used: int
 ) -> list[str]:
-    """One usage event per call, ``seq`` ``used - n + 1 .. used``; the events' ids."""
-    calls = len(version_ids)
-    now = utcnow()
-    # 128 random bits per event, drawn in one system call for the whole batch.
-    raw = os.urandom(16 * calls).hex()
-    ids = [raw[i : i + 32] for i in range(0, 32 * calls, 32)]
-    bulk.insert_rows(
-        session,
-        _usage_t,
-        ("id", "license_id", "version_id", "seq", "created_at"),
-        [
-            (event_id, license_id, version_id, used - calls + 1 + i, now)
-            for i, (event_id, version_id) in enumerate(zip(ids, version_ids, strict=True))
-        ],
-    )
-    return ids
+    """Insert the usage events of the calls counted up to ``used``; the events' ids."""
+    rows = _usage_rows(license_id, version_ids, used, utcnow())
+    bulk.insert_rows(session, _usage_t, _USAGE_COLUMNS, rows)
+    return [row[0] for row in rows]
 
 
 class DriverStatement:
@@ -296,9 +300,9 @@ class ReservedCallCounter:
 
     Every metered call ends here, and through the ORM the two statements cost about 0.2 ms of
     the server's CPU per batch, nearly all of it building, compiling and bookkeeping around
-    them. These are the same statements, compiled once for the dialect, with the stored
-    columns processed by their own column types, run on the cursor of the session's own
-    connection of the database's ``driver_transaction`` (``BEGIN IMMEDIATE`` on SQLite).
+    them. These are the same statements and rows, compiled once for the dialect, with the
+    stored columns processed by their own column types, run on the cursor the database's
+    ``driver_transaction`` gives (which takes the write lock up front on SQLite).
 
     Only the plain case is handled: every licence's reservation covers its calls. Otherwise,
     or on any database error before the commit, the transaction is rolled back with no effect
@@ -310,7 +314,7 @@ class ReservedCallCounter:
         self._insert = DriverStatement(
             sa.insert(_usage_t),
             dialect,
-            column_keys=["id", "license_id", "version_id", "seq", "created_at"],
+            column_keys=list(_USAGE_COLUMNS),
         )
         stored_time = _usage_t.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
         self._stored_time = stored_time or (lambda value: value)
@@ -351,17 +355,10 @@ class ReservedCallCounter:
                 return None
             used = int(row[0])
             used_after.append(used)
-            # 128 random bits per event, drawn in one system call for the licence's calls.
-            raw = os.urandom(16 * calls).hex()
-            for i, version_id in enumerate(version_ids):
-                event = {
-                    "id": raw[32 * i : 32 * i + 32],
-                    "license_id": license_id,
-                    "version_id": version_id,
-                    "seq": used - calls + 1 + i,
-                    "created_at": now,
-                }
-                rows.append(self._insert.params(event))
+            rows.extend(
+                self._insert.params(dict(zip(_USAGE_COLUMNS, event, strict=True)))
+                for event in _usage_rows(license_id, version_ids, used, now)
+            )
         cursor.executemany(self._insert.sql, rows)
         return used_after
 
