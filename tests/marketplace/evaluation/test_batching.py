@@ -41,6 +41,18 @@ def _race(committer: GroupCommitter, ent, callers: int) -> list[dict | str]:
     return results
 
 
+def _metered_buyer(session: Session, *, funds: int):
+    """A buyer holding a per-inference licence at 1 minor unit a call, and its entitlement."""
+    buyer, _vendor, catalog, license_id = buy_metered(session, 1000, funds=funds)
+    ent = entitlements.check_entitlement(
+        session=session,
+        organization_id=buyer,
+        listing_id=catalog.listing_id,
+        version_id=catalog.version_id,
+    )
+    return buyer, catalog, license_id, ent
+
+
 @pytest.fixture(params=["orm", "driver"])
 def committer(request, fresh_database, tmp_path):
     """A committer on the full (ORM) path alone, or as the node builds it: covered metered
@@ -91,13 +103,7 @@ def test_concurrent_metered_calls_never_outrun_the_wallet_in_one_batch(committer
     database, group = committer
     setup = Session(database.engine, expire_on_commit=False)
     # 1 minor unit per call and 7 in the wallet: exactly 7 calls, whatever the batches.
-    buyer, _vendor, catalog, license_id = buy_metered(setup, 1000, funds=7)
-    ent = entitlements.check_entitlement(
-        session=setup,
-        organization_id=buyer,
-        listing_id=catalog.listing_id,
-        version_id=catalog.version_id,
-    )
+    buyer, _catalog, license_id, ent = _metered_buyer(setup, funds=7)
     results = _race(group, ent, 16)
     served = [r for r in results if isinstance(r, dict)]
     assert len(served) == 7
@@ -123,13 +129,7 @@ def test_covered_metered_batches_take_the_driver_path_and_write_what_the_full_pa
         database, window_s=0.002, reserve_calls=1000, writer_lock=lock
     )
     setup = Session(database.engine, expire_on_commit=False)
-    buyer, _vendor, catalog, license_id = buy_metered(setup, 1000, funds=10_000)
-    ent = entitlements.check_entitlement(
-        session=setup,
-        organization_id=buyer,
-        listing_id=catalog.listing_id,
-        version_id=catalog.version_id,
-    )
+    buyer, catalog, license_id, ent = _metered_buyer(setup, funds=10_000)
     # The first call reserves (the full path); the rest fit the reservation.
     first = group.record(ent)
     before = utcnow()
