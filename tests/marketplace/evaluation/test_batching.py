@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from sqlmodel import Session, select
@@ -171,3 +172,28 @@ def test_a_batch_the_reservation_does_not_cover_writes_nothing_on_the_driver_pat
     assert lic.calls_used == 0
     assert setup.exec(select(UsageEvent).where(UsageEvent.license_id == license_id)).all() == []
     setup.close()
+
+
+@pytest.mark.parametrize("commit_s", [0.0, 0.005])
+def test_a_leader_waits_no_longer_than_a_commit_costs(commit_s):
+    """Waiting longer for a running call than its own commit would take cannot pay."""
+
+    def count(ents):
+        time.sleep(commit_s)
+        return [{"licence_id": 1, "kind": "per_inference"} for _ in ents]
+
+    group = GroupCommitter(
+        lambda: pytest.fail("the full path is not taken"),
+        window_s=0.002,
+        reserve_calls=3,
+        count_reserved=count,
+    )
+    assert group.wait_s == 0.002
+    ent = object()
+    for _ in range(50):
+        group.record(ent)
+    assert group.stats.batches == 50
+    if commit_s > group.window_s:
+        assert group.wait_s == group.window_s
+    else:
+        assert group.wait_s < group.window_s / 4
