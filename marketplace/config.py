@@ -100,7 +100,8 @@ class Settings:
     # How long a process may serve a version/listing/entitlement lookup from its cache: the
     # bound on how late a revoke or suspension made on another process or node is seen.
     eval_lookup_cache_ttl_s: float = 2.0
-    # How long a leader of a group commit waits for other running calls' usage records.
+    # How long a leader of a group commit waits for other running calls' usage records (less
+    # when commits have been quicker than that).
     usage_commit_window_s: float = 0.001
     sandbox_workers_max: int = 4
     sandbox_queue_max: int = 32
