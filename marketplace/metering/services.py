@@ -298,15 +298,16 @@ class _NotCovered(Exception):
 class ReservedCallCounter:
     """:func:`count_reserved_calls` for a batch of licences, as driver statements.
 
-    Every metered call ends here, and through the ORM the two statements cost about 0.2 ms of
-    the server's CPU per batch, nearly all of it building, compiling and bookkeeping around
-    them. These are the same statements and rows, compiled once for the dialect, with the
+    Every metered call ends here, and through the ORM recording one cost about 0.3 ms of the
+    server's CPU against 0.17 ms this way (SQLite), the difference being the ORM's building,
+    compiling and bookkeeping around the same statements. These are the same statements and rows, compiled once for the dialect, with the
     stored columns processed by their own column types, run on the cursor the database's
     ``driver_transaction`` gives (which takes the write lock up front on SQLite).
 
     Only the plain case is handled: every licence's reservation covers its calls. Otherwise,
     or on any database error before the commit, the transaction is rolled back with no effect
     and :meth:`count` answers None, so the caller takes the full path (settlement, retries).
+    Any other exception is a fault of the code and propagates.
     """
 
     def __init__(self, dialect: sa.Dialect) -> None:
@@ -318,6 +319,8 @@ class ReservedCallCounter:
         )
         stored_time = _usage_t.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
         self._stored_time = stored_time or (lambda value: value)
+        # What the driver and the connection pool raise when the database refuses or fails.
+        self._database_errors = (dialect.loaded_dbapi.Error, sa.exc.DBAPIError, _NotCovered)
 
     def count(
         self,
@@ -334,7 +337,7 @@ class ReservedCallCounter:
                 if used_after is None:
                     raise _NotCovered
                 written = True
-        except Exception:
+        except self._database_errors:
             if written:
                 # The commit failed: whether it took effect is unknown, so never count again.
                 raise
@@ -346,10 +349,8 @@ class ReservedCallCounter:
         used_after: list[int] = []
         rows: list[Any] = []
         for license_id, version_ids in batches:
-            calls = len(version_ids)
-            cursor.execute(
-                self._count.sql, self._count.params({"license_id": license_id, "calls": calls})
-            )
+            values = {"license_id": license_id, "calls": len(version_ids)}
+            cursor.execute(self._count.sql, self._count.params(values))
             row = cursor.fetchone()
             if row is None:
                 return None
