@@ -49,7 +49,8 @@ BUSY_RETRY_AFTER_S = 5.0
 
 def memory_budget(size: int, *, base_bytes: int = 512 * MiB, per_model_byte: int = 3) -> int:
     """Address space the confined child may add to inspect a model of ``size`` bytes: the
-    parsed message (about the size of the file), the checker's and shape inference's copies of
+    parsed message (about the size of the file when it has to be parsed whole; bulk weights
+    are otherwise measured in place, see ``scan_initializers``), the checker's and shape inference's copies of
     what is left once bulk weights are set aside, and the interpreter's own working memory.
     The file's mapping itself is inherited and does not count."""
     return base_bytes + per_model_byte * size

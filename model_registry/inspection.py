@@ -222,8 +222,12 @@ def typed_data_mismatch(tensor: TensorProto) -> str | None:
 
 
 # Field numbers of the wire format (onnx.proto): ModelProto.graph, GraphProto.initializer,
-# TensorProto.raw_data.
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+# TensorProto.data_type, TensorProto.raw_data.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_DATA_TYPE, _TENSOR_RAW_DATA = 7, 5, 2, 9
+_LENGTH_DELIMITED = 2
+# Protobuf refuses messages of 2 GiB or more: such a file is left whole to the parser, so that
+# it is refused exactly as the runtime would refuse it.
+_PROTOBUF_BYTES_MAX = (1 << 31) - 1
 
 
 class _WireError(ValueError):
@@ -243,53 +247,137 @@ def _varint(data: memoryview, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field in data[start:end]."""
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One field of a serialized message: its number and wire type, where it starts (its key),
+    where its value starts (a length-delimited field's payload, past its length) and ends."""
+
+    number: int
+    wire_type: int
+    start: int
+    value_start: int
+    end: int
+
+
+def _wire_fields(data: memoryview, start: int, end: int) -> Iterator[_Field]:
+    """Every field of the message in data[start:end], reading only keys and lengths."""
     at = start
     while at < end:
+        field_start = at
         key, at = _varint(data, at)
         number, wire_type = key >> 3, key & 7
+        value_start = at
         if wire_type == 0:
             _, at = _varint(data, at)
         elif wire_type == 1:
             at += 8
         elif wire_type == 5:
             at += 4
-        elif wire_type == 2:
-            length, at = _varint(data, at)
-            yield number, at, at + length
-            at += length
+        elif wire_type == _LENGTH_DELIMITED:
+            length, value_start = _varint(data, at)
+            at = value_start + length
         else:
             raise _WireError("groups are not expected")
         if at > end:
             raise _WireError("field runs past its message")
+        yield _Field(number, wire_type, field_start, value_start, at)
 
 
-def initializer_raw_lengths(data: bytes | memoryview) -> list[int | None] | None:
-    """The raw_data length of each main-graph initializer, read from the wire format.
+def _spliced(data: memoryview, start: int, end: int, edits: list[tuple[_Field, bytes]]) -> bytes:
+    """data[start:end] with each edited field (in order, within the range) replaced."""
+    parts: list[bytes | memoryview] = []
+    at = start
+    for item, replacement in edits:
+        parts.append(data[at : item.start])
+        parts.append(replacement)
+        at = item.end
+    parts.append(data[at:end])
+    return b"".join(parts)
 
-    Reading ``tensor.raw_data`` from Python copies it: a gigabyte of weights would cost a
-    gigabyte of fresh memory and seconds of copying, only to learn its length. The lengths are
-    in the serialized bytes already. None of an entry: the tensor has no raw_data. Returns None
-    when the model is laid out in any unusual way protobuf would still accept (the graph or a
-    raw_data field twice, which parsers merge): callers then read the parsed message instead.
+
+def _message_field(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | _LENGTH_DELIMITED) + _encode_varint(len(payload)) + payload
+
+
+@dataclass(frozen=True)
+class InitializerScan:
+    """What the wire format says about a model's main-graph initializers, read without parsing.
+
+    ``raw_lengths``: the raw_data length of each initializer, in order (None: it has no
+    raw_data). ``lean``: the same model with every raw_data of at least ``bulk_bytes_min``
+    bytes emptied (None when there is none), for the parser: everything the inspection reads
+    but the bulk bytes, which it only measures (and ``raw_lengths`` holds their lengths).
+    """
+
+    raw_lengths: list[int | None]
+    lean: bytes | None
+
+
+def scan_initializers(data: bytes | memoryview, bulk_bytes_min: int) -> InitializerScan | None:
+    """Read the main graph's initializers from the wire format, touching only keys and lengths.
+
+    Parsing a model copies its weights: a gigabyte of weights would cost a gigabyte of fresh
+    memory and a second of copying, only to learn their lengths, which the serialized bytes
+    already hold. Returns None when the model is laid out in any unusual way protobuf would
+    still accept (the graph or a raw_data field twice, which parsers merge; a message of 2 GiB
+    or more, which they refuse): callers then parse the bytes as they are.
+
+    The lean copy differs from the model only in the emptied fields' bytes and in the lengths
+    of the messages that hold them, so it parses to the same message but for those bytes. A
+    string tensor's raw_data is never emptied (the checker judges it, not the walk).
     """
     view = memoryview(data)
+    if len(view) > _PROTOBUF_BYTES_MAX:
+        return None
     try:
-        graphs = [(a, b) for number, a, b in _fields(view, 0, len(view)) if number == _MODEL_GRAPH]
+        graphs = [
+            item
+            for item in _wire_fields(view, 0, len(view))
+            if item.number == _MODEL_GRAPH and item.wire_type == _LENGTH_DELIMITED
+        ]
         if len(graphs) != 1:
             return None
+        graph = graphs[0]
         lengths: list[int | None] = []
-        for number, a, b in _fields(view, *graphs[0]):
-            if number != _GRAPH_INITIALIZER:
+        graph_edits: list[tuple[_Field, bytes]] = []
+        for initializer in _wire_fields(view, graph.value_start, graph.end):
+            if (
+                initializer.number != _GRAPH_INITIALIZER
+                or initializer.wire_type != _LENGTH_DELIMITED
+            ):
                 continue
-            raws = [end - start for n, start, end in _fields(view, a, b) if n == _TENSOR_RAW_DATA]
+            raws: list[_Field] = []
+            data_type = 0
+            for item in _wire_fields(view, initializer.value_start, initializer.end):
+                if item.number == _TENSOR_RAW_DATA and item.wire_type == _LENGTH_DELIMITED:
+                    raws.append(item)
+                elif item.number == _TENSOR_DATA_TYPE and item.wire_type == 0:
+                    data_type = _varint(view, item.value_start)[0]  # the last one counts
             if len(raws) > 1:
                 return None
-            lengths.append(raws[0] if raws else None)
-        return lengths
+            raw = raws[0] if raws else None
+            lengths.append(None if raw is None else raw.end - raw.value_start)
+            if raw is None or raw.end - raw.value_start < bulk_bytes_min or data_type == _STRING:
+                continue
+            empty_raw = _message_field(_TENSOR_RAW_DATA, b"")
+            tensor = _spliced(view, initializer.value_start, initializer.end, [(raw, empty_raw)])
+            graph_edits.append((initializer, _message_field(_GRAPH_INITIALIZER, tensor)))
     except _WireError:
         return None
+    if not graph_edits:
+        return InitializerScan(lengths, None)
+    lean_graph = _spliced(view, graph.value_start, graph.end, graph_edits)
+    lean = _spliced(view, 0, len(view), [(graph, _message_field(_MODEL_GRAPH, lean_graph))])
+    return InitializerScan(lengths, lean)
 
 
 def declared_bytes(tensor: TensorProto) -> int | None:
@@ -481,8 +569,9 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     if len(data) == 0:
         report.error("empty_model", "The body is empty.")
         return report
+    scan = scan_initializers(data, BULK_TENSOR_BYTES_MIN)
     try:
-        model = onnx.ModelProto.FromString(data)
+        model = onnx.ModelProto.FromString(scan.lean if scan and scan.lean is not None else data)
     except (DecodeError, RuntimeError, ValueError):
         report.error("not_onnx", "The body is not a serialized ONNX model.")
         return report
@@ -518,7 +607,7 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
     if not report.ok:
         return report
 
-    checker = _Checker(policy, report, rule, _known_raw_lengths(model, data))
+    checker = _Checker(policy, report, rule, _known_raw_lengths(model, scan))
     checker.run(model)
     if not report.ok:
         return report
@@ -567,16 +656,18 @@ def inspect_model(data: bytes | memoryview, policy: InspectionPolicy | None = No
 
 
 def _known_raw_lengths(
-    model: onnx.ModelProto, data: bytes | memoryview
+    model: onnx.ModelProto, scan: InitializerScan | None
 ) -> list[tuple[TensorProto, int]]:
     """raw_data lengths of the main graph's initializers (where the bulk lives)."""
-    lengths = initializer_raw_lengths(data)
     initializers = model.graph.initializer
-    if lengths is None or len(lengths) != len(initializers):
+    if scan is None or len(scan.raw_lengths) != len(initializers):
+        # The parser read the whole file (laid out in a way the scan leaves to it): each
+        # raw_data is measured on the message. A lean copy always has the scan's initializers;
+        # were one emptied without its length, it would read as a mismatch, never pass.
         return []
     return [
         (tensor, length)
-        for tensor, length in zip(initializers, lengths, strict=True)
+        for tensor, length in zip(initializers, scan.raw_lengths, strict=True)
         if length is not None and tensor.HasField("raw_data")
     ]
 

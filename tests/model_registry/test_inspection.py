@@ -149,18 +149,29 @@ def test_confined_inspection_of_a_file(tmp_path: Path) -> None:
 
 
 def test_confined_inspection_runs_out_of_memory_as_a_sandbox_error(tmp_path: Path) -> None:
-    # 64 MiB of weights: parsing them alone needs more than the 64 MiB the child may add.
+    # 64 MiB of documentation: the parser copies it, more than the 64 MiB the child may add.
+    wordy = builders.relu_model()
+    wordy.doc_string = "x" * (64 * 1024 * 1024)
     model = tmp_path / "m.onnx"
-    model.write_bytes(builders.relu_bytes(width=8 * 1024 * 1024))
-    # The child either fails an allocation, or protobuf reports its failed allocation as a
-    # decode error: either way the model is refused, never accepted.
+    model.write_bytes(wordy.SerializeToString())
+    # The child fails an allocation (in protobuf, or in Python reading the text), or protobuf
+    # reports its failed allocation as a decode error: either way the model is refused.
     try:
         report = inspect_file(model, memory_bytes_max=64 * 1024 * 1024)
     except SandboxError as exc:
-        assert exc.code in {"resource_exhausted", "worker_crashed"}
+        assert exc.code in {"resource_exhausted", "worker_crashed", "model_invalid"}
     else:
         assert codes(report) == ["not_onnx"]
-    assert inspect_file(model, memory_bytes_max=256 * 1024 * 1024).ok
+    assert inspect_file(model, memory_bytes_max=512 * 1024 * 1024).ok
+
+
+def test_bulk_weights_cost_the_inspection_no_memory(tmp_path: Path) -> None:
+    # 64 MiB of weights are measured where they lie in the file, never copied by the parser.
+    model = tmp_path / "m.onnx"
+    model.write_bytes(builders.relu_bytes(width=8 * 1024 * 1024))
+    report = inspect_file(model, memory_bytes_max=64 * 1024 * 1024)
+    assert report.ok, report.findings
+    assert report.stats["initializer_bytes"] == 8 * 1024 * 1024 * 2 * 4 + 2 * 4
 
 
 def test_bulk_initializers_reach_the_checker_as_typed_inputs() -> None:
@@ -227,19 +238,71 @@ def test_typed_data_must_match_the_declared_shape() -> None:
 
 
 def test_raw_lengths_come_from_the_wire_format_or_not_at_all() -> None:
-    from model_registry.inspection import initializer_raw_lengths
+    from model_registry.inspection import scan_initializers
 
     data = builders.relu_bytes(8)
-    assert initializer_raw_lengths(data) == [8 * 2 * 4, 2 * 4]
+    scan = scan_initializers(data, BULK)
+    assert scan is not None
+    assert scan.raw_lengths == [8 * 2 * 4, 2 * 4]
+    assert scan.lean is None  # nothing bulky: the parser reads the bytes as they are
     # A second graph field is merged by parsers: the scan leaves such a file to the parser.
     graph = onnx.ModelProto.FromString(data).graph.SerializeToString()
     assert 128 <= len(graph) < 1 << 14
     length = bytes([len(graph) & 0x7F | 0x80, len(graph) >> 7])
     twice = data + b"\x3a" + length + graph  # field 7 (graph), length-delimited
     assert len(onnx.ModelProto.FromString(twice).graph.initializer) == 4  # merged
-    assert initializer_raw_lengths(twice) is None
-    assert initializer_raw_lengths(b"\xff\xff\xff") is None
+    assert scan_initializers(twice, BULK) is None
+    assert scan_initializers(b"\xff\xff\xff", BULK) is None
     # Either way the inspection's verdict is the parser's.
     short = builders.relu_model()
     short.graph.initializer[0].raw_data = short.graph.initializer[0].raw_data[:-4]
     assert codes(inspect_model(short.SerializeToString())) == ["tensor_size_mismatch"]
+
+
+# A weight of exactly the size from which the parser is handed a lean copy.
+BULK = 1 << 20
+BULK_WIDTH = BULK // (2 * 4)
+
+
+def test_the_parser_reads_a_lean_copy_equal_but_for_the_bulk_bytes() -> None:
+    from model_registry.inspection import scan_initializers
+
+    model = builders.relu_model(BULK_WIDTH)
+    model.graph.initializer[0].doc_string = "kept"  # a field after raw_data survives the edit
+    data = model.SerializeToString()
+    scan = scan_initializers(data, BULK)
+    assert scan is not None and scan.lean is not None
+    assert scan.raw_lengths == [BULK, 2 * 4]
+    assert len(scan.lean) < 4096
+    lean = onnx.ModelProto.FromString(scan.lean)
+    expected = onnx.ModelProto()
+    expected.CopyFrom(model)
+    expected.graph.initializer[0].raw_data = b""
+    assert lean == expected
+    assert lean.graph.initializer[0].HasField("raw_data")
+    # One byte under the bound: parsed as it is.
+    assert scan_initializers(data, BULK + 1).lean is None  # type: ignore[union-attr]
+
+
+def test_a_bulky_model_is_judged_as_if_parsed_whole() -> None:
+    report = inspect_model(builders.relu_bytes(BULK_WIDTH))
+    assert report.ok, report.findings
+    assert report.stats["initializer_bytes"] == BULK + 2 * 4
+    assert report.stats["param_count"] == BULK // 4 + 2
+    # The emptied bytes are measured from the wire: a weight that holds less or more than its
+    # shape declares is refused, as a parsed one is.
+    for delta in (-4, 4):
+        model = builders.relu_model(BULK_WIDTH)
+        weight = model.graph.initializer[0]
+        weight.raw_data = weight.raw_data[:delta] if delta < 0 else weight.raw_data + b"\0" * 4
+        assert codes(inspect_model(model.SerializeToString())) == ["tensor_size_mismatch"]
+    # A string tensor's raw_data is the checker's to judge, and it keeps its bytes for it.
+    model = builders.relu_model(4)
+    text = onnx.TensorProto(name="t", data_type=onnx.TensorProto.STRING, dims=[1])
+    text.raw_data = b"x" * BULK
+    model.graph.initializer.append(text)
+    from model_registry.inspection import scan_initializers
+
+    scan = scan_initializers(model.SerializeToString(), BULK)
+    assert scan is not None and scan.lean is None
+    assert not inspect_model(model.SerializeToString()).ok
