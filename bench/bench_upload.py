@@ -47,6 +47,7 @@ import argparse
 import base64
 import hashlib
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -184,6 +185,52 @@ class _Sampler(threading.Thread):
         self._done.set()
         self.join()
         return self.peak
+
+
+def _tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) of ``root`` and every live process under it."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        # Its own time, and that of the children it has reaped (a confined inspection).
+        times[int(entry.name)] = sum(int(v) for v in fields[11:15]) / tick
+    total = 0.0
+    for pid, cpu in times.items():
+        at = pid
+        while at > 1 and at != root:
+            at = parents.get(at, 0)
+        if at == root:
+            total += cpu
+    return total
+
+
+class CpuMeter:
+    """CPU seconds spent by this process (the client), the server's and the store's process
+    trees between two readings: where an upload's time goes on a machine of few cores."""
+
+    def __init__(self, server: int, store: int) -> None:
+        self.server, self.store = server, store
+
+    def read(self) -> tuple[float, float, float]:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return (
+            own.ru_utime + own.ru_stime,
+            _tree_cpu_s(self.server),
+            _tree_cpu_s(self.store),
+        )
+
+    @staticmethod
+    def spent(before: tuple[float, ...], after: tuple[float, ...]) -> str:
+        client, server, store = (b - a for a, b in zip(before, after, strict=True))
+        return f"cpu s: client {client:.1f}, server {server:.1f}, store {store:.1f}"
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -331,15 +378,21 @@ def main() -> None:
         ratios: dict[str, list[float]] = {"declared digest": [], "no digest": []}
         growths: list[int] = []
         stats: dict[str, object] = {}
+        assert weed.process is not None
+        meter = CpuMeter(server.pid, weed.process.pid)
         for round_no in range(1, args.rounds + 1):
+            before = meter.read()
             raw_s = raw_put()
+            cpu = [f"  raw put_object: {meter.spent(before, meter.read())}"]
             line = f"round {round_no}: raw put_object {size / raw_s / MiB:6.1f} MiB/s"
             for label, declare in (("declared digest", True), ("no digest", False)):
+                before = meter.read()
                 api_s, growth, stats = api_put(declare)
+                cpu.append(f"  API {label}: {meter.spent(before, meter.read())}")
                 ratios[label].append(raw_s / api_s)
                 growths.append(growth)
                 line += f" | API {label} {size / api_s / MiB:6.1f} MiB/s ({raw_s / api_s:.2f}x)"
-            print(line, flush=True)
+            print(line, *cpu, sep="\n", flush=True)
         for label, values in ratios.items():
             print(
                 f"API/raw throughput, {label:>15}: median {statistics.median(values):.2f} "

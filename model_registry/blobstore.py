@@ -67,7 +67,10 @@ class BlobStore(Protocol):
     goes, and raises :class:`BlobTooLarge` (keeping nothing) as soon as more than ``size_max``
     bytes arrive. A caller that has already hashed exactly these bytes passes their digest as
     ``sha256``: the store then only counts (a gigabyte's SHA-256 is seconds of CPU), and the
-    returned info carries the given digest. A put either stores the whole body under ``key`` or stores nothing; writing
+    returned info carries the given digest. A caller that knows the stream's exact length
+    passes it as ``size``: the S3 store then sends parts of known size, sparing the copy of
+    every part that looking for the stream's end costs; a stream that ends sooner fails the put
+    with ``OSError``. A put either stores the whole body under ``key`` or stores nothing; writing
     the same bytes to an existing key is harmless. ``open`` and ``stat`` raise
     :class:`BlobNotFound` for a missing key; ``delete`` of a missing key does nothing.
     ``presigned_url`` returns a time-limited GET URL, or ``None`` when the store cannot make one
@@ -77,7 +80,13 @@ class BlobStore(Protocol):
     """
 
     def put_stream(
-        self, key: str, stream: BinaryIO, *, size_max: int, sha256: str | None = None
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        size_max: int,
+        sha256: str | None = None,
+        size: int | None = None,
     ) -> BlobInfo: ...
 
     def open(self, key: str) -> BinaryIO: ...
@@ -150,6 +159,13 @@ class _HashingReader:
         return BlobInfo(digest or "", self.size)
 
 
+def _exact_size_max(size_max: int, size: int | None) -> int:
+    """The cap for a put of declared ``size``: more than ``size_max`` is refused up front."""
+    if size is not None and size > size_max:
+        raise BlobTooLarge(f"The body is larger than {size_max} bytes.")
+    return size_max
+
+
 # --- the filesystem ------------------------------------------------------------------------
 
 
@@ -168,15 +184,23 @@ class FilesystemBlobStore:
         return self.root / check_key(key)
 
     def put_stream(
-        self, key: str, stream: BinaryIO, *, size_max: int, sha256: str | None = None
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        size_max: int,
+        sha256: str | None = None,
+        size: int | None = None,
     ) -> BlobInfo:
         target = self._path(key)
-        reader = _HashingReader(stream, size_max, sha256)
+        reader = _HashingReader(stream, _exact_size_max(size_max, size), sha256)
         temp = self._incoming / f"{uuid.uuid4().hex}.part"
         try:
             with open(temp, "wb") as out:
                 while chunk := reader.read(CHUNK_BYTES):
                     out.write(chunk)
+                if size is not None and reader.size != size:
+                    raise OSError(f"the stream ended after {reader.size} of {size} bytes")
                 out.flush()
                 os.fsync(out.fileno())
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -310,18 +334,27 @@ class S3BlobStore:
             self._call(lambda: self._client.make_bucket(self.bucket))
 
     def put_stream(
-        self, key: str, stream: BinaryIO, *, size_max: int, sha256: str | None = None
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        size_max: int,
+        sha256: str | None = None,
+        size: int | None = None,
     ) -> BlobInfo:
         check_key(key)
-        reader = _HashingReader(stream, size_max, sha256)
-        # minio aborts its multipart upload when reading raises (BlobTooLarge included).
+        reader = _HashingReader(stream, _exact_size_max(size_max, size), sha256)
+        # S3 allows at most 10,000 parts: a known size may need parts larger than ours.
+        part_size = self.part_size if size is None else max(self.part_size, -(-size // 10_000))
+        # minio aborts its multipart upload when reading raises (BlobTooLarge included), and
+        # when a stream of known size ends early (OSError).
         self._call(
             lambda: self._client.put_object(
                 self.bucket,
                 key,
                 reader,  # type: ignore[arg-type]
-                length=-1,
-                part_size=self.part_size,
+                length=-1 if size is None else size,
+                part_size=part_size,
                 num_parallel_uploads=self.parallel_uploads,
                 content_type="application/octet-stream",
             )

@@ -117,7 +117,9 @@ def _put(store: BlobStore, key: str, spool: Spool) -> None:
     # The spool was hashed as it was written and only this process writes it, so the store
     # does not hash it a second time (seconds of CPU per gigabyte); its size is still checked.
     with open(spool.path, "rb") as body:
-        info = store.put_stream(key, body, size_max=spool.size, sha256=spool.sha256)
+        info = store.put_stream(
+            key, body, size_max=spool.size, sha256=spool.sha256, size=spool.size
+        )
     if info.size != spool.size:  # the spool changed under us: never store a mislabelled blob
         store.delete(key)
         raise OSError("spooled upload changed while it was stored")
@@ -182,14 +184,18 @@ class _SpoolFollower:
 
     The store write (in another thread) follows the growing file, so the body is received at
     full speed and written to the store at the store's speed, with only the store's own part
-    buffers in memory. End-of-stream is reported only once the upload is approved: until then
+    buffers in memory. The end is handed over only once the upload is approved: until then
     the store holds its last part back, and a refusal makes its write fail, which abandons it
     (an S3 multipart upload is aborted, a temp file deleted). So an object appears under its
     content key only after the bytes were verified and the model accepted.
+
+    When the body's length is known (``total``), the store reads parts of known size and never
+    asks for an end: the read that would deliver the body's last byte waits for the approval.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, total: int | None = None) -> None:
         self._path = path
+        self._total = total
         self._file: IO[bytes] | None = None
         self._read = 0
         self._written = 0
@@ -214,22 +220,34 @@ class _SpoolFollower:
             self._changed.notify_all()
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes, waiting until ``n`` have arrived or the body has ended.
+
+        Whole reads matter: the store builds each part by appending reads to one bytes object,
+        so a part read a chunk at a time would be copied over and over (three times its size
+        for 1 MiB chunks of a 5 MiB part), each copy in fresh memory."""
         n = CHUNK_BYTES if n is None or n < 0 else n
         with self._changed:
             while True:
                 if self._decided and not self._approved:
                     raise _Refused()
-                if self._read < self._written:
+                waiting = self._written - self._read
+                if (waiting >= n or (self._ended and waiting)) and (
+                    self._decided or not self._completes(min(n, waiting))
+                ):
                     break
                 if self._ended and self._decided:
                     return b""  # approved: the store may complete its write now
                 self._changed.wait()
-            available = min(n, self._written - self._read)
+            available = min(n, waiting)
         if self._file is None:
             self._file = open(self._path, "rb")  # noqa: SIM115 - closed in close()
         data = self._file.read(available)
         self._read += len(data)
         return data
+
+    def _completes(self, count: int) -> bool:
+        """Whether reading ``count`` more bytes would hand over the whole declared body."""
+        return self._total is not None and self._read + count >= self._total
 
     def close(self) -> None:
         if self._file is not None:
@@ -244,23 +262,28 @@ def ingest_declared(
     size_max: int,
     store: BlobStore,
     inspect: Inspector,
+    size: int | None = None,
 ) -> tuple[Spool, Ingested]:
     """Receive a body whose SHA-256 the client declared, writing it to the store *while* it
     arrives (and to the spool, for the inspection), and commit the store write only when the
     digest matched and the model was accepted. Returns the spool (the caller discards it).
+
+    ``size`` is the body's declared length (its Content-Length), when there is one: the store
+    then writes parts of known size. A body that ends short of it does not match what was
+    declared, whatever its digest.
 
     Raises :class:`BlobTooLarge` or :class:`DigestMismatch` with nothing stored.
     """
     key = content_key(sha256)
     if store.exists(key):
         spool = spool_stream(stream, directory=directory, size_max=size_max)
-        if spool.sha256 != sha256:
+        if spool.sha256 != sha256 or (size is not None and spool.size != size):
             spool.discard()
             raise DigestMismatch()
         return spool, Ingested(key, inspect(spool.path), stored_new=False)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"upload-{uuid.uuid4().hex}.onnx"
-    follower = _SpoolFollower(path)
+    follower = _SpoolFollower(path, size)
     path.touch()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-upload") as pool:
         # The spool's own hash verifies the declared digest before the store write may complete,
@@ -271,6 +294,7 @@ def ingest_declared(
             follower,  # type: ignore[arg-type]
             size_max=size_max,
             sha256=sha256,
+            size=size,
         )
         try:
             try:
@@ -283,7 +307,7 @@ def ingest_declared(
                 )
             finally:
                 follower.end()
-            if spool.sha256 != sha256:
+            if spool.sha256 != sha256 or (size is not None and spool.size != size):
                 raise DigestMismatch()
             report = inspect(spool.path)
         except BaseException:

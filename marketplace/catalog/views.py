@@ -237,6 +237,7 @@ def upload_version(model_id: int) -> Any:
         body=request.stream,
         context=context,
         declared_sha256=_declared_sha256(request.headers.get("Content-Digest")),
+        body_size=request.content_length,
     )
     # The alias ``latest`` now names this version: the lookups cached in this process forget it.
     _listing_changed(model_id)

@@ -149,7 +149,9 @@ def upload_dataset(
         try:
             if not store.exists(key):
                 with open(spool.path, "rb") as file:
-                    store.put_stream(key, file, size_max=spool.size, sha256=spool.sha256)
+                    store.put_stream(
+                        key, file, size_max=spool.size, sha256=spool.sha256, size=spool.size
+                    )
         except BlobStoreError as exc:
             raise library_problem(exc) from None
         row = Dataset(

@@ -448,7 +448,7 @@ class ChunkRunner:
                 size = body.tell()
                 body.seek(0)
                 try:
-                    self.blob_store.put_stream(output_key, body, size_max=size)
+                    self.blob_store.put_stream(output_key, body, size_max=size, size=size)
                 except BlobStoreError as exc:
                     log.warning("chunk %d outputs not stored: %s", claimed.chunk_id, exc.code)
                     return self._give_back(claimed.chunk_id)

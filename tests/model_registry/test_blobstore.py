@@ -87,6 +87,32 @@ def test_a_known_digest_is_not_computed_again_but_the_size_cap_holds(
     assert not blob_store.exists("known/two")
 
 
+def test_a_known_size_is_sent_in_whole_parts_and_a_short_stream_keeps_nothing(
+    blob_store: BlobStore,
+) -> None:
+    # Over two S3 parts, read a socket's worth at a time.
+    data = os.urandom(11 * 1024 * 1024)
+    info = blob_store.put_stream(
+        "sized/one", Trickle(data, 65536), size_max=len(data), size=len(data)
+    )
+    assert (info.sha256, info.size) == (hashlib.sha256(data).hexdigest(), len(data))
+    with blob_store.open("sized/one") as body:
+        assert body.read() == data
+    # A stream that ends before its declared size fails the put, and nothing is stored.
+    with pytest.raises(OSError):
+        blob_store.put_stream(
+            "sized/two", io.BytesIO(data[:-1]), size_max=len(data), size=len(data)
+        )
+    assert not blob_store.exists("sized/two")
+    # A declared size over the cap is refused before a byte is read.
+    unread = io.BytesIO(data)
+    with pytest.raises(BlobTooLarge):
+        blob_store.put_stream("sized/three", unread, size_max=1000, size=len(data))
+    assert unread.tell() == 0
+    assert not blob_store.exists("sized/three")
+    assert keys(blob_store) == ["sized/one"]
+
+
 def test_delete(blob_store: BlobStore) -> None:
     blob_store.put_stream("a/b", io.BytesIO(b"x"), size_max=10)
     blob_store.delete("a/b")

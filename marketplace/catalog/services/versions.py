@@ -134,7 +134,7 @@ def _inspection_problem(
 
 
 def _receive(
-    body: IO[bytes], context: UploadContext, declared_sha256: str | None
+    body: IO[bytes], context: UploadContext, declared_sha256: str | None, body_size: int | None
 ) -> tuple[Spool, Ingested]:
     """Spool, inspect and store the body, by the declared-digest path when there is one."""
     if declared_sha256 is not None:
@@ -145,6 +145,7 @@ def _receive(
             size_max=context.size_max,
             store=context.store,
             inspect=context.inspect,
+            size=body_size,
         )
     spool = spool_stream(body, directory=context.spool_dir, size_max=context.size_max)
     try:
@@ -162,6 +163,7 @@ def publish_version(
     body: IO[bytes],
     context: UploadContext,
     declared_sha256: str | None = None,
+    body_size: int | None = None,
 ) -> VersionPublic:
     """Receive an upload, inspect it, store its bytes once, and record the version.
 
@@ -170,10 +172,11 @@ def publish_version(
     write then completes only if the digest matches and the model is accepted). The blob is
     written before the row, so no row ever points to nothing. If the row cannot be written (a
     concurrent upload took the version), a blob this call wrote and no row uses is deleted;
-    the sweeper catches what a crash leaves.
+    the sweeper catches what a crash leaves. ``body_size`` is the body's declared length (its
+    Content-Length), when it has one.
     """
     try:
-        spool, ingested = _receive(body, context, declared_sha256)
+        spool, ingested = _receive(body, context, declared_sha256, body_size)
     except BlobTooLarge:
         raise ModelTooLarge(
             f"Models are limited to {context.size_max} bytes.", headers={"Connection": "close"}
@@ -241,7 +244,7 @@ def _record_version(
         if not context.store.exists(ingested.key):
             with open(spool.path, "rb") as body:
                 context.store.put_stream(
-                    ingested.key, body, size_max=spool.size, sha256=spool.sha256
+                    ingested.key, body, size_max=spool.size, sha256=spool.sha256, size=spool.size
                 )
     except BlobStoreError as exc:
         log.error("could not re-store blob %s: %s", ingested.key, exc.log_detail)
