@@ -380,6 +380,108 @@ def scan_initializers(data: bytes | memoryview, bulk_bytes_min: int) -> Initiali
     return InitializerScan(lengths, lean)
 
 
+# A field's key and length take at most ten bytes each.
+_HEADER_BYTES_MAX = 20
+
+
+def _field_header(data: bytes, at: int) -> tuple[int, int, int, int] | None:
+    """(field number, wire type, value length, header length) of the field at ``data[at:]``;
+    None when the header runs past the data. The value length of a varint is 0 (the varint is
+    counted in the header), of fixed fields 8 or 4. Raises _WireError for bytes no protobuf
+    field starts with."""
+    view = memoryview(data)
+    try:
+        key, after = _varint(view, at)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, after = _varint(view, after)
+            return number, wire_type, 0, after - at
+        if wire_type in (1, 5):
+            return number, wire_type, 8 if wire_type == 1 else 4, after - at
+        if wire_type == _LENGTH_DELIMITED:
+            length, after = _varint(view, after)
+            return number, wire_type, length, after - at
+    except _WireError:
+        if len(data) - at >= _HEADER_BYTES_MAX:
+            raise
+        return None
+    raise _WireError("groups are not expected")
+
+
+_MODEL, _GRAPH, _TENSOR = "model", "graph", "tensor"
+
+
+class BulkRanges:
+    """Finds the bulk bytes of a serialized model while it arrives in chunks: the payloads of
+    main-graph initializers' raw_data of at least ``bulk_bytes_min`` bytes, the bytes
+    :func:`scan_initializers` measures but never reads.
+
+    An upload's spool may leave these bytes out (a hole of the same length), sparing a
+    gigabyte's write to disk: the inspection of the spool reads the same keys and lengths, and
+    its verdict never depends on what a bulk payload holds (protobuf treats raw_data as opaque
+    bytes, and the walk and the checker use only its length). Framing that is not what this
+    expects (a group, a field running past its message) ends the search: the rest is kept.
+    """
+
+    def __init__(self, bulk_bytes_min: int) -> None:
+        self._bulk_bytes_min = bulk_bytes_min
+        self._fed = 0  # bytes fed so far
+        self._at = 0  # where the next field header starts, or the current value's position
+        self._value_end = 0  # the current field's value runs to here
+        self._value_is_bulk = False
+        self._pending = b""  # a field header split between chunks
+        # Open messages and where they end (None: at the end of the stream).
+        self._open: list[tuple[str, int | None]] = [(_MODEL, None)]
+        self._lost = False
+
+    def feed(self, chunk: bytes) -> list[tuple[int, int]]:
+        """The bulk ranges of ``chunk``, as (start, end) offsets within it, in order."""
+        chunk_start = self._fed
+        self._fed += len(chunk)
+        if self._lost:
+            return []
+        data = self._pending + chunk if self._pending else chunk
+        base = chunk_start - len(self._pending)
+        self._pending = b""
+        end = base + len(data)
+        found: list[tuple[int, int]] = []
+        at = self._at
+        try:
+            while at < end:
+                if at < self._value_end:
+                    stop = min(self._value_end, end)
+                    if self._value_is_bulk:
+                        found.append((at - chunk_start, stop - chunk_start))
+                    at = stop
+                    continue
+                while len(self._open) > 1 and self._open[-1][1] == at:
+                    self._open.pop()
+                header = _field_header(data, at - base)
+                if header is None:
+                    self._pending = bytes(data[at - base :])
+                    break
+                number, wire_type, length, header_length = header
+                at += header_length
+                kind, parent_end = self._open[-1]
+                if parent_end is not None and at + length > parent_end:
+                    raise _WireError("field runs past its message")
+                self._value_end, self._value_is_bulk = at + length, False
+                if wire_type != _LENGTH_DELIMITED:
+                    continue
+                if kind == _MODEL and number == _MODEL_GRAPH:
+                    self._open.append((_GRAPH, at + length))
+                    self._value_end = at
+                elif kind == _GRAPH and number == _GRAPH_INITIALIZER:
+                    self._open.append((_TENSOR, at + length))
+                    self._value_end = at
+                elif kind == _TENSOR and number == _TENSOR_RAW_DATA:
+                    self._value_is_bulk = length >= self._bulk_bytes_min
+        except _WireError:
+            self._lost = True
+        self._at = at
+        return found
+
+
 def declared_bytes(tensor: TensorProto) -> int | None:
     """Bytes the tensor's dims and type declare (strings: the bytes present); None if invalid."""
     if any(d < 0 for d in tensor.dims):

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from model_registry.blobstore import (
     remove_stale_files,
 )
 from model_registry.errors import BlobTooLarge, RegistryError, StorageUnavailable
-from model_registry.inspection import Report
+from model_registry.inspection import BULK_TENSOR_BYTES_MIN, BulkRanges, Report
 
 # Below this size the inspection runs before any store write (cheap, and a refused model then
 # never touches the store); above it the two run in parallel.
@@ -44,11 +46,14 @@ Inspector = Callable[[Path], Report]
 
 @dataclass(frozen=True)
 class Spool:
-    """An upload staged on local disk."""
+    """An upload staged on local disk. A spool that is not ``whole`` holds everything the
+    inspection reads, with holes where the bulk weights were (see ``BulkRanges``): it must
+    never be stored or served as the model."""
 
     path: Path
     sha256: str
     size: int
+    whole: bool = True
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -60,14 +65,18 @@ def spool_stream(
     directory: Path,
     size_max: int,
     path: Path | None = None,
-    on_chunk: Callable[[int], None] | None = None,
+    on_chunk: Callable[[bytes], None] | None = None,
+    bulk: BulkRanges | None = None,
 ) -> Spool:
     """Copy ``stream`` to a new file in ``directory`` (or to ``path``), hashing it; refuse more
     than ``size_max`` bytes (:class:`BlobTooLarge`) as soon as they arrive, leaving no file
-    behind. ``on_chunk`` learns the size of every chunk once it is in the file."""
+    behind. ``on_chunk`` is handed every chunk once it is hashed. With ``bulk``, the bulk
+    weights it finds are left out of the file (holes of their length): a spool for the
+    inspection only, not ``whole``."""
     path = path or directory / f"upload-{uuid.uuid4().hex}.onnx"
     digest = hashlib.sha256()
     size = 0
+    holes = False
     try:
         with _spool_disk(path):
             directory.mkdir(parents=True, exist_ok=True)
@@ -79,16 +88,22 @@ def spool_stream(
                     raise BlobTooLarge(f"The model is larger than {size_max} bytes.")
                 digest.update(chunk)
                 with _spool_disk(path):
-                    out.write(chunk)
-                    if on_chunk is not None:
-                        out.flush()  # readers of the file see the chunk before they hear of it
+                    kept = 0
+                    for start, end in bulk.feed(chunk) if bulk is not None else ():
+                        out.write(memoryview(chunk)[kept:start])
+                        out.seek(end - start, os.SEEK_CUR)
+                        kept, holes = end, True
+                    out.write(memoryview(chunk)[kept:] if kept else chunk)
                 if on_chunk is not None:
-                    on_chunk(len(chunk))
+                    on_chunk(chunk)
+            if holes:
+                with _spool_disk(path):
+                    out.truncate(size)  # a hole at the very end still counts in the size
     except BaseException:
         with contextlib.suppress(OSError):  # a spool that could not be made is not there
             path.unlink(missing_ok=True)
         raise
-    return Spool(path, digest.hexdigest(), size)
+    return Spool(path, digest.hexdigest(), size, whole=not holes)
 
 
 @contextlib.contextmanager
@@ -179,34 +194,48 @@ class _Refused(Exception):
     """Raised inside the store's reader to make it abandon (abort) the write."""
 
 
-class _SpoolFollower:
-    """Reads the spool file while the request thread is still writing it.
+# What the body relay may hold beyond what the store is waiting for.
+RELAY_BYTES_MAX = 8 * 1024 * 1024
 
-    The store write (in another thread) follows the growing file, so the body is received at
-    full speed and written to the store at the store's speed, with only the store's own part
-    buffers in memory. The end is handed over only once the upload is approved: until then
-    the store holds its last part back, and a refusal makes its write fail, which abandons it
-    (an S3 multipart upload is aborted, a temp file deleted). So an object appears under its
-    content key only after the bytes were verified and the model accepted.
+
+class _BodyRelay:
+    """Hands the body's chunks, as they arrive, to the store write running in another thread.
+
+    The request thread puts each chunk; the store reads whole parts. At most
+    ``RELAY_BYTES_MAX`` bytes (or the part the store is waiting for, if larger) are held: a
+    store slower than the client slows the client down, and memory stays bounded by the relay
+    and the store's own part buffers. The end is handed over only once the upload is
+    approved: until then the store holds its last part back, and a refusal makes its write
+    fail, which abandons it (an S3 multipart upload is aborted, a temp file deleted). So an
+    object appears under its content key only after the bytes were verified and the model
+    accepted.
 
     When the body's length is known (``total``), the store reads parts of known size and never
-    asks for an end: the read that would deliver the body's last byte waits for the approval.
+    asks for an end: the read that would hand over the body's last byte waits for the approval.
+    Once the store write has ended (failed, or abandoned), further chunks are dropped, so the
+    request goes on to its answer, which reports the store's error.
     """
 
-    def __init__(self, path: Path, total: int | None = None) -> None:
-        self._path = path
+    def __init__(self, total: int | None = None) -> None:
         self._total = total
-        self._file: IO[bytes] | None = None
-        self._read = 0
-        self._written = 0
+        self._chunks: deque[bytes] = deque()
+        self._held = 0  # bytes in _chunks
+        self._handed = 0  # bytes the store has read
+        self._wanted = 0  # bytes the store is waiting for
         self._ended = False
         self._decided = False
         self._approved = False
+        self._store_done = False
         self._changed = threading.Condition()
 
-    def wrote(self, count: int) -> None:
+    def put(self, chunk: bytes) -> None:
         with self._changed:
-            self._written += count
+            while not self._store_done and self._held >= max(RELAY_BYTES_MAX, self._wanted):
+                self._changed.wait()
+            if self._store_done:
+                return
+            self._chunks.append(chunk)
+            self._held += len(chunk)
             self._changed.notify_all()
 
     def end(self) -> None:
@@ -219,39 +248,55 @@ class _SpoolFollower:
             self._decided, self._approved = True, approved
             self._changed.notify_all()
 
+    def store_done(self) -> None:
+        """The store write has ended: nothing more will be read."""
+        with self._changed:
+            self._store_done = True
+            self._chunks.clear()
+            self._held = 0
+            self._changed.notify_all()
+
     def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes, waiting until ``n`` have arrived or the body has ended.
+        """``n`` bytes, waiting until ``n`` have arrived (fewer only at the body's end).
 
         Whole reads matter: the store builds each part by appending reads to one bytes object,
-        so a part read a chunk at a time would be copied over and over (three times its size
-        for 1 MiB chunks of a 5 MiB part), each copy in fresh memory."""
+        so a part read a chunk at a time would be copied over and over, each copy in fresh
+        memory."""
         n = CHUNK_BYTES if n is None or n < 0 else n
         with self._changed:
-            while True:
-                if self._decided and not self._approved:
-                    raise _Refused()
-                waiting = self._written - self._read
-                if (waiting >= n or (self._ended and waiting)) and (
-                    self._decided or not self._completes(min(n, waiting))
-                ):
-                    break
-                if self._ended and self._decided:
-                    return b""  # approved: the store may complete its write now
-                self._changed.wait()
-            available = min(n, waiting)
-        if self._file is None:
-            self._file = open(self._path, "rb")  # noqa: SIM115 - closed in close()
-        data = self._file.read(available)
-        self._read += len(data)
-        return data
+            self._wanted = n
+            try:
+                while True:
+                    if self._decided and not self._approved:
+                        raise _Refused()
+                    count = min(n, self._held)
+                    if (count == n or (self._ended and count)) and (
+                        self._decided or not self._completes(count)
+                    ):
+                        break
+                    if self._ended and self._decided and not self._held:
+                        return b""  # approved: the store may complete its write now
+                    self._changed.wait()
+                parts = []
+                taken = 0
+                while taken < count:
+                    chunk = self._chunks.popleft()
+                    if taken + len(chunk) > count:
+                        cut = count - taken
+                        self._chunks.appendleft(chunk[cut:])
+                        chunk = chunk[:cut]
+                    parts.append(chunk)
+                    taken += len(chunk)
+                self._held -= count
+                self._handed += count
+            finally:
+                self._wanted = 0
+                self._changed.notify_all()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _completes(self, count: int) -> bool:
-        """Whether reading ``count`` more bytes would hand over the whole declared body."""
-        return self._total is not None and self._read + count >= self._total
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        """Whether handing over ``count`` more bytes would hand over the whole declared body."""
+        return self._total is not None and self._handed + count >= self._total
 
 
 def ingest_declared(
@@ -281,42 +326,52 @@ def ingest_declared(
             spool.discard()
             raise DigestMismatch()
         return spool, Ingested(key, inspect(spool.path), stored_new=False)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"upload-{uuid.uuid4().hex}.onnx"
-    follower = _SpoolFollower(path, size)
-    path.touch()
+    relay = _BodyRelay(size)
+
+    def store_write() -> BlobInfo:
+        # The spool's own hash verifies the declared digest before the store write may
+        # complete, so the store does not hash the body again.
+        try:
+            return store.put_stream(
+                key,
+                relay,  # type: ignore[arg-type]
+                size_max=size_max,
+                sha256=sha256,
+                size=size,
+            )
+        finally:
+            relay.store_done()
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-upload") as pool:
-        # The spool's own hash verifies the declared digest before the store write may complete,
-        # so the store does not hash the body again.
-        upload = pool.submit(
-            store.put_stream,
-            key,
-            follower,  # type: ignore[arg-type]
-            size_max=size_max,
-            sha256=sha256,
-            size=size,
-        )
+        upload = pool.submit(store_write)
         try:
             try:
+                # The store gets the body from memory; the spool is for the inspection alone,
+                # so it leaves the bulk weights out (a gigabyte's write to disk spared).
                 spool = spool_stream(
                     stream,
                     directory=directory,
                     size_max=size_max,
-                    path=path,
-                    on_chunk=follower.wrote,
+                    on_chunk=relay.put,
+                    bulk=BulkRanges(BULK_TENSOR_BYTES_MIN),
                 )
             finally:
-                follower.end()
+                relay.end()
             if spool.sha256 != sha256 or (size is not None and spool.size != size):
+                spool.discard()
                 raise DigestMismatch()
+        except BaseException:
+            relay.decide(False)
+            _settle(upload)
+            raise
+        try:
             report = inspect(spool.path)
         except BaseException:
-            follower.decide(False)
+            relay.decide(False)
             _settle(upload)
-            follower.close()
-            path.unlink(missing_ok=True)
+            spool.discard()
             raise
-        follower.decide(report.ok)
+        relay.decide(report.ok)
         try:
             if not report.ok:
                 _settle(upload)
@@ -325,8 +380,6 @@ def ingest_declared(
         except BaseException:
             spool.discard()
             raise
-        finally:
-            follower.close()
     return spool, Ingested(key, report, stored_new=True)
 
 

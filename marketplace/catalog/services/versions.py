@@ -227,6 +227,8 @@ def _record_version(
         session.flush()
         published = version_public(row)
         audit_events.version_published(session, row, listing)
+        if not spool.whole:
+            _ensure_stored(context.store, ingested.key)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -239,9 +241,13 @@ def _record_version(
             _delete_if_unreferenced(session, context.store, ingested.key, spool.sha256)
         raise
     # A concurrent failed upload of the same bytes may have deleted the blob between our
-    # existence check and our commit; our row now references it, so put it back.
+    # existence check and our commit; our row now references it, so put it back. A spool
+    # without its bulk weights cannot: its upload checked the blob just before the commit.
     try:
         if not context.store.exists(ingested.key):
+            if not spool.whole:
+                log.error("blob %s deleted while its version was committed", ingested.key)
+                return published
             with open(spool.path, "rb") as body:
                 context.store.put_stream(
                     ingested.key, body, size_max=spool.size, sha256=spool.sha256, size=spool.size
@@ -249,6 +255,18 @@ def _record_version(
     except BlobStoreError as exc:
         log.error("could not re-store blob %s: %s", ingested.key, exc.log_detail)
     return published
+
+
+def _ensure_stored(store: BlobStore, key: str) -> None:
+    """Refuse (503, retry) to commit a version whose blob a concurrent failed upload of the same
+    bytes deleted after this upload wrote it."""
+    try:
+        present = store.exists(key)
+    except BlobStoreError as exc:
+        raise library_problem(exc) from None
+    if not present:
+        log.warning("blob %s deleted by a concurrent upload before its version was committed", key)
+        raise StorageUnavailable("The model's storage changed during the upload; upload it again.")
 
 
 def _delete_if_unreferenced(session: Session, store: BlobStore, key: str, sha256: str) -> None:

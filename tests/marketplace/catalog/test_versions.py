@@ -279,6 +279,40 @@ def test_declared_digest_streams_to_the_store(
     assert stored_state()[0] == before[0]
 
 
+def test_a_blob_lost_to_a_concurrent_upload_is_not_committed(
+    app: Any,
+    vendor: Org,
+    listing: dict[str, Any],
+    upload: Callable[..., Any],
+    store: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The upload's spool has no weights to put the blob back from; so when another upload of
+    # the same bytes, failing, deletes the blob just before the commit, nothing is committed.
+    from marketplace.audit import events as audit_events
+
+    data = builders.relu_bytes(300_000)
+    key = content_key(hashlib.sha256(data).hexdigest())
+    record = audit_events.version_published
+
+    def deleted_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        store.delete(key)
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(audit_events, "version_published", deleted_meanwhile)
+    resp = upload(vendor, listing["id"], data, headers=content_digest(data))
+    assert resp.status_code == 503, resp.get_data(as_text=True)
+    assert resp.json["code"] == "storage_unavailable"
+    session = app.extensions["db"].session()
+    assert session.exec(select(ModelVersion)).all() == []
+    session.close()
+    monkeypatch.undo()
+    again = upload(vendor, listing["id"], data, headers=content_digest(data))
+    assert again.status_code == 201, again.get_data(as_text=True)
+    with store.open(key) as blob:
+        assert blob.read() == data
+
+
 @pytest.mark.parametrize(
     ("make", "status", "code"),
     [
