@@ -1,11 +1,12 @@
 """Upload of a >= 1 GiB ONNX model through the HTTP API to S3 (SeaweedFS) vs raw minio put_object.
 
-Run: .venv/bin/python -m bench.bench_upload [--gib 1.0] [--keep]
+Run: .venv/bin/python -m bench.bench_upload [--gib 1.0] [--rounds 3] [--server gunicorn|werkzeug]
 
-Starts SeaweedFS (``weed server -s3``) and the marketplace in a child process (werkzeug's
-threaded server, SQLite, ``MARKETPLACE_STORAGE_URL`` on SeaweedFS), builds a valid ONNX model
-whose single initializer holds almost all of its bytes (written straight to disk, never held
-in memory), then in the same run:
+Starts SeaweedFS (``weed server -s3``) and the marketplace in a child process (``jishi serve``,
+gunicorn with one worker process, or werkzeug's threaded server; SQLite,
+``MARKETPLACE_STORAGE_URL`` on SeaweedFS), builds a valid ONNX model whose single initializer
+holds almost all of its bytes (written straight to disk, never held in memory), then in the
+same run:
 
   * raw: ``minio.put_object`` of the file to the same server (its default part size and
     parallelism), timed;
@@ -15,30 +16,19 @@ in memory), then in the same run:
     hashing included in the time: the server writes to S3 while the body arrives) and once
     without (the server spools, then uploads while it inspects);
 
-in interleaved rounds, and prints the throughputs, their ratios (median over rounds), and the
-server process's peak resident memory growth during the API uploads (sampled from /proc every
-20 ms and checked against VmHWM).
+in interleaved rounds, and prints the throughputs, their ratios (median over rounds), the CPU
+seconds each party spent on each upload (this process, the server's process tree with its
+inspectors, SeaweedFS), and the server's peak resident memory growth during the API uploads
+(sampled from /proc every 20 ms and checked against VmHWM).
 
-A run on the 2-core host, shared with other jobs (load average 12-16 throughout, so single
-rounds swing widely), 1 GiB; the same command on the code before the change, just before:
-
-    before: declared digest median 0.60 (0.60, 0.59, 0.66), no digest 0.60 (0.49, 0.60, 0.67),
-            raw put_object 28-31 MiB/s, RSS growth max 40.2 MiB
-    round 1: raw put_object   26.8 MiB/s | API declared digest   24.8 MiB/s (0.92x) | API no digest   20.7 MiB/s (0.77x)
-    round 2: raw put_object   26.2 MiB/s | API declared digest   23.2 MiB/s (0.89x) | API no digest   20.6 MiB/s (0.79x)
-    round 3: raw put_object   28.9 MiB/s | API declared digest   18.7 MiB/s (0.65x) | API no digest   20.3 MiB/s (0.70x)
-    API/raw throughput, declared digest: median 0.89
-    API/raw throughput,       no digest: median 0.77
-    server RSS growth during an API upload: max 39.1 MiB
-
-Where the time went (py-spy over the server, the inspector and the client): the server hashed
-each upload twice (the spool, then the store's reader), and the inspection copied the weights
-twice (the protobuf parse, then reading ``raw_data`` from Python for its length). Both second
-passes are gone. What remains on the server: writing the spool (a gigabyte of fresh page-cache
-pages, the largest item), minio's SigV4 payload SHA-256 of every part over plain HTTP (the raw
-put pays it too), sending the parts, and receiving the body; in the inspector, the protobuf
-parse's one copy of the weights; on the client, the declared path's hashing pass before it
-sends. On two cores all of it competes with SeaweedFS for the same CPU.
+Where the time goes, on the 2-core host: SeaweedFS spends 13-16 s of CPU per GiB, so the raw
+put alone keeps both cores busy, and whatever the server spends comes out of the store's share.
+With a declared digest the server now spends 3-4 s per GiB: its own SHA-256 of the body (the
+check of the declared digest), minio's SigV4 SHA-256 of every part over plain HTTP (the raw put
+pays it too), and receiving and sending the body. Without a digest it must also write the whole
+body to the spool before it knows the key: that write costs 0.3 s to 2.2 s of system time per
+GiB on this host, depending on whether the page cache reuses freed pages or takes fresh ones
+(the same loop, timed alone).
 """
 
 from __future__ import annotations
@@ -159,6 +149,51 @@ server.serve_forever()
 """
 
 
+def _serve(
+    work: Path, database_url: str, storage_url: str, port: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`jishi serve` (gunicorn, one worker process) on the bench's database and store; returns
+    the server and the pid of the worker that serves the uploads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPLACE_")}
+    env.update(
+        MARKETPLACE_DATABASE_URL=database_url,
+        MARKETPLACE_STORAGE_URL=storage_url,
+        MARKETPLACE_INSTANCE_PATH=str(work / "instance"),
+        MARKETPLACE_MODEL_BYTES_MAX=str(2 * GiB),
+        MARKETPLACE_LOG_LEVEL="WARNING",
+    )
+    jishi = Path(sys.executable).with_name("jishi")
+    server = subprocess.Popen(
+        [str(jishi), "serve", "--no-demo", "--port", str(port), "--processes", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the server did not start")
+        try:
+            requests.get(f"http://127.0.0.1:{port}/api/v1/openapi.json", timeout=5)
+            break
+        except (requests.ConnectionError, requests.Timeout):
+            time.sleep(0.2)
+    workers = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _parent(int(p.name)) == server.pid
+    ]
+    if len(workers) != 1:
+        raise SystemExit(f"expected one worker process, found {workers}")
+    return server, workers[0]
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of ``pid`` in KiB."""
     values = {}
@@ -256,6 +291,12 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=1.0, help="initializer size in GiB")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--server",
+        choices=["gunicorn", "werkzeug"],
+        default="gunicorn",
+        help="`jishi serve` (production), or werkzeug's threaded server in one process",
+    )
     args = parser.parse_args()
 
     from minio import Minio
@@ -273,22 +314,27 @@ def main() -> None:
         )
 
         port = _free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                SERVER,
-                f"sqlite:///{work / 'bench.sqlite3'}",
-                weed.storage_url(),
-                str(work / "instance"),
-                str(port),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-        )
-        assert server.stdout is not None
-        if server.stdout.readline().strip() != b"ready":
-            raise SystemExit("the server did not start")
+        database_url = f"sqlite:///{work / 'bench.sqlite3'}"
+        if args.server == "werkzeug":
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    SERVER,
+                    database_url,
+                    weed.storage_url(),
+                    str(work / "instance"),
+                    str(port),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+            )
+            assert server.stdout is not None
+            if server.stdout.readline().strip() != b"ready":
+                raise SystemExit("the server did not start")
+            served_by = server.pid
+        else:
+            server, served_by = _serve(work, database_url, weed.storage_url(), port)
         url = f"http://127.0.0.1:{port}"
         reg = requests.post(
             f"{url}/api/v1/register",
@@ -357,14 +403,14 @@ def main() -> None:
         versions = iter(f"1.0.{i}" for i in range(1000))
 
         def api_put(declare: bool) -> tuple[float, int, dict[str, object]]:
-            rss_before, hwm_before = _rss_kib(server.pid)
-            sampler = _Sampler(server.pid)
+            rss_before, hwm_before = _rss_kib(served_by)
+            sampler = _Sampler(served_by)
             sampler.start()
             t0 = time.perf_counter()
             resp = upload(model, next(versions), declare)
             elapsed = time.perf_counter() - t0
             peak = sampler.stop()
-            _, hwm_after = _rss_kib(server.pid)
+            _, hwm_after = _rss_kib(served_by)
             if resp.status_code != 201:
                 raise SystemExit(f"API upload failed: {resp.status_code} {resp.text[:500]}")
             # Remove the stored object so that the next upload writes it again.

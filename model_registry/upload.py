@@ -8,6 +8,10 @@ the spool is uploaded to its content-addressed key. For large bodies the upload 
 the inspection costs little wall time; for small ones the inspection runs first and nothing
 is written unless the model is accepted.
 
+When the client declares the digest (``ingest_declared``), the key is known from the start: the
+body goes to the store from memory while it arrives, and the spool, which only the inspection
+reads, leaves out the bulk weights (``BulkRanges``).
+
 Nothing stays behind: a refused model's freshly written blob is deleted before the response;
 the spool is always deleted by the caller; a crash between the blob write and the database
 row leaves an unreferenced blob that the sweeper removes after a grace period.
