@@ -468,6 +468,12 @@ class SandboxPool:
             for axis, (got, want) in enumerate(zip(value.shape, spec.shape, strict=True)):
                 if want is not None and got != want:
                     raise InputInvalid(f"Input {name!r} must have size {want} on axis {axis}.")
+            if value.size == 0:
+                # An evaluation over nothing is refused before it runs, and so never counted.
+                raise InputInvalid(
+                    f"Input {name!r} holds no values (shape {list(value.shape)}); "
+                    "send at least one."
+                )
             if value.size > self.config.input_elements_max:
                 raise InputInvalid(f"Input {name!r} has too many elements.")
             total_bytes += p.align(value.nbytes)

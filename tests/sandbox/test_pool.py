@@ -319,8 +319,9 @@ def test_output_above_the_cap_is_resource_exhausted(pool: SandboxPool) -> None:
         {"x": np.zeros((2, 3), F32), "y": np.zeros((1, 3), F32), "w": np.zeros(1, F32)},
         {"x": [[1.0, 2.0, 3.0]], "y": np.zeros((1, 3), F32)},  # not an array
         {"x": np.zeros((2, 3), F32).astype(">f4"), "y": np.zeros((1, 3), F32)},  # byte order
+        {"x": np.zeros((0, 3), F32), "y": np.zeros((1, 3), F32)},  # no rows: nothing to run
     ],
-    ids=["dtype", "rank", "fixed-dim", "missing", "unknown", "not-array", "byte-order"],
+    ids=["dtype", "rank", "fixed-dim", "missing", "unknown", "not-array", "byte-order", "no-rows"],
 )
 def test_inputs_that_break_the_signature_are_input_invalid(
     pool: SandboxPool, inputs: dict[str, np.ndarray]

@@ -52,6 +52,12 @@ def test_trial_calls_are_counted_once_per_successful_call(
     # A failed call (bad input) is not counted.
     bad = client.post(_url(p), json={"inputs": {"x": X}}, headers=buyer.headers("sandbox:run"))
     assert bad.status_code == 422
+    # Nor is a call over no rows: it is refused before the model runs, as evaluating nothing.
+    no_rows = {"inputs": {"x": {"dtype": "float32", "shape": [0, 3], "data": []}, "y": X}}
+    empty = client.post(_url(p), json=no_rows, headers=buyer.headers("sandbox:run"))
+    assert empty.status_code == 422, empty.json
+    assert empty.json["code"] == "input_invalid"
+    assert "no values" in empty.json["detail"]
 
     first = _evaluate(client, buyer, p)
     assert first.status_code == 200, first.json
