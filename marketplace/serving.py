@@ -396,6 +396,11 @@ class _GunicornBody:
         self._paced = False
         self._broken = False
 
+    @property
+    def broken(self) -> bool:
+        """Whether a read failed: the body was not read to its end."""
+        return self._broken
+
     def disarm(self) -> None:
         """The headers are in, or the response begins: no time bounds until the body is read,
         none on writing the response, nor on waiting for the connection's next request."""
@@ -438,6 +443,13 @@ def _bounded_bodies(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
 
         def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
             body.disarm()
+            if body.broken:
+                # The rest of the body cannot be read to reach a next request: gunicorn closes
+                # the connection, and its answer must say so rather than offer keep-alive (a
+                # Connection header from the app is dropped as hop-by-hop).
+                response = getattr(start_response, "__self__", None)
+                if response is not None and hasattr(response, "force_close"):
+                    response.force_close()
             return start_response(status, headers, *args)
 
         try:

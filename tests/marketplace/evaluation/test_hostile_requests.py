@@ -394,6 +394,8 @@ def test_a_trickling_body_is_cut_off_and_the_node_keeps_answering(node):
     answer, closed, took = _trickle(served.url, head.encode(), BODY_RATE_GRACE_S + 20, vendor)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert closed  # the rest of the body cannot be read: the connection is not reused
+    head_lines = answer.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")
+    assert b"connection: close" in head_lines, answer[:400]  # and the answer says so
     assert BODY_RATE_GRACE_S <= took < BODY_RATE_GRACE_S + 15, took
     versions = vendor.get(f"/api/v1/models/{model_id}/versions").json()["items"]
     assert [v["version"] for v in versions] == ["1.0.0"]
