@@ -39,14 +39,11 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,6 +57,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from bench.bench_sandbox import CONSTANT_FOLDING_BYTES_MAX, interleaved_us, p
+from bench.serve import jishi_serve
 from sandbox.pool import PoolConfig, SandboxPool
 from sandbox.runtime import session_options
 
@@ -147,24 +145,7 @@ class Node:
             env["MARKETPLACE_DATABASE_URL"] = database_url
         for name, value in (settings or {}).items():
             env[f"MARKETPLACE_{name.upper()}"] = value
-        jishi = Path(sys.executable).with_name("jishi")
-        self.process = subprocess.Popen(
-            [str(jishi), "serve", "--no-demo", "--port", str(self.port), *server_args],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise SystemExit("the server did not start")
-            try:
-                requests.get(f"{self.url}/api/v1/openapi.json", timeout=5)
-                break
-            except (requests.ConnectionError, requests.Timeout):
-                # Not listening yet, or listening while its workers still boot.
-                time.sleep(0.2)
+        self.process = jishi_serve(self.port, server_args, env)
 
     def org(self, roles: list[str]) -> requests.Session:
         http = requests.Session()

@@ -53,6 +53,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.serve import jishi_serve  # noqa: E402
 from model_registry.blobstore import content_key as _content_key  # noqa: E402
 from tests.model_registry.seaweed import SeaweedS3  # noqa: E402
 
@@ -162,21 +163,7 @@ def _serve(
         MARKETPLACE_MODEL_BYTES_MAX=str(2 * GiB),
         MARKETPLACE_LOG_LEVEL="WARNING",
     )
-    jishi = Path(sys.executable).with_name("jishi")
-    server = subprocess.Popen(
-        [str(jishi), "serve", "--no-demo", "--port", str(port), "--processes", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the server did not start")
-        try:
-            requests.get(f"http://127.0.0.1:{port}/api/v1/openapi.json", timeout=5)
-            break
-        except (requests.ConnectionError, requests.Timeout):
-            time.sleep(0.2)
+    server = jishi_serve(port, ["--processes", "1"], env)
     workers = [
         int(p.name)
         for p in Path("/proc").iterdir()

@@ -27,22 +27,7 @@ from model_registry.errors import (
     StorageConfigError,
 )
 from tests.model_registry.seaweed import SeaweedS3
-
-
-class Trickle(io.RawIOBase):
-    """A stream that hands out at most ``step`` bytes per read, like a socket."""
-
-    def __init__(self, data: bytes, step: int = 7919) -> None:
-        self._data = memoryview(data)
-        self._step = step
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._step if n is None or n < 0 else min(n, self._step)
-        out, self._data = self._data[:n], self._data[n:]
-        return bytes(out)
+from tests.model_registry.streams import Trickle
 
 
 def keys(store: BlobStore) -> list[str]:

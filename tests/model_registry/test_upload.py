@@ -12,6 +12,7 @@ import pytest
 from model_registry.inspection import BulkRanges
 from model_registry.upload import RELAY_BYTES_MAX, _BodyRelay, _Refused, spool_stream
 from tests import onnx_models as builders
+from tests.model_registry.streams import Trickle
 
 MiB = 1 << 20
 PART = 5 * MiB
@@ -112,22 +113,6 @@ def test_a_body_short_of_its_length_is_never_handed_over_whole() -> None:
     relay.decide(False)
     with pytest.raises(_Refused):
         relay.read(MiB)
-
-
-class Trickle(io.RawIOBase):
-    """At most ``step`` bytes per read, like a socket."""
-
-    def __init__(self, data: bytes, step: int) -> None:
-        self._data = memoryview(data)
-        self._step = step
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._step if n is None or n < 0 else min(n, self._step)
-        out, self._data = self._data[:n], self._data[n:]
-        return bytes(out)
 
 
 def test_an_inspection_spool_leaves_the_bulk_weights_out(tmp_path: Path) -> None:
