@@ -38,6 +38,8 @@ from model_registry.errors import (
 
 CHUNK_BYTES = 1 << 20
 MiB = 1 << 20
+# S3 allows at most this many parts in one multipart upload.
+S3_PARTS_MAX = 10_000
 
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,511}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -344,8 +346,10 @@ class S3BlobStore:
     ) -> BlobInfo:
         check_key(key)
         reader = _HashingReader(stream, _exact_size_max(size_max, size), sha256)
-        # S3 allows at most 10,000 parts: a known size may need parts larger than ours.
-        part_size = self.part_size if size is None else max(self.part_size, -(-size // 10_000))
+        # A known size may need parts larger than ours to fit in S3's part count.
+        part_size = (
+            self.part_size if size is None else max(self.part_size, -(-size // S3_PARTS_MAX))
+        )
         # minio aborts its multipart upload when reading raises (BlobTooLarge included), and
         # when a stream of known size ends early (OSError).
         self._call(
